@@ -1,0 +1,360 @@
+//! The one module that talks to DuckDB, and the one that knows its file format.
+//!
+//! Invariants:
+//! - Every open of a database ducksafe protects (the source, a backup) is read-only, after
+//!   [`check_header`] proved the file exists and starts like a DuckDB file: a mistyped path can
+//!   never create an empty database.
+//! - A database is opened at most once at a time per path in this process (duckdb-rs has no
+//!   instance cache; two opens would be two independent databases).
+//! - Extension autoloading is off: verification never reaches for the network.
+//! - Fingerprints are `count(*)`, `sum(hash(t))` and `bit_xor(hash(t))` over whole rows: the scan
+//!   reads every column, so it also makes DuckDB check the checksum of every block a table uses.
+//!   `hash` may change between DuckDB versions, so the version is recorded beside them.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use duckdb::{AccessMode, Config, Connection};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Offset of the `DUCK` magic in the main header.
+const MAGIC_OFFSET: usize = 8;
+/// Bytes of the main header that carry the magic, storage version and creating version.
+const HEADER_BYTES: usize = 4096;
+/// The first data block starts here: a shorter file cannot hold a database.
+pub const MIN_DATABASE_BYTES: u64 = 12_288;
+
+/// DuckDB's suffixes for the write-ahead log and its companions.
+pub const WAL_SUFFIXES: [&str; 3] = [".wal", ".wal.checkpoint", ".wal.recovery"];
+
+/// The write-ahead-log files that belong beside `db`, whether or not they exist.
+pub fn wal_paths(db: &Path) -> Vec<PathBuf> {
+    WAL_SUFFIXES
+        .iter()
+        .map(|s| {
+            let mut p = db.as_os_str().to_owned();
+            p.push(s);
+            PathBuf::from(p)
+        })
+        .collect()
+}
+
+/// Resource limits for DuckDB opened by ducksafe.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_limit: Option<String>,
+    pub threads: Option<u32>,
+}
+
+/// What the main header says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Header {
+    /// Storage format version (64 for DuckDB 0.10–1.1 files, higher since).
+    pub storage_version: u64,
+    /// The DuckDB version that created the file, as written in its header (may be empty).
+    pub created_by: String,
+}
+
+/// Why DuckDB could not do what was asked.
+#[derive(Debug)]
+pub enum DuckError {
+    /// Another process holds a conflicting lock on the file.
+    Locked {
+        pid: Option<i32>,
+        holder: Option<String>,
+    },
+    /// The file is not a DuckDB database this version can read.
+    NotDatabase(String),
+    /// Anything else DuckDB reported (corruption, I/O, out of memory).
+    Failed(String),
+}
+
+impl std::fmt::Display for DuckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DuckError::Locked { pid, holder } => {
+                write!(f, "the file is locked by another process")?;
+                if let Some(h) = holder {
+                    write!(f, " `{h}`")?;
+                }
+                if let Some(p) = pid {
+                    write!(f, " (PID {p})")?;
+                }
+                Ok(())
+            }
+            DuckError::NotDatabase(m) | DuckError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+fn classify(e: &duckdb::Error) -> DuckError {
+    let msg = e.to_string();
+    if msg.contains("Could not set lock") || msg.contains("Conflicting lock") {
+        return DuckError::Locked {
+            pid: parse_pid(&msg),
+            holder: parse_holder(&msg),
+        };
+    }
+    DuckError::Failed(first_line(&msg))
+}
+
+fn first_line(msg: &str) -> String {
+    msg.lines().next().unwrap_or(msg).trim().to_owned()
+}
+
+/// `… Conflicting lock is held in /usr/bin/python3 (PID 1234) …` → 1234.
+fn parse_pid(msg: &str) -> Option<i32> {
+    let start = msg.find("(PID ")? + 5;
+    let rest = &msg[start..];
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    rest[..end].parse().ok()
+}
+
+fn parse_holder(msg: &str) -> Option<String> {
+    let start = msg.find("held in ")? + 8;
+    let rest = &msg[start..];
+    let end = rest.find(" (PID").unwrap_or(rest.len());
+    let h = rest[..end].trim();
+    (!h.is_empty()).then(|| h.to_owned())
+}
+
+/// Reads the main header; fails unless the file is long enough and carries DuckDB's magic.
+pub fn check_header(path: &Path) -> Result<Header, DuckError> {
+    let mut f = crate::files::open_read(path)
+        .map_err(|e| DuckError::NotDatabase(format!("cannot open it: {e}")))?;
+    let len = f
+        .metadata()
+        .map_err(|e| DuckError::NotDatabase(format!("cannot stat it: {e}")))?
+        .len();
+    if len < MIN_DATABASE_BYTES {
+        return Err(DuckError::NotDatabase(format!(
+            "it is {len} bytes long, shorter than the smallest DuckDB file ({MIN_DATABASE_BYTES} bytes)"
+        )));
+    }
+    let mut buf = vec![0u8; HEADER_BYTES];
+    f.read_exact(&mut buf)
+        .map_err(|e| DuckError::NotDatabase(format!("cannot read its header: {e}")))?;
+    parse_header(&buf)
+}
+
+/// Parses the first 4 KiB of a database file.
+pub fn parse_header(buf: &[u8]) -> Result<Header, DuckError> {
+    if buf.len() < 84 || &buf[MAGIC_OFFSET..MAGIC_OFFSET + 4] != b"DUCK" {
+        return Err(DuckError::NotDatabase(
+            "it does not start with DuckDB's magic bytes `DUCK`".into(),
+        ));
+    }
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&buf[12..20]);
+    let storage_version = u64::from_le_bytes(v);
+    // version_number (8) then 4 flag words (32), then the library's version string (32 bytes).
+    let created = &buf[52..84];
+    let end = created
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(created.len());
+    let created_by = String::from_utf8_lossy(&created[..end]).trim().to_owned();
+    Ok(Header {
+        storage_version,
+        created_by,
+    })
+}
+
+/// A table, by schema and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    /// `"schema"."name"`, quoted for SQL.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+    /// `schema.name` for people.
+    pub fn display(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// An order-independent content fingerprint of a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Fingerprint {
+    pub rows: u64,
+    /// `sum(hash(row))` as a decimal HUGEINT; null for an empty table.
+    pub sum_hash: Option<String>,
+    /// `bit_xor(hash(row))`; null for an empty table.
+    pub xor_hash: Option<u64>,
+}
+
+/// An open DuckDB database.
+pub struct Db {
+    conn: Connection,
+}
+
+impl Db {
+    /// Opens an existing database read-only (its WAL, if any, is replayed in memory and left on
+    /// disk). Refuses anything that does not look like a DuckDB file before DuckDB sees it.
+    pub fn open_read_only(path: &Path, limits: &Limits) -> Result<Db, DuckError> {
+        check_header(path)?;
+        Self::open(path, AccessMode::ReadOnly, limits)
+    }
+
+    /// Opens a database read-write. Only for files ducksafe itself owns: a private temporary
+    /// copy (to fold a WAL in) or a demo database it creates.
+    pub fn open_read_write(path: &Path, limits: &Limits) -> Result<Db, DuckError> {
+        Self::open(path, AccessMode::ReadWrite, limits)
+    }
+
+    fn open(path: &Path, mode: AccessMode, limits: &Limits) -> Result<Db, DuckError> {
+        let mut config = Config::default()
+            .access_mode(mode)
+            .and_then(|c| c.enable_autoload_extension(false))
+            .map_err(|e| classify(&e))?;
+        if let Some(m) = &limits.memory_limit {
+            config = config.max_memory(m).map_err(|e| classify(&e))?;
+        }
+        if let Some(t) = limits.threads {
+            config = config.threads(i64::from(t)).map_err(|e| classify(&e))?;
+        }
+        let conn = Connection::open_with_flags(path, config).map_err(|e| match classify(&e) {
+            DuckError::Failed(m)
+                if m.contains("not a valid DuckDB database")
+                    || m.contains("can only read versions")
+                    || m.contains("older development version")
+                    || m.contains("newer") =>
+            {
+                DuckError::NotDatabase(m)
+            }
+            other => other,
+        })?;
+        Ok(Db { conn })
+    }
+
+    /// Runs SQL statements that return nothing (a checkpoint, the demo's DDL).
+    pub fn execute_batch(&self, sql: &str) -> Result<(), DuckError> {
+        self.conn.execute_batch(sql).map_err(|e| classify(&e))
+    }
+
+    /// The DuckDB library version (`v2.0.0`).
+    pub fn library_version(&self) -> Result<String, DuckError> {
+        self.conn
+            .query_row("SELECT library_version FROM pragma_version()", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(|e| classify(&e))
+    }
+
+    /// Every user table of the database, sorted.
+    pub fn tables(&self) -> Result<Vec<TableName>, DuckError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT schema_name, table_name FROM duckdb_tables() \
+                 WHERE database_name = current_database() AND NOT internal AND NOT temporary \
+                 ORDER BY schema_name, table_name",
+            )
+            .map_err(|e| classify(&e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(TableName {
+                    schema: r.get(0)?,
+                    name: r.get(1)?,
+                })
+            })
+            .map_err(|e| classify(&e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| classify(&e))
+    }
+
+    /// Number of views, macros and sequences: reported, not fingerprinted.
+    pub fn object_counts(&self) -> Result<(u64, u64), DuckError> {
+        self.conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM duckdb_views() WHERE database_name = current_database() AND NOT internal), \
+                        (SELECT count(*) FROM duckdb_sequences() WHERE database_name = current_database())",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .map(|(v, s)| (v.unsigned_abs(), s.unsigned_abs()))
+            .map_err(|e| classify(&e))
+    }
+
+    /// The exact number of rows of a table.
+    pub fn row_count(&self, t: &TableName) -> Result<u64, DuckError> {
+        self.conn
+            .query_row(&format!("SELECT count(*) FROM {}", t.quoted()), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(i64::unsigned_abs)
+            .map_err(|e| classify(&e))
+    }
+
+    /// The content fingerprint of a table: reads every column of every row.
+    pub fn fingerprint(&self, t: &TableName) -> Result<Fingerprint, DuckError> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT count(*), sum(hash(t))::HUGEINT::VARCHAR, bit_xor(hash(t)) FROM {} AS t",
+                    t.quoted()
+                ),
+                [],
+                |r| {
+                    Ok(Fingerprint {
+                        rows: r.get::<_, i64>(0)?.unsigned_abs(),
+                        sum_hash: r.get(1)?,
+                        xor_hash: r.get(2)?,
+                    })
+                },
+            )
+            .map_err(|e| classify(&e))
+    }
+
+    /// Folds the WAL into the database file (only ever on ducksafe's own temporary copy).
+    pub fn checkpoint(&self) -> Result<(), DuckError> {
+        self.execute_batch("FORCE CHECKPOINT")
+    }
+
+    /// Closes the database, reporting an error DuckDB raises while closing.
+    pub fn close(self) -> Result<(), DuckError> {
+        self.conn.close().map_err(|(_, e)| classify(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_messages_yield_pid_and_holder() {
+        let msg = "IO Error: Could not set lock on file \"/x/sim.duckdb\": Conflicting lock is held in /usr/bin/python3.11 (PID 4242) by user root. See also https://duckdb.org/docs/";
+        assert_eq!(parse_pid(msg), Some(4242));
+        assert_eq!(parse_holder(msg).as_deref(), Some("/usr/bin/python3.11"));
+        assert_eq!(parse_pid("no pid here"), None);
+    }
+
+    #[test]
+    fn header_without_magic_is_refused() {
+        let buf = vec![0u8; HEADER_BYTES];
+        assert!(matches!(parse_header(&buf), Err(DuckError::NotDatabase(_))));
+    }
+
+    #[test]
+    fn wal_paths_cover_every_companion() {
+        let p = wal_paths(Path::new("/d/sim.duckdb"));
+        assert_eq!(
+            p,
+            vec![
+                PathBuf::from("/d/sim.duckdb.wal"),
+                PathBuf::from("/d/sim.duckdb.wal.checkpoint"),
+                PathBuf::from("/d/sim.duckdb.wal.recovery"),
+            ]
+        );
+    }
+}

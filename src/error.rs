@@ -1,0 +1,297 @@
+//! Every failure ducksafe can report, and the one place that maps each to its protocol code, exit
+//! code and operator hint.
+//!
+//! Domain code returns [`Error`]; the CLI and the hook turn it into text or into
+//! [`ErrorEntry`] values with [`Error::entries`]. Messages are lowercase, carry the path or value
+//! in backticks, and end without a period; a `hint` says what to do next.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::protocol::{ErrorCode, ErrorEntry};
+
+/// One configuration problem, with a JSON Pointer to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// JSON Pointer into the configuration (`/BACKUP_KEEP_LAST`), `""` for the whole document.
+    pub pointer: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
+    #[error("unsupported event `{0}`: expected `pre_run`, `post_run` or `validate`")]
+    UnsupportedEvent(String),
+
+    #[error("unsupported protocol_version `{0}`: this ducksafe speaks version 1")]
+    UnsupportedProtocol(String),
+
+    #[error("configuration file `{}` not found", path.display())]
+    ConfigNotFound { path: PathBuf },
+
+    #[error("configuration `{}` is invalid: {} problem{}", source_name, violations.len(), if violations.len() == 1 { "" } else { "s" })]
+    ConfigInvalid {
+        source_name: String,
+        violations: Vec<Violation>,
+    },
+
+    #[error("database `{}` not found", path.display())]
+    DatabaseNotFound { path: PathBuf },
+
+    #[error("`{}` is not a usable DuckDB database: {why}", path.display())]
+    DatabaseInvalid { path: PathBuf, why: String },
+
+    #[error("database `{}` is in use{}", path.display(), holder_text(*pid, holder.as_deref()))]
+    DatabaseLocked {
+        path: PathBuf,
+        pid: Option<i32>,
+        holder: Option<String>,
+    },
+
+    #[error("another ducksafe is working in `{}`{}", dir.display(), holder_text(*pid, None))]
+    LockBusy { dir: PathBuf, pid: Option<i32> },
+
+    #[error("backup directory `{}` is unsafe: {why}", dir.display())]
+    BackupDirUnsafe { dir: PathBuf, why: String },
+
+    #[error(
+        "not enough free space in `{}`: {} available, {} required",
+        dir.display(),
+        human_bytes(*available),
+        human_bytes(*required)
+    )]
+    InsufficientSpace {
+        dir: PathBuf,
+        available: u64,
+        required: u64,
+    },
+
+    #[error("cannot back up `{}`: {why}", path.display())]
+    BackupFailed { path: PathBuf, why: String },
+
+    #[error("cannot {action} `{}`: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("backup `{}` failed verification: {why}", path.display())]
+    VerificationFailed { path: PathBuf, why: String },
+
+    #[error("backup `{id}` not found in `{}`", dir.display())]
+    BackupNotFound { id: String, dir: PathBuf },
+
+    #[error("no backups yet: the backup directory `{}` does not exist", dir.display())]
+    NoBackupDir { dir: PathBuf },
+
+    #[error("restore of `{}` failed: {why}", database.display())]
+    RestoreFailed { database: PathBuf, why: String },
+
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn holder_text(pid: Option<i32>, holder: Option<&str>) -> String {
+    match (pid, holder) {
+        (Some(pid), Some(exe)) => format!(": held by `{exe}` (PID {pid})"),
+        (Some(pid), None) => format!(": held by PID {pid}"),
+        (None, Some(exe)) => format!(": held by `{exe}`"),
+        (None, None) => String::new(),
+    }
+}
+
+/// `1.5 GiB`-style sizes for messages.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    #[allow(clippy::cast_precision_loss)]
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+impl Error {
+    /// Shorthand for an I/O failure on a path.
+    pub fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The protocol code: the one mapping from failure to code (and so to exit code).
+    pub fn code(&self) -> ErrorCode {
+        use ErrorCode as C;
+        match self {
+            Error::Usage(_) => C::Usage,
+            Error::InvalidRequest(_) => C::InvalidRequest,
+            Error::UnsupportedEvent(_) => C::UnsupportedEvent,
+            Error::UnsupportedProtocol(_) => C::UnsupportedProtocolVersion,
+            Error::ConfigNotFound { .. } => C::ConfigNotFound,
+            Error::ConfigInvalid { .. } => C::ConfigInvalid,
+            Error::DatabaseNotFound { .. } => C::DatabaseNotFound,
+            Error::DatabaseInvalid { .. } => C::DatabaseInvalid,
+            Error::DatabaseLocked { .. } => C::DatabaseLocked,
+            Error::LockBusy { .. } => C::LockBusy,
+            Error::BackupDirUnsafe { .. } => C::BackupDirUnsafe,
+            Error::InsufficientSpace { .. } => C::InsufficientSpace,
+            Error::BackupFailed { .. } => C::BackupFailed,
+            Error::Io { source, .. } if is_no_space(source) => C::InsufficientSpace,
+            Error::Io { .. } => C::IoError,
+            Error::VerificationFailed { .. } => C::VerificationFailed,
+            Error::BackupNotFound { .. } | Error::NoBackupDir { .. } => C::BackupNotFound,
+            Error::RestoreFailed { .. } => C::RestoreFailed,
+            Error::Internal(_) => C::Internal,
+        }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        self.code().exit_code()
+    }
+
+    /// What the operator should do next.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Usage(_) => Some("run `ducksafe --help` for usage".into()),
+            Error::InvalidRequest(_) => Some(
+                "send one JSON object, e.g. {\"protocol_version\": 1, \"event\": \"pre_run\"}; `ducksafe schema request` prints the schema".into(),
+            ),
+            Error::UnsupportedEvent(_) | Error::UnsupportedProtocol(_) => {
+                Some("`ducksafe schema request` prints the request schema".into())
+            }
+            Error::ConfigNotFound { .. } => Some(
+                "pass `--config PATH`, set `DUCKSAFE_CONFIG`, or run `ducksafe init` to write `config.yaml`".into(),
+            ),
+            Error::ConfigInvalid { .. } => {
+                Some("`ducksafe schema config` prints every key with its type and default".into())
+            }
+            Error::DatabaseNotFound { .. } => Some(
+                "check `DB_PATH` in the configuration; ducksafe never creates a database".into(),
+            ),
+            Error::DatabaseInvalid { .. } => Some(
+                "check that `DB_PATH` names the simulation's DuckDB file and that this DuckDB can read it"
+                    .into(),
+            ),
+            Error::DatabaseLocked { .. } => Some(
+                "a run is still writing the database; wait for it to finish (or stop it), then retry"
+                    .into(),
+            ),
+            Error::LockBusy { .. } => {
+                Some("another backup or restore is running; retry when it has finished".into())
+            }
+            Error::BackupDirUnsafe { .. } => Some(
+                "make the backup directory private to this user: `chmod 700 DIR` (and `chown` it to this user)".into(),
+            ),
+            Error::InsufficientSpace { .. } => Some(
+                "free space on that filesystem (`ducksafe prune` applies a lowered `BACKUP_KEEP_LAST` now), or set `BACKUP_DIR` to a larger disk; no backup was written".into(),
+            ),
+            Error::Io { source, .. } if is_no_space(source) => Some(
+                "the filesystem filled up during the backup; nothing was published and earlier backups are intact".into(),
+            ),
+            Error::BackupFailed { .. } | Error::Io { .. } => None,
+            Error::VerificationFailed { .. } => Some(
+                "the backup was not published (or must not be trusted); run `ducksafe verify --all` and see docs/runbook.md".into(),
+            ),
+            Error::BackupNotFound { .. } => Some("`ducksafe list` shows the stored backups".into()),
+            Error::NoBackupDir { .. } => Some(
+                "run `ducksafe backup` (or the pre-run hook) first, or check `BACKUP_DIR`".into(),
+            ),
+            Error::RestoreFailed { .. } => Some(
+                "the message says whether the database was replaced; see docs/runbook.md, section 'Restore failed'".into(),
+            ),
+            Error::Internal(_) => Some(
+                "this is a bug in ducksafe; nothing unverified was published. Please report it with the output above".into(),
+            ),
+        }
+    }
+
+    /// The protocol error entries: one per problem (an invalid configuration gives one per
+    /// violation).
+    pub fn entries(&self) -> Vec<ErrorEntry> {
+        let code = self.code();
+        if let Error::ConfigInvalid { violations, .. } = self {
+            return violations
+                .iter()
+                .map(|v| ErrorEntry {
+                    code,
+                    message: v.message.clone(),
+                    retryable: code.retryable(),
+                    path: Some(v.pointer.clone()),
+                    hint: v.hint.clone(),
+                })
+                .collect();
+        }
+        vec![ErrorEntry {
+            code,
+            message: self.to_string(),
+            retryable: code.retryable(),
+            path: None,
+            hint: self.hint(),
+        }]
+    }
+}
+
+fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_full_during_io_is_insufficient_space() {
+        let e = Error::io(
+            "write",
+            Path::new("b"),
+            io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert_eq!(e.code(), ErrorCode::InsufficientSpace);
+        let e = Error::io(
+            "write",
+            Path::new("b"),
+            io::Error::from_raw_os_error(libc::EIO),
+        );
+        assert_eq!(e.code(), ErrorCode::IoError);
+    }
+
+    #[test]
+    fn locked_message_names_the_pid() {
+        let e = Error::DatabaseLocked {
+            path: "sim.duckdb".into(),
+            pid: Some(42),
+            holder: Some("python3".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "database `sim.duckdb` is in use: held by `python3` (PID 42)"
+        );
+        assert!(e.entries()[0].retryable);
+    }
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+}

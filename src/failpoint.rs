@@ -1,0 +1,45 @@
+//! Named crash points for the fault-injection tests.
+//!
+//! `DUCKSAFE_FAILPOINT=<name>` makes the process abort (as `kill -9` would: no destructor, no
+//! cleanup, no answer) when it reaches [`hit`] with that name; `<name>:sleep=<ms>` pauses there
+//! instead, so a test can kill the process from outside at a known moment. Unset, a failpoint
+//! costs one environment lookup. Aborting is no capability a caller lacks: anyone who can set
+//! the environment can also kill the process.
+
+/// Every failpoint in the order a backup reaches them, then a restore's.
+pub const ALL: &[&str] = &[
+    "backup.locked",
+    "snapshot.copied",
+    "snapshot.folded",
+    "snapshot.synced",
+    "backup.verified",
+    "publish.manifest",
+    "publish.sidecar",
+    "publish.renamed",
+    "backup.latest",
+    "rotation.deleting",
+    "rotation.done",
+    "restore.staged",
+    "restore.intent",
+    "restore.quarantined",
+    "restore.renamed",
+];
+
+/// Aborts or pauses here when `DUCKSAFE_FAILPOINT` names this point.
+pub fn hit(name: &str) {
+    let Ok(spec) = std::env::var("DUCKSAFE_FAILPOINT") else {
+        return;
+    };
+    let (point, action) = spec.split_once(':').unwrap_or((spec.as_str(), "abort"));
+    if point != name {
+        return;
+    }
+    if let Some(ms) = action.strip_prefix("sleep=") {
+        let ms = ms.parse().unwrap_or(1000);
+        eprintln!("ducksafe: failpoint `{name}`: sleeping {ms} ms");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    } else {
+        eprintln!("ducksafe: failpoint `{name}`: aborting");
+        std::process::abort();
+    }
+}
