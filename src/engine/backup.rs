@@ -1,0 +1,272 @@
+//! The backup, start to finish. Each step is a module of its own; this file is their order:
+//!
+//! 1. [`lock`](super::lock): take the backup directory (one ducksafe at a time), then a shared
+//!    lock on the database (no writer can start; a writer already in is refused at once);
+//! 2. [`store`](super::store): remove what an interrupted run left behind;
+//! 3. [`space`](super::space): refuse before writing a byte when the copy cannot fit;
+//! 4. [`snapshot`](super::snapshot): copy to a temporary name, fold the WAL in, fsync, read back;
+//! 5. [`verify`](super::verify): open the copy, compare it with the source;
+//! 6. [`manifest`](super::manifest) and [`store`](super::store): publish (manifest, sidecar,
+//!    no-replace rename, directory fsync), then swap `latest`;
+//! 7. [`retention`](super::retention): only now, rotate old backups.
+//!
+//! Invariant: a failure at any step before 6 leaves the backup directory as it was (the
+//! temporary file is removed by its guard) and never touches `latest` or an earlier backup.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+
+use super::lock::{DirLock, SourceLock};
+use super::manifest::{Manifest, SourceInfo, Verification};
+use super::retention::{self, Candidate, Plan, Policy};
+use super::store::{Inventory, Store};
+use super::{snapshot, space, verify};
+use crate::config::Settings;
+use crate::duck;
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::files;
+use crate::protocol::{Deleted, RotationReport, SpaceReport};
+
+/// What a backup did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub manifest: Manifest,
+    pub path: PathBuf,
+    pub rotation: RotationReport,
+    pub space: SpaceReport,
+    pub warnings: Vec<String>,
+    /// Leftovers of interrupted backups that were removed first (file names).
+    pub cleaned: Vec<String>,
+    /// Interrupted restores that were completed first (one line each).
+    pub recovered: Vec<String>,
+}
+
+/// What a dry run found: nothing was written.
+#[derive(Debug, Clone)]
+pub struct DryRun {
+    pub would_create: String,
+    pub space: SpaceReport,
+    pub rotation: RotationReport,
+    pub warnings: Vec<String>,
+}
+
+/// The retention policy of a configuration.
+pub fn policy(settings: &Settings) -> Policy {
+    Policy {
+        keep_last: settings.config.backup_keep_last,
+        max_age_days: settings.config.backup_retention_days,
+        max_total_bytes: settings.config.backup_max_total_bytes,
+    }
+}
+
+/// DuckDB limits from the configuration.
+pub fn limits(settings: &Settings) -> duck::Limits {
+    duck::Limits {
+        memory_limit: settings.config.duckdb_memory_limit.clone(),
+        threads: settings.config.duckdb_threads,
+    }
+}
+
+/// Checks that the database exists and is a DuckDB file, without opening it in DuckDB.
+pub fn check_database(settings: &Settings) -> Result<duck::Header> {
+    let path = &settings.db_path;
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            return Err(Error::DatabaseInvalid {
+                path: path.clone(),
+                why: "it is not a regular file".into(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::DatabaseNotFound { path: path.clone() })
+        }
+        Err(e) => return Err(Error::io("stat database", path, e)),
+    }
+    duck::check_header(path).map_err(|e| Error::DatabaseInvalid {
+        path: path.clone(),
+        why: e.to_string(),
+    })
+}
+
+/// Candidates for retention from an inventory, plus an optional new backup.
+pub fn candidates(inv: &Inventory) -> Vec<Candidate> {
+    inv.backups
+        .iter()
+        .map(|b| Candidate {
+            id: b.id.clone(),
+            created_at: b.manifest.created_at,
+            bytes: b.file_bytes.unwrap_or(b.manifest.bytes),
+            pinned: b.manifest.pinned,
+            verified: !b.manifest.verification.checks.is_empty(),
+        })
+        .collect()
+}
+
+/// Turns a plan into the report's shape.
+pub fn rotation_report(plan: &Plan) -> RotationReport {
+    RotationReport {
+        kept: plan.kept().map(|d| d.id.clone()).collect(),
+        deleted: plan
+            .deletions()
+            .map(|d| Deleted {
+                id: d.id.clone(),
+                bytes: d.bytes,
+                reason: d.reason.describe(),
+            })
+            .collect(),
+    }
+}
+
+/// Applies a plan's deletions. Returns what was deleted; a deletion that fails becomes a
+/// warning (the new backup is already safe, and the next run tries again).
+pub fn apply_plan(store: &Store, plan: &Plan, warnings: &mut Vec<String>) -> RotationReport {
+    let mut report = rotation_report(plan);
+    report.deleted.retain(|d| {
+        failpoint::hit("rotation.deleting");
+        match store.delete(&d.id) {
+            Ok(()) => true,
+            Err(e) => {
+                warnings.push(format!("could not delete old backup `{}`: {e}", d.id));
+                false
+            }
+        }
+    });
+    report
+}
+
+/// Plans a backup without writing anything.
+pub fn dry_run(settings: &Settings, now: DateTime<Utc>) -> Result<DryRun> {
+    check_database(settings)?;
+    let mut warnings = Vec::new();
+    // Refuse a writer now rather than pretend the real run would succeed.
+    let source = SourceLock::acquire(&settings.db_path)?;
+    let needed = source_bytes(&settings.db_path);
+    drop(source);
+    let dir = &settings.backup_dir;
+    let (inv, check_dir) = if dir.is_dir() {
+        let store = Store::open(dir, false)?;
+        (store.inventory()?, dir.clone())
+    } else {
+        warnings.push(format!(
+            "`{}` does not exist yet; the backup would create it (0700)",
+            dir.display()
+        ));
+        (Inventory::default(), files::parent_of(dir).to_path_buf())
+    };
+    let space = space::check(&check_dir, needed, settings.config.backup_min_free_bytes)?;
+    let id = format!("{}_{}", settings.db_stem(), now.format("%Y%m%d_%H%M%S"));
+    let mut cands = candidates(&inv);
+    cands.push(Candidate {
+        id: id.clone(),
+        created_at: now,
+        bytes: needed,
+        pinned: false,
+        verified: true,
+    });
+    let plan = retention::plan(&cands, now, policy(settings));
+    warnings.extend(plan.warnings.iter().cloned());
+    Ok(DryRun {
+        would_create: id,
+        space: SpaceReport {
+            available_bytes: space.available,
+            required_bytes: space.required,
+            backups_bytes: Store::used_bytes(&inv),
+        },
+        rotation: rotation_report(&plan),
+        warnings,
+    })
+}
+
+fn source_bytes(db: &std::path::Path) -> u64 {
+    let main = std::fs::metadata(db).map_or(0, |m| m.len());
+    main + snapshot::present_wals(db)
+        .iter()
+        .map(|(_, n)| n)
+        .sum::<u64>()
+}
+
+/// Takes, verifies, publishes and rotates one backup.
+pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) -> Result<Outcome> {
+    check_database(settings)?;
+    let store = Store::open(&settings.backup_dir, true)?;
+    let _dir_lock = DirLock::acquire(store.dir())?;
+    let cleaned = store.clean_leftovers()?;
+    let recovered = super::restore::recover(settings)?;
+    let source = SourceLock::acquire(&settings.db_path)?;
+    failpoint::hit("backup.locked");
+
+    let needed = source_bytes(&settings.db_path);
+    let space = space::check(store.dir(), needed, settings.config.backup_min_free_bytes)?;
+
+    let id = store.new_id(&settings.db_stem(), now);
+    let limits = limits(settings);
+    let snap = snapshot::take(&source, store.temp_path(&id), &limits)?;
+    let level = settings.config.verify_level;
+    let verified = verify::fresh(&snap, &settings.db_path, level, &limits)?;
+    failpoint::hit("backup.verified");
+
+    let file = format!("{id}.duckdb");
+    let contents = verified.contents;
+    let manifest = Manifest {
+        format: super::manifest::FORMAT,
+        id: id.clone(),
+        file,
+        created_at: now,
+        bytes: snap.bytes,
+        sha256: files::hex(&snap.sha256),
+        source: SourceInfo {
+            path: settings.db_path.display().to_string(),
+            bytes: snap.source_bytes,
+            sha256: files::hex(&snap.source_sha256),
+            wal_bytes: snap.wal_bytes,
+            wal_folded: snap.wal_folded,
+        },
+        duckdb_version: contents.duckdb_version,
+        storage_version: contents.header.storage_version,
+        created_by: contents.header.created_by,
+        tables: contents.tables,
+        views: contents.views,
+        sequences: contents.sequences,
+        verification: Verification {
+            level: level.as_str().to_owned(),
+            checks: verified.checks,
+            verified_at: Utc::now(),
+        },
+        request_id: request_id.map(str::to_owned),
+        pinned: false,
+        ducksafe_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let path = store.publish(snap.temp.path(), &manifest)?;
+    snap.temp.disarm();
+    drop(source);
+    failpoint::hit("publish.renamed");
+
+    let mut warnings = Vec::new();
+    if let Some(w) = store.point_latest(&id)? {
+        warnings.push(w);
+    }
+    failpoint::hit("backup.latest");
+
+    let inv = store.inventory()?;
+    let plan = retention::plan(&candidates(&inv), now, policy(settings));
+    warnings.extend(plan.warnings.iter().cloned());
+    let rotation = apply_plan(&store, &plan, &mut warnings);
+    failpoint::hit("rotation.done");
+    let after = store.inventory()?;
+    Ok(Outcome {
+        manifest,
+        path,
+        rotation,
+        space: SpaceReport {
+            available_bytes: space.available,
+            required_bytes: space.required,
+            backups_bytes: Store::used_bytes(&after),
+        },
+        warnings,
+        cleaned,
+        recovered,
+    })
+}

@@ -1,0 +1,146 @@
+//! The manifest written beside every backup: what it holds, where it came from, and what was
+//! checked before it was published.
+//!
+//! Invariants:
+//! - A manifest is written (atomically, `0600`) before its backup becomes visible under its
+//!   name, so every published backup has one; a manifest whose backup is missing is a leftover
+//!   of an interrupted run.
+//! - Manifests are read without following symlinks and with a size cap; a manifest that does not
+//!   parse makes its backup untrusted, never silently trusted.
+
+use std::io::Read;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duck::Fingerprint;
+use crate::error::{Error, Result};
+use crate::files;
+
+/// Version of the manifest format.
+pub const FORMAT: u32 = 1;
+/// A manifest larger than this is refused (a real one is a few KiB per hundred tables).
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+/// Where the backup came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SourceInfo {
+    /// Absolute path of the database that was backed up.
+    pub path: String,
+    /// Size of the database's main file when it was copied.
+    pub bytes: u64,
+    /// SHA-256 of the main file's bytes as read (under lock) for the copy.
+    pub sha256: String,
+    /// Total size of the WAL files that were folded into the backup (0 when there were none).
+    pub wal_bytes: u64,
+    /// True when committed data from the WAL was folded in, so the backup's bytes differ from
+    /// the source's main file and its content was proven equal by comparing fingerprints.
+    pub wal_folded: bool,
+}
+
+/// A table in the backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TableEntry {
+    pub schema: String,
+    pub name: String,
+    /// Exact row count (`standard` and `full` verification).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// Content fingerprint (`full` verification).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprint>,
+}
+
+/// What was checked before the backup was published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Verification {
+    /// `quick`, `standard` or `full`.
+    pub level: String,
+    /// The checks that passed: size, sha256, open, row_counts, fingerprints.
+    pub checks: Vec<String>,
+    pub verified_at: DateTime<Utc>,
+}
+
+/// `<id>.manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Manifest {
+    pub format: u32,
+    pub id: String,
+    /// The backup's file name in the backup directory.
+    pub file: String,
+    pub created_at: DateTime<Utc>,
+    pub bytes: u64,
+    pub sha256: String,
+    pub source: SourceInfo,
+    /// The DuckDB library that verified the backup (fingerprints depend on it).
+    pub duckdb_version: String,
+    /// Storage format version in the backup's header.
+    pub storage_version: u64,
+    /// The DuckDB version that created the database, from its header.
+    pub created_by: String,
+    pub tables: Vec<TableEntry>,
+    pub views: u64,
+    pub sequences: u64,
+    pub verification: Verification,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// A pinned backup is never deleted by rotation and does not count against
+    /// `BACKUP_KEEP_LAST`.
+    #[serde(default)]
+    pub pinned: bool,
+    pub ducksafe_version: String,
+}
+
+impl Manifest {
+    /// Total rows over every table, when counted.
+    pub fn total_rows(&self) -> Option<u64> {
+        self.tables.iter().map(|t| t.rows).sum()
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    /// Writes the manifest atomically and durably.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        files::write_atomic(path, &self.to_json()).map_err(|e| Error::io("write manifest", path, e))
+    }
+
+    /// Reads a manifest, refusing symlinks and oversized files.
+    pub fn read(path: &Path) -> Result<Manifest> {
+        let f = files::open_read_nofollow(path).map_err(|e| Error::io("read manifest", path, e))?;
+        let mut buf = Vec::new();
+        f.take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io("read manifest", path, e))?;
+        if buf.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(Error::VerificationFailed {
+                path: path.to_path_buf(),
+                why: "the manifest is implausibly large".into(),
+            });
+        }
+        serde_json::from_slice(&buf).map_err(|e| Error::VerificationFailed {
+            path: path.to_path_buf(),
+            why: format!("the manifest does not parse: {e}"),
+        })
+    }
+}
+
+/// The `sha256sum -c` line for a backup.
+pub fn sidecar_line(sha256: &str, file_name: &str) -> String {
+    format!("{sha256}  {file_name}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecar_matches_sha256sum_format() {
+        assert_eq!(sidecar_line("ab", "s_1.duckdb"), "ab  s_1.duckdb\n");
+    }
+}

@@ -1,0 +1,430 @@
+//! Restore: put a verified backup back in place of the database, and move the database it
+//! replaces, with every WAL file beside it, into a quarantine folder (never deleted).
+//!
+//! The order, and why:
+//! 1. verify the backup (size, SHA-256 against its manifest, a read-only open): a bad backup is
+//!    refused before anything moves;
+//! 2. take an exclusive lock on the database: nobody, reader or writer, has it open;
+//! 3. stage: copy the backup to a temporary name in the database's directory, fsync;
+//! 4. write the intent (`restore.json`, state `prepared`) in the quarantine folder, fsync;
+//! 5. move the WAL files into quarantine, hard-link the database there (so the database path
+//!    never stops existing: a DuckDB opening it meanwhile would create an empty database);
+//! 6. rename the staged file over the database, fsync the directory;
+//! 7. mark the intent `done`; check the restored database's fingerprints against the manifest.
+//!
+//! A crash before 4 leaves the old state plus a temporary file the next run removes. A crash
+//! after 4 is completed by [`recover`] at the next ducksafe command that touches the database:
+//! the staged file is verified and fsynced, so rolling forward is always possible. A stale WAL is
+//! never left beside a restored database, and nothing is ever deleted.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::lock::{DatabaseLock, DirLock};
+use super::store::{self, Entry, Store};
+use super::verify;
+use crate::config::{Settings, VerifyLevel};
+use crate::duck::{self, Limits};
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::files;
+
+/// Name of the intent journal in a quarantine folder.
+pub const INTENT: &str = "restore.json";
+
+/// The journal of one restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub backup_id: String,
+    pub backup_sha256: String,
+    pub database: PathBuf,
+    pub staged: PathBuf,
+    /// Files moved (or to move) into quarantine: (from, to).
+    pub moves: Vec<(PathBuf, PathBuf)>,
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+}
+
+/// The decided names of one restore; nothing touched yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub backup: PathBuf,
+    pub backup_id: String,
+    pub backup_sha256: String,
+    pub database: PathBuf,
+    pub quarantine: PathBuf,
+    pub staged: PathBuf,
+    /// (from, to): the WAL files that exist now, then the database itself (linked, not moved).
+    pub moves: Vec<(PathBuf, PathBuf)>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub plan: Plan,
+    pub quarantined: Vec<PathBuf>,
+    pub checks: Vec<String>,
+    pub duration_ms: u64,
+}
+
+impl Plan {
+    /// Shell commands that undo the restore: put the quarantined files back.
+    pub fn undo_commands(&self, quarantined: &[PathBuf]) -> Vec<String> {
+        let mut cmds = Vec::new();
+        for q in quarantined {
+            if let Some((from, _)) = self.moves.iter().find(|(_, to)| to == q) {
+                cmds.push(format!("mv -f {} {}", shell_quote(q), shell_quote(from)));
+            }
+        }
+        cmds
+    }
+}
+
+/// Quotes a path for a POSIX shell.
+pub fn shell_quote(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%".contains(c))
+    {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// Where quarantined files go for `settings`: the configured folder when it shares the
+/// database's filesystem (a rename cannot cross filesystems), else a private folder beside the
+/// database.
+pub fn quarantine_root(settings: &Settings) -> PathBuf {
+    let db_dir = files::parent_of(&settings.db_path);
+    let configured = &settings.quarantine_dir;
+    let probe = if configured.exists() {
+        configured.as_path()
+    } else {
+        files::parent_of(configured)
+    };
+    match (store::device_of(probe), store::device_of(db_dir)) {
+        (Some(a), Some(b)) if a == b => configured.clone(),
+        _ => db_dir.join(".ducksafe-quarantine"),
+    }
+}
+
+/// Decides the names of a restore. Pure apart from looking at which WAL files exist.
+pub fn plan(settings: &Settings, store: &Store, entry: &Entry, now: DateTime<Utc>) -> Plan {
+    let database = settings.db_path.clone();
+    let root = quarantine_root(settings);
+    let base = format!(
+        "{}_{}_restore",
+        settings.db_stem(),
+        now.format("%Y%m%d_%H%M%S")
+    );
+    let mut quarantine = root.join(&base);
+    let mut n = 2;
+    while quarantine.exists() {
+        quarantine = root.join(format!("{base}_{n}"));
+        n += 1;
+    }
+    let name = |p: &Path| p.file_name().map(PathBuf::from).unwrap_or_default();
+    let mut moves: Vec<(PathBuf, PathBuf)> = duck::wal_paths(&database)
+        .into_iter()
+        .filter(|w| fs::symlink_metadata(w).is_ok())
+        .map(|w| {
+            let to = quarantine.join(name(&w));
+            (w, to)
+        })
+        .collect();
+    if fs::symlink_metadata(&database).is_ok() {
+        moves.push((database.clone(), quarantine.join(name(&database))));
+    }
+    let staged = files::parent_of(&database).join(format!(
+        "{}restore-{}-{}.duckdb",
+        files::TEMP_PREFIX,
+        std::process::id(),
+        entry.id
+    ));
+    Plan {
+        backup: store.backup_path(&entry.id),
+        backup_id: entry.id.clone(),
+        backup_sha256: entry.manifest.sha256.clone(),
+        database,
+        quarantine,
+        staged,
+        moves,
+    }
+}
+
+/// Carries out a restore plan. The caller holds the backup directory's lock.
+pub fn apply(plan: &Plan, entry: &Entry, limits: &Limits) -> Result<Outcome> {
+    let started = std::time::Instant::now();
+    // 1. The backup must be what its manifest says, and readable.
+    verify::stored(&plan.backup, &entry.manifest, VerifyLevel::Quick, limits)?;
+
+    // 2. Nobody may have the database open.
+    let _db_lock = if fs::symlink_metadata(&plan.database).is_ok() {
+        Some(DatabaseLock::acquire(&plan.database)?)
+    } else {
+        None
+    };
+
+    // 3. Stage the copy beside the database.
+    let restore_err = |why: String| Error::RestoreFailed {
+        database: plan.database.clone(),
+        why,
+    };
+    let staged = Staged::create(plan, &entry.manifest.sha256).map_err(restore_err)?;
+    failpoint::hit("restore.staged");
+
+    // 4. The intent, durable before anything moves.
+    files::create_private_dir(files::parent_of(&plan.quarantine))
+        .or_else(|e| ok_if_exists(&e))
+        .and_then(|()| files::create_private_dir(&plan.quarantine))
+        .map_err(|e| Error::io("create quarantine folder", &plan.quarantine, e))?;
+    let mut intent = Intent {
+        backup_id: plan.backup_id.clone(),
+        backup_sha256: plan.backup_sha256.clone(),
+        database: plan.database.clone(),
+        staged: plan.staged.clone(),
+        moves: plan.moves.clone(),
+        state: "prepared".into(),
+        started_at: Utc::now(),
+    };
+    write_intent(&plan.quarantine, &intent)?;
+    staged.keep();
+    failpoint::hit("restore.intent");
+
+    // 5–6. Quarantine, then the atomic switch.
+    let quarantined = complete(&intent)?;
+    intent.state = "done".into();
+    write_intent(&plan.quarantine, &intent)?;
+
+    // 7. The restored database holds what the manifest says.
+    let replaced = |what: String| Error::RestoreFailed {
+        database: plan.database.clone(),
+        why: format!(
+            "{what}; the database WAS replaced, and the previous one is in `{}` (undo: {})",
+            plan.quarantine.display(),
+            plan.undo_commands(&quarantined).join(" && ")
+        ),
+    };
+    let after = verify::inspect(&plan.database, VerifyLevel::Full, limits, &|e| {
+        replaced(format!("the restored database does not open: {e}"))
+    })?;
+    let mut expected = entry.manifest.tables.clone();
+    if after.duckdb_version != entry.manifest.duckdb_version {
+        for t in &mut expected {
+            t.fingerprint = None;
+        }
+    }
+    verify::compare_tables(&expected, &after.tables).map_err(|why| {
+        replaced(format!(
+            "the restored database differs from the backup's manifest: {why}"
+        ))
+    })?;
+    let mut checks = vec![
+        "sha256".to_owned(),
+        "open".to_owned(),
+        "row_counts".to_owned(),
+    ];
+    if expected.iter().any(|t| t.fingerprint.is_some()) {
+        checks.push("fingerprints".into());
+    }
+    Ok(Outcome {
+        plan: plan.clone(),
+        quarantined,
+        checks,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+fn ok_if_exists(e: &std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::AlreadyExists {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(e.kind(), e.to_string()))
+    }
+}
+
+/// The staged copy; removed on drop unless kept.
+struct Staged<'a> {
+    path: &'a Path,
+    keep: std::cell::Cell<bool>,
+}
+
+impl<'a> Staged<'a> {
+    fn create(plan: &'a Plan, sha256: &str) -> std::result::Result<Staged<'a>, String> {
+        let staged = Staged {
+            path: &plan.staged,
+            keep: std::cell::Cell::new(false),
+        };
+        let mut from = files::open_read_nofollow(&plan.backup)
+            .map_err(|e| format!("cannot read `{}`: {e}", plan.backup.display()))?;
+        let mut to = files::create_private(&plan.staged)
+            .map_err(|e| format!("cannot create `{}`: {e}", plan.staged.display()))?;
+        let copied = files::copy_hashing(&mut from, &mut to)
+            .map_err(|e| format!("cannot copy to `{}`: {e}", plan.staged.display()))?;
+        to.sync_all()
+            .map_err(|e| format!("cannot fsync `{}`: {e}", plan.staged.display()))?;
+        if files::hex(&copied.sha256) != sha256 {
+            return Err(format!(
+                "the backup changed while it was copied (sha256 {})",
+                files::hex(&copied.sha256)
+            ));
+        }
+        Ok(staged)
+    }
+    fn keep(&self) {
+        self.keep.set(true);
+    }
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        if !self.keep.get() {
+            let _ = fs::remove_file(self.path);
+        }
+    }
+}
+
+fn write_intent(quarantine: &Path, intent: &Intent) -> Result<()> {
+    let path = quarantine.join(INTENT);
+    let mut bytes = serde_json::to_vec_pretty(intent).unwrap_or_default();
+    bytes.push(b'\n');
+    files::write_atomic(&path, &bytes).map_err(|e| Error::io("write restore journal", &path, e))
+}
+
+/// Steps 5 and 6 from a durable intent; safe to run again after a crash at any point.
+fn complete(intent: &Intent) -> Result<Vec<PathBuf>> {
+    let staged_present = fs::symlink_metadata(&intent.staged).is_ok();
+    let mut quarantined = Vec::new();
+    for (from, to) in &intent.moves {
+        let is_db = *from == intent.database;
+        let already = fs::symlink_metadata(to).is_ok();
+        if !already && staged_present {
+            if is_db {
+                // Keep the database path alive until the staged file replaces it.
+                fs::hard_link(from, to).map_err(|e| Error::io("quarantine", from, e))?;
+            } else if fs::symlink_metadata(from).is_ok() {
+                fs::rename(from, to).map_err(|e| Error::io("quarantine", from, e))?;
+            } else {
+                continue;
+            }
+        }
+        if fs::symlink_metadata(to).is_ok() {
+            quarantined.push(to.clone());
+        }
+    }
+    // A WAL that appeared after the plan (a process that opened the database between a crash
+    // and this recovery) must not end up beside the restored file either: quarantine it too.
+    if staged_present {
+        if let Some((_, first)) = intent.moves.first() {
+            let qdir = files::parent_of(first);
+            for wal in duck::wal_paths(&intent.database) {
+                if fs::symlink_metadata(&wal).is_err() {
+                    continue;
+                }
+                let name = wal.file_name().map(PathBuf::from).unwrap_or_default();
+                let mut to = qdir.join(&name);
+                let mut n = 1;
+                while fs::symlink_metadata(&to).is_ok() {
+                    to = qdir.join(format!("{}.late{n}", name.display()));
+                    n += 1;
+                }
+                fs::rename(&wal, &to).map_err(|e| Error::io("quarantine", &wal, e))?;
+                quarantined.push(to);
+            }
+        }
+    }
+    if let Some((_, to)) = intent.moves.first() {
+        files::sync_dir(files::parent_of(to)).map_err(|e| Error::io("sync", to, e))?;
+    }
+    files::sync_dir(files::parent_of(&intent.database))
+        .map_err(|e| Error::io("sync", &intent.database, e))?;
+    failpoint::hit("restore.quarantined");
+    if staged_present {
+        files::rename_durable(&intent.staged, &intent.database)
+            .map_err(|e| Error::io("move restored copy into place at", &intent.database, e))?;
+    }
+    failpoint::hit("restore.renamed");
+    Ok(quarantined)
+}
+
+/// Finishes restores that a crash interrupted (intent `prepared`), and removes staged copies no
+/// intent refers to. Returns one line per action taken.
+pub fn recover(settings: &Settings) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    let root = quarantine_root(settings);
+    if let Ok(rd) = fs::read_dir(&root) {
+        let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        dirs.sort();
+        for dir in dirs {
+            let path = dir.join(INTENT);
+            let Ok(bytes) = fs::read(&path) else { continue };
+            let Ok(mut intent) = serde_json::from_slice::<Intent>(&bytes) else {
+                continue;
+            };
+            if intent.state != "prepared" || intent.database != settings.db_path {
+                continue;
+            }
+            // Nobody may have the database open while the interrupted restore is finished.
+            let _db_lock = if fs::symlink_metadata(&intent.database).is_ok() {
+                Some(DatabaseLock::acquire(&intent.database)?)
+            } else {
+                None
+            };
+            complete(&intent)?;
+            intent.state = "done".into();
+            write_intent(&dir, &intent)?;
+            done.push(format!(
+                "completed an interrupted restore of backup `{}` (journal `{}`)",
+                intent.backup_id,
+                path.display()
+            ));
+        }
+    }
+    // Staged copies of restores that crashed before their intent was written.
+    let db_dir = files::parent_of(&settings.db_path);
+    if let Ok(rd) = fs::read_dir(db_dir) {
+        for e in rd.filter_map(std::result::Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{}restore-", files::TEMP_PREFIX))
+                && fs::remove_file(e.path()).is_ok()
+            {
+                done.push(format!("removed the leftover `{}`", e.path().display()));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Restores the backup `selector` names (`latest`, an id, a path): takes the backup
+/// directory's lock, finishes any interrupted restore first, then plans and applies. Returns the
+/// backup's manifest, the outcome, and notes about recovered leftovers.
+pub fn run(
+    settings: &Settings,
+    selector: &str,
+    now: DateTime<Utc>,
+) -> Result<(super::manifest::Manifest, Outcome, Vec<String>)> {
+    let store = Store::open(&settings.backup_dir, false)?;
+    let _lock = DirLock::acquire(store.dir())?;
+    let notes = recover(settings)?;
+    let entry = store.resolve(selector)?;
+    let plan = plan(settings, &store, &entry, now);
+    let limits = crate::engine::backup::limits(settings);
+    let outcome = apply(&plan, &entry, &limits)?;
+    Ok((entry.manifest, outcome, notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quote_is_safe() {
+        assert_eq!(shell_quote(Path::new("/a/b.duckdb")), "/a/b.duckdb");
+        assert_eq!(shell_quote(Path::new("/a b/it's")), "'/a b/it'\\''s'");
+    }
+}

@@ -1,0 +1,191 @@
+//! The consistent copy: one self-contained file in the backup directory, under a temporary name,
+//! that holds everything committed in the source database, its WAL included.
+//!
+//! How it stays consistent: the caller holds a [`SourceLock`] (a shared OFD lock on the database
+//! file) for the whole copy, so no DuckDB writer can open the database and change it; the copy
+//! reads the locked descriptor itself, never a path that could have been swapped meanwhile.
+//!
+//! How the WAL gets in: when `<db>.wal` (or `.wal.checkpoint` / `.wal.recovery`) exists, those
+//! files are copied beside the temporary copy under its name, then DuckDB opens that private
+//! copy read-write and checkpoints it, which folds the WAL into the file and deletes it. The
+//! source database and its WAL are only ever read.
+//!
+//! Invariants:
+//! - The temporary file is `0600`, created with `O_EXCL | O_NOFOLLOW`, and removed (with any WAL
+//!   beside it) on every failure path, by [`TempBackup`]'s `Drop`.
+//! - When nothing had to be folded, the backup's bytes as read back from disk hash to the same
+//!   SHA-256 as the source bytes read under the lock: a byte-exact copy.
+
+use std::fs;
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::lock::SourceLock;
+use crate::duck::{self, Db, DuckError, Limits};
+use crate::error::{Error, Result};
+use crate::files;
+
+/// A temporary backup file, deleted on drop unless it was published.
+#[derive(Debug)]
+pub struct TempBackup {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempBackup {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// The file was renamed into place; nothing to clean up.
+    pub fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempBackup {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.path);
+            for wal in duck::wal_paths(&self.path) {
+                let _ = fs::remove_file(wal);
+            }
+        }
+    }
+}
+
+/// The copy, written, fsynced and read back.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub temp: TempBackup,
+    /// Size and SHA-256 of the backup as read back from disk.
+    pub bytes: u64,
+    pub sha256: [u8; 32],
+    /// Size and SHA-256 of the source's main file as read under the lock.
+    pub source_bytes: u64,
+    pub source_sha256: [u8; 32],
+    /// Total size of the WAL files folded in (0: none, the backup is a byte-exact copy).
+    pub wal_bytes: u64,
+    pub wal_folded: bool,
+}
+
+/// The WAL files present beside `db`, with their sizes.
+pub fn present_wals(db: &Path) -> Vec<(PathBuf, u64)> {
+    duck::wal_paths(db)
+        .into_iter()
+        .filter_map(|p| match fs::metadata(&p) {
+            Ok(m) if m.is_file() => Some((p, m.len())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Copies the locked source into `temp_path`, folds its WAL in when there is one, fsyncs, and
+/// reads the result back.
+pub fn take(source: &SourceLock, temp_path: PathBuf, limits: &Limits) -> Result<Snapshot> {
+    let src_path = &source.path;
+    let expected = source
+        .file
+        .metadata()
+        .map_err(|e| Error::io("stat", src_path, e))?
+        .len();
+    let wals = present_wals(src_path);
+    let wal_bytes: u64 = wals.iter().map(|(_, n)| n).sum();
+
+    let mut out = files::create_private(&temp_path)
+        .map_err(|e| Error::io("create temporary backup", &temp_path, e))?;
+    let temp = TempBackup {
+        path: temp_path,
+        armed: true,
+    };
+    let mut reader = &source.file;
+    reader
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("read", src_path, e))?;
+    let copied = files::copy_hashing(&mut reader, &mut out)
+        .map_err(|e| Error::io("copy database to", temp.path(), e))?;
+    if copied.bytes != expected {
+        return Err(Error::BackupFailed {
+            path: src_path.clone(),
+            why: format!(
+                "the file changed size while it was copied ({expected} → {} bytes) although it was locked",
+                copied.bytes
+            ),
+        });
+    }
+    crate::failpoint::hit("snapshot.copied");
+
+    let wal_folded = !wals.is_empty();
+    if wal_folded {
+        fold_wal(&wals, src_path, temp.path(), limits)?;
+        crate::failpoint::hit("snapshot.folded");
+    }
+    out.sync_all()
+        .map_err(|e| Error::io("fsync", temp.path(), e))?;
+    drop(out);
+    crate::failpoint::hit("snapshot.synced");
+
+    let back = files::hash_file(temp.path()).map_err(|e| Error::io("read back", temp.path(), e))?;
+    if !wal_folded && (back.bytes != copied.bytes || back.sha256 != copied.sha256) {
+        return Err(Error::VerificationFailed {
+            path: temp.path().to_path_buf(),
+            why: format!(
+                "the copy read back from disk differs from the source ({} bytes, sha256 {} against {} bytes, sha256 {})",
+                back.bytes,
+                files::hex(&back.sha256),
+                copied.bytes,
+                files::hex(&copied.sha256)
+            ),
+        });
+    }
+    Ok(Snapshot {
+        temp,
+        bytes: back.bytes,
+        sha256: back.sha256,
+        source_bytes: copied.bytes,
+        source_sha256: copied.sha256,
+        wal_bytes,
+        wal_folded,
+    })
+}
+
+/// Copies the WAL files beside the private copy and checkpoints the copy, so that the backup
+/// holds every committed change in one file.
+fn fold_wal(wals: &[(PathBuf, u64)], src: &Path, temp: &Path, limits: &Limits) -> Result<()> {
+    for (wal, _) in wals {
+        let suffix = wal
+            .to_string_lossy()
+            .strip_prefix(&*src.to_string_lossy())
+            .map(str::to_owned)
+            .unwrap_or_default();
+        let dest = PathBuf::from(format!("{}{suffix}", temp.display()));
+        let mut from = files::open_read(wal).map_err(|e| Error::io("read WAL", wal, e))?;
+        let mut to =
+            files::create_private(&dest).map_err(|e| Error::io("copy WAL to", &dest, e))?;
+        files::copy_hashing(&mut from, &mut to).map_err(|e| Error::io("copy WAL to", &dest, e))?;
+    }
+    let fail = |e: DuckError| Error::BackupFailed {
+        path: src.to_path_buf(),
+        why: format!("DuckDB could not fold the WAL into the copy: {e}"),
+    };
+    let db = Db::open_read_write(temp, limits).map_err(fail)?;
+    db.checkpoint().map_err(fail)?;
+    db.close().map_err(fail)?;
+    for leftover in duck::wal_paths(temp) {
+        match fs::metadata(&leftover) {
+            Ok(m) if m.len() > 0 => {
+                return Err(Error::BackupFailed {
+                    path: src.to_path_buf(),
+                    why: format!(
+                        "DuckDB left a non-empty `{}` after the checkpoint",
+                        leftover.display()
+                    ),
+                })
+            }
+            Ok(_) => {
+                let _ = fs::remove_file(&leftover);
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}

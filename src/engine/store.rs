@@ -1,0 +1,403 @@
+//! The backup directory: its names, its inventory, publication of a new backup, `latest`, and
+//! the cleanup of what an interrupted run left behind.
+//!
+//! Layout of a backup directory:
+//! ```text
+//! backups/                                   0700
+//!   simulation_20250818_143022.duckdb        0600  the backup (one file, no WAL)
+//!   simulation_20250818_143022.duckdb.sha256 0600  `sha256sum -c` line
+//!   simulation_20250818_143022.manifest.json 0600  what it holds and how it was verified
+//!   latest.duckdb -> simulation_20250818_143022.duckdb   (relative symlink)
+//!   .ducksafe.lock                           0600  the directory lock (holder's PID inside)
+//!   .ducksafe-tmp-…                                in-flight files; never a backup name
+//!   quarantine/                              0700  databases moved aside by restores
+//! ```
+//! Invariants:
+//! - A file appears under a backup name only by `rename` of a fully written, fsynced and
+//!   verified temporary file, after its manifest; renames never replace an existing backup.
+//! - ducksafe deletes only what it made: backups that have a ducksafe manifest, their sidecars,
+//!   and `.ducksafe-tmp-*` names. Symlinks are never followed for a write or a delete, and a
+//!   backup name that is not a regular file is never trusted.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+
+use super::manifest::{self, Manifest};
+use crate::error::{Error, Result};
+use crate::files;
+
+/// Name of the symlink to the newest verified backup.
+pub const LATEST: &str = "latest.duckdb";
+const BACKUP_EXT: &str = ".duckdb";
+const MANIFEST_EXT: &str = ".manifest.json";
+const SIDECAR_EXT: &str = ".duckdb.sha256";
+
+/// A backup directory that exists, is a directory, and is private to this user.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// One backup known to the store.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: String,
+    pub manifest: Manifest,
+    /// Size of the backup file on disk (`None` when it is missing).
+    pub file_bytes: Option<u64>,
+}
+
+/// Everything found in the directory.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    /// Backups with a manifest and a regular file, newest first.
+    pub backups: Vec<Entry>,
+    /// Files that look like backups but have no (readable) ducksafe manifest; never deleted.
+    pub unmanaged: Vec<(String, String)>,
+    /// Manifests whose backup file is missing or not a regular file.
+    pub incomplete: Vec<String>,
+}
+
+impl Store {
+    /// Opens the backup directory, creating it (`0700`, missing parents too) when `create` is
+    /// set, and refuses one that is not private.
+    pub fn open(dir: &Path, create: bool) -> Result<Store> {
+        match fs::metadata(dir) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                if let Some(parent) = dir.parent() {
+                    fs::create_dir_all(parent)
+                        .map_err(|e| Error::io("create backup directory", parent, e))?;
+                }
+                match files::create_private_dir(dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::io("create backup directory", dir, e)),
+                }
+                let _ = files::sync_dir(files::parent_of(dir));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoBackupDir {
+                    dir: dir.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(Error::io("open backup directory", dir, e)),
+        }
+        let meta = fs::metadata(dir).map_err(|e| Error::io("open backup directory", dir, e))?;
+        if let Some(why) = files::unsafe_dir_reason(&meta) {
+            return Err(Error::BackupDirUnsafe {
+                dir: dir.to_path_buf(),
+                why,
+            });
+        }
+        if !create {
+            return Ok(Store {
+                dir: dir.to_path_buf(),
+            });
+        }
+        // Writable by us? (root passes access checks anyway, so try the real thing.)
+        let probe = files::temp_sibling(&dir.join("probe"), "probe");
+        match files::create_private(&probe) {
+            Ok(_) => {
+                let _ = fs::remove_file(&probe);
+            }
+            Err(e) => {
+                return Err(Error::BackupDirUnsafe {
+                    dir: dir.to_path_buf(),
+                    why: format!("it is not writable: {e}"),
+                })
+            }
+        }
+        Ok(Store {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn backup_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}{BACKUP_EXT}"))
+    }
+    pub fn manifest_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}{MANIFEST_EXT}"))
+    }
+    pub fn sidecar_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}{SIDECAR_EXT}"))
+    }
+    pub fn latest_path(&self) -> PathBuf {
+        self.dir.join(LATEST)
+    }
+    /// The temporary name a backup is written under before it is published.
+    pub fn temp_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!(
+            "{}backup-{}-{id}{BACKUP_EXT}",
+            files::TEMP_PREFIX,
+            std::process::id()
+        ))
+    }
+
+    /// A new backup id: `<stem>_YYYYMMDD_HHMMSS` (UTC), with `_2`, `_3`… when that second is
+    /// taken already.
+    pub fn new_id(&self, stem: &str, now: DateTime<Utc>) -> String {
+        let base = format!("{stem}_{}", now.format("%Y%m%d_%H%M%S"));
+        let taken = |id: &str| {
+            [
+                self.backup_path(id),
+                self.manifest_path(id),
+                self.sidecar_path(id),
+            ]
+            .iter()
+            .any(|p| fs::symlink_metadata(p).is_ok())
+        };
+        if !taken(&base) {
+            return base;
+        }
+        (2..=u32::MAX)
+            .map(|n| format!("{base}_{n}"))
+            .find(|id| !taken(id))
+            .unwrap_or(base)
+    }
+
+    /// Reads the directory: managed backups (newest first), unmanaged look-alikes, leftovers.
+    pub fn inventory(&self) -> Result<Inventory> {
+        let mut inv = Inventory::default();
+        let rd = fs::read_dir(&self.dir).map_err(|e| Error::io("list", &self.dir, e))?;
+        let mut names: Vec<String> = rd
+            .filter_map(std::result::Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        for name in &names {
+            if let Some(id) = name.strip_suffix(MANIFEST_EXT) {
+                if name.starts_with('.') {
+                    continue;
+                }
+                let manifest = match Manifest::read(&self.dir.join(name)) {
+                    Ok(m) if m.id == id => m,
+                    Ok(_) | Err(_) => {
+                        inv.unmanaged
+                            .push((name.clone(), "manifest unreadable or for another id".into()));
+                        continue;
+                    }
+                };
+                let path = self.backup_path(id);
+                match fs::symlink_metadata(&path) {
+                    Ok(m) if m.file_type().is_file() => inv.backups.push(Entry {
+                        id: id.to_owned(),
+                        manifest,
+                        file_bytes: Some(m.len()),
+                    }),
+                    _ => inv.incomplete.push(id.to_owned()),
+                }
+            }
+        }
+        for name in &names {
+            if let Some(id) = name.strip_suffix(BACKUP_EXT) {
+                if name == LATEST || name.starts_with('.') {
+                    continue;
+                }
+                let managed = inv.backups.iter().any(|b| b.id == id);
+                if !managed {
+                    inv.unmanaged
+                        .push((name.clone(), "no ducksafe manifest beside it".into()));
+                }
+            }
+        }
+        inv.backups.sort_by(|a, b| {
+            b.manifest
+                .created_at
+                .cmp(&a.manifest.created_at)
+                .then(b.id.cmp(&a.id))
+        });
+        Ok(inv)
+    }
+
+    /// Removes what an interrupted run left: `.ducksafe-tmp-*` entries and manifests or sidecars
+    /// whose backup never got published. Returns the names removed. Call with the directory
+    /// lock held.
+    pub fn clean_leftovers(&self) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        let rd = fs::read_dir(&self.dir).map_err(|e| Error::io("list", &self.dir, e))?;
+        for entry in rd.filter_map(std::result::Result::ok) {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let path = entry.path();
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let leftover = if name.starts_with(files::TEMP_PREFIX) {
+                !meta.is_dir()
+            } else if let Some(id) = name
+                .strip_suffix(MANIFEST_EXT)
+                .or_else(|| name.strip_suffix(SIDECAR_EXT))
+            {
+                // Ours only when it is a regular file and its backup was never published.
+                meta.file_type().is_file()
+                    && fs::symlink_metadata(self.backup_path(id)).is_err()
+                    && (name.ends_with(SIDECAR_EXT)
+                        || Manifest::read(&path).is_ok_and(|m| m.id == id))
+            } else {
+                false
+            };
+            if leftover {
+                // unlink removes a symlink itself, never its target.
+                if fs::remove_file(&path).is_ok() {
+                    removed.push(name);
+                }
+            }
+        }
+        if !removed.is_empty() {
+            files::sync_dir(&self.dir).map_err(|e| Error::io("sync", &self.dir, e))?;
+        }
+        removed.sort();
+        Ok(removed)
+    }
+
+    /// Publishes a verified temporary backup under `manifest.id`: manifest, then sidecar, then
+    /// the backup itself by a no-replace rename, each durable before the next.
+    pub fn publish(&self, temp: &Path, manifest: &Manifest) -> Result<PathBuf> {
+        let id = &manifest.id;
+        let final_path = self.backup_path(id);
+        manifest.write(&self.manifest_path(id))?;
+        crate::failpoint::hit("publish.manifest");
+        let sidecar = self.sidecar_path(id);
+        files::write_atomic(
+            &sidecar,
+            manifest::sidecar_line(&manifest.sha256, &manifest.file).as_bytes(),
+        )
+        .map_err(|e| Error::io("write checksum file", &sidecar, e))?;
+        crate::failpoint::hit("publish.sidecar");
+        if let Err(e) = files::rename_noreplace_durable(temp, &final_path) {
+            let _ = fs::remove_file(self.manifest_path(id));
+            let _ = fs::remove_file(&sidecar);
+            return Err(Error::io("publish backup", &final_path, e));
+        }
+        Ok(final_path)
+    }
+
+    /// Points `latest.duckdb` at a backup, atomically. Returns a warning instead when the name
+    /// is taken by something that is not a symlink (ducksafe never replaces a user's file).
+    pub fn point_latest(&self, id: &str) -> Result<Option<String>> {
+        let link = self.latest_path();
+        if let Ok(meta) = fs::symlink_metadata(&link) {
+            if !meta.file_type().is_symlink() {
+                return Ok(Some(format!(
+                    "`{}` exists and is not a symlink; it was left alone and does not point to the new backup",
+                    link.display()
+                )));
+            }
+        }
+        let target = PathBuf::from(format!("{id}{BACKUP_EXT}"));
+        files::symlink_atomic(&target, &link).map_err(|e| Error::io("update", &link, e))?;
+        Ok(None)
+    }
+
+    /// The id `latest.duckdb` points to, if it is a symlink to a backup name in this directory.
+    pub fn latest_id(&self) -> Option<String> {
+        let target = fs::read_link(self.latest_path()).ok()?;
+        if target.components().count() != 1 {
+            return None;
+        }
+        let name = target.to_str()?;
+        name.strip_suffix(BACKUP_EXT).map(str::to_owned)
+    }
+
+    /// Deletes a managed backup: the backup file first (so a crash never leaves a backup without
+    /// its manifest), then its sidecar and manifest. Symlinks are unlinked, never followed.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        let backup = self.backup_path(id);
+        match fs::symlink_metadata(&backup) {
+            Ok(m) if m.file_type().is_file() || m.file_type().is_symlink() => {
+                fs::remove_file(&backup).map_err(|e| Error::io("delete backup", &backup, e))?;
+            }
+            Ok(_) => {
+                return Err(Error::io(
+                    "delete backup",
+                    &backup,
+                    std::io::Error::other("not a regular file"),
+                ))
+            }
+            Err(_) => {}
+        }
+        for p in [self.sidecar_path(id), self.manifest_path(id)] {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("delete", &p, e)),
+            }
+        }
+        files::sync_dir(&self.dir).map_err(|e| Error::io("sync", &self.dir, e))
+    }
+
+    /// Rewrites a backup's manifest (pin and unpin).
+    pub fn rewrite_manifest(&self, manifest: &Manifest) -> Result<()> {
+        manifest.write(&self.manifest_path(&manifest.id))
+    }
+
+    /// Finds a backup by `latest`, by id, by file name, or by a path inside this directory.
+    pub fn resolve(&self, selector: &str) -> Result<Entry> {
+        let inv = self.inventory()?;
+        let wanted = if selector == "latest" || selector == LATEST {
+            match self
+                .latest_id()
+                .filter(|id| inv.backups.iter().any(|b| &b.id == id))
+            {
+                Some(id) => id,
+                None => {
+                    return inv
+                        .backups
+                        .first()
+                        .cloned()
+                        .ok_or_else(|| Error::BackupNotFound {
+                            id: selector.to_owned(),
+                            dir: self.dir.clone(),
+                        })
+                }
+            }
+        } else {
+            let name = Path::new(selector)
+                .file_name()
+                .map_or_else(|| selector.to_owned(), |n| n.to_string_lossy().into_owned());
+            name.strip_suffix(MANIFEST_EXT)
+                .or_else(|| name.strip_suffix(SIDECAR_EXT))
+                .or_else(|| name.strip_suffix(BACKUP_EXT))
+                .unwrap_or(&name)
+                .to_owned()
+        };
+        if selector.contains('/') {
+            // A path: it must be inside this backup directory.
+            let p = Path::new(selector);
+            let parent = fs::canonicalize(files::parent_of(p)).ok();
+            let ours = fs::canonicalize(&self.dir).ok();
+            if parent.is_none() || parent != ours {
+                return Err(Error::BackupNotFound {
+                    id: selector.to_owned(),
+                    dir: self.dir.clone(),
+                });
+            }
+        }
+        inv.backups
+            .into_iter()
+            .find(|b| b.id == wanted)
+            .ok_or_else(|| Error::BackupNotFound {
+                id: selector.to_owned(),
+                dir: self.dir.clone(),
+            })
+    }
+
+    /// Bytes used by managed backups.
+    pub fn used_bytes(inv: &Inventory) -> u64 {
+        inv.backups.iter().filter_map(|b| b.file_bytes).sum()
+    }
+}
+
+/// The device of a path (to tell whether a rename can cross from one to the other).
+pub fn device_of(path: &Path) -> Option<u64> {
+    fs::metadata(path).ok().map(|m| m.dev())
+}
