@@ -1,0 +1,209 @@
+//! Command-line parsing and dispatch. Each subcommand lives in its own file under
+//! [`crate::commands`]; this file only names them and picks one.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::commands;
+use crate::protocol::ErrorCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ducksafe",
+    version,
+    about = "Consistent, verified, atomic backups of a DuckDB database before every run",
+    long_about = "ducksafe keeps a DuckDB database safe before every run of the workload that writes it.\n\
+                  As a pre-run hook it reads one JSON request on stdin and answers one JSON line on stdout;\n\
+                  as an operator CLI it backs up, lists, verifies, restores and prunes.",
+    after_help = "Exit codes: 0 ok, 64 usage, 65 bad request, 66 not found, 70 internal, 73 cannot create backup,\n\
+                  74 I/O or verification failure, 75 busy (retry), 76 unsupported protocol, 78 invalid configuration.\n\
+                  Docs: docs/runbook.md, docs/configuration.md, docs/protocol.md"
+)]
+pub struct Cli {
+    /// Configuration file (YAML or JSON). Default: $DUCKSAFE_CONFIG, else ./config.yaml
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Print the command's report as JSON on stdout instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write config.yaml with secure defaults, create backups/ (0700) and logs/, ignore backups/ in git
+    Init(InitArgs),
+    /// Take a consistent, verified backup now and rotate old ones
+    Backup(BackupArgs),
+    /// List stored backups with their size, tables, rows and verification
+    List,
+    /// Re-check stored backups: SHA-256, a read-only open and a scan of every column
+    Verify(VerifyArgs),
+    /// Put a backup back in place of the database; the replaced files go to quarantine
+    Restore(RestoreArgs),
+    /// Apply the retention rules now and print each decision
+    Prune(PruneArgs),
+    /// Protect a backup from rotation
+    Pin(PinArgs),
+    /// Let rotation delete a pinned backup again
+    Unpin(PinArgs),
+    /// Print a committed JSON Schema: config, request, response or manifest
+    Schema(SchemaArgs),
+    /// Hook protocol v1: read one JSON request on stdin, answer one JSON line on stdout
+    Hook,
+    /// The hook's pre_run event from flags (for make and just); answers one JSON line
+    PreRun(PreRunArgs),
+    /// The hook's post_run event from flags (for make and just); answers one JSON line
+    PostRun(PostRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Directory to set up (default: the current directory)
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+    /// Also create a demo simulation.duckdb shaped like the seed's data (9,016 employees, 42,331 events)
+    #[arg(long)]
+    pub demo: bool,
+    /// Overwrite an existing config.yaml (never an existing database)
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Validate and plan without writing anything
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Backup to check: an id, `latest`, or a path inside the backup directory
+    #[arg(value_name = "ID", conflicts_with = "all")]
+    pub id: Option<String>,
+    /// Check every backup, and report files that do not belong
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Backup to restore: `latest` (default), an id, or a path inside the backup directory
+    #[arg(value_name = "BACKUP", default_value = "latest")]
+    pub backup: String,
+    /// Show what would be moved and copied without doing it
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Print the plan without deleting anything
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// The backup's id (or `latest`)
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SchemaName {
+    Config,
+    Request,
+    Response,
+    Manifest,
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    pub name: SchemaName,
+}
+
+#[derive(Debug, Args)]
+pub struct PreRunArgs {
+    /// Echoed in the response; generated when absent
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Validate and plan without writing anything
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutcomeArg {
+    Success,
+    Failure,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OnFailureArg {
+    Restore,
+    Keep,
+}
+
+#[derive(Debug, Args)]
+pub struct PostRunArgs {
+    /// The backup the matching pre-run created (default: latest)
+    #[arg(long)]
+    pub backup_id: Option<String>,
+    /// How the run ended
+    #[arg(long, value_enum)]
+    pub outcome: Option<OutcomeArg>,
+    /// The run's exit code; sets --outcome when --outcome is absent (0 = success)
+    #[arg(long, allow_negative_numbers = true)]
+    pub exit_code: Option<i32>,
+    /// Override RESTORE_ON_FAILURE
+    #[arg(long, value_enum)]
+    pub on_failure: Option<OnFailureArg>,
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Decide without restoring
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Parses the command line, runs the command, and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+                _ => ErrorCode::Usage.exit_code(),
+            };
+        }
+    };
+    run(cli)
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> i32 {
+    let g = commands::Global {
+        config: cli.config,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Init(a) => commands::init::run(&g, &a),
+        Command::Backup(a) => commands::backup::run(&g, &a),
+        Command::List => commands::list::run(&g),
+        Command::Verify(a) => commands::verify::run(&g, &a),
+        Command::Restore(a) => commands::restore::run(&g, &a),
+        Command::Prune(a) => commands::prune::run(&g, &a),
+        Command::Pin(a) => commands::pin::run(&g, &a, true),
+        Command::Unpin(a) => commands::pin::run(&g, &a, false),
+        Command::Schema(a) => commands::schema::run(&a),
+        Command::Hook => commands::hook::run(),
+        Command::PreRun(a) => commands::pre_run::run(&g, &a),
+        Command::PostRun(a) => commands::post_run::run(&g, &a),
+    }
+}

@@ -1,0 +1,129 @@
+//! `ducksafe init [--demo]`: the seed's Quick Start steps 1–3. Writes a commented
+//! `config.yaml` with secure defaults, creates `backups/` (0700) and `logs/`, and adds
+//! `backups/` to `.gitignore` once. `--demo` also creates a demo `simulation.duckdb`.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use super::Global;
+use crate::cli::InitArgs;
+use crate::error::{Error, Result};
+use crate::files;
+
+/// The configuration `init` writes: the seed's Quick Start keys first, then ducksafe's, each
+/// with its default spelled out.
+pub const CONFIG_TEMPLATE: &str = "\
+# ducksafe configuration. Every key: docs/configuration.md; schema: `ducksafe schema config`.
+# Environment variables DUCKSAFE_<KEY> override these values.
+
+# --- the seed's Quick Start keys ---
+DB_PATH: simulation.duckdb        # the database to protect; relative to this file
+LOG_LEVEL: INFO                   # TRACE, DEBUG, INFO, WARNING or ERROR (logs go to stderr)
+BACKUP_RETENTION_DAYS: 7          # delete backups older than this (never the newest verified)
+
+# --- backups ---
+BACKUP_DIR: backups               # created 0700; keep it apart from the database
+BACKUP_KEEP_LAST: 7               # newest backups kept (pinned ones do not count)
+BACKUP_MAX_TOTAL_BYTES: 1073741824  # storage budget for all backups: 1 GiB
+BACKUP_MIN_FREE_BYTES: 104857600  # refuse a backup that would leave less free: 100 MiB
+VERIFY_LEVEL: full                # quick | standard | full (see docs/configuration.md)
+
+# --- after a failed run (post_run) ---
+RESTORE_ON_FAILURE: false         # true: put the pre-run backup back when the run fails
+";
+
+pub fn run(g: &Global, a: &InitArgs) -> i32 {
+    match init(&a.dir, a.force, a.demo) {
+        Ok(lines) => {
+            if g.json {
+                crate::report::print_json_pretty(&serde_json::json!({"done": lines}));
+            } else {
+                for l in lines {
+                    println!("{l}");
+                }
+            }
+            0
+        }
+        Err(e) => super::fail(g, &e),
+    }
+}
+
+fn init(dir: &Path, force: bool, demo: bool) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+
+    let backups = dir.join("backups");
+    if fs::metadata(&backups).is_ok() {
+        done.push(format!("`{}` exists; left as it is", backups.display()));
+    } else {
+        files::create_private_dir(&backups).map_err(|e| Error::io("create", &backups, e))?;
+        done.push(format!("created `{}` (0700)", backups.display()));
+    }
+    // Tighten a pre-existing backups/ that is readable by others: it holds compensation data.
+    if let Ok(m) = fs::metadata(&backups) {
+        if m.is_dir() && m.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(&backups, fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io("chmod", &backups, e))?;
+            done.push(format!("made `{}` private (0700)", backups.display()));
+        }
+    }
+    let logs = dir.join("logs");
+    if fs::metadata(&logs).is_err() {
+        fs::create_dir(&logs).map_err(|e| Error::io("create", &logs, e))?;
+        done.push(format!("created `{}`", logs.display()));
+    }
+
+    let config = dir.join("config.yaml");
+    if fs::symlink_metadata(&config).is_ok() && !force {
+        done.push(format!(
+            "`{}` exists; left as it is (--force rewrites it)",
+            config.display()
+        ));
+    } else {
+        files::write_atomic(&config, CONFIG_TEMPLATE.as_bytes())
+            .map_err(|e| Error::io("write", &config, e))?;
+        done.push(format!("wrote `{}`", config.display()));
+    }
+
+    let gitignore = dir.join(".gitignore");
+    let existing = fs::read_to_string(&gitignore).unwrap_or_default();
+    let has = existing
+        .lines()
+        .any(|l| matches!(l.trim(), "backups/" | "backups" | "/backups" | "/backups/"));
+    if has {
+        done.push("`.gitignore` already ignores `backups/`".into());
+    } else {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&gitignore)
+            .map_err(|e| Error::io("update", &gitignore, e))?;
+        let sep = if existing.is_empty() || existing.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        };
+        writeln!(f, "{sep}backups/").map_err(|e| Error::io("update", &gitignore, e))?;
+        done.push("added `backups/` to `.gitignore`".into());
+    }
+
+    if demo {
+        let db = dir.join("simulation.duckdb");
+        if fs::symlink_metadata(&db).is_ok() {
+            done.push(format!("`{}` exists; left as it is", db.display()));
+        } else {
+            crate::demo::create(&db)?;
+            fs::set_permissions(&db, fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io("chmod", &db, e))?;
+            done.push(format!(
+                "created demo `{}`: {} employees, {} events",
+                db.display(),
+                crate::demo::EMPLOYEES,
+                crate::demo::EVENTS
+            ));
+        }
+    }
+    Ok(done)
+}

@@ -1,0 +1,138 @@
+//! `ducksafe list`: the stored backups, newest first, with totals.
+
+use serde::Serialize;
+
+use super::Global;
+use crate::engine::store::Store;
+use crate::files;
+use crate::report::{self, size};
+
+#[derive(Debug, Serialize)]
+#[allow(clippy::struct_excessive_bools)] // a report row: each flag is a column
+struct Row {
+    id: String,
+    created_at: String,
+    age_seconds: i64,
+    bytes: u64,
+    tables: usize,
+    rows: Option<u64>,
+    verified: bool,
+    verification_level: String,
+    pinned: bool,
+    latest: bool,
+    wal_folded: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Listing {
+    backup_dir: String,
+    backups: Vec<Row>,
+    /// Files that look like backups but have no ducksafe manifest (never deleted by ducksafe).
+    unmanaged: Vec<String>,
+    total_bytes: u64,
+    available_bytes: u64,
+}
+
+pub fn run(g: &Global) -> i32 {
+    let settings = match super::load_settings(g) {
+        Ok(s) => s,
+        Err(e) => return super::fail(g, &e),
+    };
+    let store = match Store::open(&settings.backup_dir, false) {
+        Ok(s) => s,
+        Err(e) => return super::fail(g, &e),
+    };
+    let inv = match store.inventory() {
+        Ok(i) => i,
+        Err(e) => return super::fail(g, &e),
+    };
+    let now = crate::clock::now();
+    let latest = store.latest_id();
+    let rows: Vec<Row> = inv
+        .backups
+        .iter()
+        .map(|b| Row {
+            id: b.id.clone(),
+            created_at: b
+                .manifest
+                .created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            age_seconds: (now - b.manifest.created_at).num_seconds(),
+            bytes: b.file_bytes.unwrap_or(0),
+            tables: b.manifest.tables.len(),
+            rows: b.manifest.total_rows(),
+            verified: !b.manifest.verification.checks.is_empty(),
+            verification_level: b.manifest.verification.level.clone(),
+            pinned: b.manifest.pinned,
+            latest: latest.as_deref() == Some(b.id.as_str()),
+            wal_folded: b.manifest.source.wal_folded,
+        })
+        .collect();
+    let listing = Listing {
+        backup_dir: settings.backup_dir.display().to_string(),
+        total_bytes: Store::used_bytes(&inv),
+        available_bytes: files::fs_space(store.dir()).map_or(0, |s| s.available_bytes),
+        unmanaged: inv.unmanaged.iter().map(|(n, _)| n.clone()).collect(),
+        backups: rows,
+    };
+    if g.json {
+        report::print_json_pretty(&listing);
+        return 0;
+    }
+    if listing.backups.is_empty() {
+        println!("no backups in `{}`", listing.backup_dir);
+    } else {
+        println!(
+            "{:<36} {:<20} {:>8} {:>10} {:>6} {:>10}  {:<9} FLAGS",
+            "ID", "CREATED (UTC)", "AGE", "SIZE", "TABLES", "ROWS", "VERIFIED"
+        );
+        for r in &listing.backups {
+            let mut flags = Vec::new();
+            if r.latest {
+                flags.push("latest");
+            }
+            if r.pinned {
+                flags.push("pinned");
+            }
+            if r.wal_folded {
+                flags.push("wal-folded");
+            }
+            println!(
+                "{:<36} {:<20} {:>8} {:>10} {:>6} {:>10}  {:<9} {}",
+                r.id,
+                r.created_at.replace('T', " ").trim_end_matches('Z'),
+                age(r.age_seconds),
+                size(r.bytes),
+                r.tables,
+                r.rows.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                if r.verified {
+                    r.verification_level.as_str()
+                } else {
+                    "no"
+                },
+                flags.join(",")
+            );
+        }
+    }
+    println!(
+        "{} backup(s), {} used in `{}`; {} free",
+        listing.backups.len(),
+        size(listing.total_bytes),
+        listing.backup_dir,
+        size(listing.available_bytes)
+    );
+    for u in &listing.unmanaged {
+        println!("note: `{u}` has no ducksafe manifest; ducksafe never deletes it");
+    }
+    0
+}
+
+fn age(secs: i64) -> String {
+    match secs {
+        s if s < 0 => "future".into(),
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}

@@ -1,0 +1,33 @@
+//! `ducksafe pin ID` / `ducksafe unpin ID`: a pinned backup is never rotated away and does not
+//! count against `BACKUP_KEEP_LAST`.
+
+use super::Global;
+use crate::cli::PinArgs;
+use crate::engine::lock::DirLock;
+use crate::engine::store::Store;
+use crate::report;
+
+pub fn run(g: &Global, a: &PinArgs, pin: bool) -> i32 {
+    let result = (|| {
+        let settings = super::load_settings(g)?;
+        let store = Store::open(&settings.backup_dir, false)?;
+        let _lock = DirLock::acquire(store.dir())?;
+        let mut entry = store.resolve(&a.id)?;
+        entry.manifest.pinned = pin;
+        store.rewrite_manifest(&entry.manifest)?;
+        Ok::<_, crate::error::Error>(entry.id)
+    })();
+    match result {
+        Ok(id) => {
+            if g.json {
+                report::print_json_pretty(&serde_json::json!({"id": id, "pinned": pin}));
+            } else if pin {
+                println!("pinned `{id}`: rotation will never delete it");
+            } else {
+                println!("unpinned `{id}`: rotation may delete it again");
+            }
+            0
+        }
+        Err(e) => super::fail(g, &e),
+    }
+}

@@ -1,0 +1,43 @@
+//! `ducksafe post-run`: the hook's `post_run` event from flags, for make and just. Answers the
+//! same single JSON line, with the same exit codes, as `ducksafe hook`.
+
+use super::Global;
+use crate::cli::{OnFailureArg, OutcomeArg, PostRunArgs};
+use crate::protocol::{ConfigSource, OnFailure, Outcome};
+
+pub fn run(g: &Global, a: &PostRunArgs) -> i32 {
+    let outcome = match (a.outcome, a.exit_code) {
+        (Some(OutcomeArg::Success), _) | (None, Some(0)) => Outcome::Success,
+        (Some(OutcomeArg::Failure), _) | (None, Some(_)) => Outcome::Failure,
+        (None, None) => {
+            // Still one JSON line on stdout, as every hook answer.
+            let err = crate::error::Error::Usage(
+                "post-run needs `--outcome success|failure` or `--exit-code N` (e.g. `--exit-code $?`)".into(),
+            );
+            let ctx = crate::report::Ctx::new(
+                a.request_id
+                    .clone()
+                    .unwrap_or_else(super::hook::generated_id),
+                Some("post_run"),
+            );
+            crate::report::print_error(&err);
+            return super::hook::emit(&ctx.fail(crate::protocol::Decision::Skipped, &err));
+        }
+    };
+    let request = super::hook::post_run_request(
+        a.request_id.clone(),
+        g.config.as_ref().map(|p| ConfigSource::Path {
+            path: p.display().to_string(),
+        }),
+        a.backup_id.clone(),
+        outcome,
+        a.exit_code,
+        a.on_failure.map(|o| match o {
+            OnFailureArg::Restore => OnFailure::Restore,
+            OnFailureArg::Keep => OnFailure::Keep,
+        }),
+        a.dry_run,
+    );
+    let ctx = super::hook::ctx_for(&request);
+    super::hook::emit(&super::hook::handle(&request, ctx))
+}

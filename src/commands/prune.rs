@@ -1,0 +1,74 @@
+//! `ducksafe prune [--dry-run]`: applies the retention rules now and prints every decision
+//! with the rule behind it.
+
+use serde::Serialize;
+
+use super::Global;
+use crate::cli::PruneArgs;
+use crate::engine::backup;
+use crate::engine::lock::DirLock;
+use crate::engine::retention;
+use crate::engine::store::Store;
+use crate::report;
+
+#[derive(Debug, Serialize)]
+struct PruneReport {
+    dry_run: bool,
+    plan: retention::Plan,
+    deleted: Vec<String>,
+}
+
+pub fn run(g: &Global, a: &PruneArgs) -> i32 {
+    let result = (|| {
+        let settings = super::load_settings(g)?;
+        let store = Store::open(&settings.backup_dir, false)?;
+        let _lock = DirLock::acquire(store.dir())?;
+        let inv = store.inventory()?;
+        let plan = retention::plan(
+            &backup::candidates(&inv),
+            crate::clock::now(),
+            backup::policy(&settings),
+        );
+        let mut warnings = plan.warnings.clone();
+        let deleted = if a.dry_run {
+            Vec::new()
+        } else {
+            backup::apply_plan(&store, &plan, &mut warnings)
+                .deleted
+                .into_iter()
+                .map(|d| d.id)
+                .collect()
+        };
+        Ok::<_, crate::error::Error>((
+            PruneReport {
+                dry_run: a.dry_run,
+                plan,
+                deleted,
+            },
+            warnings,
+        ))
+    })();
+    match result {
+        Ok((r, warnings)) => {
+            if g.json {
+                report::print_json_pretty(&r);
+            } else {
+                for d in &r.plan.decisions {
+                    let verb = match (d.keep, r.dry_run) {
+                        (true, _) => "keep  ",
+                        (false, true) => "would delete",
+                        (false, false) if r.deleted.contains(&d.id) => "delete",
+                        (false, false) => "FAILED to delete",
+                    };
+                    println!("{verb} {:<36} {}", d.id, d.reason.describe());
+                }
+                if r.plan.decisions.is_empty() {
+                    println!("no backups to prune");
+                }
+                report::print_warnings(&warnings);
+            }
+            0
+        }
+        Err(e) => super::fail(g, &e),
+    }
+}

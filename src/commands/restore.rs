@@ -1,0 +1,94 @@
+//! `ducksafe restore [latest|ID|PATH]`: puts a verified backup back in place of the database.
+//! The replaced database and its WAL files go to a quarantine folder; the output says where, and
+//! how to undo.
+
+use super::Global;
+use crate::cli::RestoreArgs;
+use crate::engine::lock::DirLock;
+use crate::engine::restore;
+use crate::engine::store::Store;
+use crate::protocol::Decision;
+use crate::report::{self, Ctx};
+
+pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
+    let settings = match super::load_settings(g) {
+        Ok(s) => s,
+        Err(e) => return super::fail(g, &e),
+    };
+    let mut ctx = Ctx::new(super::hook::generated_id(), Some("post_run"));
+    ctx.set_paths(&settings);
+    let now = crate::clock::now();
+    if a.dry_run {
+        let planned = (|| {
+            let store = Store::open(&settings.backup_dir, false)?;
+            let _lock = DirLock::acquire(store.dir())?;
+            let entry = store.resolve(&a.backup)?;
+            Ok::<_, crate::error::Error>(restore::plan(&settings, &store, &entry, now))
+        })();
+        return match planned {
+            Ok(p) => {
+                if g.json {
+                    report::print_json_pretty(&serde_json::json!({
+                        "dry_run": true,
+                        "backup_id": p.backup_id,
+                        "database": p.database,
+                        "quarantine": p.quarantine,
+                        "moves": p.moves,
+                    }));
+                } else {
+                    println!(
+                        "dry run: would restore `{}` over `{}`",
+                        p.backup_id,
+                        p.database.display()
+                    );
+                    for (from, to) in &p.moves {
+                        println!("  would move `{}` → `{}`", from.display(), to.display());
+                    }
+                }
+                0
+            }
+            Err(e) => super::fail(g, &e),
+        };
+    }
+    match restore::run(&settings, &a.backup, now) {
+        Ok((manifest, outcome, notes)) => {
+            ctx.warnings.extend(notes);
+            let r = report::restore_done(&ctx, &settings, &manifest, &outcome);
+            if g.json {
+                report::print_json_pretty(&r);
+                return 0;
+            }
+            println!(
+                "restored `{}` from backup `{}` in {} ms ({})",
+                settings.db_path.display(),
+                manifest.id,
+                outcome.duration_ms,
+                outcome.checks.join(", ")
+            );
+            if outcome.quarantined.is_empty() {
+                println!("  nothing was replaced (the database did not exist)");
+            } else {
+                println!(
+                    "  the replaced files are in `{}`:",
+                    outcome.plan.quarantine.display()
+                );
+                for q in &outcome.quarantined {
+                    println!("    {}", q.display());
+                }
+                println!("  to undo this restore (with nothing using the database):");
+                for c in outcome.plan.undo_commands(&outcome.quarantined) {
+                    println!("    {c}");
+                }
+            }
+            report::print_warnings(&r.warnings);
+            0
+        }
+        Err(e) => {
+            if g.json {
+                report::print_json_pretty(&ctx.fail(Decision::RestoreFailed, &e));
+            }
+            report::print_error(&e);
+            e.exit_code()
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Turns engine outcomes into protocol responses (for the hook and every `--json`) and into
+//! text for people. Nothing here decides anything; it only describes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::config::Settings;
+use crate::engine::backup;
+use crate::engine::manifest::Manifest;
+use crate::engine::restore::{self, shell_quote};
+use crate::error::{human_bytes, Error};
+use crate::protocol::{
+    BackupRef, Decision, ErrorEntry, Response, RestoreRef, Rollback, Status, PROTOCOL_VERSION,
+};
+
+/// What every response of one invocation shares.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub started: Instant,
+    pub request_id: String,
+    pub event: Option<String>,
+    pub warnings: Vec<String>,
+    pub paths: BTreeMap<String, String>,
+}
+
+impl Ctx {
+    pub fn new(request_id: String, event: Option<&str>) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            request_id,
+            event: event.map(str::to_owned),
+            warnings: Vec::new(),
+            paths: BTreeMap::new(),
+        }
+    }
+
+    /// Records the resolved paths of a configuration for the response.
+    pub fn set_paths(&mut self, s: &Settings) {
+        self.paths
+            .insert("db_path".into(), s.db_path.display().to_string());
+        self.paths
+            .insert("backup_dir".into(), s.backup_dir.display().to_string());
+        if let Some(c) = &s.config_path {
+            self.paths.insert("config".into(), c.display().to_string());
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A response for a job done.
+    pub fn ok(&self, decision: Decision, reason: String) -> Response {
+        Response {
+            protocol_version: PROTOCOL_VERSION,
+            request_id: self.request_id.clone(),
+            event: self.event.clone(),
+            status: Status::Ok,
+            decision,
+            reason,
+            backup: None,
+            rollback: None,
+            rotation: None,
+            space: None,
+            restore: None,
+            paths: self.paths.clone(),
+            supported_versions: None,
+            warnings: self.warnings.clone(),
+            errors: Vec::new(),
+            exit_code: 0,
+            duration_ms: self.elapsed_ms(),
+        }
+    }
+
+    /// A response for a failure.
+    pub fn fail(&self, decision: Decision, err: &Error) -> Response {
+        self.fail_entries(decision, err.to_string(), err.entries(), err.exit_code())
+    }
+
+    pub fn fail_entries(
+        &self,
+        decision: Decision,
+        reason: String,
+        errors: Vec<ErrorEntry>,
+        exit_code: i32,
+    ) -> Response {
+        let mut r = self.ok(decision, reason);
+        r.status = Status::Error;
+        r.errors = errors;
+        r.exit_code = exit_code;
+        r
+    }
+}
+
+/// The response's description of a stored backup.
+pub fn backup_ref(settings: &Settings, m: &Manifest) -> BackupRef {
+    BackupRef {
+        id: m.id.clone(),
+        path: settings.backup_dir.join(&m.file).display().to_string(),
+        bytes: m.bytes,
+        sha256: m.sha256.clone(),
+        created_at: m
+            .created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        verified: !m.verification.checks.is_empty(),
+        verification: m.verification.checks.clone(),
+    }
+}
+
+/// The program to name in printed commands: this executable.
+pub fn program() -> String {
+    std::env::current_exe()
+        .ok()
+        .map_or_else(|| "ducksafe".to_owned(), |p| p.display().to_string())
+}
+
+/// How to undo the run that follows a backup: the command, a ready post_run request, and the
+/// manual steps (WAL files included) for when ducksafe itself is unavailable.
+pub fn rollback(settings: &Settings, m: &Manifest, request_id: &str) -> Rollback {
+    let mut command = vec![program(), "restore".to_owned(), m.id.clone()];
+    let config = if let Some(p) = &settings.config_path {
+        command.push("--config".into());
+        command.push(p.display().to_string());
+        json!({"path": p.display().to_string()})
+    } else {
+        // Inline or environment-only: absolute paths, so the request works from any folder.
+        let mut c = settings.config.clone();
+        c.db_path = settings.db_path.display().to_string();
+        c.backup_dir = settings.backup_dir.display().to_string();
+        c.quarantine_dir = Some(settings.quarantine_dir.display().to_string());
+        json!({ "inline": c })
+    };
+    let request = json!({
+        "protocol_version": PROTOCOL_VERSION,
+        "event": "post_run",
+        "request_id": request_id,
+        "config": config,
+        "backup_id": m.id,
+        "run": {"outcome": "failure"},
+        "on_failure": "restore",
+    });
+    Rollback {
+        strategy: "restore_backup".into(),
+        backup_id: m.id.clone(),
+        command,
+        request,
+        manual: manual_restore_steps(settings, m),
+    }
+}
+
+/// Exact shell steps to restore `m` by hand, moving every WAL file aside first.
+pub fn manual_restore_steps(settings: &Settings, m: &Manifest) -> Vec<String> {
+    let db = &settings.db_path;
+    let q = restore::quarantine_root(settings).join(format!("{}_manual", m.id));
+    let backup = settings.backup_dir.join(&m.file);
+    let staged = Path::new(&format!("{}.restoring", db.display())).to_path_buf();
+    let wals: Vec<String> = crate::duck::wal_paths(db)
+        .iter()
+        .map(|p| shell_quote(p))
+        .collect();
+    vec![
+        "# 1. stop every process that has the database open (the simulation, notebooks, dbt)"
+            .into(),
+        format!(
+            "cd {} && sha256sum -c {}.sha256",
+            shell_quote(&settings.backup_dir),
+            shell_quote(Path::new(&m.file))
+        ),
+        format!("mkdir -p -m 700 {}", shell_quote(&q)),
+        format!(
+            "for f in {}; do if [ -e \"$f\" ]; then mv \"$f\" {}/; fi; done",
+            wals.join(" "),
+            shell_quote(&q)
+        ),
+        format!("cp {} {}/", shell_quote(db), shell_quote(&q)),
+        format!(
+            "cp {} {} && chmod 600 {} && sync {}",
+            shell_quote(&backup),
+            shell_quote(&staged),
+            shell_quote(&staged),
+            shell_quote(&staged)
+        ),
+        format!("mv {} {}", shell_quote(&staged), shell_quote(db)),
+    ]
+}
+
+/// A pre_run response for a backup taken.
+pub fn backup_done(ctx: &Ctx, settings: &Settings, o: &backup::Outcome) -> Response {
+    let mut r = ctx.ok(
+        Decision::Proceed,
+        format!("backup {} created and verified", o.manifest.id),
+    );
+    r.backup = Some(backup_ref(settings, &o.manifest));
+    r.rollback = Some(rollback(settings, &o.manifest, &ctx.request_id));
+    r.rotation = Some(o.rotation.clone());
+    r.space = Some(o.space.clone());
+    r.warnings.extend(o.warnings.iter().cloned());
+    r.warnings.extend(
+        o.cleaned
+            .iter()
+            .map(|n| format!("removed `{n}`, left by an interrupted run")),
+    );
+    r.warnings.extend(o.recovered.iter().cloned());
+    r
+}
+
+/// A pre_run dry-run response: what would happen.
+pub fn backup_planned(ctx: &Ctx, d: &backup::DryRun) -> Response {
+    let mut r = ctx.ok(
+        Decision::Proceed,
+        format!(
+            "dry run: backup {} would be created; nothing was written",
+            d.would_create
+        ),
+    );
+    r.rotation = Some(d.rotation.clone());
+    r.space = Some(d.space.clone());
+    r.warnings.extend(d.warnings.iter().cloned());
+    r
+}
+
+/// A post_run response for a restore done.
+pub fn restore_done(
+    ctx: &Ctx,
+    settings: &Settings,
+    m: &Manifest,
+    o: &restore::Outcome,
+) -> Response {
+    let mut r = ctx.ok(
+        Decision::Restored,
+        format!(
+            "database restored from backup {}; the replaced files are in {}",
+            m.id,
+            o.plan.quarantine.display()
+        ),
+    );
+    r.backup = Some(backup_ref(settings, m));
+    r.restore = Some(restore_ref(o));
+    r
+}
+
+pub fn restore_ref(o: &restore::Outcome) -> RestoreRef {
+    RestoreRef {
+        backup_id: o.plan.backup_id.clone(),
+        database: o.plan.database.display().to_string(),
+        quarantine: o.plan.quarantine.display().to_string(),
+        quarantined_files: o
+            .quarantined
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        undo: o.plan.undo_commands(&o.quarantined),
+        duration_ms: o.duration_ms,
+    }
+}
+
+/// Prints a failure for people on stderr: `ducksafe: error: …` then `hint: …` lines.
+pub fn print_error(err: &Error) {
+    for e in err.entries() {
+        match &e.path {
+            Some(p) if !p.is_empty() => eprintln!("ducksafe: error: {} (at `{p}`)", e.message),
+            _ => eprintln!("ducksafe: error: {}", e.message),
+        }
+        if let Some(h) = &e.hint {
+            eprintln!("  hint: {h}");
+        }
+    }
+}
+
+/// Prints warnings for people on stderr.
+pub fn print_warnings(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("ducksafe: warning: {w}");
+    }
+}
+
+/// `12.3 MiB` for people.
+pub fn size(n: u64) -> String {
+    human_bytes(n)
+}
+
+/// Prints one JSON value as a single line on stdout.
+pub fn print_json_line(v: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string(v).unwrap_or_else(|_| "{}".to_owned())
+    );
+}
+
+/// Prints one JSON value, pretty, on stdout.
+pub fn print_json_pretty(v: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".to_owned())
+    );
+}
