@@ -1,0 +1,356 @@
+#![allow(clippy::unwrap_used)]
+//! The pre-run hook and `ducksafe backup`, end to end: the real binary on real DuckDB files.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use common::{fingerprints, hold, sha256, write_into_wal, Project};
+use ducksafe::duck::{Db, Limits};
+use ducksafe::engine::manifest::Manifest;
+use ducksafe::protocol::{Decision, ErrorCode, Status};
+
+#[test]
+#[ignore = "helper process for the lock tests, started by common::hold"]
+fn hold_database_child() {
+    common::hold_database_child();
+}
+
+#[test]
+fn pre_run_proceeds_with_a_verified_backup_and_rollback_instructions() {
+    let p = Project::new("");
+    let before = sha256(&p.db());
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    assert_eq!(r.status, Status::Ok);
+    assert_eq!(r.decision, Decision::Proceed);
+    let b = r.backup.expect("backup in the response");
+    assert!(b.verified);
+    assert_eq!(
+        b.verification,
+        vec!["size", "sha256", "open", "row_counts", "fingerprints"]
+    );
+    assert!(b.id.starts_with("simulation_"));
+    let path = std::path::Path::new(&b.path);
+    assert_eq!(sha256(path), b.sha256);
+    assert_eq!(fs::metadata(path).unwrap().len(), b.bytes);
+    // A byte-exact copy of an idle database, and the source is untouched.
+    assert_eq!(b.sha256, before);
+    assert_eq!(sha256(&p.db()), before);
+    assert_eq!(fingerprints(path), fingerprints(&p.db()));
+
+    let rb = r.rollback.expect("rollback instructions");
+    assert_eq!(rb.backup_id, b.id);
+    assert_eq!(rb.command[1..3], ["restore".to_owned(), b.id.clone()]);
+    assert_eq!(rb.request["event"], "post_run");
+    assert_eq!(rb.request["backup_id"], b.id.as_str());
+    assert!(
+        rb.manual
+            .iter()
+            .any(|s| s.contains("simulation.duckdb.wal")),
+        "manual steps move the WAL aside: {:?}",
+        rb.manual
+    );
+
+    // Manifest and sha256sum sidecar beside the backup.
+    let m = Manifest::read(&p.backups().join(format!("{}.manifest.json", b.id))).unwrap();
+    assert_eq!(m.sha256, b.sha256);
+    assert_eq!(m.tables.len(), 3);
+    assert_eq!(m.tables[0].rows, Some(300));
+    assert_eq!(m.tables[2].rows, Some(1500));
+    assert_eq!(m.total_rows(), Some(300 + 1500 + m.tables[1].rows.unwrap()));
+    assert!(m.storage_version >= 64);
+    assert!(m.duckdb_version.starts_with('v'));
+    let side = fs::read_to_string(p.backups().join(format!("{}.duckdb.sha256", b.id))).unwrap();
+    assert_eq!(side, format!("{}  {}.duckdb\n", b.sha256, b.id));
+    let ok = std::process::Command::new("sha256sum")
+        .args(["-c", &format!("{}.duckdb.sha256", b.id)])
+        .current_dir(p.backups())
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "sha256sum -c accepts the sidecar");
+
+    // latest.duckdb is a relative symlink to it, so the seed's `cp` recovery keeps working.
+    let target = fs::read_link(p.backups().join("latest.duckdb")).unwrap();
+    assert_eq!(target.to_str().unwrap(), format!("{}.duckdb", b.id));
+}
+
+#[test]
+fn committed_rows_that_live_only_in_the_wal_are_in_the_backup() {
+    let p = Project::new("");
+    write_into_wal(
+        &p.db(),
+        "CREATE TABLE late_hires AS SELECT range AS id FROM range(1000); \
+         INSERT INTO employees SELECT * FROM employees LIMIT 25;",
+    );
+    let wal = p.path("simulation.duckdb.wal");
+    let wal_before = fs::read(&wal).unwrap();
+    let main_before = sha256(&p.db());
+    let expected = fingerprints(&p.db()); // a read-only open replays the WAL in memory
+
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    let b = r.backup.unwrap();
+    let backup = std::path::Path::new(&b.path);
+    assert_eq!(
+        fingerprints(backup),
+        expected,
+        "the backup holds what the WAL held"
+    );
+    assert!(expected
+        .iter()
+        .any(|(t, f)| t == "main.late_hires" && f.rows == 1000));
+    // One self-contained file: no WAL beside the backup.
+    assert!(!p.backups().join(format!("{}.duckdb.wal", b.id)).exists());
+    let m = Manifest::read(&p.backups().join(format!("{}.manifest.json", b.id))).unwrap();
+    assert!(m.source.wal_folded);
+    assert_eq!(m.source.wal_bytes, wal_before.len() as u64);
+    // The source was only read: its main file and its WAL are byte for byte what they were.
+    assert_eq!(sha256(&p.db()), main_before);
+    assert_eq!(fs::read(&wal).unwrap(), wal_before);
+}
+
+#[test]
+fn a_database_held_by_a_writer_is_refused_with_its_pid_and_nothing_is_written() {
+    let p = Project::new("");
+    let holder = hold(&p.db());
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 75);
+    assert_eq!(r.decision, Decision::Abort);
+    assert_eq!(r.errors[0].code, ErrorCode::DatabaseLocked);
+    assert!(r.errors[0].retryable);
+    assert!(
+        r.errors[0]
+            .message
+            .contains(&format!("PID {}", holder.pid())),
+        "{}",
+        r.errors[0].message
+    );
+    assert!(p.backup_files().is_empty());
+    drop(holder);
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "succeeds once the writer is gone: {r:?}");
+}
+
+#[test]
+fn eight_runs_with_keep_last_three_leave_three_private_backups_and_latest_on_the_newest() {
+    let p = Project::new("BACKUP_KEEP_LAST: 3\n");
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let now = format!("2025-08-18T14:{:02}:00Z", 10 + i);
+        let (r, code) = p.hook_env(
+            &format!(
+                r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
+                p.config().display()
+            ),
+            &[("DUCKSAFE_NOW", &now)],
+        );
+        assert_eq!(code, 0, "{r:?}");
+        let rot = r.rotation.unwrap();
+        if i >= 3 {
+            assert_eq!(rot.deleted.len(), 1, "run {i}: {rot:?}");
+            assert!(rot.deleted[0].reason.contains("BACKUP_KEEP_LAST=3"));
+        }
+        ids.push(r.backup.unwrap().id);
+    }
+    assert_eq!(ids[0], "simulation_20250818_141000");
+    let files = p.backup_files();
+    assert_eq!(files.len(), 3, "{files:?}");
+    let newest = ids.last().unwrap();
+    assert_eq!(
+        fs::read_link(p.backups().join("latest.duckdb")).unwrap(),
+        std::path::PathBuf::from(format!("{newest}.duckdb"))
+    );
+    let dir_mode = fs::metadata(p.backups()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700);
+    for e in p.backup_dir_entries() {
+        let path = p.backups().join(&e);
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.is_file() {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{e}");
+        }
+    }
+    // Only the three newest remain, with their manifests and sidecars.
+    for id in &ids[5..] {
+        assert!(p.backups().join(format!("{id}.manifest.json")).exists());
+        assert!(p.backups().join(format!("{id}.duckdb.sha256")).exists());
+    }
+    for id in &ids[..5] {
+        assert!(!p.backups().join(format!("{id}.manifest.json")).exists());
+    }
+}
+
+#[test]
+fn two_backups_in_one_second_get_distinct_names() {
+    let p = Project::new("");
+    let env = [("DUCKSAFE_NOW", "2025-08-18T14:30:22Z")];
+    let req = format!(
+        r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
+        p.config().display()
+    );
+    let (a, _) = p.hook_env(&req, &env);
+    let (b, _) = p.hook_env(&req, &env);
+    assert_eq!(a.backup.unwrap().id, "simulation_20250818_143022");
+    assert_eq!(b.backup.unwrap().id, "simulation_20250818_143022_2");
+}
+
+#[test]
+fn a_backup_killed_midway_leaves_no_file_under_a_backup_name_and_the_next_run_cleans_up() {
+    let p = Project::new("");
+    for point in [
+        "snapshot.copied",
+        "snapshot.synced",
+        "backup.verified",
+        "publish.manifest",
+        "publish.sidecar",
+    ] {
+        let mut c = p.cmd(&["pre-run"]);
+        c.env("DUCKSAFE_FAILPOINT", point);
+        let code = c.output().unwrap().status.code();
+        assert_eq!(code, None, "{point}: the process was killed (abort)");
+        assert!(
+            p.backup_files().is_empty(),
+            "{point}: {:?}",
+            p.backup_dir_entries()
+        );
+        assert!(!p.backups().join("latest.duckdb").exists());
+    }
+    let leftovers: Vec<String> = p
+        .backup_dir_entries()
+        .into_iter()
+        .filter(|n| {
+            n.starts_with(".ducksafe-tmp-")
+                || n.ends_with(".manifest.json")
+                || n.ends_with(".sha256")
+        })
+        .collect();
+    assert!(!leftovers.is_empty(), "the kills left something to clean");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    assert!(
+        r.warnings.iter().any(|w| w.contains("interrupted run")),
+        "{:?}",
+        r.warnings
+    );
+    let entries = p.backup_dir_entries();
+    assert!(
+        entries.iter().all(|n| !n.starts_with(".ducksafe-tmp-")),
+        "{entries:?}"
+    );
+    assert_eq!(p.backup_files().len(), 1);
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|n| n.ends_with(".manifest.json"))
+            .count(),
+        1,
+        "{entries:?}"
+    );
+}
+
+#[test]
+fn a_backup_killed_after_publication_still_leaves_a_verified_backup() {
+    let p = Project::new("");
+    let mut c = p.cmd(&["pre-run"]);
+    c.env("DUCKSAFE_FAILPOINT", "publish.renamed");
+    assert_eq!(c.output().unwrap().status.code(), None);
+    assert_eq!(p.backup_files().len(), 1);
+    let out = p.run(&["verify", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    assert_eq!(p.backup_files().len(), 2);
+}
+
+#[test]
+fn not_enough_space_is_refused_before_writing() {
+    let p = Project::new("");
+    p.write_config("DB_PATH: simulation.duckdb\nLOG_LEVEL: INFO\nBACKUP_MIN_FREE_BYTES: 18446744073709551615\n");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 73);
+    assert_eq!(r.errors[0].code, ErrorCode::InsufficientSpace);
+    assert!(p.backup_files().is_empty());
+    assert!(p
+        .backup_dir_entries()
+        .iter()
+        .all(|n| !n.starts_with(".ducksafe-tmp-")));
+}
+
+#[test]
+fn a_mistyped_db_path_is_reported_and_never_created() {
+    let p = Project::new("");
+    p.write_config("DB_PATH: simulaton.duckdb\nLOG_LEVEL: INFO\n");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 66);
+    assert_eq!(r.errors[0].code, ErrorCode::DatabaseNotFound);
+    assert!(!p.path("simulaton.duckdb").exists());
+    assert!(!p.path("simulaton.duckdb.wal").exists());
+}
+
+#[test]
+fn a_file_that_is_not_a_duckdb_database_is_refused() {
+    let p = Project::new("");
+    fs::write(p.path("notes.duckdb"), vec![b'x'; 20_000]).unwrap();
+    p.write_config("DB_PATH: notes.duckdb\nLOG_LEVEL: INFO\n");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 74);
+    assert_eq!(r.errors[0].code, ErrorCode::DatabaseInvalid);
+}
+
+#[test]
+fn a_world_writable_backup_dir_is_refused() {
+    let p = Project::new("");
+    fs::create_dir(p.backups()).unwrap();
+    fs::set_permissions(p.backups(), fs::Permissions::from_mode(0o777)).unwrap();
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 73);
+    assert_eq!(r.errors[0].code, ErrorCode::BackupDirUnsafe);
+    assert!(p.backup_files().is_empty());
+}
+
+#[test]
+fn dry_run_writes_nothing() {
+    let p = Project::new("");
+    let (r, code) = p.hook(&format!(
+        r#"{{"protocol_version":1,"event":"pre_run","dry_run":true,"config":{{"path":"{}"}}}}"#,
+        p.config().display()
+    ));
+    assert_eq!(code, 0, "{r:?}");
+    assert_eq!(r.decision, Decision::Proceed);
+    assert!(r.reason.contains("dry run"));
+    assert!(r.backup.is_none());
+    assert!(
+        !p.backups().exists(),
+        "the backup directory was not even created"
+    );
+}
+
+#[test]
+fn the_backup_is_independent_of_the_source_afterwards() {
+    let p = Project::new("");
+    let (r, _) = p.pre_run();
+    let b = r.backup.unwrap();
+    let before = fingerprints(std::path::Path::new(&b.path));
+    let d = Db::open_read_write(&p.db(), &Limits::default()).unwrap();
+    d.execute_batch("DELETE FROM employees").unwrap();
+    d.close().unwrap();
+    assert_eq!(fingerprints(std::path::Path::new(&b.path)), before);
+}
+
+#[test]
+fn human_backup_command_prints_a_summary_and_json_on_request() {
+    let p = Project::new("");
+    let out = p.run(&["backup"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("backed up"), "{text}");
+    assert!(text.contains("to roll back:"), "{text}");
+    let out = p.run(&["backup", "--json"]);
+    let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.decision, Decision::Proceed);
+}

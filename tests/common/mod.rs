@@ -1,0 +1,253 @@
+#![allow(clippy::unwrap_used)]
+//! Shared test support: a temporary project with a real DuckDB database and a config, the real
+//! binary, and a second process that holds the database open for writing.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use ducksafe::duck::{Db, Fingerprint, Limits};
+use ducksafe::protocol::Response;
+
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ducksafe"));
+    c.env_remove("DUCKSAFE_CONFIG")
+        .env_remove("DUCKSAFE_FAILPOINT")
+        .env_remove("DUCKSAFE_NOW")
+        .env_remove("DUCKSAFE_DB_PATH");
+    c
+}
+
+/// A project folder: `simulation.duckdb`, `config.yaml`, `backups/`.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// A small demo-shaped database (fast to create) and a config with `extra` lines appended.
+    pub fn new(extra: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        ducksafe::demo::create_sized(&dir.path().join("simulation.duckdb"), 300, 1500).unwrap();
+        let p = Project { dir };
+        p.write_config(&format!(
+            "DB_PATH: simulation.duckdb\nLOG_LEVEL: INFO\nBACKUP_MIN_FREE_BYTES: 0\n{extra}"
+        ));
+        p
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.path("config.yaml"), text).unwrap();
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn db(&self) -> PathBuf {
+        self.path("simulation.duckdb")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.path("config.yaml")
+    }
+    pub fn backups(&self) -> PathBuf {
+        self.path("backups")
+    }
+
+    /// Runs `ducksafe --config config.yaml ARGS` in the project folder.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = bin();
+        c.current_dir(self.dir.path())
+            .arg("--config")
+            .arg(self.config())
+            .args(args);
+        c
+    }
+
+    /// Sends one request to `ducksafe hook` and parses the single JSON line it answers.
+    pub fn hook(&self, request: &str) -> (Response, i32) {
+        self.hook_env(request, &[])
+    }
+
+    pub fn hook_env(&self, request: &str, env: &[(&str, &str)]) -> (Response, i32) {
+        let mut c = bin();
+        c.current_dir(self.dir.path()).arg("hook");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = pipe(c, request.as_bytes());
+        (one_response(&out), out.status.code().unwrap_or(-1))
+    }
+
+    pub fn pre_run(&self) -> (Response, i32) {
+        self.hook(&format!(
+            r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
+            self.config().display()
+        ))
+    }
+
+    /// Backup files (`*.duckdb`, not `latest`) in the backup directory, sorted.
+    pub fn backup_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.backups())
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| {
+                        n.ends_with(".duckdb") && n != "latest.duckdb" && !n.starts_with('.')
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Every entry in the backup directory.
+    pub fn backup_dir_entries(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.backups())
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// Runs a command with `input` on stdin and collects its output.
+pub fn pipe(mut c: Command, input: &[u8]) -> Output {
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = stdin.write_all(input);
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Asserts that stdout is exactly one JSON line and parses it as a protocol response.
+pub fn one_response(out: &Output) -> Response {
+    let stdout = String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one line on stdout, got {stdout:?}; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Response = serde_json::from_str(lines[0]).expect("the line parses as a Response");
+    assert_eq!(
+        Some(r.exit_code),
+        out.status.code(),
+        "exit_code repeats the exit status"
+    );
+    r
+}
+
+/// Every table's fingerprint, by name.
+pub fn fingerprints(db: &Path) -> Vec<(String, Fingerprint)> {
+    let d = Db::open_read_only(db, &Limits::default()).unwrap();
+    let v = d
+        .tables()
+        .unwrap()
+        .iter()
+        .map(|t| (t.display(), d.fingerprint(t).unwrap()))
+        .collect();
+    d.close().unwrap();
+    v
+}
+
+/// Commits rows that stay only in the WAL: checkpoints are disabled, so closing leaves
+/// `<db>.wal` behind, as a crashed or interrupted writer would.
+pub fn write_into_wal(db: &Path, sql: &str) {
+    let d = Db::open_read_write(db, &Limits::default()).unwrap();
+    d.execute_batch("PRAGMA disable_checkpoint_on_shutdown; SET checkpoint_threshold = '10GB';")
+        .unwrap();
+    d.execute_batch(sql).unwrap();
+    d.close().unwrap();
+    let wal = PathBuf::from(format!("{}.wal", db.display()));
+    assert!(
+        wal.exists(),
+        "the test needs committed data left in {}",
+        wal.display()
+    );
+}
+
+pub fn sha256(path: &Path) -> String {
+    ducksafe::files::hex(&ducksafe::files::hash_file(path).unwrap().sha256)
+}
+
+/// A second process (this test binary, re-executed) that holds `db` open read-write until it
+/// is dropped.
+pub struct Holder {
+    child: Child,
+}
+
+impl Holder {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// Env var that turns a re-executed test binary into a holder.
+pub const HOLD_ENV: &str = "DUCKSAFE_TEST_HOLD_DB";
+
+/// Starts a process that opens `db` read-write (a real DuckDB writer) and waits for "HOLDING".
+/// The test binary must contain a `#[test] #[ignore] fn hold_database_child()` that calls
+/// [`hold_database_child`].
+pub fn hold(db: &Path) -> Holder {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "hold_database_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HOLD_ENV, db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("HOLDING") => break,
+            Some(Ok(_)) => {}
+            _ => panic!("the holder process did not start"),
+        }
+    }
+    Holder { child }
+}
+
+/// Body of the re-executed holder: opens the database read-write and keeps it open until stdin
+/// closes. Does nothing when not started by [`hold`].
+pub fn hold_database_child() {
+    let Ok(path) = std::env::var(HOLD_ENV) else {
+        return;
+    };
+    let d = Db::open_read_write(Path::new(&path), &Limits::default()).unwrap();
+    println!("HOLDING");
+    std::io::stdout().flush().unwrap();
+    let mut s = String::new();
+    let _ = std::io::stdin().read_line(&mut s);
+    drop(d);
+}

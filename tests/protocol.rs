@@ -1,0 +1,200 @@
+#![allow(clippy::unwrap_used)]
+//! Hook protocol v1 on bad input: one JSON line and the documented code, every time.
+
+mod common;
+
+use common::{bin, one_response, pipe, Project};
+use ducksafe::protocol::{Decision, ErrorCode, Status};
+
+fn hook_raw(input: &[u8]) -> ducksafe::protocol::Response {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = bin();
+    c.current_dir(dir.path()).arg("hook");
+    one_response(&pipe(c, input))
+}
+
+#[test]
+fn malformed_json_is_invalid_request() {
+    let r = hook_raw(b"{\"protocol_version\": 1, \"event\": ");
+    assert_eq!(r.exit_code, 65);
+    assert_eq!(r.status, Status::Error);
+    assert_eq!(r.decision, Decision::Abort);
+    assert_eq!(r.errors[0].code, ErrorCode::InvalidRequest);
+    assert!(!r.errors[0].retryable);
+    assert!(!r.request_id.is_empty(), "a request id is generated");
+}
+
+#[test]
+fn empty_stdin_is_invalid_request() {
+    for input in [&b""[..], b"  \n"] {
+        let r = hook_raw(input);
+        assert_eq!(r.exit_code, 65);
+        assert_eq!(r.errors[0].code, ErrorCode::InvalidRequest);
+        assert!(r.errors[0].message.contains("empty"));
+    }
+}
+
+#[test]
+fn non_objects_and_invalid_utf8_are_invalid_requests() {
+    for input in [
+        &b"[1,2]"[..],
+        b"42",
+        b"\"pre_run\"",
+        b"\xff\xfe{}",
+        b"{} {}",
+    ] {
+        let r = hook_raw(input);
+        assert_eq!(r.exit_code, 65, "{input:?}");
+        assert_eq!(r.errors[0].code, ErrorCode::InvalidRequest);
+    }
+}
+
+#[test]
+fn an_oversized_stdin_is_refused() {
+    let mut big = br#"{"protocol_version":1,"event":"validate","request_id":""#.to_vec();
+    big.extend(std::iter::repeat_n(b'a', 2 << 20));
+    big.extend(br#""}"#);
+    let r = hook_raw(&big);
+    assert_eq!(r.exit_code, 65);
+    assert!(r.errors[0].message.contains("larger than"));
+}
+
+#[test]
+fn an_unknown_event_is_unsupported_event_and_the_request_id_is_echoed() {
+    let r = hook_raw(br#"{"protocol_version":1,"event":"post_flight","request_id":"run-7"}"#);
+    assert_eq!(r.exit_code, 65);
+    assert_eq!(r.errors[0].code, ErrorCode::UnsupportedEvent);
+    assert_eq!(r.request_id, "run-7");
+    assert_eq!(r.event.as_deref(), Some("post_flight"));
+}
+
+#[test]
+fn an_unsupported_protocol_version_lists_the_supported_ones() {
+    let r = hook_raw(br#"{"protocol_version":2,"event":"pre_run"}"#);
+    assert_eq!(r.exit_code, 76);
+    assert_eq!(r.errors[0].code, ErrorCode::UnsupportedProtocolVersion);
+    assert_eq!(r.supported_versions, Some(vec![1]));
+}
+
+#[test]
+fn a_request_that_fails_the_schema_lists_every_problem() {
+    let r = hook_raw(br#"{"event":"post_run","dry_run":"yes","run":{"outcome":"maybe"}}"#);
+    assert_eq!(r.exit_code, 65);
+    assert!(r.errors.len() >= 3, "{:?}", r.errors);
+    assert!(r.errors.iter().all(|e| e.code == ErrorCode::InvalidRequest));
+}
+
+#[test]
+fn a_missing_config_file_is_config_not_found() {
+    let r = hook_raw(br#"{"protocol_version":1,"event":"pre_run","config":{"path":"nope.yaml"}}"#);
+    assert_eq!(r.exit_code, 66);
+    assert_eq!(r.errors[0].code, ErrorCode::ConfigNotFound);
+}
+
+#[test]
+fn an_invalid_configuration_lists_every_violation_with_its_pointer() {
+    let r = hook_raw(
+        br#"{"protocol_version":1,"event":"validate","config":{"inline":{
+            "DB_PATH": "", "LOG_LEVEL": "LOUD", "BACKUP_KEEP_LAST": 0,
+            "BACKUP_RETENTON_DAYS": 7, "VERIFY_LEVEL": "paranoid", "API_TOKEN": "hunter2"}}}"#,
+    );
+    assert_eq!(r.exit_code, 78);
+    assert_eq!(r.decision, Decision::Invalid);
+    let paths: Vec<&str> = r.errors.iter().filter_map(|e| e.path.as_deref()).collect();
+    for p in [
+        "/DB_PATH",
+        "/LOG_LEVEL",
+        "/BACKUP_KEEP_LAST",
+        "/BACKUP_RETENTON_DAYS",
+        "/VERIFY_LEVEL",
+        "/API_TOKEN",
+    ] {
+        assert!(paths.contains(&p), "{p} missing from {paths:?}");
+    }
+    assert!(r.errors.iter().all(|e| e.code == ErrorCode::ConfigInvalid));
+    let typo = r
+        .errors
+        .iter()
+        .find(|e| e.path.as_deref() == Some("/BACKUP_RETENTON_DAYS"))
+        .unwrap();
+    assert_eq!(
+        typo.hint.as_deref(),
+        Some("did you mean `BACKUP_RETENTION_DAYS`?")
+    );
+    let keep = r
+        .errors
+        .iter()
+        .find(|e| e.path.as_deref() == Some("/BACKUP_KEEP_LAST"))
+        .unwrap();
+    assert!(
+        keep.message.contains('0'),
+        "the offending value is shown: {}",
+        keep.message
+    );
+    let line = serde_json::to_string(&r).unwrap();
+    assert!(!line.contains("hunter2"), "secrets never echo: {line}");
+}
+
+#[test]
+fn the_seed_quick_start_config_validates() {
+    let p = Project::new("");
+    p.write_config("DB_PATH: simulation.duckdb\nLOG_LEVEL: INFO\nBACKUP_RETENTION_DAYS: 7\n");
+    let (r, code) = p.hook(&format!(
+        r#"{{"protocol_version":1,"event":"validate","config":{{"path":"{}"}}}}"#,
+        p.config().display()
+    ));
+    assert_eq!(code, 0, "{r:?}");
+    assert_eq!(r.decision, Decision::Valid);
+}
+
+#[test]
+fn unknown_request_fields_are_ignored_with_a_warning() {
+    let p = Project::new("");
+    let (r, code) = p.hook(&format!(
+        r#"{{"protocol_version":1,"event":"validate","caller":"make","config":{{"path":"{}"}}}}"#,
+        p.config().display()
+    ));
+    assert_eq!(code, 0, "{r:?}");
+    assert!(r.warnings.iter().any(|w| w.contains("`caller`")));
+}
+
+#[test]
+fn environment_variables_override_the_file() {
+    let p = Project::new("");
+    let (r, code) = p.hook_env(
+        &format!(
+            r#"{{"protocol_version":1,"event":"validate","config":{{"path":"{}"}}}}"#,
+            p.config().display()
+        ),
+        &[("DUCKSAFE_DB_PATH", "missing.duckdb")],
+    );
+    assert_eq!(code, 66, "{r:?}");
+    assert_eq!(r.errors[0].code, ErrorCode::DatabaseNotFound);
+}
+
+#[test]
+fn post_run_success_keeps_and_failure_without_restore_keeps() {
+    let p = Project::new("");
+    let (pre, _) = p.pre_run();
+    let id = pre.backup.unwrap().id;
+    for (outcome, extra, decision) in [
+        ("success", "", Decision::Kept),
+        ("failure", "", Decision::Kept),
+        ("failure", r#","on_failure":"keep""#, Decision::Kept),
+    ] {
+        let (r, code) = p.hook(&format!(
+            r#"{{"protocol_version":1,"event":"post_run","backup_id":"{id}","run":{{"outcome":"{outcome}","exit_code":1}}{extra},"config":{{"path":"{}"}}}}"#,
+            p.config().display()
+        ));
+        assert_eq!(code, 0, "{r:?}");
+        assert_eq!(r.decision, decision);
+    }
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    let out = bin().arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let out = bin().args(["post-run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}

@@ -1,0 +1,315 @@
+#![allow(clippy::unwrap_used)]
+//! Restore, rollback and the operator commands, end to end on real DuckDB files.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::{fingerprints, hold, sha256, write_into_wal, Project};
+use ducksafe::duck::{Db, Limits};
+use ducksafe::protocol::{Decision, ErrorCode};
+
+#[test]
+#[ignore = "helper process for the lock tests, started by common::hold"]
+fn hold_database_child() {
+    common::hold_database_child();
+}
+
+fn backup(p: &Project) -> (String, PathBuf) {
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    let b = r.backup.unwrap();
+    (b.id, PathBuf::from(b.path))
+}
+
+fn post_run_failure(p: &Project, id: &str) -> (ducksafe::protocol::Response, i32) {
+    p.hook(&format!(
+        r#"{{"protocol_version":1,"event":"post_run","backup_id":"{id}","run":{{"outcome":"failure","exit_code":3}},"on_failure":"restore","config":{{"path":"{}"}}}}"#,
+        p.config().display()
+    ))
+}
+
+fn change_rows(db: &Path) {
+    let d = Db::open_read_write(db, &Limits::default()).unwrap();
+    d.execute_batch("UPDATE employees SET current_compensation = current_compensation * 2; DELETE FROM fct_yearly_events WHERE simulation_year = 2023;")
+        .unwrap();
+    d.close().unwrap();
+}
+
+#[test]
+fn the_wal_trap_a_crashed_runs_wal_is_quarantined_not_replayed() {
+    let p = Project::new("");
+    let (id, backup_path) = backup(&p);
+    let expected = fingerprints(&backup_path);
+    // The "simulation" changes rows and dies, leaving its WAL behind.
+    write_into_wal(
+        &p.db(),
+        "UPDATE employees SET current_compensation = 1; DELETE FROM fct_yearly_events;",
+    );
+    let stale_wal = fs::read(p.path("simulation.duckdb.wal")).unwrap();
+    assert_ne!(
+        fingerprints(&p.db()),
+        expected,
+        "the run changed the database"
+    );
+
+    let (r, code) = post_run_failure(&p, &id);
+    assert_eq!(code, 0, "{r:?}");
+    assert_eq!(r.decision, Decision::Restored);
+    let restore = r.restore.unwrap();
+    assert_eq!(
+        fingerprints(&p.db()),
+        expected,
+        "the database equals its pre-run backup"
+    );
+    assert!(
+        !p.path("simulation.duckdb.wal").exists(),
+        "no stale WAL beside the restored database"
+    );
+    let quarantined_wal = Path::new(&restore.quarantine).join("simulation.duckdb.wal");
+    assert_eq!(
+        fs::read(&quarantined_wal).unwrap(),
+        stale_wal,
+        "the stale WAL is kept in quarantine"
+    );
+    assert!(Path::new(&restore.quarantine)
+        .join("simulation.duckdb")
+        .exists());
+    assert!(!restore.undo.is_empty());
+    // And it stays restored: reopening does not bring the crashed run back.
+    assert_eq!(fingerprints(&p.db()), expected);
+}
+
+#[test]
+fn round_trip_backup_change_restore() {
+    let p = Project::new("");
+    let (id, backup_path) = backup(&p);
+    let expected = fingerprints(&backup_path);
+    change_rows(&p.db());
+    assert_ne!(fingerprints(&p.db()), expected);
+    let out = p.run(&["restore", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("to undo this restore"), "{text}");
+    assert_eq!(fingerprints(&p.db()), expected);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(p.db()).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn restore_latest_by_default_and_undo_puts_the_old_database_back() {
+    let p = Project::new("");
+    let (_, backup_path) = backup(&p);
+    change_rows(&p.db());
+    let changed = fingerprints(&p.db());
+    let out = p.run(&["restore", "--json"]);
+    assert!(out.status.success());
+    let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(fingerprints(&p.db()), fingerprints(&backup_path));
+    let undo = r.restore.unwrap().undo.join(" && ");
+    let st = std::process::Command::new("sh")
+        .args(["-c", &undo])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        fingerprints(&p.db()),
+        changed,
+        "undo brings back the replaced database"
+    );
+}
+
+#[test]
+fn restore_while_another_process_holds_the_database_is_refused_and_nothing_moves() {
+    let p = Project::new("");
+    let (id, _) = backup(&p);
+    change_rows(&p.db());
+    let before = sha256(&p.db());
+    let holder = hold(&p.db());
+    let (r, code) = post_run_failure(&p, &id);
+    assert_eq!(code, 75, "{r:?}");
+    assert_eq!(r.decision, Decision::RestoreFailed);
+    assert_eq!(r.errors[0].code, ErrorCode::DatabaseLocked);
+    assert!(r.errors[0]
+        .message
+        .contains(&format!("PID {}", holder.pid())));
+    drop(holder);
+    assert_eq!(sha256(&p.db()), before);
+    assert!(
+        !p.backups().join("quarantine").exists(),
+        "nothing was quarantined"
+    );
+}
+
+#[test]
+fn a_corrupted_backup_fails_verify_and_is_refused_by_restore() {
+    let p = Project::new("");
+    let (id, backup_path) = backup(&p);
+    change_rows(&p.db());
+    let before = sha256(&p.db());
+    // Flip every bit of one byte in the first data block.
+    let mut bytes = fs::read(&backup_path).unwrap();
+    bytes[12_288 + 100] ^= 0xff;
+    fs::write(&backup_path, &bytes).unwrap();
+
+    let out = p.run(&["verify", &id]);
+    assert_eq!(out.status.code(), Some(74));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("FAILED") && text.contains(&id), "{text}");
+
+    let out = p.run(&["restore", &id]);
+    assert_eq!(out.status.code(), Some(74));
+    assert_eq!(sha256(&p.db()), before, "the database is untouched");
+    assert!(!p.backups().join("quarantine").exists());
+}
+
+#[test]
+fn verify_all_reports_truncation_and_orphans() {
+    let p = Project::new("");
+    let (id, backup_path) = backup(&p);
+    let out = p.run(&["verify", "--all"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&backup_path)
+        .unwrap();
+    f.set_len(20_000).unwrap();
+    fs::write(
+        p.backups().join("simulation_20200101_000000.duckdb"),
+        b"not ours",
+    )
+    .unwrap();
+    let out = p.run(&["--json", "verify", "--all"]);
+    assert_eq!(out.status.code(), Some(74));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["backups"][0]["id"], id.as_str());
+    assert!(v["backups"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("truncated"));
+    assert_eq!(
+        v["problems"][0]["file"],
+        "simulation_20200101_000000.duckdb"
+    );
+}
+
+#[test]
+fn a_restore_killed_midway_is_completed_by_the_next_command() {
+    let p = Project::new("");
+    let (id, backup_path) = backup(&p);
+    let expected = fingerprints(&backup_path);
+    write_into_wal(&p.db(), "DELETE FROM employees;");
+    for point in ["restore.intent", "restore.quarantined"] {
+        let mut c = p.cmd(&["restore", &id]);
+        c.env("DUCKSAFE_FAILPOINT", point);
+        assert_eq!(c.output().unwrap().status.code(), None, "{point} aborted");
+        // Either the old database with its WAL, or (after the kill) a journal that the next
+        // command completes; never the old main file alone presented as restored.
+        let out = p.run(&["restore", &id]);
+        assert!(
+            out.status.success(),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(fingerprints(&p.db()), expected, "{point}");
+        assert!(!p.path("simulation.duckdb.wal").exists());
+        write_into_wal(&p.db(), "DELETE FROM employees;");
+    }
+    let leftovers: Vec<_> = fs::read_dir(p.dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".ducksafe-tmp-")
+        })
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn list_shows_backups_and_totals() {
+    let p = Project::new("");
+    let (id, _) = backup(&p);
+    let out = p.run(&["list"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(&id) && text.contains("latest"), "{text}");
+    let out = p.run(&["--json", "list"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["backups"][0]["id"], id.as_str());
+    assert_eq!(v["backups"][0]["tables"], 3);
+    assert!(v["total_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn pinned_backups_survive_prune_and_do_not_count() {
+    let p = Project::new("BACKUP_KEEP_LAST: 1\n");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let now = format!("2025-08-18T14:0{i}:00Z");
+        let (r, _) = p.hook_env(
+            &format!(
+                r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
+                p.config().display()
+            ),
+            &[("DUCKSAFE_NOW", &now)],
+        );
+        ids.push(r.backup.unwrap().id);
+        if i == 0 {
+            assert!(p.run(&["pin", &ids[0]]).status.success());
+        }
+    }
+    // keep_last 1: the pinned first one and the newest survive.
+    let files = p.backup_files();
+    assert_eq!(
+        files,
+        vec![format!("{}.duckdb", ids[0]), format!("{}.duckdb", ids[2])]
+    );
+    assert!(p.run(&["unpin", &ids[0]]).status.success());
+    let out = p.run(&["prune", "--dry-run"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("would delete") && text.contains(&ids[0]),
+        "{text}"
+    );
+    assert_eq!(p.backup_files().len(), 2, "dry run deletes nothing");
+    assert!(p.run(&["prune"]).status.success());
+    assert_eq!(p.backup_files(), vec![format!("{}.duckdb", ids[2])]);
+}
+
+#[test]
+fn the_seeds_cp_recovery_works_when_the_wal_is_moved_aside_first() {
+    let p = Project::new("");
+    let (_, backup_path) = backup(&p);
+    write_into_wal(&p.db(), "DELETE FROM employees;");
+    // The documented manual procedure, as printed in the rollback instructions.
+    let (r, _) = p.pre_run();
+    let manual = r.rollback.unwrap().manual;
+    let script: Vec<&str> = manual
+        .iter()
+        .filter(|l| !l.starts_with('#'))
+        .map(String::as_str)
+        .collect();
+    let st = std::process::Command::new("sh")
+        .args(["-c", &script.join(" && ")])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(!p.path("simulation.duckdb.wal").exists());
+    // The second backup (taken with the WAL folded in) is what `manual` restores.
+    let latest = fs::canonicalize(p.backups().join("latest.duckdb")).unwrap();
+    assert_eq!(fingerprints(&p.db()), fingerprints(&latest));
+    assert_ne!(fingerprints(&p.db()), fingerprints(&backup_path));
+}
