@@ -205,7 +205,7 @@ impl Error {
                 "free space on that filesystem (`ducksafe prune` applies a lowered `BACKUP_KEEP_LAST` now), or set `BACKUP_DIR` to a larger disk; no backup was written".into(),
             ),
             Error::Io { source, .. } if is_no_space(source) => Some(
-                "the filesystem filled up during the backup; nothing was published and earlier backups are intact".into(),
+                "the filesystem filled up; nothing half-written was kept, and earlier backups and the database are as they were".into(),
             ),
             Error::BackupFailed { .. } | Error::Io { .. } => None,
             Error::VerificationFailed { .. } => Some(
