@@ -190,6 +190,8 @@ fn source_bytes(db: &std::path::Path) -> u64 {
 
 /// Takes, verifies, publishes and rotates one backup.
 pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) -> Result<Outcome> {
+    let t = std::time::Instant::now();
+    let phase = |name: &str| tracing::debug!("{name}: {} ms", t.elapsed().as_millis());
     check_database(settings)?;
     let store = Store::open(&settings.backup_dir, true)?;
     let _dir_lock = DirLock::acquire(store.dir())?;
@@ -197,6 +199,7 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     let recovered = super::restore::recover(settings)?;
     let source = SourceLock::acquire(&settings.db_path)?;
     failpoint::hit("backup.locked");
+    phase("locked");
 
     let needed = source_bytes(&settings.db_path);
     let space = space::check(store.dir(), needed, settings.config.backup_min_free_bytes)?;
@@ -204,9 +207,11 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     let id = store.new_id(&settings.db_stem(), now);
     let limits = limits(settings);
     let snap = snapshot::take(&source, store.temp_path(&id), &limits)?;
+    phase("copied, synced and read back");
     let level = settings.config.verify_level;
     let verified = verify::fresh(&snap, &settings.db_path, level, &limits)?;
     failpoint::hit("backup.verified");
+    phase("verified");
 
     let file = format!("{id}.duckdb");
     let contents = verified.contents;
@@ -243,6 +248,7 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     snap.temp.disarm();
     drop(source);
     failpoint::hit("publish.renamed");
+    phase("published");
 
     let mut warnings = Vec::new();
     if let Some(w) = store.point_latest(&id)? {
@@ -255,6 +261,7 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     warnings.extend(plan.warnings.iter().cloned());
     let rotation = apply_plan(&store, &plan, &mut warnings);
     failpoint::hit("rotation.done");
+    phase("rotated");
     let after = store.inventory()?;
     Ok(Outcome {
         manifest,

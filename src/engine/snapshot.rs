@@ -13,11 +13,11 @@
 //! Invariants:
 //! - The temporary file is `0600`, created with `O_EXCL | O_NOFOLLOW`, and removed (with any WAL
 //!   beside it) on every failure path, by [`TempBackup`]'s `Drop`.
-//! - When nothing had to be folded, the backup's bytes as read back from disk hash to the same
-//!   SHA-256 as the source bytes read under the lock: a byte-exact copy.
+//! - When nothing had to be folded, the backup's bytes as read back from disk are the source's
+//!   bytes read under the lock (equal length and XXH3-128), and their SHA-256 is computed from
+//!   the read-back: a byte-exact copy.
 
 use std::fs;
-use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::lock::SourceLock;
@@ -60,7 +60,8 @@ pub struct Snapshot {
     /// Size and SHA-256 of the backup as read back from disk.
     pub bytes: u64,
     pub sha256: [u8; 32],
-    /// Size and SHA-256 of the source's main file as read under the lock.
+    /// Size and SHA-256 of the source's main file as read under the lock (the SHA-256 of the
+    /// first copy, read back and proven identical to the source's bytes).
     pub source_bytes: u64,
     pub source_sha256: [u8; 32],
     /// Total size of the WAL files folded in (0: none, the backup is a byte-exact copy).
@@ -97,11 +98,8 @@ pub fn take(source: &SourceLock, temp_path: PathBuf, limits: &Limits) -> Result<
         path: temp_path,
         armed: true,
     };
-    let mut reader = &source.file;
-    reader
-        .seek(SeekFrom::Start(0))
-        .map_err(|e| Error::io("read", src_path, e))?;
-    let copied = files::copy_hashing(&mut reader, &mut out)
+    // Copy, fsync and read back in one pass (see `files::copy_verified`).
+    let copied = files::copy_verified(&source.file, &mut out, temp.path())
         .map_err(|e| Error::io("copy database to", temp.path(), e))?;
     if copied.bytes != expected {
         return Err(Error::BackupFailed {
@@ -112,35 +110,36 @@ pub fn take(source: &SourceLock, temp_path: PathBuf, limits: &Limits) -> Result<
             ),
         });
     }
-    crate::failpoint::hit("snapshot.copied");
-
-    let wal_folded = !wals.is_empty();
-    if wal_folded {
-        fold_wal(&wals, src_path, temp.path(), limits)?;
-        crate::failpoint::hit("snapshot.folded");
-    }
-    out.sync_all()
-        .map_err(|e| Error::io("fsync", temp.path(), e))?;
-    drop(out);
-    crate::failpoint::hit("snapshot.synced");
-
-    let back = files::hash_file(temp.path()).map_err(|e| Error::io("read back", temp.path(), e))?;
-    if !wal_folded && (back.bytes != copied.bytes || back.sha256 != copied.sha256) {
+    if !copied.identical() {
         return Err(Error::VerificationFailed {
             path: temp.path().to_path_buf(),
             why: format!(
-                "the copy read back from disk differs from the source ({} bytes, sha256 {} against {} bytes, sha256 {})",
-                back.bytes,
-                files::hex(&back.sha256),
-                copied.bytes,
-                files::hex(&copied.sha256)
+                "the copy read back from disk differs from the source ({} of {} bytes read back, XXH3 {:032x} against {:032x})",
+                copied.read_back_bytes, copied.bytes, copied.read_back_xxh3, copied.source_xxh3
             ),
         });
     }
+    crate::failpoint::hit("snapshot.copied");
+
+    let wal_folded = !wals.is_empty();
+    let (bytes, sha256) = if wal_folded {
+        fold_wal(&wals, src_path, temp.path(), limits)?;
+        crate::failpoint::hit("snapshot.folded");
+        out.sync_all()
+            .map_err(|e| Error::io("fsync", temp.path(), e))?;
+        // The checkpoint rewrote the file: hash it as it now is on disk.
+        let back =
+            files::hash_file(temp.path()).map_err(|e| Error::io("read back", temp.path(), e))?;
+        (back.bytes, back.sha256)
+    } else {
+        (copied.read_back_bytes, copied.sha256)
+    };
+    drop(out);
+    crate::failpoint::hit("snapshot.synced");
     Ok(Snapshot {
         temp,
-        bytes: back.bytes,
-        sha256: back.sha256,
+        bytes,
+        sha256,
         source_bytes: copied.bytes,
         source_sha256: copied.sha256,
         wal_bytes,
