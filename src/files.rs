@@ -231,7 +231,14 @@ const WRITEBACK_STEP: u64 = 16 << 20;
 ///
 /// The SHA-256 is therefore that of the file as written, and the two XXH3 values tie it to the
 /// source's bytes. Memory stays at two buffers whatever the size.
-pub fn copy_verified(src: &File, dst: &mut File, dst_path: &Path) -> io::Result<VerifiedCopy> {
+///
+/// `meanwhile` runs on this thread once every byte is written, while another thread `fsync`s.
+pub fn copy_verified(
+    src: &File,
+    dst: &mut File,
+    dst_path: &Path,
+    meanwhile: impl FnOnce(),
+) -> io::Result<VerifiedCopy> {
     use std::os::unix::fs::FileExt;
     use std::sync::mpsc;
     use xxhash_rust::xxh3::Xxh3;
@@ -316,7 +323,18 @@ pub fn copy_verified(src: &File, dst: &mut File, dst_path: &Path) -> io::Result<
             Ok((offset, xxh.digest128()))
         })();
         drop(tx);
-        let synced = copied.and_then(|c| dst.sync_all().map(|()| c));
+        let synced = match copied {
+            Ok(c) => {
+                let dst = &*dst;
+                let sync = scope.spawn(move || dst.sync_all());
+                meanwhile();
+                sync.join()
+                    .map_err(|_| io::Error::other("the fsync thread panicked"))
+                    .and_then(|r| r)
+                    .map(|()| c)
+            }
+            Err(e) => Err(e),
+        };
         let back = back
             .join()
             .map_err(|_| io::Error::other("the read-back thread panicked"))?;
@@ -574,7 +592,7 @@ mod tests {
             fs::write(&src, &data).unwrap();
             let dst = dir.path().join(format!("d{len}"));
             let mut out = create_private(&dst).unwrap();
-            let c = copy_verified(&File::open(&src).unwrap(), &mut out, &dst).unwrap();
+            let c = copy_verified(&File::open(&src).unwrap(), &mut out, &dst, || {}).unwrap();
             assert!(c.identical());
             assert_eq!(c.bytes, len as u64);
             let expected: [u8; 32] = Sha256::digest(&data).into();

@@ -206,10 +206,12 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
 
     let id = store.new_id(&settings.db_stem(), now);
     let limits = limits(settings);
-    let snap = snapshot::take(&source, store.temp_path(&id), &limits)?;
-    phase("copied, synced and read back");
     let level = settings.config.verify_level;
-    let verified = verify::fresh(&snap, &settings.db_path, level, &limits)?;
+    let (snap, verified) =
+        snapshot::take(&source, store.temp_path(&id), &limits, |temp, folded| {
+            verify::fresh(temp, folded, &settings.db_path, level, &limits)
+        })?;
+    phase("copied, synced, read back and verified");
     failpoint::hit("backup.verified");
     phase("verified");
 

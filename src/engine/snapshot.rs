@@ -82,7 +82,17 @@ pub fn present_wals(db: &Path) -> Vec<(PathBuf, u64)> {
 
 /// Copies the locked source into `temp_path`, folds its WAL in when there is one, fsyncs, and
 /// reads the result back.
-pub fn take(source: &SourceLock, temp_path: PathBuf, limits: &Limits) -> Result<Snapshot> {
+///
+/// `verify(temp, wal_folded)` checks the copy's content. For a byte-exact copy it runs while the
+/// copy is fsynced and read back (the bytes it reads are the page cache's, the ones `fsync`
+/// writes), so DuckDB's scan overlaps the I/O; after a WAL fold it runs on the folded file.
+/// Nothing is trusted until both the content check and the durable read-back have passed.
+pub fn take<V>(
+    source: &SourceLock,
+    temp_path: PathBuf,
+    limits: &Limits,
+    verify: impl FnOnce(&Path, bool) -> Result<V>,
+) -> Result<(Snapshot, V)> {
     let src_path = &source.path;
     let expected = source
         .file
@@ -98,9 +108,18 @@ pub fn take(source: &SourceLock, temp_path: PathBuf, limits: &Limits) -> Result<
         path: temp_path,
         armed: true,
     };
-    // Copy, fsync and read back in one pass (see `files::copy_verified`).
-    let copied = files::copy_verified(&source.file, &mut out, temp.path())
-        .map_err(|e| Error::io("copy database to", temp.path(), e))?;
+    let wal_folded = !wals.is_empty();
+    // Copy, fsync and read back in one pass (see `files::copy_verified`); for a byte-exact
+    // copy, the content check runs meanwhile.
+    let temp_path = temp.path().to_path_buf();
+    let mut verify = Some(verify);
+    let mut early = None;
+    let copied = files::copy_verified(&source.file, &mut out, temp.path(), || {
+        if !wal_folded {
+            early = verify.take().map(|f| f(&temp_path, false));
+        }
+    })
+    .map_err(|e| Error::io("copy database to", temp.path(), e))?;
     if copied.bytes != expected {
         return Err(Error::BackupFailed {
             path: src_path.clone(),
@@ -121,7 +140,6 @@ pub fn take(source: &SourceLock, temp_path: PathBuf, limits: &Limits) -> Result<
     }
     crate::failpoint::hit("snapshot.copied");
 
-    let wal_folded = !wals.is_empty();
     let (bytes, sha256) = if wal_folded {
         fold_wal(&wals, src_path, temp.path(), limits)?;
         crate::failpoint::hit("snapshot.folded");
@@ -136,7 +154,12 @@ pub fn take(source: &SourceLock, temp_path: PathBuf, limits: &Limits) -> Result<
     };
     drop(out);
     crate::failpoint::hit("snapshot.synced");
-    Ok(Snapshot {
+    let verified = match (early, verify) {
+        (Some(v), _) => v?,
+        (None, Some(f)) => f(temp.path(), wal_folded)?,
+        (None, None) => return Err(Error::Internal("the copy was never verified".into())),
+    };
+    let snap = Snapshot {
         temp,
         bytes,
         sha256,
@@ -144,7 +167,8 @@ pub fn take(source: &SourceLock, temp_path: PathBuf, limits: &Limits) -> Result<
         source_sha256: copied.sha256,
         wal_bytes,
         wal_folded,
-    })
+    };
+    Ok((snap, verified))
 }
 
 /// Copies the WAL files beside the private copy and checkpoints the copy, so that the backup

@@ -16,7 +16,6 @@
 use std::path::Path;
 
 use super::manifest::{Manifest, TableEntry};
-use super::snapshot::Snapshot;
 use crate::config::VerifyLevel;
 use crate::duck::{self, Db, DuckError, Fingerprint, Header, Limits, TableName};
 use crate::error::{Error, Result};
@@ -97,22 +96,22 @@ fn checks_for(level: VerifyLevel) -> Vec<String> {
     c.into_iter().map(str::to_owned).collect()
 }
 
-/// Verifies a fresh copy at `level`. The size and SHA-256 read-back already happened in
-/// [`super::snapshot::take`]; this opens the copy and, for a folded WAL, compares it with the
-/// source table by table.
+/// Verifies a fresh copy at `level`: opens the copy and, for a folded WAL, compares it with the
+/// source table by table. The size and SHA-256 read-back are [`super::snapshot::take`]'s;
+/// for a byte-exact copy it runs this while the copy is being fsynced and read back.
 pub fn fresh(
-    snap: &Snapshot,
+    temp: &Path,
+    wal_folded: bool,
     source: &Path,
     level: VerifyLevel,
     limits: &Limits,
 ) -> Result<Outcome> {
-    let temp = snap.temp.path();
     let backup_err = |e: DuckError| Error::VerificationFailed {
         path: temp.to_path_buf(),
         why: format!("DuckDB cannot read the copy: {e}"),
     };
     let backup = inspect(temp, level, limits, &backup_err)?;
-    if snap.wal_folded && level > VerifyLevel::Quick {
+    if wal_folded && level > VerifyLevel::Quick {
         let source_err = |e: DuckError| match e {
             DuckError::Locked { pid, holder } => Error::DatabaseLocked {
                 path: source.to_path_buf(),
