@@ -266,62 +266,7 @@ pub fn copy_verified(
             Ok((total, sha.finalize().into(), xxh.digest128()))
         });
 
-        let copied = (|| -> io::Result<(u64, u128)> {
-            let mut offset = 0u64;
-            let mut flushed = 0u64;
-            // The kernel copies page cache to page cache (no trip through user space); a
-            // filesystem that cannot (or a source that is not a plain file) falls back to
-            // read/write below.
-            let mut kernel = true;
-            let mut buf = Vec::new();
-            loop {
-                let n = if kernel {
-                    match kernel_copy(src, dst, offset) {
-                        Ok(n) => n,
-                        Err(_) if offset == 0 => {
-                            kernel = false;
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                } else {
-                    if buf.is_empty() {
-                        buf = vec![0u8; BUF_SIZE];
-                    }
-                    let n = match src.read_at(&mut buf, offset) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
-                    };
-                    dst.write_all_at(&buf[..n], offset)?;
-                    n
-                };
-                if n == 0 {
-                    break;
-                }
-                let _ = tx.send((offset, n));
-                offset += n as u64;
-                if offset - flushed >= WRITEBACK_STEP {
-                    start_writeback(dst, flushed, offset - flushed);
-                    flushed = offset;
-                }
-            }
-            // The source's own bytes, hashed from the locked descriptor (page cache: the copy
-            // just read them), to tie the read-back to the source.
-            let mut xxh = Xxh3::new();
-            let mut buf = vec![0u8; BUF_SIZE];
-            let mut at = 0u64;
-            while at < offset {
-                let want = usize::try_from((offset - at).min(BUF_SIZE as u64)).unwrap_or(BUF_SIZE);
-                let n = src.read_at(&mut buf[..want], at)?;
-                if n == 0 {
-                    break;
-                }
-                xxh.update(&buf[..n]);
-                at += n as u64;
-            }
-            Ok((offset, xxh.digest128()))
-        })();
+        let copied = copy_loop(src, dst, &tx);
         drop(tx);
         let synced = match copied {
             Ok(c) => {
@@ -348,6 +293,71 @@ pub fn copy_verified(
             read_back_xxh3,
         })
     })
+}
+
+/// The copy itself: kernel copy (or read/write) in steps, each written range announced to the
+/// read-back thread, writeback started as it goes; then the source's bytes hashed with XXH3.
+fn copy_loop(
+    src: &File,
+    dst: &File,
+    tx: &std::sync::mpsc::Sender<(u64, usize)>,
+) -> io::Result<(u64, u128)> {
+    use std::os::unix::fs::FileExt;
+    use xxhash_rust::xxh3::Xxh3;
+    let mut offset = 0u64;
+    let mut flushed = 0u64;
+    // The kernel copies page cache to page cache (no trip through user space); a
+    // filesystem that cannot (or a source that is not a plain file) falls back to
+    // read/write below.
+    let mut kernel = true;
+    let mut buf = Vec::new();
+    loop {
+        let n = if kernel {
+            match kernel_copy(src, dst, offset) {
+                Ok(n) => n,
+                Err(_) if offset == 0 => {
+                    kernel = false;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            if buf.is_empty() {
+                buf = vec![0u8; BUF_SIZE];
+            }
+            let n = match src.read_at(&mut buf, offset) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            dst.write_all_at(&buf[..n], offset)?;
+            n
+        };
+        if n == 0 {
+            break;
+        }
+        let _ = tx.send((offset, n));
+        offset += n as u64;
+        if offset - flushed >= WRITEBACK_STEP {
+            start_writeback(dst, flushed, offset - flushed);
+            flushed = offset;
+        }
+    }
+    // The source's own bytes, hashed from the locked descriptor (page cache: the copy
+    // just read them), to tie the read-back to the source.
+    let mut xxh = Xxh3::new();
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut at = 0u64;
+    while at < offset {
+        let want = usize::try_from((offset - at).min(BUF_SIZE as u64)).unwrap_or(BUF_SIZE);
+        let n = src.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            break;
+        }
+        xxh.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok((offset, xxh.digest128()))
 }
 
 /// One `copy_file_range` step of up to 8 MiB from `offset` (same offset in both files).
