@@ -196,6 +196,20 @@ pub fn copy_hashing(src: &mut impl Read, dst: &mut impl Write) -> io::Result<Cop
     })
 }
 
+/// How the bytes got from the source to the copy.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyMethod {
+    /// `FICLONE`: the copy shares the source's blocks until either changes (same filesystem).
+    Reflink,
+    /// `copy_file_range`: the kernel copied the bytes.
+    KernelCopy,
+    /// `read`/`write` through a buffer.
+    ReadWrite,
+}
+
 /// Result of [`copy_verified`].
 #[derive(Debug, Clone, Copy)]
 pub struct VerifiedCopy {
@@ -208,6 +222,7 @@ pub struct VerifiedCopy {
     /// equal values prove the destination holds the source's bytes.
     pub source_xxh3: u128,
     pub read_back_xxh3: u128,
+    pub method: CopyMethod,
 }
 
 impl VerifiedCopy {
@@ -283,7 +298,7 @@ pub fn copy_verified(
         let back = back
             .join()
             .map_err(|_| io::Error::other("the read-back thread panicked"))?;
-        let (bytes, source_xxh3) = synced?;
+        let (bytes, source_xxh3, method) = synced?;
         let (read_back_bytes, sha256, read_back_xxh3) = back?;
         Ok(VerifiedCopy {
             bytes,
@@ -291,6 +306,7 @@ pub fn copy_verified(
             sha256,
             source_xxh3,
             read_back_xxh3,
+            method,
         })
     })
 }
@@ -301,22 +317,33 @@ fn copy_loop(
     src: &File,
     dst: &File,
     tx: &std::sync::mpsc::Sender<(u64, usize)>,
-) -> io::Result<(u64, u128)> {
+) -> io::Result<(u64, u128, CopyMethod)> {
     use std::os::unix::fs::FileExt;
     use xxhash_rust::xxh3::Xxh3;
     let mut offset = 0u64;
     let mut flushed = 0u64;
-    // The kernel copies page cache to page cache (no trip through user space); a
-    // filesystem that cannot (or a source that is not a plain file) falls back to
-    // read/write below.
-    let mut kernel = true;
+    // A filesystem with reflinks (XFS, Btrfs) clones the file: no data is copied, blocks are
+    // shared until either file changes. Else the kernel copies page cache to page cache (no
+    // trip through user space); a filesystem that cannot falls back to read/write.
+    let mut method = CopyMethod::KernelCopy;
+    if clone_file(src, dst).is_ok() {
+        method = CopyMethod::Reflink;
+        offset = dst.metadata()?.len();
+        let mut at = 0u64;
+        while at < offset {
+            let n = usize::try_from((offset - at).min(WRITEBACK_STEP)).unwrap_or(BUF_SIZE);
+            let _ = tx.send((at, n));
+            at += n as u64;
+        }
+    }
     let mut buf = Vec::new();
-    loop {
+    while method != CopyMethod::Reflink {
+        let kernel = method == CopyMethod::KernelCopy;
         let n = if kernel {
             match kernel_copy(src, dst, offset) {
                 Ok(n) => n,
                 Err(_) if offset == 0 => {
-                    kernel = false;
+                    method = CopyMethod::ReadWrite;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -357,7 +384,18 @@ fn copy_loop(
         xxh.update(&buf[..n]);
         at += n as u64;
     }
-    Ok((offset, xxh.digest128()))
+    Ok((offset, xxh.digest128(), method))
+}
+
+/// `ioctl(FICLONE)`: makes `dst` share all of `src`'s blocks (reflink).
+fn clone_file(src: &File, dst: &File) -> io::Result<()> {
+    // SAFETY: valid descriptors; FICLONE takes the source descriptor as its argument.
+    let rc = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// One `copy_file_range` step of up to 8 MiB from `offset` (same offset in both files).

@@ -74,6 +74,11 @@ pub fn run(g: &Global, a: &BackupArgs) -> i32 {
                     "no (byte-exact copy)"
                 }
             );
+            if m.source.copy_method == crate::files::CopyMethod::Reflink {
+                println!(
+                    "  reflinked: shares blocks with the database until either changes (same disk: copy the backups elsewhere to survive a disk failure)"
+                );
+            }
             for d in &o.rotation.deleted {
                 println!("  deleted `{}`: {}", d.id, d.reason);
             }

@@ -230,6 +230,7 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
             sha256: files::hex(&snap.source_sha256),
             wal_bytes: snap.wal_bytes,
             wal_folded: snap.wal_folded,
+            copy_method: snap.copy_method,
         },
         duckdb_version: contents.duckdb_version,
         storage_version: contents.header.storage_version,

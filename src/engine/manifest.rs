@@ -38,6 +38,9 @@ pub struct SourceInfo {
     /// True when committed data from the WAL was folded in, so the backup's bytes differ from
     /// the source's main file and its content was proven equal by comparing fingerprints.
     pub wal_folded: bool,
+    /// How the bytes were copied. `reflink`: the backup shares the source's blocks on the same
+    /// filesystem until either changes; it guards against a bad run, not a failing disk.
+    pub copy_method: crate::files::CopyMethod,
 }
 
 /// A table in the backup.

@@ -67,6 +67,7 @@ pub struct Snapshot {
     /// Total size of the WAL files folded in (0: none, the backup is a byte-exact copy).
     pub wal_bytes: u64,
     pub wal_folded: bool,
+    pub copy_method: files::CopyMethod,
 }
 
 /// The WAL files present beside `db`, with their sizes.
@@ -167,6 +168,7 @@ pub fn take<V>(
         source_sha256: copied.sha256,
         wal_bytes,
         wal_folded,
+        copy_method: copied.method,
     };
     Ok((snap, verified))
 }
