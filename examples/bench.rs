@@ -145,11 +145,16 @@ fn bench_size(
         );
     }
     let bytes = fs::metadata(&db).unwrap().len();
-    for level in ["quick", "standard", "full"] {
+    for (name, level, extra) in [
+        ("quick", "quick", ""),
+        ("standard", "standard", ""),
+        ("full", "full", ""),
+        ("full-256MB", "full", "DUCKDB_MEMORY_LIMIT: 256MB\n"),
+    ] {
         fs::write(
-            project.join(format!("config.{level}.yaml")),
+            project.join(format!("config.{name}.yaml")),
             format!(
-                "DB_PATH: simulation.duckdb\nLOG_LEVEL: ERROR\nBACKUP_DIR: backups\nBACKUP_KEEP_LAST: 1\nBACKUP_MIN_FREE_BYTES: 0\nVERIFY_LEVEL: {level}\n"
+                "DB_PATH: simulation.duckdb\nLOG_LEVEL: ERROR\nBACKUP_DIR: backups\nBACKUP_KEEP_LAST: 1\nBACKUP_MIN_FREE_BYTES: 0\nVERIFY_LEVEL: {level}\n{extra}"
             ),
         )
         .unwrap();
@@ -225,6 +230,18 @@ fn bench_size(
                     Command::new(bin)
                         .arg("--config")
                         .arg(cfg("full"))
+                        .arg("backup"),
+                    &project,
+                )
+            }),
+        ),
+        (
+            "ducksafe backup, full, DUCKDB_MEMORY_LIMIT=256MB",
+            Box::new(|| {
+                run(
+                    Command::new(bin)
+                        .arg("--config")
+                        .arg(cfg("full-256MB"))
                         .arg("backup"),
                     &project,
                 )

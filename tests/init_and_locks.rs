@@ -1,0 +1,145 @@
+#![allow(clippy::unwrap_used)]
+//! `ducksafe init`, and the two locks a backup holds: one ducksafe per backup directory, and
+//! no writer on the database while it is copied.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{bin, Project};
+use ducksafe::duck::{Db, DuckError, Limits};
+use ducksafe::protocol::{ErrorCode, Response};
+
+#[test]
+fn init_writes_the_quick_start_layout_once() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join(".gitignore"), "target/").unwrap();
+    for _ in 0..2 {
+        let out = bin().current_dir(dir.path()).arg("init").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let gi = fs::read_to_string(dir.path().join(".gitignore")).unwrap();
+    assert_eq!(gi, "target/\nbackups/\n", "added once, on its own line");
+    let mode = fs::metadata(dir.path().join("backups"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    assert!(dir.path().join("logs").is_dir());
+    let cfg = fs::read_to_string(dir.path().join("config.yaml")).unwrap();
+    assert!(cfg.contains("DB_PATH: simulation.duckdb"));
+    assert!(cfg.contains("BACKUP_RETENTION_DAYS: 7"));
+    assert!(
+        !dir.path().join("simulation.duckdb").exists(),
+        "no database without --demo"
+    );
+}
+
+#[test]
+fn init_demo_creates_a_simulation_shaped_database_and_never_overwrites_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["init", "--demo"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let db = dir.path().join("simulation.duckdb");
+    let d = Db::open_read_only(&db, &Limits::default()).unwrap();
+    let counts: Vec<(String, u64)> = d
+        .tables()
+        .unwrap()
+        .iter()
+        .map(|t| (t.name.clone(), d.row_count(t).unwrap()))
+        .collect();
+    d.close().unwrap();
+    assert!(counts.contains(&("employees".into(), 9_016)), "{counts:?}");
+    assert!(
+        counts.contains(&("fct_yearly_events".into(), 42_331)),
+        "{counts:?}"
+    );
+    let before = common::sha256(&db);
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["init", "--demo"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(common::sha256(&db), before);
+    // And the demo is ready for the hook as written.
+    let out = bin()
+        .current_dir(dir.path())
+        .arg("pre-run")
+        .output()
+        .unwrap();
+    let r: Response = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.exit_code, 0, "{r:?}");
+}
+
+/// Starts `ducksafe pre-run` paused at a failpoint, and waits until it is there.
+fn paused_backup(p: &Project, point: &str) -> std::process::Child {
+    let child = p
+        .cmd(&["pre-run"])
+        .env("DUCKSAFE_FAILPOINT", format!("{point}:sleep=3000"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The failpoint announces itself on stderr; a short wait is enough for the small database.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if p.backup_dir_entries()
+            .iter()
+            .any(|n| n.starts_with(".ducksafe-tmp-"))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn no_writer_can_open_the_database_while_a_backup_runs() {
+    let p = Project::new("");
+    let child = paused_backup(&p, "snapshot.copied");
+    match Db::open_read_write(&p.db(), &Limits::default()) {
+        Err(DuckError::Locked { .. }) => {}
+        Err(e) => panic!("expected a lock conflict, got {e}"),
+        Ok(_) => panic!("a writer opened the database during the backup"),
+    }
+    // Readers are still welcome.
+    Db::open_read_only(&p.db(), &Limits::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let r: Response = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.exit_code, 0, "{r:?}");
+}
+
+#[test]
+fn a_second_ducksafe_on_the_same_backup_directory_gets_lock_busy() {
+    let p = Project::new("");
+    let child = paused_backup(&p, "snapshot.copied");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 75, "{r:?}");
+    assert_eq!(r.errors[0].code, ErrorCode::LockBusy);
+    assert!(r.errors[0].retryable);
+    assert!(
+        r.errors[0].message.contains(&format!("PID {}", child.id())),
+        "{}",
+        r.errors[0].message
+    );
+    let out = child.wait_with_output().unwrap();
+    let first: Response = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(first.exit_code, 0);
+    assert_eq!(p.backup_files().len(), 1);
+}
