@@ -47,7 +47,7 @@ const SIZES: [Size; 3] = [
     },
     Size {
         name: "1GB",
-        scale: 480,
+        scale: 750,
         reps: 3,
     },
 ];
