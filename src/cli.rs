@@ -53,6 +53,8 @@ pub enum Command {
     Unpin(PinArgs),
     /// Print a committed JSON Schema: config, request, response or manifest
     Schema(SchemaArgs),
+    /// Check the configuration, the database and the backup directory; write nothing
+    Validate,
     /// Hook protocol v1: read one JSON request on stdin, answer one JSON line on stdout
     Hook,
     /// The hook's pre_run event from flags (for make and just); answers one JSON line
@@ -202,6 +204,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Pin(a) => commands::pin::run(&g, &a, true),
         Command::Unpin(a) => commands::pin::run(&g, &a, false),
         Command::Schema(a) => commands::schema::run(&a),
+        Command::Validate => commands::validate::run(&g),
         Command::Hook => commands::hook::run(),
         Command::PreRun(a) => commands::pre_run::run(&g, &a),
         Command::PostRun(a) => commands::post_run::run(&g, &a),

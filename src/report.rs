@@ -259,7 +259,12 @@ pub fn restore_ref(o: &restore::Outcome) -> RestoreRef {
 
 /// Prints a failure for people on stderr: `ducksafe: error: …` then `hint: …` lines.
 pub fn print_error(err: &Error) {
-    for e in err.entries() {
+    print_entries(&err.entries());
+}
+
+/// Prints protocol error entries for people on stderr.
+pub fn print_entries(entries: &[ErrorEntry]) {
+    for e in entries {
         match &e.path {
             Some(p) if !p.is_empty() => eprintln!("ducksafe: error: {} (at `{p}`)", e.message),
             _ => eprintln!("ducksafe: error: {}", e.message),

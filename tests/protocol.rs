@@ -192,6 +192,20 @@ fn post_run_success_keeps_and_failure_without_restore_keeps() {
 }
 
 #[test]
+fn the_validate_command_answers_like_the_hook() {
+    let p = Project::new("");
+    let out = p.run(&["validate"]);
+    let r = one_response(&out);
+    assert_eq!(r.decision, Decision::Valid);
+    p.write_config("DB_PATH: simulation.duckdb\nLOG_LEVEL: LOUD\n");
+    let out = p.run(&["validate"]);
+    let r = one_response(&out);
+    assert_eq!(r.exit_code, 78);
+    assert_eq!(r.decision, Decision::Invalid);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LOG_LEVEL"));
+}
+
+#[test]
 fn usage_errors_exit_64() {
     let out = bin().arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(64));

@@ -12,6 +12,7 @@ pub mod pre_run;
 pub mod prune;
 pub mod restore;
 pub mod schema;
+pub mod validate;
 pub mod verify;
 
 use std::path::PathBuf;
