@@ -288,6 +288,14 @@ pub fn load(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<Set
         }],
     })?;
 
+    let violations = path_value_violations(&config);
+    if !violations.is_empty() {
+        return Err(Error::ConfigInvalid {
+            source_name: name,
+            violations,
+        });
+    }
+
     let db_path = normalize(&base.join(&config.db_path));
     let backup_dir = normalize(&base.join(&config.backup_dir));
     let quarantine_dir = config.quarantine_dir.as_ref().map_or_else(
@@ -345,9 +353,27 @@ pub fn schema() -> Value {
     serde_json::to_value(schemars::schema_for!(Config)).unwrap_or(Value::Null)
 }
 
+/// The largest configuration file read; a real one is well under 4 KiB.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 fn read_file(path: &Path) -> Result<Value> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let invalid = |message: String| Error::ConfigInvalid {
+        source_name: path.display().to_string(),
+        violations: vec![Violation {
+            pointer: String::new(),
+            message,
+            hint: Some("the configuration is a small YAML or JSON file".into()),
+        }],
+    };
+    // O_NONBLOCK: opening a FIFO must not hang the hook; only regular files are read.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::ConfigNotFound {
                 path: path.to_path_buf(),
@@ -355,6 +381,22 @@ fn read_file(path: &Path) -> Result<Value> {
         }
         Err(e) => return Err(Error::io("read configuration", path, e)),
     };
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("read configuration", path, e))?;
+    if !meta.is_file() {
+        return Err(invalid("it is not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read configuration", path, e))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(invalid(format!(
+            "it is larger than {MAX_CONFIG_BYTES} bytes"
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| invalid("it is not UTF-8 text".into()))?;
     parse_text(&text, path)
 }
 
@@ -536,6 +578,44 @@ fn pointer_for(key: &str) -> String {
     format!("/{}", key.replace('~', "~0").replace('/', "~1"))
 }
 
+/// Path keys must hold local paths: a URL or DSN (which may carry a password) is refused, and
+/// its value never repeated.
+fn path_value_violations(config: &Config) -> Vec<Violation> {
+    [
+        ("DB_PATH", Some(&config.db_path)),
+        ("BACKUP_DIR", Some(&config.backup_dir)),
+        ("QUARANTINE_DIR", config.quarantine_dir.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| {
+        let why = not_a_local_path(value?)?;
+        Some(Violation {
+            pointer: format!("/{key}"),
+            message: format!("`{key}` {why} (value hidden)"),
+            hint: Some(
+                "ducksafe protects a local DuckDB file: give a filesystem path; credentials do not belong here"
+                    .into(),
+            ),
+        })
+    })
+    .collect()
+}
+
+/// Why a path value is not a local filesystem path (a URL or DSN, possibly with credentials).
+fn not_a_local_path(v: &str) -> Option<&'static str> {
+    if v.contains("://") {
+        return Some("is a URL, not a local path");
+    }
+    let lower = v.to_ascii_lowercase();
+    if ["password=", "passwd=", "token=", "secret="]
+        .iter()
+        .any(|k| lower.contains(k))
+    {
+        return Some("carries a credential, not a local path");
+    }
+    None
+}
+
 /// True for key names that usually hold credentials.
 pub fn looks_secret(key: &str) -> bool {
     let k = key.to_ascii_uppercase();
@@ -611,11 +691,14 @@ pub fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
                 }
-            }
+                // `/..` is `/`.
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(".."),
+            },
             Component::CurDir => {}
             other => out.push(other.as_os_str()),
         }
@@ -717,6 +800,32 @@ mod tests {
                 matches!(load(&inline(v), &no_env), Err(Error::ConfigInvalid { .. })),
                 "{dir}"
             );
+        }
+    }
+
+    #[test]
+    fn parent_of_the_root_is_the_root() {
+        assert_eq!(normalize(Path::new("/../x")), PathBuf::from("/x"));
+        assert_eq!(normalize(Path::new("../../x")), PathBuf::from("../../x"));
+        assert_eq!(normalize(Path::new("a/../../x")), PathBuf::from("../x"));
+        assert_eq!(normalize(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_in_path_keys_and_never_echoed() {
+        for (key, value) in [
+            ("DB_PATH", "postgres://app:hunter2@db/sim"),
+            ("BACKUP_DIR", "s3://AKIA:hunter2@bucket/x"),
+            ("QUARANTINE_DIR", "q?token=hunter2"),
+        ] {
+            let mut v = serde_json::json!({"DB_PATH": "a.duckdb", "LOG_LEVEL": "INFO"});
+            v[key] = Value::String(value.into());
+            let Err(e @ Error::ConfigInvalid { .. }) = load(&inline(v), &no_env) else {
+                panic!("{key} accepted a URL")
+            };
+            let all = format!("{e} {}", serde_json::to_string(&e.entries()).unwrap());
+            assert!(!all.contains("hunter2"), "{all}");
+            assert_eq!(e.entries()[0].path.as_deref(), Some(&*format!("/{key}")));
         }
     }
 

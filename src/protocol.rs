@@ -165,6 +165,7 @@ pub struct RunInfo {
     pub outcome: Outcome,
     /// The workload's own exit code, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -2_147_483_648, max = 2_147_483_647))]
     pub exit_code: Option<i32>,
 }
 

@@ -98,7 +98,7 @@ fn answer_inner(raw: &[u8]) -> Response {
     let mut ctx = Ctx::new(
         obj.get("request_id")
             .and_then(Value::as_str)
-            .filter(|s| !s.is_empty() && s.len() <= 200)
+            .filter(|s| !s.is_empty() && s.chars().count() <= 200)
             .map_or_else(generated_id, str::to_owned),
         obj.get("event").and_then(Value::as_str),
     );
@@ -148,7 +148,12 @@ fn answer_inner(raw: &[u8]) -> Response {
     }
     let request: Request = match serde_json::from_value(Value::Object(obj)) {
         Ok(r) => r,
-        Err(e) => return invalid(&ctx, format!("request does not fit protocol v1: {e}")),
+        Err(e) => {
+            return ctx.fail(
+                decision,
+                &Error::InvalidRequest(format!("request does not fit protocol v1: {e}")),
+            )
+        }
     };
     handle(&request, ctx)
 }

@@ -146,7 +146,7 @@ pub fn dry_run(settings: &Settings, now: DateTime<Utc>) -> Result<DryRun> {
     let needed = source_bytes(&settings.db_path);
     drop(source);
     let dir = &settings.backup_dir;
-    let (inv, check_dir) = if dir.is_dir() {
+    let (inv, check_dir) = if std::fs::symlink_metadata(dir).is_ok() {
         let store = Store::open(dir, false)?;
         (store.inventory()?, dir.clone())
     } else {

@@ -197,9 +197,8 @@ pub fn apply(plan: &Plan, entry: &Entry, limits: &Limits) -> Result<Outcome> {
     failpoint::hit("restore.staged");
 
     // 4. The intent, durable before anything moves.
-    files::create_private_dir(files::parent_of(&plan.quarantine))
-        .or_else(|e| ok_if_exists(&e))
-        .and_then(|()| files::create_private_dir(&plan.quarantine))
+    store::ensure_private_dir(files::parent_of(&plan.quarantine))?;
+    files::create_private_dir(&plan.quarantine)
         .map_err(|e| Error::io("create quarantine folder", &plan.quarantine, e))?;
     let mut intent = Intent {
         backup_id: plan.backup_id.clone(),
@@ -242,14 +241,6 @@ pub fn apply(plan: &Plan, entry: &Entry, limits: &Limits) -> Result<Outcome> {
         checks,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     })
-}
-
-fn ok_if_exists(e: &std::io::Error) -> std::io::Result<()> {
-    if e.kind() == std::io::ErrorKind::AlreadyExists {
-        Ok(())
-    } else {
-        Err(std::io::Error::new(e.kind(), e.to_string()))
-    }
 }
 
 /// The staged copy; removed on drop unless kept.
@@ -360,6 +351,11 @@ fn complete(intent: &Intent) -> Result<Vec<PathBuf>> {
 pub fn recover(settings: &Settings) -> Result<Vec<String>> {
     let mut done = Vec::new();
     let root = quarantine_root(settings);
+    // Journals are only trusted from a private, real directory: a planted one could name any
+    // file to rename over the database.
+    if fs::symlink_metadata(&root).is_ok() {
+        store::ensure_private_dir(&root)?;
+    }
     if let Ok(rd) = fs::read_dir(&root) {
         let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
         dirs.sort();

@@ -188,9 +188,20 @@ fn fold_wal(wals: &[(PathBuf, u64)], src: &Path, temp: &Path, limits: &Limits) -
             files::create_private(&dest).map_err(|e| Error::io("copy WAL to", &dest, e))?;
         files::copy_hashing(&mut from, &mut to).map_err(|e| Error::io("copy WAL to", &dest, e))?;
     }
-    let fail = |e: DuckError| Error::BackupFailed {
-        path: src.to_path_buf(),
-        why: format!("DuckDB could not fold the WAL into the copy: {e}"),
+    let fail = |e: DuckError| {
+        let msg = e.to_string();
+        if msg.contains("No space left on device") || msg.contains("Disk quota exceeded") {
+            // Disk full while DuckDB wrote: the same code and hint as any other disk full.
+            return Error::io(
+                "fold the WAL into",
+                temp,
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            );
+        }
+        Error::BackupFailed {
+            path: src.to_path_buf(),
+            why: format!("DuckDB could not fold the WAL into the copy: {msg}"),
+        }
     };
     let db = Db::open_read_write(temp, limits).map_err(fail)?;
     db.checkpoint().map_err(fail)?;

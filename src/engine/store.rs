@@ -264,19 +264,24 @@ impl Store {
     pub fn publish(&self, temp: &Path, manifest: &Manifest) -> Result<PathBuf> {
         let id = &manifest.id;
         let final_path = self.backup_path(id);
-        manifest.write(&self.manifest_path(id))?;
-        crate::failpoint::hit("publish.manifest");
         let sidecar = self.sidecar_path(id);
-        files::write_atomic(
-            &sidecar,
-            manifest::sidecar_line(&manifest.sha256, &manifest.file).as_bytes(),
-        )
-        .map_err(|e| Error::io("write checksum file", &sidecar, e))?;
-        crate::failpoint::hit("publish.sidecar");
-        if let Err(e) = files::rename_noreplace_durable(temp, &final_path) {
+        let result = (|| {
+            manifest.write(&self.manifest_path(id))?;
+            crate::failpoint::hit("publish.manifest");
+            files::write_atomic(
+                &sidecar,
+                manifest::sidecar_line(&manifest.sha256, &manifest.file).as_bytes(),
+            )
+            .map_err(|e| Error::io("write checksum file", &sidecar, e))?;
+            crate::failpoint::hit("publish.sidecar");
+            files::rename_noreplace_durable(temp, &final_path)
+                .map_err(|e| Error::io("publish backup", &final_path, e))
+        })();
+        if let Err(e) = result {
+            // Nothing half-published stays: no manifest or sidecar without its backup.
             let _ = fs::remove_file(self.manifest_path(id));
             let _ = fs::remove_file(&sidecar);
-            return Err(Error::io("publish backup", &final_path, e));
+            return Err(e);
         }
         Ok(final_path)
     }
@@ -394,6 +399,36 @@ impl Store {
     /// Bytes used by managed backups.
     pub fn used_bytes(inv: &Inventory) -> u64 {
         inv.backups.iter().filter_map(|b| b.file_bytes).sum()
+    }
+}
+
+/// Makes sure `dir` is a private directory of this user, creating it (`0700`) when missing. A
+/// symlink is refused, never followed: ducksafe's own folders are real directories.
+pub fn ensure_private_dir(dir: &Path) -> Result<()> {
+    let unsafe_dir = |why: String| Error::BackupDirUnsafe {
+        dir: dir.to_path_buf(),
+        why,
+    };
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => Err(unsafe_dir(
+            "it is a symlink; ducksafe never follows links for its own folders".into(),
+        )),
+        Ok(m) => files::unsafe_dir_reason(&m).map_or(Ok(()), |why| Err(unsafe_dir(why))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match files::create_private_dir(dir) {
+                Ok(()) => Ok(()),
+                // Created meanwhile by someone else: check what it is.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let m = fs::symlink_metadata(dir).map_err(|e| Error::io("stat", dir, e))?;
+                    if m.file_type().is_symlink() {
+                        return Err(unsafe_dir("it is a symlink".into()));
+                    }
+                    files::unsafe_dir_reason(&m).map_or(Ok(()), |why| Err(unsafe_dir(why)))
+                }
+                Err(e) => Err(Error::io("create", dir, e)),
+            }
+        }
+        Err(e) => Err(Error::io("stat", dir, e)),
     }
 }
 
