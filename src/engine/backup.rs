@@ -22,7 +22,7 @@ use super::manifest::{Manifest, SourceInfo, Verification};
 use super::retention::{self, Candidate, Plan, Policy};
 use super::store::{Inventory, Store};
 use super::{snapshot, space, verify};
-use crate::config::Settings;
+use crate::config::{Settings, VerifyLevel};
 use crate::duck;
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -206,47 +206,12 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
 
     let id = store.new_id(&settings.db_stem(), now);
     let limits = limits(settings);
-    let level = settings.config.verify_level;
-    let (snap, verified) =
-        snapshot::take(&source, store.temp_path(&id), &limits, |temp, folded| {
-            verify::fresh(temp, folded, &settings.db_path, level, &limits)
-        })?;
+    let (snap, verified) = copy_and_verify(settings, &source, store.temp_path(&id), &limits)?;
     phase("copied, synced, read back and verified");
     failpoint::hit("backup.verified");
     phase("verified");
 
-    let file = format!("{id}.duckdb");
-    let contents = verified.contents;
-    let manifest = Manifest {
-        format: super::manifest::FORMAT,
-        id: id.clone(),
-        file,
-        created_at: now,
-        bytes: snap.bytes,
-        sha256: files::hex(&snap.sha256),
-        source: SourceInfo {
-            path: settings.db_path.display().to_string(),
-            bytes: snap.source_bytes,
-            sha256: files::hex(&snap.source_sha256),
-            wal_bytes: snap.wal_bytes,
-            wal_folded: snap.wal_folded,
-            copy_method: snap.copy_method,
-        },
-        duckdb_version: contents.duckdb_version,
-        storage_version: contents.header.storage_version,
-        created_by: contents.header.created_by,
-        tables: contents.tables,
-        views: contents.views,
-        sequences: contents.sequences,
-        verification: Verification {
-            level: level.as_str().to_owned(),
-            checks: verified.checks,
-            verified_at: Utc::now(),
-        },
-        request_id: request_id.map(str::to_owned),
-        pinned: false,
-        ducksafe_version: env!("CARGO_PKG_VERSION").to_owned(),
-    };
+    let manifest = manifest_for(settings, &id, now, &snap, verified, request_id);
     let path = store.publish(snap.temp.path(), &manifest)?;
     snap.temp.disarm();
     drop(source);
@@ -279,4 +244,92 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
         cleaned,
         recovered,
     })
+}
+
+/// Copies the locked source and verifies the copy at the configured level.
+///
+/// Without a WAL the copy will be byte-identical to the source (the read-back proves it), so
+/// the source's scan is the copy's scan: it runs alongside the copy instead of after it, and the
+/// copy itself is opened by DuckDB (catalog) while it is fsynced. After a WAL fold the folded
+/// copy is scanned and compared with the source table by table.
+fn copy_and_verify(
+    settings: &Settings,
+    source: &SourceLock,
+    temp_path: PathBuf,
+    limits: &duck::Limits,
+) -> Result<(snapshot::Snapshot, verify::Outcome)> {
+    let level = settings.config.verify_level;
+    let byte_exact = snapshot::present_wals(&settings.db_path).is_empty();
+    std::thread::scope(|scope| {
+        let source_scan = (byte_exact && level > VerifyLevel::Quick).then(|| {
+            scope.spawn(|| {
+                verify::inspect(&settings.db_path, level, limits, &|e| {
+                    Error::DatabaseInvalid {
+                        path: settings.db_path.clone(),
+                        why: e.to_string(),
+                    }
+                })
+            })
+        });
+        let taken = snapshot::take(source, temp_path, limits, |temp, folded| {
+            let copy_level = if source_scan.is_some() && !folded {
+                VerifyLevel::Quick
+            } else {
+                level
+            };
+            verify::fresh(temp, folded, &settings.db_path, copy_level, limits)
+        });
+        let scanned = source_scan.map(|h| {
+            h.join()
+                .map_err(|_| Error::Internal("the scanning thread panicked".into()))
+                .and_then(|r| r)
+        });
+        let (snap, mut verified) = taken?;
+        if let Some(scanned) = scanned {
+            verify::adopt_source_scan(&mut verified, scanned?, level, snap.temp.path())?;
+        }
+        Ok((snap, verified))
+    })
+}
+
+/// The manifest of a verified copy.
+fn manifest_for(
+    settings: &Settings,
+    id: &str,
+    now: DateTime<Utc>,
+    snap: &snapshot::Snapshot,
+    verified: verify::Outcome,
+    request_id: Option<&str>,
+) -> Manifest {
+    let contents = verified.contents;
+    Manifest {
+        format: super::manifest::FORMAT,
+        id: id.to_owned(),
+        file: format!("{id}.duckdb"),
+        created_at: now,
+        bytes: snap.bytes,
+        sha256: files::hex(&snap.sha256),
+        source: SourceInfo {
+            path: settings.db_path.display().to_string(),
+            bytes: snap.source_bytes,
+            sha256: files::hex(&snap.source_sha256),
+            wal_bytes: snap.wal_bytes,
+            wal_folded: snap.wal_folded,
+            copy_method: snap.copy_method,
+        },
+        duckdb_version: contents.duckdb_version,
+        storage_version: contents.header.storage_version,
+        created_by: contents.header.created_by,
+        tables: contents.tables,
+        views: contents.views,
+        sequences: contents.sequences,
+        verification: Verification {
+            level: settings.config.verify_level.as_str().to_owned(),
+            checks: verified.checks,
+            verified_at: Utc::now(),
+        },
+        request_id: request_id.map(str::to_owned),
+        pinned: false,
+        ducksafe_version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
 }

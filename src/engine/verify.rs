@@ -57,7 +57,15 @@ pub fn inspect(
             VerifyLevel::Quick => (None, None),
             VerifyLevel::Standard => (Some(db.row_count(t).map_err(on_error)?), None),
             VerifyLevel::Full => {
+                let started = std::time::Instant::now();
                 let fp = db.fingerprint(t).map_err(|e| on_error(in_table(t, e)))?;
+                tracing::debug!(
+                    "scanned `{}` in `{}` ({} rows) in {} ms",
+                    t.display(),
+                    path.display(),
+                    fp.rows,
+                    started.elapsed().as_millis()
+                );
                 (Some(fp.rows), Some(fp))
             }
         };
@@ -133,6 +141,26 @@ pub fn fresh(
         checks: checks_for(level),
         contents: backup,
     })
+}
+
+/// For a byte-exact copy whose source was scanned alongside the copy: the copy (opened by
+/// DuckDB, catalog only) must list the source's tables, and then the source's counts and
+/// fingerprints are the copy's (same bytes, proven by the read-back).
+pub fn adopt_source_scan(
+    copy: &mut Outcome,
+    source: Contents,
+    level: VerifyLevel,
+    temp: &Path,
+) -> Result<()> {
+    compare_tables(&source.tables, &copy.contents.tables).map_err(|why| {
+        Error::VerificationFailed {
+            path: temp.to_path_buf(),
+            why: format!("the copy's catalog differs from the source's: {why}"),
+        }
+    })?;
+    copy.contents.tables = source.tables;
+    copy.checks = checks_for(level);
+    Ok(())
 }
 
 /// Compares two table lists: names, then row counts and fingerprints where both sides have
@@ -212,7 +240,17 @@ pub fn stored(
             manifest.bytes
         )));
     }
-    let h = files::hash_file(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    // The SHA-256 pass and DuckDB's scan read the same file: run them side by side. A hash
+    // mismatch is reported first, whatever DuckDB made of the damaged file.
+    let duck_err = |e: DuckError| fail(format!("DuckDB cannot read it: {e}"));
+    let (hashed, contents) = std::thread::scope(|scope| {
+        let hashing = scope.spawn(|| files::hash_file(path));
+        let contents = inspect(path, level, limits, &duck_err);
+        (hashing.join(), contents)
+    });
+    let h = hashed
+        .map_err(|_| Error::Internal("the hashing thread panicked".into()))?
+        .map_err(|e| fail(format!("cannot read it: {e}")))?;
     let got = files::hex(&h.sha256);
     if got != manifest.sha256 {
         return Err(fail(format!(
@@ -220,8 +258,7 @@ pub fn stored(
             manifest.sha256
         )));
     }
-    let duck_err = |e: DuckError| fail(format!("DuckDB cannot read it: {e}"));
-    let contents = inspect(path, level, limits, &duck_err)?;
+    let contents = contents?;
     let mut expected = manifest.tables.clone();
     if contents.duckdb_version != manifest.duckdb_version {
         // hash() may differ between DuckDB versions: compare counts only.
