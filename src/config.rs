@@ -786,6 +786,21 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_exactly_the_schemas_properties() {
+        let schema = schema();
+        let mut props: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut keys = KEYS.to_vec();
+        props.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(props, keys);
+    }
+
+    #[test]
     fn lowercase_keys_get_a_did_you_mean() {
         assert_eq!(did_you_mean("db_path"), Some("DB_PATH"));
         assert_eq!(did_you_mean("BACKUP_KEEP_LST"), Some("BACKUP_KEEP_LAST"));
