@@ -61,6 +61,9 @@ pub enum Error {
     #[error("backup directory `{}` is unsafe: {why}", dir.display())]
     BackupDirUnsafe { dir: PathBuf, why: String },
 
+    #[error("backup directory `{}` already holds backups of another database (`{other}`)", dir.display())]
+    SharedBackupDir { dir: PathBuf, other: String },
+
     #[error(
         "not enough free space in `{}`: {} available, {} required",
         dir.display(),
@@ -152,7 +155,7 @@ impl Error {
             Error::DatabaseInvalid { .. } => C::DatabaseInvalid,
             Error::DatabaseLocked { .. } => C::DatabaseLocked,
             Error::LockBusy { .. } => C::LockBusy,
-            Error::BackupDirUnsafe { .. } => C::BackupDirUnsafe,
+            Error::BackupDirUnsafe { .. } | Error::SharedBackupDir { .. } => C::BackupDirUnsafe,
             Error::InsufficientSpace { .. } => C::InsufficientSpace,
             Error::BackupFailed { .. } => C::BackupFailed,
             Error::Io { source, .. } if is_no_space(source) => C::InsufficientSpace,
@@ -200,6 +203,9 @@ impl Error {
             }
             Error::BackupDirUnsafe { .. } => Some(
                 "make the backup directory private to this user: `chmod 700 DIR` (and `chown` it to this user)".into(),
+            ),
+            Error::SharedBackupDir { .. } => Some(
+                "give each database its own BACKUP_DIR: rotation and `latest` work per directory".into(),
             ),
             Error::InsufficientSpace { .. } => Some(
                 "free space on that filesystem (`ducksafe prune` applies a lowered `BACKUP_KEEP_LAST` now), or set `BACKUP_DIR` to a larger disk; no backup was written".into(),

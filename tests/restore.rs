@@ -313,3 +313,88 @@ fn the_seeds_cp_recovery_works_when_the_wal_is_moved_aside_first() {
     assert_eq!(fingerprints(&p.db()), fingerprints(&latest));
     assert_ne!(fingerprints(&p.db()), fingerprints(&backup_path));
 }
+
+#[test]
+fn a_backup_directory_is_never_shared_between_databases() {
+    let p = Project::new("");
+    let (id, _) = backup(&p);
+    fs::copy(p.db(), p.path("other.duckdb")).unwrap();
+    fs::write(
+        p.path("other.yaml"),
+        "DB_PATH: other.duckdb\nLOG_LEVEL: INFO\nBACKUP_MIN_FREE_BYTES: 0\n",
+    )
+    .unwrap();
+    let out = common::bin()
+        .current_dir(p.dir.path())
+        .args(["--config", "other.yaml", "pre-run"])
+        .output()
+        .unwrap();
+    let r = common::one_response(&out);
+    assert_eq!(r.exit_code, 73, "{r:?}");
+    assert_eq!(r.errors[0].code, ErrorCode::BackupDirUnsafe);
+    assert!(
+        r.errors[0].message.contains("simulation.duckdb"),
+        "{}",
+        r.errors[0].message
+    );
+    // Restoring the other database from simulation's backup is refused, nothing moves.
+    let before = sha256(&p.path("other.duckdb"));
+    let out = common::bin()
+        .current_dir(p.dir.path())
+        .args(["--config", "other.yaml", "restore", &id])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(74));
+    assert_eq!(sha256(&p.path("other.duckdb")), before);
+}
+
+#[test]
+fn the_backup_just_made_is_kept_when_the_clock_went_back() {
+    let p = Project::new("BACKUP_KEEP_LAST: 1\n");
+    let req = format!(
+        r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
+        p.config().display()
+    );
+    let (_, code) = p.hook_env(&req, &[("DUCKSAFE_NOW", "2026-01-02T00:00:00Z")]);
+    assert_eq!(code, 0);
+    let (r, code) = p.hook_env(&req, &[("DUCKSAFE_NOW", "2026-01-01T00:00:00Z")]);
+    assert_eq!(code, 0, "{r:?}");
+    let id = r.backup.unwrap().id;
+    assert!(
+        p.backups().join(format!("{id}.duckdb")).exists(),
+        "the new backup survives rotation"
+    );
+    assert!(
+        r.warnings.iter().any(|w| w.contains("clock")),
+        "{:?}",
+        r.warnings
+    );
+}
+
+#[test]
+fn an_interrupted_restore_whose_staged_copy_vanished_is_not_called_complete() {
+    let p = Project::new("");
+    let (id, _) = backup(&p);
+    // The main file must differ from the backup (a checkpointed change), and a WAL follow.
+    change_rows(&p.db());
+    write_into_wal(&p.db(), "DELETE FROM employees;");
+    let mut c = p.cmd(&["restore", &id]);
+    c.env("DUCKSAFE_FAILPOINT", "restore.quarantined");
+    assert_eq!(c.output().unwrap().status.code(), None);
+    for e in fs::read_dir(p.dir.path()).unwrap().filter_map(Result::ok) {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(".ducksafe-tmp-restore-")
+        {
+            fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 74, "{r:?}");
+    assert_eq!(r.errors[0].code, ErrorCode::RestoreFailed);
+    assert!(
+        r.errors[0].message.contains("lost its staged copy"),
+        "{}",
+        r.errors[0].message
+    );
+}

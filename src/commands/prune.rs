@@ -25,7 +25,7 @@ pub fn run(g: &Global, a: &PruneArgs) -> i32 {
         let _lock = DirLock::acquire(store.dir())?;
         let inv = store.inventory()?;
         let plan = retention::plan(
-            &backup::candidates(&inv),
+            &backup::candidates(&inv, None),
             crate::clock::now(),
             backup::policy(&settings),
         );

@@ -91,8 +91,37 @@ pub fn check_database(settings: &Settings) -> Result<duck::Header> {
     })
 }
 
-/// Candidates for retention from an inventory, plus an optional new backup.
-pub fn candidates(inv: &Inventory) -> Vec<Candidate> {
+/// The database a backup was taken of, by its file name (`simulation.duckdb`).
+pub fn source_name(m: &Manifest) -> String {
+    std::path::Path::new(&m.source.path)
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+/// Refuses a backup directory that holds another database's backups: rotation, `latest` and
+/// restore would mix them. Databases are told apart by file name, so moving the project keeps
+/// its backups usable.
+pub fn check_same_database(inv: &Inventory, settings: &Settings) -> Result<()> {
+    let ours = settings
+        .db_path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    match inv
+        .backups
+        .iter()
+        .map(|b| source_name(&b.manifest))
+        .find(|n| *n != ours)
+    {
+        Some(other) => Err(Error::SharedBackupDir {
+            dir: settings.backup_dir.clone(),
+            other,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Candidates for retention from an inventory; `fresh` names the backup this run just made.
+pub fn candidates(inv: &Inventory, fresh: Option<&str>) -> Vec<Candidate> {
     inv.backups
         .iter()
         .map(|b| Candidate {
@@ -101,6 +130,7 @@ pub fn candidates(inv: &Inventory) -> Vec<Candidate> {
             bytes: b.file_bytes.unwrap_or(b.manifest.bytes),
             pinned: b.manifest.pinned,
             verified: !b.manifest.verification.checks.is_empty(),
+            fresh: fresh == Some(b.id.as_str()),
         })
         .collect()
 }
@@ -158,13 +188,14 @@ pub fn dry_run(settings: &Settings, now: DateTime<Utc>) -> Result<DryRun> {
     };
     let space = space::check(&check_dir, needed, settings.config.backup_min_free_bytes)?;
     let id = format!("{}_{}", settings.db_stem(), now.format("%Y%m%d_%H%M%S"));
-    let mut cands = candidates(&inv);
+    let mut cands = candidates(&inv, None);
     cands.push(Candidate {
         id: id.clone(),
         created_at: now,
         bytes: needed,
         pinned: false,
         verified: true,
+        fresh: true,
     });
     let plan = retention::plan(&cands, now, policy(settings));
     warnings.extend(plan.warnings.iter().cloned());
@@ -197,6 +228,7 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     let _dir_lock = DirLock::acquire(store.dir())?;
     let cleaned = store.clean_leftovers()?;
     let recovered = super::restore::recover(settings)?;
+    check_same_database(&store.inventory()?, settings)?;
     let source = SourceLock::acquire(&settings.db_path)?;
     failpoint::hit("backup.locked");
     phase("locked");
@@ -225,7 +257,7 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     failpoint::hit("backup.latest");
 
     let inv = store.inventory()?;
-    let plan = retention::plan(&candidates(&inv), now, policy(settings));
+    let plan = retention::plan(&candidates(&inv, Some(&id)), now, policy(settings));
     warnings.extend(plan.warnings.iter().cloned());
     let rotation = apply_plan(&store, &plan, &mut warnings);
     failpoint::hit("rotation.done");

@@ -213,10 +213,24 @@ pub fn apply(plan: &Plan, entry: &Entry, limits: &Limits) -> Result<Outcome> {
     staged.keep();
     failpoint::hit("restore.intent");
 
-    // 5–6. Quarantine, then the atomic switch.
-    let quarantined = complete(&intent)?;
+    // 5–6. Quarantine, then the atomic switch. From here on the journal speaks for the restore.
+    let journal = plan.quarantine.join(INTENT);
+    let quarantined = complete(&intent).map_err(|e| Error::RestoreFailed {
+        database: plan.database.clone(),
+        why: format!(
+            "{e}; the journal `{}` records this restore and the next `ducksafe restore` or backup completes it",
+            journal.display()
+        ),
+    })?;
     intent.state = "done".into();
-    write_intent(&plan.quarantine, &intent)?;
+    write_intent(&plan.quarantine, &intent).map_err(|e| Error::RestoreFailed {
+        database: plan.database.clone(),
+        why: format!(
+            "the database WAS replaced by backup `{}`, but its journal could not be closed ({e}); the previous files are in `{}`",
+            plan.backup_id,
+            plan.quarantine.display()
+        ),
+    })?;
 
     // 7. The restored file is the staged one: byte-identical to the verified backup (its
     //    SHA-256, read back, is the manifest's), so every table's fingerprint is the manifest's
@@ -292,58 +306,88 @@ fn write_intent(quarantine: &Path, intent: &Intent) -> Result<()> {
 
 /// Steps 5 and 6 from a durable intent; safe to run again after a crash at any point.
 fn complete(intent: &Intent) -> Result<Vec<PathBuf>> {
-    let staged_present = fs::symlink_metadata(&intent.staged).is_ok();
-    let mut quarantined = Vec::new();
-    for (from, to) in &intent.moves {
-        let is_db = *from == intent.database;
-        let already = fs::symlink_metadata(to).is_ok();
-        if !already && staged_present {
-            if is_db {
-                // Keep the database path alive until the staged file replaces it.
-                fs::hard_link(from, to).map_err(|e| Error::io("quarantine", from, e))?;
-            } else if fs::symlink_metadata(from).is_ok() {
-                fs::rename(from, to).map_err(|e| Error::io("quarantine", from, e))?;
-            } else {
-                continue;
-            }
+    let existing = |moves: &[(PathBuf, PathBuf)]| -> Vec<PathBuf> {
+        moves
+            .iter()
+            .filter(|(_, to)| fs::symlink_metadata(to).is_ok())
+            .map(|(_, to)| to.clone())
+            .collect()
+    };
+    if fs::symlink_metadata(&intent.staged).is_err() {
+        // The switch happened, or the staged copy was lost: only the database's bytes can
+        // tell which, and only the first lets the journal be closed.
+        let is_backup = files::hash_file(&intent.database)
+            .is_ok_and(|h| files::hex(&h.sha256) == intent.backup_sha256);
+        if !is_backup {
+            return Err(Error::RestoreFailed {
+                database: intent.database.clone(),
+                why: format!(
+                    "an interrupted restore of backup `{}` lost its staged copy and the database is not that backup; the quarantined files are listed in its journal (see docs/runbook.md, 'Restore failed')",
+                    intent.backup_id
+                ),
+            });
         }
-        if fs::symlink_metadata(to).is_ok() {
-            quarantined.push(to.clone());
+        return Ok(existing(&intent.moves));
+    }
+    // The database first, by hard link: its path never disappears, and until its WAL moves
+    // it is still whole.
+    for (from, to) in &intent.moves {
+        if *from == intent.database && fs::symlink_metadata(to).is_err() {
+            fs::hard_link(from, to).map_err(|e| Error::io("quarantine", from, e))?;
         }
     }
+    for (from, to) in &intent.moves {
+        if *from != intent.database
+            && fs::symlink_metadata(to).is_err()
+            && fs::symlink_metadata(from).is_ok()
+        {
+            fs::rename(from, to).map_err(|e| Error::io("quarantine", from, e))?;
+        }
+    }
+    let mut quarantined = existing(&intent.moves);
     // A WAL that appeared after the plan (a process that opened the database between a crash
     // and this recovery) must not end up beside the restored file either: quarantine it too.
-    if staged_present {
-        if let Some((_, first)) = intent.moves.first() {
-            let qdir = files::parent_of(first);
-            for wal in duck::wal_paths(&intent.database) {
-                if fs::symlink_metadata(&wal).is_err() {
-                    continue;
-                }
-                let name = wal.file_name().map(PathBuf::from).unwrap_or_default();
-                let mut to = qdir.join(&name);
-                let mut n = 1;
-                while fs::symlink_metadata(&to).is_ok() {
-                    to = qdir.join(format!("{}.late{n}", name.display()));
-                    n += 1;
-                }
-                fs::rename(&wal, &to).map_err(|e| Error::io("quarantine", &wal, e))?;
-                quarantined.push(to);
+    let qdir = intent
+        .moves
+        .first()
+        .map(|(_, to)| files::parent_of(to).to_path_buf());
+    if let Some(qdir) = &qdir {
+        for wal in duck::wal_paths(&intent.database) {
+            if fs::symlink_metadata(&wal).is_err() {
+                continue;
             }
+            let name = wal.file_name().map(PathBuf::from).unwrap_or_default();
+            let mut to = qdir.join(&name);
+            let mut n = 1;
+            while fs::symlink_metadata(&to).is_ok() {
+                to = qdir.join(format!("{}.late{n}", name.display()));
+                n += 1;
+            }
+            fs::rename(&wal, &to).map_err(|e| Error::io("quarantine", &wal, e))?;
+            quarantined.push(to);
         }
-    }
-    if let Some((_, to)) = intent.moves.first() {
-        files::sync_dir(files::parent_of(to)).map_err(|e| Error::io("sync", to, e))?;
+        files::sync_dir(qdir).map_err(|e| Error::io("sync", qdir, e))?;
     }
     files::sync_dir(files::parent_of(&intent.database))
         .map_err(|e| Error::io("sync", &intent.database, e))?;
     failpoint::hit("restore.quarantined");
-    if staged_present {
-        files::rename_durable(&intent.staged, &intent.database)
-            .map_err(|e| Error::io("move restored copy into place at", &intent.database, e))?;
-    }
+    files::rename_durable(&intent.staged, &intent.database)
+        .map_err(|e| Error::io("move restored copy into place at", &intent.database, e))?;
     failpoint::hit("restore.renamed");
     Ok(quarantined)
+}
+
+/// Whether two paths name the same directory entry (parents compared after resolving links).
+fn same_entry(a: &Path, b: &Path) -> bool {
+    if a == b {
+        return true;
+    }
+    let canon = |p: &Path| {
+        fs::canonicalize(files::parent_of(p))
+            .ok()
+            .map(|d| d.join(p.file_name().unwrap_or_default()))
+    };
+    matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// Finishes restores that a crash interrupted (intent `prepared`), and removes staged copies no
@@ -356,6 +400,7 @@ pub fn recover(settings: &Settings) -> Result<Vec<String>> {
     if fs::symlink_metadata(&root).is_ok() {
         store::ensure_private_dir(&root)?;
     }
+    let mut pending_staged = Vec::new();
     if let Ok(rd) = fs::read_dir(&root) {
         let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
         dirs.sort();
@@ -365,7 +410,12 @@ pub fn recover(settings: &Settings) -> Result<Vec<String>> {
             let Ok(mut intent) = serde_json::from_slice::<Intent>(&bytes) else {
                 continue;
             };
-            if intent.state != "prepared" || intent.database != settings.db_path {
+            if intent.state != "prepared" {
+                continue;
+            }
+            if !same_entry(&intent.database, &settings.db_path) {
+                // Another database's unfinished restore: its staged copy is not a leftover.
+                pending_staged.push(intent.staged.clone());
                 continue;
             }
             // Nobody may have the database open while the interrupted restore is finished.
@@ -390,6 +440,7 @@ pub fn recover(settings: &Settings) -> Result<Vec<String>> {
         for e in rd.filter_map(std::result::Result::ok) {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(&format!("{}restore-", files::TEMP_PREFIX))
+                && !pending_staged.iter().any(|p| same_entry(p, &e.path()))
                 && fs::remove_file(e.path()).is_ok()
             {
                 done.push(format!("removed the leftover `{}`", e.path().display()));
@@ -411,6 +462,26 @@ pub fn run(
     let _lock = DirLock::acquire(store.dir())?;
     let notes = recover(settings)?;
     let entry = store.resolve(selector)?;
+    let taken_of = super::backup::source_name(&entry.manifest);
+    let ours = settings
+        .db_path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    if taken_of != ours {
+        return Err(Error::RestoreFailed {
+            database: settings.db_path.clone(),
+            why: format!(
+                "backup `{}` was taken of `{taken_of}`, not of `{ours}`; nothing was changed",
+                entry.id
+            ),
+        });
+    }
+    if fs::symlink_metadata(&settings.db_path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(Error::RestoreFailed {
+            database: settings.db_path.clone(),
+            why: "DB_PATH is a symlink: DuckDB keeps the WAL beside the link and the data at its target, so ducksafe will not replace either; point DB_PATH at the file itself, or restore by hand (docs/runbook.md); nothing was changed".into(),
+        });
+    }
     let plan = plan(settings, &store, &entry, now);
     let limits = crate::engine::backup::limits(settings);
     let outcome = apply(&plan, &entry, &limits)?;

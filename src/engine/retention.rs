@@ -7,7 +7,8 @@
 //! 3. when `BACKUP_MAX_TOTAL_BYTES` is set, the oldest unpinned backups go until everything
 //!    (pinned ones included) fits.
 //!
-//! Invariants: a pinned backup is never deleted; the newest verified backup is never deleted,
+//! Invariants: a pinned backup is never deleted; the backup just made is never deleted; the
+//! newest verified backup is never deleted,
 //! whatever the rules say; only backups handed in (ducksafe's own, with manifests) are ever
 //! named for deletion.
 
@@ -22,6 +23,9 @@ pub struct Candidate {
     pub bytes: u64,
     pub pinned: bool,
     pub verified: bool,
+    /// The backup this run just made: never deleted, even when a clock that went back makes
+    /// it look older than the others.
+    pub fresh: bool,
 }
 
 /// The configured limits.
@@ -115,6 +119,7 @@ impl Plan {
 }
 
 /// Decides, for every backup, whether it stays. `backups` may come in any order.
+#[allow(clippy::too_many_lines)] // three rules and their reasons, in the order they apply
 pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
     let mut sorted: Vec<&Candidate> = backups.iter().collect();
     sorted.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
@@ -122,8 +127,17 @@ pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
 
     let mut decisions = Vec::with_capacity(sorted.len());
     let mut position = 0usize;
+    let mut warnings = Vec::new();
+    if let Some(pos) = sorted.iter().position(|c| c.fresh) {
+        if pos > 0 {
+            warnings.push(format!(
+                "the backup just made (`{}`) is older than `{}`: did the clock go back? It is kept regardless",
+                sorted[pos].id, sorted[0].id
+            ));
+        }
+    }
     for c in &sorted {
-        let protected = newest_verified.as_deref() == Some(c.id.as_str());
+        let protected = c.fresh || newest_verified.as_deref() == Some(c.id.as_str());
         let (keep, reason) = if c.pinned {
             (true, Reason::Pinned)
         } else {
@@ -172,7 +186,6 @@ pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
         });
     }
 
-    let mut warnings = Vec::new();
     if let Some(budget) = policy.max_total_bytes {
         let mut total: u64 = decisions.iter().filter(|d| d.keep).map(|d| d.bytes).sum();
         let before = total;
@@ -181,7 +194,8 @@ pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
             if total <= budget {
                 break;
             }
-            let protected = newest_verified.as_deref() == Some(d.id.as_str());
+            let fresh = sorted.iter().any(|c| c.fresh && c.id == d.id);
+            let protected = fresh || newest_verified.as_deref() == Some(d.id.as_str());
             if d.keep && !protected && d.reason != Reason::Pinned {
                 d.keep = false;
                 d.reason = Reason::OverBudget {
@@ -234,6 +248,7 @@ mod tests {
             bytes,
             pinned: false,
             verified: true,
+            fresh: false,
         }
     }
 
@@ -255,6 +270,15 @@ mod tests {
         let p = plan(&bs, at(10), policy(3));
         assert_eq!(deleted(&p), vec!["b4", "b3", "b2", "b1", "b0"]);
         assert_eq!(p.kept().count(), 3);
+    }
+
+    #[test]
+    fn the_backup_just_made_survives_a_clock_that_went_back() {
+        let mut bs = vec![c("later", 48, 10), c("now", 24, 10)];
+        bs[1].fresh = true;
+        let p = plan(&bs, at(24), policy(1));
+        assert!(p.decisions.iter().any(|d| d.id == "now" && d.keep));
+        assert!(p.warnings.iter().any(|w| w.contains("clock")));
     }
 
     #[test]
@@ -346,6 +370,7 @@ mod tests {
                     bytes: rnd(500),
                     pinned: rnd(5) == 0,
                     verified: rnd(4) != 0,
+                    fresh: false,
                 })
                 .collect();
             let pol = Policy {
