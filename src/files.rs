@@ -87,6 +87,12 @@ pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
 /// (`renameat2(RENAME_NOREPLACE)`), then syncs `to`'s directory. A published backup can never be
 /// overwritten by a later one.
 pub fn rename_noreplace_durable(from: &Path, to: &Path) -> io::Result<()> {
+    rename_noreplace(from, to)?;
+    sync_dir(parent_of(to))
+}
+
+/// `renameat2(RENAME_NOREPLACE)` alone: the caller syncs the directory.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let f = cstring(from)?;
     let t = cstring(to)?;
     // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
@@ -102,7 +108,7 @@ pub fn rename_noreplace_durable(from: &Path, to: &Path) -> io::Result<()> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    sync_dir(parent_of(to))
+    Ok(())
 }
 
 /// Writes `bytes` to `path` atomically and durably: a private temporary file beside it, `fsync`,

@@ -289,10 +289,12 @@ pub fn size(n: u64) -> String {
 
 /// Prints one JSON value as a single line on stdout.
 pub fn print_json_line(v: &impl serde::Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string(v).unwrap_or_else(|_| "{}".to_owned())
-    );
+    use std::io::Write;
+    // A caller that closed its end of the pipe must not turn a finished backup into a panic.
+    let line = serde_json::to_string(v).unwrap_or_else(|_| "{}".to_owned());
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Prints one JSON value, pretty, on stdout.

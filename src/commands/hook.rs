@@ -372,6 +372,17 @@ pub fn post_run_request(
     }
 }
 
+/// Serves a typed request built from flags (`pre-run`, `post-run`, `validate`), with the same
+/// panic guard as stdin requests: a panic is answered with `internal`, never a missing line.
+pub fn guarded(request: &Request) -> Response {
+    let ctx = ctx_for(request);
+    let fallback = ctx.clone();
+    match catch_unwind(AssertUnwindSafe(|| handle(request, ctx))) {
+        Ok(r) => r,
+        Err(p) => internal(&fallback, p.as_ref()),
+    }
+}
+
 /// A fresh context for a typed request.
 pub fn ctx_for(request: &Request) -> Ctx {
     Ctx::new(

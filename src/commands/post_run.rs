@@ -38,6 +38,5 @@ pub fn run(g: &Global, a: &PostRunArgs) -> i32 {
         }),
         a.dry_run,
     );
-    let ctx = super::hook::ctx_for(&request);
-    super::hook::emit(&super::hook::handle(&request, ctx))
+    super::hook::emit(&super::hook::guarded(&request))
 }

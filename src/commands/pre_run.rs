@@ -18,6 +18,5 @@ pub fn run(g: &Global, a: &PreRunArgs) -> i32 {
         run: None,
         on_failure: None,
     };
-    let ctx = super::hook::ctx_for(&request);
-    super::hook::emit(&super::hook::handle(&request, ctx))
+    super::hook::emit(&super::hook::guarded(&request))
 }

@@ -18,8 +18,7 @@ pub fn run(g: &Global) -> i32 {
         run: None,
         on_failure: None,
     };
-    let ctx = super::hook::ctx_for(&request);
-    let response = super::hook::handle(&request, ctx);
+    let response = super::hook::guarded(&request);
     if !g.json {
         // People get the verdict on stderr too; stdout keeps the one JSON line.
         if response.exit_code == 0 {

@@ -274,7 +274,7 @@ impl Store {
             )
             .map_err(|e| Error::io("write checksum file", &sidecar, e))?;
             crate::failpoint::hit("publish.sidecar");
-            files::rename_noreplace_durable(temp, &final_path)
+            files::rename_noreplace(temp, &final_path)
                 .map_err(|e| Error::io("publish backup", &final_path, e))
         })();
         if let Err(e) = result {
@@ -283,6 +283,9 @@ impl Store {
             let _ = fs::remove_file(&sidecar);
             return Err(e);
         }
+        // Renamed: the backup is in place with its manifest. A failed directory fsync is
+        // reported, but nothing that is in place is taken away.
+        files::sync_dir(&self.dir).map_err(|e| Error::io("sync", &self.dir, e))?;
         Ok(final_path)
     }
 
