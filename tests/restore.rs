@@ -242,6 +242,12 @@ fn a_restore_killed_midway_is_completed_by_the_next_command() {
 #[test]
 fn list_shows_backups_and_totals() {
     let p = Project::new("");
+    let out = p.run(&["list"]);
+    assert!(
+        out.status.success(),
+        "listing before the first backup is not an error"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no backups yet"));
     let (id, _) = backup(&p);
     let out = p.run(&["list"]);
     let text = String::from_utf8(out.stdout).unwrap();

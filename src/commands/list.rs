@@ -40,6 +40,23 @@ pub fn run(g: &Global) -> i32 {
     };
     let store = match Store::open(&settings.backup_dir, false) {
         Ok(s) => s,
+        // Before the first backup there is nothing to list: not an error.
+        Err(crate::error::Error::NoBackupDir { dir }) => {
+            if g.json {
+                report::print_json_pretty(&serde_json::json!({
+                    "backup_dir": dir.display().to_string(),
+                    "backups": [],
+                    "unmanaged": [],
+                    "total_bytes": 0,
+                }));
+            } else {
+                println!(
+                    "no backups yet: `{}` does not exist (the first backup creates it)",
+                    dir.display()
+                );
+            }
+            return 0;
+        }
         Err(e) => return super::fail(g, &e),
     };
     let inv = match store.inventory() {
