@@ -96,6 +96,12 @@ pub fn run(g: &Global) -> i32 {
         report::print_json_pretty(&listing);
         return 0;
     }
+    print_table(&listing);
+    0
+}
+
+/// The listing for people.
+fn print_table(listing: &Listing) {
     if listing.backups.is_empty() {
         println!("no backups in `{}`", listing.backup_dir);
     } else {
@@ -141,7 +147,6 @@ pub fn run(g: &Global) -> i32 {
     for u in &listing.unmanaged {
         println!("note: `{u}` has no ducksafe manifest; ducksafe never deletes it");
     }
-    0
 }
 
 fn age(secs: i64) -> String {
