@@ -232,13 +232,6 @@ impl Settings {
             |s| s.to_string_lossy().into_owned(),
         )
     }
-
-    /// The `--config` argument that reproduces this configuration in a printed command.
-    pub fn config_arg(&self) -> Option<String> {
-        self.config_path
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned())
-    }
 }
 
 /// Reads, merges with the environment, validates and resolves the configuration.

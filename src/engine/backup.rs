@@ -173,7 +173,10 @@ pub fn dry_run(settings: &Settings, now: DateTime<Utc>) -> Result<DryRun> {
     let mut warnings = Vec::new();
     // Refuse a writer now rather than pretend the real run would succeed.
     let source = SourceLock::acquire(&settings.db_path)?;
-    let needed = source_bytes(&settings.db_path);
+    let needed = source_bytes(
+        &settings.db_path,
+        &snapshot::present_wals(&settings.db_path),
+    );
     drop(source);
     let dir = &settings.backup_dir;
     let (inv, check_dir) = if std::fs::symlink_metadata(dir).is_ok() {
@@ -187,7 +190,7 @@ pub fn dry_run(settings: &Settings, now: DateTime<Utc>) -> Result<DryRun> {
         (Inventory::default(), files::parent_of(dir).to_path_buf())
     };
     let space = space::check(&check_dir, needed, settings.config.backup_min_free_bytes)?;
-    let id = format!("{}_{}", settings.db_stem(), now.format("%Y%m%d_%H%M%S"));
+    let id = super::store::base_id(&settings.db_stem(), now);
     let mut cands = candidates(&inv, None);
     cands.push(Candidate {
         id: id.clone(),
@@ -211,12 +214,10 @@ pub fn dry_run(settings: &Settings, now: DateTime<Utc>) -> Result<DryRun> {
     })
 }
 
-fn source_bytes(db: &std::path::Path) -> u64 {
+/// Main file plus WAL files: an upper bound on the backup's size.
+fn source_bytes(db: &std::path::Path, wals: &[(PathBuf, u64)]) -> u64 {
     let main = std::fs::metadata(db).map_or(0, |m| m.len());
-    main + snapshot::present_wals(db)
-        .iter()
-        .map(|(_, n)| n)
-        .sum::<u64>()
+    main + wals.iter().map(|(_, n)| n).sum::<u64>()
 }
 
 /// Takes, verifies, publishes and rotates one backup.
@@ -233,15 +234,18 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     failpoint::hit("backup.locked");
     phase("locked");
 
-    let needed = source_bytes(&settings.db_path);
+    // The WAL files are read once, under the lock (no writer can add one now): they decide the
+    // space needed, whether the copy will be byte-exact, and what gets folded in.
+    let wals = snapshot::present_wals(&settings.db_path);
+    let needed = source_bytes(&settings.db_path, &wals);
     let space = space::check(store.dir(), needed, settings.config.backup_min_free_bytes)?;
 
     let id = store.new_id(&settings.db_stem(), now);
     let limits = limits(settings);
-    let (snap, verified) = copy_and_verify(settings, &source, store.temp_path(&id), &limits)?;
-    phase("copied, synced, read back and verified");
+    let (snap, verified) =
+        copy_and_verify(settings, &source, &wals, store.temp_path(&id), &limits)?;
     failpoint::hit("backup.verified");
-    phase("verified");
+    phase("copied, synced, read back and verified");
 
     let manifest = manifest_for(settings, &id, now, &snap, verified, request_id);
     let path = store.publish(snap.temp.path(), &manifest)?;
@@ -262,7 +266,7 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     let rotation = apply_plan(&store, &plan, &mut warnings);
     failpoint::hit("rotation.done");
     phase("rotated");
-    let after = store.inventory()?;
+    let deleted: u64 = rotation.deleted.iter().map(|d| d.bytes).sum();
     Ok(Outcome {
         manifest,
         path,
@@ -270,7 +274,7 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
         space: SpaceReport {
             available_bytes: space.available,
             required_bytes: space.required,
-            backups_bytes: Store::used_bytes(&after),
+            backups_bytes: Store::used_bytes(&inv).saturating_sub(deleted),
         },
         warnings,
         cleaned,
@@ -287,11 +291,12 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
 fn copy_and_verify(
     settings: &Settings,
     source: &SourceLock,
+    wals: &[(PathBuf, u64)],
     temp_path: PathBuf,
     limits: &duck::Limits,
 ) -> Result<(snapshot::Snapshot, verify::Outcome)> {
     let level = settings.config.verify_level;
-    let byte_exact = snapshot::present_wals(&settings.db_path).is_empty();
+    let byte_exact = wals.is_empty();
     std::thread::scope(|scope| {
         let source_scan = (byte_exact && level > VerifyLevel::Quick).then(|| {
             scope.spawn(|| {
@@ -303,7 +308,7 @@ fn copy_and_verify(
                 })
             })
         });
-        let taken = snapshot::take(source, temp_path, limits, |temp, folded| {
+        let taken = snapshot::take(source, wals, temp_path, limits, |temp, folded| {
             let copy_level = if source_scan.is_some() && !folded {
                 VerifyLevel::Quick
             } else {

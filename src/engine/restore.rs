@@ -119,11 +119,7 @@ pub fn quarantine_root(settings: &Settings) -> PathBuf {
 pub fn plan(settings: &Settings, store: &Store, entry: &Entry, now: DateTime<Utc>) -> Plan {
     let database = settings.db_path.clone();
     let root = quarantine_root(settings);
-    let base = format!(
-        "{}_{}_restore",
-        settings.db_stem(),
-        now.format("%Y%m%d_%H%M%S")
-    );
+    let base = format!("{}_restore", store::base_id(&settings.db_stem(), now));
     let mut quarantine = root.join(&base);
     let mut n = 2;
     while quarantine.exists() {

@@ -144,7 +144,7 @@ impl Store {
     /// A new backup id: `<stem>_YYYYMMDD_HHMMSS` (UTC), with `_2`, `_3`… when that second is
     /// taken already.
     pub fn new_id(&self, stem: &str, now: DateTime<Utc>) -> String {
-        let base = format!("{stem}_{}", now.format("%Y%m%d_%H%M%S"));
+        let base = base_id(stem, now);
         let taken = |id: &str| {
             [
                 self.backup_path(id),
@@ -403,6 +403,11 @@ impl Store {
     pub fn used_bytes(inv: &Inventory) -> u64 {
         inv.backups.iter().filter_map(|b| b.file_bytes).sum()
     }
+}
+
+/// `<stem>_YYYYMMDD_HHMMSS` in UTC: the seed's naming, before any `_2` that keeps it unique.
+pub fn base_id(stem: &str, now: DateTime<Utc>) -> String {
+    format!("{stem}_{}", now.format("%Y%m%d_%H%M%S"))
 }
 
 /// Makes sure `dir` is a private directory of this user, creating it (`0700`) when missing. A
