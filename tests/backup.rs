@@ -354,3 +354,28 @@ fn human_backup_command_prints_a_summary_and_json_on_request() {
     let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r.decision, Decision::Proceed);
 }
+
+#[test]
+fn a_copy_that_fails_verification_is_never_published() {
+    let p = Project::new("");
+    let (first, code) = p.pre_run();
+    assert_eq!(code, 0);
+    let first = first.backup.unwrap().id;
+    // Damage a data block of the database itself: the copy is byte-exact, so the full scan
+    // must fail and nothing of this run may appear under a backup name.
+    let mut bytes = fs::read(p.db()).unwrap();
+    bytes[12_288 + 100] ^= 0xff;
+    fs::write(p.db(), &bytes).unwrap();
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 74, "{r:?}");
+    assert_eq!(r.decision, Decision::Abort);
+    assert_eq!(p.backup_files(), vec![format!("{first}.duckdb")]);
+    assert!(p
+        .backup_dir_entries()
+        .iter()
+        .all(|n| !n.starts_with(".ducksafe-tmp-")));
+    assert_eq!(
+        fs::read_link(p.backups().join("latest.duckdb")).unwrap(),
+        std::path::PathBuf::from(format!("{first}.duckdb"))
+    );
+}

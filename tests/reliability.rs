@@ -544,15 +544,7 @@ fn one_line(stdout: &[u8], status: ExitStatus) -> Result<Response, String> {
 
 /// Names in a directory, sorted.
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    common::dir_names(dir)
 }
 
 /// The main file and every WAL companion of a database, by content.

@@ -91,32 +91,29 @@ impl Project {
 
     /// Backup files (`*.duckdb`, not `latest`) in the backup directory, sorted.
     pub fn backup_files(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.backups())
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| {
-                        n.ends_with(".duckdb") && n != "latest.duckdb" && !n.starts_with('.')
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        dir_names(&self.backups())
+            .into_iter()
+            .filter(|n| n.ends_with(".duckdb") && n != "latest.duckdb" && !n.starts_with('.'))
+            .collect()
     }
 
     /// Every entry in the backup directory.
     pub fn backup_dir_entries(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.backups())
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        dir_names(&self.backups())
     }
+}
+
+/// The names in a directory, sorted (empty when it does not exist).
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 /// Runs a command with `input` on stdin and collects its output.
