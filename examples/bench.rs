@@ -170,14 +170,15 @@ fn bench_size(
         .unwrap();
     }
     let cfg = |level: &str| project.join(format!("config.{level}.yaml"));
+    // `ducksafe --config config.NAME.yaml ARGS…` in the project, measured.
+    let ducksafe = |name: &str, args: &[&str]| {
+        run(
+            Command::new(bin).arg("--config").arg(cfg(name)).args(args),
+            &project,
+        )
+    };
     // One backup to verify and restore from.
-    run(
-        Command::new(bin)
-            .arg("--config")
-            .arg(cfg("full"))
-            .arg("backup"),
-        &project,
-    );
+    ducksafe("full", &["backup"]);
 
     let scratch = project.join("scratch");
     let _ = fs::remove_dir_all(&scratch);
@@ -211,51 +212,19 @@ fn bench_size(
         ),
         (
             "ducksafe backup, quick",
-            Box::new(|| {
-                run(
-                    Command::new(bin)
-                        .arg("--config")
-                        .arg(cfg("quick"))
-                        .arg("backup"),
-                    &project,
-                )
-            }),
+            Box::new(|| ducksafe("quick", &["backup"])),
         ),
         (
             "ducksafe backup, standard",
-            Box::new(|| {
-                run(
-                    Command::new(bin)
-                        .arg("--config")
-                        .arg(cfg("standard"))
-                        .arg("backup"),
-                    &project,
-                )
-            }),
+            Box::new(|| ducksafe("standard", &["backup"])),
         ),
         (
             "ducksafe backup, full",
-            Box::new(|| {
-                run(
-                    Command::new(bin)
-                        .arg("--config")
-                        .arg(cfg("full"))
-                        .arg("backup"),
-                    &project,
-                )
-            }),
+            Box::new(|| ducksafe("full", &["backup"])),
         ),
         (
             "ducksafe backup, full, DUCKDB_MEMORY_LIMIT=256MB",
-            Box::new(|| {
-                run(
-                    Command::new(bin)
-                        .arg("--config")
-                        .arg(cfg("full-256MB"))
-                        .arg("backup"),
-                    &project,
-                )
-            }),
+            Box::new(|| ducksafe("full-256MB", &["backup"])),
         ),
         (
             "ducksafe hook pre_run, full (process start to JSON answer)",
@@ -269,26 +238,12 @@ fn bench_size(
         ),
         (
             "ducksafe verify latest",
-            Box::new(|| {
-                run(
-                    Command::new(bin)
-                        .arg("--config")
-                        .arg(cfg("full"))
-                        .args(["verify", "latest"]),
-                    &project,
-                )
-            }),
+            Box::new(|| ducksafe("full", &["verify", "latest"])),
         ),
         (
             "ducksafe restore latest",
             Box::new(|| {
-                let s = run(
-                    Command::new(bin)
-                        .arg("--config")
-                        .arg(cfg("full"))
-                        .args(["restore", "latest"]),
-                    &project,
-                );
+                let s = ducksafe("full", &["restore", "latest"]);
                 let _ = fs::remove_dir_all(project.join("backups/quarantine"));
                 s
             }),
