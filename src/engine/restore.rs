@@ -267,9 +267,9 @@ impl<'a> Staged<'a> {
         };
         let from = files::open_read_nofollow(&plan.backup)
             .map_err(|e| Error::io("read backup", &plan.backup, e))?;
-        let mut to = files::create_private(&plan.staged)
+        let to = files::create_private(&plan.staged)
             .map_err(|e| Error::io("stage the restore at", &plan.staged, e))?;
-        let copied = files::copy_verified(&from, &mut to, &plan.staged, || {})
+        let copied = files::copy_verified(&from, &to, || {})
             .map_err(|e| Error::io("stage the restore at", &plan.staged, e))?;
         let got = files::hex(&copied.sha256);
         if !copied.identical() || got != sha256 {

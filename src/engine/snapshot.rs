@@ -14,7 +14,7 @@
 //! - The temporary file is `0600`, created with `O_EXCL | O_NOFOLLOW`, and removed (with any WAL
 //!   beside it) on every failure path, by [`TempBackup`]'s `Drop`.
 //! - When nothing had to be folded, the backup's bytes as read back from disk are the source's
-//!   bytes read under the lock (equal length and XXH3-128), and their SHA-256 is computed from
+//!   bytes read under the lock (equal length, compared byte for byte), and their SHA-256 is computed from
 //!   the read-back: a byte-exact copy.
 
 use std::fs;
@@ -103,7 +103,7 @@ pub fn take<V>(
         .len();
     let wal_bytes: u64 = wals.iter().map(|(_, n)| n).sum();
 
-    let mut out = files::create_private(&temp_path)
+    let out = files::create_private(&temp_path)
         .map_err(|e| Error::io("create temporary backup", &temp_path, e))?;
     let temp = TempBackup {
         path: temp_path,
@@ -115,7 +115,7 @@ pub fn take<V>(
     let temp_path = temp.path().to_path_buf();
     let mut verify = Some(verify);
     let mut early = None;
-    let copied = files::copy_verified(&source.file, &mut out, temp.path(), || {
+    let copied = files::copy_verified(&source.file, &out, || {
         if !wal_folded {
             early = verify.take().map(|f| f(&temp_path, false));
         }
@@ -134,8 +134,12 @@ pub fn take<V>(
         return Err(Error::VerificationFailed {
             path: temp.path().to_path_buf(),
             why: format!(
-                "the copy read back from disk differs from the source ({} of {} bytes read back, XXH3 {:032x} against {:032x})",
-                copied.read_back_bytes, copied.bytes, copied.read_back_xxh3, copied.source_xxh3
+                "the copy read back differs from the source{} ({} of {} bytes hashed)",
+                copied
+                    .first_difference
+                    .map_or_else(String::new, |at| format!(" from byte {at} on")),
+                copied.read_back_bytes,
+                copied.bytes
             ),
         });
     }
