@@ -48,7 +48,7 @@ const SIZES: [Size; 3] = [
     Size {
         name: "1GB",
         scale: 750,
-        reps: 3,
+        reps: 5,
     },
 ];
 
@@ -155,11 +155,14 @@ fn bench_size(
         );
     }
     let bytes = fs::metadata(&db).unwrap().len();
+    // DuckDB's own default pool is 80% of RAM: the baseline for ducksafe's small scan pool.
+    let duckdb_default = format!("DUCKDB_MEMORY_LIMIT: {}MB\n", ram_mb() * 4 / 5);
     for (name, level, extra) in [
         ("quick", "quick", ""),
         ("standard", "standard", ""),
         ("full", "full", ""),
-        ("full-256MB", "full", "DUCKDB_MEMORY_LIMIT: 256MB\n"),
+        ("full-64MB", "full", "DUCKDB_MEMORY_LIMIT: 64MB\n"),
+        ("full-duckdb-pool", "full", duckdb_default.as_str()),
     ] {
         fs::write(
             project.join(format!("config.{name}.yaml")),
@@ -223,8 +226,12 @@ fn bench_size(
             Box::new(|| ducksafe("full", &["backup"])),
         ),
         (
-            "ducksafe backup, full, DUCKDB_MEMORY_LIMIT=256MB",
-            Box::new(|| ducksafe("full-256MB", &["backup"])),
+            "ducksafe backup, full, DUCKDB_MEMORY_LIMIT=64MB",
+            Box::new(|| ducksafe("full-64MB", &["backup"])),
+        ),
+        (
+            "ducksafe backup, full, DUCKDB_MEMORY_LIMIT=80% of RAM (DuckDB's default pool)",
+            Box::new(|| ducksafe("full-duckdb-pool", &["backup"])),
         ),
         (
             "ducksafe hook pre_run, full (process start to JSON answer)",
@@ -380,6 +387,18 @@ fn logical_copy(src: &Path, dst: &Path) {
     ))
     .unwrap();
     db.close().unwrap();
+}
+
+/// Total RAM in MB, from `/proc/meminfo`.
+fn ram_mb() -> u64 {
+    fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(4096, |kb| kb / 1000)
 }
 
 /// In-memory throughput of SHA-256 (with the CPU's SHA extensions where present), on 256 MiB:

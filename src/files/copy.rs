@@ -10,7 +10,7 @@
 //!   the copy; it is the slowest step (one core at about 1.8 GB/s with SHA extensions), so the
 //!   copy, the comparison and the writeback all happen under it.
 //!
-//! The copy's bytes are seen through a read-only mapping of the destination in 8 MiB windows
+//! The copy's bytes are seen through a read-only mapping of the destination in 4 MiB windows
 //! (read into memory instead where a file cannot be mapped). A window is mapped once: the pages
 //! the comparison faulted in are the ones the hash reads, with no copy into user space.
 //!
@@ -24,7 +24,9 @@
 //!   ahead).
 //! - Only the destination is mapped, never the source: a source truncated behind the lock's
 //!   back makes a read fail with an error instead of killing the process. The destination is a
-//!   private file this process just created.
+//!   private file this process just created. (A disk that cannot re-read a page of it that
+//!   the kernel already evicted kills the process with `SIGBUS`: no answer is a failed backup
+//!   to every caller, and the next run removes the temporary file.)
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -42,9 +44,9 @@ use super::{open_read_nofollow, BUF_SIZE};
 /// One step of the copy: copied, then compared while it is still in the CPU's cache.
 const STEP: usize = BUF_SIZE;
 /// The destination is seen through windows of this size (a multiple of every page size).
-const WINDOW: usize = 8 << 20;
+const WINDOW: usize = 4 << 20;
 /// Windows handed to the hashing thread and not yet hashed, at most.
-const WINDOWS_IN_FLIGHT: usize = 4;
+const WINDOWS_IN_FLIGHT: usize = 2;
 /// Writeback is started every this many bytes during a copy, so the final `fsync` has little
 /// left to do.
 const WRITEBACK_STEP: u64 = 16 << 20;
