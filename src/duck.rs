@@ -59,9 +59,9 @@ impl Limits {
     ///
     /// ducksafe only ever scans a database once, so DuckDB's default pool (80% of RAM) would
     /// cache every block it reads and never read it again: the process grew to the size of the
-    /// database, and allocating fresh memory for each block cost more than the scan saved. A
-    /// small pool recycles buffers already in memory: the benchmark's 1 GiB `full` backup took
-    /// 2.7 s and 230 MiB instead of 3.5–4.0 s and 1.1 GiB. Per thread, a scan pins one block
+    /// database, and allocating fresh memory for each block cost time. A small pool recycles
+    /// buffers already in memory: the benchmark's 1 GiB `full` backup took 2.80 s and 200 MiB
+    /// instead of 2.94 s and 1139 MiB, in the same run. Per thread, a scan pins one block
     /// (256 KiB) per column it reads, so 64 MiB per thread leaves room for 250 columns.
     pub fn scan_memory_limit(&self) -> String {
         if let Some(m) = &self.memory_limit {
