@@ -271,6 +271,15 @@ impl<'a> Staged<'a> {
             .map_err(|e| Error::io("stage the restore at", &plan.staged, e))?;
         let copied = files::copy_verified(&from, &to, || {})
             .map_err(|e| Error::io("stage the restore at", &plan.staged, e))?;
+        if let Some(at) = copied.first_difference {
+            // The staged copy, not the backup, is what the disk gave back wrong.
+            return Err(Error::VerificationFailed {
+                path: plan.staged.clone(),
+                why: format!(
+                    "the staged copy read back differs from the backup at byte {at}; check the storage of the database's folder"
+                ),
+            });
+        }
         let got = files::hex(&copied.sha256);
         if !copied.identical() || got != sha256 {
             return Err(Error::VerificationFailed {

@@ -121,28 +121,7 @@ pub fn take<V>(
         }
     })
     .map_err(|e| Error::io("copy database to", temp.path(), e))?;
-    if copied.bytes != expected {
-        return Err(Error::BackupFailed {
-            path: src_path.clone(),
-            why: format!(
-                "the file changed size while it was copied ({expected} → {} bytes) although it was locked",
-                copied.bytes
-            ),
-        });
-    }
-    if !copied.identical() {
-        return Err(Error::VerificationFailed {
-            path: temp.path().to_path_buf(),
-            why: format!(
-                "the copy read back differs from the source{} ({} of {} bytes hashed)",
-                copied
-                    .first_difference
-                    .map_or_else(String::new, |at| format!(" from byte {at} on")),
-                copied.read_back_bytes,
-                copied.bytes
-            ),
-        });
-    }
+    judge(&copied, expected, src_path, temp.path())?;
     crate::failpoint::hit("snapshot.copied");
 
     let (bytes, sha256) = if wal_folded {
@@ -175,6 +154,37 @@ pub fn take<V>(
         copy_method: copied.method,
     };
     Ok((snap, verified))
+}
+
+/// What a copy's read-back says, worst first: a byte that differs from the source is a
+/// verification failure (the storage gave back other bytes than were written), wherever it is;
+/// a length other than the locked file's means something wrote it behind the lock.
+fn judge(copied: &files::VerifiedCopy, expected: u64, src: &Path, temp: &Path) -> Result<()> {
+    if let Some(at) = copied.first_difference {
+        return Err(Error::VerificationFailed {
+            path: temp.to_path_buf(),
+            why: format!("the copy read back differs from the source at byte {at}"),
+        });
+    }
+    if copied.bytes != expected {
+        return Err(Error::BackupFailed {
+            path: src.to_path_buf(),
+            why: format!(
+                "the file changed size while it was copied ({expected} → {} bytes) although it was locked",
+                copied.bytes
+            ),
+        });
+    }
+    if !copied.identical() {
+        return Err(Error::VerificationFailed {
+            path: temp.to_path_buf(),
+            why: format!(
+                "only {} of the copy's {} bytes could be read back",
+                copied.read_back_bytes, copied.bytes
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Copies the WAL files beside the private copy and checkpoints the copy, so that the backup
@@ -229,4 +239,38 @@ fn fold_wal(wals: &[(PathBuf, u64)], src: &Path, temp: &Path, limits: &Limits) -
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(
+        bytes: u64,
+        read_back_bytes: u64,
+        first_difference: Option<u64>,
+    ) -> files::VerifiedCopy {
+        files::VerifiedCopy {
+            bytes,
+            read_back_bytes,
+            sha256: [0; 32],
+            first_difference,
+            method: files::CopyMethod::KernelCopy,
+        }
+    }
+
+    #[test]
+    fn a_wrong_byte_is_a_verification_failure_even_though_the_copy_stopped_short() {
+        let (src, temp) = (Path::new("/db"), Path::new("/backups/tmp"));
+        let judged = |c| judge(&c, 1000, src, temp).map_err(|e| (e.code(), e.to_string()));
+        let (code, msg) = judged(copy(512, 512, Some(700))).unwrap_err();
+        assert_eq!(code, crate::protocol::ErrorCode::VerificationFailed);
+        assert!(msg.contains("at byte 700"), "{msg}");
+        let (code, msg) = judged(copy(900, 900, None)).unwrap_err();
+        assert_eq!(code, crate::protocol::ErrorCode::BackupFailed);
+        assert!(msg.contains("changed size"), "{msg}");
+        let (code, _) = judged(copy(1000, 998, None)).unwrap_err();
+        assert_eq!(code, crate::protocol::ErrorCode::VerificationFailed);
+        assert!(judged(copy(1000, 1000, None)).is_ok());
+    }
 }

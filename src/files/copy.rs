@@ -10,9 +10,10 @@
 //!   the copy; it is the slowest step (one core at about 1.8 GB/s with SHA extensions), so the
 //!   copy, the comparison and the writeback all happen under it.
 //!
-//! The copy's bytes are seen through a read-only mapping of the destination in 4 MiB windows
-//! (read into memory instead where a file cannot be mapped). A window is mapped once: the pages
-//! the comparison faulted in are the ones the hash reads, with no copy into user space.
+//! The copy's bytes are seen through a read-only mapping of the destination in 4 MiB windows,
+//! on local filesystems; after a reflink, on any other filesystem, or where mapping fails, they
+//! are read into memory instead. A window is mapped once: the pages the comparison faulted in
+//! are the ones the hash reads, with no copy into user space.
 //!
 //! Invariants:
 //! - The SHA-256 is that of the destination's bytes as the page cache holds them after they
@@ -24,9 +25,10 @@
 //!   ahead).
 //! - Only the destination is mapped, never the source: a source truncated behind the lock's
 //!   back makes a read fail with an error instead of killing the process. The destination is a
-//!   private file this process just created. (A disk that cannot re-read a page of it that
-//!   the kernel already evicted kills the process with `SIGBUS`: no answer is a failed backup
-//!   to every caller, and the next run removes the temporary file.)
+//!   private file this process just created, on a local filesystem. (A local disk that cannot
+//!   re-read a page of it the kernel already evicted would still kill the process with
+//!   `SIGBUS`: no answer is a failed backup to every caller, and the next run removes the
+//!   temporary file.)
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -109,6 +111,9 @@ struct Ways {
     reflink: bool,
     kernel_copy: bool,
     map: bool,
+    /// Tests: flips the copy's byte at this offset once it is written, as a failing disk would.
+    #[cfg(test)]
+    corrupt_at: Option<u64>,
 }
 
 impl Ways {
@@ -116,6 +121,8 @@ impl Ways {
         reflink: true,
         kernel_copy: true,
         map: true,
+        #[cfg(test)]
+        corrupt_at: None,
     };
 }
 
@@ -190,7 +197,10 @@ fn copy_and_compare(
     } else if !ways.kernel_copy {
         method = CopyMethod::ReadWrite;
     }
-    let mut map = ways.map;
+    // Mapping is for local filesystems, where a page just written stays readable; after a
+    // reflink the copy's pages come from disk, and on a network filesystem over the network,
+    // where a read error through a mapping would kill the process instead of failing a call.
+    let mut map = ways.map && method != CopyMethod::Reflink && is_local_filesystem(dst);
     let mut source = vec![0u8; STEP];
     let mut offset = 0u64;
     let mut flushed = 0u64;
@@ -229,10 +239,20 @@ fn copy_and_compare(
         if n == 0 {
             break;
         }
+        #[cfg(test)]
+        if let Some(at) = ways
+            .corrupt_at
+            .filter(|at| (offset..offset + n as u64).contains(at))
+        {
+            let mut byte = [0u8];
+            dst.read_exact_at(&mut byte, at)?;
+            dst.write_all_at(&[!byte[0]], at)?;
+        }
         let copy = win.extend(dst, n)?;
         if let Some(i) = first_difference(&buf[..n], copy) {
+            // `bytes` stays what was proven equal; the caller reports the difference.
             return Ok(Progress {
-                bytes: offset + i as u64,
+                bytes: offset,
                 first_difference: Some(offset + i as u64),
                 method,
             });
@@ -355,6 +375,30 @@ impl Drop for Window {
     }
 }
 
+/// True for the local filesystems whose pages may be read through a mapping.
+fn is_local_filesystem(f: &File) -> bool {
+    // Magic numbers from `linux/magic.h` (and ZFS's own).
+    const LOCAL: [i64; 8] = [
+        0xEF53,      // ext2, ext3, ext4
+        0x794C_7630, // overlayfs (containers), over one of these
+        0x5846_5342, // XFS
+        0x9123_683E, // Btrfs
+        0x0102_1994, // tmpfs
+        0xF2F5_2010, // F2FS
+        0x2FC1_2FC1, // ZFS
+        0xCA45_1A4E, // bcachefs
+    ];
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: a valid descriptor and a pointer to a properly sized, writable struct.
+    if unsafe { libc::fstatfs(f.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs succeeded, so it filled the struct.
+    let kind = unsafe { st.assume_init() }.f_type;
+    #[allow(clippy::useless_conversion)] // f_type's width differs between libc targets
+    LOCAL.contains(&i64::from(kind))
+}
+
 /// A shared read-only mapping of `WINDOW` bytes of `file` from `offset`; `None` if the file
 /// cannot be mapped.
 fn map_read_only(file: &File, offset: u64) -> Option<NonNull<u8>> {
@@ -471,6 +515,15 @@ mod tests {
         }
     }
 
+    fn way(kernel_copy: bool, map: bool) -> Ways {
+        Ways {
+            reflink: false,
+            kernel_copy,
+            map,
+            corrupt_at: None,
+        }
+    }
+
     /// Every way of copying (kernel copy or read/write, mapped or read back) gives the same
     /// file and the same SHA-256, for sizes around the step and the window.
     #[test]
@@ -478,21 +531,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ways = [
             Ways::ALL,
-            Ways {
-                reflink: false,
-                kernel_copy: false,
-                map: true,
-            },
-            Ways {
-                reflink: false,
-                kernel_copy: true,
-                map: false,
-            },
-            Ways {
-                reflink: false,
-                kernel_copy: false,
-                map: false,
-            },
+            way(true, true),
+            way(false, true),
+            way(true, false),
+            way(false, false),
         ];
         let sizes = [
             0usize,
@@ -509,55 +551,62 @@ mod tests {
             let src = dir.path().join(format!("s{len}"));
             fs::write(&src, &data).unwrap();
             let expected: [u8; 32] = Sha256::digest(&data).into();
-            for (k, way) in ways.iter().enumerate() {
+            for (k, w) in ways.iter().enumerate() {
                 let dst = dir.path().join(format!("d{len}-{k}"));
                 let out = super::super::create_private(&dst).unwrap();
                 let mut ran = false;
-                let c = copy_with(&File::open(&src).unwrap(), &out, *way, || ran = true).unwrap();
-                assert!(c.identical(), "{len} bytes, {way:?}");
+                let c = copy_with(&File::open(&src).unwrap(), &out, *w, || ran = true).unwrap();
+                assert!(c.identical(), "{len} bytes, {w:?}");
                 assert!(ran);
                 assert_eq!((c.bytes, c.read_back_bytes), (len as u64, len as u64));
-                assert_eq!(c.sha256, expected, "{len} bytes, {way:?}");
+                assert_eq!(c.sha256, expected, "{len} bytes, {w:?}");
                 assert_eq!(fs::read(&dst).unwrap(), data);
-                let expected_method = if way.kernel_copy {
-                    c.method // the kernel copy, or a reflink where the filesystem has them
-                } else {
-                    CopyMethod::ReadWrite
+                let methods: &[CopyMethod] = match (w.reflink, w.kernel_copy) {
+                    // A reflink where the filesystem has them (XFS, Btrfs), else the kernel's.
+                    (true, _) => &[CopyMethod::Reflink, CopyMethod::KernelCopy],
+                    (false, true) => &[CopyMethod::KernelCopy],
+                    (false, false) => &[CopyMethod::ReadWrite],
                 };
-                assert_eq!(c.method, expected_method);
+                assert!(methods.contains(&c.method), "{len} bytes, {w:?}: {c:?}");
             }
         }
     }
 
-    /// A destination that does not hold the source's bytes is caught at the first wrong byte,
-    /// and nothing is reported identical.
+    /// A byte that the disk gives back wrong is caught exactly where it is, in any window, by
+    /// every way of reading the copy; nothing is reported identical, synced or checked further.
     #[test]
     fn a_copy_that_differs_is_caught_at_its_first_wrong_byte() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
-        fs::write(&src, vec![7u8; 3 * STEP]).unwrap();
-        // A destination opened append-only, holding one byte: every write lands after it, so
-        // the copy's bytes sit one offset too far and its first byte is wrong.
-        let dst = dir.path().join("dst");
-        fs::write(&dst, b"x").unwrap();
-        let out = fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&dst)
-            .unwrap();
-        let way = Ways {
-            reflink: false,
-            kernel_copy: false,
-            map: true,
-        };
-        let mut ran = false;
-        let c = copy_with(&File::open(&src).unwrap(), &out, way, || ran = true).unwrap();
-        assert!(!c.identical());
-        assert!(
-            !ran,
-            "a copy that differs is neither synced nor checked further"
-        );
-        assert_eq!(c.first_difference, Some(0));
+        let len = 3 * WINDOW + STEP / 2;
+        fs::write(&src, vec![7u8; len]).unwrap();
+        let offsets = [
+            0,
+            1,
+            WINDOW as u64 - 1,
+            2 * WINDOW as u64 + 12_345,
+            len as u64 - 1,
+        ];
+        for at in offsets {
+            for (kernel_copy, map) in [(true, true), (true, false), (false, true), (false, false)] {
+                let dst = dir.path().join(format!("d{at}-{kernel_copy}-{map}"));
+                let out = super::super::create_private(&dst).unwrap();
+                let corrupt = Ways {
+                    corrupt_at: Some(at),
+                    ..way(kernel_copy, map)
+                };
+                let mut ran = false;
+                let c =
+                    copy_with(&File::open(&src).unwrap(), &out, corrupt, || ran = true).unwrap();
+                assert!(!c.identical(), "byte {at}, {corrupt:?}");
+                assert_eq!(c.first_difference, Some(at), "{corrupt:?}");
+                assert!(c.bytes <= at, "only bytes proven equal are counted");
+                assert!(
+                    !ran,
+                    "a copy that differs is neither synced nor checked further"
+                );
+            }
+        }
         assert_eq!(first_difference(b"abcd", b"abXd"), Some(2));
         assert_eq!(first_difference(b"abcd", b"abcd"), None);
     }
