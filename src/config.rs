@@ -89,8 +89,8 @@ pub struct Config {
     #[schemars(length(min = 1))]
     pub quarantine_dir: Option<String>,
 
-    /// DuckDB's memory limit, e.g. `512MB` or `2GB`; default for scans: 64 MiB per thread
-    /// (at least 128 MiB), else DuckDB's default.
+    /// DuckDB's memory limit, e.g. `512MB` or `2GB`; default for scans: 128 MiB per thread
+    /// (at least 256 MiB), else DuckDB's default.
     #[serde(
         rename = "DUCKDB_MEMORY_LIMIT",
         default,

@@ -48,31 +48,43 @@ pub struct Limits {
     pub threads: Option<u32>,
 }
 
-/// Buffer pool per DuckDB thread for a read-only open when no memory limit is configured.
-const SCAN_MEMORY_PER_THREAD_MIB: u64 = 64;
+/// Buffer pool per DuckDB thread for a scan when no memory limit is configured.
+const SCAN_MEMORY_PER_THREAD_MIB: u64 = 128;
 /// Smallest such pool.
-const SCAN_MEMORY_MIN_MIB: u64 = 128;
+const SCAN_MEMORY_MIN_MIB: u64 = 256;
 
 impl Limits {
-    /// The memory limit of a read-only open of a database without a WAL: the configured one,
-    /// else a small buffer pool that grows with the threads.
+    /// The limits for a read-only scan of `db` with a small buffer pool, or `None` when the
+    /// configured limits apply as they are: a memory limit is configured, or `db` has a WAL (its
+    /// replay goes to memory that a read-only database cannot spill).
     ///
-    /// ducksafe only ever scans a database once, so DuckDB's default pool (80% of RAM) would
-    /// cache every block it reads and never read it again: the process grew to the size of the
-    /// database, and allocating fresh memory for each block cost time. A small pool recycles
-    /// buffers already in memory: the benchmark's 1 GiB `full` backup took 2.80 s and 200 MiB
-    /// instead of 2.94 s and 1139 MiB, in the same run. Per thread, a scan pins one block
-    /// (256 KiB) per column it reads, so 64 MiB per thread leaves room for 250 columns.
-    pub fn scan_memory_limit(&self) -> String {
-        if let Some(m) = &self.memory_limit {
-            return m.clone();
+    /// ducksafe scans a database once, so DuckDB's default pool (80% of RAM) would cache every
+    /// block it reads and never read it again: the process grew to the size of the database,
+    /// and allocating fresh memory for each block cost time. A small pool recycles buffers: in
+    /// one benchmark run, the 1 GiB `full` backup took 2.80 s and 200 MiB instead of 2.94 s
+    /// and 1139 MiB. A scan pins about 0.5–0.75 MiB per column per thread (measured: 120
+    /// columns on 2 threads fail at 128 MiB, pass at 192 MiB), so 128 MiB per thread covers
+    /// about 170 columns; a wider table runs out of memory, and the caller scans again with the
+    /// configured limits (see `verify::inspect`). The thread count the pool was sized for is
+    /// passed to DuckDB too, so the two cannot disagree.
+    pub fn scan_pool(&self, db: &Path) -> Option<Limits> {
+        let has_wal = wal_paths(db)
+            .iter()
+            .any(|w| std::fs::metadata(w).is_ok_and(|m| m.len() > 0));
+        if self.memory_limit.is_some() || has_wal {
+            return None;
         }
-        let threads = self.threads.map_or_else(
-            || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-            |t| t as usize,
-        );
-        let mib = (threads as u64 * SCAN_MEMORY_PER_THREAD_MIB).max(SCAN_MEMORY_MIN_MIB);
-        format!("{mib}MiB")
+        let threads = self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .and_then(|n| u32::try_from(n.get()).ok())
+                .unwrap_or(1)
+        });
+        let mib = (u64::from(threads) * SCAN_MEMORY_PER_THREAD_MIB).max(SCAN_MEMORY_MIN_MIB);
+        Some(Limits {
+            memory_limit: Some(format!("{mib}MiB")),
+            threads: Some(threads),
+        })
     }
 }
 
@@ -95,7 +107,9 @@ pub enum DuckError {
     },
     /// The file is not a DuckDB database this version can read.
     NotDatabase(String),
-    /// Anything else DuckDB reported (corruption, I/O, out of memory).
+    /// DuckDB could not fit the work in its memory limit.
+    OutOfMemory(String),
+    /// Anything else DuckDB reported (corruption, I/O).
     Failed(String),
 }
 
@@ -112,6 +126,10 @@ impl std::fmt::Display for DuckError {
                 }
                 Ok(())
             }
+            DuckError::OutOfMemory(m) => write!(
+                f,
+                "DuckDB ran out of memory ({m}); raise DUCKDB_MEMORY_LIMIT or lower DUCKDB_THREADS"
+            ),
             DuckError::NotDatabase(m) | DuckError::Failed(m) => f.write_str(m),
         }
     }
@@ -124,6 +142,9 @@ fn classify(e: &duckdb::Error) -> DuckError {
             pid: parse_pid(&msg),
             holder: parse_holder(&msg),
         };
+    }
+    if msg.starts_with("Out of Memory Error") {
+        return DuckError::OutOfMemory(first_line(&msg));
     }
     DuckError::Failed(first_line(&msg))
 }
@@ -232,19 +253,7 @@ impl Db {
     /// disk). Refuses anything that does not look like a DuckDB file before DuckDB sees it.
     pub fn open_read_only(path: &Path, limits: &Limits) -> Result<Db, DuckError> {
         check_header(path)?;
-        // A WAL is replayed into memory that cannot be spilled from a read-only database:
-        // that open keeps the configured limit (or DuckDB's default).
-        let has_wal = wal_paths(path)
-            .iter()
-            .any(|w| std::fs::metadata(w).is_ok_and(|m| m.len() > 0));
-        if has_wal {
-            return Self::open(path, AccessMode::ReadOnly, limits);
-        }
-        let limits = Limits {
-            memory_limit: Some(limits.scan_memory_limit()),
-            threads: limits.threads,
-        };
-        Self::open(path, AccessMode::ReadOnly, &limits)
+        Self::open(path, AccessMode::ReadOnly, limits)
     }
 
     /// Opens a database read-write. Only for files ducksafe itself owns: a private temporary
@@ -411,19 +420,30 @@ mod tests {
     }
 
     #[test]
-    fn scans_get_a_small_pool_unless_a_limit_is_configured() {
-        let set = Limits {
-            memory_limit: Some("3GB".into()),
-            threads: Some(8),
-        };
-        assert_eq!(set.scan_memory_limit(), "3GB");
+    fn scans_get_a_small_pool_unless_a_limit_is_configured_or_a_wal_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("sim.duckdb");
         let threads = |t| Limits {
             memory_limit: None,
             threads: Some(t),
         };
-        assert_eq!(threads(1).scan_memory_limit(), "128MiB");
-        assert_eq!(threads(2).scan_memory_limit(), "128MiB");
-        assert_eq!(threads(16).scan_memory_limit(), "1024MiB");
+        let pool = |l: &Limits| {
+            l.scan_pool(&db)
+                .map(|p| (p.memory_limit.unwrap(), p.threads))
+        };
+        assert_eq!(pool(&threads(1)), Some(("256MiB".into(), Some(1))));
+        assert_eq!(pool(&threads(2)), Some(("256MiB".into(), Some(2))));
+        assert_eq!(pool(&threads(16)), Some(("2048MiB".into(), Some(16))));
+        // Unset threads: sized for, and passed as, the CPUs this process may use.
+        let any = pool(&Limits::default()).unwrap();
+        assert!(any.1.is_some_and(|t| t >= 1));
+        let set = Limits {
+            memory_limit: Some("3GB".into()),
+            threads: Some(8),
+        };
+        assert_eq!(set.scan_pool(&db), None);
+        std::fs::write(dir.path().join("sim.duckdb.wal"), b"x").unwrap();
+        assert_eq!(threads(2).scan_pool(&db), None);
     }
 
     #[test]

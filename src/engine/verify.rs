@@ -40,25 +40,60 @@ pub struct Outcome {
 
 /// Reads a database's catalog and, depending on `level`, its row counts or fingerprints.
 /// `on_error` says how a DuckDB failure is reported for this database.
+///
+/// Unless a memory limit is configured, the scan runs with a small buffer pool
+/// ([`Limits::scan_pool`]); a table too wide for it makes DuckDB run out of memory, and the
+/// scan is run again with DuckDB's default pool, with a warning.
 pub fn inspect(
     path: &Path,
     level: VerifyLevel,
     limits: &Limits,
     on_error: &dyn Fn(DuckError) -> Error,
 ) -> Result<Contents> {
-    let header = duck::check_header(path).map_err(on_error)?;
-    let db = Db::open_read_only(path, limits).map_err(on_error)?;
-    let duckdb_version = db.library_version().map_err(on_error)?;
-    let names = db.tables().map_err(on_error)?;
-    let (views, sequences) = db.object_counts().map_err(on_error)?;
+    read_with_fallback(path, level, limits.scan_pool(path), limits).map_err(on_error)
+}
+
+/// Reads with `pool` first when there is one, then with `limits` if that ran out of memory.
+fn read_with_fallback(
+    path: &Path,
+    level: VerifyLevel,
+    pool: Option<Limits>,
+    limits: &Limits,
+) -> std::result::Result<Contents, DuckError> {
+    let Some(pool) = pool else {
+        return read(path, level, limits);
+    };
+    match read(path, level, &pool) {
+        Err(DuckError::OutOfMemory(m)) => {
+            tracing::warn!(
+                "scanning `{}` needs more than ducksafe's default pool of {} ({m}); scanning again with DuckDB's default pool (set DUCKDB_MEMORY_LIMIT to choose)",
+                path.display(),
+                pool.memory_limit.as_deref().unwrap_or("?"),
+            );
+            read(path, level, limits)
+        }
+        other => other,
+    }
+}
+
+fn read(
+    path: &Path,
+    level: VerifyLevel,
+    limits: &Limits,
+) -> std::result::Result<Contents, DuckError> {
+    let header = duck::check_header(path)?;
+    let db = Db::open_read_only(path, limits)?;
+    let duckdb_version = db.library_version()?;
+    let names = db.tables()?;
+    let (views, sequences) = db.object_counts()?;
     let mut tables = Vec::with_capacity(names.len());
     for t in &names {
         let (rows, fingerprint) = match level {
             VerifyLevel::Quick => (None, None),
-            VerifyLevel::Standard => (Some(db.row_count(t).map_err(on_error)?), None),
+            VerifyLevel::Standard => (Some(db.row_count(t)?), None),
             VerifyLevel::Full => {
                 let started = std::time::Instant::now();
-                let fp = db.fingerprint(t).map_err(|e| on_error(in_table(t, e)))?;
+                let fp = db.fingerprint(t).map_err(|e| in_table(t, e))?;
                 tracing::debug!(
                     "scanned `{}` in `{}` ({} rows) in {} ms",
                     t.display(),
@@ -76,7 +111,7 @@ pub fn inspect(
             fingerprint,
         });
     }
-    db.close().map_err(on_error)?;
+    db.close()?;
     Ok(Contents {
         duckdb_version,
         header,
@@ -89,6 +124,9 @@ pub fn inspect(
 fn in_table(t: &TableName, e: DuckError) -> DuckError {
     match e {
         DuckError::Failed(m) => DuckError::Failed(format!("table `{}`: {m}", t.display())),
+        DuckError::OutOfMemory(m) => {
+            DuckError::OutOfMemory(format!("table `{}`: {m}", t.display()))
+        }
         other => other,
     }
 }
@@ -282,4 +320,56 @@ pub fn stored(
         checks.push("fingerprints".into());
     }
     Ok(Outcome { checks, contents })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table of 40 incompressible columns: too wide for a 4 MB pool on one thread.
+    fn wide_database(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("wide.duckdb");
+        let cols = (0..40)
+            .map(|k| format!("hash(i + {k}) AS c{k}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let db = Db::open_read_write(&path, &Limits::default()).unwrap();
+        db.execute_batch(&format!(
+            "CREATE TABLE w AS SELECT {cols} FROM range(70000) t(i)"
+        ))
+        .unwrap();
+        db.close().unwrap();
+        path
+    }
+
+    fn tiny() -> Limits {
+        Limits {
+            memory_limit: Some("4MB".into()),
+            threads: Some(1),
+        }
+    }
+
+    #[test]
+    fn a_table_too_wide_for_the_small_pool_is_scanned_again_with_the_default_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = wide_database(dir.path());
+        let got =
+            read_with_fallback(&path, VerifyLevel::Full, Some(tiny()), &Limits::default()).unwrap();
+        assert_eq!(got.tables.len(), 1);
+        assert_eq!(got.tables[0].rows, Some(70_000));
+        // The same scan gives the same fingerprint whatever the pool.
+        let direct = read(&path, VerifyLevel::Full, &Limits::default()).unwrap();
+        assert_eq!(got.tables[0].fingerprint, direct.tables[0].fingerprint);
+    }
+
+    #[test]
+    fn a_configured_limit_that_is_too_small_is_reported_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = wide_database(dir.path());
+        let e = read_with_fallback(&path, VerifyLevel::Full, None, &tiny()).unwrap_err();
+        assert!(matches!(e, DuckError::OutOfMemory(_)), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("table `main.w`"), "{msg}");
+        assert!(msg.contains("raise DUCKDB_MEMORY_LIMIT"), "{msg}");
+    }
 }
