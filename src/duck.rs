@@ -61,8 +61,8 @@ impl Limits {
     /// ducksafe scans a database once, so DuckDB's default pool (80% of RAM) would cache every
     /// block it reads and never read it again: the process grew to the size of the database,
     /// and allocating fresh memory for each block cost time. A small pool recycles buffers: in
-    /// one benchmark run, the 1 GiB `full` backup took 2.80 s and 200 MiB instead of 2.94 s
-    /// and 1139 MiB. A scan pins about 0.5–0.75 MiB per column per thread (measured: 120
+    /// one benchmark run, the 1 GiB `full` backup took 2.81 s and 328 MiB instead of 3.01 s
+    /// and 1140 MiB. A scan pins about 0.5–0.75 MiB per column per thread (measured: 120
     /// columns on 2 threads fail at 128 MiB, pass at 192 MiB), so 128 MiB per thread covers
     /// about 170 columns; a wider table runs out of memory, and the caller scans again with the
     /// configured limits (see `verify::inspect`). The thread count the pool was sized for is
