@@ -99,7 +99,7 @@ fn a_reflinked_backup_is_verified_and_independent_of_the_source() {
     let b = r.backup.unwrap();
     let backup = PathBuf::from(&b.path);
     let manifest = Manifest::read(&m.dir.join(format!("backups/{}.manifest.json", b.id))).unwrap();
-    assert_eq!(manifest.source.copy_method, CopyMethod::Reflink);
+    assert_eq!(manifest.source.copy_method, Some(CopyMethod::Reflink));
     assert!(
         shared_extents(&backup),
         "the backup shares the database's blocks"

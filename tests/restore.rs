@@ -259,6 +259,53 @@ fn list_shows_backups_and_totals() {
     assert!(v["total_bytes"].as_u64().unwrap() > 0);
 }
 
+/// A manifest written before `copy_method` was recorded still counts as a backup (listed,
+/// verified, restorable); a manifest that does not parse is named with the reason.
+#[test]
+fn older_manifests_are_read_and_a_broken_one_is_explained() {
+    let p = Project::new("");
+    let (old, _) = backup(&p);
+    let (broken, _) = backup(&p);
+    let old_manifest = p.backups().join(format!("{old}.manifest.json"));
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&fs::read(&old_manifest).unwrap()).unwrap();
+    m["source"].as_object_mut().unwrap().remove("copy_method");
+    fs::write(&old_manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    fs::write(
+        p.backups().join(format!("{broken}.manifest.json")),
+        b"{\"format\": 1,",
+    )
+    .unwrap();
+
+    let out = p.run(&["list"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&old))
+        .unwrap_or_default();
+    assert!(
+        row.contains("full"),
+        "the older backup is listed as verified: {text}"
+    );
+    let note = text
+        .lines()
+        .find(|l| l.starts_with("note:") && l.contains(&broken))
+        .unwrap_or_default();
+    assert!(note.contains("does not parse"), "{text}");
+    let out = p.run(&["--json", "list"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["unmanaged"][0]["file"],
+        format!("{broken}.manifest.json").as_str()
+    );
+    let out = p.run(&["verify", &old]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn pinned_backups_survive_prune_and_do_not_count() {
     let p = Project::new("BACKUP_KEEP_LAST: 1\n");

@@ -74,7 +74,7 @@ pub fn run(g: &Global, a: &BackupArgs) -> i32 {
                     "no (byte-exact copy)"
                 }
             );
-            if m.source.copy_method == crate::files::CopyMethod::Reflink {
+            if m.source.copy_method == Some(crate::files::CopyMethod::Reflink) {
                 println!(
                     "  reflinked: shares blocks with the database until either changes (same disk: copy the backups elsewhere to survive a disk failure)"
                 );

@@ -24,11 +24,18 @@ struct Row {
 }
 
 #[derive(Debug, Serialize)]
+struct Unmanaged {
+    file: String,
+    why: String,
+}
+
+#[derive(Debug, Serialize)]
 struct Listing {
     backup_dir: String,
     backups: Vec<Row>,
-    /// Files that look like backups but have no ducksafe manifest (never deleted by ducksafe).
-    unmanaged: Vec<String>,
+    /// Files that look like backups but have no usable ducksafe manifest (never deleted by
+    /// ducksafe), each with why.
+    unmanaged: Vec<Unmanaged>,
     total_bytes: u64,
     available_bytes: u64,
 }
@@ -89,7 +96,14 @@ pub fn run(g: &Global) -> i32 {
         backup_dir: settings.backup_dir.display().to_string(),
         total_bytes: Store::used_bytes(&inv),
         available_bytes: files::fs_space(store.dir()).map_or(0, |s| s.available_bytes),
-        unmanaged: inv.unmanaged.iter().map(|(n, _)| n.clone()).collect(),
+        unmanaged: inv
+            .unmanaged
+            .iter()
+            .map(|(file, why)| Unmanaged {
+                file: file.clone(),
+                why: why.clone(),
+            })
+            .collect(),
         backups: rows,
     };
     if g.json {
@@ -145,7 +159,7 @@ fn print_table(listing: &Listing) {
         size(listing.available_bytes)
     );
     for u in &listing.unmanaged {
-        println!("note: `{u}` has no ducksafe manifest; ducksafe never deletes it");
+        println!("note: `{}`: {}; ducksafe never deletes it", u.file, u.why);
     }
 }
 

@@ -352,7 +352,7 @@ fn manifest_for(
             sha256: files::hex(&snap.source_sha256),
             wal_bytes: snap.wal_bytes,
             wal_folded: snap.wal_folded,
-            copy_method: snap.copy_method,
+            copy_method: Some(snap.copy_method),
         },
         duckdb_version: contents.duckdb_version,
         storage_version: contents.header.storage_version,

@@ -40,7 +40,9 @@ pub struct SourceInfo {
     pub wal_folded: bool,
     /// How the bytes were copied. `reflink`: the backup shares the source's blocks on the same
     /// filesystem until either changes; it guards against a bad run, not a failing disk.
-    pub copy_method: crate::files::CopyMethod,
+    /// Absent from manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_method: Option<crate::files::CopyMethod>,
 }
 
 /// A table in the backup.
@@ -141,6 +143,37 @@ pub fn sidecar_line(sha256: &str, file_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Backups taken by an earlier ducksafe stay listed, verifiable, restorable and rotated:
+    /// a manifest written before `copy_method` was recorded still parses.
+    #[test]
+    fn manifests_of_earlier_versions_still_parse() {
+        let earlier = r#"{
+          "format": 1, "id": "simulation_20261126_033945",
+          "file": "simulation_20261126_033945.duckdb",
+          "created_at": "2026-11-26T03:39:45.244276006Z", "bytes": 2109440,
+          "sha256": "d40426aecd2ee3b3f4af306d89e66d4a2d461a14d6f2e236007aef3b4056a2ce",
+          "source": {"path": "/work/main/demo/simulation.duckdb", "bytes": 2109440,
+            "sha256": "d40426aecd2ee3b3f4af306d89e66d4a2d461a14d6f2e236007aef3b4056a2ce",
+            "wal_bytes": 0, "wal_folded": false},
+          "duckdb_version": "v2.0.0", "storage_version": 999, "created_by": "v2.0.0",
+          "tables": [{"schema": "main", "name": "employees", "rows": 9016,
+            "fingerprint": {"rows": 9016, "sum_hash": "82795234356470334468208",
+              "xor_hash": 12501380608098927536}}],
+          "views": 1, "sequences": 0,
+          "verification": {"level": "full",
+            "checks": ["size", "sha256", "open", "row_counts", "fingerprints"],
+            "verified_at": "2026-11-26T03:39:45.292508614Z"},
+          "request_id": "demo-run-1", "pinned": false, "ducksafe_version": "0.1.0"
+        }"#;
+        let m: Manifest = serde_json::from_str(earlier).unwrap();
+        assert_eq!(m.source.copy_method, None);
+        assert_eq!(m.tables[0].rows, Some(9016));
+        // Written back, it stays without the field rather than inventing a method.
+        assert!(!String::from_utf8(m.to_json())
+            .unwrap()
+            .contains("copy_method"));
+    }
 
     #[test]
     fn sidecar_matches_sha256sum_format() {

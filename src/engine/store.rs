@@ -179,9 +179,13 @@ impl Store {
                 }
                 let manifest = match Manifest::read(&self.dir.join(name)) {
                     Ok(m) if m.id == id => m,
-                    Ok(_) | Err(_) => {
-                        inv.unmanaged
-                            .push((name.clone(), "manifest unreadable or for another id".into()));
+                    Ok(m) => {
+                        let why = format!("the manifest is for another backup (`{}`)", m.id);
+                        inv.unmanaged.push((name.clone(), why));
+                        continue;
+                    }
+                    Err(e) => {
+                        inv.unmanaged.push((name.clone(), e.to_string()));
                         continue;
                     }
                 };
