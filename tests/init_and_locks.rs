@@ -42,15 +42,23 @@ fn init_writes_the_quick_start_layout_once() {
     );
 }
 
-#[test]
-fn init_demo_creates_a_simulation_shaped_database_and_never_overwrites_one() {
-    let dir = tempfile::tempdir().unwrap();
+fn init_demo(dir: &std::path::Path) {
     let out = bin()
-        .current_dir(dir.path())
+        .current_dir(dir)
         .args(["init", "--demo"])
         .output()
         .unwrap();
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn init_demo_creates_a_simulation_shaped_database_and_never_overwrites_one() {
+    let dir = tempfile::tempdir().unwrap();
+    init_demo(dir.path());
     let db = dir.path().join("simulation.duckdb");
     let d = Db::open_read_only(&db, &Limits::default()).unwrap();
     let counts: Vec<(String, u64)> = d
@@ -66,12 +74,7 @@ fn init_demo_creates_a_simulation_shaped_database_and_never_overwrites_one() {
         "{counts:?}"
     );
     let before = common::sha256(&db);
-    let out = bin()
-        .current_dir(dir.path())
-        .args(["init", "--demo"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    init_demo(dir.path());
     assert_eq!(common::sha256(&db), before);
     // And the demo is ready for the hook as written.
     let out = bin()

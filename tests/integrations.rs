@@ -167,6 +167,17 @@ struct Run<'a> {
     fail_in_year: Option<&'a str>,
 }
 
+/// Two simulated years that both succeed.
+const SUCCEEDS: Run = Run {
+    years: &["2025", "2026"],
+    fail_in_year: None,
+};
+/// Two simulated years, the second of which fails.
+const FAILS_IN_2026: Run = Run {
+    years: &["2025", "2026"],
+    fail_in_year: Some("2026"),
+};
+
 /// Where the caller leaves pre_run.json / post_run.json, relative to the project.
 const STATE_DIR: &str = "logs/ducksafe";
 
@@ -220,15 +231,7 @@ fn rolled_back(p: &Project, out: &Output, exit: i32) {
     assert_eq!(post.decision, Decision::Restored, "{post:?}");
     let restore = post.restore.expect("restore details");
     assert_eq!(restore.backup_id, backup.id);
-    assert_eq!(
-        fingerprints(&p.db()),
-        expected,
-        "the database equals its pre-run backup"
-    );
-    assert!(
-        !p.path("simulation.duckdb.wal").exists(),
-        "no WAL beside the restored database"
-    );
+    common::assert_restored(p, &expected);
     let wal = restore
         .quarantined_files
         .iter()
@@ -296,10 +299,7 @@ fn just_success_leaves_a_verified_backup_and_the_runs_changes() {
     let just = need!(tool("just"));
     let python = need!(python_with_duckdb());
     let p = Project::new("");
-    let r = Run {
-        years: &["2025", "2026"],
-        fail_in_year: None,
-    };
+    let r = SUCCEEDS;
     let out = run(&mut just_cmd(&just, &python, &p, &r, false));
     succeeds(&p, &out);
 }
@@ -309,10 +309,7 @@ fn just_failed_run_is_rolled_back_and_its_wal_quarantined() {
     let just = need!(tool("just"));
     let python = need!(python_with_duckdb());
     let p = Project::new("");
-    let r = Run {
-        years: &["2025", "2026"],
-        fail_in_year: Some("2026"),
-    };
+    let r = FAILS_IN_2026;
     let out = run(&mut just_cmd(&just, &python, &p, &r, true));
     // just exits with the recipe's exit code: the workload's own.
     rolled_back(&p, &out, 1);
@@ -324,10 +321,7 @@ fn just_is_stopped_before_the_run_while_a_writer_holds_the_database() {
     let just = need!(tool("just"));
     let python = need!(python_with_duckdb());
     let p = Project::new("");
-    let r = Run {
-        years: &["2025", "2026"],
-        fail_in_year: None,
-    };
+    let r = SUCCEEDS;
     let (out, before) = locked_run(&p, || run(&mut just_cmd(&just, &python, &p, &r, true)));
     // The wrapper exits with the hook's code and just passes it on.
     blocked(&p, &out, 75, &before);
@@ -359,10 +353,7 @@ fn make_success_leaves_a_verified_backup_and_the_runs_changes() {
     let make = need!(tool("make"));
     let python = need!(python_with_duckdb());
     let p = Project::new("");
-    let r = Run {
-        years: &["2025", "2026"],
-        fail_in_year: None,
-    };
+    let r = SUCCEEDS;
     let out = run(&mut make_cmd(&make, &python, &p, &r, false));
     succeeds(&p, &out);
 }
@@ -373,10 +364,7 @@ fn make_failed_run_is_rolled_back_and_its_wal_quarantined() {
     let python = need!(python_with_duckdb());
     // Restore asked by the configuration this time, not by the caller.
     let p = Project::new("RESTORE_ON_FAILURE: true\n");
-    let r = Run {
-        years: &["2025", "2026"],
-        fail_in_year: Some("2026"),
-    };
+    let r = FAILS_IN_2026;
     let out = run(&mut make_cmd(&make, &python, &p, &r, false));
     // make turns every failed recipe into its own exit 2 and names the recipe's code.
     rolled_back(&p, &out, 2);
@@ -388,10 +376,7 @@ fn make_is_stopped_before_the_run_while_a_writer_holds_the_database() {
     let make = need!(tool("make"));
     let python = need!(python_with_duckdb());
     let p = Project::new("");
-    let r = Run {
-        years: &["2025", "2026"],
-        fail_in_year: None,
-    };
+    let r = SUCCEEDS;
     let (out, before) = locked_run(&p, || run(&mut make_cmd(&make, &python, &p, &r, true)));
     blocked(&p, &out, 2, &before);
     assert!(
@@ -427,10 +412,7 @@ fn orchestrator_cmd(python: &Path, p: &Project, r: &Run, restore: bool) -> Comma
 fn orchestrator_success_leaves_a_verified_backup_and_the_runs_changes() {
     let python = need!(python_with_duckdb());
     let p = Project::new("");
-    let r = Run {
-        years: &["2025", "2026"],
-        fail_in_year: None,
-    };
+    let r = SUCCEEDS;
     let out = run(&mut orchestrator_cmd(&python, &p, &r, false));
     succeeds(&p, &out);
     assert!(text(&out.stdout).contains("simulation complete for 2 year(s)"));
@@ -461,10 +443,7 @@ fn orchestrator_failed_year_is_rolled_back_and_its_wal_quarantined() {
 fn orchestrator_is_stopped_before_the_run_while_a_writer_holds_the_database() {
     let python = need!(python_with_duckdb());
     let p = Project::new("");
-    let r = Run {
-        years: &["2025", "2026"],
-        fail_in_year: None,
-    };
+    let r = SUCCEEDS;
     let (out, before) = locked_run(&p, || run(&mut orchestrator_cmd(&python, &p, &r, true)));
     blocked(&p, &out, 75, &before);
     assert!(

@@ -58,15 +58,7 @@ fn the_wal_trap_a_crashed_runs_wal_is_quarantined_not_replayed() {
     assert_eq!(code, 0, "{r:?}");
     assert_eq!(r.decision, Decision::Restored);
     let restore = r.restore.unwrap();
-    assert_eq!(
-        fingerprints(&p.db()),
-        expected,
-        "the database equals its pre-run backup"
-    );
-    assert!(
-        !p.path("simulation.duckdb.wal").exists(),
-        "no stale WAL beside the restored database"
-    );
+    common::assert_restored(&p, &expected);
     let quarantined_wal = Path::new(&restore.quarantine).join("simulation.duckdb.wal");
     assert_eq!(
         fs::read(&quarantined_wal).unwrap(),

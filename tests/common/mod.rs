@@ -163,6 +163,20 @@ pub fn fingerprints(db: &Path) -> Vec<(String, Fingerprint)> {
     v
 }
 
+/// The project's database holds exactly `expected` (a backup's fingerprints) and has no WAL
+/// beside it: what a restore must leave.
+pub fn assert_restored(p: &Project, expected: &[(String, Fingerprint)]) {
+    assert_eq!(
+        fingerprints(&p.db()),
+        expected,
+        "the database equals its pre-run backup"
+    );
+    assert!(
+        !p.path("simulation.duckdb.wal").exists(),
+        "no WAL beside the restored database"
+    );
+}
+
 /// Commits rows that stay only in the WAL: checkpoints are disabled, so closing leaves
 /// `<db>.wal` behind, as a crashed or interrupted writer would.
 pub fn write_into_wal(db: &Path, sql: &str) {
