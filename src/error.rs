@@ -27,6 +27,10 @@ pub enum Error {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
+    /// A request that breaks its schema: one entry per violation.
+    #[error("invalid request")]
+    RequestViolations(Vec<String>),
+
     #[error("unsupported event `{0}`: expected `pre_run`, `post_run` or `validate`")]
     UnsupportedEvent(String),
 
@@ -146,7 +150,7 @@ impl Error {
         use ErrorCode as C;
         match self {
             Error::Usage(_) => C::Usage,
-            Error::InvalidRequest(_) => C::InvalidRequest,
+            Error::InvalidRequest(_) | Error::RequestViolations(_) => C::InvalidRequest,
             Error::UnsupportedEvent(_) => C::UnsupportedEvent,
             Error::UnsupportedProtocol(_) => C::UnsupportedProtocolVersion,
             Error::ConfigNotFound { .. } => C::ConfigNotFound,
@@ -175,7 +179,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Usage(_) => Some("run `ducksafe --help` for usage".into()),
-            Error::InvalidRequest(_) => Some(
+            Error::InvalidRequest(_) | Error::RequestViolations(_) => Some(
                 "send one JSON object, e.g. {\"protocol_version\": 1, \"event\": \"pre_run\"}; `ducksafe schema request` prints the schema".into(),
             ),
             Error::UnsupportedEvent(_) | Error::UnsupportedProtocol(_) => {
@@ -234,6 +238,18 @@ impl Error {
     /// violation).
     pub fn entries(&self) -> Vec<ErrorEntry> {
         let code = self.code();
+        if let Error::RequestViolations(violations) = self {
+            return violations
+                .iter()
+                .map(|m| ErrorEntry {
+                    code,
+                    message: m.clone(),
+                    retryable: code.retryable(),
+                    path: None,
+                    hint: self.hint(),
+                })
+                .collect();
+        }
         if let Error::ConfigInvalid { violations, .. } = self {
             return violations
                 .iter()

@@ -80,7 +80,7 @@ impl Ctx {
         self.fail_entries(decision, err.to_string(), err.entries(), err.exit_code())
     }
 
-    pub fn fail_entries(
+    fn fail_entries(
         &self,
         decision: Decision,
         reason: String,

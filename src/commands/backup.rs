@@ -94,13 +94,6 @@ pub fn run(g: &Global, a: &BackupArgs) -> i32 {
             report::print_warnings(&r.warnings);
             0
         }
-        Err(e) => {
-            if g.json {
-                report::print_json_pretty(&ctx.fail(Decision::Abort, &e));
-                report::print_error(&e);
-                return e.exit_code();
-            }
-            super::fail(g, &e)
-        }
+        Err(e) => super::fail_with_response(g, &ctx, Decision::Abort, &e),
     }
 }

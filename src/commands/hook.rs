@@ -14,8 +14,8 @@ use crate::config::{self, Source};
 use crate::engine::{backup, restore};
 use crate::error::Error;
 use crate::protocol::{
-    ConfigSource, Decision, ErrorCode, ErrorEntry, Event, OnFailure, Outcome, Request, Response,
-    MAX_REQUEST_BYTES, SUPPORTED_VERSIONS,
+    ConfigSource, Decision, Event, OnFailure, Outcome, Request, Response, MAX_REQUEST_BYTES,
+    SUPPORTED_VERSIONS,
 };
 use crate::report::{self, Ctx};
 
@@ -88,7 +88,7 @@ fn answer_inner(raw: &[u8]) -> Response {
         Ok(v) => v,
         Err(e) => return invalid(&ctx, format!("stdin is not valid JSON: {e}")),
     };
-    let Value::Object(obj) = value else {
+    let Some(obj) = value.as_object() else {
         return invalid(
             &ctx,
             "stdin must be one JSON object, e.g. {\"protocol_version\": 1, \"event\": \"pre_run\"}"
@@ -119,24 +119,9 @@ fn answer_inner(raw: &[u8]) -> Response {
             );
         }
     }
-    let violations = request_violations(&Value::Object(obj.clone()));
+    let violations = request_violations(&value);
     if !violations.is_empty() {
-        let errors: Vec<ErrorEntry> = violations
-            .into_iter()
-            .map(|m| ErrorEntry {
-                code: ErrorCode::InvalidRequest,
-                message: m,
-                retryable: false,
-                path: None,
-                hint: Error::InvalidRequest(String::new()).hint(),
-            })
-            .collect();
-        return ctx.fail_entries(
-            decision,
-            "invalid request".into(),
-            errors,
-            ErrorCode::InvalidRequest.exit_code(),
-        );
+        return ctx.fail(decision, &Error::RequestViolations(violations));
     }
     for k in obj.keys() {
         if !Request::KNOWN_FIELDS.contains(&k.as_str()) {
@@ -146,7 +131,7 @@ fn answer_inner(raw: &[u8]) -> Response {
             ));
         }
     }
-    let request: Request = match serde_json::from_value(Value::Object(obj)) {
+    let request: Request = match serde_json::from_value(value) {
         Ok(r) => r,
         Err(e) => {
             return ctx.fail(
@@ -211,14 +196,7 @@ pub fn handle(request: &Request, mut ctx: Ctx) -> Response {
     };
     let settings = match config::load(&source, &super::env_var) {
         Ok(s) => s,
-        Err(e) => {
-            let d = if request.event == Event::Validate {
-                Decision::Invalid
-            } else {
-                decision
-            };
-            return ctx.fail(d, &e);
-        }
+        Err(e) => return ctx.fail(decision, &e),
     };
     super::init_logging(settings.config.log_level.as_tracing());
     ctx.set_paths(&settings);
@@ -350,25 +328,20 @@ fn post_run(
     }
 }
 
-/// A post_run request for the flag form (`ducksafe post-run`).
-pub fn post_run_request(
-    request_id: Option<String>,
-    config: Option<ConfigSource>,
-    backup_id: Option<String>,
-    outcome: Outcome,
-    exit_code: Option<i32>,
-    on_failure: Option<OnFailure>,
-    dry_run: bool,
-) -> Request {
+/// The request the flag forms (`pre-run`, `post-run`, `validate`) stand for: `event` with the
+/// configuration `--config` names; the caller sets the event's own fields.
+pub fn flag_request(g: &super::Global, event: Event, request_id: Option<String>) -> Request {
     Request {
         protocol_version: 1,
-        event: Event::PostRun,
+        event,
         request_id,
-        config,
-        dry_run,
-        backup_id,
-        run: Some(crate::protocol::RunInfo { outcome, exit_code }),
-        on_failure,
+        config: g.config.as_ref().map(|p| ConfigSource::Path {
+            path: p.display().to_string(),
+        }),
+        dry_run: false,
+        backup_id: None,
+        run: None,
+        on_failure: None,
     }
 }
 

@@ -77,13 +77,26 @@ pub fn init_logging(level: tracing::Level) {
 /// Reports a failure: the JSON report when `--json` asked for one, text on stderr always.
 pub fn fail(g: &Global, err: &Error) -> i32 {
     if g.json {
-        let ctx = report::Ctx::new(String::new(), None);
-        let r = ctx.fail(crate::protocol::Decision::Abort, err);
         report::print_json_pretty(&serde_json::json!({
             "status": "error",
-            "errors": r.errors,
-            "exit_code": r.exit_code,
+            "errors": err.entries(),
+            "exit_code": err.exit_code(),
         }));
+    }
+    report::print_error(err);
+    err.exit_code()
+}
+
+/// Reports a failed operation that has a full response (`backup`, `restore`): that response
+/// when `--json` asked for it, text on stderr always.
+pub fn fail_with_response(
+    g: &Global,
+    ctx: &report::Ctx,
+    decision: crate::protocol::Decision,
+    err: &Error,
+) -> i32 {
+    if g.json {
+        report::print_json_pretty(&ctx.fail(decision, err));
     }
     report::print_error(err);
     err.exit_code()

@@ -1,9 +1,10 @@
 //! `ducksafe post-run`: the hook's `post_run` event from flags, for make and just. Answers the
 //! same single JSON line, with the same exit codes, as `ducksafe hook`.
 
+use super::hook::{emit, flag_request, guarded};
 use super::Global;
 use crate::cli::{OnFailureArg, OutcomeArg, PostRunArgs};
-use crate::protocol::{ConfigSource, OnFailure, Outcome};
+use crate::protocol::{Event, OnFailure, Outcome, Request, RunInfo};
 
 pub fn run(g: &Global, a: &PostRunArgs) -> i32 {
     let outcome = match (a.outcome, a.exit_code) {
@@ -21,22 +22,21 @@ pub fn run(g: &Global, a: &PostRunArgs) -> i32 {
                 Some("post_run"),
             );
             crate::report::print_error(&err);
-            return super::hook::emit(&ctx.fail(crate::protocol::Decision::Skipped, &err));
+            return emit(&ctx.fail(crate::protocol::Decision::Skipped, &err));
         }
     };
-    let request = super::hook::post_run_request(
-        a.request_id.clone(),
-        g.config.as_ref().map(|p| ConfigSource::Path {
-            path: p.display().to_string(),
+    let request = Request {
+        dry_run: a.dry_run,
+        backup_id: a.backup_id.clone(),
+        run: Some(RunInfo {
+            outcome,
+            exit_code: a.exit_code,
         }),
-        a.backup_id.clone(),
-        outcome,
-        a.exit_code,
-        a.on_failure.map(|o| match o {
+        on_failure: a.on_failure.map(|o| match o {
             OnFailureArg::Restore => OnFailure::Restore,
             OnFailureArg::Keep => OnFailure::Keep,
         }),
-        a.dry_run,
-    );
-    super::hook::emit(&super::hook::guarded(&request))
+        ..flag_request(g, Event::PostRun, a.request_id.clone())
+    };
+    emit(&guarded(&request))
 }

@@ -83,12 +83,6 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
             report::print_warnings(&r.warnings);
             0
         }
-        Err(e) => {
-            if g.json {
-                report::print_json_pretty(&ctx.fail(Decision::RestoreFailed, &e));
-            }
-            report::print_error(&e);
-            e.exit_code()
-        }
+        Err(e) => super::fail_with_response(g, &ctx, Decision::RestoreFailed, &e),
     }
 }
