@@ -245,19 +245,26 @@ pub fn load(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<Set
             None,
             "inline configuration".to_owned(),
         ),
-        Source::File(path) => {
+        Source::File(_) | Source::Default => {
+            let path = match source {
+                Source::File(path) => path.clone(),
+                _ => env(ENV_CONFIG).map_or_else(|| PathBuf::from("config.yaml"), PathBuf::from),
+            };
             let abs = normalize(&cwd.join(path));
             let v = read_file(&abs)?;
             let base = abs.parent().map_or_else(|| cwd.clone(), Path::to_path_buf);
             (v, base, Some(abs.clone()), abs.display().to_string())
         }
-        Source::Default => {
-            let path = env(ENV_CONFIG).map_or_else(|| PathBuf::from("config.yaml"), PathBuf::from);
-            let abs = normalize(&cwd.join(&path));
-            let v = read_file(&abs)?;
-            let base = abs.parent().map_or_else(|| cwd.clone(), Path::to_path_buf);
-            (v, base, Some(abs.clone()), abs.display().to_string())
+    };
+    // Every check below reports all it found at once, then stops.
+    let reject = |violations: Vec<Violation>| -> Result<()> {
+        if violations.is_empty() {
+            return Ok(());
         }
+        Err(Error::ConfigInvalid {
+            source_name: name.clone(),
+            violations,
+        })
     };
 
     let mut notes = Vec::new();
@@ -267,12 +274,7 @@ pub fn load(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<Set
         violations.extend(unknown_keys(map));
     }
     violations.extend(schema_violations(&object));
-    if !violations.is_empty() {
-        return Err(Error::ConfigInvalid {
-            source_name: name,
-            violations,
-        });
-    }
+    reject(violations)?;
     let config: Config = serde_json::from_value(object).map_err(|e| Error::ConfigInvalid {
         source_name: name.clone(),
         violations: vec![Violation {
@@ -282,13 +284,7 @@ pub fn load(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<Set
         }],
     })?;
 
-    let violations = path_value_violations(&config);
-    if !violations.is_empty() {
-        return Err(Error::ConfigInvalid {
-            source_name: name,
-            violations,
-        });
-    }
+    reject(path_value_violations(&config))?;
 
     let db_path = normalize(&base.join(&config.db_path));
     let backup_dir = normalize(&base.join(&config.backup_dir));
@@ -326,12 +322,7 @@ pub fn load(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<Set
             hint: Some("keep backups in a directory apart from the live database".into()),
         });
     }
-    if !violations.is_empty() {
-        return Err(Error::ConfigInvalid {
-            source_name: name,
-            violations,
-        });
-    }
+    reject(violations)?;
     Ok(Settings {
         config,
         config_path,

@@ -24,10 +24,10 @@ const MAGIC_OFFSET: usize = 8;
 /// Bytes of the main header that carry the magic, storage version and creating version.
 const HEADER_BYTES: usize = 4096;
 /// The first data block starts here: a shorter file cannot hold a database.
-pub const MIN_DATABASE_BYTES: u64 = 12_288;
+const MIN_DATABASE_BYTES: u64 = 12_288;
 
 /// DuckDB's suffixes for the write-ahead log and its companions.
-pub const WAL_SUFFIXES: [&str; 3] = [".wal", ".wal.checkpoint", ".wal.recovery"];
+const WAL_SUFFIXES: [&str; 3] = [".wal", ".wal.checkpoint", ".wal.recovery"];
 
 /// The write-ahead-log files that belong beside `db`, whether or not they exist.
 pub fn wal_paths(db: &Path) -> Vec<PathBuf> {
@@ -189,7 +189,7 @@ pub fn check_header(path: &Path) -> Result<Header, DuckError> {
 }
 
 /// Parses the first 4 KiB of a database file.
-pub fn parse_header(buf: &[u8]) -> Result<Header, DuckError> {
+fn parse_header(buf: &[u8]) -> Result<Header, DuckError> {
     if buf.len() < 84 || &buf[MAGIC_OFFSET..MAGIC_OFFSET + 4] != b"DUCK" {
         return Err(DuckError::NotDatabase(
             "it does not start with DuckDB's magic bytes `DUCK`".into(),

@@ -11,7 +11,7 @@ use crate::config::Settings;
 use crate::engine::backup;
 use crate::engine::manifest::Manifest;
 use crate::engine::restore::{self, shell_quote};
-use crate::error::{human_bytes, Error};
+use crate::error::Error;
 use crate::protocol::{
     BackupRef, Decision, ErrorEntry, Response, RestoreRef, Rollback, Status, PROTOCOL_VERSION,
 };
@@ -96,7 +96,7 @@ impl Ctx {
 }
 
 /// The response's description of a stored backup.
-pub fn backup_ref(settings: &Settings, m: &Manifest) -> BackupRef {
+fn backup_ref(settings: &Settings, m: &Manifest) -> BackupRef {
     BackupRef {
         id: m.id.clone(),
         path: settings.backup_dir.join(&m.file).display().to_string(),
@@ -111,7 +111,7 @@ pub fn backup_ref(settings: &Settings, m: &Manifest) -> BackupRef {
 }
 
 /// The program to name in printed commands: this executable.
-pub fn program() -> String {
+fn program() -> String {
     std::env::current_exe()
         .ok()
         .map_or_else(|| "ducksafe".to_owned(), |p| p.display().to_string())
@@ -152,7 +152,7 @@ pub fn rollback(settings: &Settings, m: &Manifest, request_id: &str) -> Rollback
 }
 
 /// Exact shell steps to restore `m` by hand, moving every WAL file aside first.
-pub fn manual_restore_steps(settings: &Settings, m: &Manifest) -> Vec<String> {
+fn manual_restore_steps(settings: &Settings, m: &Manifest) -> Vec<String> {
     let db = &settings.db_path;
     let q = restore::quarantine_root(settings).join(format!("{}_manual", m.id));
     let backup = settings.backup_dir.join(&m.file);
@@ -242,7 +242,7 @@ pub fn restore_done(
     r
 }
 
-pub fn restore_ref(o: &restore::Outcome) -> RestoreRef {
+fn restore_ref(o: &restore::Outcome) -> RestoreRef {
     RestoreRef {
         backup_id: o.plan.backup_id.clone(),
         database: o.plan.database.display().to_string(),
@@ -283,9 +283,7 @@ pub fn print_warnings(warnings: &[String]) {
 }
 
 /// `12.3 MiB` for people.
-pub fn size(n: u64) -> String {
-    human_bytes(n)
-}
+pub use crate::error::human_bytes as size;
 
 /// Prints one JSON value as a single line on stdout.
 pub fn print_json_line(v: &impl serde::Serialize) {

@@ -175,7 +175,7 @@ fn request_violations(v: &Value) -> Vec<String> {
 }
 
 /// Serves a typed request.
-pub fn handle(request: &Request, mut ctx: Ctx) -> Response {
+fn handle(request: &Request, mut ctx: Ctx) -> Response {
     if ctx.event.is_none() {
         ctx.event = Some(request.event.as_str().to_owned());
     }
@@ -357,7 +357,7 @@ pub fn guarded(request: &Request) -> Response {
 }
 
 /// A fresh context for a typed request.
-pub fn ctx_for(request: &Request) -> Ctx {
+fn ctx_for(request: &Request) -> Ctx {
     Ctx::new(
         request.request_id.clone().unwrap_or_else(generated_id),
         Some(request.event.as_str()),

@@ -42,11 +42,15 @@ pub fn run(g: &Global, a: &VerifyArgs) -> i32 {
         let settings = super::load_settings(g)?;
         let store = Store::open(&settings.backup_dir, false)?;
         let limits = backup::limits(&settings);
-        let inv = store.inventory()?;
-        let entries = if a.all {
-            inv.backups.clone()
+        // The whole inventory only for --all; one backup is resolved on its own.
+        let inv = if a.all {
+            Some(store.inventory()?)
         } else {
-            vec![store.resolve(a.id.as_deref().unwrap_or("latest"))?]
+            None
+        };
+        let entries = match &inv {
+            Some(inv) => inv.backups.clone(),
+            None => vec![store.resolve(a.id.as_deref().unwrap_or("latest"))?],
         };
         let mut checked = Vec::new();
         for e in &entries {
@@ -69,7 +73,7 @@ pub fn run(g: &Global, a: &VerifyArgs) -> i32 {
             }
         }
         let mut problems = Vec::new();
-        if a.all {
+        if let Some(inv) = &inv {
             for (name, why) in &inv.unmanaged {
                 problems.push(Problem {
                     file: name.clone(),

@@ -123,7 +123,7 @@ fn lock_or_locked(file: &File, path: &Path, kind: LockKind) -> Result<()> {
 }
 
 /// The executable of a process, for messages (`/usr/bin/python3.11`).
-pub fn process_name(pid: i32) -> Option<String> {
+fn process_name(pid: i32) -> Option<String> {
     std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|p| p.display().to_string())

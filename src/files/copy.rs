@@ -462,7 +462,7 @@ fn start_writeback(f: &File, offset: u64, len: u64) {
 }
 
 /// SHA-256 and length of everything readable from `f`.
-pub fn hash_reader(f: &mut impl Read) -> io::Result<Copied> {
+fn hash_reader(f: &mut impl Read) -> io::Result<Copied> {
     let mut buf = vec![0u8; BUF_SIZE];
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;

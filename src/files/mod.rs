@@ -25,7 +25,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::Path;
 
 mod copy;
-pub use copy::{copy_verified, hash_file, hash_reader, Copied, CopyMethod, VerifiedCopy};
+pub use copy::{copy_verified, hash_file, Copied, CopyMethod, VerifiedCopy};
 
 /// Size of the buffer used for streaming copies and hashes. Large enough to amortize syscalls,
 /// small enough that memory stays flat whatever the database size.
@@ -85,14 +85,8 @@ pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Renames `from` to `to` but fails with `AlreadyExists` instead of replacing an existing `to`
-/// (`renameat2(RENAME_NOREPLACE)`), then syncs `to`'s directory. A published backup can never be
-/// overwritten by a later one.
-pub fn rename_noreplace_durable(from: &Path, to: &Path) -> io::Result<()> {
-    rename_noreplace(from, to)?;
-    sync_dir(parent_of(to))
-}
-
-/// `renameat2(RENAME_NOREPLACE)` alone: the caller syncs the directory.
+/// (`renameat2(RENAME_NOREPLACE)`): a published backup can never be overwritten by a later
+/// one. The caller syncs the directory.
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let f = cstring(from)?;
     let t = cstring(to)?;
@@ -237,7 +231,7 @@ pub fn try_lock(file: &File, kind: LockKind) -> Result<(), LockError> {
 
 /// The PID holding a lock that conflicts with `kind` on `file`, if the kernel reports one.
 #[allow(clippy::cast_possible_truncation)] // F_UNLCK is small
-pub fn lock_holder(file: &File, kind: LockKind) -> Option<i32> {
+fn lock_holder(file: &File, kind: LockKind) -> Option<i32> {
     let mut fl = flock_struct(kind);
     // SAFETY: as in `try_lock`; F_OFD_GETLK writes into `fl`.
     let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &raw mut fl) };
@@ -345,7 +339,7 @@ mod tests {
         let b = dir.path().join("b");
         fs::write(&a, b"new").unwrap();
         fs::write(&b, b"old").unwrap();
-        let err = rename_noreplace_durable(&a, &b).unwrap_err();
+        let err = rename_noreplace(&a, &b).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(&b).unwrap(), b"old");
     }
