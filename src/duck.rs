@@ -252,8 +252,16 @@ impl Db {
     /// Opens an existing database read-only (its WAL, if any, is replayed in memory and left on
     /// disk). Refuses anything that does not look like a DuckDB file before DuckDB sees it.
     pub fn open_read_only(path: &Path, limits: &Limits) -> Result<Db, DuckError> {
-        check_header(path)?;
-        Self::open(path, AccessMode::ReadOnly, limits)
+        Self::open_read_only_with_header(path, limits).map(|(db, _)| db)
+    }
+
+    /// [`Db::open_read_only`], also giving the header it checked (read once).
+    pub fn open_read_only_with_header(
+        path: &Path,
+        limits: &Limits,
+    ) -> Result<(Db, Header), DuckError> {
+        let header = check_header(path)?;
+        Ok((Self::open(path, AccessMode::ReadOnly, limits)?, header))
     }
 
     /// Opens a database read-write. Only for files ducksafe itself owns: a private temporary

@@ -70,7 +70,7 @@ pub fn limits(settings: &Settings) -> duck::Limits {
 }
 
 /// Checks that the database exists and is a DuckDB file, without opening it in DuckDB.
-pub fn check_database(settings: &Settings) -> Result<duck::Header> {
+pub fn check_database(settings: &Settings) -> Result<()> {
     let path = &settings.db_path;
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => {}
@@ -85,10 +85,12 @@ pub fn check_database(settings: &Settings) -> Result<duck::Header> {
         }
         Err(e) => return Err(Error::io("stat database", path, e)),
     }
-    duck::check_header(path).map_err(|e| Error::DatabaseInvalid {
-        path: path.clone(),
-        why: e.to_string(),
-    })
+    duck::check_header(path)
+        .map(drop)
+        .map_err(|e| Error::DatabaseInvalid {
+            path: path.clone(),
+            why: e.to_string(),
+        })
 }
 
 /// The database a backup was taken of, by its file name (`simulation.duckdb`).
@@ -102,10 +104,7 @@ pub fn source_name(m: &Manifest) -> String {
 /// restore would mix them. Databases are told apart by file name, so moving the project keeps
 /// its backups usable.
 pub fn check_same_database(inv: &Inventory, settings: &Settings) -> Result<()> {
-    let ours = settings
-        .db_path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let ours = settings.db_file_name();
     match inv
         .backups
         .iter()
@@ -173,10 +172,7 @@ pub fn dry_run(settings: &Settings, now: DateTime<Utc>) -> Result<DryRun> {
     let mut warnings = Vec::new();
     // Refuse a writer now rather than pretend the real run would succeed.
     let source = SourceLock::acquire(&settings.db_path)?;
-    let needed = source_bytes(
-        &settings.db_path,
-        &snapshot::present_wals(&settings.db_path),
-    );
+    let needed = source_bytes(&source, &snapshot::present_wals(&settings.db_path));
     drop(source);
     let dir = &settings.backup_dir;
     let (inv, check_dir) = if std::fs::symlink_metadata(dir).is_ok() {
@@ -214,9 +210,9 @@ pub fn dry_run(settings: &Settings, now: DateTime<Utc>) -> Result<DryRun> {
     })
 }
 
-/// Main file plus WAL files: an upper bound on the backup's size.
-fn source_bytes(db: &std::path::Path, wals: &[(PathBuf, u64)]) -> u64 {
-    let main = std::fs::metadata(db).map_or(0, |m| m.len());
+/// Main file (its locked descriptor) plus WAL files: an upper bound on the backup's size.
+fn source_bytes(source: &SourceLock, wals: &[(PathBuf, u64)]) -> u64 {
+    let main = source.file.metadata().map_or(0, |m| m.len());
     main + wals.iter().map(|(_, n)| n).sum::<u64>()
 }
 
@@ -229,7 +225,10 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     let _dir_lock = DirLock::acquire(store.dir())?;
     let cleaned = store.clean_leftovers()?;
     let recovered = super::restore::recover(settings)?;
-    check_same_database(&store.inventory()?, settings)?;
+    // Read once: rotation later plans over it plus the backup this run publishes (the
+    // directory lock keeps other ducksafe runs out meanwhile).
+    let mut inv = store.inventory()?;
+    check_same_database(&inv, settings)?;
     let source = SourceLock::acquire(&settings.db_path)?;
     failpoint::hit("backup.locked");
     phase("locked");
@@ -237,7 +236,7 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     // The WAL files are read once, under the lock (no writer can add one now): they decide the
     // space needed, whether the copy will be byte-exact, and what gets folded in.
     let wals = snapshot::present_wals(&settings.db_path);
-    let needed = source_bytes(&settings.db_path, &wals);
+    let needed = source_bytes(&source, &wals);
     let space = space::check(store.dir(), needed, settings.config.backup_min_free_bytes)?;
 
     let id = store.new_id(&settings.db_stem(), now);
@@ -260,7 +259,11 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     }
     failpoint::hit("backup.latest");
 
-    let inv = store.inventory()?;
+    inv.backups.push(super::store::Entry {
+        id: id.clone(),
+        manifest: manifest.clone(),
+        file_bytes: Some(snap.bytes),
+    });
     let plan = retention::plan(&candidates(&inv, Some(&id)), now, policy(settings));
     warnings.extend(plan.warnings.iter().cloned());
     let rotation = apply_plan(&store, &plan, &mut warnings);

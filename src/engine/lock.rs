@@ -98,6 +98,15 @@ impl DatabaseLock {
         lock_or_locked(&file, path, LockKind::Write)?;
         Ok(DatabaseLock { file })
     }
+
+    /// The lock when the database exists; `None` when there is none to lock (a restore may
+    /// put back a database that was deleted).
+    pub fn acquire_if_present(path: &Path) -> Result<Option<DatabaseLock>> {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Ok(None);
+        }
+        Self::acquire(path).map(Some)
+    }
 }
 
 fn not_found_or_io(path: &Path, e: std::io::Error) -> Error {

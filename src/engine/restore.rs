@@ -163,25 +163,10 @@ pub fn apply(plan: &Plan, entry: &Entry, limits: &Limits) -> Result<Outcome> {
         why,
     };
     // 1. Cheap refusals first: a backup whose size is not the manifest's is not copied at all.
-    match fs::symlink_metadata(&plan.backup) {
-        Ok(m) if m.file_type().is_file() && m.len() == entry.manifest.bytes => {}
-        Ok(m) if m.file_type().is_file() => {
-            return Err(bad_backup(format!(
-                "it is {} bytes, the manifest says {} (truncated or overwritten)",
-                m.len(),
-                entry.manifest.bytes
-            )))
-        }
-        Ok(_) => return Err(bad_backup("it is not a regular file".into())),
-        Err(e) => return Err(bad_backup(format!("cannot stat it: {e}"))),
-    }
+    verify::check_size(&plan.backup, &entry.manifest).map_err(&bad_backup)?;
 
     // 2. Nobody may have the database open.
-    let _db_lock = if fs::symlink_metadata(&plan.database).is_ok() {
-        Some(DatabaseLock::acquire(&plan.database)?)
-    } else {
-        None
-    };
+    let _db_lock = DatabaseLock::acquire_if_present(&plan.database)?;
 
     // 3. Stage the copy beside the database; the copy's read-back SHA-256 must be the
     //    manifest's (this is the backup's verification), and DuckDB must open it.
@@ -304,9 +289,8 @@ impl Drop for Staged<'_> {
 
 fn write_intent(quarantine: &Path, intent: &Intent) -> Result<()> {
     let path = quarantine.join(INTENT);
-    let mut bytes = serde_json::to_vec_pretty(intent).unwrap_or_default();
-    bytes.push(b'\n');
-    files::write_atomic(&path, &bytes).map_err(|e| Error::io("write restore journal", &path, e))
+    files::write_json_atomic(&path, intent)
+        .map_err(|e| Error::io("write restore journal", &path, e))
 }
 
 /// Steps 5 and 6 from a durable intent; safe to run again after a crash at any point.
@@ -424,11 +408,7 @@ pub fn recover(settings: &Settings) -> Result<Vec<String>> {
                 continue;
             }
             // Nobody may have the database open while the interrupted restore is finished.
-            let _db_lock = if fs::symlink_metadata(&intent.database).is_ok() {
-                Some(DatabaseLock::acquire(&intent.database)?)
-            } else {
-                None
-            };
+            let _db_lock = DatabaseLock::acquire_if_present(&intent.database)?;
             complete(&intent)?;
             intent.state = "done".into();
             write_intent(&dir, &intent)?;
@@ -468,10 +448,7 @@ pub fn run(
     let notes = recover(settings)?;
     let entry = store.resolve(selector)?;
     let taken_of = super::backup::source_name(&entry.manifest);
-    let ours = settings
-        .db_path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let ours = settings.db_file_name();
     if taken_of != ours {
         return Err(Error::RestoreFailed {
             database: settings.db_path.clone(),

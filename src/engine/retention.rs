@@ -123,7 +123,10 @@ impl Plan {
 pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
     let mut sorted: Vec<&Candidate> = backups.iter().collect();
     sorted.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-    let newest_verified = sorted.iter().find(|c| c.verified).map(|c| c.id.clone());
+    let newest_verified = sorted.iter().find(|c| c.verified).map(|c| c.id.as_str());
+    let fresh = sorted.iter().find(|c| c.fresh).map(|c| c.id.as_str());
+    // Never deleted by any rule: the backup just made, and the newest verified one.
+    let protected = |id: &str| fresh == Some(id) || newest_verified == Some(id);
 
     let mut decisions = Vec::with_capacity(sorted.len());
     let mut position = 0usize;
@@ -137,7 +140,7 @@ pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
         }
     }
     for c in &sorted {
-        let protected = c.fresh || newest_verified.as_deref() == Some(c.id.as_str());
+        let protected = protected(&c.id);
         let (keep, reason) = if c.pinned {
             (true, Reason::Pinned)
         } else {
@@ -194,9 +197,7 @@ pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
             if total <= budget {
                 break;
             }
-            let fresh = sorted.iter().any(|c| c.fresh && c.id == d.id);
-            let protected = fresh || newest_verified.as_deref() == Some(d.id.as_str());
-            if d.keep && !protected && d.reason != Reason::Pinned {
+            if d.keep && !protected(&d.id) && d.reason != Reason::Pinned {
                 d.keep = false;
                 d.reason = Reason::OverBudget {
                     total_bytes: before,

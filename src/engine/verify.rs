@@ -17,7 +17,7 @@ use std::path::Path;
 
 use super::manifest::{Manifest, TableEntry};
 use crate::config::VerifyLevel;
-use crate::duck::{self, Db, DuckError, Fingerprint, Header, Limits, TableName};
+use crate::duck::{Db, DuckError, Fingerprint, Header, Limits, TableName};
 use crate::error::{Error, Result};
 use crate::files;
 
@@ -81,8 +81,7 @@ fn read(
     level: VerifyLevel,
     limits: &Limits,
 ) -> std::result::Result<Contents, DuckError> {
-    let header = duck::check_header(path)?;
-    let db = Db::open_read_only(path, limits)?;
+    let (db, header) = Db::open_read_only_with_header(path, limits)?;
     let duckdb_version = db.library_version()?;
     let names = db.tables()?;
     let (views, sequences) = db.object_counts()?;
@@ -256,6 +255,21 @@ fn fp_text(f: &Fingerprint) -> String {
     )
 }
 
+/// The cheap refusal before any read: a stored backup must be a regular file of the manifest's
+/// size. The error is the reason, for the caller's message.
+pub fn check_size(path: &Path, manifest: &Manifest) -> std::result::Result<(), String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() && m.len() == manifest.bytes => Ok(()),
+        Ok(m) if m.file_type().is_file() => Err(format!(
+            "it is {} bytes, the manifest says {} (truncated or overwritten)",
+            m.len(),
+            manifest.bytes
+        )),
+        Ok(_) => Err("it is not a regular file".into()),
+        Err(e) => Err(format!("cannot stat it: {e}")),
+    }
+}
+
 /// Re-verifies a stored backup against its manifest at `level`.
 pub fn stored(
     path: &Path,
@@ -267,17 +281,7 @@ pub fn stored(
         path: path.to_path_buf(),
         why,
     };
-    let meta = std::fs::symlink_metadata(path).map_err(|e| fail(format!("cannot stat it: {e}")))?;
-    if !meta.file_type().is_file() {
-        return Err(fail("it is not a regular file".into()));
-    }
-    if meta.len() != manifest.bytes {
-        return Err(fail(format!(
-            "it is {} bytes, the manifest says {} (truncated or overwritten)",
-            meta.len(),
-            manifest.bytes
-        )));
-    }
+    check_size(path, manifest).map_err(fail)?;
     // The SHA-256 pass and DuckDB's scan read the same file: run them side by side. A hash
     // mismatch is reported first, whatever DuckDB made of the damaged file.
     let duck_err = |e: DuckError| fail(format!("DuckDB cannot read it: {e}"));

@@ -123,6 +123,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Writes `value` as pretty JSON, one trailing newline, with [`write_atomic`]. A value that does
+/// not serialize is an error, never an empty file.
+pub fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
+}
+
 /// Points the symlink `link` at `target` (stored as given, so a relative target stays relative),
 /// atomically: a temporary link is created and renamed over `link`.
 pub fn symlink_atomic(target: &Path, link: &Path) -> io::Result<()> {
