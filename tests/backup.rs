@@ -379,3 +379,71 @@ fn a_copy_that_fails_verification_is_never_published() {
         std::path::PathBuf::from(format!("{first}.duckdb"))
     );
 }
+
+/// Each `VERIFY_LEVEL` records exactly the checks its table in docs/configuration.md names,
+/// with and without a WAL to fold, and the backup holds the source's content either way.
+#[test]
+fn each_verify_level_records_its_checks_and_keeps_the_content() {
+    let levels: [(&str, &[&str]); 3] = [
+        ("quick", &["size", "sha256", "open"]),
+        ("standard", &["size", "sha256", "open", "row_counts"]),
+        (
+            "full",
+            &["size", "sha256", "open", "row_counts", "fingerprints"],
+        ),
+    ];
+    for (level, checks) in levels {
+        for with_wal in [false, true] {
+            let p = Project::new(&format!("VERIFY_LEVEL: {level}\n"));
+            if with_wal {
+                write_into_wal(
+                    &p.db(),
+                    "INSERT INTO employees SELECT * FROM employees LIMIT 7;",
+                );
+            }
+            let expected = fingerprints(&p.db());
+            let (r, code) = p.pre_run();
+            assert_eq!(code, 0, "{level}, WAL {with_wal}: {r:?}");
+            let b = r.backup.unwrap();
+            assert_eq!(b.verification, *checks, "{level}, WAL {with_wal}");
+            assert_eq!(fingerprints(std::path::Path::new(&b.path)), expected);
+            let m = Manifest::read(&p.backups().join(format!("{}.manifest.json", b.id))).unwrap();
+            assert_eq!(m.source.wal_folded, with_wal);
+            let counted = m.tables.iter().all(|t| t.rows.is_some());
+            let fingerprinted = m.tables.iter().all(|t| t.fingerprint.is_some());
+            assert_eq!(counted, level != "quick", "{level}: row counts");
+            assert_eq!(fingerprinted, level == "full", "{level}: fingerprints");
+        }
+    }
+}
+
+/// A regular file at `latest.duckdb` (a seed-style copy) is left alone, with a warning, and
+/// a bare `restore` still finds the newest backup.
+#[test]
+fn a_regular_file_named_latest_is_left_alone() {
+    let p = Project::new("");
+    let (r, _) = p.pre_run();
+    let first = r.backup.unwrap();
+    let latest = p.backups().join("latest.duckdb");
+    fs::remove_file(&latest).unwrap();
+    fs::write(&latest, b"an operator's own copy").unwrap();
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    assert!(
+        r.warnings.iter().any(|w| w.contains("not a symlink")),
+        "{:?}",
+        r.warnings
+    );
+    assert_eq!(fs::read(&latest).unwrap(), b"an operator's own copy");
+    let newest = r.backup.unwrap();
+    assert_ne!(newest.id, first.id);
+    let expected = fingerprints(std::path::Path::new(&newest.path));
+    write_into_wal(&p.db(), "DELETE FROM employees;");
+    let out = p.run(&["restore"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::assert_restored(&p, &expected);
+}

@@ -128,6 +128,35 @@ fn no_writer_can_open_the_database_while_a_backup_runs() {
     assert_eq!(r.exit_code, 0, "{r:?}");
 }
 
+/// prune, pin and restore take the same directory lock as a backup: while one runs, each is
+/// refused with 75 and changes nothing.
+#[test]
+fn prune_pin_and_restore_wait_for_a_running_backup() {
+    let p = Project::new("");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    let id = r.backup.unwrap().id;
+    let manifest = p.backups().join(format!("{id}.manifest.json"));
+    let before = (fs::read(&manifest).unwrap(), common::sha256(&p.db()));
+    let child = paused_backup(&p, "snapshot.copied");
+    for args in [vec!["prune"], vec!["pin", &id], vec!["restore", &id]] {
+        let out = p.run(&args);
+        assert_eq!(out.status.code(), Some(75), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("PID {}", child.id())),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        (fs::read(&manifest).unwrap(), common::sha256(&p.db())),
+        before
+    );
+    let out = child.wait_with_output().unwrap();
+    let r: Response = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.exit_code, 0, "{r:?}");
+}
+
 #[test]
 fn a_second_ducksafe_on_the_same_backup_directory_gets_lock_busy() {
     let p = Project::new("");

@@ -209,6 +209,12 @@ fn the_validate_command_answers_like_the_hook() {
 fn usage_errors_exit_64() {
     let out = bin().arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
+    assert!(out.stdout.is_empty(), "no JSON for an unknown command");
+    // The hook's flag form still answers its one JSON line on a usage error.
     let out = bin().args(["post-run"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
+    let r = one_response(&out);
+    assert_eq!(r.decision, Decision::Skipped);
+    assert_eq!(r.errors[0].code, ErrorCode::Usage);
+    assert_eq!(r.exit_code, 64);
 }

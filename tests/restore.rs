@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::{fingerprints, hold, sha256, write_into_wal, Project};
@@ -332,6 +333,135 @@ fn pinned_backups_survive_prune_and_do_not_count() {
     assert_eq!(p.backup_files().len(), 2, "dry run deletes nothing");
     assert!(p.run(&["prune"]).status.success());
     assert_eq!(p.backup_files(), vec![format!("{}.duckdb", ids[2])]);
+}
+
+/// `BACKUP_RETENTION_DAYS` and `BACKUP_MAX_TOTAL_BYTES` delete old backups through the real
+/// configuration, but never the pinned one nor the newest verified one, however old or large.
+#[test]
+fn age_and_size_limits_never_delete_the_pinned_or_the_newest_backup() {
+    let p = Project::new("BACKUP_RETENTION_DAYS: 7\n");
+    let ids: Vec<String> = (1..=3)
+        .map(|day| {
+            let now = format!("2025-08-0{day}T12:00:00Z");
+            let (r, code) = p.hook_env(
+                &format!(
+                    r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
+                    p.config().display()
+                ),
+                &[("DUCKSAFE_NOW", &now)],
+            );
+            assert_eq!(code, 0, "{r:?}");
+            r.backup.unwrap().id
+        })
+        .collect();
+    assert!(p.run(&["pin", &ids[0]]).status.success());
+    // Two months later every backup is too old: the pinned first and the newest stay.
+    let later = [("DUCKSAFE_NOW", "2025-09-30T00:00:00Z")];
+    let out = p.cmd(&["prune"]).envs(later).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let survivors = vec![format!("{}.duckdb", ids[0]), format!("{}.duckdb", ids[2])];
+    assert_eq!(p.backup_files(), survivors);
+    // A byte budget no backup fits in: still the same two, and the output says so.
+    let out = p
+        .cmd(&["prune"])
+        .envs(later)
+        .env("DUCKSAFE_BACKUP_MAX_TOTAL_BYTES", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("still use"), "{said}");
+    assert_eq!(p.backup_files(), survivors);
+}
+
+/// A restore puts back a database that was deleted: nothing to quarantine, the backup's
+/// content, mode 0600.
+#[test]
+fn a_deleted_database_is_restored() {
+    let p = Project::new("");
+    let (id, backup_path) = backup(&p);
+    let expected = fingerprints(&backup_path);
+    fs::remove_file(p.db()).unwrap();
+    let out = p.run(&["restore", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::assert_restored(&p, &expected);
+    assert_eq!(
+        fs::metadata(p.db()).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+/// A WAL that appears after a restore was killed (something opened the database between the
+/// crash and the recovery) is quarantined beside the first one, as `.late1`, not deleted and
+/// not left beside the restored database.
+#[test]
+fn a_wal_that_appears_after_a_killed_restore_is_quarantined_too() {
+    let p = Project::new("");
+    let (id, backup_path) = backup(&p);
+    let expected = fingerprints(&backup_path);
+    write_into_wal(&p.db(), "DELETE FROM employees;");
+    let original_wal = fs::read(p.path("simulation.duckdb.wal")).unwrap();
+    let mut c = p.cmd(&["restore", &id]);
+    c.env("DUCKSAFE_FAILPOINT", "restore.quarantined");
+    assert_eq!(c.output().unwrap().status.code(), None, "aborted");
+    fs::write(p.path("simulation.duckdb.wal"), b"late").unwrap();
+    let out = p.run(&["restore", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::assert_restored(&p, &expected);
+    let quarantine = p.backups().join("quarantine");
+    let folders: Vec<_> = fs::read_dir(&quarantine)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|d| d.join("simulation.duckdb.wal").exists())
+        .collect();
+    assert_eq!(folders.len(), 1, "{folders:?}");
+    let q = &folders[0];
+    assert_eq!(
+        fs::read(q.join("simulation.duckdb.wal")).unwrap(),
+        original_wal
+    );
+    assert_eq!(
+        fs::read(q.join("simulation.duckdb.wal.late1")).unwrap(),
+        b"late"
+    );
+}
+
+/// Files ducksafe did not make, and backups whose manifest is broken, are never rotated away,
+/// however many backups come after them.
+#[test]
+fn files_ducksafe_did_not_make_are_never_rotated() {
+    let p = Project::new("BACKUP_KEEP_LAST: 1\n");
+    let (broken, broken_path) = backup(&p);
+    fs::write(p.backups().join(format!("{broken}.manifest.json")), b"{").unwrap();
+    let foreign = p.backups().join("simulation_20200101_000000.duckdb");
+    fs::copy(p.db(), &foreign).unwrap();
+    let before = (sha256(&foreign), sha256(&broken_path));
+    for _ in 0..4 {
+        backup(&p);
+    }
+    assert!(p.run(&["prune"]).status.success());
+    assert_eq!((sha256(&foreign), sha256(&broken_path)), before);
 }
 
 #[test]
