@@ -4,7 +4,6 @@
 
 use super::Global;
 use crate::cli::RestoreArgs;
-use crate::engine::lock::DirLock;
 use crate::engine::restore;
 use crate::engine::store::Store;
 use crate::protocol::Decision;
@@ -21,8 +20,9 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
     if a.dry_run {
         let planned = (|| {
             let store = Store::open(&settings.backup_dir, false)?;
-            let _lock = DirLock::acquire(store.dir())?;
+            let (_lock, _) = store.lock()?;
             let entry = store.resolve(&a.backup)?;
+            restore::check_expected(&settings, &entry, a.expect_sha256.as_deref())?;
             Ok::<_, crate::error::Error>(restore::plan(&settings, &store, &entry, now))
         })();
         return match planned {
@@ -50,7 +50,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
             Err(e) => super::fail(g, &e),
         };
     }
-    match restore::run(&settings, &a.backup, now) {
+    match restore::run(&settings, &a.backup, a.expect_sha256.as_deref(), now) {
         Ok((manifest, outcome, notes)) => {
             ctx.warnings.extend(notes);
             let r = report::restore_done(&ctx, &settings, &manifest, &outcome);
