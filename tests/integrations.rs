@@ -196,7 +196,14 @@ fn succeeds(p: &Project, out: &Output) {
     assert!(backup.verified);
     assert_eq!(
         backup.verification,
-        ["size", "sha256", "open", "row_counts", "fingerprints"]
+        [
+            "size",
+            "sha256",
+            "block_checksums",
+            "open",
+            "row_counts",
+            "fingerprints"
+        ]
     );
     let in_backup = fingerprints(Path::new(&backup.path));
     assert_eq!(rows(&in_backup, "fct_yearly_events"), before_rows);
@@ -583,7 +590,7 @@ fn dbt_build_through_the_wrapper_leaves_a_verified_backup_and_the_runs_changes()
     let pre = saved(&st, "pre_run").unwrap();
     assert_eq!(pre.decision, Decision::Proceed);
     let backup = pre.backup.unwrap();
-    assert!(backup.verified && backup.verification.len() == 5);
+    assert!(backup.verified && backup.verification.len() == 6);
     assert_eq!(fingerprints(Path::new(&backup.path)), before);
     assert_eq!(saved(&st, "post_run").unwrap().decision, Decision::Kept);
     let after = fingerprints(&db);

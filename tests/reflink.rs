@@ -106,7 +106,14 @@ fn a_reflinked_backup_is_verified_and_independent_of_the_source() {
     );
     assert_eq!(
         b.verification,
-        ["size", "sha256", "open", "row_counts", "fingerprints"]
+        [
+            "size",
+            "sha256",
+            "block_checksums",
+            "open",
+            "row_counts",
+            "fingerprints"
+        ]
     );
     let before = fingerprints(&backup);
     assert_eq!(before, fingerprints(&db));

@@ -93,6 +93,12 @@ const SCENARIOS: &[(&str, &str)] = &[
         "Hostile filesystem: `..` and absolute paths",
     ),
     ("secrets_are_never_printed", "Secrets"),
+    ("damaged_database_is_refused", "A damaged database"),
+    ("backup_ids_are_never_reused", "Backup ids"),
+    (
+        "readers_beside_a_running_backup",
+        "Operator commands beside a running backup",
+    ),
 ];
 
 /// How many times the default case counts are multiplied.
@@ -2032,7 +2038,8 @@ impl CorruptionFixture {
         // `database_locked`) is retried, as the contract says a caller may.
         let mut tries = 0;
         let refused = loop {
-            match ducksafe::engine::restore::run(&self.settings, &self.id, chrono::Utc::now()) {
+            match ducksafe::engine::restore::run(&self.settings, &self.id, None, chrono::Utc::now())
+            {
                 Ok(_) => return Err("restore accepted a corrupted backup".into()),
                 Err(e) if e.code().retryable() && tries < 50 => {
                     tries += 1;
@@ -3179,10 +3186,12 @@ fn planted_temp(p: &Project, victims: &Victims, minute: u32, wal: bool) -> Resul
         || "never reached `backup.locked`".into(),
     )?;
     let store = Store::open(&dir, false).map_err(|e| e.to_string())?;
-    let id = store.new_id(
-        "simulation",
-        chrono::DateTime::parse_from_rfc3339(&now).unwrap().into(),
-    );
+    let id = store
+        .next_id(
+            "simulation",
+            chrono::DateTime::parse_from_rfc3339(&now).unwrap().into(),
+        )
+        .map_err(|e| e.to_string())?;
     let temp = store.temp_path(&id);
     let name = temp
         .file_name()
@@ -3251,33 +3260,23 @@ fn symlinks_at_latest_and_lock(t: &mut Tally, p: &Project, victims: &Victims, mi
         every_backup_is_complete(&dir).map(|_| ())
     });
     let _ = fs::remove_file(&lock);
-    // `restore latest` and `verify latest` with `latest` planted outside: the newest stored
-    // backup is used, never the planted file.
+    // `restore latest` and `verify latest` with `latest` planted outside: never the planted
+    // file, and never another backup in its place either (issue 20): both refuse, name where
+    // the link points, and change nothing.
     plant(&dir.join(LATEST), &victims.path("victim.duckdb"));
     t.case("`restore latest` with `latest` planted outside", || {
-        let newest = Store::open(&dir, false)
-            .unwrap()
-            .inventory()
-            .unwrap()
-            .backups[0]
-            .id
-            .clone();
-        let out = p.run(&["verify", "latest"]);
-        ensure(out.status.success(), || {
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        })?;
-        ensure(
-            String::from_utf8_lossy(&out.stdout).contains(&newest),
-            || "verify latest did not check the newest backup".into(),
-        )?;
-        let out = p.run(&["restore", "latest"]);
-        ensure(out.status.success(), || {
-            String::from_utf8_lossy(&out.stderr).into_owned()
-        })?;
-        ensure(
-            fingerprints(&p.db()) == fingerprints(&dir.join(format!("{newest}.duckdb"))),
-            || "the database is not the newest backup".into(),
-        )?;
+        let before = source_state(&p.db());
+        for args in [&["verify", "latest"][..], &["restore", "latest"][..]] {
+            let out = p.run(args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            ensure(out.status.code() == Some(66), || {
+                format!("`{}` exit {:?}: {stderr}", args.join(" "), out.status.code())
+            })?;
+            ensure(stderr.contains("victim.duckdb"), || {
+                format!("`{}` does not say where latest points: {stderr}", args.join(" "))
+            })?;
+        }
+        ensure(source_state(&p.db()) == before, || "the database changed".into())?;
         victims.untouched()
     });
 }
@@ -3904,4 +3903,555 @@ fn secrets_are_never_printed() {
         })
     });
     t.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// A damaged database (issue 16)
+// ---------------------------------------------------------------------------------------------
+
+/// Zeroes `len` bytes of `path` from `off` (a block a failing disk or a trim returned as zeros).
+fn zero(path: &Path, off: u64, len: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&vec![0u8; usize::try_from(len).unwrap()], off)
+        .unwrap();
+}
+
+/// A pre_run on a damaged database: refused with `database_damaged`, the way out named, and not
+/// one file of the backup directory changed (no backup published, nothing rotated, `latest`
+/// where it was).
+fn refused_as_damaged(p: &Project, good: &str) -> Result<String, String> {
+    let before = tree_state(&p.backups());
+    let (r, code) = p.pre_run();
+    ensure(code == 74 && r.decision == Decision::Abort, || {
+        format!("exit {code}, {:?}: {:?}", r.decision, r.errors)
+    })?;
+    let e = &r.errors[0];
+    ensure(e.code == ErrorCode::DatabaseDamaged, || format!("{e:?}"))?;
+    ensure(
+        e.message.contains("itself is damaged (not a backup)"),
+        || e.message.clone(),
+    )?;
+    let hint = e.hint.clone().unwrap_or_default();
+    ensure(
+        hint.contains(&format!("`{good}`"))
+            && hint.contains(&format!("restore {good} --expect-sha256 ")),
+        || format!("the hint does not name `{good}` and its restore command: {hint}"),
+    )?;
+    ensure(tree_state(&p.backups()) == before, || {
+        "the backup directory changed".into()
+    })?;
+    Ok(e.message.clone())
+}
+
+#[test]
+fn damaged_database_is_refused() {
+    let mut t = Tally::new("damaged_database_is_refused");
+    let mut rng = Rng::for_scenario(t.test);
+    for level in ["quick", "standard", "full"] {
+        let p = Project::new(&format!("VERIFY_LEVEL: {level}\nBACKUP_KEEP_LAST: 2\n"));
+        fs::remove_file(p.db()).unwrap();
+        fragmented_database(&p.db());
+        let (first, code) = p.pre_run();
+        assert_eq!(code, 0, "{first:?}");
+        let good = first.backup.unwrap();
+        assert!(good.verification.contains(&"block_checksums".to_owned()));
+        let pristine = fs::read(p.db()).unwrap();
+        let len = pristine.len() as u64;
+        let regions = regions_of(&p.db(), len);
+
+        // ducksafe's reading of the free list agrees with DuckDB's own view: no block it skips
+        // is one DuckDB's storage or metadata uses.
+        t.case(
+            format!("{level}: the free list matches DuckDB's view"),
+            || {
+                let f = fs::File::open(p.db()).map_err(|e| e.to_string())?;
+                let layout = match ducksafe::engine::integrity::Layout::read(len, &|at, buf| {
+                    std::os::unix::fs::FileExt::read_exact_at(&f, buf, at)
+                }) {
+                    Ok(Ok(ducksafe::engine::integrity::Readable::Layout(l))) => l,
+                    other => return Err(format!("no layout: {other:?}")),
+                };
+                ensure(!layout.free.is_empty(), || "no free blocks to skip".into())?;
+                for id in &layout.free {
+                    let start = 12_288 + id * layout.block_size;
+                    for kind in ["data blocks", "metadata blocks"] {
+                        ensure(!regions.get(kind).iter().any(|(s, _)| *s == start), || {
+                            format!("block {id} is on the free list but DuckDB uses it ({kind})")
+                        })?;
+                    }
+                }
+                Ok(())
+            },
+        );
+
+        let kinds: [(&str, u64); 4] = [
+            ("main header", 2),
+            ("database headers", 2),
+            ("data blocks", 4),
+            ("metadata blocks", 2),
+        ];
+        for (kind, n) in kinds {
+            for _ in 0..scaled(n) {
+                let off = regions.random_offset(kind, &mut rng);
+                t.case(
+                    format!("{level}: a flipped byte in the {kind} at {off}"),
+                    || {
+                        fs::write(p.db(), &pristine).unwrap();
+                        flip(&p.db(), off);
+                        let message = refused_as_damaged(&p, &good.id)?;
+                        // A data block is named with the table whose rows it holds.
+                        ensure(
+                            kind != "data blocks" || message.contains("holds data of table `main."),
+                            || format!("the table is not named: {message}"),
+                        )
+                    },
+                );
+                t.count(&format!("refused: {kind}"), 1);
+            }
+        }
+        for _ in 0..scaled(1) {
+            let blocks = regions.get("data blocks");
+            let (start, end) = blocks[rng.index(blocks.len())];
+            t.case(format!("{level}: a zeroed data block at {start}"), || {
+                fs::write(p.db(), &pristine).unwrap();
+                zero(&p.db(), start, end - start);
+                refused_as_damaged(&p, &good.id).map(drop)
+            });
+            t.count("refused: zeroed data block", 1);
+        }
+        t.case(format!("{level}: a truncated database"), || {
+            fs::write(p.db(), &pristine[..pristine.len() - 100_000]).unwrap();
+            refused_as_damaged(&p, &good.id).map(drop)
+        });
+        // No false alarm: damage in a free block (never read by DuckDB) is no damage.
+        for _ in 0..scaled(2) {
+            let off = regions.random_offset("free blocks", &mut rng);
+            t.case(
+                format!("{level}: a flipped byte in a free block at {off}"),
+                || {
+                    fs::write(p.db(), &pristine).unwrap();
+                    flip(&p.db(), off);
+                    let (answer, code) = p.pre_run();
+                    ensure(code == 0, || {
+                        format!("a healthy database was refused: {:?}", answer.errors)
+                    })
+                },
+            );
+            t.count("accepted: free block", 1);
+        }
+        fs::write(p.db(), &pristine).unwrap();
+    }
+    t.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backup ids (issue 16)
+// ---------------------------------------------------------------------------------------------
+
+fn pre_run_now(p: &Project, now: &str) -> Result<Response, String> {
+    let (r, code) = p.hook_env(
+        &request("pre_run", &p.config(), ""),
+        &[("DUCKSAFE_NOW", now)],
+    );
+    ensure(code == 0, || format!("pre_run at {now}: {:?}", r.errors))?;
+    Ok(r)
+}
+
+#[test]
+fn backup_ids_are_never_reused() {
+    let mut t = Tally::new("backup_ids_are_never_reused");
+    // Many backups within one second with BACKUP_KEEP_LAST: 1: rotation frees every name at
+    // once, and none is issued twice.
+    let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
+    let mut seen = BTreeSet::new();
+    let n = scaled(100);
+    for i in 0..n {
+        t.case(format!("backup {i} of {n} within one second"), || {
+            let r = pre_run_now(&p, "2026-12-01T10:00:00Z")?;
+            let id = r.backup.unwrap().id;
+            ensure(seen.insert(id.clone()), || {
+                format!("id `{id}` issued twice")
+            })
+        });
+    }
+    t.detail("distinct ids within one second", seen.len());
+
+    // A clock that steps back to a second that was used before.
+    let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
+    let mut seen = BTreeSet::new();
+    for (i, now) in [
+        "2026-12-01T10:00:00Z",
+        "2026-12-01T10:00:05Z",
+        "2026-12-01T10:00:00Z",
+        "2026-12-01T09:59:59Z",
+        "2026-12-01T10:00:05Z",
+        "2026-12-01T10:00:00Z",
+    ]
+    .iter()
+    .enumerate()
+    {
+        t.case(format!("clock at {now} (step {i})"), || {
+            let id = pre_run_now(&p, now)?.backup.unwrap().id;
+            ensure(seen.insert(id.clone()), || {
+                format!("id `{id}` reused after the clock stepped back")
+            })
+        });
+    }
+
+    // Defence in depth: the record of ids is lost, an id comes to name other content, and the
+    // rollback request written for the first backup is refused, changing nothing.
+    let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
+    t.case("a post_run whose backup id now names other content", || {
+        let first = pre_run_now(&p, "2026-12-01T11:00:00Z")?;
+        let rollback = first.rollback.unwrap();
+        pre_run_now(&p, "2026-12-01T11:00:01Z")?;
+        fs::remove_file(p.backups().join(".ducksafe-ids")).map_err(|e| e.to_string())?;
+        common::write_into_wal(&p.db(), "CREATE TABLE other_content AS SELECT 1 AS x;");
+        let again = pre_run_now(&p, "2026-12-01T11:00:00Z")?.backup.unwrap();
+        ensure(again.id == rollback.backup_id, || {
+            format!("expected the id to be reused here, got `{}`", again.id)
+        })?;
+        let db_before = source_state(&p.db());
+        let (r, code) = p.hook(&rollback.request.to_string());
+        ensure(code == 74 && r.decision == Decision::RestoreFailed, || {
+            format!("exit {code}: {:?}", r.errors)
+        })?;
+        ensure(
+            r.errors[0]
+                .message
+                .contains("is not the backup this restore was asked for"),
+            || r.errors[0].message.clone(),
+        )?;
+        ensure(source_state(&p.db()) == db_before, || {
+            "the database changed".into()
+        })?;
+        // The command form refuses the same way.
+        let out = Command::new(&rollback.command[0])
+            .args(&rollback.command[1..])
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(out.status.code() == Some(74), || {
+            format!("restore command exit {:?}", out.status.code())
+        })?;
+        ensure(source_state(&p.db()) == db_before, || {
+            "the database changed".into()
+        })
+    });
+    t.case(
+        "rollback.request sent back exactly as answered restores",
+        || {
+            let p = Project::new("VERIFY_LEVEL: quick\n");
+            let r = pre_run_now(&p, "2026-12-01T12:00:00Z")?;
+            let expected = fingerprints(Path::new(&r.backup.as_ref().unwrap().path));
+            common::write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
+            let (back, code) = p.hook(&r.rollback.unwrap().request.to_string());
+            ensure(code == 0 && back.decision == Decision::Restored, || {
+                format!("exit {code}: {:?}", back.errors)
+            })?;
+            ensure(fingerprints(&p.db()) == expected, || {
+                "the database is not the backup".into()
+            })
+        },
+    );
+    t.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator commands beside a running backup (issue 20)
+// ---------------------------------------------------------------------------------------------
+
+/// A backup started with `DUCKSAFE_FAILPOINT=<point>:wait=<go>`, paused there until `go` exists.
+struct Paused {
+    child: Child,
+    go: PathBuf,
+}
+
+impl Paused {
+    fn start(p: &Project, point: &str, now: &str) -> Paused {
+        let go = p.path(&format!("go-{point}"));
+        let _ = fs::remove_file(&go);
+        let reached = PathBuf::from(format!("{}.reached", go.display()));
+        let _ = fs::remove_file(&reached);
+        let child = p
+            .cmd(&["backup"])
+            .env(
+                "DUCKSAFE_FAILPOINT",
+                format!("{point}:wait={}", go.display()),
+            )
+            .env("DUCKSAFE_NOW", now)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut paused = Paused { child, go };
+        // The failpoint says when it is reached; the bound only stops a broken run from hanging
+        // the suite.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !reached.exists() {
+            if let Ok(Some(status)) = paused.child.try_wait() {
+                panic!("the backup ended ({status}) before reaching {point}");
+            }
+            assert!(Instant::now() < deadline, "{point} never reached");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        paused.child.stdout.take();
+        paused
+    }
+
+    /// Lets the backup go on and returns its exit code.
+    fn finish(mut self) -> i32 {
+        fs::write(&self.go, b"").unwrap();
+        self.child.wait().unwrap().code().unwrap_or(-1)
+    }
+}
+
+/// Starts `ducksafe ARGS` and waits until its stderr says it is waiting for the publication
+/// section; returns the child with stderr drained on a thread.
+fn start_reader_waiting(
+    p: &Project,
+    args: &[&str],
+) -> Result<(Child, mpsc::Receiver<String>), String> {
+    let mut child = p
+        .cmd(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(l) if l.contains("waiting for it to finish") => return Ok((child, rx)),
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+            Err(e) => return Err(format!("the reader never waited: {e}")),
+        }
+    }
+}
+
+#[test]
+fn readers_beside_a_running_backup() {
+    let mut t = Tally::new("readers_beside_a_running_backup");
+    readers_wait_for_a_publication(&mut t);
+    readers_beside_rotating_backups(&mut t);
+    lock_file_deleted_while_held(&mut t);
+    clock_stepped_back(&mut t);
+    t.finish();
+}
+
+fn readers_wait_for_a_publication(t: &mut Tally) {
+    // A reader that arrives while a backup is half-published (manifest written, file not yet
+    // renamed) or half-deleted waits for it, then reports the truth: no false alarm.
+    for point in ["publish.manifest", "publish.sidecar"] {
+        for args in [&["verify", "--all"][..], &["list", "--json"][..]] {
+            let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
+            pre_run_now(&p, "2026-12-01T10:00:00Z").unwrap();
+            t.case(
+                format!("`{}` while a backup is paused at {point}", args.join(" ")),
+                || {
+                    let paused = Paused::start(&p, point, "2026-12-01T10:00:01Z");
+                    let (reader, _) = start_reader_waiting(&p, args)?;
+                    let code = paused.finish();
+                    ensure(code == 0, || format!("the backup failed: exit {code}"))?;
+                    let out = reader.wait_with_output().map_err(|e| e.to_string())?;
+                    let stdout = String::from_utf8_lossy(&out.stdout);
+                    ensure(out.status.success(), || {
+                        format!(
+                            "`{}` exit {:?}: {stdout}",
+                            args.join(" "),
+                            out.status.code()
+                        )
+                    })?;
+                    ensure(
+                        !stdout.contains("PROBLEM") && !stdout.contains("FAILED"),
+                        || stdout.to_string(),
+                    )
+                },
+            );
+        }
+    }
+    // Rotation deletes inside the same section: a verify --all that starts while the old backup
+    // is being deleted waits, then sees only whole backups.
+    {
+        let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
+        pre_run_now(&p, "2026-12-01T10:00:00Z").unwrap();
+        t.case("`verify --all` during rotation", || {
+            let paused = Paused::start(&p, "rotation.deleting", "2026-12-01T10:00:01Z");
+            let out = p.run(&["verify", "--all"]);
+            let code = paused.finish();
+            ensure(code == 0, || format!("the backup failed: exit {code}"))?;
+            ensure(out.status.success(), || {
+                String::from_utf8_lossy(&out.stdout).to_string()
+            })
+        });
+    }
+}
+
+fn readers_beside_rotating_backups(t: &mut Tally) {
+    // Many rounds of readers beside backups that rotate: no false report (not a timed test:
+    // whatever the interleaving, every round must be clean).
+    {
+        let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
+        pre_run_now(&p, "2026-12-01T10:00:00Z").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            let cfg = p.config();
+            let dir = p.dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let mut runs = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let out = bin()
+                        .current_dir(&dir)
+                        .args(["--config", cfg.to_str().unwrap(), "backup"])
+                        .output()
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    runs += 1;
+                }
+                runs
+            })
+        };
+        let rounds = scaled(150);
+        for i in 0..rounds {
+            let args: &[&str] = if i % 5 == 0 {
+                &["verify", "--all"]
+            } else {
+                &["list", "--json"]
+            };
+            t.case(
+                format!("round {i}: `{}` beside backups", args.join(" ")),
+                || {
+                    let out = p.run(args);
+                    let stdout = String::from_utf8_lossy(&out.stdout);
+                    ensure(out.status.success(), || {
+                        format!(
+                            "exit {:?}: {stdout} {}",
+                            out.status.code(),
+                            String::from_utf8_lossy(&out.stderr)
+                        )
+                    })?;
+                    ensure(
+                        !stdout.contains("PROBLEM") && !stdout.contains("FAILED"),
+                        || stdout.to_string(),
+                    )?;
+                    if args[0] == "list" {
+                        let v: Value = serde_json::from_str(&stdout).map_err(|e| e.to_string())?;
+                        ensure(v["unmanaged"].as_array().is_some_and(Vec::is_empty), || {
+                            format!("list saw half a backup: {}", v["unmanaged"])
+                        })?;
+                    }
+                    Ok(())
+                },
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let runs = writer.join().unwrap();
+        t.detail("backups made beside the readers", runs);
+    }
+}
+
+fn lock_file_deleted_while_held(t: &mut Tally) {
+    // A lock file deleted while a backup holds it: a second backup is still refused, and the
+    // first completes with its backup intact.
+    {
+        let p = Project::new("BACKUP_KEEP_LAST: 2\nVERIFY_LEVEL: quick\n");
+        pre_run_now(&p, "2026-12-01T10:00:00Z").unwrap();
+        t.case("the lock file deleted while held", || {
+            let paused = Paused::start(&p, "snapshot.copied", "2026-12-01T10:00:01Z");
+            fs::remove_file(p.backups().join(ducksafe::engine::lock::DIR_LOCK_NAME))
+                .map_err(|e| e.to_string())?;
+            let (r, code) = p.pre_run();
+            ensure(
+                code == 75 && r.errors[0].code == ErrorCode::LockBusy,
+                || format!("a second run got in: exit {code} {:?}", r.errors),
+            )?;
+            let code = paused.finish();
+            ensure(code == 0, || {
+                format!("the first backup failed: exit {code}")
+            })?;
+            every_backup_is_complete(&p.backups()).map(drop)
+        });
+    }
+}
+
+fn clock_stepped_back(t: &mut Tally) {
+    // The clock stepped back: prune keeps what latest names and the last backup made, and says
+    // which backup is dated in the future.
+    {
+        let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
+        t.case("prune after the clock stepped back", || {
+            let future = pre_run_now(&p, "2027-06-01T00:00:00Z")?.backup.unwrap().id;
+            pre_run_now(&p, "2026-12-01T00:00:00Z")?;
+            let last = pre_run_now(&p, "2026-12-01T00:01:00Z")?.backup.unwrap().id;
+            let out = p
+                .cmd(&["prune"])
+                .env("DUCKSAFE_NOW", "2026-12-01T00:02:00Z")
+                .output()
+                .map_err(|e| e.to_string())?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            ensure(out.status.success(), || stderr.to_string())?;
+            ensure(p.backups().join(format!("{last}.duckdb")).exists(), || {
+                format!("prune deleted `{last}`, the one latest names")
+            })?;
+            ensure(
+                fs::read_link(p.backups().join(LATEST)).map_err(|e| e.to_string())?
+                    == Path::new(&format!("{last}.duckdb")),
+                || "latest moved".into(),
+            )?;
+            ensure(
+                stderr.contains(&format!("`{future}` is dated 2027-06-01"))
+                    && stderr.contains(&format!("ducksafe delete {future}")),
+                || format!("no warning about the future-dated backup: {stderr}"),
+            )?;
+            // The warned command works, and leaves the real latest.
+            let out = p.run(&["delete", &future]);
+            ensure(out.status.success(), || {
+                String::from_utf8_lossy(&out.stderr).to_string()
+            })?;
+            ensure(backup_ids(&p.backups()) == vec![last.clone()], || {
+                format!("{:?}", backup_ids(&p.backups()))
+            })
+        });
+        t.case(
+            "a dangling latest is reported and never silently replaced",
+            || {
+                let p = Project::new("BACKUP_KEEP_LAST: 3\nVERIFY_LEVEL: quick\n");
+                let old = pre_run_now(&p, "2026-12-01T00:00:00Z")?.backup.unwrap().id;
+                let newest = pre_run_now(&p, "2026-12-01T00:01:00Z")?.backup.unwrap().id;
+                for ext in [".duckdb", ".duckdb.sha256", ".manifest.json"] {
+                    fs::remove_file(p.backups().join(format!("{newest}{ext}")))
+                        .map_err(|e| e.to_string())?;
+                }
+                let out = p.run(&["list"]);
+                ensure(
+                    String::from_utf8_lossy(&out.stderr).contains("points to"),
+                    || "list did not report the dangling latest".into(),
+                )?;
+                let before = source_state(&p.db());
+                let out = p.run(&["restore"]);
+                ensure(out.status.code() == Some(66), || {
+                    format!(
+                        "restore latest exit {:?}: {}",
+                        out.status.code(),
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                })?;
+                ensure(source_state(&p.db()) == before, || {
+                    format!("restored `{old}` in place of the dangling latest")
+                })
+            },
+        );
+    }
 }
