@@ -3270,13 +3270,22 @@ fn symlinks_at_latest_and_lock(t: &mut Tally, p: &Project, victims: &Victims, mi
             let out = p.run(args);
             let stderr = String::from_utf8_lossy(&out.stderr);
             ensure(out.status.code() == Some(66), || {
-                format!("`{}` exit {:?}: {stderr}", args.join(" "), out.status.code())
+                format!(
+                    "`{}` exit {:?}: {stderr}",
+                    args.join(" "),
+                    out.status.code()
+                )
             })?;
             ensure(stderr.contains("victim.duckdb"), || {
-                format!("`{}` does not say where latest points: {stderr}", args.join(" "))
+                format!(
+                    "`{}` does not say where latest points: {stderr}",
+                    args.join(" ")
+                )
             })?;
         }
-        ensure(source_state(&p.db()) == before, || "the database changed".into())?;
+        ensure(source_state(&p.db()) == before, || {
+            "the database changed".into()
+        })?;
         victims.untouched()
     });
 }
