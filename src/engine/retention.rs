@@ -390,6 +390,47 @@ mod tests {
         assert!(p.warnings.iter().any(|w| w.contains("still use")));
     }
 
+    /// Nothing is deleted without a rule that really applies to it, and the budget deletes no
+    /// more than it must: deleting too many fails here, not only keeping too many.
+    fn every_deletion_has_a_cause(bs: &[Candidate], pol: Policy, p: &Plan) {
+        // Nothing is deleted without a rule that really applies to it: deleting too many
+        // fails here, not only keeping too many.
+        let mut unpinned: Vec<&Candidate> = bs.iter().filter(|b| !b.pinned).collect();
+        unpinned.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        for d in p.deletions() {
+            let pos = 1 + unpinned.iter().position(|c| c.id == d.id).unwrap();
+            let c = unpinned[pos - 1];
+            let ok = match d.reason {
+                Reason::BeyondKeepLast { position, .. } => {
+                    position == pos && pos > pol.keep_last as usize
+                }
+                Reason::TooOld { max_age_days, .. } => {
+                    at(0) - c.created_at > Duration::days(i64::from(max_age_days))
+                }
+                Reason::OverBudget {
+                    total_bytes,
+                    max_total_bytes,
+                } => pol.max_total_bytes == Some(max_total_bytes) && total_bytes > max_total_bytes,
+                _ => false,
+            };
+            assert!(ok, "{d:?} deleted without cause: {bs:?} {pol:?}");
+        }
+        // The budget deletes no more than it must: without the last one it deleted (the
+        // newest of them), the kept backups would be over budget.
+        if let Some(last) = p
+            .decisions
+            .iter()
+            .filter(|d| matches!(d.reason, Reason::OverBudget { .. }))
+            .find(|d| !d.keep)
+        {
+            let kept: u64 = p.kept().map(|d| d.bytes).sum();
+            assert!(
+                kept + last.bytes > pol.max_total_bytes.unwrap(),
+                "{last:?} need not have gone: {bs:?} {pol:?}"
+            );
+        }
+    }
+
     /// Property: for every combination of sizes, pins, ages and limits, the newest verified
     /// backup and every pinned backup survive, and no more than keep_last unpinned ones (plus
     /// the protected newest verified) remain.
@@ -468,45 +509,7 @@ mod tests {
                 .filter(|d| d.keep && d.reason != Reason::Pinned)
                 .count();
             assert!(unpinned_kept <= pol.keep_last as usize + protected);
-            // Nothing is deleted without a rule that really applies to it: deleting too many
-            // fails here, not only keeping too many.
-            let mut unpinned: Vec<&Candidate> = bs.iter().filter(|b| !b.pinned).collect();
-            unpinned.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-            for d in p.deletions() {
-                let pos = 1 + unpinned.iter().position(|c| c.id == d.id).unwrap();
-                let c = unpinned[pos - 1];
-                let ok = match d.reason {
-                    Reason::BeyondKeepLast { position, .. } => {
-                        position == pos && pos > pol.keep_last as usize
-                    }
-                    Reason::TooOld { max_age_days, .. } => {
-                        at(0) - c.created_at > Duration::days(i64::from(max_age_days))
-                    }
-                    Reason::OverBudget {
-                        total_bytes,
-                        max_total_bytes,
-                    } => {
-                        pol.max_total_bytes == Some(max_total_bytes)
-                            && total_bytes > max_total_bytes
-                    }
-                    _ => false,
-                };
-                assert!(ok, "{d:?} deleted without cause: {bs:?} {pol:?}");
-            }
-            // The budget deletes no more than it must: without the last one it deleted (the
-            // newest of them), the kept backups would be over budget.
-            if let Some(last) = p
-                .decisions
-                .iter()
-                .filter(|d| matches!(d.reason, Reason::OverBudget { .. }))
-                .find(|d| !d.keep)
-            {
-                let kept: u64 = p.kept().map(|d| d.bytes).sum();
-                assert!(
-                    kept + last.bytes > pol.max_total_bytes.unwrap(),
-                    "{last:?} need not have gone: {bs:?} {pol:?}"
-                );
-            }
+            every_deletion_has_a_cause(&bs, pol, &p);
         }
     }
 }
