@@ -11,6 +11,7 @@
 /// Every failpoint in the order a backup reaches them, then a restore's.
 pub const ALL: &[&str] = &[
     "backup.locked",
+    "snapshot.copying",
     "snapshot.copied",
     "snapshot.folded",
     "snapshot.synced",

@@ -660,6 +660,7 @@ fn leftovers(dir: &Path) -> Vec<String> {
 /// The failpoints a backup passes, in order.
 const BACKUP_POINTS: &[&str] = &[
     "backup.locked",
+    "snapshot.copying",
     "snapshot.copied",
     "snapshot.folded",
     "snapshot.synced",
@@ -1365,15 +1366,13 @@ fn disk_full_during_the_wal_copy(t: &mut Tally) {
     ] {
         let earlier = backups_by_sha(&fs.path().join("backups"));
         t.case(label, || {
-            let mut c = p.cmd(&["hook"]);
-            c.env("DUCKSAFE_FAILPOINT", "snapshot.copied:sleep=1000");
-            let run = start(c, Some(request("pre_run", &p.config(), "").as_bytes()));
+            let (run, go) = paused_at(&p, "snapshot.copied");
             ensure(
-                run.wait_for_line("sleeping", Duration::from_secs(60)),
+                run.wait_for_line("waiting for", Duration::from_secs(120)),
                 || "the run never reached `snapshot.copied`".into(),
             )?;
-            fill_while_stopped(&run, &fs, leave);
-            let out = run.finish(None);
+            fs.fill(leave);
+            let out = release(run, &go);
             let r = one_line(&out.stdout, out.status)?;
             let result = clean_space_error(&r)
                 .and_then(|()| earlier_backups_intact(&fs.path().join("backups"), &earlier))
@@ -1393,24 +1392,31 @@ fn disk_full_during_the_wal_copy(t: &mut Tally) {
     }
 }
 
-/// Sends a signal to a process.
-#[allow(unsafe_code)]
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.
-    let rc = unsafe { libc::kill(i32::try_from(pid).unwrap(), sig) };
-    assert_eq!(rc, 0, "kill({pid}, {sig})");
+/// A pre_run paused at `point` until the returned file exists (`POINT:wait=GO`): the test acts
+/// at exactly that moment, whatever the load on the machine, then [`release`]s it.
+fn paused_at(p: &Project, point: &str) -> (Running, PathBuf) {
+    let go = p.path(&format!("go-{point}"));
+    let _ = fs::remove_file(&go);
+    let mut c = p.cmd(&["hook"]);
+    c.env(
+        "DUCKSAFE_FAILPOINT",
+        format!("{point}:wait={}", go.display()),
+    );
+    (
+        start(c, Some(request("pre_run", &p.config(), "").as_bytes())),
+        go,
+    )
 }
 
-/// Fills the disk while the process, paused at a failpoint, is stopped (SIGSTOP), so that the
-/// disk is full when it goes on whatever the load on the machine.
-fn fill_while_stopped(run: &Running, fs: &Tmpfs, leave: u64) {
-    signal(run.child.id(), libc::SIGSTOP);
-    fs.fill(leave);
-    signal(run.child.id(), libc::SIGCONT);
+/// Lets a run paused by [`paused_at`] go on, and waits for it to end.
+fn release(run: Running, go: &Path) -> Killed {
+    fs::write(go, b"").unwrap();
+    run.finish(None)
 }
 
-/// The disk fills while the main file is being copied: the test stops the process as soon as
-/// the temporary file appears, checks that it is incomplete, fills the disk, and lets it go on.
+/// The disk fills while the main file is being copied: the run pauses at the failpoint after
+/// the copy's first step (`snapshot.copying:wait=GO`), the test checks that the temporary file
+/// is incomplete, fills the disk, and lets the run go on. No race: the moment is the run's own.
 fn disk_full_during_the_main_copy(t: &mut Tally) {
     let fs = Tmpfs::mount(128 << 20).unwrap();
     let p = project_on(&fs, "BACKUP_KEEP_LAST: 1\n");
@@ -1421,69 +1427,47 @@ fn disk_full_during_the_main_copy(t: &mut Tally) {
     assert_eq!(code, 0, "{r:?}");
     let source = source_state(&p.db());
     let dir = fs.path().join("backups");
-    let mut hits = 0;
-    let mut attempts = 0;
-    while hits < 2 && attempts < 12 {
-        attempts += 1;
+    for round in 0..2 {
         let earlier = backups_by_sha(&dir);
-        let mut run = start(
-            p.cmd(&["hook"]),
-            Some(request("pre_run", &p.config(), "").as_bytes()),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let temp = loop {
-            let found = names(&dir)
-                .into_iter()
-                .find(|n| n.starts_with(&format!("{}backup-", ducksafe::files::TEMP_PREFIX)));
-            if found.is_some()
-                || Instant::now() > deadline
-                || run.child.try_wait().unwrap().is_some()
-            {
-                break found;
-            }
-        };
-        let pid = run.child.id();
-        let mid_copy = temp.as_ref().is_some_and(|n| {
-            signal(pid, libc::SIGSTOP);
-            fs::metadata(dir.join(n)).map_or(0, |m| m.len()) < db_len
-        });
-        if mid_copy {
+        let (run, go) = paused_at(&p, "snapshot.copying");
+        let paused = run.wait_for_line("waiting for", Duration::from_secs(120));
+        let temp = names(&dir)
+            .into_iter()
+            .find(|n| n.starts_with(&format!("{}backup-", ducksafe::files::TEMP_PREFIX)));
+        let partial = temp
+            .as_ref()
+            .map(|n| fs::metadata(dir.join(n)).map_or(0, |m| m.len()));
+        if paused {
             fs.fill(0);
         }
-        if temp.is_some() {
-            signal(pid, libc::SIGCONT);
-        }
-        let out = run.finish(None);
-        if !mid_copy {
-            continue; // the copy was already complete: not this case
-        }
-        hits += 1;
-        t.case("disk fills during the copy of the main file", || {
-            let r = one_line(&out.stdout, out.status)?;
-            let result = clean_space_error(&r)
-                .and_then(|()| {
-                    ensure(r.errors[0].message.contains("copy database to"), || {
-                        format!("not the copy that failed: {}", r.errors[0].message)
+        let out = release(run, &go);
+        t.case(
+            format!("disk fills during the copy of the main file ({round})"),
+            || {
+                ensure(paused, || "the run never reached `snapshot.copying`".into())?;
+                ensure(partial.is_some_and(|n| n < db_len), || {
+                    format!("the copy was not midway: {partial:?} of {db_len} bytes")
+                })?;
+                let r = one_line(&out.stdout, out.status)?;
+                let result = clean_space_error(&r)
+                    .and_then(|()| {
+                        ensure(r.errors[0].message.contains("copy database to"), || {
+                            format!("not the copy that failed: {}", r.errors[0].message)
+                        })
                     })
-                })
-                .and_then(|()| earlier_backups_intact(&dir, &earlier))
-                .and_then(|()| {
-                    ensure(source_state(&p.db()) == source, || {
-                        "the source changed".into()
-                    })
-                });
-            fs.drain();
-            result?;
-            let (r, code) = p.pre_run();
-            ensure(code == 0, || format!("the next run failed: {r:?}"))
-        });
+                    .and_then(|()| earlier_backups_intact(&dir, &earlier))
+                    .and_then(|()| {
+                        ensure(source_state(&p.db()) == source, || {
+                            "the source changed".into()
+                        })
+                    });
+                fs.drain();
+                result?;
+                let (r, code) = p.pre_run();
+                ensure(code == 0, || format!("the next run failed: {r:?}"))
+            },
+        );
     }
-    t.detail("main_copy_attempts", attempts);
-    t.case("the disk was filled midway through the main copy", || {
-        ensure(hits == 2, || {
-            format!("only {hits} of {attempts} attempts stopped the copy midway")
-        })
-    });
 }
 
 /// The disk fills while the run is paused at each later step: the run either still succeeds
@@ -1501,15 +1485,13 @@ fn disk_full_at_every_later_step(t: &mut Tally) {
         }
         let earlier = backups_by_sha(&dir);
         t.case(format!("disk fills while paused at `{point}`"), || {
-            let mut c = p.cmd(&["hook"]);
-            c.env("DUCKSAFE_FAILPOINT", format!("{point}:sleep=500"));
-            let run = start(c, Some(request("pre_run", &p.config(), "").as_bytes()));
+            let (run, go) = paused_at(&p, point);
             ensure(
-                run.wait_for_line("sleeping", Duration::from_secs(60)),
+                run.wait_for_line("waiting for", Duration::from_secs(120)),
                 || format!("never reached `{point}`"),
             )?;
-            fill_while_stopped(&run, &fs, 0);
-            let out = run.finish(None);
+            fs.fill(0);
+            let out = release(run, &go);
             let r = one_line(&out.stdout, out.status)?;
             let result = if r.exit_code == 0 {
                 every_backup_is_complete(&dir)

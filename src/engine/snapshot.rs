@@ -143,9 +143,14 @@ pub fn take<V>(
     let temp_path = temp.path().to_path_buf();
     let mut verify = Some(verify);
     let mut early = None;
+    let mut first_piece = true;
     let mut inspect = |piece: &[u8]| {
         if let Some(c) = checker.as_mut() {
             c.feed(piece);
+        }
+        if std::mem::take(&mut first_piece) {
+            // Midway through the copy (after its first step): tests fill the disk here.
+            crate::failpoint::hit("snapshot.copying");
         }
     };
     let copied = files::copy_verified_inspecting(&source.file, &out, &mut inspect, || {
