@@ -2922,7 +2922,9 @@ fn hostile_input_through_the_binary() {
 }
 
 /// Runs the hook on a request whose configuration path names `path`, with 1 GiB of address
-/// space and 10 seconds: it must answer one line, with a configuration error, in time.
+/// space: it must answer one line, with a configuration error. The two-minute bound only
+/// catches a hook that blocks reading forever (it answers in milliseconds), so a busy machine
+/// cannot fail it.
 fn endless_config_path(cwd: &Path, path: &Path) -> Result<(), String> {
     let mut c = Command::new("sh");
     c.args(["-c", "ulimit -v 1048576; exec \"$0\" hook"])
@@ -2931,12 +2933,12 @@ fn endless_config_path(cwd: &Path, path: &Path) -> Result<(), String> {
     let req = request("validate", path, "");
     let started = Instant::now();
     let mut run = start(c, Some(req.as_bytes()));
-    let deadline = started + Duration::from_secs(10);
+    let deadline = started + Duration::from_secs(120);
     while run.child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             let _ = run.child.kill();
             run.finish(None);
-            return Err("no answer within 10 s: the hook blocks reading it".into());
+            return Err("no answer within 120 s: the hook blocks reading it".into());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -3159,12 +3161,16 @@ fn hostile_filesystem_symlinks() {
 fn planted_temp(p: &Project, victims: &Victims, minute: u32, wal: bool) -> Result<(), String> {
     let dir = p.backups();
     let now = format!("2025-08-18T{:02}:{:02}:00Z", 10 + minute / 60, minute % 60);
+    let go = p.path("go-planted");
+    let _ = fs::remove_file(&go);
     let mut c = p.cmd(&["hook"]);
-    c.env("DUCKSAFE_NOW", &now)
-        .env("DUCKSAFE_FAILPOINT", "backup.locked:sleep=800");
+    c.env("DUCKSAFE_NOW", &now).env(
+        "DUCKSAFE_FAILPOINT",
+        format!("backup.locked:wait={}", go.display()),
+    );
     let run = start(c, Some(request("pre_run", &p.config(), "").as_bytes()));
     ensure(
-        run.wait_for_line("sleeping", Duration::from_secs(60)),
+        run.wait_for_line("waiting for", Duration::from_secs(120)),
         || "never reached `backup.locked`".into(),
     )?;
     let store = Store::open(&dir, false).map_err(|e| e.to_string())?;
@@ -3175,11 +3181,13 @@ fn planted_temp(p: &Project, victims: &Victims, minute: u32, wal: bool) -> Resul
         )
         .map_err(|e| e.to_string())?;
     let temp = store.temp_path(&id);
-    let name = temp
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .replace(&std::process::id().to_string(), &run.child.id().to_string());
+    // The paused run's temporary name: this process's PID in it replaced by the run's (only
+    // there, not wherever the digits happen to occur in the id).
+    let name = temp.file_name().unwrap().to_string_lossy().replacen(
+        &format!("backup-{}-", std::process::id()),
+        &format!("backup-{}-", run.child.id()),
+        1,
+    );
     let link = if wal {
         dir.join(format!("{name}.wal"))
     } else {
@@ -3189,7 +3197,7 @@ fn planted_temp(p: &Project, victims: &Victims, minute: u32, wal: bool) -> Resul
         &link,
         &victims.path(if wal { "victim.wal" } else { "victim.duckdb" }),
     );
-    let out = run.finish(None);
+    let out = release(run, &go);
     let r = one_line(&out.stdout, out.status)?;
     victims
         .untouched()
