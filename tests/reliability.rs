@@ -281,7 +281,7 @@ impl Tally {
 
     /// Records a skipped scenario, and says why on stderr.
     fn skip(self, why: &str) {
-        eprintln!("{}: SKIPPED: {why}", self.test);
+        common::skip(self.test, why);
         self.record(Some(why));
     }
 
@@ -1192,7 +1192,7 @@ impl Drop for Tmpfs {
 }
 
 fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+    common::in_ci()
 }
 
 /// Rounds up to whole 4 KiB pages, as tmpfs counts.
@@ -3472,7 +3472,10 @@ fn hostile_filesystem_unsafe_backup_dir() {
         }
     }
     if !skipped.is_empty() {
-        eprintln!("hostile_filesystem_unsafe_backup_dir: not root, skipped {skipped:?}");
+        common::skip(
+            "hostile_filesystem_unsafe_backup_dir (other owners)",
+            &format!("not root: cannot chown, skipped {skipped:?}"),
+        );
         t.detail("skipped (not root)", json!(skipped));
     }
     t.finish();
