@@ -524,6 +524,27 @@ fn run_killed(mut cmd: Command, stdin: Option<&[u8]>, kill: &Kill) -> Killed {
     }
 }
 
+/// A kill at a failpoint proves it happened there before its aftermath is judged: the process
+/// died of the kill, and its last words name the failpoint. Without this, a failpoint moved or
+/// renamed in the code would turn its crash cases into ordinary successful runs. (A SIGKILL at a
+/// random moment may come after the run ended; that case is judged as a finished run.)
+fn killed_where_meant(kill: &Kill, out: &Killed) -> Result<(), String> {
+    let point = match kill {
+        Kill::Abort(p) | Kill::SleepThenSigkill(p) => *p,
+        Kill::SigkillAfter(_) => return Ok(()),
+    };
+    ensure(out.died, || {
+        format!(
+            "{kill}: the process was not killed there (exit {:?}); stderr: {}",
+            out.status.code(),
+            out.stderr
+        )
+    })?;
+    ensure(out.stderr.contains(&format!("failpoint `{point}`")), || {
+        format!("{kill}: stderr does not show the failpoint: {}", out.stderr)
+    })
+}
+
 /// Parses the one JSON line a hook must print; an error says what was wrong.
 fn one_line(stdout: &[u8], status: ExitStatus) -> Result<Response, String> {
     let text = std::str::from_utf8(stdout).map_err(|e| format!("stdout is not UTF-8: {e}"))?;
@@ -758,6 +779,7 @@ fn check_killed_backup(
         Some(request("pre_run", &p.config(), "").as_bytes()),
         kill,
     );
+    killed_where_meant(kill, &out)?;
     let phase = if out.died {
         backup_phase(&dir, &before, latest_before.as_deref())
     } else {
@@ -976,6 +998,7 @@ fn check_killed_restore(
     let old = source_state(&p.db());
     let old_fp = fingerprints(&p.db());
     let out = run_killed(p.cmd(&["restore", c.id]), None, kill);
+    killed_where_meant(kill, &out)?;
     let state = classify_db(p, &old, c.backup_sha)?;
     let label = if out.died {
         match state {
