@@ -3318,14 +3318,21 @@ fn symlinks_in_restore(t: &mut Tally, p: &Project, victims: &Victims, minute: &m
     plant(&swapped_path, &victims.path("victim.duckdb"));
     let before = source_state(&p.db());
     t.case("a stored backup swapped for a symlink", || {
-        let out = p.run(&["verify", &swapped]);
-        ensure(!out.status.success(), || {
-            "verify passed the planted file".into()
-        })?;
-        let out = p.run(&["restore", &swapped]);
-        ensure(!out.status.success(), || {
-            "restore used the planted file".into()
-        })?;
+        // A backup name that is not a regular file is no backup: neither command finds one.
+        for args in [["verify", &swapped], ["restore", &swapped]] {
+            let out = p.run(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            ensure(
+                out.status.code() == Some(66) && stderr.contains("not found"),
+                || {
+                    format!(
+                        "`{}` exit {:?}: {stderr}",
+                        args.join(" "),
+                        out.status.code()
+                    )
+                },
+            )?;
+        }
         ensure(source_state(&p.db()) == before, || {
             "the database changed".into()
         })?;
@@ -3387,8 +3394,17 @@ fn symlinks_in_restore(t: &mut Tally, p: &Project, victims: &Victims, minute: &m
     t.case(
         "the quarantine folder is a symlink to a folder elsewhere",
         || {
+            let before = source_state(&p.db());
             let out = p.run(&["restore", &id]);
-            let _ = out;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // Refused before anything moves: the database and its WAL stay as they are.
+            ensure(
+                out.status.code() == Some(73) && stderr.contains("symlink"),
+                || format!("restore exit {:?}: {stderr}", out.status.code()),
+            )?;
+            ensure(source_state(&p.db()) == before, || {
+                "the database or its WAL changed".into()
+            })?;
             victims.untouched()
         },
     );
