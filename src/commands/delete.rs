@@ -13,7 +13,11 @@ pub fn run(g: &Global, a: &DeleteArgs) -> i32 {
     let result = (|| {
         let settings = super::load_settings(g)?;
         let store = Store::open(&settings.backup_dir, false)?;
-        let (_lock, _) = store.lock()?;
+        let _lock = if a.dry_run {
+            store.lock_only()?
+        } else {
+            store.lock()?.0
+        };
         if a.id == "latest" || a.id == crate::engine::store::LATEST {
             return Err(Error::Usage(
                 "`delete` takes a backup id, never `latest`: `ducksafe list` shows the ids".into(),

@@ -21,7 +21,11 @@ pub fn run(g: &Global, a: &PruneArgs) -> i32 {
     let result = (|| {
         let settings = super::load_settings(g)?;
         let store = Store::open(&settings.backup_dir, false)?;
-        let (_lock, _) = store.lock()?;
+        let _lock = if a.dry_run {
+            store.lock_only()?
+        } else {
+            store.lock()?.0
+        };
         let inv = store.inventory()?;
         let now = crate::clock::now();
         let plan = retention::plan(

@@ -20,7 +20,8 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
     if a.dry_run {
         let planned = (|| {
             let store = Store::open(&settings.backup_dir, false)?;
-            let (_lock, _) = store.lock()?;
+            // The lock only: a dry run sweeps nothing either.
+            let _lock = store.lock_only()?;
             let entry = store.resolve(&a.backup)?;
             restore::check_expected(&settings, &entry, a.expect_sha256.as_deref())?;
             Ok::<_, crate::error::Error>(restore::plan(&settings, &store, &entry, now))

@@ -138,6 +138,11 @@ impl Store {
         Ok((lock, cleaned))
     }
 
+    /// The directory's lock without the sweep: for dry runs, which change nothing.
+    pub fn lock_only(&self) -> Result<DirLock> {
+        DirLock::acquire(&self.dir)
+    }
+
     pub fn backup_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}{BACKUP_EXT}"))
     }
