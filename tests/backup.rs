@@ -534,3 +534,106 @@ fn a_regular_file_named_latest_is_left_alone() {
     );
     common::assert_restored(&p, &expected);
 }
+
+/// A reader alone (a notebook, a read-only DuckDB shell) lets a backup in but not a restore:
+/// replacing a file someone is reading would pull it from under them.
+#[test]
+fn a_reader_lets_a_backup_in_and_keeps_a_restore_out() {
+    let p = Project::new("");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    let id = r.backup.unwrap().id;
+    let before = sha256(&p.db());
+    let reader = common::hold_reader(&p.db());
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "a backup beside a reader: {r:?}");
+    let out = p.run(&["restore", &id]);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("PID {}", reader.pid())), "{err}");
+    assert_eq!(sha256(&p.db()), before, "the database changed");
+    drop(reader);
+    let out = p.run(&["restore", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Quarantine folders hold the databases restores replaced: private (0700, files 0600 as they
+/// were), and never deleted by rotation or prune however many backups come after.
+#[test]
+fn quarantine_folders_are_private_and_outlive_rotation_and_prune() {
+    let p = Project::new("BACKUP_KEEP_LAST: 1\n");
+    let (r, _) = p.pre_run();
+    let id = r.backup.unwrap().id;
+    write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
+    let out = p.run(&["restore", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let q = p.backups().join("quarantine");
+    let folders = common::dir_names(&q);
+    assert_eq!(folders.len(), 1, "{folders:?}");
+    let folder = q.join(&folders[0]);
+    let before: Vec<(String, String)> = common::dir_names(&folder)
+        .into_iter()
+        .map(|n| (n.clone(), sha256(&folder.join(&n))))
+        .collect();
+    assert!(
+        before.iter().any(|(n, _)| n == "simulation.duckdb.wal"),
+        "{before:?}"
+    );
+    for dir in [&q, &folder] {
+        let mode = fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
+    for _ in 0..3 {
+        let (r, code) = p.pre_run();
+        assert_eq!(code, 0, "{r:?}");
+    }
+    let out = p.run(&["prune"]);
+    assert!(out.status.success());
+    let after: Vec<(String, String)> = common::dir_names(&folder)
+        .into_iter()
+        .map(|n| (n.clone(), sha256(&folder.join(&n))))
+        .collect();
+    assert_eq!(after, before, "rotation or prune touched the quarantine");
+}
+
+/// `init` writes `config.yaml` private to its user (0600): it names the database's path.
+#[test]
+fn init_writes_a_private_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::bin()
+        .current_dir(dir.path())
+        .args(["init", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = fs::metadata(dir.path().join("config.yaml"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let mode = fs::metadata(dir.path().join("backups"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+}
