@@ -1229,11 +1229,12 @@ fn clean_space_error(r: &Response) -> Result<(), String> {
         format!("expected a failure, got {r:?}")
     })?;
     let e = &r.errors[0];
-    ensure(
-        matches!(e.code, ErrorCode::InsufficientSpace | ErrorCode::IoError),
-        || format!("expected insufficient_space or io_error, got {e:?}"),
-    )?;
-    ensure(r.exit_code == e.code.exit_code() && !e.retryable, || {
+    // The protocol promises `insufficient_space` for a disk that fills during the write too,
+    // wherever it fills (the copy, the WAL copy, DuckDB's fold, the manifest): never `io_error`.
+    ensure(e.code == ErrorCode::InsufficientSpace, || {
+        format!("expected insufficient_space, got {e:?}")
+    })?;
+    ensure(r.exit_code == 73 && !e.retryable, || {
         format!("exit {} for {:?}", r.exit_code, e.code)
     })
 }
