@@ -353,6 +353,10 @@ pub struct Response {
     pub space: Option<SpaceReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreRef>,
+    /// post_run: the run the request reported (its outcome and the workload's own exit code),
+    /// repeated so that a saved response tells whose exit code a caller saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunInfo>,
     /// The resolved configuration paths (absolute), for the caller's logs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub paths: BTreeMap<String, String>,

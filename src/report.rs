@@ -66,6 +66,7 @@ impl Ctx {
             rotation: None,
             space: None,
             restore: None,
+            run: None,
             paths: self.paths.clone(),
             supported_versions: None,
             warnings: self.warnings.clone(),

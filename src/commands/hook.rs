@@ -174,8 +174,17 @@ fn request_violations(v: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Serves a typed request.
-fn handle(request: &Request, mut ctx: Ctx) -> Response {
+/// Serves a typed request. A post_run answer repeats the run it was told about, so that a
+/// caller's saved response says whose exit code the caller's own exit code is.
+fn handle(request: &Request, ctx: Ctx) -> Response {
+    let mut response = serve(request, ctx);
+    if request.event == Event::PostRun {
+        response.run.clone_from(&request.run);
+    }
+    response
+}
+
+fn serve(request: &Request, mut ctx: Ctx) -> Response {
     if ctx.event.is_none() {
         ctx.event = Some(request.event.as_str().to_owned());
     }
