@@ -1,10 +1,11 @@
 //! Named crash points for the fault-injection tests.
 //!
 //! `DUCKSAFE_FAILPOINT=<name>` makes the process abort (as `kill -9` would: no destructor, no
-//! cleanup, no answer) when it reaches [`hit`] with that name; `<name>:sleep=<ms>` pauses there
-//! instead, so a test can kill the process from outside at a known moment. Unset, a failpoint
-//! costs one environment lookup. Aborting is no capability a caller lacks: anyone who can set
-//! the environment can also kill the process.
+//! cleanup, no answer) when it reaches [`hit`] with that name. `<name>:sleep=<ms>` pauses there
+//! instead, so a test can kill the process from outside at a known moment; `<name>:wait=<path>`
+//! pauses there until the file `path` exists, so a test can act while the run is held at that
+//! point and then let it go on. Unset, a failpoint costs one environment lookup. Aborting is no
+//! capability a caller lacks: anyone who can set the environment can also kill the process.
 
 /// Every failpoint in the order a backup reaches them, then a restore's.
 pub const ALL: &[&str] = &[
@@ -34,7 +35,14 @@ pub fn hit(name: &str) {
     if point != name {
         return;
     }
-    if let Some(ms) = action.strip_prefix("sleep=") {
+    if let Some(path) = action.strip_prefix("wait=") {
+        // Paused until the test creates `path`: the moment is the test's, not the clock's.
+        eprintln!("ducksafe: failpoint `{name}`: waiting for `{path}`");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        while !std::path::Path::new(path).exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    } else if let Some(ms) = action.strip_prefix("sleep=") {
         let ms = ms.parse().unwrap_or(1000);
         eprintln!("ducksafe: failpoint `{name}`: sleeping {ms} ms");
         std::thread::sleep(std::time::Duration::from_millis(ms));

@@ -12,6 +12,8 @@ pub fn run(g: &Global, a: &PinArgs, pin: bool) -> i32 {
         let settings = super::load_settings(g)?;
         let store = Store::open(&settings.backup_dir, false)?;
         let _lock = DirLock::acquire(store.dir())?;
+        let owner = crate::engine::identity::check(store.dir(), &settings)?;
+        let store = store.owned_by(owner);
         let mut entry = store.resolve(&a.id)?;
         entry.manifest.pinned = pin;
         store.rewrite_manifest(&entry.manifest)?;

@@ -23,6 +23,8 @@ pub fn run(g: &Global, a: &PruneArgs) -> i32 {
         let settings = super::load_settings(g)?;
         let store = Store::open(&settings.backup_dir, false)?;
         let _lock = DirLock::acquire(store.dir())?;
+        let owner = crate::engine::identity::check(store.dir(), &settings)?;
+        let store = store.owned_by(owner);
         let inv = store.inventory()?;
         let plan = retention::plan(
             &backup::candidates(&inv, None),

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
+use super::identity::Owner;
 use super::manifest::{self, Manifest};
 use crate::error::{Error, Result};
 use crate::files;
@@ -39,6 +40,8 @@ const SIDECAR_EXT: &str = ".duckdb.sha256";
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// When set, the inventory holds only this database's backups (see [`super::identity`]).
+    owner: Option<Owner>,
 }
 
 /// One backup known to the store.
@@ -96,6 +99,7 @@ impl Store {
         if !create {
             return Ok(Store {
                 dir: dir.to_path_buf(),
+                owner: None,
             });
         }
         // Writable by us? (root passes access checks anyway, so try the real thing.)
@@ -113,7 +117,16 @@ impl Store {
         }
         Ok(Store {
             dir: dir.to_path_buf(),
+            owner: None,
         })
+    }
+
+    /// The same directory, seen by one database: other databases' backups leave the inventory
+    /// (they are listed as unmanaged, never used or deleted).
+    #[must_use]
+    pub fn owned_by(mut self, owner: Owner) -> Store {
+        self.owner = Some(owner);
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -166,6 +179,7 @@ impl Store {
     /// Reads the directory: managed backups (newest first), unmanaged look-alikes, leftovers.
     pub fn inventory(&self) -> Result<Inventory> {
         let mut inv = Inventory::default();
+        let mut foreign: Vec<String> = Vec::new();
         let rd = fs::read_dir(&self.dir).map_err(|e| Error::io("list", &self.dir, e))?;
         let mut names: Vec<String> = rd
             .filter_map(std::result::Result::ok)
@@ -189,6 +203,11 @@ impl Store {
                         continue;
                     }
                 };
+                if let Some(why) = self.owner.as_ref().and_then(|o| o.foreign(&manifest)) {
+                    inv.unmanaged.push((name.clone(), why));
+                    foreign.push(id.to_owned());
+                    continue;
+                }
                 let path = self.backup_path(id);
                 match fs::symlink_metadata(&path) {
                     Ok(m) if m.file_type().is_file() => inv.backups.push(Entry {
@@ -205,7 +224,8 @@ impl Store {
                 if name == LATEST || name.starts_with('.') {
                     continue;
                 }
-                let managed = inv.backups.iter().any(|b| b.id == id);
+                let managed =
+                    inv.backups.iter().any(|b| b.id == id) || foreign.iter().any(|f| f == id);
                 if !managed {
                     inv.unmanaged
                         .push((name.clone(), "no ducksafe manifest beside it".into()));
@@ -274,7 +294,7 @@ impl Store {
             crate::failpoint::hit("publish.manifest");
             files::write_atomic(
                 &sidecar,
-                manifest::sidecar_line(&manifest.sha256, &manifest.file).as_bytes(),
+                manifest::sidecar_line(&manifest.sha256, &backup_file_name(id)).as_bytes(),
             )
             .map_err(|e| Error::io("write checksum file", &sidecar, e))?;
             crate::failpoint::hit("publish.sidecar");
@@ -407,6 +427,12 @@ impl Store {
     pub fn used_bytes(inv: &Inventory) -> u64 {
         inv.backups.iter().filter_map(|b| b.file_bytes).sum()
     }
+}
+
+/// The file name of backup `id` (`<id>.duckdb`): names come from the id, never from a field
+/// inside a manifest.
+pub fn backup_file_name(id: &str) -> String {
+    format!("{id}{BACKUP_EXT}")
 }
 
 /// `<stem>_YYYYMMDD_HHMMSS` in UTC: the seed's naming, before any `_2` that keeps it unique.
