@@ -162,7 +162,10 @@ w("  WAL. A symlinked `DB_PATH` is refused alike by validate, pre_run, its dry r
 w("  `restore` and `backup`, nothing changed. `QUARANTINE_DIR=/tmp` and `BACKUP_DIR=/var/tmp` are refused")
 w("  by validate and pre_run with the key at fault in `errors[].path` and no chmod in the hint. Backups")
 w("  on a read-only tmpfs (root), with and without a lock file there, are listed, verified and")
-w("  restored, nothing written there. A restore over a database that already is the backup says so;")
+w("  restored, nothing written there. A directory written by an earlier ducksafe (no owner file, no")
+w("  ids) with two databases' backups is refused by the next backup and by `adopt`, and owned once they")
+w("  are apart; a symlink planted at the owner file is never followed, and `adopt` replaces it. A")
+w("  restore over a database that already is the backup says so;")
 w("  a manifest whose `file` names `../../etc/passwd` is restored by its id.")
 w("")
 

@@ -4051,6 +4051,7 @@ fn several_databases_on_one_machine() {
         a_symlinked_db_path_is_refused_everywhere(&mut t);
         quarantine_in_a_system_folder(&mut t);
         restore_from_read_only_media(&mut t);
+        directories_of_earlier_versions(&mut t);
         smaller_promises(&mut t);
     }
     t.finish();
@@ -4591,6 +4592,79 @@ fn restore_from_read_only_media(t: &mut Tally) {
             },
         );
     }
+}
+
+/// A backup directory written by an earlier ducksafe (no owner file, manifests without ids) that
+/// holds two databases' backups is refused by the next backup, and by `adopt`; with the other
+/// database's backups moved out, the next backup records the owner. A symlink planted at the
+/// owner file is never followed; `adopt` replaces it.
+fn directories_of_earlier_versions(t: &mut Tally) {
+    let mach = Machine::new();
+    let conf_a = mach.database("a/simulation.duckdb", "a", 3, "backups", "");
+    let conf_b = mach.database("b/simulation.duckdb", "b", 5, "backups", "");
+    let a_bk = mach.path("a/backups");
+    let owner = a_bk.join(ducksafe::engine::identity::OWNER_FILE);
+    let strip = |manifest: &Path| {
+        let mut doc: Value = serde_json::from_slice(&fs::read(manifest).unwrap()).unwrap();
+        doc["source"].as_object_mut().unwrap().remove("database_id");
+        fs::write(manifest, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    };
+    t.case(
+        "an earlier version's directory holding two databases",
+        || {
+            let (a_id, _) = backed_up(&conf_a, &[("DUCKSAFE_NOW", "2025-08-18T10:00:00Z")])?;
+            let (b_id, _) = backed_up(&conf_b, &[("DUCKSAFE_NOW", "2025-08-18T10:01:00Z")])?;
+            fs::remove_file(&owner).map_err(|e| e.to_string())?;
+            strip(&a_bk.join(format!("{a_id}.manifest.json")));
+            for ext in ["duckdb", "duckdb.sha256", "manifest.json"] {
+                fs::copy(
+                    mach.path(&format!("b/backups/{b_id}.{ext}")),
+                    a_bk.join(format!("{b_id}.{ext}")),
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            strip(&a_bk.join(format!("{b_id}.manifest.json")));
+            let b_db = mach.path("b/simulation.duckdb").display().to_string();
+            let r = hook_at(&conf_a, &request("pre_run", &conf_a, ""), &[])?;
+            refused(&r, ErrorCode::BackupDirUnsafe, &[&b_db])?;
+            ensure(!owner.exists(), || {
+                "a refused backup wrote the owner file".into()
+            })?;
+            cli_refused(&finish(cli(&conf_a, &["adopt"]), None), 73, &[&b_db])?;
+            for ext in ["duckdb", "duckdb.sha256", "manifest.json"] {
+                fs::remove_file(a_bk.join(format!("{b_id}.{ext}"))).map_err(|e| e.to_string())?;
+            }
+            backed_up(&conf_a, &[])?;
+            ensure(owner.exists(), || {
+                "the backup did not record the owner".into()
+            })?;
+            let out = cli_ok(&finish(cli(&conf_a, &["list", "--json"]), None))?;
+            ensure(out.contains(&a_id), || {
+                format!("the earlier backup is not listed: {out}")
+            })
+        },
+    );
+    t.case("a symlink planted at the owner file", || {
+        let victim = mach.path("victim.json");
+        fs::write(&victim, "keep me\n").unwrap();
+        plant(&owner, &victim);
+        let r = hook_at(&conf_a, &request("pre_run", &conf_a, ""), &[])?;
+        ensure(r.exit_code != 0, || {
+            "a planted owner file was followed".into()
+        })?;
+        cli_ok(&finish(cli(&conf_a, &["adopt"]), None))?;
+        ensure(fs::read_to_string(&victim).unwrap() == "keep me\n", || {
+            "the victim changed".into()
+        })?;
+        ensure(
+            !fs::symlink_metadata(&owner)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            || "the link is still there".into(),
+        )?;
+        backed_up(&conf_a, &[]).map(drop)
+    });
 }
 
 /// Issue 17, hole 6: a restore over a database that already is the backup says what happened;
