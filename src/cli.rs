@@ -52,8 +52,7 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Apply the retention rules now and print each decision
     Prune(PruneArgs),
-    /// Make this backup directory's backups those of the database DB_PATH names now, after
-    /// moving the project folder on purpose
+    /// After moving the project folder on purpose: make the backups those of DB_PATH's new path
     Adopt(AdoptArgs),
     /// Protect a backup from rotation
     Pin(PinArgs),
