@@ -4625,8 +4625,15 @@ fn directories_of_earlier_versions(t: &mut Tally) {
             }
             strip(&a_bk.join(format!("{b_id}.manifest.json")));
             let b_db = mach.path("b/simulation.duckdb").display().to_string();
-            let r = hook_at(&conf_a, &request("pre_run", &conf_a, ""), &[])?;
-            refused(&r, ErrorCode::BackupDirUnsafe, &[&b_db])?;
+            // validate and the dry run refuse what the backup refuses.
+            for req in [
+                request("validate", &conf_a, ""),
+                request("pre_run", &conf_a, r#","dry_run":true"#),
+                request("pre_run", &conf_a, ""),
+            ] {
+                let r = hook_at(&conf_a, &req, &[])?;
+                refused(&r, ErrorCode::BackupDirUnsafe, &[&b_db])?;
+            }
             ensure(!owner.exists(), || {
                 "a refused backup wrote the owner file".into()
             })?;

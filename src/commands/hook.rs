@@ -275,7 +275,8 @@ fn validate(ctx: &Ctx, settings: &config::Settings) -> Response {
     }
     if settings.backup_dir.exists() {
         let checked = crate::engine::store::Store::open(&settings.backup_dir, false)
-            .and_then(|store| crate::engine::identity::check(store.dir(), settings))
+            // The owner a backup would claim: claiming writes nothing.
+            .and_then(|store| crate::engine::identity::claim(&store, settings))
             .and_then(|_| {
                 if crate::files::writable(&settings.backup_dir) {
                     Ok(())

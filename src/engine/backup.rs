@@ -154,7 +154,8 @@ pub fn dry_run(settings: &Settings, now: DateTime<Utc>) -> Result<DryRun> {
     super::restore::check_quarantine(settings)?;
     let (inv, check_dir) = if std::fs::symlink_metadata(dir).is_ok() {
         let store = Store::open(dir, false)?;
-        let owner = identity::check(store.dir(), settings)?;
+        // What the backup would refuse (claim writes nothing; the backup records it later).
+        let owner = identity::claim(&store, settings)?;
         (store.owned_by(owner).inventory()?, dir.clone())
     } else {
         warnings.push(format!(
