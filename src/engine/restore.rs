@@ -14,10 +14,15 @@
 //! 7. mark the intent `done`. The restored file is byte-identical to the verified backup, so
 //!    its table fingerprints are the manifest's (the tests check them by scanning).
 //!
-//! A crash before 4 leaves the old state plus a temporary file the next run removes. A crash
-//! after 4 is completed by [`recover`] at the next ducksafe command that touches the database:
-//! the staged file is verified and fsynced, so rolling forward is always possible. A stale WAL is
-//! never left beside a restored database, and nothing is ever deleted.
+//! A crash before 4 leaves the old state plus a staged copy that the database's next command
+//! removes: staged copies are named with a tag of their database
+//! ([`identity::staged_prefix`]) and locked by the process that restores, so a cleanup never
+//! removes another database's copy or one still in use. A crash after 4 is completed by
+//! [`recover`] at the next ducksafe command that touches the database: the staged file is
+//! verified and fsynced, so rolling forward is possible; if the staged copy was lost meanwhile,
+//! the restore is rolled back instead (the main file never left its path, the WAL files come
+//! back from quarantine). A stale WAL is never left beside a restored database, and nothing is
+//! ever deleted.
 
 use std::fs;
 use std::path::{Path, PathBuf};

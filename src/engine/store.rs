@@ -9,6 +9,8 @@
 //!   simulation_20250818_143022.manifest.json 0600  what it holds and how it was verified
 //!   latest.duckdb -> simulation_20250818_143022.duckdb   (relative symlink)
 //!   .ducksafe.lock                           0600  the directory lock (holder's PID inside)
+//!   .ducksafe-database.json                  0600  the one database these backups belong to
+//!                                                  (see super::identity)
 //!   .ducksafe-tmp-…                                in-flight files; never a backup name
 //!   quarantine/                              0700  databases moved aside by restores
 //! ```
