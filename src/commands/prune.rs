@@ -21,11 +21,13 @@ pub fn run(g: &Global, a: &PruneArgs) -> i32 {
     let result = (|| {
         let settings = super::load_settings(g)?;
         let store = Store::open(&settings.backup_dir, false)?;
-        let _lock = if a.dry_run {
-            store.lock_only()?
-        } else {
-            store.lock()?.0
-        };
+        let _lock = store.lock_only()?;
+        let owner = crate::engine::identity::check(store.dir(), &settings)?;
+        let store = store.owned_by(owner);
+        if !a.dry_run {
+            // This database's directory: sweep what an interrupted run left.
+            store.clean_leftovers()?;
+        }
         let inv = store.inventory()?;
         let now = crate::clock::now();
         let plan = retention::plan(

@@ -5,7 +5,6 @@
 use super::Global;
 use crate::cli::RestoreArgs;
 use crate::engine::restore;
-use crate::engine::store::Store;
 use crate::protocol::Decision;
 use crate::report::{self, Ctx};
 
@@ -18,14 +17,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
     ctx.set_paths(&settings);
     let now = crate::clock::now();
     if a.dry_run {
-        let planned = (|| {
-            let store = Store::open(&settings.backup_dir, false)?;
-            // The lock only: a dry run sweeps nothing either.
-            let _lock = store.lock_only()?;
-            let entry = store.resolve(&a.backup)?;
-            restore::check_expected(&settings, &entry, a.expect_sha256.as_deref())?;
-            Ok::<_, crate::error::Error>(restore::plan(&settings, &store, &entry, now))
-        })();
+        let planned = restore::dry_run(&settings, &a.backup, a.expect_sha256.as_deref(), now);
         return match planned {
             Ok(p) => {
                 if g.json {
@@ -59,6 +51,16 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
                 report::print_json_pretty(&r);
                 return 0;
             }
+            if outcome.unchanged {
+                println!(
+                    "`{}` already was backup `{}` byte for byte ({}), with no WAL beside it: nothing was moved",
+                    settings.db_path.display(),
+                    manifest.id,
+                    outcome.checks.join(", ")
+                );
+                report::print_warnings(&r.warnings);
+                return 0;
+            }
             println!(
                 "restored `{}` from backup `{}` in {} ms ({})",
                 settings.db_path.display(),
@@ -67,7 +69,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
                 outcome.checks.join(", ")
             );
             if outcome.quarantined.is_empty() {
-                println!("  nothing was replaced (the database did not exist)");
+                println!("  nothing was replaced: the database did not exist");
             } else {
                 println!(
                     "  the replaced files are in `{}`:",

@@ -41,6 +41,8 @@ pub fn run(g: &Global, a: &VerifyArgs) -> i32 {
     let result = (|| {
         let settings = super::load_settings(g)?;
         let store = Store::open(&settings.backup_dir, false)?;
+        let owner = crate::engine::identity::check(store.dir(), &settings)?;
+        let store = store.owned_by(owner);
         let limits = backup::limits(&settings);
         // The whole inventory only for --all; one backup is resolved on its own.
         let inv = if a.all {
