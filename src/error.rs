@@ -244,6 +244,11 @@ impl Error {
             }
             Error::BackupDirUnsafe { dir, .. } => Some(unsafe_folder_hint("BACKUP_DIR", dir)),
             Error::UnsafeFolder { key, dir, .. } => Some(unsafe_folder_hint(key, dir)),
+            // `adopt` is offered only when the other database is gone from its path: it is for a
+            // project moved on purpose, never a way to take a live database's backups.
+            Error::SharedBackupDir { other, .. } if Path::new(other).exists() => Some(format!(
+                "give each database its own `BACKUP_DIR`: `{other}` still exists and these are its backups (see docs/runbook.md, 'Several databases on one machine')"
+            )),
             Error::SharedBackupDir { other, .. } => Some(format!(
                 "give each database its own `BACKUP_DIR`; if this database was moved here on purpose from `{other}`, run `ducksafe adopt` once (see docs/runbook.md, 'Several databases on one machine')"
             )),

@@ -330,3 +330,30 @@ fn protocol_version_is_the_number_one() {
     assert_eq!(r.exit_code, 65, "{r:?}");
     assert_eq!(r.errors[0].code, ErrorCode::InvalidRequest);
 }
+
+/// A closed stdout (`ducksafe list | head -1`) ends the process quietly with success, as ripgrep
+/// and fd do: no panic message. The read end is closed before the process starts, so every
+/// write fails, whatever the timing.
+#[test]
+fn a_closed_stdout_ends_quietly_with_success() {
+    let p = Project::new("");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    for args in [
+        vec!["list", "--json"],
+        vec!["list"],
+        vec!["verify", "--all"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = p
+            .cmd(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

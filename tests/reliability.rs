@@ -4669,13 +4669,25 @@ fn same_file_name_one_backup_dir(t: &mut Tally) {
                 ErrorCode::BackupDirUnsafe,
                 &[&a_db.display().to_string(), &b_db.display().to_string()],
             )?;
+            // The way forward is a BACKUP_DIR of its own; `adopt` is not offered while `a`
+            // still exists, and refuses: it would hand a's backups (and restores) to b.
             ensure(
                 r.errors[0]
                     .hint
                     .as_deref()
-                    .is_some_and(|h| h.contains("adopt")),
-                || format!("no way forward in the hint: {:?}", r.errors[0].hint),
+                    .is_some_and(|h| h.contains("its own `BACKUP_DIR`") && !h.contains("adopt")),
+                || format!("the hint: {:?}", r.errors[0].hint),
             )?;
+            let owner = Path::new(&bk).join(ducksafe::engine::identity::OWNER_FILE);
+            let owner_before = sha256(&owner);
+            cli_refused(
+                &finish(cli(&conf_b, &["adopt"]), None),
+                73,
+                &["still exists"],
+            )?;
+            ensure(sha256(&owner) == owner_before, || {
+                "a refused adopt changed the owner file".into()
+            })?;
             // b's restore, post_run, list and prune never reach a's backups.
             let post = format!(
                 r#","backup_id":"{a_id}","run":{{"outcome":"failure"}},"on_failure":"restore""#

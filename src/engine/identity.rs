@@ -209,17 +209,15 @@ pub struct Adoption {
     pub changed: bool,
 }
 
-/// Makes the backups in `store` those of the database `settings` names now: for a project
-/// folder moved on purpose. The id stays; the owner file records the new path (and the old one
-/// under `adopted_from`); manifests written before ids were recorded receive the id, so that
-/// they stay this database's. A directory holding backups of several databases is refused.
-/// Call with the directory lock held.
-pub fn adopt(store: &Store, settings: &Settings, dry_run: bool) -> Result<Adoption> {
-    let ours = database_path(settings)?;
-    let inv = store.inventory()?;
-    // A damaged owner file is replaced: adopt is how it is written again.
-    let recorded = read_owner(store.dir()).ok().flatten();
-    let previous_owner = if let Some(f) = &recorded {
+/// Whose backups these are before an adoption: the owner file's database, or, without one (an
+/// earlier ducksafe, or a damaged file), the one database the manifests name. Several: refused.
+fn owner_before_adoption(
+    store: &Store,
+    inv: &super::store::Inventory,
+    recorded: Option<&OwnerFile>,
+    ours: &Path,
+) -> Result<Owner> {
+    let owner = if let Some(f) = recorded {
         Owner {
             id: Some(f.database_id.clone()),
             database: f.database.clone(),
@@ -254,16 +252,30 @@ pub fn adopt(store: &Store, settings: &Settings, dry_run: bool) -> Result<Adopti
                     .map(|p| p.display().to_string())
                     .collect::<Vec<_>>()
                     .join("`, `"),
-                ours,
+                ours: ours.to_path_buf(),
             });
         }
         Owner {
             recorded: false,
             id: ids.first().map(|s| (*s).clone()),
             // Newest first: the path of the newest backup.
-            database: paths.first().cloned().unwrap_or_else(|| ours.clone()),
+            database: paths.first().cloned().unwrap_or_else(|| ours.to_path_buf()),
         }
     };
+    Ok(owner)
+}
+
+/// Makes the backups in `store` those of the database `settings` names now: for a project
+/// folder moved on purpose. The id stays; the owner file records the new path (and the old one
+/// under `adopted_from`); manifests written before ids were recorded receive the id, so that
+/// they stay this database's. A directory holding backups of several databases is refused.
+/// Call with the directory lock held.
+pub fn adopt(store: &Store, settings: &Settings, dry_run: bool) -> Result<Adoption> {
+    let ours = database_path(settings)?;
+    let inv = store.inventory()?;
+    // A damaged owner file is replaced: adopt is how it is written again.
+    let recorded = read_owner(store.dir()).ok().flatten();
+    let previous_owner = owner_before_adoption(store, &inv, recorded.as_ref(), &ours)?;
     let id = match &previous_owner.id {
         Some(id) => id.clone(),
         None => new_database_id()?,
@@ -279,6 +291,17 @@ pub fn adopt(store: &Store, settings: &Settings, dry_run: bool) -> Result<Adopti
         .map(|b| b.id.clone())
         .collect();
     let previous = (previous_owner.database != ours).then(|| previous_owner.database.clone());
+    if let Some(old) = &previous {
+        // The database these backups belong to is still there: this is not a moved project but
+        // another database, and adopting would hand its backups (and its restores) to this one.
+        if std::fs::symlink_metadata(old).is_ok() {
+            return Err(Error::SharedBackupDir {
+                dir: store.dir().to_path_buf(),
+                other: old.display().to_string(),
+                ours,
+            });
+        }
+    }
     let changed = recorded.is_none() || previous.is_some() || !stamped.is_empty();
     if !dry_run && changed {
         for b in &adopted {
