@@ -3990,6 +3990,39 @@ fn refused_as_damaged(p: &Project, good: &str) -> Result<String, String> {
     Ok(e.message.clone())
 }
 
+/// A crashed run's big insert: DuckDB wrote its rows straight into blocks past the header's
+/// block count, and only the WAL points to them. One byte flipped there: damage too.
+fn damaged_block_only_the_wal_points_to(
+    p: &Project,
+    pristine: &[u8],
+    good: &str,
+) -> Result<(), String> {
+    fs::write(p.db(), pristine).unwrap();
+    write_into_wal(
+        &p.db(),
+        "CREATE TABLE big_run AS SELECT range AS id, md5(range::VARCHAR) AS s FROM range(600000);",
+    );
+    let len = fs::metadata(p.db()).unwrap().len();
+    let f = fs::File::open(p.db()).unwrap();
+    let Ok(Ok(ducksafe::engine::integrity::Readable::Layout(l))) =
+        ducksafe::engine::integrity::Layout::read(len, &|at, buf| {
+            std::os::unix::fs::FileExt::read_exact_at(&f, buf, at)
+        })
+    else {
+        return Err("no layout".into());
+    };
+    let beyond = 12_288 + l.block_count * l.block_size;
+    ensure(len > beyond, || {
+        format!("the insert wrote no block past the header's count ({len} bytes)")
+    })?;
+    flip(&p.db(), beyond + 5000);
+    let result = refused_as_damaged(p, good).map(drop);
+    for wal in ducksafe::duck::wal_paths(&p.db()) {
+        let _ = fs::remove_file(wal);
+    }
+    result
+}
+
 #[test]
 fn damaged_database_is_refused() {
     let mut t = Tally::new("damaged_database_is_refused");
@@ -4070,6 +4103,10 @@ fn damaged_database_is_refused() {
             fs::write(p.db(), &pristine[..pristine.len() - 100_000]).unwrap();
             refused_as_damaged(&p, &good.id).map(drop)
         });
+        t.case(
+            format!("{level}: a damaged block only the WAL points to"),
+            || damaged_block_only_the_wal_points_to(&p, &pristine, &good.id),
+        );
         // No false alarm: damage in a free block (never read by DuckDB) is no damage.
         for _ in 0..scaled(2) {
             let off = regions.random_offset("free blocks", &mut rng);
@@ -4642,6 +4679,7 @@ fn several_databases_on_one_machine() {
         a_lost_staged_copy_is_rolled_back(&mut t);
         a_symlinked_db_path_is_refused_everywhere(&mut t);
         quarantine_in_a_system_folder(&mut t);
+        system_folders_are_refused(&mut t);
         restore_from_read_only_media(&mut t);
         directories_of_earlier_versions(&mut t);
         smaller_promises(&mut t);
@@ -5067,6 +5105,47 @@ fn a_symlinked_db_path_is_refused_everywhere(t: &mut Tally) {
                 })
             },
         );
+    }
+}
+
+/// System folders that root owns (and so would pass every permission check) are refused for
+/// `BACKUP_DIR` and `QUARANTINE_DIR` alike.
+fn system_folders_are_refused(t: &mut Tally) {
+    let p = Project::new("");
+    let no_chmod = |r: &Response| {
+        ensure(
+            r.errors
+                .iter()
+                .all(|e| e.hint.as_deref().is_some_and(|h| !h.contains("chmod"))),
+            || format!("a hint suggests changing a system folder: {:?}", r.errors),
+        )
+    };
+    // System folders that root owns and so would pass every permission check: refused for
+    // both keys, as the runbook says, with no chmod in the hint (`/` and `/home` exist on every
+    // machine; nothing is written there since the refusal comes first).
+    for (key, dir) in [
+        ("DUCKSAFE_BACKUP_DIR", "/home"),
+        ("DUCKSAFE_BACKUP_DIR", "/etc"),
+        ("DUCKSAFE_QUARANTINE_DIR", "/home"),
+        ("DUCKSAFE_QUARANTINE_DIR", "/"),
+    ] {
+        t.case(format!("{key}={dir}: validate and pre_run"), || {
+            let env = [(key, dir)];
+            let pointer = format!("/{}", key.trim_start_matches("DUCKSAFE_"));
+            for req in [
+                request("validate", &p.config(), ""),
+                request("pre_run", &p.config(), ""),
+            ] {
+                let r = hook_at(&p.config(), &req, &env)?;
+                refused(&r, ErrorCode::BackupDirUnsafe, &["system folder"])?;
+                ensure(
+                    r.errors[0].path.as_deref() == Some(pointer.as_str()),
+                    || format!("{:?}", r.errors[0].path),
+                )?;
+                no_chmod(&r)?;
+            }
+            Ok(())
+        });
     }
 }
 

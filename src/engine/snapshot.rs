@@ -171,9 +171,20 @@ pub fn take<V>(
         crate::failpoint::hit("snapshot.folded");
         out.sync_all()
             .map_err(|e| Error::io("fsync", temp.path(), e))?;
-        // The checkpoint rewrote the file: hash it as it now is on disk.
-        let back =
-            files::hash_file(temp.path()).map_err(|e| Error::io("read back", temp.path(), e))?;
+        // The checkpoint rewrote the file: hash it as it now is on disk, and check DuckDB's
+        // checksums of every block the folded file uses in the same read. A WAL can point at
+        // blocks the source's header does not count or lists as free (rows DuckDB wrote
+        // straight to the file before the crash): damage there shows up only here.
+        let (back, folded) = hash_and_check(temp.path())?;
+        if let Err(d) = folded {
+            return Err(Error::DatabaseDamaged {
+                path: src_path.clone(),
+                why: format!(
+                    "a block its WAL points to is damaged: in the copy with the WAL folded in, {d}"
+                ),
+                restore: None,
+            });
+        }
         (back.bytes, back.sha256)
     } else {
         (copied.read_back_bytes, copied.sha256)
@@ -198,6 +209,37 @@ pub fn take<V>(
         warnings,
     };
     Ok((snap, verified))
+}
+
+/// Reads a file once: its length and SHA-256, and DuckDB's checksum of every header and block
+/// it uses (`Ok(None)` when it is encrypted and cannot be checked).
+fn hash_and_check(path: &Path) -> Result<(files::Copied, Result<Option<u64>, integrity::Damage>)> {
+    let file = files::open_read_nofollow(path).map_err(|e| Error::io("read back", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("read back", path, e))?
+        .len();
+    let layout = integrity::Layout::read(len, &|at, buf| file.read_exact_at(buf, at))
+        .map_err(|e| Error::io("read back", path, e))?;
+    let mut checker = match layout {
+        Ok(Readable::Layout(l)) => Some(Checker::new(l)),
+        Ok(Readable::Encrypted) => None,
+        Err(d) => {
+            let back = files::hash_file(path).map_err(|e| Error::io("read back", path, e))?;
+            return Ok((back, Err(d)));
+        }
+    };
+    let back = files::hash_file_inspecting(path, &mut |piece| {
+        if let Some(c) = checker.as_mut() {
+            c.feed(piece);
+        }
+    })
+    .map_err(|e| Error::io("read back", path, e))?;
+    let verdict = match checker {
+        Some(c) => c.finish().map(Some),
+        None => Ok(None),
+    };
+    Ok((back, verdict))
 }
 
 /// The damage in words, with the tables whose data sits in a damaged block (DuckDB reads which
@@ -283,6 +325,15 @@ fn fold_wal(wals: &[(PathBuf, u64)], src: &Path, temp: &Path, limits: &Limits) -
                 temp,
                 std::io::Error::from_raw_os_error(libc::ENOSPC),
             );
+        }
+        if msg.contains("Corrupt database file") {
+            // DuckDB read a damaged block of the database (or one its WAL points to) while
+            // folding: the database itself is damaged.
+            return Error::DatabaseDamaged {
+                path: src.to_path_buf(),
+                why: format!("DuckDB found damage while folding its WAL into the copy: {msg}"),
+                restore: None,
+            };
         }
         Error::BackupFailed {
             path: src.to_path_buf(),

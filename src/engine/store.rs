@@ -101,7 +101,7 @@ impl Store {
             Err(e) => return Err(Error::io("open backup directory", dir, e)),
         }
         let meta = fs::metadata(dir).map_err(|e| Error::io("open backup directory", dir, e))?;
-        if let Some(why) = files::unsafe_dir_reason(&meta) {
+        if let Some(why) = files::unsafe_folder_reason(dir, &meta) {
             return Err(Error::BackupDirUnsafe {
                 dir: dir.to_path_buf(),
                 why,
@@ -579,7 +579,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
         Ok(m) if m.file_type().is_symlink() => Err(unsafe_dir(
             "it is a symlink; ducksafe never follows links for its own folders".into(),
         )),
-        Ok(m) => files::unsafe_dir_reason(&m).map_or(Ok(()), |why| Err(unsafe_dir(why))),
+        Ok(m) => files::unsafe_folder_reason(dir, &m).map_or(Ok(()), |why| Err(unsafe_dir(why))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             match files::create_private_dir(dir) {
                 Ok(()) => Ok(()),
@@ -589,7 +589,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
                     if m.file_type().is_symlink() {
                         return Err(unsafe_dir("it is a symlink".into()));
                     }
-                    files::unsafe_dir_reason(&m).map_or(Ok(()), |why| Err(unsafe_dir(why)))
+                    files::unsafe_folder_reason(dir, &m).map_or(Ok(()), |why| Err(unsafe_dir(why)))
                 }
                 Err(e) => Err(Error::io("create", dir, e)),
             }

@@ -477,6 +477,11 @@ fn start_writeback(f: &File, offset: u64, len: u64) {
 
 /// SHA-256 and length of everything readable from `f`.
 fn hash_reader(f: &mut impl Read) -> io::Result<Copied> {
+    hash_reader_inspecting(f, &mut |_| {})
+}
+
+/// [`hash_reader`], handing `inspect` every byte read, in order.
+fn hash_reader_inspecting(f: &mut impl Read, inspect: &mut dyn FnMut(&[u8])) -> io::Result<Copied> {
     let mut buf = vec![0u8; BUF_SIZE];
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
@@ -488,6 +493,7 @@ fn hash_reader(f: &mut impl Read) -> io::Result<Copied> {
             Err(e) => return Err(e),
         };
         hasher.update(&buf[..n]);
+        inspect(&buf[..n]);
         bytes += n as u64;
     }
     Ok(Copied {
@@ -499,6 +505,11 @@ fn hash_reader(f: &mut impl Read) -> io::Result<Copied> {
 /// SHA-256 of a file, opened without following a symlink.
 pub fn hash_file(path: &Path) -> io::Result<Copied> {
     hash_reader(&mut open_read_nofollow(path)?)
+}
+
+/// [`hash_file`], handing `inspect` every byte read, in order (one read of the file for both).
+pub fn hash_file_inspecting(path: &Path, inspect: &mut dyn FnMut(&[u8])) -> io::Result<Copied> {
+    hash_reader_inspecting(&mut open_read_nofollow(path)?, inspect)
 }
 
 #[cfg(test)]

@@ -26,7 +26,8 @@ use std::path::Path;
 
 mod copy;
 pub use copy::{
-    copy_verified, copy_verified_inspecting, hash_file, Copied, CopyMethod, VerifiedCopy,
+    copy_verified, copy_verified_inspecting, hash_file, hash_file_inspecting, Copied, CopyMethod,
+    VerifiedCopy,
 };
 
 /// Size of the buffer used for streaming copies and hashes. Large enough to amortize syscalls,
@@ -329,6 +330,48 @@ pub fn fs_space(path: &Path) -> io::Result<FsSpace> {
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Folders the system itself lives in or all users share: never ducksafe's own folder, even
+/// for root, who owns them and passes every permission check.
+pub fn is_system_folder(dir: &Path) -> bool {
+    const SYSTEM: [&str; 22] = [
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/dev/shm",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib64",
+        "/media",
+        "/mnt",
+        "/opt",
+        "/proc",
+        "/run",
+        "/run/user",
+        "/sbin",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/var",
+        "/var/lib",
+        "/var/tmp",
+    ];
+    let dir = crate::config::normalize(dir);
+    SYSTEM.iter().any(|s| dir == Path::new(s))
+}
+
+/// Why the directory `dir` is not a safe home for private data, if it is not.
+pub fn unsafe_folder_reason(dir: &Path, meta: &fs::Metadata) -> Option<String> {
+    if is_system_folder(dir) {
+        return Some(
+            "it is a system folder: ducksafe keeps its private files only in a folder of its own"
+                .to_owned(),
+        );
+    }
+    unsafe_dir_reason(meta)
 }
 
 /// Why a directory is not a safe home for private data, if it is not.
