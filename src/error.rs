@@ -65,6 +65,9 @@ pub enum Error {
     #[error("backup directory `{}` is unsafe: {why}", dir.display())]
     BackupDirUnsafe { dir: PathBuf, why: String },
 
+    #[error("backup directory `{}` is on a read-only filesystem: no backup can be written there", dir.display())]
+    BackupDirReadOnly { dir: PathBuf },
+
     #[error("backup directory `{}` already holds backups of another database (`{other}`)", dir.display())]
     SharedBackupDir { dir: PathBuf, other: String },
 
@@ -161,7 +164,7 @@ impl Error {
             Error::LockBusy { .. } => C::LockBusy,
             Error::BackupDirUnsafe { .. } | Error::SharedBackupDir { .. } => C::BackupDirUnsafe,
             Error::InsufficientSpace { .. } => C::InsufficientSpace,
-            Error::BackupFailed { .. } => C::BackupFailed,
+            Error::BackupFailed { .. } | Error::BackupDirReadOnly { .. } => C::BackupFailed,
             Error::Io { source, .. } if is_no_space(source) => C::InsufficientSpace,
             Error::Io { .. } => C::IoError,
             Error::VerificationFailed { .. } => C::VerificationFailed,
@@ -192,21 +195,24 @@ impl Error {
                 Some("`ducksafe schema config` prints every key with its type and default".into())
             }
             Error::DatabaseNotFound { .. } => Some(
-                "check `DB_PATH` in the configuration; ducksafe never creates a database".into(),
+                "check `DB_PATH` in the configuration (and `DUCKSAFE_DB_PATH`); if the database was deleted or lost, `ducksafe restore` puts the latest backup back (`ducksafe list` shows them); a backup never creates a database".into(),
             ),
             Error::DatabaseInvalid { .. } => Some(
                 "check that `DB_PATH` names the simulation's DuckDB file and that this DuckDB can read it"
                     .into(),
             ),
-            Error::DatabaseLocked { .. } => Some(
-                "a run is still writing the database; wait for it to finish (or stop it), then retry"
-                    .into(),
-            ),
+            Error::DatabaseLocked { path, .. } => Some(format!(
+                "another process has the database open (named above: a run, a notebook, a DuckDB shell); wait for it to finish or stop it, then retry (`fuser -v {}` lists them)",
+                crate::engine::restore::shell_quote(path)
+            )),
             Error::LockBusy { .. } => {
                 Some("another backup or restore is running; retry when it has finished".into())
             }
             Error::BackupDirUnsafe { .. } => Some(
                 "make the backup directory private to this user: `chmod 700 DIR` (and `chown` it to this user)".into(),
+            ),
+            Error::BackupDirReadOnly { .. } => Some(
+                "no chmod fixes this: remount that filesystem read-write (`mount -o remount,rw MOUNTPOINT`), or set `BACKUP_DIR` to a writable disk; nothing was written, and `list` and `verify` still read the backups there".into(),
             ),
             Error::SharedBackupDir { .. } => Some(
                 "give each database its own BACKUP_DIR: rotation and `latest` work per directory".into(),
