@@ -99,5 +99,6 @@ pub fn fail_with_response(
         report::print_json_pretty(&ctx.fail(decision, err));
     }
     report::print_error(err);
+    report::print_warnings(&ctx.warnings);
     err.exit_code()
 }

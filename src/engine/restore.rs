@@ -70,19 +70,73 @@ pub struct Outcome {
     pub quarantined: Vec<PathBuf>,
     pub checks: Vec<String>,
     pub duration_ms: u64,
+    /// Set when this restore was the completion of an interrupted one (its journal): the
+    /// requested backup was that restore's, so it was not restored a second time.
+    pub finished_journal: Option<PathBuf>,
+}
+
+/// An interrupted restore (journal `prepared`): what it is, what it left, and the ways out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pending {
+    pub backup_id: String,
+    pub journal: PathBuf,
+    pub quarantine: PathBuf,
+    pub started_at: DateTime<Utc>,
+    /// Where it stopped and what that means for the database, in words.
+    pub state: String,
+    /// The one command that finishes it.
+    pub finish: String,
+    /// Shell commands that undo it instead: the database and its WAL files back as they were,
+    /// and the journal closed (renamed `restore.json.undone`).
+    pub undo: Vec<String>,
+}
+
+impl Pending {
+    /// One line for warnings and error reports.
+    pub fn line(&self) -> String {
+        format!(
+            "UNFINISHED RESTORE of backup `{}` (journal `{}`): {}; finish it with `{}`, or undo it (with nothing using the database): `{}`",
+            self.backup_id,
+            self.journal.display(),
+            self.state,
+            self.finish,
+            self.undo.join(" && ")
+        )
+    }
+}
+
+/// An interrupted restore that [`recover`] finished.
+#[derive(Debug, Clone)]
+struct Finished {
+    intent: Intent,
+    journal: PathBuf,
+    quarantined: Vec<PathBuf>,
 }
 
 impl Plan {
     /// Shell commands that undo the restore: put the quarantined files back.
     pub fn undo_commands(&self, quarantined: &[PathBuf]) -> Vec<String> {
-        let mut cmds = Vec::new();
-        for q in quarantined {
-            if let Some((from, _)) = self.moves.iter().find(|(_, to)| to == q) {
-                cmds.push(format!("mv -f {} {}", shell_quote(q), shell_quote(from)));
-            }
-        }
-        cmds
+        undo_moves(&self.database, &self.moves, quarantined)
     }
+}
+
+/// `mv -f` lines that put quarantined files back where they came from: the database first (a
+/// WAL must never sit beside a file it does not belong to), then its WAL files. Files that came
+/// late (`.late1`) are not part of the replaced state and stay in quarantine.
+fn undo_moves(
+    database: &Path,
+    moves: &[(PathBuf, PathBuf)],
+    quarantined: &[PathBuf],
+) -> Vec<String> {
+    let mut ordered: Vec<&(PathBuf, PathBuf)> = moves
+        .iter()
+        .filter(|(_, to)| quarantined.contains(to))
+        .collect();
+    ordered.sort_by_key(|(from, _)| from != database);
+    ordered
+        .into_iter()
+        .map(|(from, to)| format!("mv -f {} {}", shell_quote(to), shell_quote(from)))
+        .collect()
 }
 
 /// Quotes a path for a POSIX shell.
@@ -196,11 +250,12 @@ pub fn apply(plan: &Plan, entry: &Entry, limits: &Limits) -> Result<Outcome> {
 
     // 5–6. Quarantine, then the atomic switch. From here on the journal speaks for the restore.
     let journal = plan.quarantine.join(INTENT);
-    let quarantined = complete(&intent).map_err(|e| Error::RestoreFailed {
+    let quarantined = complete(&intent, &plan.quarantine.join(INTENT)).map_err(|e| Error::RestoreFailed {
         database: plan.database.clone(),
         why: format!(
-            "{e}; the journal `{}` records this restore and the next `ducksafe restore` or backup completes it",
-            journal.display()
+            "{e}; the journal `{}` records this restore: `ducksafe restore {}` finishes it (`ducksafe list` shows it)",
+            journal.display(),
+            plan.backup_id
         ),
     })?;
     intent.state = "done".into();
@@ -235,6 +290,7 @@ pub fn apply(plan: &Plan, entry: &Entry, limits: &Limits) -> Result<Outcome> {
         quarantined,
         checks,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        finished_journal: None,
     })
 }
 
@@ -293,8 +349,30 @@ fn write_intent(quarantine: &Path, intent: &Intent) -> Result<()> {
         .map_err(|e| Error::io("write restore journal", &path, e))
 }
 
-/// Steps 5 and 6 from a durable intent; safe to run again after a crash at any point.
-fn complete(intent: &Intent) -> Result<Vec<PathBuf>> {
+/// Whether the rename of the staged copy over the database happened: told by the files'
+/// identities (the quarantined hard link is the old database), never by their bytes.
+fn switched(intent: &Intent) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let db = fs::symlink_metadata(&intent.database);
+    match intent
+        .moves
+        .iter()
+        .find(|(from, _)| *from == intent.database)
+    {
+        // The database existed: it was switched when it is no longer the file linked into
+        // quarantine (no link yet means it was never touched).
+        Some((_, link)) => match (db, fs::symlink_metadata(link)) {
+            (Ok(d), Ok(l)) => (d.dev(), d.ino()) != (l.dev(), l.ino()),
+            _ => false,
+        },
+        // There was no database: whatever is there now came from the switch.
+        None => db.is_ok(),
+    }
+}
+
+/// Steps 5 and 6 from a durable intent; safe to run again after a crash at any point. The
+/// staged copy must exist unless the switch already happened.
+fn complete(intent: &Intent, journal: &Path) -> Result<Vec<PathBuf>> {
     let existing = |moves: &[(PathBuf, PathBuf)]| -> Vec<PathBuf> {
         moves
             .iter()
@@ -303,20 +381,21 @@ fn complete(intent: &Intent) -> Result<Vec<PathBuf>> {
             .collect()
     };
     if fs::symlink_metadata(&intent.staged).is_err() {
-        // The switch happened, or the staged copy was lost: only the database's bytes can
-        // tell which, and only the first lets the journal be closed.
         let is_backup = files::hash_file(&intent.database)
             .is_ok_and(|h| files::hex(&h.sha256) == intent.backup_sha256);
-        if !is_backup {
-            return Err(Error::RestoreFailed {
-                database: intent.database.clone(),
-                why: format!(
-                    "an interrupted restore of backup `{}` lost its staged copy and the database is not that backup; the quarantined files are listed in its journal (see docs/runbook.md, 'Restore failed')",
-                    intent.backup_id
-                ),
-            });
+        if switched(intent) && is_backup {
+            // Renamed into place before the crash: only the journal was left open.
+            return Ok(existing(&intent.moves));
         }
-        return Ok(existing(&intent.moves));
+        let what = if switched(intent) {
+            format!(
+                "the database was replaced but is no longer backup `{}` (something changed it since)",
+                intent.backup_id
+            )
+        } else {
+            "its staged copy is gone".to_owned()
+        };
+        return Err(stuck(intent, journal, &what));
     }
     // The database first, by hard link: its path never disappears, and until its WAL moves
     // it is still whole.
@@ -379,45 +458,270 @@ fn same_entry(a: &Path, b: &Path) -> bool {
     matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
 }
 
+/// The folders journals may be in: the quarantine root in use now, then the other one a
+/// different configuration or mount layout would have used.
+fn journal_roots(settings: &Settings) -> Vec<PathBuf> {
+    let mut roots = vec![quarantine_root(settings)];
+    for r in [
+        settings.quarantine_dir.clone(),
+        files::parent_of(&settings.db_path).join(".ducksafe-quarantine"),
+    ] {
+        if !roots.contains(&r) {
+            roots.push(r);
+        }
+    }
+    roots
+}
+
+/// Whether `dir` is a real directory private to this user.
+fn is_private_dir(dir: &Path) -> bool {
+    fs::symlink_metadata(dir)
+        .is_ok_and(|m| !m.file_type().is_symlink() && files::unsafe_dir_reason(&m).is_none())
+}
+
+/// The unfinished journals found: this database's (path, intent), and the staged copies other
+/// databases' unfinished restores still need.
+struct Journals {
+    ours: Vec<(PathBuf, Intent)>,
+    others_staged: Vec<PathBuf>,
+}
+
+/// The `prepared` journals of this database, oldest folder first, from roots that pass
+/// `trusted` (journals are only believed from a private, real directory: a planted one could
+/// name any file to rename over the database).
+fn prepared_journals(
+    settings: &Settings,
+    trusted: &mut dyn FnMut(&Path) -> Result<bool>,
+) -> Result<Journals> {
+    let mut ours = Vec::new();
+    let mut others_staged = Vec::new();
+    let mut dirs = Vec::new();
+    for root in journal_roots(settings) {
+        if fs::symlink_metadata(&root).is_err() || !trusted(&root)? {
+            continue;
+        }
+        if let Ok(rd) = fs::read_dir(&root) {
+            dirs.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
+        }
+    }
+    dirs.sort_by(|a, b| a.file_name().cmp(&b.file_name()).then(a.cmp(b)));
+    for dir in dirs {
+        let path = dir.join(INTENT);
+        let Ok(bytes) = fs::read(&path) else { continue };
+        let Ok(intent) = serde_json::from_slice::<Intent>(&bytes) else {
+            continue;
+        };
+        if intent.state != "prepared" {
+            continue;
+        }
+        if same_entry(&intent.database, &settings.db_path) {
+            ours.push((path, intent));
+        } else {
+            // Another database's unfinished restore: its staged copy is not a leftover.
+            others_staged.push(intent.staged);
+        }
+    }
+    Ok(Journals {
+        ours,
+        others_staged,
+    })
+}
+
+/// The command that finishes an interrupted restore of `backup_id` for this configuration.
+fn finish_command(settings: &Settings, backup_id: &str) -> String {
+    match &settings.config_path {
+        Some(c) => format!("ducksafe restore {backup_id} --config {}", shell_quote(c)),
+        None => format!("ducksafe restore {backup_id}"),
+    }
+}
+
+/// Shell commands that undo an interrupted restore: what was moved goes back (the database
+/// first), and the journal is closed so that no later command finishes it.
+fn undo_interrupted(intent: &Intent, journal: &Path) -> Vec<String> {
+    let was_switched = switched(intent);
+    let moved: Vec<PathBuf> = intent
+        .moves
+        .iter()
+        .filter(|(from, to)| {
+            fs::symlink_metadata(to).is_ok() && (*from != intent.database || was_switched)
+        })
+        .map(|(_, to)| to.clone())
+        .collect();
+    let mut lines = undo_moves(&intent.database, &intent.moves, &moved);
+    lines.push(format!(
+        "mv {} {}",
+        shell_quote(journal),
+        shell_quote(&journal.with_file_name(format!("{INTENT}.undone")))
+    ));
+    lines
+}
+
+/// Where an interrupted restore stopped, for people.
+fn describe(intent: &Intent) -> String {
+    if switched(intent) {
+        return format!(
+            "the database already holds backup `{}`; only the journal was not closed",
+            intent.backup_id
+        );
+    }
+    let moved: Vec<&PathBuf> = intent
+        .moves
+        .iter()
+        .filter(|(from, to)| *from != intent.database && fs::symlink_metadata(to).is_ok())
+        .map(|(_, to)| to)
+        .collect();
+    let mut state = match moved.first() {
+        None => "nothing was moved yet: the database and its WAL files are as they were".to_owned(),
+        Some(first) => format!(
+            "the database is the OLD file WITHOUT its WAL (moved to `{}`): do not open it or run anything on it",
+            files::parent_of(first).display()
+        ),
+    };
+    if fs::symlink_metadata(&intent.staged).is_err() {
+        state.push_str(
+            "; its staged copy is gone, so finishing it copies the backup again (or, if the backup is gone too, says how to undo it)",
+        );
+    }
+    state
+}
+
+/// Interrupted restores of this database (journal `prepared`), without touching anything: what
+/// `list`, `validate`, dry runs and failed commands report first.
+pub fn pending(settings: &Settings) -> Vec<Pending> {
+    let mut private = |root: &Path| -> Result<bool> { Ok(is_private_dir(root)) };
+    let Ok(found) = prepared_journals(settings, &mut private) else {
+        return Vec::new();
+    };
+    found
+        .ours
+        .into_iter()
+        .map(|(journal, intent)| Pending {
+            backup_id: intent.backup_id.clone(),
+            quarantine: files::parent_of(&journal).to_path_buf(),
+            started_at: intent.started_at,
+            state: describe(&intent),
+            finish: finish_command(settings, &intent.backup_id),
+            undo: undo_interrupted(&intent, &journal),
+            journal,
+        })
+        .collect()
+}
+
+/// The error for an interrupted restore that can be neither finished nor undone here: the
+/// journal, what happened, and the exact commands out.
+fn stuck(intent: &Intent, journal: &Path, what: &str) -> Error {
+    Error::RestoreFailed {
+        database: intent.database.clone(),
+        why: format!(
+            "an interrupted restore of backup `{}` (journal `{}`) cannot be finished: {what}. To put the database back as it was before that restore and close the journal (with nothing using the database): `{}`; then retry",
+            intent.backup_id,
+            journal.display(),
+            undo_interrupted(intent, journal).join(" && ")
+        ),
+    }
+}
+
+/// Copies the backup again for an interrupted restore whose staged copy was lost before the
+/// switch. The copy must have the SHA-256 the journal recorded (the one verified the first
+/// time); otherwise the restore cannot be finished, and the error says how to undo it.
+fn restage(intent: &Intent, backup: &Path, journal: &Path) -> Result<()> {
+    let from = files::open_read_nofollow(backup).map_err(|e| {
+        stuck(
+            intent,
+            journal,
+            &format!(
+                "its staged copy is gone and the backup `{}` cannot be read to copy it again ({e})",
+                backup.display()
+            ),
+        )
+    })?;
+    let to = files::create_private(&intent.staged)
+        .map_err(|e| Error::io("stage the restore at", &intent.staged, e))?;
+    let copied = files::copy_verified(&from, &to, || {});
+    let ok = copied
+        .as_ref()
+        .is_ok_and(|c| c.identical() && files::hex(&c.sha256) == intent.backup_sha256);
+    if !ok {
+        let _ = fs::remove_file(&intent.staged);
+        return Err(match copied {
+            Err(e) => Error::io("stage the restore at", &intent.staged, e),
+            Ok(_) => stuck(
+                intent,
+                journal,
+                &format!(
+                    "its staged copy is gone and the backup `{}` no longer has the SHA-256 the journal recorded",
+                    backup.display()
+                ),
+            ),
+        });
+    }
+    files::sync_dir(files::parent_of(&intent.staged))
+        .map_err(|e| Error::io("sync", &intent.staged, e))
+}
+
+/// What [`recover_all`] did.
+struct Recovery {
+    finished: Vec<Finished>,
+    /// One line per action taken.
+    notes: Vec<String>,
+}
+
 /// Finishes restores that a crash interrupted (intent `prepared`), and removes staged copies no
 /// intent refers to. Returns one line per action taken.
 pub fn recover(settings: &Settings) -> Result<Vec<String>> {
+    recover_all(settings).map(|r| r.notes)
+}
+
+fn recover_all(settings: &Settings) -> Result<Recovery> {
     let mut done = Vec::new();
-    let root = quarantine_root(settings);
-    // Journals are only trusted from a private, real directory: a planted one could name any
-    // file to rename over the database.
-    if fs::symlink_metadata(&root).is_ok() {
-        store::ensure_private_dir(&root)?;
-    }
-    let mut pending_staged = Vec::new();
-    if let Ok(rd) = fs::read_dir(&root) {
-        let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        dirs.sort();
-        for dir in dirs {
-            let path = dir.join(INTENT);
-            let Ok(bytes) = fs::read(&path) else { continue };
-            let Ok(mut intent) = serde_json::from_slice::<Intent>(&bytes) else {
-                continue;
-            };
-            if intent.state != "prepared" {
-                continue;
-            }
-            if !same_entry(&intent.database, &settings.db_path) {
-                // Another database's unfinished restore: its staged copy is not a leftover.
-                pending_staged.push(intent.staged.clone());
-                continue;
-            }
-            // Nobody may have the database open while the interrupted restore is finished.
-            let _db_lock = DatabaseLock::acquire_if_present(&intent.database)?;
-            complete(&intent)?;
-            intent.state = "done".into();
-            write_intent(&dir, &intent)?;
+    let mut finished = Vec::new();
+    // The folder restores use now must be private (an error otherwise, as for any restore); a
+    // folder another configuration would have used is only read when it is.
+    let active = quarantine_root(settings);
+    let mut must_be_private = |root: &Path| {
+        if root == active {
+            store::ensure_private_dir(root).map(|()| true)
+        } else {
+            Ok(is_private_dir(root))
+        }
+    };
+    let found = prepared_journals(settings, &mut must_be_private)?;
+    let pending_staged = found.others_staged;
+    for (path, mut intent) in found.ours {
+        let dir = files::parent_of(&path).to_path_buf();
+        // Nobody may have the database open while the interrupted restore is finished.
+        let _db_lock = DatabaseLock::acquire_if_present(&intent.database)?;
+        if fs::symlink_metadata(&intent.staged).is_err() && !switched(&intent) {
+            let backup = settings
+                .backup_dir
+                .join(format!("{}.duckdb", intent.backup_id));
+            restage(&intent, &backup, &path)?;
             done.push(format!(
-                "completed an interrupted restore of backup `{}` (journal `{}`)",
+                "the interrupted restore of backup `{}` had lost its staged copy; it was copied again from `{}` (SHA-256 checked against the journal)",
                 intent.backup_id,
-                path.display()
+                backup.display()
             ));
         }
+        let quarantined = complete(&intent, &path)?;
+        intent.state = "done".into();
+        write_intent(&dir, &intent)?;
+        let undo = undo_moves(&intent.database, &intent.moves, &quarantined);
+        done.push(format!(
+            "completed an interrupted restore of backup `{}` (journal `{}`); the database it replaced is in `{}`{}",
+            intent.backup_id,
+            path.display(),
+            dir.display(),
+            if undo.is_empty() {
+                String::new()
+            } else {
+                format!(" (undo: {})", undo.join(" && "))
+            }
+        ));
+        finished.push(Finished {
+            intent,
+            journal: path,
+            quarantined,
+        });
     }
     // Staged copies of restores that crashed before their intent was written.
     let db_dir = files::parent_of(&settings.db_path);
@@ -432,21 +736,60 @@ pub fn recover(settings: &Settings) -> Result<Vec<String>> {
             }
         }
     }
-    Ok(done)
+    Ok(Recovery {
+        finished,
+        notes: done,
+    })
 }
 
 /// Restores the backup `selector` names (`latest`, an id, a path): takes the backup
-/// directory's lock, finishes any interrupted restore first, then plans and applies. Returns the
-/// backup's manifest, the outcome, and notes about recovered leftovers.
+/// directory's lock, finishes any interrupted restore first, then plans and applies. When the
+/// interrupted restore was of the requested backup, finishing it is the restore: the database
+/// is not replaced a second time, and the undo lines name the files it really replaced.
+/// Returns the backup's manifest, the outcome, and notes about recovered leftovers.
 pub fn run(
     settings: &Settings,
     selector: &str,
     now: DateTime<Utc>,
 ) -> Result<(super::manifest::Manifest, Outcome, Vec<String>)> {
+    let started = std::time::Instant::now();
     let store = Store::open(&settings.backup_dir, false)?;
     let _lock = DirLock::acquire(store.dir())?;
-    let notes = recover(settings)?;
+    let recovery = recover_all(settings)?;
+    let mut notes = recovery.notes;
     let entry = store.resolve(selector)?;
+    if let Some(f) = recovery
+        .finished
+        .iter()
+        .rev()
+        .find(|f| f.intent.backup_id == entry.id)
+    {
+        let plan = Plan {
+            backup: store.backup_path(&entry.id),
+            backup_id: entry.id.clone(),
+            backup_sha256: f.intent.backup_sha256.clone(),
+            database: f.intent.database.clone(),
+            quarantine: files::parent_of(&f.journal).to_path_buf(),
+            staged: f.intent.staged.clone(),
+            moves: f.intent.moves.clone(),
+        };
+        let outcome = Outcome {
+            plan,
+            quarantined: f.quarantined.clone(),
+            // The file put in place is the staged copy, whose SHA-256 is the one verified
+            // (with the open and the tables) when it was first staged.
+            checks: vec![
+                "size".into(),
+                "sha256".into(),
+                "open".into(),
+                "tables".into(),
+            ],
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            finished_journal: Some(f.journal.clone()),
+        };
+        notes.retain(|n| !n.starts_with("completed an interrupted restore"));
+        return Ok((entry.manifest, outcome, notes));
+    }
     let taken_of = super::backup::source_name(&entry.manifest);
     let ours = settings.db_file_name();
     if taken_of != ours {
