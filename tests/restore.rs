@@ -911,6 +911,15 @@ fn runbook_interrupted_restore_drill_at_every_restore_failpoint() {
                 String::from_utf8_lossy(&v.stderr).contains("UNFINISHED RESTORE"),
                 "{point}"
             );
+            for args in [&["verify"][..], &["prune", "--dry-run"], &["pin", &id]] {
+                let o = p.run(args);
+                assert!(
+                    String::from_utf8_lossy(&o.stderr)
+                        .starts_with("ducksafe: warning: UNFINISHED RESTORE"),
+                    "{point}: {args:?}: {}",
+                    said(&o)
+                );
+            }
             let dry = p.run(&["restore", "--dry-run"]);
             let dry_text = said(&dry);
             assert!(

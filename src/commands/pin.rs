@@ -10,6 +10,7 @@ use crate::report;
 pub fn run(g: &Global, a: &PinArgs, pin: bool) -> i32 {
     let result = (|| {
         let settings = super::load_settings(g)?;
+        super::warn_pending(&settings);
         let store = Store::open(&settings.backup_dir, false)?;
         let _lock = DirLock::acquire(store.dir())?;
         let mut entry = store.resolve(&a.id)?;

@@ -21,6 +21,7 @@ struct PruneReport {
 pub fn run(g: &Global, a: &PruneArgs) -> i32 {
     let result = (|| {
         let settings = super::load_settings(g)?;
+        super::warn_pending(&settings);
         let store = Store::open(&settings.backup_dir, false)?;
         let _lock = DirLock::acquire(store.dir())?;
         let inv = store.inventory()?;

@@ -40,6 +40,7 @@ struct VerifyReport {
 pub fn run(g: &Global, a: &VerifyArgs) -> i32 {
     let result = (|| {
         let settings = super::load_settings(g)?;
+        super::warn_pending(&settings);
         let store = Store::open(&settings.backup_dir, false)?;
         let limits = backup::limits(&settings);
         // The whole inventory only for --all; one backup is resolved on its own.

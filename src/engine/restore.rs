@@ -818,6 +818,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn undo_puts_the_database_back_before_its_wal_and_leaves_late_files() {
+        let db = PathBuf::from("/d/sim.duckdb");
+        let q = PathBuf::from("/q");
+        let moves = vec![
+            (PathBuf::from("/d/sim.duckdb.wal"), q.join("sim.duckdb.wal")),
+            (db.clone(), q.join("sim.duckdb")),
+        ];
+        let quarantined = vec![
+            q.join("sim.duckdb.wal"),
+            q.join("sim.duckdb"),
+            q.join("sim.duckdb.wal.late1"),
+        ];
+        assert_eq!(
+            undo_moves(&db, &moves, &quarantined),
+            [
+                "mv -f /q/sim.duckdb /d/sim.duckdb",
+                "mv -f /q/sim.duckdb.wal /d/sim.duckdb.wal"
+            ]
+        );
+        // Only what was really moved is put back.
+        assert_eq!(
+            undo_moves(&db, &moves, &[q.join("sim.duckdb.wal")]),
+            ["mv -f /q/sim.duckdb.wal /d/sim.duckdb.wal"]
+        );
+    }
+
+    #[test]
     fn shell_quote_is_safe() {
         assert_eq!(shell_quote(Path::new("/a/b.duckdb")), "/a/b.duckdb");
         assert_eq!(shell_quote(Path::new("/a b/it's")), "'/a b/it'\\''s'");
