@@ -16,8 +16,15 @@
 //!
 //! A crash before 4 leaves the old state plus a temporary file the next run removes. A crash
 //! after 4 is completed by [`recover`] at the next ducksafe command that touches the database:
-//! the staged file is verified and fsynced, so rolling forward is always possible. A stale WAL is
-//! never left beside a restored database, and nothing is ever deleted.
+//! the staged file is verified and fsynced, so rolling forward is always possible. If the staged
+//! file was lost since, it is copied again from the backup and must have the journal's SHA-256;
+//! whether the switch (6) happened is told by inode identity (the quarantined hard link is the
+//! old database), never by the database's bytes. When neither is possible, the error names the
+//! journal and the exact commands that undo the restore. A stale WAL is never left beside a
+//! restored database, and nothing is ever deleted.
+//!
+//! [`pending`] describes unfinished restores without touching anything: every command reports
+//! them first (what, where, the command that finishes it, the lines that undo it).
 
 use std::fs;
 use std::path::{Path, PathBuf};
