@@ -3,7 +3,7 @@
 #
 #   bash examples/demo.sh
 #
-# Builds ducksafe (the first build compiles DuckDB: 25-35 minutes on 2 cores, once per machine),
+# Builds ducksafe (the first build compiles DuckDB: about 52 minutes on a fresh 2-core machine, once per machine),
 # creates ./demo with a simulation-shaped database (9,016 employees, 42,331 events), then runs
 # the pre-run hook exactly as a workflow runner would and shows what it left behind.
 set -euo pipefail

@@ -51,6 +51,8 @@ pub enum Command {
     Pin(PinArgs),
     /// Let rotation delete a pinned backup again
     Unpin(PinArgs),
+    /// Delete one backup now (e.g. one dated in the future by a wrong clock)
+    Delete(DeleteArgs),
     /// Print a committed JSON Schema: config, request, response or manifest
     Schema(SchemaArgs),
     /// Check the configuration, the database and the backup directory; write nothing
@@ -101,6 +103,10 @@ pub struct RestoreArgs {
     /// Show what would be moved and copied without doing it
     #[arg(long)]
     pub dry_run: bool,
+    /// Refuse, changing nothing, unless the backup's SHA-256 is this one (rollback
+    /// instructions pass it, so an id can never restore other content)
+    #[arg(long, value_name = "HEX")]
+    pub expect_sha256: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +120,15 @@ pub struct PruneArgs {
 pub struct PinArgs {
     /// The backup's id (or `latest`)
     pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The backup's id (never `latest`: name the one you mean)
+    pub id: String,
+    /// Say what would be deleted without deleting it
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -156,6 +171,9 @@ pub struct PostRunArgs {
     /// The backup the matching pre-run created (default: latest)
     #[arg(long)]
     pub backup_id: Option<String>,
+    /// That backup's SHA-256, from the pre-run's answer: a restore of other content is refused
+    #[arg(long, value_name = "HEX")]
+    pub backup_sha256: Option<String>,
     /// How the run ended
     #[arg(long, value_enum)]
     pub outcome: Option<OutcomeArg>,
@@ -203,6 +221,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Prune(a) => commands::prune::run(&g, &a),
         Command::Pin(a) => commands::pin::run(&g, &a, true),
         Command::Unpin(a) => commands::pin::run(&g, &a, false),
+        Command::Delete(a) => commands::delete::run(&g, &a),
         Command::Schema(a) => commands::schema::run(&a),
         Command::Validate => commands::validate::run(&g),
         Command::Hook => commands::hook::run(),

@@ -354,6 +354,20 @@ impl Db {
             .map_err(|e| classify(&e))
     }
 
+    /// Whether table `t` keeps data in block `id` (`pragma_storage_info` reads the table's
+    /// metadata only, so it answers even when that block is damaged).
+    pub fn table_uses_block(&self, t: &TableName, id: u64) -> Result<bool, DuckError> {
+        let id = i64::try_from(id).unwrap_or(i64::MAX);
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM pragma_storage_info(?) WHERE block_id = ?",
+                duckdb::params![format!("{}.{}", t.schema, t.name), id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(|e| classify(&e))
+    }
+
     /// The columns of a table, in order.
     pub fn columns(&self, t: &TableName) -> Result<Vec<String>, DuckError> {
         let mut stmt = self

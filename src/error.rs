@@ -52,6 +52,16 @@ pub enum Error {
     #[error("`{}` is not a usable DuckDB database: {why}", path.display())]
     DatabaseInvalid { path: PathBuf, why: String },
 
+    /// DuckDB's own checksums say the database's bytes are damaged (bit rot, a bad disk, a
+    /// crashed writer): the database itself, not a backup.
+    #[error("the database `{}` itself is damaged (not a backup): {why}", path.display())]
+    DatabaseDamaged {
+        path: PathBuf,
+        why: String,
+        /// The way out: the newest good backup and the command that restores it.
+        restore: Option<String>,
+    },
+
     #[error("database `{}` is in use{}", path.display(), holder_text(*pid, holder.as_deref()))]
     DatabaseLocked {
         path: PathBuf,
@@ -160,6 +170,7 @@ impl Error {
             Error::ConfigInvalid { .. } => C::ConfigInvalid,
             Error::DatabaseNotFound { .. } => C::DatabaseNotFound,
             Error::DatabaseInvalid { .. } => C::DatabaseInvalid,
+            Error::DatabaseDamaged { .. } => C::DatabaseDamaged,
             Error::DatabaseLocked { .. } => C::DatabaseLocked,
             Error::LockBusy { .. } => C::LockBusy,
             Error::BackupDirUnsafe { .. } | Error::SharedBackupDir { .. } => C::BackupDirUnsafe,
@@ -201,6 +212,12 @@ impl Error {
                 "check that `DB_PATH` names the simulation's DuckDB file and that this DuckDB can read it"
                     .into(),
             ),
+            Error::DatabaseDamaged { restore, .. } => Some(format!(
+                "nothing was published or rotated and every backup is as it was; do not run the workload on this database. {} (docs/runbook.md, 'The database is damaged')",
+                restore.as_deref().unwrap_or(
+                    "There is no earlier backup of it to restore: copy the file aside and try DuckDB's EXPORT DATABASE for what can still be read"
+                )
+            )),
             Error::DatabaseLocked { path, .. } => Some(format!(
                 "another process has the database open (named above: a run, a notebook, a DuckDB shell); wait for it to finish or stop it, then retry (`fuser -v {}` lists them)",
                 crate::engine::restore::shell_quote(path)

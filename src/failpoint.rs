@@ -2,13 +2,16 @@
 //!
 //! `DUCKSAFE_FAILPOINT=<name>` makes the process abort (as `kill -9` would: no destructor, no
 //! cleanup, no answer) when it reaches [`hit`] with that name; `<name>:sleep=<ms>` pauses there
-//! instead, so a test can kill the process from outside at a known moment. Unset, a failpoint
+//! instead; `<name>:wait=<path>` creates `<path>.reached` there and waits until `<path>` exists,
+//! so a test can act at exactly that moment (run another command, kill the process) and then
+//! let it go on, without guessing a delay. Unset, a failpoint
 //! costs one environment lookup. Aborting is no capability a caller lacks: anyone who can set
 //! the environment can also kill the process.
 
 /// Every failpoint in the order a backup reaches them, then a restore's.
 pub const ALL: &[&str] = &[
     "backup.locked",
+    "snapshot.copying",
     "snapshot.copied",
     "snapshot.folded",
     "snapshot.synced",
@@ -34,7 +37,16 @@ pub fn hit(name: &str) {
     if point != name {
         return;
     }
-    if let Some(ms) = action.strip_prefix("sleep=") {
+    if let Some(go) = action.strip_prefix("wait=") {
+        let reached = format!("{go}.reached");
+        if let Err(e) = std::fs::write(&reached, std::process::id().to_string()) {
+            eprintln!("ducksafe: failpoint `{name}`: cannot write `{reached}`: {e}");
+        }
+        eprintln!("ducksafe: failpoint `{name}`: waiting for `{go}`");
+        while std::fs::symlink_metadata(go).is_err() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    } else if let Some(ms) = action.strip_prefix("sleep=") {
         let ms = ms.parse().unwrap_or(1000);
         eprintln!("ducksafe: failpoint `{name}`: sleeping {ms} ms");
         std::thread::sleep(std::time::Duration::from_millis(ms));

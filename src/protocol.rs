@@ -37,6 +37,7 @@ pub enum ErrorCode {
     IoError,
     RestoreFailed,
     DatabaseInvalid,
+    DatabaseDamaged,
     DatabaseLocked,
     LockBusy,
     UnsupportedProtocolVersion,
@@ -53,7 +54,11 @@ impl ErrorCode {
             E::DatabaseNotFound | E::ConfigNotFound | E::BackupNotFound => 66,
             E::Internal => 70,
             E::InsufficientSpace | E::BackupDirUnsafe | E::BackupFailed => 73,
-            E::VerificationFailed | E::IoError | E::RestoreFailed | E::DatabaseInvalid => 74,
+            E::VerificationFailed
+            | E::IoError
+            | E::RestoreFailed
+            | E::DatabaseInvalid
+            | E::DatabaseDamaged => 74,
             E::DatabaseLocked | E::LockBusy => 75,
             E::UnsupportedProtocolVersion => 76,
             E::ConfigInvalid => 78,
@@ -83,6 +88,7 @@ impl ErrorCode {
             E::IoError => "io_error",
             E::RestoreFailed => "restore_failed",
             E::DatabaseInvalid => "database_invalid",
+            E::DatabaseDamaged => "database_damaged",
             E::DatabaseLocked => "database_locked",
             E::LockBusy => "lock_busy",
             E::UnsupportedProtocolVersion => "unsupported_protocol_version",
@@ -91,7 +97,7 @@ impl ErrorCode {
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 18] = {
+    pub const ALL: [ErrorCode; 19] = {
         use ErrorCode as E;
         [
             E::Usage,
@@ -108,6 +114,7 @@ impl ErrorCode {
             E::IoError,
             E::RestoreFailed,
             E::DatabaseInvalid,
+            E::DatabaseDamaged,
             E::DatabaseLocked,
             E::LockBusy,
             E::UnsupportedProtocolVersion,
@@ -198,6 +205,11 @@ pub struct Request {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub backup_id: Option<String>,
+    /// post_run: the SHA-256 of that backup, as the pre_run answered it. A restore is refused,
+    /// changing nothing, when `backup_id` names other content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub backup_sha256: Option<String>,
     /// post_run: how the run ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunInfo>,
@@ -208,13 +220,14 @@ pub struct Request {
 
 impl Request {
     /// The request fields this version knows; others are ignored with a warning.
-    pub const KNOWN_FIELDS: [&'static str; 8] = [
+    pub const KNOWN_FIELDS: [&'static str; 9] = [
         "protocol_version",
         "event",
         "request_id",
         "config",
         "dry_run",
         "backup_id",
+        "backup_sha256",
         "run",
         "on_failure",
     ];
@@ -393,6 +406,7 @@ mod tests {
             ("io_error", 74),
             ("restore_failed", 74),
             ("database_invalid", 74),
+            ("database_damaged", 74),
             ("database_locked", 75),
             ("lock_busy", 75),
             ("unsupported_protocol_version", 76),

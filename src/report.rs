@@ -2,6 +2,7 @@
 //! text for people. Nothing here decides anything; it only describes.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Instant;
 
 use serde_json::json;
@@ -119,10 +120,8 @@ fn program() -> String {
 /// How to undo the run that follows a backup: the command, a ready post_run request, and the
 /// manual steps (WAL files included) for when ducksafe itself is unavailable.
 pub fn rollback(settings: &Settings, m: &Manifest, request_id: &str) -> Rollback {
-    let mut command = vec![program(), "restore".to_owned(), m.id.clone()];
+    let command = restore_command(settings, m);
     let config = if let Some(p) = &settings.config_path {
-        command.push("--config".into());
-        command.push(p.display().to_string());
         json!({"path": p.display().to_string()})
     } else {
         // Inline or environment-only: absolute paths, so the request works from any folder.
@@ -138,6 +137,7 @@ pub fn rollback(settings: &Settings, m: &Manifest, request_id: &str) -> Rollback
         "request_id": request_id,
         "config": config,
         "backup_id": m.id,
+        "backup_sha256": m.sha256,
         "run": {"outcome": "failure"},
         "on_failure": "restore",
     });
@@ -148,6 +148,32 @@ pub fn rollback(settings: &Settings, m: &Manifest, request_id: &str) -> Rollback
         request,
         manual: manual_restore_steps(settings, m),
     }
+}
+
+/// The argv of the operator command that restores exactly `m`: by id, refused if that id ever
+/// names other content (`--expect-sha256`).
+pub fn restore_command(settings: &Settings, m: &Manifest) -> Vec<String> {
+    let mut command = vec![
+        program(),
+        "restore".to_owned(),
+        m.id.clone(),
+        "--expect-sha256".to_owned(),
+        m.sha256.clone(),
+    ];
+    if let Some(p) = &settings.config_path {
+        command.push("--config".into());
+        command.push(p.display().to_string());
+    }
+    command
+}
+
+/// [`restore_command`] as one line for a shell.
+pub fn restore_command_line(settings: &Settings, m: &Manifest) -> String {
+    restore_command(settings, m)
+        .iter()
+        .map(|a| shell_quote(Path::new(a)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The line that ends a manual restore block: the heredoc's delimiter.

@@ -29,7 +29,14 @@ fn pre_run_proceeds_with_a_verified_backup_and_rollback_instructions() {
     assert!(b.verified);
     assert_eq!(
         b.verification,
-        vec!["size", "sha256", "open", "row_counts", "fingerprints"]
+        vec![
+            "size",
+            "sha256",
+            "block_checksums",
+            "open",
+            "row_counts",
+            "fingerprints"
+        ]
     );
     assert!(b.id.starts_with("simulation_"));
     let path = std::path::Path::new(&b.path);
@@ -385,11 +392,21 @@ fn a_copy_that_fails_verification_is_never_published() {
 #[test]
 fn each_verify_level_records_its_checks_and_keeps_the_content() {
     let levels: [(&str, &[&str]); 3] = [
-        ("quick", &["size", "sha256", "open"]),
-        ("standard", &["size", "sha256", "open", "row_counts"]),
+        ("quick", &["size", "sha256", "block_checksums", "open"]),
+        (
+            "standard",
+            &["size", "sha256", "block_checksums", "open", "row_counts"],
+        ),
         (
             "full",
-            &["size", "sha256", "open", "row_counts", "fingerprints"],
+            &[
+                "size",
+                "sha256",
+                "block_checksums",
+                "open",
+                "row_counts",
+                "fingerprints",
+            ],
         ),
     ];
     for (level, checks) in levels {

@@ -86,27 +86,54 @@ fn init_demo_creates_a_simulation_shaped_database_and_never_overwrites_one() {
     assert_eq!(r.exit_code, 0, "{r:?}");
 }
 
+/// A `ducksafe pre-run` paused at a failpoint until [`Paused::finish`] lets it go on: it waits
+/// there (`POINT:wait=GO`) however long the test takes, so nothing depends on timing.
+struct Paused {
+    child: std::process::Child,
+    go: std::path::PathBuf,
+}
+
+impl Paused {
+    fn id(&self) -> u32 {
+        self.child.id()
+    }
+    /// Lets the backup go on and returns its answer.
+    fn finish(self) -> Response {
+        fs::write(&self.go, b"").unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
 /// Starts `ducksafe pre-run` paused at a failpoint, and waits until it is there.
-fn paused_backup(p: &Project, point: &str) -> std::process::Child {
-    let child = p
+fn paused_backup(p: &Project, point: &str) -> Paused {
+    let go = p.path("go");
+    let reached = p.path("go.reached");
+    let mut child = p
         .cmd(&["pre-run"])
-        .env("DUCKSAFE_FAILPOINT", format!("{point}:sleep=3000"))
+        .env(
+            "DUCKSAFE_FAILPOINT",
+            format!("{point}:wait={}", go.display()),
+        )
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // The failpoint announces itself on stderr; a short wait is enough for the small database.
+    // The failpoint writes `go.reached` when the run is there; the bound only keeps a broken
+    // run from hanging the suite.
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if p.backup_dir_entries()
-            .iter()
-            .any(|n| n.starts_with(".ducksafe-tmp-"))
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    while !reached.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before `{point}`"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "never reached `{point}`"
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
-    child
+    Paused { child, go }
 }
 
 #[test]
@@ -123,8 +150,7 @@ fn no_writer_can_open_the_database_while_a_backup_runs() {
         .unwrap()
         .close()
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let r: Response = serde_json::from_slice(&out.stdout).unwrap();
+    let r = child.finish();
     assert_eq!(r.exit_code, 0, "{r:?}");
 }
 
@@ -152,8 +178,7 @@ fn prune_pin_and_restore_wait_for_a_running_backup() {
         (fs::read(&manifest).unwrap(), common::sha256(&p.db())),
         before
     );
-    let out = child.wait_with_output().unwrap();
-    let r: Response = serde_json::from_slice(&out.stdout).unwrap();
+    let r = child.finish();
     assert_eq!(r.exit_code, 0, "{r:?}");
 }
 
@@ -170,8 +195,7 @@ fn a_second_ducksafe_on_the_same_backup_directory_gets_lock_busy() {
         "{}",
         r.errors[0].message
     );
-    let out = child.wait_with_output().unwrap();
-    let first: Response = serde_json::from_slice(&out.stdout).unwrap();
+    let first = child.finish();
     assert_eq!(first.exit_code, 0);
     assert_eq!(p.backup_files().len(), 1);
 }

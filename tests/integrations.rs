@@ -13,7 +13,6 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -63,15 +62,12 @@ fn is_executable(p: &Path) -> bool {
 /// What a test does when a tool is missing: fail under CI, else say so and skip.
 fn missing<T>(what: &str) -> Option<T> {
     let tools = tools_dir();
-    assert!(
-        std::env::var_os("CI").is_none_or(|v| v.is_empty()),
-        "`{what}` not found in {}/bin or PATH: CI must run `bash .ci/setup-integrations.sh` before `cargo test`",
-        tools.display()
-    );
-    // Straight to the process's stderr: libtest would hide an `eprintln!` of a passing test.
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipping: `{what}` not found; run bash .ci/setup-integrations.sh"
+    common::skip(
+        what,
+        &format!(
+            "`{what}` is not in {}/bin or PATH: run `bash .ci/setup-integrations.sh`",
+            tools.display()
+        ),
     );
     None
 }
@@ -196,7 +192,14 @@ fn succeeds(p: &Project, out: &Output) {
     assert!(backup.verified);
     assert_eq!(
         backup.verification,
-        ["size", "sha256", "open", "row_counts", "fingerprints"]
+        [
+            "size",
+            "sha256",
+            "block_checksums",
+            "open",
+            "row_counts",
+            "fingerprints"
+        ]
     );
     let in_backup = fingerprints(Path::new(&backup.path));
     assert_eq!(rows(&in_backup, "fct_yearly_events"), before_rows);
@@ -583,7 +586,7 @@ fn dbt_build_through_the_wrapper_leaves_a_verified_backup_and_the_runs_changes()
     let pre = saved(&st, "pre_run").unwrap();
     assert_eq!(pre.decision, Decision::Proceed);
     let backup = pre.backup.unwrap();
-    assert!(backup.verified && backup.verification.len() == 5);
+    assert!(backup.verified && backup.verification.len() == 6);
     assert_eq!(fingerprints(Path::new(&backup.path)), before);
     assert_eq!(saved(&st, "post_run").unwrap().decision, Decision::Kept);
     let after = fingerprints(&db);

@@ -93,6 +93,12 @@ const SCENARIOS: &[(&str, &str)] = &[
         "Hostile filesystem: `..` and absolute paths",
     ),
     ("secrets_are_never_printed", "Secrets"),
+    ("damaged_database_is_refused", "A damaged database"),
+    ("backup_ids_are_never_reused", "Backup ids"),
+    (
+        "readers_beside_a_running_backup",
+        "Operator commands beside a running backup",
+    ),
 ];
 
 /// How many times the default case counts are multiplied.
@@ -275,7 +281,7 @@ impl Tally {
 
     /// Records a skipped scenario, and says why on stderr.
     fn skip(self, why: &str) {
-        eprintln!("{}: SKIPPED: {why}", self.test);
+        common::skip(self.test, why);
         self.record(Some(why));
     }
 
@@ -518,6 +524,27 @@ fn run_killed(mut cmd: Command, stdin: Option<&[u8]>, kill: &Kill) -> Killed {
     }
 }
 
+/// A kill at a failpoint proves it happened there before its aftermath is judged: the process
+/// died of the kill, and its last words name the failpoint. Without this, a failpoint moved or
+/// renamed in the code would turn its crash cases into ordinary successful runs. (A SIGKILL at a
+/// random moment may come after the run ended; that case is judged as a finished run.)
+fn killed_where_meant(kill: &Kill, out: &Killed) -> Result<(), String> {
+    let point = match kill {
+        Kill::Abort(p) | Kill::SleepThenSigkill(p) => *p,
+        Kill::SigkillAfter(_) => return Ok(()),
+    };
+    ensure(out.died, || {
+        format!(
+            "{kill}: the process was not killed there (exit {:?}); stderr: {}",
+            out.status.code(),
+            out.stderr
+        )
+    })?;
+    ensure(out.stderr.contains(&format!("failpoint `{point}`")), || {
+        format!("{kill}: stderr does not show the failpoint: {}", out.stderr)
+    })
+}
+
 /// Parses the one JSON line a hook must print; an error says what was wrong.
 fn one_line(stdout: &[u8], status: ExitStatus) -> Result<Response, String> {
     let text = std::str::from_utf8(stdout).map_err(|e| format!("stdout is not UTF-8: {e}"))?;
@@ -654,6 +681,7 @@ fn leftovers(dir: &Path) -> Vec<String> {
 /// The failpoints a backup passes, in order.
 const BACKUP_POINTS: &[&str] = &[
     "backup.locked",
+    "snapshot.copying",
     "snapshot.copied",
     "snapshot.folded",
     "snapshot.synced",
@@ -751,6 +779,7 @@ fn check_killed_backup(
         Some(request("pre_run", &p.config(), "").as_bytes()),
         kill,
     );
+    killed_where_meant(kill, &out)?;
     let phase = if out.died {
         backup_phase(&dir, &before, latest_before.as_deref())
     } else {
@@ -969,6 +998,7 @@ fn check_killed_restore(
     let old = source_state(&p.db());
     let old_fp = fingerprints(&p.db());
     let out = run_killed(p.cmd(&["restore", c.id]), None, kill);
+    killed_where_meant(kill, &out)?;
     let state = classify_db(p, &old, c.backup_sha)?;
     let label = if out.died {
         match state {
@@ -1185,7 +1215,7 @@ impl Drop for Tmpfs {
 }
 
 fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+    common::in_ci()
 }
 
 /// Rounds up to whole 4 KiB pages, as tmpfs counts.
@@ -1359,15 +1389,13 @@ fn disk_full_during_the_wal_copy(t: &mut Tally) {
     ] {
         let earlier = backups_by_sha(&fs.path().join("backups"));
         t.case(label, || {
-            let mut c = p.cmd(&["hook"]);
-            c.env("DUCKSAFE_FAILPOINT", "snapshot.copied:sleep=1000");
-            let run = start(c, Some(request("pre_run", &p.config(), "").as_bytes()));
+            let (run, go) = paused_at(&p, "snapshot.copied");
             ensure(
-                run.wait_for_line("sleeping", Duration::from_secs(60)),
+                run.wait_for_line("waiting for", Duration::from_secs(120)),
                 || "the run never reached `snapshot.copied`".into(),
             )?;
-            fill_while_stopped(&run, &fs, leave);
-            let out = run.finish(None);
+            fs.fill(leave);
+            let out = release(run, &go);
             let r = one_line(&out.stdout, out.status)?;
             let result = clean_space_error(&r)
                 .and_then(|()| earlier_backups_intact(&fs.path().join("backups"), &earlier))
@@ -1387,24 +1415,31 @@ fn disk_full_during_the_wal_copy(t: &mut Tally) {
     }
 }
 
-/// Sends a signal to a process.
-#[allow(unsafe_code)]
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.
-    let rc = unsafe { libc::kill(i32::try_from(pid).unwrap(), sig) };
-    assert_eq!(rc, 0, "kill({pid}, {sig})");
+/// A pre_run paused at `point` until the returned file exists (`POINT:wait=GO`): the test acts
+/// at exactly that moment, whatever the load on the machine, then [`release`]s it.
+fn paused_at(p: &Project, point: &str) -> (Running, PathBuf) {
+    let go = p.path(&format!("go-{point}"));
+    let _ = fs::remove_file(&go);
+    let mut c = p.cmd(&["hook"]);
+    c.env(
+        "DUCKSAFE_FAILPOINT",
+        format!("{point}:wait={}", go.display()),
+    );
+    (
+        start(c, Some(request("pre_run", &p.config(), "").as_bytes())),
+        go,
+    )
 }
 
-/// Fills the disk while the process, paused at a failpoint, is stopped (SIGSTOP), so that the
-/// disk is full when it goes on whatever the load on the machine.
-fn fill_while_stopped(run: &Running, fs: &Tmpfs, leave: u64) {
-    signal(run.child.id(), libc::SIGSTOP);
-    fs.fill(leave);
-    signal(run.child.id(), libc::SIGCONT);
+/// Lets a run paused by [`paused_at`] go on, and waits for it to end.
+fn release(run: Running, go: &Path) -> Killed {
+    fs::write(go, b"").unwrap();
+    run.finish(None)
 }
 
-/// The disk fills while the main file is being copied: the test stops the process as soon as
-/// the temporary file appears, checks that it is incomplete, fills the disk, and lets it go on.
+/// The disk fills while the main file is being copied: the run pauses at the failpoint after
+/// the copy's first step (`snapshot.copying:wait=GO`), the test checks that the temporary file
+/// is incomplete, fills the disk, and lets the run go on. No race: the moment is the run's own.
 fn disk_full_during_the_main_copy(t: &mut Tally) {
     let fs = Tmpfs::mount(128 << 20).unwrap();
     let p = project_on(&fs, "BACKUP_KEEP_LAST: 1\n");
@@ -1415,69 +1450,47 @@ fn disk_full_during_the_main_copy(t: &mut Tally) {
     assert_eq!(code, 0, "{r:?}");
     let source = source_state(&p.db());
     let dir = fs.path().join("backups");
-    let mut hits = 0;
-    let mut attempts = 0;
-    while hits < 2 && attempts < 12 {
-        attempts += 1;
+    for round in 0..2 {
         let earlier = backups_by_sha(&dir);
-        let mut run = start(
-            p.cmd(&["hook"]),
-            Some(request("pre_run", &p.config(), "").as_bytes()),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let temp = loop {
-            let found = names(&dir)
-                .into_iter()
-                .find(|n| n.starts_with(&format!("{}backup-", ducksafe::files::TEMP_PREFIX)));
-            if found.is_some()
-                || Instant::now() > deadline
-                || run.child.try_wait().unwrap().is_some()
-            {
-                break found;
-            }
-        };
-        let pid = run.child.id();
-        let mid_copy = temp.as_ref().is_some_and(|n| {
-            signal(pid, libc::SIGSTOP);
-            fs::metadata(dir.join(n)).map_or(0, |m| m.len()) < db_len
-        });
-        if mid_copy {
+        let (run, go) = paused_at(&p, "snapshot.copying");
+        let paused = run.wait_for_line("waiting for", Duration::from_secs(120));
+        let temp = names(&dir)
+            .into_iter()
+            .find(|n| n.starts_with(&format!("{}backup-", ducksafe::files::TEMP_PREFIX)));
+        let partial = temp
+            .as_ref()
+            .map(|n| fs::metadata(dir.join(n)).map_or(0, |m| m.len()));
+        if paused {
             fs.fill(0);
         }
-        if temp.is_some() {
-            signal(pid, libc::SIGCONT);
-        }
-        let out = run.finish(None);
-        if !mid_copy {
-            continue; // the copy was already complete: not this case
-        }
-        hits += 1;
-        t.case("disk fills during the copy of the main file", || {
-            let r = one_line(&out.stdout, out.status)?;
-            let result = clean_space_error(&r)
-                .and_then(|()| {
-                    ensure(r.errors[0].message.contains("copy database to"), || {
-                        format!("not the copy that failed: {}", r.errors[0].message)
+        let out = release(run, &go);
+        t.case(
+            format!("disk fills during the copy of the main file ({round})"),
+            || {
+                ensure(paused, || "the run never reached `snapshot.copying`".into())?;
+                ensure(partial.is_some_and(|n| n < db_len), || {
+                    format!("the copy was not midway: {partial:?} of {db_len} bytes")
+                })?;
+                let r = one_line(&out.stdout, out.status)?;
+                let result = clean_space_error(&r)
+                    .and_then(|()| {
+                        ensure(r.errors[0].message.contains("copy database to"), || {
+                            format!("not the copy that failed: {}", r.errors[0].message)
+                        })
                     })
-                })
-                .and_then(|()| earlier_backups_intact(&dir, &earlier))
-                .and_then(|()| {
-                    ensure(source_state(&p.db()) == source, || {
-                        "the source changed".into()
-                    })
-                });
-            fs.drain();
-            result?;
-            let (r, code) = p.pre_run();
-            ensure(code == 0, || format!("the next run failed: {r:?}"))
-        });
+                    .and_then(|()| earlier_backups_intact(&dir, &earlier))
+                    .and_then(|()| {
+                        ensure(source_state(&p.db()) == source, || {
+                            "the source changed".into()
+                        })
+                    });
+                fs.drain();
+                result?;
+                let (r, code) = p.pre_run();
+                ensure(code == 0, || format!("the next run failed: {r:?}"))
+            },
+        );
     }
-    t.detail("main_copy_attempts", attempts);
-    t.case("the disk was filled midway through the main copy", || {
-        ensure(hits == 2, || {
-            format!("only {hits} of {attempts} attempts stopped the copy midway")
-        })
-    });
 }
 
 /// The disk fills while the run is paused at each later step: the run either still succeeds
@@ -1495,15 +1508,13 @@ fn disk_full_at_every_later_step(t: &mut Tally) {
         }
         let earlier = backups_by_sha(&dir);
         t.case(format!("disk fills while paused at `{point}`"), || {
-            let mut c = p.cmd(&["hook"]);
-            c.env("DUCKSAFE_FAILPOINT", format!("{point}:sleep=500"));
-            let run = start(c, Some(request("pre_run", &p.config(), "").as_bytes()));
+            let (run, go) = paused_at(&p, point);
             ensure(
-                run.wait_for_line("sleeping", Duration::from_secs(60)),
+                run.wait_for_line("waiting for", Duration::from_secs(120)),
                 || format!("never reached `{point}`"),
             )?;
-            fill_while_stopped(&run, &fs, 0);
-            let out = run.finish(None);
+            fs.fill(0);
+            let out = release(run, &go);
             let r = one_line(&out.stdout, out.status)?;
             let result = if r.exit_code == 0 {
                 every_backup_is_complete(&dir)
@@ -2032,7 +2043,8 @@ impl CorruptionFixture {
         // `database_locked`) is retried, as the contract says a caller may.
         let mut tries = 0;
         let refused = loop {
-            match ducksafe::engine::restore::run(&self.settings, &self.id, chrono::Utc::now()) {
+            match ducksafe::engine::restore::run(&self.settings, &self.id, None, chrono::Utc::now())
+            {
                 Ok(_) => return Err("restore accepted a corrupted backup".into()),
                 Err(e) if e.code().retryable() && tries < 50 => {
                     tries += 1;
@@ -2933,7 +2945,9 @@ fn hostile_input_through_the_binary() {
 }
 
 /// Runs the hook on a request whose configuration path names `path`, with 1 GiB of address
-/// space and 10 seconds: it must answer one line, with a configuration error, in time.
+/// space: it must answer one line, with a configuration error. The two-minute bound only
+/// catches a hook that blocks reading forever (it answers in milliseconds), so a busy machine
+/// cannot fail it.
 fn endless_config_path(cwd: &Path, path: &Path) -> Result<(), String> {
     let mut c = Command::new("sh");
     c.args(["-c", "ulimit -v 1048576; exec \"$0\" hook"])
@@ -2942,12 +2956,12 @@ fn endless_config_path(cwd: &Path, path: &Path) -> Result<(), String> {
     let req = request("validate", path, "");
     let started = Instant::now();
     let mut run = start(c, Some(req.as_bytes()));
-    let deadline = started + Duration::from_secs(10);
+    let deadline = started + Duration::from_secs(120);
     while run.child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             let _ = run.child.kill();
             run.finish(None);
-            return Err("no answer within 10 s: the hook blocks reading it".into());
+            return Err("no answer within 120 s: the hook blocks reading it".into());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -3170,25 +3184,33 @@ fn hostile_filesystem_symlinks() {
 fn planted_temp(p: &Project, victims: &Victims, minute: u32, wal: bool) -> Result<(), String> {
     let dir = p.backups();
     let now = format!("2025-08-18T{:02}:{:02}:00Z", 10 + minute / 60, minute % 60);
+    let go = p.path("go-planted");
+    let _ = fs::remove_file(&go);
     let mut c = p.cmd(&["hook"]);
-    c.env("DUCKSAFE_NOW", &now)
-        .env("DUCKSAFE_FAILPOINT", "backup.locked:sleep=800");
+    c.env("DUCKSAFE_NOW", &now).env(
+        "DUCKSAFE_FAILPOINT",
+        format!("backup.locked:wait={}", go.display()),
+    );
     let run = start(c, Some(request("pre_run", &p.config(), "").as_bytes()));
     ensure(
-        run.wait_for_line("sleeping", Duration::from_secs(60)),
+        run.wait_for_line("waiting for", Duration::from_secs(120)),
         || "never reached `backup.locked`".into(),
     )?;
     let store = Store::open(&dir, false).map_err(|e| e.to_string())?;
-    let id = store.new_id(
-        "simulation",
-        chrono::DateTime::parse_from_rfc3339(&now).unwrap().into(),
-    );
+    let id = store
+        .next_id(
+            "simulation",
+            chrono::DateTime::parse_from_rfc3339(&now).unwrap().into(),
+        )
+        .map_err(|e| e.to_string())?;
     let temp = store.temp_path(&id);
-    let name = temp
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .replace(&std::process::id().to_string(), &run.child.id().to_string());
+    // The paused run's temporary name: this process's PID in it replaced by the run's (only
+    // there, not wherever the digits happen to occur in the id).
+    let name = temp.file_name().unwrap().to_string_lossy().replacen(
+        &format!("backup-{}-", std::process::id()),
+        &format!("backup-{}-", run.child.id()),
+        1,
+    );
     let link = if wal {
         dir.join(format!("{name}.wal"))
     } else {
@@ -3198,7 +3220,7 @@ fn planted_temp(p: &Project, victims: &Victims, minute: u32, wal: bool) -> Resul
         &link,
         &victims.path(if wal { "victim.wal" } else { "victim.duckdb" }),
     );
-    let out = run.finish(None);
+    let out = release(run, &go);
     let r = one_line(&out.stdout, out.status)?;
     victims
         .untouched()
@@ -3251,33 +3273,32 @@ fn symlinks_at_latest_and_lock(t: &mut Tally, p: &Project, victims: &Victims, mi
         every_backup_is_complete(&dir).map(|_| ())
     });
     let _ = fs::remove_file(&lock);
-    // `restore latest` and `verify latest` with `latest` planted outside: the newest stored
-    // backup is used, never the planted file.
+    // `restore latest` and `verify latest` with `latest` planted outside: never the planted
+    // file, and never another backup in its place either (issue 20): both refuse, name where
+    // the link points, and change nothing.
     plant(&dir.join(LATEST), &victims.path("victim.duckdb"));
     t.case("`restore latest` with `latest` planted outside", || {
-        let newest = Store::open(&dir, false)
-            .unwrap()
-            .inventory()
-            .unwrap()
-            .backups[0]
-            .id
-            .clone();
-        let out = p.run(&["verify", "latest"]);
-        ensure(out.status.success(), || {
-            String::from_utf8_lossy(&out.stdout).into_owned()
+        let before = source_state(&p.db());
+        for args in [&["verify", "latest"][..], &["restore", "latest"][..]] {
+            let out = p.run(args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            ensure(out.status.code() == Some(66), || {
+                format!(
+                    "`{}` exit {:?}: {stderr}",
+                    args.join(" "),
+                    out.status.code()
+                )
+            })?;
+            ensure(stderr.contains("victim.duckdb"), || {
+                format!(
+                    "`{}` does not say where latest points: {stderr}",
+                    args.join(" ")
+                )
+            })?;
+        }
+        ensure(source_state(&p.db()) == before, || {
+            "the database changed".into()
         })?;
-        ensure(
-            String::from_utf8_lossy(&out.stdout).contains(&newest),
-            || "verify latest did not check the newest backup".into(),
-        )?;
-        let out = p.run(&["restore", "latest"]);
-        ensure(out.status.success(), || {
-            String::from_utf8_lossy(&out.stderr).into_owned()
-        })?;
-        ensure(
-            fingerprints(&p.db()) == fingerprints(&dir.join(format!("{newest}.duckdb"))),
-            || "the database is not the newest backup".into(),
-        )?;
         victims.untouched()
     });
 }
@@ -3297,14 +3318,21 @@ fn symlinks_in_restore(t: &mut Tally, p: &Project, victims: &Victims, minute: &m
     plant(&swapped_path, &victims.path("victim.duckdb"));
     let before = source_state(&p.db());
     t.case("a stored backup swapped for a symlink", || {
-        let out = p.run(&["verify", &swapped]);
-        ensure(!out.status.success(), || {
-            "verify passed the planted file".into()
-        })?;
-        let out = p.run(&["restore", &swapped]);
-        ensure(!out.status.success(), || {
-            "restore used the planted file".into()
-        })?;
+        // A backup name that is not a regular file is no backup: neither command finds one.
+        for args in [["verify", &swapped], ["restore", &swapped]] {
+            let out = p.run(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            ensure(
+                out.status.code() == Some(66) && stderr.contains("not found"),
+                || {
+                    format!(
+                        "`{}` exit {:?}: {stderr}",
+                        args.join(" "),
+                        out.status.code()
+                    )
+                },
+            )?;
+        }
         ensure(source_state(&p.db()) == before, || {
             "the database changed".into()
         })?;
@@ -3366,8 +3394,17 @@ fn symlinks_in_restore(t: &mut Tally, p: &Project, victims: &Victims, minute: &m
     t.case(
         "the quarantine folder is a symlink to a folder elsewhere",
         || {
+            let before = source_state(&p.db());
             let out = p.run(&["restore", &id]);
-            let _ = out;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // Refused before anything moves: the database and its WAL stay as they are.
+            ensure(
+                out.status.code() == Some(73) && stderr.contains("symlink"),
+                || format!("restore exit {:?}: {stderr}", out.status.code()),
+            )?;
+            ensure(source_state(&p.db()) == before, || {
+                "the database or its WAL changed".into()
+            })?;
             victims.untouched()
         },
     );
@@ -3474,7 +3511,10 @@ fn hostile_filesystem_unsafe_backup_dir() {
         }
     }
     if !skipped.is_empty() {
-        eprintln!("hostile_filesystem_unsafe_backup_dir: not root, skipped {skipped:?}");
+        common::skip(
+            "hostile_filesystem_unsafe_backup_dir (other owners)",
+            &format!("not root: cannot chown, skipped {skipped:?}"),
+        );
         t.detail("skipped (not root)", json!(skipped));
     }
     t.finish();
@@ -3904,4 +3944,555 @@ fn secrets_are_never_printed() {
         })
     });
     t.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// A damaged database (issue 16)
+// ---------------------------------------------------------------------------------------------
+
+/// Zeroes `len` bytes of `path` from `off` (a block a failing disk or a trim returned as zeros).
+fn zero(path: &Path, off: u64, len: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&vec![0u8; usize::try_from(len).unwrap()], off)
+        .unwrap();
+}
+
+/// A pre_run on a damaged database: refused with `database_damaged`, the way out named, and not
+/// one file of the backup directory changed (no backup published, nothing rotated, `latest`
+/// where it was).
+fn refused_as_damaged(p: &Project, good: &str) -> Result<String, String> {
+    let before = tree_state(&p.backups());
+    let (r, code) = p.pre_run();
+    ensure(code == 74 && r.decision == Decision::Abort, || {
+        format!("exit {code}, {:?}: {:?}", r.decision, r.errors)
+    })?;
+    let e = &r.errors[0];
+    ensure(e.code == ErrorCode::DatabaseDamaged, || format!("{e:?}"))?;
+    ensure(
+        e.message.contains("itself is damaged (not a backup)"),
+        || e.message.clone(),
+    )?;
+    let hint = e.hint.clone().unwrap_or_default();
+    ensure(
+        hint.contains(&format!("`{good}`"))
+            && hint.contains(&format!("restore {good} --expect-sha256 ")),
+        || format!("the hint does not name `{good}` and its restore command: {hint}"),
+    )?;
+    ensure(tree_state(&p.backups()) == before, || {
+        "the backup directory changed".into()
+    })?;
+    Ok(e.message.clone())
+}
+
+#[test]
+fn damaged_database_is_refused() {
+    let mut t = Tally::new("damaged_database_is_refused");
+    let mut rng = Rng::for_scenario(t.test);
+    for level in ["quick", "standard", "full"] {
+        let p = Project::new(&format!("VERIFY_LEVEL: {level}\nBACKUP_KEEP_LAST: 2\n"));
+        fs::remove_file(p.db()).unwrap();
+        fragmented_database(&p.db());
+        let (first, code) = p.pre_run();
+        assert_eq!(code, 0, "{first:?}");
+        let good = first.backup.unwrap();
+        assert!(good.verification.contains(&"block_checksums".to_owned()));
+        let pristine = fs::read(p.db()).unwrap();
+        let len = pristine.len() as u64;
+        let regions = regions_of(&p.db(), len);
+
+        // ducksafe's reading of the free list agrees with DuckDB's own view: no block it skips
+        // is one DuckDB's storage or metadata uses.
+        t.case(
+            format!("{level}: the free list matches DuckDB's view"),
+            || {
+                let f = fs::File::open(p.db()).map_err(|e| e.to_string())?;
+                let layout = match ducksafe::engine::integrity::Layout::read(len, &|at, buf| {
+                    std::os::unix::fs::FileExt::read_exact_at(&f, buf, at)
+                }) {
+                    Ok(Ok(ducksafe::engine::integrity::Readable::Layout(l))) => l,
+                    other => return Err(format!("no layout: {other:?}")),
+                };
+                ensure(!layout.free.is_empty(), || "no free blocks to skip".into())?;
+                for id in &layout.free {
+                    let start = 12_288 + id * layout.block_size;
+                    for kind in ["data blocks", "metadata blocks"] {
+                        ensure(!regions.get(kind).iter().any(|(s, _)| *s == start), || {
+                            format!("block {id} is on the free list but DuckDB uses it ({kind})")
+                        })?;
+                    }
+                }
+                Ok(())
+            },
+        );
+
+        let kinds: [(&str, u64); 4] = [
+            ("main header", 2),
+            ("database headers", 2),
+            ("data blocks", 4),
+            ("metadata blocks", 2),
+        ];
+        for (kind, n) in kinds {
+            for _ in 0..scaled(n) {
+                let off = regions.random_offset(kind, &mut rng);
+                t.case(
+                    format!("{level}: a flipped byte in the {kind} at {off}"),
+                    || {
+                        fs::write(p.db(), &pristine).unwrap();
+                        flip(&p.db(), off);
+                        let message = refused_as_damaged(&p, &good.id)?;
+                        // A data block is named with the table whose rows it holds.
+                        ensure(
+                            kind != "data blocks" || message.contains("holds data of table `main."),
+                            || format!("the table is not named: {message}"),
+                        )
+                    },
+                );
+                t.count(&format!("refused: {kind}"), 1);
+            }
+        }
+        for _ in 0..scaled(1) {
+            let blocks = regions.get("data blocks");
+            let (start, end) = blocks[rng.index(blocks.len())];
+            t.case(format!("{level}: a zeroed data block at {start}"), || {
+                fs::write(p.db(), &pristine).unwrap();
+                zero(&p.db(), start, end - start);
+                refused_as_damaged(&p, &good.id).map(drop)
+            });
+            t.count("refused: zeroed data block", 1);
+        }
+        t.case(format!("{level}: a truncated database"), || {
+            fs::write(p.db(), &pristine[..pristine.len() - 100_000]).unwrap();
+            refused_as_damaged(&p, &good.id).map(drop)
+        });
+        // No false alarm: damage in a free block (never read by DuckDB) is no damage.
+        for _ in 0..scaled(2) {
+            let off = regions.random_offset("free blocks", &mut rng);
+            t.case(
+                format!("{level}: a flipped byte in a free block at {off}"),
+                || {
+                    fs::write(p.db(), &pristine).unwrap();
+                    flip(&p.db(), off);
+                    let (answer, code) = p.pre_run();
+                    ensure(code == 0, || {
+                        format!("a healthy database was refused: {:?}", answer.errors)
+                    })
+                },
+            );
+            t.count("accepted: free block", 1);
+        }
+        fs::write(p.db(), &pristine).unwrap();
+    }
+    t.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backup ids (issue 16)
+// ---------------------------------------------------------------------------------------------
+
+fn pre_run_now(p: &Project, now: &str) -> Result<Response, String> {
+    let (r, code) = p.hook_env(
+        &request("pre_run", &p.config(), ""),
+        &[("DUCKSAFE_NOW", now)],
+    );
+    ensure(code == 0, || format!("pre_run at {now}: {:?}", r.errors))?;
+    Ok(r)
+}
+
+#[test]
+fn backup_ids_are_never_reused() {
+    let mut t = Tally::new("backup_ids_are_never_reused");
+    // Many backups within one second with BACKUP_KEEP_LAST: 1: rotation frees every name at
+    // once, and none is issued twice.
+    let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
+    let mut seen = BTreeSet::new();
+    let n = scaled(100);
+    for i in 0..n {
+        t.case(format!("backup {i} of {n} within one second"), || {
+            let r = pre_run_now(&p, "2026-12-01T10:00:00Z")?;
+            let id = r.backup.unwrap().id;
+            ensure(seen.insert(id.clone()), || {
+                format!("id `{id}` issued twice")
+            })
+        });
+    }
+    t.detail("distinct ids within one second", seen.len());
+
+    // A clock that steps back to a second that was used before.
+    let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
+    let mut seen = BTreeSet::new();
+    for (i, now) in [
+        "2026-12-01T10:00:00Z",
+        "2026-12-01T10:00:05Z",
+        "2026-12-01T10:00:00Z",
+        "2026-12-01T09:59:59Z",
+        "2026-12-01T10:00:05Z",
+        "2026-12-01T10:00:00Z",
+    ]
+    .iter()
+    .enumerate()
+    {
+        t.case(format!("clock at {now} (step {i})"), || {
+            let id = pre_run_now(&p, now)?.backup.unwrap().id;
+            ensure(seen.insert(id.clone()), || {
+                format!("id `{id}` reused after the clock stepped back")
+            })
+        });
+    }
+
+    // Defence in depth: the record of ids is lost, an id comes to name other content, and the
+    // rollback request written for the first backup is refused, changing nothing.
+    let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
+    t.case("a post_run whose backup id now names other content", || {
+        let first = pre_run_now(&p, "2026-12-01T11:00:00Z")?;
+        let rollback = first.rollback.unwrap();
+        pre_run_now(&p, "2026-12-01T11:00:01Z")?;
+        fs::remove_file(p.backups().join(".ducksafe-ids")).map_err(|e| e.to_string())?;
+        common::write_into_wal(&p.db(), "CREATE TABLE other_content AS SELECT 1 AS x;");
+        let again = pre_run_now(&p, "2026-12-01T11:00:00Z")?.backup.unwrap();
+        ensure(again.id == rollback.backup_id, || {
+            format!("expected the id to be reused here, got `{}`", again.id)
+        })?;
+        let db_before = source_state(&p.db());
+        let (r, code) = p.hook(&rollback.request.to_string());
+        ensure(code == 74 && r.decision == Decision::RestoreFailed, || {
+            format!("exit {code}: {:?}", r.errors)
+        })?;
+        ensure(
+            r.errors[0]
+                .message
+                .contains("is not the backup this restore was asked for"),
+            || r.errors[0].message.clone(),
+        )?;
+        ensure(source_state(&p.db()) == db_before, || {
+            "the database changed".into()
+        })?;
+        // The command form refuses the same way.
+        let out = Command::new(&rollback.command[0])
+            .args(&rollback.command[1..])
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(out.status.code() == Some(74), || {
+            format!("restore command exit {:?}", out.status.code())
+        })?;
+        ensure(source_state(&p.db()) == db_before, || {
+            "the database changed".into()
+        })
+    });
+    t.case(
+        "rollback.request sent back exactly as answered restores",
+        || {
+            let p = Project::new("VERIFY_LEVEL: quick\n");
+            let r = pre_run_now(&p, "2026-12-01T12:00:00Z")?;
+            let expected = fingerprints(Path::new(&r.backup.as_ref().unwrap().path));
+            common::write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
+            let (back, code) = p.hook(&r.rollback.unwrap().request.to_string());
+            ensure(code == 0 && back.decision == Decision::Restored, || {
+                format!("exit {code}: {:?}", back.errors)
+            })?;
+            ensure(fingerprints(&p.db()) == expected, || {
+                "the database is not the backup".into()
+            })
+        },
+    );
+    t.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator commands beside a running backup (issue 20)
+// ---------------------------------------------------------------------------------------------
+
+/// A backup started with `DUCKSAFE_FAILPOINT=<point>:wait=<go>`, paused there until `go` exists.
+struct Paused {
+    child: Child,
+    go: PathBuf,
+}
+
+impl Paused {
+    fn start(p: &Project, point: &str, now: &str) -> Paused {
+        let go = p.path(&format!("go-{point}"));
+        let _ = fs::remove_file(&go);
+        let reached = PathBuf::from(format!("{}.reached", go.display()));
+        let _ = fs::remove_file(&reached);
+        let child = p
+            .cmd(&["backup"])
+            .env(
+                "DUCKSAFE_FAILPOINT",
+                format!("{point}:wait={}", go.display()),
+            )
+            .env("DUCKSAFE_NOW", now)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut paused = Paused { child, go };
+        // The failpoint says when it is reached; the bound only stops a broken run from hanging
+        // the suite.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !reached.exists() {
+            if let Ok(Some(status)) = paused.child.try_wait() {
+                panic!("the backup ended ({status}) before reaching {point}");
+            }
+            assert!(Instant::now() < deadline, "{point} never reached");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        paused.child.stdout.take();
+        paused
+    }
+
+    /// Lets the backup go on and returns its exit code.
+    fn finish(mut self) -> i32 {
+        fs::write(&self.go, b"").unwrap();
+        self.child.wait().unwrap().code().unwrap_or(-1)
+    }
+}
+
+/// Starts `ducksafe ARGS` and waits until its stderr says it is waiting for the publication
+/// section; returns the child with stderr drained on a thread.
+fn start_reader_waiting(
+    p: &Project,
+    args: &[&str],
+) -> Result<(Child, mpsc::Receiver<String>), String> {
+    let mut child = p
+        .cmd(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(l) if l.contains("waiting for it to finish") => return Ok((child, rx)),
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+            Err(e) => return Err(format!("the reader never waited: {e}")),
+        }
+    }
+}
+
+#[test]
+fn readers_beside_a_running_backup() {
+    let mut t = Tally::new("readers_beside_a_running_backup");
+    readers_wait_for_a_publication(&mut t);
+    readers_beside_rotating_backups(&mut t);
+    lock_file_deleted_while_held(&mut t);
+    clock_stepped_back(&mut t);
+    t.finish();
+}
+
+fn readers_wait_for_a_publication(t: &mut Tally) {
+    // A reader that arrives while a backup is half-published (manifest written, file not yet
+    // renamed) or half-deleted waits for it, then reports the truth: no false alarm.
+    for point in ["publish.manifest", "publish.sidecar"] {
+        for args in [&["verify", "--all"][..], &["list", "--json"][..]] {
+            let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
+            pre_run_now(&p, "2026-12-01T10:00:00Z").unwrap();
+            t.case(
+                format!("`{}` while a backup is paused at {point}", args.join(" ")),
+                || {
+                    let paused = Paused::start(&p, point, "2026-12-01T10:00:01Z");
+                    let (reader, _) = start_reader_waiting(&p, args)?;
+                    let code = paused.finish();
+                    ensure(code == 0, || format!("the backup failed: exit {code}"))?;
+                    let out = reader.wait_with_output().map_err(|e| e.to_string())?;
+                    let stdout = String::from_utf8_lossy(&out.stdout);
+                    ensure(out.status.success(), || {
+                        format!(
+                            "`{}` exit {:?}: {stdout}",
+                            args.join(" "),
+                            out.status.code()
+                        )
+                    })?;
+                    ensure(
+                        !stdout.contains("PROBLEM") && !stdout.contains("FAILED"),
+                        || stdout.to_string(),
+                    )
+                },
+            );
+        }
+    }
+    // Rotation deletes inside the same section: a verify --all that starts while the old backup
+    // is being deleted waits, then sees only whole backups.
+    {
+        let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
+        pre_run_now(&p, "2026-12-01T10:00:00Z").unwrap();
+        t.case("`verify --all` during rotation", || {
+            let paused = Paused::start(&p, "rotation.deleting", "2026-12-01T10:00:01Z");
+            let out = p.run(&["verify", "--all"]);
+            let code = paused.finish();
+            ensure(code == 0, || format!("the backup failed: exit {code}"))?;
+            ensure(out.status.success(), || {
+                String::from_utf8_lossy(&out.stdout).to_string()
+            })
+        });
+    }
+}
+
+fn readers_beside_rotating_backups(t: &mut Tally) {
+    // Many rounds of readers beside backups that rotate: no false report (not a timed test:
+    // whatever the interleaving, every round must be clean).
+    {
+        let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
+        pre_run_now(&p, "2026-12-01T10:00:00Z").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            let cfg = p.config();
+            let dir = p.dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let mut runs = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let out = bin()
+                        .current_dir(&dir)
+                        .args(["--config", cfg.to_str().unwrap(), "backup"])
+                        .output()
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    runs += 1;
+                }
+                runs
+            })
+        };
+        let rounds = scaled(150);
+        for i in 0..rounds {
+            let args: &[&str] = if i % 5 == 0 {
+                &["verify", "--all"]
+            } else {
+                &["list", "--json"]
+            };
+            t.case(
+                format!("round {i}: `{}` beside backups", args.join(" ")),
+                || {
+                    let out = p.run(args);
+                    let stdout = String::from_utf8_lossy(&out.stdout);
+                    ensure(out.status.success(), || {
+                        format!(
+                            "exit {:?}: {stdout} {}",
+                            out.status.code(),
+                            String::from_utf8_lossy(&out.stderr)
+                        )
+                    })?;
+                    ensure(
+                        !stdout.contains("PROBLEM") && !stdout.contains("FAILED"),
+                        || stdout.to_string(),
+                    )?;
+                    if args[0] == "list" {
+                        let v: Value = serde_json::from_str(&stdout).map_err(|e| e.to_string())?;
+                        ensure(v["unmanaged"].as_array().is_some_and(Vec::is_empty), || {
+                            format!("list saw half a backup: {}", v["unmanaged"])
+                        })?;
+                    }
+                    Ok(())
+                },
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let runs = writer.join().unwrap();
+        t.detail("backups made beside the readers", runs);
+    }
+}
+
+fn lock_file_deleted_while_held(t: &mut Tally) {
+    // A lock file deleted while a backup holds it: a second backup is still refused, and the
+    // first completes with its backup intact.
+    {
+        let p = Project::new("BACKUP_KEEP_LAST: 2\nVERIFY_LEVEL: quick\n");
+        pre_run_now(&p, "2026-12-01T10:00:00Z").unwrap();
+        t.case("the lock file deleted while held", || {
+            let paused = Paused::start(&p, "snapshot.copied", "2026-12-01T10:00:01Z");
+            fs::remove_file(p.backups().join(ducksafe::engine::lock::DIR_LOCK_NAME))
+                .map_err(|e| e.to_string())?;
+            let (r, code) = p.pre_run();
+            ensure(
+                code == 75 && r.errors[0].code == ErrorCode::LockBusy,
+                || format!("a second run got in: exit {code} {:?}", r.errors),
+            )?;
+            let code = paused.finish();
+            ensure(code == 0, || {
+                format!("the first backup failed: exit {code}")
+            })?;
+            every_backup_is_complete(&p.backups()).map(drop)
+        });
+    }
+}
+
+fn clock_stepped_back(t: &mut Tally) {
+    // The clock stepped back: prune keeps what latest names and the last backup made, and says
+    // which backup is dated in the future.
+    {
+        let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
+        t.case("prune after the clock stepped back", || {
+            let future = pre_run_now(&p, "2027-06-01T00:00:00Z")?.backup.unwrap().id;
+            pre_run_now(&p, "2026-12-01T00:00:00Z")?;
+            let last = pre_run_now(&p, "2026-12-01T00:01:00Z")?.backup.unwrap().id;
+            let out = p
+                .cmd(&["prune"])
+                .env("DUCKSAFE_NOW", "2026-12-01T00:02:00Z")
+                .output()
+                .map_err(|e| e.to_string())?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            ensure(out.status.success(), || stderr.to_string())?;
+            ensure(p.backups().join(format!("{last}.duckdb")).exists(), || {
+                format!("prune deleted `{last}`, the one latest names")
+            })?;
+            ensure(
+                fs::read_link(p.backups().join(LATEST)).map_err(|e| e.to_string())?
+                    == Path::new(&format!("{last}.duckdb")),
+                || "latest moved".into(),
+            )?;
+            ensure(
+                stderr.contains(&format!("`{future}` is dated 2027-06-01"))
+                    && stderr.contains(&format!("ducksafe delete {future}")),
+                || format!("no warning about the future-dated backup: {stderr}"),
+            )?;
+            // The warned command works, and leaves the real latest.
+            let out = p.run(&["delete", &future]);
+            ensure(out.status.success(), || {
+                String::from_utf8_lossy(&out.stderr).to_string()
+            })?;
+            ensure(backup_ids(&p.backups()) == vec![last.clone()], || {
+                format!("{:?}", backup_ids(&p.backups()))
+            })
+        });
+        t.case(
+            "a dangling latest is reported and never silently replaced",
+            || {
+                let p = Project::new("BACKUP_KEEP_LAST: 3\nVERIFY_LEVEL: quick\n");
+                let old = pre_run_now(&p, "2026-12-01T00:00:00Z")?.backup.unwrap().id;
+                let newest = pre_run_now(&p, "2026-12-01T00:01:00Z")?.backup.unwrap().id;
+                for ext in [".duckdb", ".duckdb.sha256", ".manifest.json"] {
+                    fs::remove_file(p.backups().join(format!("{newest}{ext}")))
+                        .map_err(|e| e.to_string())?;
+                }
+                let out = p.run(&["list"]);
+                ensure(
+                    String::from_utf8_lossy(&out.stderr).contains("points to"),
+                    || "list did not report the dangling latest".into(),
+                )?;
+                let before = source_state(&p.db());
+                let out = p.run(&["restore"]);
+                ensure(out.status.code() == Some(66), || {
+                    format!(
+                        "restore latest exit {:?}: {}",
+                        out.status.code(),
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                })?;
+                ensure(source_state(&p.db()) == before, || {
+                    format!("restored `{old}` in place of the dangling latest")
+                })
+            },
+        );
+    }
 }

@@ -323,7 +323,7 @@ fn post_run(
             format!("dry run: backup `{selector}` would be restored; nothing was changed"),
         );
     }
-    match restore::run(settings, &selector, now) {
+    match restore::run(settings, &selector, request.backup_sha256.as_deref(), now) {
         Ok((manifest, outcome, notes)) => {
             ctx.warnings.extend(notes);
             report::restore_done(&ctx, settings, &manifest, &outcome)
@@ -349,6 +349,7 @@ pub fn flag_request(g: &super::Global, event: Event, request_id: Option<String>)
         }),
         dry_run: false,
         backup_id: None,
+        backup_sha256: None,
         run: None,
         on_failure: None,
     }

@@ -21,6 +21,8 @@ struct Row {
     verification_level: String,
     pinned: bool,
     latest: bool,
+    /// The newest backup verified by a full scan of every table: rotation never deletes it.
+    newest_fully_verified: bool,
     wal_folded: bool,
 }
 
@@ -41,6 +43,8 @@ struct Listing {
     unmanaged: Vec<Unmanaged>,
     total_bytes: u64,
     available_bytes: u64,
+    /// Backups dated in the future, a `latest.duckdb` that names no backup.
+    warnings: Vec<String>,
 }
 
 pub fn run(g: &Global) -> i32 {
@@ -81,6 +85,17 @@ pub fn run(g: &Global) -> i32 {
     };
     let now = crate::clock::now();
     let latest = store.latest_id();
+    let proven = inv
+        .backups
+        .iter()
+        .find(|b| {
+            b.manifest
+                .verification
+                .checks
+                .iter()
+                .any(|c| c == "fingerprints")
+        })
+        .map(|b| b.id.clone());
     let rows: Vec<Row> = inv
         .backups
         .iter()
@@ -98,6 +113,7 @@ pub fn run(g: &Global) -> i32 {
             verification_level: b.manifest.verification.level.clone(),
             pinned: b.manifest.pinned,
             latest: latest.as_deref() == Some(b.id.as_str()),
+            newest_fully_verified: proven.as_deref() == Some(b.id.as_str()),
             wal_folded: b.manifest.source.wal_folded,
         })
         .collect();
@@ -115,6 +131,7 @@ pub fn run(g: &Global) -> i32 {
             })
             .collect(),
         backups: rows,
+        warnings: crate::engine::backup::inventory_warnings(&store, &inv, now),
     };
     if g.json {
         report::print_json_pretty(&listing);
@@ -140,6 +157,9 @@ fn print_table(listing: &Listing) {
             }
             if r.pinned {
                 flags.push("pinned");
+            }
+            if r.newest_fully_verified {
+                flags.push("newest-full");
             }
             if r.wal_folded {
                 flags.push("wal-folded");
@@ -171,6 +191,7 @@ fn print_table(listing: &Listing) {
     for u in &listing.unmanaged {
         println!("note: `{}`: {}; ducksafe never deletes it", u.file, u.why);
     }
+    report::print_warnings(&listing.warnings);
 }
 
 fn age(secs: i64) -> String {

@@ -3,6 +3,7 @@
 //! [`fail`], with the exit code from the one error table.
 
 pub mod backup;
+pub mod delete;
 pub mod hook;
 pub mod init;
 pub mod list;

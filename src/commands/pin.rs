@@ -3,7 +3,6 @@
 
 use super::Global;
 use crate::cli::PinArgs;
-use crate::engine::lock::DirLock;
 use crate::engine::store::Store;
 use crate::report;
 
@@ -12,7 +11,7 @@ pub fn run(g: &Global, a: &PinArgs, pin: bool) -> i32 {
         let settings = super::load_settings(g)?;
         super::warn_pending(&settings);
         let store = Store::open(&settings.backup_dir, false)?;
-        let _lock = DirLock::acquire(store.dir())?;
+        let (_lock, _) = store.lock()?;
         let mut entry = store.resolve(&a.id)?;
         entry.manifest.pinned = pin;
         store.rewrite_manifest(&entry.manifest)?;

@@ -28,6 +28,7 @@ pub fn run(g: &Global, a: &PostRunArgs) -> i32 {
     let request = Request {
         dry_run: a.dry_run,
         backup_id: a.backup_id.clone(),
+        backup_sha256: a.backup_sha256.clone(),
         run: Some(RunInfo {
             outcome,
             exit_code: a.exit_code,

@@ -6,7 +6,6 @@ use serde::Serialize;
 use super::Global;
 use crate::cli::PruneArgs;
 use crate::engine::backup;
-use crate::engine::lock::DirLock;
 use crate::engine::retention;
 use crate::engine::store::Store;
 use crate::report;
@@ -23,14 +22,16 @@ pub fn run(g: &Global, a: &PruneArgs) -> i32 {
         let settings = super::load_settings(g)?;
         super::warn_pending(&settings);
         let store = Store::open(&settings.backup_dir, false)?;
-        let _lock = DirLock::acquire(store.dir())?;
+        let (_lock, _) = store.lock()?;
         let inv = store.inventory()?;
+        let now = crate::clock::now();
         let plan = retention::plan(
-            &backup::candidates(&inv, None),
-            crate::clock::now(),
+            &backup::candidates(&store, &inv, None)?,
+            now,
             backup::policy(&settings),
         );
         let mut warnings = plan.warnings.clone();
+        warnings.extend(backup::inventory_warnings(&store, &inv, now));
         let deleted = if a.dry_run {
             Vec::new()
         } else {

@@ -4,7 +4,6 @@
 
 use super::Global;
 use crate::cli::RestoreArgs;
-use crate::engine::lock::DirLock;
 use crate::engine::restore;
 use crate::engine::store::Store;
 use crate::protocol::Decision;
@@ -19,9 +18,9 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
     ctx.set_paths(&settings);
     let now = crate::clock::now();
     if a.dry_run {
-        return dry_run(g, &settings, &a.backup, now);
+        return dry_run(g, &settings, &a.backup, a.expect_sha256.as_deref(), now);
     }
-    match restore::run(&settings, &a.backup, now) {
+    match restore::run(&settings, &a.backup, a.expect_sha256.as_deref(), now) {
         Ok((manifest, outcome, notes)) => {
             ctx.warnings.extend(notes);
             let r = report::restore_done(&ctx, &settings, &manifest, &outcome);
@@ -73,14 +72,16 @@ fn dry_run(
     g: &Global,
     settings: &crate::config::Settings,
     selector: &str,
+    expect_sha256: Option<&str>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> i32 {
     // An interrupted restore is finished first by the real restore: say so first.
     let pending = restore::pending(settings);
     let planned = (|| {
         let store = Store::open(&settings.backup_dir, false)?;
-        let _lock = DirLock::acquire(store.dir())?;
+        let (_lock, _) = store.lock()?;
         let entry = store.resolve(selector)?;
+        restore::check_expected(settings, &entry, expect_sha256)?;
         Ok::<_, crate::error::Error>(restore::plan(settings, &store, &entry, now))
     })();
     match planned {

@@ -64,7 +64,7 @@ pub fn run(g: &Global, a: &VerifyArgs) -> i32 {
                     error: None,
                 }),
                 // Rotated away by a concurrent backup while we were verifying: not a failure.
-                Err(_) if !store.manifest_path(&e.id).exists() => {}
+                Err(_) if !store.still_listed(&e.id) => {}
                 Err(err) => checked.push(Checked {
                     id: e.id.clone(),
                     ok: false,

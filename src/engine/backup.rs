@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
-use super::lock::{DirLock, SourceLock};
+use super::lock::SourceLock;
 use super::manifest::{Manifest, SourceInfo, Verification};
 use super::retention::{self, Candidate, Plan, Policy};
 use super::store::{Inventory, Store};
@@ -120,8 +120,11 @@ pub fn check_same_database(inv: &Inventory, settings: &Settings) -> Result<()> {
 }
 
 /// Candidates for retention from an inventory; `fresh` names the backup this run just made.
-pub fn candidates(inv: &Inventory, fresh: Option<&str>) -> Vec<Candidate> {
-    inv.backups
+pub fn candidates(store: &Store, inv: &Inventory, fresh: Option<&str>) -> Result<Vec<Candidate>> {
+    let latest = store.latest_id();
+    let last_made = store.last_made(inv)?;
+    Ok(inv
+        .backups
         .iter()
         .map(|b| Candidate {
             id: b.id.clone(),
@@ -130,8 +133,39 @@ pub fn candidates(inv: &Inventory, fresh: Option<&str>) -> Vec<Candidate> {
             pinned: b.manifest.pinned,
             verified: !b.manifest.verification.checks.is_empty(),
             fresh: fresh == Some(b.id.as_str()),
+            proven: b
+                .manifest
+                .verification
+                .checks
+                .iter()
+                .any(|c| c == "fingerprints"),
+            latest: latest.as_deref() == Some(b.id.as_str()),
+            last_made: last_made.as_deref() == Some(b.id.as_str()),
         })
-        .collect()
+        .collect())
+}
+
+/// What an operator must know about a backup directory before trusting its order: backups
+/// dated in the future (a clock that was wrong), and a `latest.duckdb` that names no backup.
+pub fn inventory_warnings(store: &Store, inv: &Inventory, now: DateTime<Utc>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for b in &inv.backups {
+        if b.manifest.created_at > now + chrono::Duration::minutes(5) {
+            warnings.push(format!(
+                "backup `{}` is dated {}, in the future: the clock was wrong when it was taken (or is wrong now). Rotation orders backups by date, so it counts as newer than every backup made since and outlives them; if it is not a state you need, delete it with `ducksafe delete {}`",
+                b.id,
+                b.manifest.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                b.id
+            ));
+        }
+    }
+    if let Some(target) = store.dangling_latest(inv) {
+        warnings.push(format!(
+            "`{}` points to `{target}`, which is not a backup here (deleted by hand?): `restore latest` refuses until the next backup repoints it; name a backup id instead (`ducksafe list`)",
+            store.latest_path().display()
+        ));
+    }
+    warnings
 }
 
 /// Turns a plan into the report's shape.
@@ -175,19 +209,35 @@ pub fn dry_run(settings: &Settings, now: DateTime<Utc>) -> Result<DryRun> {
     let needed = source_bytes(&source, &snapshot::present_wals(&settings.db_path));
     drop(source);
     let dir = &settings.backup_dir;
-    let (inv, check_dir) = if std::fs::symlink_metadata(dir).is_ok() {
+    let (store, inv, check_dir) = if std::fs::symlink_metadata(dir).is_ok() {
         let store = Store::open(dir, false)?;
-        (store.inventory()?, dir.clone())
+        let inv = store.inventory()?;
+        (Some(store), inv, dir.clone())
     } else {
         warnings.push(format!(
             "`{}` does not exist yet; the backup would create it (0700)",
             dir.display()
         ));
-        (Inventory::default(), files::parent_of(dir).to_path_buf())
+        (
+            None,
+            Inventory::default(),
+            files::parent_of(dir).to_path_buf(),
+        )
     };
     let space = space::check(&check_dir, needed, settings.config.backup_min_free_bytes)?;
     let id = super::store::base_id(&settings.db_stem(), now);
-    let mut cands = candidates(&inv, None);
+    let mut cands = match &store {
+        Some(store) => {
+            warnings.extend(inventory_warnings(store, &inv, now));
+            candidates(store, &inv, None)?
+        }
+        None => Vec::new(),
+    };
+    // The backup this run would make becomes the last one made, and `latest` names it.
+    for c in &mut cands {
+        c.last_made = false;
+        c.latest = false;
+    }
     cands.push(Candidate {
         id: id.clone(),
         created_at: now,
@@ -195,6 +245,9 @@ pub fn dry_run(settings: &Settings, now: DateTime<Utc>) -> Result<DryRun> {
         pinned: false,
         verified: true,
         fresh: true,
+        proven: settings.config.verify_level == VerifyLevel::Full,
+        latest: true,
+        last_made: true,
     });
     let plan = retention::plan(&cands, now, policy(settings));
     warnings.extend(plan.warnings.iter().cloned());
@@ -222,8 +275,7 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     let phase = |name: &str| tracing::debug!("{name}: {} ms", t.elapsed().as_millis());
     check_database(settings)?;
     let store = Store::open(&settings.backup_dir, true)?;
-    let _dir_lock = DirLock::acquire(store.dir())?;
-    let cleaned = store.clean_leftovers()?;
+    let (_dir_lock, cleaned) = store.lock()?;
     let recovered = super::restore::recover(settings)?;
     // Read once: rotation later plans over it plus the backup this run publishes (the
     // directory lock keeps other ducksafe runs out meanwhile).
@@ -239,10 +291,10 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     let needed = source_bytes(&source, &wals);
     let space = space::check(store.dir(), needed, settings.config.backup_min_free_bytes)?;
 
-    let id = store.new_id(&settings.db_stem(), now);
+    let id = store.next_id(&settings.db_stem(), now)?;
     let limits = limits(settings);
-    let (snap, verified) =
-        copy_and_verify(settings, &source, &wals, store.temp_path(&id), &limits)?;
+    let (snap, verified) = copy_and_verify(settings, &source, &wals, store.temp_path(&id), &limits)
+        .map_err(|e| with_way_out(e, settings, &inv))?;
     failpoint::hit("backup.verified");
     phase("copied, synced, read back and verified");
 
@@ -253,7 +305,7 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     failpoint::hit("publish.renamed");
     phase("published");
 
-    let mut warnings = Vec::new();
+    let mut warnings = snap.warnings.clone();
     if let Some(w) = store.point_latest(&id)? {
         warnings.push(w);
     }
@@ -264,8 +316,9 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
         manifest: manifest.clone(),
         file_bytes: Some(snap.bytes),
     });
-    let plan = retention::plan(&candidates(&inv, Some(&id)), now, policy(settings));
+    let plan = retention::plan(&candidates(&store, &inv, Some(&id))?, now, policy(settings));
     warnings.extend(plan.warnings.iter().cloned());
+    warnings.extend(inventory_warnings(&store, &inv, now));
     let rotation = apply_plan(&store, &plan, &mut warnings);
     failpoint::hit("rotation.done");
     phase("rotated");
@@ -283,6 +336,42 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
         cleaned,
         recovered,
     })
+}
+
+/// A damaged database: names the newest backup to restore, and the command that does it.
+///
+/// Good means proven by more than a quick open: DuckDB's block checksums checked during its
+/// copy, or a full scan of every table. A backup from before block checksums were checked at
+/// `quick` is named only with the advice to verify it first.
+fn with_way_out(e: Error, settings: &Settings, inv: &Inventory) -> Error {
+    let Error::DatabaseDamaged { path, why, .. } = e else {
+        return e;
+    };
+    let proven = |b: &&super::store::Entry| {
+        let c = &b.manifest.verification.checks;
+        c.iter()
+            .any(|c| c == "block_checksums" || c == "fingerprints")
+    };
+    let restore = match inv.backups.iter().find(proven) {
+        Some(b) => Some(format!(
+            "The newest good backup is `{}` (taken {}, verified: {}). Restore it: {}",
+            b.id,
+            b.manifest.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            b.manifest.verification.checks.join(", "),
+            crate::report::restore_command_line(settings, &b.manifest)
+        )),
+        None => inv.backups.first().map(|b| {
+            format!(
+                "The newest backup, `{}` (taken {}), was checked only at VERIFY_LEVEL {}: prove it first with `ducksafe verify {}`, then restore it: {}",
+                b.id,
+                b.manifest.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                b.manifest.verification.level,
+                b.id,
+                crate::report::restore_command_line(settings, &b.manifest)
+            )
+        }),
+    };
+    Error::DatabaseDamaged { path, why, restore }
 }
 
 /// Copies the locked source and verifies the copy at the configured level.
@@ -304,9 +393,18 @@ fn copy_and_verify(
         let source_scan = (byte_exact && level > VerifyLevel::Quick).then(|| {
             scope.spawn(|| {
                 verify::inspect(&settings.db_path, level, limits, &|e| {
-                    Error::DatabaseInvalid {
-                        path: settings.db_path.clone(),
-                        why: e.to_string(),
+                    let why = e.to_string();
+                    if why.contains("Corrupt database file") {
+                        Error::DatabaseDamaged {
+                            path: settings.db_path.clone(),
+                            why,
+                            restore: None,
+                        }
+                    } else {
+                        Error::DatabaseInvalid {
+                            path: settings.db_path.clone(),
+                            why,
+                        }
                     }
                 })
             })
@@ -342,6 +440,15 @@ fn manifest_for(
     request_id: Option<&str>,
 ) -> Manifest {
     let contents = verified.contents;
+    let mut checks = verified.checks;
+    if snap.blocks_checked.is_some() {
+        // After `sha256`: the bytes were proven first, then DuckDB's checksums over them.
+        let at = checks
+            .iter()
+            .position(|c| c == "sha256")
+            .map_or(0, |i| i + 1);
+        checks.insert(at, "block_checksums".into());
+    }
     Manifest {
         format: super::manifest::FORMAT,
         id: id.to_owned(),
@@ -365,7 +472,7 @@ fn manifest_for(
         sequences: contents.sequences,
         verification: Verification {
             level: settings.config.verify_level.as_str().to_owned(),
-            checks: verified.checks,
+            checks,
             verified_at: Utc::now(),
         },
         request_id: request_id.map(str::to_owned),

@@ -1,10 +1,12 @@
 //! The backup engine. The file names tell the story of a backup, in order:
-//! [`lock`] → [`store`] (leftovers) → [`space`] → [`snapshot`] → [`verify`] → [`manifest`] and
+//! [`lock`] → [`store`] (leftovers) → [`space`] → [`snapshot`] (with [`integrity`]: DuckDB's
+//! block checksums, checked as the copy passes) → [`verify`] → [`manifest`] and
 //! [`store`] (publication, `latest`) → [`retention`]; [`backup`] runs them in that order.
 //! [`restore`] is the way back. Policy ([`retention`], [`space::decide`], [`restore::plan`]) is
 //! pure; the I/O sits in the steps that apply it.
 
 pub mod backup;
+pub mod integrity;
 pub mod lock;
 pub mod manifest;
 pub mod restore;

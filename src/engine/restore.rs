@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::lock::{DatabaseLock, DirLock};
+use super::lock::DatabaseLock;
 use super::store::{self, Entry, Store};
 use super::verify;
 use crate::config::{Settings, VerifyLevel};
@@ -749,6 +749,23 @@ fn recover_all(settings: &Settings) -> Result<Recovery> {
     })
 }
 
+/// Refuses, changing nothing, a backup whose content is not the one a rollback instruction was
+/// written for (`expected`, its SHA-256): an id that came to name other content.
+pub fn check_expected(settings: &Settings, entry: &Entry, expected: Option<&str>) -> Result<()> {
+    match expected {
+        Some(want) if !want.eq_ignore_ascii_case(&entry.manifest.sha256) => {
+            Err(Error::RestoreFailed {
+                database: settings.db_path.clone(),
+                why: format!(
+                    "backup `{}` is not the backup this restore was asked for: its SHA-256 is {}, the instruction expected {want}; nothing was changed (`ducksafe list` shows the backups there are)",
+                    entry.id, entry.manifest.sha256
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Restores the backup `selector` names (`latest`, an id, a path): takes the backup
 /// directory's lock, finishes any interrupted restore first, then plans and applies. When the
 /// interrupted restore was of the requested backup, finishing it is the restore: the database
@@ -757,14 +774,16 @@ fn recover_all(settings: &Settings) -> Result<Recovery> {
 pub fn run(
     settings: &Settings,
     selector: &str,
+    expect_sha256: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<(super::manifest::Manifest, Outcome, Vec<String>)> {
     let started = std::time::Instant::now();
     let store = Store::open(&settings.backup_dir, false)?;
-    let _lock = DirLock::acquire(store.dir())?;
+    let (_lock, _) = store.lock()?;
     let recovery = recover_all(settings)?;
     let mut notes = recovery.notes;
     let entry = store.resolve(selector)?;
+    check_expected(settings, &entry, expect_sha256)?;
     if let Some(f) = recovery
         .finished
         .iter()

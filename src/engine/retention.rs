@@ -7,16 +7,18 @@
 //! 3. when `BACKUP_MAX_TOTAL_BYTES` is set, the oldest unpinned backups go until everything
 //!    (pinned ones included) fits.
 //!
-//! Invariants: a pinned backup is never deleted; the backup just made is never deleted; the
-//! newest verified backup is never deleted,
-//! whatever the rules say; only backups handed in (ducksafe's own, with manifests) are ever
-//! named for deletion.
+//! Invariants, whatever the rules say: a pinned backup is never deleted; nor is the backup just
+//! made, the newest verified one, the newest one proven by a full scan (so a run of `quick`
+//! backups never rotates the last fully proven one away), the one `latest.duckdb` names, or the
+//! last one made (by the order ids were issued, which a clock that steps back cannot reorder).
+//! Only backups handed in (ducksafe's own, with manifests) are ever named for deletion.
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 /// What the policy needs to know about one backup.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::struct_excessive_bools)] // each flag is a fact the rules weigh
 pub struct Candidate {
     pub id: String,
     pub created_at: DateTime<Utc>,
@@ -26,6 +28,12 @@ pub struct Candidate {
     /// The backup this run just made: never deleted, even when a clock that went back makes
     /// it look older than the others.
     pub fresh: bool,
+    /// Verified by a full scan of every table (`VERIFY_LEVEL: full`).
+    pub proven: bool,
+    /// `latest.duckdb` names it.
+    pub latest: bool,
+    /// The last backup made, by the order its id was issued in.
+    pub last_made: bool,
 }
 
 /// The configured limits.
@@ -48,6 +56,13 @@ pub enum Reason {
     Pinned,
     /// The newest verified backup, kept whatever the other rules say.
     NewestVerified,
+    /// The newest backup proven by a full scan, kept while every newer one was checked less.
+    NewestFullyVerified,
+    /// The backup `latest.duckdb` names, kept whatever the other rules say.
+    Latest,
+    /// The last backup made (by id order, whatever its date says), kept whatever the other
+    /// rules say.
+    LastMade,
     /// Beyond the newest `keep_last`.
     BeyondKeepLast {
         position: usize,
@@ -75,6 +90,11 @@ impl Reason {
             } => format!("newest {position} of {keep_last} kept"),
             Reason::Pinned => "pinned".into(),
             Reason::NewestVerified => "newest verified backup, always kept".into(),
+            Reason::NewestFullyVerified => {
+                "newest backup verified by a full scan, always kept".into()
+            }
+            Reason::Latest => "named by latest.duckdb, always kept".into(),
+            Reason::LastMade => "the last backup made, always kept".into(),
             Reason::BeyondKeepLast {
                 position,
                 keep_last,
@@ -124,9 +144,27 @@ pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
     let mut sorted: Vec<&Candidate> = backups.iter().collect();
     sorted.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
     let newest_verified = sorted.iter().find(|c| c.verified).map(|c| c.id.as_str());
-    let fresh = sorted.iter().find(|c| c.fresh).map(|c| c.id.as_str());
-    // Never deleted by any rule: the backup just made, and the newest verified one.
-    let protected = |id: &str| fresh == Some(id) || newest_verified == Some(id);
+    let newest_proven = sorted.iter().find(|c| c.proven).map(|c| c.id.as_str());
+    // Never deleted by any rule, and why (the first reason that applies is the one reported).
+    let protection = |c: &Candidate| -> Option<Reason> {
+        if c.fresh || c.last_made {
+            Some(Reason::LastMade)
+        } else if c.latest {
+            Some(Reason::Latest)
+        } else if newest_verified == Some(c.id.as_str()) {
+            Some(Reason::NewestVerified)
+        } else if newest_proven == Some(c.id.as_str()) {
+            Some(Reason::NewestFullyVerified)
+        } else {
+            None
+        }
+    };
+    let protected = |id: &str| {
+        sorted
+            .iter()
+            .find(|c| c.id == id)
+            .is_some_and(|c| protection(c).is_some())
+    };
 
     let mut decisions = Vec::with_capacity(sorted.len());
     let mut position = 0usize;
@@ -140,7 +178,8 @@ pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
         }
     }
     for c in &sorted {
-        let protected = protected(&c.id);
+        let shield = protection(c);
+        let protected = shield.is_some();
         let (keep, reason) = if c.pinned {
             (true, Reason::Pinned)
         } else {
@@ -175,12 +214,10 @@ pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
                 )
             }
         };
-        let reason =
-            if keep && protected && !matches!(reason, Reason::KeepLast { .. } | Reason::Pinned) {
-                Reason::NewestVerified
-            } else {
-                reason
-            };
+        let reason = match shield {
+            Some(why) if keep && !matches!(reason, Reason::KeepLast { .. } | Reason::Pinned) => why,
+            _ => reason,
+        };
         decisions.push(Decision {
             id: c.id.clone(),
             keep,
@@ -208,7 +245,7 @@ pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
         }
         if total > budget {
             warnings.push(format!(
-                "backups still use {total} bytes after rotation, over BACKUP_MAX_TOTAL_BYTES={budget}: the newest verified and pinned backups are never deleted"
+                "backups still use {total} bytes after rotation, over BACKUP_MAX_TOTAL_BYTES={budget}: pinned backups, the newest verified, the newest fully verified, the one latest.duckdb names and the last one made are never deleted"
             ));
         }
         let unpinned_kept = decisions
@@ -237,6 +274,7 @@ pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn at(h: i64) -> DateTime<Utc> {
         DateTime::<Utc>::from_timestamp(1_750_000_000, 0).unwrap() + Duration::hours(h)
@@ -250,6 +288,9 @@ mod tests {
             pinned: false,
             verified: true,
             fresh: false,
+            proven: false,
+            latest: false,
+            last_made: false,
         }
     }
 
@@ -349,6 +390,47 @@ mod tests {
         assert!(p.warnings.iter().any(|w| w.contains("still use")));
     }
 
+    /// Nothing is deleted without a rule that really applies to it, and the budget deletes no
+    /// more than it must: deleting too many fails here, not only keeping too many.
+    fn every_deletion_has_a_cause(bs: &[Candidate], pol: Policy, p: &Plan) {
+        // Nothing is deleted without a rule that really applies to it: deleting too many
+        // fails here, not only keeping too many.
+        let mut unpinned: Vec<&Candidate> = bs.iter().filter(|b| !b.pinned).collect();
+        unpinned.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        for d in p.deletions() {
+            let pos = 1 + unpinned.iter().position(|c| c.id == d.id).unwrap();
+            let c = unpinned[pos - 1];
+            let ok = match d.reason {
+                Reason::BeyondKeepLast { position, .. } => {
+                    position == pos && pos > pol.keep_last as usize
+                }
+                Reason::TooOld { max_age_days, .. } => {
+                    at(0) - c.created_at > Duration::days(i64::from(max_age_days))
+                }
+                Reason::OverBudget {
+                    total_bytes,
+                    max_total_bytes,
+                } => pol.max_total_bytes == Some(max_total_bytes) && total_bytes > max_total_bytes,
+                _ => false,
+            };
+            assert!(ok, "{d:?} deleted without cause: {bs:?} {pol:?}");
+        }
+        // The budget deletes no more than it must: without the last one it deleted (the
+        // newest of them), the kept backups would be over budget.
+        if let Some(last) = p
+            .decisions
+            .iter()
+            .filter(|d| matches!(d.reason, Reason::OverBudget { .. }))
+            .find(|d| !d.keep)
+        {
+            let kept: u64 = p.kept().map(|d| d.bytes).sum();
+            assert!(
+                kept + last.bytes > pol.max_total_bytes.unwrap(),
+                "{last:?} need not have gone: {bs:?} {pol:?}"
+            );
+        }
+    }
+
     /// Property: for every combination of sizes, pins, ages and limits, the newest verified
     /// backup and every pinned backup survive, and no more than keep_last unpinned ones (plus
     /// the protected newest verified) remain.
@@ -364,6 +446,8 @@ mod tests {
         };
         for _ in 0..5000 {
             let n = rnd(12) as usize;
+            // At most one backup is named by `latest`, and one is the last made.
+            let (latest, last_made) = (rnd(n as u64 + 1), rnd(n as u64 + 1));
             let bs: Vec<Candidate> = (0..n)
                 .map(|i| Candidate {
                     id: format!("b{i}"),
@@ -372,6 +456,9 @@ mod tests {
                     pinned: rnd(5) == 0,
                     verified: rnd(4) != 0,
                     fresh: false,
+                    proven: rnd(3) == 0,
+                    latest: latest == i as u64,
+                    last_made: last_made == i as u64,
                 })
                 .collect();
             let pol = Policy {
@@ -394,12 +481,35 @@ mod tests {
             for b in bs.iter().filter(|b| b.pinned) {
                 assert!(p.decisions.iter().any(|d| d.id == b.id && d.keep));
             }
+            // Every protected backup survives.
+            let newest_proven = bs
+                .iter()
+                .filter(|c| c.proven)
+                .max_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+            for b in bs
+                .iter()
+                .filter(|b| b.latest || b.last_made || newest_proven.is_some_and(|n| n.id == b.id))
+            {
+                assert!(p.decisions.iter().any(|d| d.id == b.id && d.keep), "{b:?}");
+            }
+            let protected: BTreeSet<&str> = bs
+                .iter()
+                .filter(|b| {
+                    b.latest
+                        || b.last_made
+                        || newest_proven.is_some_and(|n| n.id == b.id)
+                        || newest_verified.is_some_and(|n| n.id == b.id)
+                })
+                .map(|b| b.id.as_str())
+                .collect();
+            let protected = protected.len();
             let unpinned_kept = p
                 .decisions
                 .iter()
                 .filter(|d| d.keep && d.reason != Reason::Pinned)
                 .count();
-            assert!(unpinned_kept <= pol.keep_last as usize + 1);
+            assert!(unpinned_kept <= pol.keep_last as usize + protected);
+            every_deletion_has_a_cause(&bs, pol, &p);
         }
     }
 }

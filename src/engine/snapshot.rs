@@ -20,6 +20,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use std::os::unix::fs::FileExt;
+
+use super::integrity::{self, Checker, Readable};
 use super::lock::SourceLock;
 use crate::duck::{self, Db, DuckError, Limits};
 use crate::error::{Error, Result};
@@ -68,6 +71,10 @@ pub struct Snapshot {
     pub wal_bytes: u64,
     pub wal_folded: bool,
     pub copy_method: files::CopyMethod,
+    /// Headers and blocks whose DuckDB checksum was checked during the copy (`None`: the
+    /// database is encrypted, so they could not be).
+    pub blocks_checked: Option<u64>,
+    pub warnings: Vec<String>,
 }
 
 /// The WAL files present beside `db`, with their sizes.
@@ -110,18 +117,53 @@ pub fn take<V>(
         armed: true,
     };
     let wal_folded = !wals.is_empty();
+    let mut warnings = Vec::new();
+    // DuckDB's block checksums are checked on the source's bytes as they pass (see
+    // `integrity`): a damaged database is refused at every verification level.
+    let damaged = |d: integrity::Damage| Error::DatabaseDamaged {
+        path: src_path.clone(),
+        why: describe_damage(&d, src_path, limits),
+        restore: None,
+    };
+    let mut checker = match integrity::Layout::read(expected, &|at, buf| {
+        source.file.read_exact_at(buf, at)
+    }) {
+        Ok(Ok(Readable::Layout(layout))) => Some(Checker::new(layout)),
+        Ok(Ok(Readable::Encrypted)) => {
+            warnings.push(
+                "the database is encrypted: DuckDB's block checksums were not checked during the copy (DuckDB's own scan checks them at VERIFY_LEVEL standard and full)".into(),
+            );
+            None
+        }
+        Ok(Err(d)) => return Err(damaged(d)),
+        Err(e) => return Err(Error::io("read", src_path, e)),
+    };
     // Copy, fsync and read back in one pass (see `files::copy_verified`); for a byte-exact
     // copy, the content check runs meanwhile.
     let temp_path = temp.path().to_path_buf();
     let mut verify = Some(verify);
     let mut early = None;
-    let copied = files::copy_verified(&source.file, &out, || {
+    let mut first_piece = true;
+    let mut inspect = |piece: &[u8]| {
+        if let Some(c) = checker.as_mut() {
+            c.feed(piece);
+        }
+        if std::mem::take(&mut first_piece) {
+            // Midway through the copy (after its first step): tests fill the disk here.
+            crate::failpoint::hit("snapshot.copying");
+        }
+    };
+    let copied = files::copy_verified_inspecting(&source.file, &out, &mut inspect, || {
         if !wal_folded {
             early = verify.take().map(|f| f(&temp_path, false));
         }
     })
     .map_err(|e| Error::io("copy database to", temp.path(), e))?;
     judge(&copied, expected, src_path, temp.path())?;
+    let blocks_checked = match checker {
+        Some(c) => Some(c.finish().map_err(damaged)?),
+        None => None,
+    };
     crate::failpoint::hit("snapshot.copied");
 
     let (bytes, sha256) = if wal_folded {
@@ -152,8 +194,37 @@ pub fn take<V>(
         wal_bytes,
         wal_folded,
         copy_method: copied.method,
+        blocks_checked,
+        warnings,
     };
     Ok((snap, verified))
+}
+
+/// The damage in words, with the tables whose data sits in a damaged block (DuckDB reads which
+/// blocks a table uses from its metadata, without touching the damaged block).
+fn describe_damage(d: &integrity::Damage, db: &Path, limits: &Limits) -> String {
+    let mut why = d.to_string();
+    let Some(id) = d.block else { return why };
+    let used_by = Db::open_read_only(db, limits).and_then(|db| {
+        let mut names = Vec::new();
+        for t in db.tables()? {
+            if db.table_uses_block(&t, id)? {
+                names.push(format!("`{}`", t.display()));
+            }
+        }
+        Ok(names)
+    });
+    match used_by {
+        Ok(names) if !names.is_empty() => {
+            why.push_str("; it holds data of table ");
+            why.push_str(&names.join(", "));
+        }
+        Ok(_) => why.push_str(
+            "; no table keeps its rows there: it holds DuckDB's own metadata (the catalog, the free list, or an index)",
+        ),
+        Err(_) => {}
+    }
+    why
 }
 
 /// What a copy's read-back says, worst first: a byte that differs from the source is a

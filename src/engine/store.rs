@@ -9,12 +9,18 @@
 //!   simulation_20250818_143022.manifest.json 0600  what it holds and how it was verified
 //!   latest.duckdb -> simulation_20250818_143022.duckdb   (relative symlink)
 //!   .ducksafe.lock                           0600  the directory lock (holder's PID inside)
+//!   .ducksafe-ids                            0600  every id ever issued here, in order
 //!   .ducksafe-tmp-…                                in-flight files; never a backup name
 //!   quarantine/                              0700  databases moved aside by restores
 //! ```
 //! Invariants:
 //! - A file appears under a backup name only by `rename` of a fully written, fsynced and
 //!   verified temporary file, after its manifest; renames never replace an existing backup.
+//! - An id names one backup forever: it is recorded in `.ducksafe-ids` (durably, before its
+//!   manifest is written) and never issued again, even after its backup is deleted or when the
+//!   clock steps back. The order of that file is the order backups were made in.
+//! - Readers see whole backups: publication and deletion happen inside the exclusive
+//!   [`Section`], and [`Store::inventory`] reads inside the shared one.
 //! - ducksafe deletes only what it made: backups that have a ducksafe manifest, their sidecars,
 //!   and `.ducksafe-tmp-*` names. Symlinks are never followed for a write or a delete, and a
 //!   backup name that is not a regular file is never trusted.
@@ -25,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
+use super::lock::{DirLock, Section};
 use super::manifest::{self, Manifest};
 use crate::error::{Error, Result};
 use crate::files;
@@ -34,6 +41,8 @@ pub const LATEST: &str = "latest.duckdb";
 const BACKUP_EXT: &str = ".duckdb";
 const MANIFEST_EXT: &str = ".manifest.json";
 const SIDECAR_EXT: &str = ".duckdb.sha256";
+/// Every id issued in this directory, one a line, in the order they were issued.
+const IDS: &str = ".ducksafe-ids";
 
 /// A backup directory that exists, is a directory, and is private to this user.
 #[derive(Debug, Clone)]
@@ -126,6 +135,15 @@ impl Store {
         &self.dir
     }
 
+    /// Takes the directory's lock (see [`DirLock`]) and sweeps what an interrupted run left
+    /// (temporary files, unpublished manifests): every command that takes the lock leaves the
+    /// directory clean. Returns the lock and the names removed.
+    pub fn lock(&self) -> Result<(DirLock, Vec<String>)> {
+        let lock = DirLock::acquire(&self.dir)?;
+        let cleaned = self.clean_leftovers()?;
+        Ok((lock, cleaned))
+    }
+
     pub fn backup_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}{BACKUP_EXT}"))
     }
@@ -147,30 +165,115 @@ impl Store {
         ))
     }
 
-    /// A new backup id: `<stem>_YYYYMMDD_HHMMSS` (UTC), with `_2`, `_3`… when that second is
-    /// taken already.
-    pub fn new_id(&self, stem: &str, now: DateTime<Utc>) -> String {
+    /// The id for a new backup: `<stem>_YYYYMMDD_HHMMSS` (UTC), with `_2`, `_3`… when that
+    /// name was ever issued here before or is taken by a file. [`Store::publish`] records it, so
+    /// it is never issued again; between the two, the caller holds the directory lock.
+    pub fn next_id(&self, stem: &str, now: DateTime<Utc>) -> Result<String> {
+        let issued: std::collections::HashSet<String> = self.issued_ids()?.into_iter().collect();
         let base = base_id(stem, now);
         let taken = |id: &str| {
-            [
-                self.backup_path(id),
-                self.manifest_path(id),
-                self.sidecar_path(id),
-            ]
-            .iter()
-            .any(|p| fs::symlink_metadata(p).is_ok())
+            issued.contains(id)
+                || [
+                    self.backup_path(id),
+                    self.manifest_path(id),
+                    self.sidecar_path(id),
+                ]
+                .iter()
+                .any(|p| fs::symlink_metadata(p).is_ok())
         };
-        if !taken(&base) {
-            return base;
+        let id = if taken(&base) {
+            (2..=u32::MAX)
+                .map(|n| format!("{base}_{n}"))
+                .find(|id| !taken(id))
+                .ok_or_else(|| Error::Internal(format!("every id for `{base}` is used")))?
+        } else {
+            base
+        };
+        Ok(id)
+    }
+
+    /// The ids issued here, oldest first. A directory from before ids were recorded starts
+    /// with its backups' ids (by date), so none of them is issued again either.
+    pub fn issued_ids(&self) -> Result<Vec<String>> {
+        let path = self.dir.join(IDS);
+        match files::open_read_nofollow(&path) {
+            Ok(mut f) => {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut f, &mut s)
+                    .map_err(|e| Error::io("read", &path, e))?;
+                Ok(s.lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut known: Vec<(DateTime<Utc>, String)> = self
+                    .inventory()?
+                    .backups
+                    .into_iter()
+                    .map(|b| (b.manifest.created_at, b.id))
+                    .collect();
+                known.sort();
+                Ok(known.into_iter().map(|(_, id)| id).collect())
+            }
+            Err(e) => Err(Error::io("read", &path, e)),
         }
-        (2..=u32::MAX)
-            .map(|n| format!("{base}_{n}"))
-            .find(|id| !taken(id))
-            .unwrap_or(base)
+    }
+
+    /// Appends `id` to the record of issued ids, durably (one `write` on an `O_APPEND`
+    /// descriptor, then `fsync`). A directory without the record gets one that starts with its
+    /// existing backups.
+    fn record_id(&self, id: &str) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join(IDS);
+        let mut lines = String::new();
+        let fresh = fs::symlink_metadata(&path).is_err();
+        if fresh {
+            for known in self.issued_ids()? {
+                lines.push_str(&known);
+                lines.push('\n');
+            }
+        }
+        lines.push_str(id);
+        lines.push('\n');
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(files::PRIVATE_FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| Error::io("record the new backup id in", &path, e))?;
+        f.write_all(lines.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| Error::io("record the new backup id in", &path, e))?;
+        if fresh {
+            files::sync_dir(&self.dir).map_err(|e| Error::io("sync", &self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// The last backup made that still exists, by the order ids were issued in (a clock that
+    /// stepped back cannot reorder it).
+    pub fn last_made(&self, inv: &Inventory) -> Result<Option<String>> {
+        Ok(self
+            .issued_ids()?
+            .into_iter()
+            .rev()
+            .find(|id| inv.backups.iter().any(|b| &b.id == id)))
+    }
+
+    /// True while the backup `id` is listed (its manifest is there), read in the shared
+    /// section: a backup that is gone was deleted whole, by rotation or prune.
+    pub fn still_listed(&self, id: &str) -> bool {
+        let _section = Section::shared(&self.dir);
+        fs::symlink_metadata(self.manifest_path(id)).is_ok()
     }
 
     /// Reads the directory: managed backups (newest first), unmanaged look-alikes, leftovers.
     pub fn inventory(&self) -> Result<Inventory> {
+        // No backup is half-published or half-deleted while this reads.
+        let _section = Section::shared(&self.dir);
         let mut inv = Inventory::default();
         let rd = fs::read_dir(&self.dir).map_err(|e| Error::io("list", &self.dir, e))?;
         let mut names: Vec<String> = rd
@@ -269,12 +372,17 @@ impl Store {
         Ok(removed)
     }
 
-    /// Publishes a verified temporary backup under `manifest.id`: manifest, then sidecar, then
-    /// the backup itself by a no-replace rename, each durable before the next.
+    /// Publishes a verified temporary backup under `manifest.id`: the id recorded as issued,
+    /// then the manifest, the sidecar and the backup itself by a no-replace rename, each durable
+    /// before the next.
     pub fn publish(&self, temp: &Path, manifest: &Manifest) -> Result<PathBuf> {
         let id = &manifest.id;
         let final_path = self.backup_path(id);
         let sidecar = self.sidecar_path(id);
+        // The id is recorded before anything appears under it, so it is never issued again
+        // (a crash after this burns it, harmlessly).
+        self.record_id(id)?;
+        let _section = Section::exclusive(&self.dir)?;
         let result = (|| {
             manifest.write(&self.manifest_path(id))?;
             crate::failpoint::hit("publish.manifest");
@@ -326,10 +434,22 @@ impl Store {
         name.strip_suffix(BACKUP_EXT).map(str::to_owned)
     }
 
+    /// Where `latest.duckdb` points when that is not a backup in the inventory (deleted by hand,
+    /// or a link ducksafe did not make); `None` when it names a backup or does not exist.
+    pub fn dangling_latest(&self, inv: &Inventory) -> Option<String> {
+        let target = fs::read_link(self.latest_path()).ok()?;
+        let named = self.latest_id();
+        match named {
+            Some(id) if inv.backups.iter().any(|b| b.id == id) => None,
+            _ => Some(target.display().to_string()),
+        }
+    }
+
     /// Deletes a managed backup: the backup file first (so a crash never leaves a backup without
     /// its manifest), then its sidecar and manifest. Symlinks are unlinked, never followed.
     pub fn delete(&self, id: &str) -> Result<()> {
         let backup = self.backup_path(id);
+        let _section = Section::exclusive(&self.dir)?;
         match fs::symlink_metadata(&backup) {
             Ok(m) if m.file_type().is_file() || m.file_type().is_symlink() => {
                 fs::remove_file(&backup).map_err(|e| Error::io("delete backup", &backup, e))?;
@@ -362,11 +482,19 @@ impl Store {
     pub fn resolve(&self, selector: &str) -> Result<Entry> {
         let inv = self.inventory()?;
         let wanted = if selector == "latest" || selector == LATEST {
-            match self
-                .latest_id()
-                .filter(|id| inv.backups.iter().any(|b| &b.id == id))
-            {
+            if let Some(target) = self.dangling_latest(&inv) {
+                // Never a silent substitute: the operator decides which backup to put back.
+                return Err(Error::BackupNotFound {
+                    id: format!(
+                        "latest (`{LATEST}` points to `{target}`, which is not a backup here)"
+                    ),
+                    dir: self.dir.clone(),
+                });
+            }
+            match self.latest_id() {
                 Some(id) => id,
+                // No link at all (a directory from before `latest`, or its link removed): the
+                // newest by date.
                 None => {
                     return inv
                         .backups

@@ -102,7 +102,18 @@ impl VerifiedCopy {
 /// `fsync`s. A copy found different from its source returns at once, neither synced nor
 /// `meanwhile` run, with [`VerifiedCopy::first_difference`] set.
 pub fn copy_verified(src: &File, dst: &File, meanwhile: impl FnOnce()) -> io::Result<VerifiedCopy> {
-    copy_with(src, dst, Ways::ALL, meanwhile)
+    copy_with(src, dst, Ways::ALL, &mut |_| {}, meanwhile)
+}
+
+/// [`copy_verified`], handing `inspect` every byte of the source in order, each piece right
+/// after it was copied and proven equal in the copy (while it is still in the CPU's cache).
+pub fn copy_verified_inspecting(
+    src: &File,
+    dst: &File,
+    inspect: &mut dyn FnMut(&[u8]),
+    meanwhile: impl FnOnce(),
+) -> io::Result<VerifiedCopy> {
+    copy_with(src, dst, Ways::ALL, inspect, meanwhile)
 }
 
 /// Which of the fast ways a copy may use (tests force the fallbacks).
@@ -130,6 +141,7 @@ fn copy_with(
     src: &File,
     dst: &File,
     ways: Ways,
+    inspect: &mut dyn FnMut(&[u8]),
     meanwhile: impl FnOnce(),
 ) -> io::Result<VerifiedCopy> {
     let (to_hash, windows) = mpsc::sync_channel::<Window>(WINDOWS_IN_FLIGHT);
@@ -143,7 +155,7 @@ fn copy_with(
             }
             (bytes, <[u8; 32]>::from(sha.finalize()))
         });
-        let copied = copy_and_compare(src, dst, ways, &to_hash);
+        let copied = copy_and_compare(src, dst, ways, inspect, &to_hash);
         drop(to_hash);
         let synced = match copied {
             Ok(c) if c.first_difference.is_none() => {
@@ -184,6 +196,7 @@ fn copy_and_compare(
     src: &File,
     dst: &File,
     ways: Ways,
+    inspect: &mut dyn FnMut(&[u8]),
     hasher: &mpsc::SyncSender<Window>,
 ) -> io::Result<Progress> {
     // A filesystem with reflinks (XFS, Btrfs) clones the file: no data is copied, blocks are
@@ -257,6 +270,7 @@ fn copy_and_compare(
                 method,
             });
         }
+        inspect(&buf[..n]);
         offset += n as u64;
         if win.room() == 0 {
             send(hasher, window.take())?;
@@ -555,8 +569,17 @@ mod tests {
                 let dst = dir.path().join(format!("d{len}-{k}"));
                 let out = super::super::create_private(&dst).unwrap();
                 let mut ran = false;
-                let c = copy_with(&File::open(&src).unwrap(), &out, *w, || ran = true).unwrap();
+                let mut seen = Vec::new();
+                let c = copy_with(
+                    &File::open(&src).unwrap(),
+                    &out,
+                    *w,
+                    &mut |piece| seen.extend_from_slice(piece),
+                    || ran = true,
+                )
+                .unwrap();
                 assert!(c.identical(), "{len} bytes, {w:?}");
+                assert!(seen == data, "{len} bytes, {w:?}: inspect saw other bytes");
                 assert!(ran);
                 assert_eq!((c.bytes, c.read_back_bytes), (len as u64, len as u64));
                 assert_eq!(c.sha256, expected, "{len} bytes, {w:?}");
@@ -596,8 +619,14 @@ mod tests {
                     ..way(kernel_copy, map)
                 };
                 let mut ran = false;
-                let c =
-                    copy_with(&File::open(&src).unwrap(), &out, corrupt, || ran = true).unwrap();
+                let c = copy_with(
+                    &File::open(&src).unwrap(),
+                    &out,
+                    corrupt,
+                    &mut |_| {},
+                    || ran = true,
+                )
+                .unwrap();
                 assert!(!c.identical(), "byte {at}, {corrupt:?}");
                 assert_eq!(c.first_difference, Some(at), "{corrupt:?}");
                 assert!(c.bytes <= at, "only bytes proven equal are counted");

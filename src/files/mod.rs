@@ -25,7 +25,9 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::Path;
 
 mod copy;
-pub use copy::{copy_verified, hash_file, Copied, CopyMethod, VerifiedCopy};
+pub use copy::{
+    copy_verified, copy_verified_inspecting, hash_file, Copied, CopyMethod, VerifiedCopy,
+};
 
 /// Size of the buffer used for streaming copies and hashes. Large enough to amortize syscalls,
 /// small enough that memory stays flat whatever the database size.
@@ -234,6 +236,56 @@ pub fn try_lock(file: &File, kind: LockKind) -> Result<(), LockError> {
             pid: lock_holder(file, kind),
         }),
         _ => Err(LockError::Io(err)),
+    }
+}
+
+/// Takes an OFD lock on `len` bytes of `file` from `start` (a lock on a range of a lock file
+/// stands for one kind of ownership); with `wait`, blocks until it is free (for short critical
+/// sections only).
+#[allow(clippy::cast_possible_wrap)] // lock ranges are a few bytes from the start
+pub fn lock_range(
+    file: &File,
+    kind: LockKind,
+    start: u64,
+    len: u64,
+    wait: bool,
+) -> Result<(), LockError> {
+    let mut fl = flock_struct(kind);
+    fl.l_start = start as libc::off_t;
+    fl.l_len = len as libc::off_t;
+    let cmd = if wait {
+        libc::F_OFD_SETLKW
+    } else {
+        libc::F_OFD_SETLK
+    };
+    loop {
+        // SAFETY: the descriptor is valid for the life of `file`; `fl` is a valid flock.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &raw const fl) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) if wait => {}
+            Some(libc::EAGAIN | libc::EACCES) => return Err(LockError::Conflict { pid: None }),
+            _ => return Err(LockError::Io(err)),
+        }
+    }
+}
+
+/// Takes an exclusive `flock` on `file` (a directory, say) without waiting: `Ok(true)` taken,
+/// `Ok(false)` held by someone else. It lasts as long as the open file description.
+pub fn try_flock_exclusive(file: &File) -> io::Result<bool> {
+    // SAFETY: a valid descriptor owned by `file`.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
     }
 }
 

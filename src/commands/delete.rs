@@ -1,0 +1,61 @@
+//! `ducksafe delete ID`: deletes one backup now, with its manifest and sidecar. For the backup
+//! rotation cannot order (dated in the future by a wrong clock) or one an operator knows is
+//! unwanted. Refuses a pinned backup and the one `latest.duckdb` names: those are decisions to
+//! undo first (`unpin`, or a new backup that `latest` then names).
+
+use super::Global;
+use crate::cli::DeleteArgs;
+use crate::engine::store::Store;
+use crate::error::Error;
+use crate::report;
+
+pub fn run(g: &Global, a: &DeleteArgs) -> i32 {
+    let result = (|| {
+        let settings = super::load_settings(g)?;
+        let store = Store::open(&settings.backup_dir, false)?;
+        let (_lock, _) = store.lock()?;
+        if a.id == "latest" || a.id == crate::engine::store::LATEST {
+            return Err(Error::Usage(
+                "`delete` takes a backup id, never `latest`: `ducksafe list` shows the ids".into(),
+            ));
+        }
+        let entry = store.resolve(&a.id)?;
+        if entry.manifest.pinned {
+            return Err(Error::Usage(format!(
+                "backup `{}` is pinned; unpin it first (`ducksafe unpin {}`) if it really should go",
+                entry.id, entry.id
+            )));
+        }
+        if store.latest_id().as_deref() == Some(entry.id.as_str()) {
+            return Err(Error::Usage(format!(
+                "backup `{}` is the one `latest.duckdb` names; take a new backup first (`ducksafe backup`), then `latest` names that one",
+                entry.id
+            )));
+        }
+        if !a.dry_run {
+            store.delete(&entry.id)?;
+        }
+        Ok::<_, Error>(entry)
+    })();
+    match result {
+        Ok(entry) => {
+            if g.json {
+                report::print_json_pretty(&serde_json::json!({
+                    "id": entry.id,
+                    "deleted": !a.dry_run,
+                    "dry_run": a.dry_run,
+                    "bytes": entry.file_bytes,
+                }));
+            } else if a.dry_run {
+                println!("dry run: would delete `{}`", entry.id);
+            } else {
+                println!(
+                    "deleted `{}` (its manifest and checksum file too)",
+                    entry.id
+                );
+            }
+            0
+        }
+        Err(e) => super::fail(g, &e),
+    }
+}
