@@ -36,11 +36,13 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 __all__ = [
     "PROTOCOL_VERSION",
     "EXIT_RETRYABLE",
+    "EXIT_TIMEOUT",
     "BackupRef",
     "Deleted",
     "DucksafeBusy",
     "DucksafeError",
     "ErrorEntry",
+    "HookTimeout",
     "HookUnavailable",
     "ProtectedRun",
     "Request",
@@ -61,6 +63,9 @@ PROTOCOL_VERSION = 1
 #: The exit code (and only one) whose errors are ``retryable``: the database or the backup
 #: directory is busy.
 EXIT_RETRYABLE = 75
+#: The ``exit_code`` of HookTimeout: ducksafe did not answer within the caller's ``timeout`` and
+#: was killed (124, as GNU timeout says).
+EXIT_TIMEOUT = 124
 
 #: A configuration file path, the configuration itself (``{"DB_PATH": ...}``), or None for
 #: ducksafe's default lookup ($DUCKSAFE_CONFIG, else ./config.yaml).
@@ -76,6 +81,11 @@ class RunInfo:
 
     outcome: str  # "success" | "failure"
     exit_code: Optional[int] = None
+
+    @classmethod
+    def from_json(cls, v: Mapping[str, Any]) -> RunInfo:
+        code = v.get("exit_code")
+        return cls(outcome=str(v["outcome"]), exit_code=None if code is None else int(code))
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"outcome": self.outcome}
@@ -262,6 +272,8 @@ class Response:
     rotation: Optional[RotationReport] = None
     space: Optional[SpaceReport] = None
     restore: Optional[RestoreRef] = None
+    #: post_run: the run as the request reported it (``exit_code`` is the workload's own).
+    run: Optional[RunInfo] = None
     paths: Dict[str, str] = field(default_factory=dict)
     supported_versions: Optional[Tuple[int, ...]] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -285,6 +297,7 @@ class Response:
             rotation=_opt(RotationReport, v.get("rotation")),
             space=_opt(SpaceReport, v.get("space")),
             restore=_opt(RestoreRef, v.get("restore")),
+            run=_opt(RunInfo, v.get("run")),
             paths=dict(v.get("paths", {})),
             supported_versions=None if sv is None else tuple(int(x) for x in sv),
             raw=dict(v),
@@ -347,6 +360,15 @@ class HookUnavailable(DucksafeError):
     """ducksafe could not be run, or did not answer one JSON line (``response`` is None)."""
 
 
+class HookTimeout(DucksafeError):
+    """ducksafe did not answer within ``timeout`` seconds and was killed (``exit_code`` 124,
+    ``response`` None). Unlike HookUnavailable, ducksafe ran and was doing something: a killed
+    pre_run leaves no backup (its temporary file is removed by the next one), but a killed
+    post_run may have been restoring. Check the database before the next run: the next
+    ``ducksafe restore`` or backup completes a restore whose journal was written (docs/runbook.md,
+    "An interrupted restore"). Do not give post_run a timeout you are not ready to see hit."""
+
+
 def _raise_for(response: Response, what: str) -> None:
     codes = ", ".join(response.codes) or "no error code"
     message = (
@@ -374,7 +396,8 @@ def call(
 ) -> Response:
     """Sends one request and returns the parsed response, whatever it says.
 
-    Raises HookUnavailable only when ducksafe cannot be run or its stdout is not one JSON line.
+    Raises HookUnavailable when ducksafe cannot be run or its stdout is not one JSON line, and
+    HookTimeout when it did not answer within ``timeout`` seconds (it is then killed).
     ducksafe's log (stderr) is passed through to this process's stderr.
     """
     argv = [_binary(binary), "hook"]
@@ -390,7 +413,13 @@ def call(
             timeout=timeout,
             check=False,
         )
-    except (OSError, subprocess.TimeoutExpired) as e:
+    except subprocess.TimeoutExpired as e:
+        raise HookTimeout(
+            f"`{argv[0]} hook` did not answer `{request.event}` within {timeout} s and was "
+            "killed; if it was restoring, see docs/runbook.md, \"An interrupted restore\"",
+            EXIT_TIMEOUT,
+        ) from e
+    except OSError as e:
         raise HookUnavailable(f"cannot run `{argv[0]} hook`: {e}", 127) from e
     lines = p.stdout.splitlines()
     try:
@@ -501,6 +530,18 @@ class ProtectedRun:
         return self.pre.backup_id
 
 
+def _exit_code(e: BaseException) -> int:
+    """The exit code Python itself would end with for this exception."""
+    if isinstance(e, SystemExit):
+        if e.code is None:
+            return 0
+        # bool is an int too: sys.exit(True) exits 1, as Python does.
+        return int(e.code) if isinstance(e.code, int) else 1
+    if isinstance(e, KeyboardInterrupt):
+        return 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+    return 1
+
+
 @contextlib.contextmanager
 def protected_run(
     config: ConfigArg = None,
@@ -511,10 +552,12 @@ def protected_run(
     cwd: Union[str, "os.PathLike[str]", None] = None,
     env: Optional[Mapping[str, str]] = None,
 ) -> Iterator[ProtectedRun]:
-    """pre_run on entry (raises when the run must not start), post_run on exit: success when the
-    block returns, failure (exit code 1, or SystemExit's code) when it raises; the exception
-    then propagates. Close every DuckDB connection to the database inside the block: a restore
-    needs the database to itself."""
+    """pre_run on entry (raises when the run must not start), post_run on exit, then any exception
+    propagates. The block's outcome follows Python's own exit rules: it succeeds when it returns
+    or raises ``SystemExit`` with code None or 0 (``sys.exit()``); it fails with exit code N for
+    ``SystemExit(N)``, 130 for KeyboardInterrupt (Ctrl-C), 1 for ``SystemExit`` with any other
+    code (a message) and for every other exception. Close every DuckDB connection to the
+    database inside the block: a restore needs the database to itself."""
     pre = pre_run(config, request_id=request_id, binary=binary, cwd=cwd, env=env)
     run = ProtectedRun(pre)
     kw: Dict[str, Any] = dict(
@@ -523,7 +566,7 @@ def protected_run(
     try:
         yield run
     except BaseException as e:
-        code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1
+        code = _exit_code(e)
         if code == 0:
             run.post = post_run(pre.backup_id, exit_code=0, **kw)
         else:

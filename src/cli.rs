@@ -29,6 +29,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Set a configuration key over the file and over DUCKSAFE_<KEY> (repeatable), e.g.
+    /// --set DB_PATH=/srv/sim/simulation.duckdb
+    #[arg(long, global = true, value_name = "KEY=VALUE", value_parser = parse_set)]
+    pub set: Vec<(String, String)>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -47,6 +52,8 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Apply the retention rules now and print each decision
     Prune(PruneArgs),
+    /// After moving the project folder on purpose: make the backups those of DB_PATH's new path
+    Adopt(AdoptArgs),
     /// Protect a backup from rotation
     Pin(PinArgs),
     /// Let rotation delete a pinned backup again
@@ -114,6 +121,27 @@ pub struct PruneArgs {
     /// Print the plan without deleting anything
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// Say what would change without writing anything
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `KEY=VALUE` for `--set`, with a known key.
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, e.g. DB_PATH=simulation.duckdb; got `{s}`"))?;
+    let key = key.trim();
+    if !crate::config::KEYS.contains(&key) {
+        let hint = crate::config::did_you_mean(key)
+            .map_or_else(String::new, |k| format!(" (did you mean `{k}`?)"));
+        return Err(format!("unknown configuration key `{key}`{hint}"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +239,7 @@ pub fn run(cli: Cli) -> i32 {
     let g = commands::Global {
         config: cli.config,
         json: cli.json,
+        set: cli.set,
     };
     match cli.command {
         Command::Init(a) => commands::init::run(&g, &a),
@@ -219,6 +248,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Verify(a) => commands::verify::run(&g, &a),
         Command::Restore(a) => commands::restore::run(&g, &a),
         Command::Prune(a) => commands::prune::run(&g, &a),
+        Command::Adopt(a) => commands::adopt::run(&g, &a),
         Command::Pin(a) => commands::pin::run(&g, &a, true),
         Command::Unpin(a) => commands::pin::run(&g, &a, false),
         Command::Delete(a) => commands::delete::run(&g, &a),

@@ -223,6 +223,9 @@ pub struct Settings {
     pub quarantine_dir: PathBuf,
     /// Non-fatal remarks made while loading (a key set from the environment, say).
     pub notes: Vec<String>,
+    /// Keys whose value came from a `DUCKSAFE_<KEY>` variable (or a `--set`), not from the
+    /// configuration itself: rollback instructions carry them.
+    pub overridden: Vec<&'static str>,
 }
 
 impl Settings {
@@ -276,9 +279,10 @@ pub fn load(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<Set
     };
 
     let mut notes = Vec::new();
+    let mut overridden = Vec::new();
     let mut violations = Vec::new();
     if let Value::Object(map) = &mut object {
-        apply_env(map, env, &mut notes);
+        overridden = apply_env(map, env, &mut notes);
         violations.extend(unknown_keys(map));
     }
     violations.extend(schema_violations(&object));
@@ -338,6 +342,7 @@ pub fn load(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<Set
         backup_dir,
         quarantine_dir,
         notes,
+        overridden,
     })
 }
 
@@ -438,7 +443,8 @@ fn apply_env(
     map: &mut Map<String, Value>,
     env: &dyn Fn(&str) -> Option<String>,
     notes: &mut Vec<String>,
-) {
+) -> Vec<&'static str> {
+    let mut overridden = Vec::new();
     for key in KEYS {
         let var = format!("{ENV_PREFIX}{key}");
         let Some(raw) = env(&var) else { continue };
@@ -460,6 +466,18 @@ fn apply_env(
         };
         map.insert(key.to_owned(), value);
         notes.push(format!("`{key}` set from `{var}`"));
+        overridden.push(key);
+    }
+    overridden
+}
+
+/// The value of `key` in the effective configuration, as a `DUCKSAFE_<KEY>` variable or a
+/// `--set KEY=VALUE` would give it (`None` when the key is unset).
+pub fn value_text(config: &Config, key: &str) -> Option<String> {
+    match serde_json::to_value(config).ok()?.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
     }
 }
 

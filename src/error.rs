@@ -78,8 +78,25 @@ pub enum Error {
     #[error("backup directory `{}` is on a read-only filesystem: no backup can be written there", dir.display())]
     BackupDirReadOnly { dir: PathBuf },
 
-    #[error("backup directory `{}` already holds backups of another database (`{other}`)", dir.display())]
-    SharedBackupDir { dir: PathBuf, other: String },
+    /// A folder ducksafe keeps private data in, other than the backup directory, named by its
+    /// configuration key (`QUARANTINE_DIR`).
+    #[error("{what} `{}` (`{key}`) is unsafe: {why}", dir.display())]
+    UnsafeFolder {
+        key: &'static str,
+        what: &'static str,
+        dir: PathBuf,
+        why: String,
+    },
+
+    #[error("backup directory `{}` belongs to the database `{other}`, not to `{}`", dir.display(), ours.display())]
+    SharedBackupDir {
+        dir: PathBuf,
+        other: String,
+        ours: PathBuf,
+    },
+
+    #[error("the database owner file `{}` is damaged: {why}", path.display())]
+    OwnerFileDamaged { path: PathBuf, why: String },
 
     #[error(
         "not enough free space in `{}`: {} available, {} required",
@@ -173,7 +190,10 @@ impl Error {
             Error::DatabaseDamaged { .. } => C::DatabaseDamaged,
             Error::DatabaseLocked { .. } => C::DatabaseLocked,
             Error::LockBusy { .. } => C::LockBusy,
-            Error::BackupDirUnsafe { .. } | Error::SharedBackupDir { .. } => C::BackupDirUnsafe,
+            Error::BackupDirUnsafe { .. }
+            | Error::UnsafeFolder { .. }
+            | Error::SharedBackupDir { .. }
+            | Error::OwnerFileDamaged { .. } => C::BackupDirUnsafe,
             Error::InsufficientSpace { .. } => C::InsufficientSpace,
             Error::BackupFailed { .. } | Error::BackupDirReadOnly { .. } => C::BackupFailed,
             Error::Io { source, .. } if is_no_space(source) => C::InsufficientSpace,
@@ -225,14 +245,16 @@ impl Error {
             Error::LockBusy { .. } => {
                 Some("another backup or restore is running; retry when it has finished".into())
             }
-            Error::BackupDirUnsafe { .. } => Some(
-                "make the backup directory private to this user: `chmod 700 DIR` (and `chown` it to this user)".into(),
-            ),
+            Error::BackupDirUnsafe { dir, .. } => Some(unsafe_folder_hint("BACKUP_DIR", dir)),
             Error::BackupDirReadOnly { .. } => Some(
                 "no chmod fixes this: remount that filesystem read-write (`mount -o remount,rw MOUNTPOINT`), or set `BACKUP_DIR` to a writable disk; nothing was written, and `list` and `verify` still read the backups there".into(),
             ),
-            Error::SharedBackupDir { .. } => Some(
-                "give each database its own BACKUP_DIR: rotation and `latest` work per directory".into(),
+            Error::UnsafeFolder { key, dir, .. } => Some(unsafe_folder_hint(key, dir)),
+            Error::SharedBackupDir { other, .. } => Some(format!(
+                "give each database its own `BACKUP_DIR`; if this database was moved here on purpose from `{other}`, run `ducksafe adopt` once (see docs/runbook.md, 'Several databases on one machine')"
+            )),
+            Error::OwnerFileDamaged { .. } => Some(
+                "it records which database this directory's backups belong to; check the directory, then run `ducksafe adopt` to write it again".into(),
             ),
             Error::InsufficientSpace { .. } => Some(
                 "free space on that filesystem (`ducksafe prune` applies a lowered `BACKUP_KEEP_LAST` now), or set `BACKUP_DIR` to a larger disk; no backup was written".into(),
@@ -289,9 +311,36 @@ impl Error {
             code,
             message: self.to_string(),
             retryable: code.retryable(),
-            path: None,
+            path: self.config_key().map(|k| format!("/{k}")),
             hint: self.hint(),
         }]
+    }
+
+    /// The configuration key at fault, when one is (reported as the entry's JSON Pointer).
+    fn config_key(&self) -> Option<&'static str> {
+        match self {
+            Error::BackupDirUnsafe { .. }
+            | Error::SharedBackupDir { .. }
+            | Error::OwnerFileDamaged { .. } => Some("BACKUP_DIR"),
+            Error::UnsafeFolder { key, .. } => Some(*key),
+            _ => None,
+        }
+    }
+}
+
+/// What to do about an unsafe folder. A shared system folder (`/tmp`, `/`, `/home`…) is never
+/// to be chmod-ed: the key must point elsewhere instead.
+fn unsafe_folder_hint(key: &str, dir: &Path) -> String {
+    if crate::files::is_shared_system_folder(dir) {
+        format!(
+            "`{}` is a shared system folder: leave its permissions alone and set `{key}` to a folder of its own (ducksafe creates it `0700`), or remove `{key}` to use the default",
+            dir.display()
+        )
+    } else {
+        format!(
+            "make `{key}` private to this user: `chmod 700 {}` (and `chown` it to this user), or set `{key}` to a folder of its own",
+            crate::engine::restore::shell_quote(dir)
+        )
     }
 }
 

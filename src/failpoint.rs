@@ -2,7 +2,8 @@
 //!
 //! `DUCKSAFE_FAILPOINT=<name>` makes the process abort (as `kill -9` would: no destructor, no
 //! cleanup, no answer) when it reaches [`hit`] with that name; `<name>:sleep=<ms>` pauses there
-//! instead; `<name>:wait=<path>` creates `<path>.reached` there and waits until `<path>` exists,
+//! instead; `<name>:panic` panics there (the hook's guard must still answer one JSON line, with
+//! `internal`); `<name>:wait=<path>` creates `<path>.reached` there and waits until `<path>` exists,
 //! so a test can act at exactly that moment (run another command, kill the process) and then
 //! let it go on, without guessing a delay. Unset, a failpoint
 //! costs one environment lookup. Aborting is no capability a caller lacks: anyone who can set
@@ -46,6 +47,8 @@ pub fn hit(name: &str) {
         while std::fs::symlink_metadata(go).is_err() {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+    } else if action == "panic" {
+        panic!("failpoint `{name}`: panicking, as the test asked");
     } else if let Some(ms) = action.strip_prefix("sleep=") {
         let ms = ms.parse().unwrap_or(1000);
         eprintln!("ducksafe: failpoint `{name}`: sleeping {ms} ms");

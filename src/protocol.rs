@@ -198,6 +198,11 @@ pub struct Request {
     /// Omitted: `DUCKSAFE_CONFIG`, else `./config.yaml`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigSource>,
+    /// Configuration keys set over the configuration and over `DUCKSAFE_<KEY>` variables, each
+    /// value written as the variable would give it (`{"DB_PATH": "/srv/sim/simulation.duckdb"}`).
+    /// Rollback requests carry every key that decided the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<BTreeMap<String, String>>,
     /// Validate and plan without writing anything.
     #[serde(default)]
     pub dry_run: bool,
@@ -220,11 +225,12 @@ pub struct Request {
 
 impl Request {
     /// The request fields this version knows; others are ignored with a warning.
-    pub const KNOWN_FIELDS: [&'static str; 9] = [
+    pub const KNOWN_FIELDS: [&'static str; 10] = [
         "protocol_version",
         "event",
         "request_id",
         "config",
+        "set",
         "dry_run",
         "backup_id",
         "backup_sha256",
@@ -330,6 +336,10 @@ pub struct RestoreRef {
     /// Shell command that undoes this restore.
     pub undo: Vec<String>,
     pub duration_ms: u64,
+    /// True when the database already was the backup, byte for byte, with no WAL beside it:
+    /// nothing was moved, and `quarantine` was not created.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
 }
 
 /// One response, written as a single JSON line on stdout.
@@ -353,6 +363,10 @@ pub struct Response {
     pub space: Option<SpaceReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreRef>,
+    /// post_run: the run the request reported (its outcome and the workload's own exit code),
+    /// repeated so that a saved response tells whose exit code a caller saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunInfo>,
     /// The resolved configuration paths (absolute), for the caller's logs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub paths: BTreeMap<String, String>,

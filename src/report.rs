@@ -11,6 +11,7 @@ use crate::config::Settings;
 use crate::engine::backup;
 use crate::engine::manifest::Manifest;
 use crate::engine::restore::{self, shell_quote};
+use crate::engine::store;
 use crate::error::Error;
 use crate::protocol::{
     BackupRef, Decision, ErrorEntry, Response, RestoreRef, Rollback, Status, PROTOCOL_VERSION,
@@ -66,6 +67,7 @@ impl Ctx {
             rotation: None,
             space: None,
             restore: None,
+            run: None,
             paths: self.paths.clone(),
             supported_versions: None,
             warnings: self.warnings.clone(),
@@ -99,7 +101,11 @@ impl Ctx {
 fn backup_ref(settings: &Settings, m: &Manifest) -> BackupRef {
     BackupRef {
         id: m.id.clone(),
-        path: settings.backup_dir.join(&m.file).display().to_string(),
+        path: settings
+            .backup_dir
+            .join(store::backup_file_name(&m.id))
+            .display()
+            .to_string(),
         bytes: m.bytes,
         sha256: m.sha256.clone(),
         created_at: m
@@ -117,10 +123,43 @@ fn program() -> String {
         .map_or_else(|| "ducksafe".to_owned(), |p| p.display().to_string())
 }
 
+/// The keys a rollback must carry so that it acts on the same database whatever the
+/// environment it runs in: `DB_PATH` and `BACKUP_DIR` (absolute), every key that came from a
+/// `DUCKSAFE_<KEY>` variable or a `--set`, and, without a configuration file, every key.
+fn pinned_keys(settings: &Settings) -> Vec<(String, String)> {
+    let mut pairs = vec![
+        ("DB_PATH".to_owned(), settings.db_path.display().to_string()),
+        (
+            "BACKUP_DIR".to_owned(),
+            settings.backup_dir.display().to_string(),
+        ),
+    ];
+    for key in crate::config::KEYS {
+        if pairs.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        if settings.config_path.is_some() && !settings.overridden.contains(&key) {
+            continue;
+        }
+        let value = if key == "QUARANTINE_DIR" {
+            Some(settings.quarantine_dir.display().to_string())
+        } else {
+            crate::config::value_text(&settings.config, key)
+        };
+        if let Some(v) = value {
+            pairs.push((key.to_owned(), v));
+        }
+    }
+    pairs
+}
+
 /// How to undo the run that follows a backup: the command, a ready post_run request, and the
-/// manual steps (WAL files included) for when ducksafe itself is unavailable.
+/// manual steps (WAL files included) for when ducksafe itself is unavailable. The command and
+/// the request carry everything that decided the database (see [`pinned_keys`]), so that
+/// running them as printed acts on the same database.
 pub fn rollback(settings: &Settings, m: &Manifest, request_id: &str) -> Rollback {
     let command = restore_command(settings, m);
+    let pinned = pinned_keys(settings);
     let config = if let Some(p) = &settings.config_path {
         json!({"path": p.display().to_string()})
     } else {
@@ -131,11 +170,16 @@ pub fn rollback(settings: &Settings, m: &Manifest, request_id: &str) -> Rollback
         c.quarantine_dir = Some(settings.quarantine_dir.display().to_string());
         json!({ "inline": c })
     };
+    let set: serde_json::Map<String, serde_json::Value> = pinned
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .collect();
     let request = json!({
         "protocol_version": PROTOCOL_VERSION,
         "event": "post_run",
         "request_id": request_id,
         "config": config,
+        "set": set,
         "backup_id": m.id,
         "backup_sha256": m.sha256,
         "run": {"outcome": "failure"},
@@ -151,7 +195,8 @@ pub fn rollback(settings: &Settings, m: &Manifest, request_id: &str) -> Rollback
 }
 
 /// The argv of the operator command that restores exactly `m`: by id, refused if that id ever
-/// names other content (`--expect-sha256`).
+/// names other content (`--expect-sha256`), with every key that decided the database pinned
+/// (`--set`, see [`pinned_keys`]).
 pub fn restore_command(settings: &Settings, m: &Manifest) -> Vec<String> {
     let mut command = vec![
         program(),
@@ -160,6 +205,10 @@ pub fn restore_command(settings: &Settings, m: &Manifest) -> Vec<String> {
         "--expect-sha256".to_owned(),
         m.sha256.clone(),
     ];
+    for (k, v) in pinned_keys(settings) {
+        command.push("--set".into());
+        command.push(format!("{k}={v}"));
+    }
     if let Some(p) = &settings.config_path {
         command.push("--config".into());
         command.push(p.display().to_string());
@@ -279,14 +328,24 @@ pub fn restore_done(
     m: &Manifest,
     o: &restore::Outcome,
 ) -> Response {
-    let mut r = ctx.ok(
-        Decision::Restored,
+    let reason = if o.unchanged {
+        format!(
+            "the database already was backup {} byte for byte, with no WAL beside it; nothing was moved",
+            m.id
+        )
+    } else if o.quarantined.is_empty() {
+        format!(
+            "database restored from backup {}; nothing was replaced: the database did not exist",
+            m.id
+        )
+    } else {
         format!(
             "database restored from backup {}; the replaced files are in {}",
             m.id,
             o.plan.quarantine.display()
-        ),
-    );
+        )
+    };
+    let mut r = ctx.ok(Decision::Restored, reason);
     r.backup = Some(backup_ref(settings, m));
     r.restore = Some(restore_ref(o));
     if let Some(j) = &o.finished_journal {
@@ -347,6 +406,7 @@ fn restore_ref(o: &restore::Outcome) -> RestoreRef {
             .collect(),
         undo: o.plan.undo_commands(&o.quarantined),
         duration_ms: o.duration_ms,
+        unchanged: o.unchanged,
     }
 }
 

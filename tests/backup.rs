@@ -7,7 +7,6 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use common::{fingerprints, hold, sha256, write_into_wal, Project};
-use ducksafe::duck::{Db, Limits};
 use ducksafe::engine::manifest::Manifest;
 use ducksafe::protocol::{Decision, ErrorCode, Status};
 
@@ -337,16 +336,85 @@ fn dry_run_writes_nothing() {
     );
 }
 
+/// Every file under `dir` (links by target, files by SHA-256), the directory lock excepted
+/// (taking the lock writes the holder's PID into it).
+fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    let mut m = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().map(Result::unwrap) {
+            let path = e.path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(dir).unwrap().display().to_string();
+            let v = if meta.is_dir() {
+                stack.push(path.clone());
+                "dir".to_owned()
+            } else if meta.file_type().is_symlink() {
+                format!("-> {}", fs::read_link(&path).unwrap().display())
+            } else if rel.ends_with(ducksafe::engine::lock::DIR_LOCK_NAME) {
+                "lock".to_owned()
+            } else {
+                sha256(&path)
+            };
+            m.insert(rel, v);
+        }
+    }
+    m
+}
+
+/// Every dry run (backup, restore, pre_run, post_run with a restore asked for) changes nothing:
+/// not the database, not its WAL, not one file of the backup directory, not even leftovers of
+/// an interrupted run.
 #[test]
-fn the_backup_is_independent_of_the_source_afterwards() {
-    let p = Project::new("");
-    let (r, _) = p.pre_run();
-    let b = r.backup.unwrap();
-    let before = fingerprints(std::path::Path::new(&b.path));
-    let d = Db::open_read_write(&p.db(), &Limits::default()).unwrap();
-    d.execute_batch("DELETE FROM employees").unwrap();
-    d.close().unwrap();
-    assert_eq!(fingerprints(std::path::Path::new(&b.path)), before);
+fn every_dry_run_changes_nothing() {
+    let p = Project::new("BACKUP_KEEP_LAST: 2\n");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    let id = r.backup.unwrap().id; // not `latest` after the next: `delete` would take it
+    p.pre_run(); // the next run's rotation would delete the oldest
+    write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
+    fs::write(
+        p.backups().join(".ducksafe-tmp-backup-1-x.duckdb"),
+        b"leftover",
+    )
+    .unwrap();
+    let before = tree(p.dir.path());
+    let cfg = p.config().display().to_string();
+    for args in [
+        vec!["backup", "--dry-run"],
+        vec!["restore", "--dry-run"],
+        vec!["prune", "--dry-run"],
+        vec!["delete", &id, "--dry-run"],
+        vec!["pre-run", "--dry-run"],
+        vec![
+            "post-run",
+            "--exit-code",
+            "1",
+            "--on-failure",
+            "restore",
+            "--dry-run",
+        ],
+    ] {
+        let out = p.run(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(tree(p.dir.path()), before, "{args:?} changed files");
+    }
+    for req in [
+        format!(
+            r#"{{"protocol_version":1,"event":"pre_run","dry_run":true,"config":{{"path":"{cfg}"}}}}"#
+        ),
+        format!(
+            r#"{{"protocol_version":1,"event":"post_run","dry_run":true,"config":{{"path":"{cfg}"}},"run":{{"outcome":"failure"}},"on_failure":"restore"}}"#
+        ),
+    ] {
+        let (r, code) = p.hook(&req);
+        assert_eq!(code, 0, "{r:?}");
+        assert_eq!(tree(p.dir.path()), before, "{req} changed files");
+    }
 }
 
 #[test]
@@ -358,8 +426,10 @@ fn human_backup_command_prints_a_summary_and_json_on_request() {
     assert!(text.contains("backed up"), "{text}");
     assert!(text.contains("to roll back:"), "{text}");
     let out = p.run(&["backup", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
     let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r.decision, Decision::Proceed);
+    assert_eq!(r.exit_code, 0);
 }
 
 #[test]
@@ -463,4 +533,107 @@ fn a_regular_file_named_latest_is_left_alone() {
         String::from_utf8_lossy(&out.stderr)
     );
     common::assert_restored(&p, &expected);
+}
+
+/// A reader alone (a notebook, a read-only DuckDB shell) lets a backup in but not a restore:
+/// replacing a file someone is reading would pull it from under them.
+#[test]
+fn a_reader_lets_a_backup_in_and_keeps_a_restore_out() {
+    let p = Project::new("");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    let id = r.backup.unwrap().id;
+    let before = sha256(&p.db());
+    let reader = common::hold_reader(&p.db());
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "a backup beside a reader: {r:?}");
+    let out = p.run(&["restore", &id]);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("PID {}", reader.pid())), "{err}");
+    assert_eq!(sha256(&p.db()), before, "the database changed");
+    drop(reader);
+    let out = p.run(&["restore", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Quarantine folders hold the databases restores replaced: private (0700, files 0600 as they
+/// were), and never deleted by rotation or prune however many backups come after.
+#[test]
+fn quarantine_folders_are_private_and_outlive_rotation_and_prune() {
+    let p = Project::new("BACKUP_KEEP_LAST: 1\n");
+    let (r, _) = p.pre_run();
+    let id = r.backup.unwrap().id;
+    write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
+    let out = p.run(&["restore", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let q = p.backups().join("quarantine");
+    let folders = common::dir_names(&q);
+    assert_eq!(folders.len(), 1, "{folders:?}");
+    let folder = q.join(&folders[0]);
+    let before: Vec<(String, String)> = common::dir_names(&folder)
+        .into_iter()
+        .map(|n| (n.clone(), sha256(&folder.join(&n))))
+        .collect();
+    assert!(
+        before.iter().any(|(n, _)| n == "simulation.duckdb.wal"),
+        "{before:?}"
+    );
+    for dir in [&q, &folder] {
+        let mode = fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
+    for _ in 0..3 {
+        let (r, code) = p.pre_run();
+        assert_eq!(code, 0, "{r:?}");
+    }
+    let out = p.run(&["prune"]);
+    assert!(out.status.success());
+    let after: Vec<(String, String)> = common::dir_names(&folder)
+        .into_iter()
+        .map(|n| (n.clone(), sha256(&folder.join(&n))))
+        .collect();
+    assert_eq!(after, before, "rotation or prune touched the quarantine");
+}
+
+/// `init` writes `config.yaml` private to its user (0600): it names the database's path.
+#[test]
+fn init_writes_a_private_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::bin()
+        .current_dir(dir.path())
+        .args(["init", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = fs::metadata(dir.path().join("config.yaml"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let mode = fs::metadata(dir.path().join("backups"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
 }

@@ -14,12 +14,14 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{fingerprints, hold, sha256, Project};
 use ducksafe::duck::Fingerprint;
-use ducksafe::protocol::{Decision, ErrorCode, Response};
+use ducksafe::protocol::{Decision, ErrorCode, Outcome, Response};
 
 #[test]
 #[ignore = "helper process for the lock tests, started by common::hold"]
@@ -177,16 +179,21 @@ const FAILS_IN_2026: Run = Run {
 /// Where the caller leaves pre_run.json / post_run.json, relative to the project.
 const STATE_DIR: &str = "logs/ducksafe";
 
+/// The state directory of make's `simulate` target: one folder per target.
+fn make_state(p: &Project) -> PathBuf {
+    state(p).join("simulate")
+}
+
 fn state(p: &Project) -> PathBuf {
     p.path(STATE_DIR)
 }
 
 /// Success: exit 0, a verified backup equal to the database before the run, post_run `kept`,
 /// and the run's changes in the database.
-fn succeeds(p: &Project, out: &Output) {
+fn succeeds(p: &Project, st: &Path, out: &Output) {
     let before_rows = 1500; // Project::new's events
     assert_eq!(out.status.code(), Some(0), "the run succeeds");
-    let pre = saved(&state(p), "pre_run").expect("pre_run.json");
+    let pre = saved(st, "pre_run").expect("pre_run.json");
     assert_eq!(pre.decision, Decision::Proceed);
     let backup = pre.backup.expect("a backup");
     assert!(backup.verified);
@@ -206,7 +213,7 @@ fn succeeds(p: &Project, out: &Output) {
     let verify = p.run(&["verify", &backup.id]);
     assert!(verify.status.success(), "{}", text(&verify.stdout));
 
-    let post = saved(&state(p), "post_run").expect("post_run.json");
+    let post = saved(st, "post_run").expect("post_run.json");
     assert_eq!(post.decision, Decision::Kept);
     let after = fingerprints(&p.db());
     assert!(
@@ -220,17 +227,17 @@ fn succeeds(p: &Project, out: &Output) {
 
 /// A run that committed changes and died: non-zero exit, database equal to the pre-run backup,
 /// its WAL (with the run's committed changes) in quarantine and none beside the database.
-fn rolled_back(p: &Project, out: &Output, exit: i32) {
+fn rolled_back(p: &Project, st: &Path, out: &Output, exit: i32) {
     assert_eq!(out.status.code(), Some(exit), "the failed run's exit code");
     assert!(
         text(&out.stdout).contains("dying without closing the database"),
         "the run died after committing"
     );
-    let pre = saved(&state(p), "pre_run").expect("pre_run.json");
+    let pre = saved(st, "pre_run").expect("pre_run.json");
     let backup = pre.backup.expect("a backup");
     let expected = fingerprints(Path::new(&backup.path));
 
-    let post = saved(&state(p), "post_run").expect("post_run.json");
+    let post = saved(st, "post_run").expect("post_run.json");
     assert_eq!(post.decision, Decision::Restored, "{post:?}");
     let restore = post.restore.expect("restore details");
     assert_eq!(restore.backup_id, backup.id);
@@ -250,15 +257,15 @@ fn rolled_back(p: &Project, out: &Output, exit: i32) {
 }
 
 /// A writer holds the database: the hook answers 75 / `database_locked` before anything runs.
-fn blocked(p: &Project, out: &Output, exit: i32, before: &str) {
+fn blocked(p: &Project, st: &Path, out: &Output, exit: i32, before: &str) {
     assert_eq!(out.status.code(), Some(exit));
-    let pre = saved(&state(p), "pre_run").expect("pre_run.json");
+    let pre = saved(st, "pre_run").expect("pre_run.json");
     assert_eq!(pre.decision, Decision::Abort);
     assert_eq!(pre.exit_code, 75);
     assert_eq!(pre.errors[0].code, ErrorCode::DatabaseLocked);
     assert!(pre.errors[0].retryable);
     assert!(
-        saved(&state(p), "post_run").is_none(),
+        saved(st, "post_run").is_none(),
         "no post_run: the run never started"
     );
     assert!(
@@ -304,7 +311,7 @@ fn just_success_leaves_a_verified_backup_and_the_runs_changes() {
     let p = Project::new("");
     let r = SUCCEEDS;
     let out = run(&mut just_cmd(&just, &python, &p, &r, false));
-    succeeds(&p, &out);
+    succeeds(&p, &state(&p), &out);
 }
 
 #[test]
@@ -315,7 +322,7 @@ fn just_failed_run_is_rolled_back_and_its_wal_quarantined() {
     let r = FAILS_IN_2026;
     let out = run(&mut just_cmd(&just, &python, &p, &r, true));
     // just exits with the recipe's exit code: the workload's own.
-    rolled_back(&p, &out, 1);
+    rolled_back(&p, &state(&p), &out, 1);
     assert!(text(&out.stderr).contains("recipe `simulate` failed"));
 }
 
@@ -327,7 +334,7 @@ fn just_is_stopped_before_the_run_while_a_writer_holds_the_database() {
     let r = SUCCEEDS;
     let (out, before) = locked_run(&p, || run(&mut just_cmd(&just, &python, &p, &r, true)));
     // The wrapper exits with the hook's code and just passes it on.
-    blocked(&p, &out, 75, &before);
+    blocked(&p, &state(&p), &out, 75, &before);
 }
 
 // --- make ------------------------------------------------------------------------------------
@@ -358,7 +365,7 @@ fn make_success_leaves_a_verified_backup_and_the_runs_changes() {
     let p = Project::new("");
     let r = SUCCEEDS;
     let out = run(&mut make_cmd(&make, &python, &p, &r, false));
-    succeeds(&p, &out);
+    succeeds(&p, &make_state(&p), &out);
 }
 
 #[test]
@@ -370,7 +377,7 @@ fn make_failed_run_is_rolled_back_and_its_wal_quarantined() {
     let r = FAILS_IN_2026;
     let out = run(&mut make_cmd(&make, &python, &p, &r, false));
     // make turns every failed recipe into its own exit 2 and names the recipe's code.
-    rolled_back(&p, &out, 2);
+    rolled_back(&p, &make_state(&p), &out, 2);
     assert!(text(&out.stderr).contains("Error 1"), "the workload's code");
 }
 
@@ -381,7 +388,7 @@ fn make_is_stopped_before_the_run_while_a_writer_holds_the_database() {
     let p = Project::new("");
     let r = SUCCEEDS;
     let (out, before) = locked_run(&p, || run(&mut make_cmd(&make, &python, &p, &r, true)));
-    blocked(&p, &out, 2, &before);
+    blocked(&p, &make_state(&p), &out, 2, &before);
     assert!(
         text(&out.stderr).contains("Error 75"),
         "the hook's code, through make"
@@ -417,7 +424,7 @@ fn orchestrator_success_leaves_a_verified_backup_and_the_runs_changes() {
     let p = Project::new("");
     let r = SUCCEEDS;
     let out = run(&mut orchestrator_cmd(&python, &p, &r, false));
-    succeeds(&p, &out);
+    succeeds(&p, &state(&p), &out);
     assert!(text(&out.stdout).contains("simulation complete for 2 year(s)"));
 }
 
@@ -430,7 +437,7 @@ fn orchestrator_failed_year_is_rolled_back_and_its_wal_quarantined() {
         fail_in_year: Some("2026"),
     };
     let out = run(&mut orchestrator_cmd(&python, &p, &r, true));
-    rolled_back(&p, &out, 1);
+    rolled_back(&p, &state(&p), &out, 1);
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("year 2026 failed with exit code 1"),
@@ -448,7 +455,7 @@ fn orchestrator_is_stopped_before_the_run_while_a_writer_holds_the_database() {
     let p = Project::new("");
     let r = SUCCEEDS;
     let (out, before) = locked_run(&p, || run(&mut orchestrator_cmd(&python, &p, &r, true)));
-    blocked(&p, &out, 75, &before);
+    blocked(&p, &state(&p), &out, 75, &before);
     assert!(
         text(&out.stderr).contains("busy (database_locked)"),
         "DucksafeBusy was raised and caught"
@@ -744,7 +751,7 @@ fn dbt_is_not_started_while_a_writer_holds_the_database() {
 
 /// A stand-in for dbt: records its arguments; with FAKE_DBT_STATUS writes a fresh
 /// run_results.json with one node of that status (for `dbt $FAKE_DBT_WHICH`, default the first
-/// argument); exits FAKE_DBT_EXIT.
+/// argument); dies of FAKE_DBT_SIGNAL, else exits FAKE_DBT_EXIT.
 const FAKE_DBT: &str = r#"#!/bin/sh
 printf '%s\n' "$@" > "$FAKE_DBT_ARGS"
 if [ -n "${FAKE_DBT_STATUS:-}" ]; then
@@ -752,6 +759,7 @@ if [ -n "${FAKE_DBT_STATUS:-}" ]; then
   printf '{"metadata":{"invocation_id":"fake-%s","generated_at":"%s"},"args":{"which":"%s"},"results":[{"unique_id":"model.dbt_workforce.x","status":"%s"}]}\n' \
     "$$" "$(date -u +%Y-%m-%dT%H:%M:%S.000000Z)" "${FAKE_DBT_WHICH:-$1}" "$FAKE_DBT_STATUS" > target/run_results.json
 fi
+[ -z "${FAKE_DBT_SIGNAL:-}" ] || kill -s "$FAKE_DBT_SIGNAL" $$
 exit "${FAKE_DBT_EXIT:-0}"
 "#;
 
@@ -930,6 +938,722 @@ fn dbt_wrapper_finds_the_targets_database_and_passes_other_commands_through() {
     let (out, seen) = f.run(&["run", "--ducksafe-on-failure", "maybe"], &[]);
     assert_eq!(out.status.code(), Some(64));
     assert!(seen.is_empty());
+}
+
+// --- interruptions, odd flags and odd exits --------------------------------------------------
+//
+// A caller interrupted as an operator interrupts it: a terminal's Ctrl-C or hangup (the signal
+// goes to the whole process group of a job started in its own session), `timeout` (SIGTERM to
+// its process group), a signal to the wrapper alone. Each workload commits a change, writes a
+// marker file and then waits; the test acts when the marker appears, never after a delay.
+
+/// A caller started in the background, its output going to files (dbt's log would fill a pipe).
+struct Job {
+    child: std::process::Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+/// How long a job may take at most: a bound against a broken wrapper hanging the suite, not a
+/// moment the tests rely on.
+const JOB_BOUND: Duration = Duration::from_secs(300);
+
+impl Job {
+    fn start(c: &mut Command, logs: &Path) -> Job {
+        let out = logs.join("job.stdout");
+        let err = logs.join("job.stderr");
+        let child = c
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        eprintln!("$ {c:?} (PID {})", child.id());
+        Job { child, out, err }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- stdout\n{}--- stderr\n{}",
+            fs::read_to_string(&self.out).unwrap_or_default(),
+            fs::read_to_string(&self.err).unwrap_or_default()
+        )
+    }
+
+    /// Waits until the workload has written `marker`; returns its content (a PID).
+    fn wait_for(&mut self, marker: &Path) -> u32 {
+        let deadline = Instant::now() + JOB_BOUND;
+        loop {
+            if let Ok(s) = fs::read_to_string(marker) {
+                return s.trim().parse().unwrap();
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "the job ended ({status}) before `{}` appeared\n{}",
+                    marker.display(),
+                    self.logs()
+                );
+            }
+            assert!(Instant::now() < deadline, "no marker\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The job leads its own session and process group (it was started through `setsid`).
+    fn assert_session_leader(&self) {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let (pgrp, session) = (fields[2], fields[3]);
+        assert_eq!(
+            (pgrp, session),
+            (&*self.pid().to_string(), &*self.pid().to_string())
+        );
+    }
+
+    fn finish(mut self) -> Output {
+        let deadline = Instant::now() + JOB_BOUND;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the job did not end\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        eprintln!("--- {status}\n{}", self.logs());
+        Output {
+            status,
+            stdout: fs::read(&self.out).unwrap(),
+            stderr: fs::read(&self.err).unwrap(),
+        }
+    }
+}
+
+/// `kill -s SIG -- TARGET`: a PID, or `-PGID` for a whole process group.
+fn send_signal(sig: &str, target: &str) {
+    let kill = tool("kill").expect("kill");
+    let status = Command::new(kill)
+        .args(["-s", sig, "--", target])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -s {sig} -- {target}");
+}
+
+/// A program run through `env --default-signal`, so that it starts with every signal at its
+/// default action whatever the test runner ignores, then through `setsid` when `session`: its
+/// own session and process group, as a terminal starts a job (setsid execs without forking:
+/// the PID stays the job's).
+fn job_command(program: &Path, home: &Path, session: bool) -> Option<Command> {
+    let env = tool("env")?;
+    let mut c = command(&env, home);
+    c.arg("--default-signal");
+    if session {
+        c.arg(tool("setsid")?);
+    }
+    c.arg(program).current_dir(home);
+    Some(c)
+}
+
+fn is_running(pid: u32) -> bool {
+    // A zombie is over: it only waits for its parent.
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+fn signal_number(sig: &str) -> i32 {
+    match sig {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "TERM" => 15,
+        _ => panic!("{sig}"),
+    }
+}
+
+/// A workload that commits a change (left in the WAL), writes its PID to a marker file and
+/// waits, as a long simulation year does.
+const HOLD_PY: &str = r#"import os, sys, time
+import duckdb
+db, marker = sys.argv[1], sys.argv[2]
+con = duckdb.connect(db)
+con.execute("PRAGMA disable_checkpoint_on_shutdown")
+con.execute("SET checkpoint_threshold = '10GB'")
+con.execute("UPDATE employees SET current_compensation = current_compensation * 2")
+with open(marker + ".tmp", "w") as f:
+    f.write(str(os.getpid()))
+os.replace(marker + ".tmp", marker)
+for _ in range(3000):  # the safety bound; the test signals long before
+    time.sleep(0.1)
+print("hold: never interrupted")
+"#;
+
+/// ducksafe-run started in its own session, the whole group signalled once the workload has
+/// committed: the run is a failed run, restored as asked, and the wrapper ends by the signal.
+fn ducksafe_run_interrupted_by(sig: &str) {
+    let python = need!(python_with_duckdb());
+    let p = Project::new("");
+    fs::write(p.path("hold.py"), HOLD_PY).unwrap();
+    let mut c = need!(job_command(
+        &repo().join("hooks/ducksafe-run"),
+        p.dir.path(),
+        true
+    ));
+    c.args(["--config", "config.yaml", "--on-failure", "restore"])
+        .args(["--state-dir", STATE_DIR, "--"])
+        .arg(&python)
+        .args(["hold.py", "simulation.duckdb", "started"]);
+    let mut job = Job::start(&mut c, p.dir.path());
+    let workload = job.wait_for(&p.path("started"));
+    job.assert_session_leader();
+    send_signal(sig, &format!("-{}", job.pid()));
+    let out = job.finish();
+
+    let n = signal_number(sig);
+    if sig == "QUIT" {
+        assert_eq!(out.status.code(), Some(131), "128 + SIGQUIT, no core dump");
+    } else {
+        assert_eq!(out.status.signal(), Some(n), "ended by the same signal");
+    }
+    assert!(!is_running(workload));
+    assert!(text(&out.stderr).contains(&format!("interrupted by SIG{sig}")));
+    let pre = saved(&state(&p), "pre_run").expect("pre_run.json");
+    let expected = fingerprints(Path::new(&pre.backup.expect("a backup").path));
+    let post = saved(&state(&p), "post_run").expect("post_run.json");
+    assert_eq!(post.decision, Decision::Restored, "{post:?}");
+    let run = post.run.expect("the run, repeated");
+    assert_eq!(run.outcome, Outcome::Failure);
+    assert_eq!(
+        run.exit_code,
+        Some(128 + n),
+        "the workload died of the signal"
+    );
+    common::assert_restored(&p, &expected);
+}
+
+#[test]
+fn ducksafe_run_restores_a_run_interrupted_by_ctrl_c() {
+    ducksafe_run_interrupted_by("INT");
+}
+
+#[test]
+fn ducksafe_run_restores_a_run_whose_terminal_hung_up() {
+    ducksafe_run_interrupted_by("HUP");
+}
+
+#[test]
+fn ducksafe_run_restores_a_run_interrupted_by_sigterm() {
+    ducksafe_run_interrupted_by("TERM");
+}
+
+#[test]
+fn ducksafe_run_restores_a_run_interrupted_by_sigquit() {
+    ducksafe_run_interrupted_by("QUIT");
+}
+
+#[test]
+fn ducksafe_run_prints_backslashes_as_they_are() {
+    let p = Project::new("");
+    let out = run(command(&repo().join("hooks/ducksafe-run"), p.dir.path())
+        .current_dir(p.dir.path())
+        .args(["--config", "config.yaml", "--request-id", r"job\new", "--"])
+        .args(["printf", r"%s\n", r"C:\cache\x"]));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "C:\\cache\\x\n", "the command's output");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(r"running: printf %s\n C:\cache\x"),
+        "{stderr}"
+    );
+    for (name, decision) in [("pre_run", Decision::Proceed), ("post_run", Decision::Kept)] {
+        let prefix = format!("ducksafe-run: {name}: ");
+        let line = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {name} line"));
+        let r: Response = serde_json::from_str(line).unwrap();
+        assert_eq!(r.request_id, r"job\new");
+        assert_eq!(r.decision, decision);
+    }
+}
+
+/// 75 from the command and 75 from the hook: the state directory tells them apart.
+#[test]
+fn ducksafe_run_tells_the_commands_exit_code_from_the_hooks() {
+    let p = Project::new("");
+    let wrapper = repo().join("hooks/ducksafe-run");
+    let guarded = |cmd: &str| {
+        run(command(&wrapper, p.dir.path())
+            .current_dir(p.dir.path())
+            .args(["--config", "config.yaml", "--state-dir", STATE_DIR, "--"])
+            .args(["sh", "-c", cmd]))
+    };
+    let out = guarded("exit 75");
+    assert_eq!(out.status.code(), Some(75));
+    assert_eq!(
+        saved(&state(&p), "pre_run").unwrap().decision,
+        Decision::Proceed
+    );
+    let post = saved(&state(&p), "post_run").expect("the command ran: post_run.json");
+    let run = post.run.expect("the run, repeated");
+    assert_eq!((run.outcome, run.exit_code), (Outcome::Failure, Some(75)));
+
+    let holder = hold(&p.db());
+    let out = guarded("exit 0");
+    drop(holder);
+    assert_eq!(out.status.code(), Some(75));
+    let pre = saved(&state(&p), "pre_run").unwrap();
+    assert_eq!(pre.decision, Decision::Abort);
+    assert!(pre.errors[0].retryable);
+    assert!(
+        saved(&state(&p), "post_run").is_none(),
+        "the hook refused: no post_run.json"
+    );
+}
+
+/// Two guarded targets at once under `make -j2`, each waiting for the other to have started:
+/// each target's folder holds its own pre_run and post_run.
+#[test]
+fn make_j2_keeps_each_targets_responses_apart() {
+    let make = need!(tool("make"));
+    let p = Project::new("");
+    fs::copy(p.db(), p.path("other.duckdb")).unwrap();
+    fs::write(
+        p.path("other.yaml"),
+        "DB_PATH: other.duckdb\nBACKUP_DIR: other-backups\nLOG_LEVEL: INFO\nBACKUP_MIN_FREE_BYTES: 0\n",
+    )
+    .unwrap();
+    // Each recipe marks its start, then waits (bounded) for the other's mark: both commands
+    // are running at the same time, or the recipe fails with 99.
+    let makefile = format!(
+        "include {}\n\
+         first: DUCKSAFE_CONFIG = config.yaml\n\
+         second: DUCKSAFE_CONFIG = other.yaml\n\
+         second: DUCKSAFE_ON_FAILURE = restore\n\
+         first: ; $(DUCKSAFE_GUARD) sh -c 'touch first.started; n=0; while [ ! -e second.started ] && [ $$n -lt 3000 ]; do sleep 0.1; n=$$((n+1)); done; [ -e second.started ] || exit 99'\n\
+         second: ; $(DUCKSAFE_GUARD) sh -c 'touch second.started; n=0; while [ ! -e first.started ] && [ $$n -lt 3000 ]; do sleep 0.1; n=$$((n+1)); done; [ -e first.started ] || exit 99; exit 3'\n",
+        repo().join("hooks/ducksafe.mk").display()
+    );
+    fs::write(p.path("Makefile"), makefile).unwrap();
+    let out = run(command(&make, p.dir.path())
+        .current_dir(p.dir.path())
+        .args(["--no-print-directory", "-j2", "-k", "first", "second"]));
+    assert_eq!(out.status.code(), Some(2), "`second` failed");
+    for (target, db, decision, code) in [
+        ("first", "simulation.duckdb", Decision::Kept, 0),
+        ("second", "other.duckdb", Decision::Restored, 3),
+    ] {
+        let st = state(&p).join(target);
+        let pre = saved(&st, "pre_run").unwrap_or_else(|| panic!("{target}: pre_run.json"));
+        let post = saved(&st, "post_run").unwrap_or_else(|| panic!("{target}: post_run.json"));
+        assert_eq!(pre.request_id, post.request_id, "{target}: one run");
+        assert_eq!(pre.paths["db_path"], p.path(db).display().to_string());
+        assert_eq!(post.paths["db_path"], p.path(db).display().to_string());
+        assert_eq!(post.decision, decision, "{target}");
+        assert_eq!(post.run.unwrap().exit_code, Some(code), "{target}");
+    }
+    assert!(!state(&p).join("pre_run.json").exists());
+}
+
+/// Runs a Python script with hooks/ on its path (argv[1]) in the project folder; returns the
+/// JSON it prints.
+fn python_json(python: &Path, p: &Project, script: &str) -> serde_json::Value {
+    let out = run(command(python, p.dir.path())
+        .current_dir(p.dir.path())
+        .args(["-c", script])
+        .arg(repo().join("hooks")));
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `sys.exit()` in a protected block succeeds, by Python's rules; other codes fail with their
+/// code; the block's committed work is kept or restored accordingly.
+#[test]
+fn python_protected_run_follows_pythons_exit_rules() {
+    let python = need!(python_with_duckdb());
+    let p = Project::new("");
+    let script = r#"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import duckdb
+import ducksafe_hook as d
+
+def total(path):
+    con = duckdb.connect(path, read_only=True)
+    v = con.execute("select sum(current_compensation) from employees").fetchone()[0]
+    con.close()
+    return float(v)
+
+def ctrl_c():
+    raise KeyboardInterrupt
+
+out = {}
+for name, leave in [
+    ("sys.exit()", lambda: sys.exit()),
+    ("sys.exit(0)", lambda: sys.exit(0)),
+    ("sys.exit(3)", lambda: sys.exit(3)),
+    ("sys.exit('message')", lambda: sys.exit("stopped: bad input")),
+    ("Ctrl-C", ctrl_c),
+]:
+    try:
+        with d.protected_run("config.yaml", on_failure="restore") as run:
+            con = duckdb.connect("simulation.duckdb")
+            con.execute("UPDATE employees SET current_compensation = current_compensation + 1")
+            con.close()
+            leave()
+    except BaseException as e:
+        changed = total("simulation.duckdb") != total(run.pre.backup.path)
+        out[name] = [type(e).__name__, run.post.decision, run.post.run.outcome,
+                     run.post.run.exit_code, changed]
+print(json.dumps(out))
+"#;
+    let v = python_json(&python, &p, script);
+    let expect = serde_json::json!({
+        "sys.exit()": ["SystemExit", "kept", "success", 0, true],
+        "sys.exit(0)": ["SystemExit", "kept", "success", 0, true],
+        "sys.exit(3)": ["SystemExit", "restored", "failure", 3, false],
+        "sys.exit('message')": ["SystemExit", "restored", "failure", 1, false],
+        "Ctrl-C": ["KeyboardInterrupt", "restored", "failure", 130, false],
+    });
+    assert_eq!(v, expect);
+}
+
+/// A timeout is its own error (not "cannot run"), and a restore it cut short is completed by
+/// the next `ducksafe restore`, as the docs say.
+#[test]
+fn python_timeout_is_a_hook_timeout_and_the_next_restore_completes_the_cut_one() {
+    let python = need!(python_with_duckdb());
+    let p = Project::new("");
+    let script = r#"
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import duckdb
+import ducksafe_hook as d
+pre = d.pre_run("config.yaml")
+con = duckdb.connect("simulation.duckdb")
+con.execute("UPDATE employees SET current_compensation = current_compensation + 1")
+con.close()
+# ducksafe stops for good inside the restore, after its journal is written: the timeout fires.
+env = dict(os.environ, DUCKSAFE_FAILPOINT="restore.intent:sleep=600000")
+try:
+    d.post_run(pre.backup_id, exit_code=1, on_failure="restore", config="config.yaml",
+               env=env, timeout=2)
+    out = ["answered"]
+except d.HookTimeout as e:
+    out = [type(e).__name__, e.exit_code, isinstance(e, d.HookUnavailable),
+           isinstance(e, d.DucksafeError), e.response is None, "runbook" in str(e)]
+print(json.dumps({"timeout": out, "backup_id": pre.backup_id, "backup": pre.backup.path}))
+"#;
+    let v = python_json(&python, &p, script);
+    assert_eq!(
+        v["timeout"],
+        serde_json::json!(["HookTimeout", 124, false, true, true, true])
+    );
+    let expected = fingerprints(Path::new(v["backup"].as_str().unwrap()));
+    assert_ne!(
+        fingerprints(&p.db()),
+        expected,
+        "the cut restore did not switch"
+    );
+    let out = p.run(&["restore", v["backup_id"].as_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    common::assert_restored(&p, &expected);
+}
+
+/// A python model that marks its PID, then waits for the test to release it (bounded): a slow
+/// model, after the models before it have committed.
+const BLOCK_MODEL: &str = r#"import os
+import time
+
+
+def model(dbt, session):
+    dbt.config(materialized="table")
+    snapshot = dbt.ref("fct_workforce_snapshot")
+    marker = os.environ["DUCKSAFE_TEST_MARKER"]
+    with open(marker + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(marker + ".tmp", marker)
+    for _ in range(3000):  # the safety bound; the test releases it long before
+        if os.path.exists(marker + ".release"):
+            break
+        time.sleep(0.1)
+    return snapshot
+"#;
+
+/// A dbt project with the blocking model, built once; the wrapper's command for a build of
+/// 2027 that blocks in it.
+fn blocking_dbt(dir: &Path, program: &Path, args: &[&str], session: bool) -> Option<Command> {
+    fs::write(dir.join("models/marts/zz_block.py"), BLOCK_MODEL).unwrap();
+    let mut c = job_command(program, dir, session)?;
+    c.args(args)
+        .args([
+            "--ducksafe-on-failure",
+            "restore",
+            "build",
+            "--profiles-dir",
+            ".",
+        ])
+        .args([
+            "--vars",
+            "{simulation_year: 2027}",
+            "--ducksafe-state-dir",
+            "st",
+        ])
+        .env("DUCKSAFE_TEST_MARKER", dir.join("blocked"));
+    Some(c)
+}
+
+/// After an interrupted dbt: dbt is gone, post_run restored the pre-run backup, the run is
+/// reported as failed, and the wrapper's own stack never shows.
+fn dbt_interrupted(dir: &Path, db: &Path, dbt_pid: u32, out: &Output) {
+    assert!(!is_running(dbt_pid), "dbt did not outlive the wrapper");
+    let stderr = text(&out.stderr);
+    assert!(
+        !stderr.contains("hooks/ducksafe-dbt\", line"),
+        "no traceback of the wrapper"
+    );
+    assert!(stderr.contains("interrupted by SIG"), "{stderr}");
+    let st = dir.join("st");
+    let backup = saved(&st, "pre_run").unwrap().backup.unwrap();
+    let expected = fingerprints(Path::new(&backup.path));
+    let post = saved(&st, "post_run").expect("post_run.json");
+    assert_eq!(post.decision, Decision::Restored, "{post:?}");
+    assert_eq!(post.run.unwrap().outcome, Outcome::Failure);
+    assert_eq!(fingerprints(db), expected, "the database equals its backup");
+    assert!(!dir.join("workforce.duckdb.wal").exists());
+    let crashed =
+        fingerprints(&Path::new(&post.restore.unwrap().quarantine).join("workforce.duckdb"));
+    assert_ne!(crashed, expected, "the interrupted run had written");
+}
+
+#[test]
+fn dbt_wrapper_restores_a_build_interrupted_by_ctrl_c() {
+    need!(tool("dbt"));
+    let dir = dbt_project();
+    let db = first_build(dir.path());
+    let wrapper = repo().join("hooks/ducksafe-dbt");
+    let mut c = need!(blocking_dbt(dir.path(), &wrapper, &[], true));
+    let mut job = Job::start(&mut c, dir.path());
+    let dbt_pid = job.wait_for(&dir.path().join("blocked"));
+    job.assert_session_leader();
+    send_signal("INT", &format!("-{}", job.pid()));
+    // dbt waits for its running model before it stops; the model ends when released.
+    fs::write(dir.path().join("blocked.release"), "").unwrap();
+    let out = job.finish();
+    assert_eq!(
+        out.status.signal(),
+        Some(2),
+        "ended by SIGINT, as a shell expects"
+    );
+    dbt_interrupted(dir.path(), &db, dbt_pid, &out);
+}
+
+#[test]
+fn dbt_wrapper_under_timeout_restores_then_exits_124() {
+    need!(tool("dbt"));
+    let timeout = need!(tool("timeout"));
+    let dir = dbt_project();
+    let db = first_build(dir.path());
+    let wrapper = repo().join("hooks/ducksafe-dbt");
+    let args = ["600", wrapper.to_str().unwrap()];
+    let mut c = need!(blocking_dbt(dir.path(), &timeout, &args, false));
+    let mut job = Job::start(&mut c, dir.path());
+    let dbt_pid = job.wait_for(&dir.path().join("blocked"));
+    // SIGALRM is timeout's own timer: it acts now exactly as when the 600 s are up (SIGTERM to
+    // its process group, exit 124).
+    send_signal("ALRM", &job.pid().to_string());
+    let out = job.finish();
+    assert_eq!(out.status.code(), Some(124));
+    dbt_interrupted(dir.path(), &db, dbt_pid, &out);
+    assert!(text(&out.stderr).contains("interrupted by SIGTERM"));
+}
+
+#[test]
+fn dbt_wrapper_passes_sigterm_on_to_dbt() {
+    need!(tool("dbt"));
+    let dir = dbt_project();
+    let db = first_build(dir.path());
+    let wrapper = repo().join("hooks/ducksafe-dbt");
+    let mut c = need!(blocking_dbt(dir.path(), &wrapper, &[], false));
+    let mut job = Job::start(&mut c, dir.path());
+    let dbt_pid = job.wait_for(&dir.path().join("blocked"));
+    send_signal("TERM", &job.pid().to_string()); // the wrapper alone, not its group
+    let out = job.finish();
+    assert_eq!(out.status.signal(), Some(15));
+    dbt_interrupted(dir.path(), &db, dbt_pid, &out);
+}
+
+#[test]
+fn dbt_wrapper_judges_a_run_told_not_to_write_run_results_by_its_exit_code() {
+    need!(tool("dbt"));
+    let dir = dbt_project();
+    let db = first_build(dir.path());
+    let before = fingerprints(&db);
+    let st = dir.path().join("st");
+    // The run_results.json in target/ is the first build's: stale, yet the run is good.
+    let out = dbt_wrapper(
+        dir.path(),
+        &[
+            "--ducksafe-on-failure",
+            "restore",
+            "build",
+            "--no-write-json",
+        ]
+        .into_iter()
+        .chain([
+            "--vars",
+            "{simulation_year: 2026}",
+            "--ducksafe-state-dir",
+            "st",
+        ])
+        .collect::<Vec<_>>(),
+    );
+    assert_eq!(out.status.code(), Some(0), "a good run, not restored");
+    assert!(text(&out.stderr).contains("(--no-write-json): judged by its exit code alone"));
+    assert_eq!(saved(&st, "post_run").unwrap().decision, Decision::Kept);
+    let after_2026 = fingerprints(&db);
+    assert_eq!(
+        rows(&after_2026, "fct_yearly_events"),
+        2 * rows(&before, "fct_yearly_events"),
+        "2026 was added to 2025"
+    );
+
+    // DBT_WRITE_JSON=false, and the run fails: restored.
+    let mut c = command(&repo().join("hooks/ducksafe-dbt"), dir.path());
+    c.current_dir(dir.path())
+        .env("DBT_WRITE_JSON", "false")
+        .args([
+            "--ducksafe-on-failure",
+            "restore",
+            "run",
+            "--ducksafe-state-dir",
+            "st",
+        ])
+        .args(["--vars", "{simulation_year: 2027, fail_simulation: true}"]);
+    let out = run(&mut c);
+    assert_eq!(out.status.code(), Some(1), "dbt's exit code");
+    assert!(text(&out.stderr).contains("(DBT_WRITE_JSON=false): judged by its exit code alone"));
+    assert_eq!(saved(&st, "post_run").unwrap().decision, Decision::Restored);
+    assert_eq!(fingerprints(&db), after_2026);
+}
+
+#[test]
+fn dbt_wrapper_protects_retry_and_finds_build_after_indirect_selection() {
+    need!(tool("dbt"));
+    let dir = dbt_project();
+    let db = first_build(dir.path());
+    let st = dir.path().join("st");
+    // `eager` is --indirect-selection's value; `build` is the subcommand: backed up.
+    let out = dbt_wrapper(
+        dir.path(),
+        &[
+            "--indirect-selection",
+            "eager",
+            "build",
+            "--ducksafe-state-dir",
+            "st",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(saved(&st, "pre_run").unwrap().decision, Decision::Proceed);
+    assert_eq!(saved(&st, "post_run").unwrap().decision, Decision::Kept);
+
+    // A failed build, kept; then `dbt retry` gets its own backup and, failing again, is rolled
+    // back to it.
+    let out = dbt_wrapper(
+        dir.path(),
+        &[
+            "--ducksafe-on-failure",
+            "keep",
+            "build",
+            "--ducksafe-state-dir",
+            "st",
+        ]
+        .into_iter()
+        .chain(["--vars", "{simulation_year: 2027, fail_simulation: true}"])
+        .collect::<Vec<_>>(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(saved(&st, "post_run").unwrap().decision, Decision::Kept);
+    let out = dbt_wrapper(
+        dir.path(),
+        &[
+            "--ducksafe-on-failure",
+            "restore",
+            "retry",
+            "--ducksafe-state-dir",
+            "st",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("node(s) failed"),
+        "judged from retry's results"
+    );
+    let pre = saved(&st, "pre_run").unwrap();
+    assert_eq!(pre.decision, Decision::Proceed, "retry was backed up");
+    assert!(pre.request_id.starts_with("dbt-retry-"));
+    let post = saved(&st, "post_run").unwrap();
+    assert_eq!(post.decision, Decision::Restored);
+    assert_eq!(
+        fingerprints(&db),
+        fingerprints(Path::new(&pre.backup.unwrap().path))
+    );
+}
+
+#[test]
+fn dbt_wrapper_refuses_a_subcommand_it_cannot_tell_and_says_137_for_a_kill() {
+    need!(tool("dbt")); // its Python (with dbt's own command line) runs the wrapper
+    let f = FakeDbt::new();
+    for args in [&["frobnicate", "build"][..], &["--frobnicate", "build"]] {
+        let (out, seen) = f.run(args, &[]);
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        assert!(seen.is_empty(), "dbt was not started");
+        assert!(text(&out.stderr).contains("cannot tell which dbt subcommand"));
+    }
+    let (out, seen) = f.run(&["--version"], &[]);
+    assert_eq!((out.status.code(), seen.as_str()), (Some(0), "--version\n"));
+    let (out, seen) = f.run(
+        &[
+            "--indirect-selection",
+            "eager",
+            "build",
+            "--ducksafe-state-dir",
+            "st",
+        ],
+        &[("FAKE_DBT_STATUS", "success"), ("FAKE_DBT_WHICH", "build")],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(seen, "--indirect-selection\neager\nbuild\n");
+    assert_eq!(f.saved("pre_run").decision, Decision::Proceed);
+
+    // dbt killed (SIGKILL, as the OOM killer does): 128 + 9, as shells say.
+    let (out, _) = f.run(
+        &[
+            "--ducksafe-on-failure",
+            "restore",
+            "run",
+            "--ducksafe-state-dir",
+            "st",
+        ],
+        &[("FAKE_DBT_SIGNAL", "KILL")],
+    );
+    assert_eq!(out.status.code(), Some(137));
+    let post = f.saved("post_run");
+    assert_eq!(post.decision, Decision::Restored);
+    assert_eq!(post.run.unwrap().exit_code, Some(137));
 }
 
 // --- the CI workflow -------------------------------------------------------------------------

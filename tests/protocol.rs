@@ -218,3 +218,115 @@ fn usage_errors_exit_64() {
     assert_eq!(r.errors[0].code, ErrorCode::Usage);
     assert_eq!(r.exit_code, 64);
 }
+
+/// A panic anywhere in a request is answered with `internal` on one line (exit 70), and nothing
+/// unverified is published.
+#[test]
+fn a_panic_is_answered_with_internal_on_one_line() {
+    for point in ["backup.locked", "snapshot.copied", "backup.verified"] {
+        let p = Project::new("");
+        let (r, code) = p.hook_env(
+            &format!(
+                r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
+                p.config().display()
+            ),
+            &[("DUCKSAFE_FAILPOINT", &format!("{point}:panic"))],
+        );
+        assert_eq!(code, 70, "{point}: {r:?}");
+        assert_eq!(r.errors[0].code, ErrorCode::Internal, "{point}");
+        assert_eq!(r.decision, Decision::Abort);
+        assert!(
+            p.backup_files().is_empty(),
+            "{point}: {:?}",
+            p.backup_files()
+        );
+    }
+}
+
+/// `on_failure` in the request decides over `RESTORE_ON_FAILURE`, both ways.
+#[test]
+fn on_failure_in_the_request_overrides_the_configuration() {
+    for (configured, asked, decision) in [
+        ("false", "restore", Decision::Restored),
+        ("true", "keep", Decision::Kept),
+        ("true", "", Decision::Restored),
+        ("false", "", Decision::Kept),
+    ] {
+        let p = Project::new(&format!("RESTORE_ON_FAILURE: {configured}\n"));
+        let (pre, _) = p.pre_run();
+        let id = pre.backup.unwrap().id;
+        common::write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
+        let extra = if asked.is_empty() {
+            String::new()
+        } else {
+            format!(r#","on_failure":"{asked}""#)
+        };
+        let (r, code) = p.hook(&format!(
+            r#"{{"protocol_version":1,"event":"post_run","backup_id":"{id}","run":{{"outcome":"failure"}}{extra},"config":{{"path":"{}"}}}}"#,
+            p.config().display()
+        ));
+        assert_eq!(code, 0, "{r:?}");
+        assert_eq!(
+            r.decision, decision,
+            "RESTORE_ON_FAILURE {configured}, on_failure {asked:?}"
+        );
+        let wal = p.path("simulation.duckdb.wal").exists();
+        assert_eq!(
+            wal,
+            decision == Decision::Kept,
+            "the run's WAL after {decision:?}"
+        );
+    }
+}
+
+/// Without `config` in the request, `$DUCKSAFE_CONFIG` names the file, from any folder.
+#[test]
+fn the_configuration_is_found_through_ducksafe_config() {
+    let p = Project::new("");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut c = bin();
+    c.current_dir(elsewhere.path())
+        .env("DUCKSAFE_CONFIG", p.config())
+        .arg("hook");
+    let r = one_response(&pipe(c, br#"{"protocol_version":1,"event":"pre_run"}"#));
+    assert_eq!(r.decision, Decision::Proceed, "{r:?}");
+    assert_eq!(p.backup_files().len(), 1);
+}
+
+/// `rollback.command[0]` is this binary's absolute path, and the command works as printed,
+/// from any folder.
+#[test]
+fn the_rollback_command_runs_as_printed() {
+    let p = Project::new("");
+    let (pre, _) = p.pre_run();
+    let rb = pre.rollback.unwrap();
+    assert_eq!(
+        std::path::Path::new(&rb.command[0]),
+        std::path::Path::new(env!("CARGO_BIN_EXE_ducksafe"))
+    );
+    common::write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(&rb.command[0])
+        .args(&rb.command[1..])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!p.path("simulation.duckdb.wal").exists());
+}
+
+/// protocol_version must be the JSON number 1: `1.0` is an unsupported version (76), `"1"` a
+/// request that breaks its schema (65).
+#[test]
+fn protocol_version_is_the_number_one() {
+    let r = hook_raw(br#"{"protocol_version":1.0,"event":"validate"}"#);
+    assert_eq!(r.exit_code, 76, "{r:?}");
+    assert_eq!(r.errors[0].code, ErrorCode::UnsupportedProtocolVersion);
+    let r = hook_raw(br#"{"protocol_version":"1","event":"validate"}"#);
+    assert_eq!(r.exit_code, 65, "{r:?}");
+    assert_eq!(r.errors[0].code, ErrorCode::InvalidRequest);
+}

@@ -511,7 +511,8 @@ fn a_backup_directory_is_never_shared_between_databases() {
         .args(["--config", "other.yaml", "restore", &id])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(74));
+    assert_eq!(out.status.code(), Some(73));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to the database"));
     assert_eq!(sha256(&p.path("other.duckdb")), before);
 }
 
@@ -536,6 +537,41 @@ fn the_backup_just_made_is_kept_when_the_clock_went_back() {
         "{:?}",
         r.warnings
     );
+}
+
+/// A restore interrupted after its WAL files went to quarantine, whose staged copy then
+/// vanished, cannot be completed: the next command rolls it back to the exact previous state
+/// (the WAL files come back beside the untouched main file) and says so.
+#[test]
+fn an_interrupted_restore_whose_staged_copy_vanished_is_rolled_back_exactly() {
+    let p = Project::new("");
+    let (id, _) = backup(&p);
+    // The main file must differ from the backup (a checkpointed change), and a WAL follow.
+    change_rows(&p.db());
+    write_into_wal(&p.db(), "DELETE FROM employees;");
+    let main = sha256(&p.db());
+    let wal = fs::read(p.path("simulation.duckdb.wal")).unwrap();
+    let mut c = p.cmd(&["restore", &id]);
+    c.env("DUCKSAFE_FAILPOINT", "restore.quarantined");
+    assert_eq!(c.output().unwrap().status.code(), None);
+    assert!(!p.path("simulation.duckdb.wal").exists());
+    for e in fs::read_dir(p.dir.path()).unwrap().filter_map(Result::ok) {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(".ducksafe-tmp-restore-")
+        {
+            fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    assert!(
+        r.warnings.iter().any(|w| w.contains("rolled back")),
+        "{:?}",
+        r.warnings
+    );
+    assert_eq!(sha256(&p.db()), main);
+    assert_eq!(fs::read(p.path("simulation.duckdb.wal")).unwrap(), wal);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1039,38 +1075,40 @@ fn runbook_undo_lines_and_the_journal_one_liner_agree() {
 }
 
 /// Issue 19, 3: the staged copy of an interrupted restore is deleted by hand. Whether the
-/// database's main file happens to equal the backup or not, the next command finishes the
-/// restore from the backup (checked against the journal's SHA-256) and says so.
+/// database's main file happens to equal the backup or not, the next command decides by the
+/// files' identities (the database was not switched), not by bytes: it rolls the restore back
+/// to the exact previous state and says so, with the journal's path.
 #[test]
-fn an_interrupted_restore_that_lost_its_staged_copy_is_finished_from_the_backup() {
+fn an_interrupted_restore_that_lost_its_staged_copy_is_rolled_back_whatever_its_bytes() {
     for checkpointed_change in [true, false] {
         let p = Project::new("");
-        let (id, backup_path) = backup(&p);
+        let (id, _) = backup(&p);
         if checkpointed_change {
             change_rows(&p.db());
         }
         write_into_wal(&p.db(), "DELETE FROM employees;");
-        let old_main = sha256(&p.db());
+        let before = db_files(&p);
         let mut c = p.cmd(&["restore", &id]);
         c.env("DUCKSAFE_FAILPOINT", "restore.quarantined");
         assert_eq!(c.output().unwrap().status.code(), None);
         remove_staged_copies(&p);
+        let listed = p.run(&["list"]);
+        assert!(
+            said(&listed).contains("its staged copy is gone"),
+            "{}",
+            said(&listed)
+        );
         let (r, code) = p.pre_run();
         assert_eq!(code, 0, "{checkpointed_change}: {r:?}");
         assert!(
             r.warnings
                 .iter()
-                .any(|w| w.contains("lost its staged copy") && w.contains("copied again")),
-            "{:?}",
+                .any(|w| w.contains("rolled back") && w.contains("restore.json")),
+            "{checkpointed_change}: {:?}",
             r.warnings
         );
-        common::assert_restored(&p, &fingerprints(&backup_path));
-        assert!(journal_states(&p).iter().all(|s| s == "done"));
-        // The replaced database is whole in the journal's folder.
-        let q = common::dir_names(&p.backups().join("quarantine"));
-        let q = p.backups().join("quarantine").join(&q[0]);
-        assert_eq!(sha256(&q.join("simulation.duckdb")), old_main);
-        assert!(q.join("simulation.duckdb.wal").exists());
+        assert_eq!(db_files(&p), before, "{checkpointed_change}");
+        assert_eq!(journal_states(&p), ["rolled_back"], "{checkpointed_change}");
     }
 }
 
@@ -1083,60 +1121,6 @@ fn remove_staged_copies(p: &Project) {
             fs::remove_file(e.path()).unwrap();
         }
     }
-}
-
-/// The staged copy and the backup are both gone: nothing is guessed. `restore` and `backup`
-/// answer `restore_failed` with the journal's path and the exact commands; those put the
-/// database and its WAL back as they were and close the journal, and backups work again.
-#[test]
-fn an_interrupted_restore_that_lost_its_staged_copy_and_its_backup_says_the_way_out() {
-    let p = Project::new("");
-    let (id, _, before) = crashed(&p);
-    let mut c = p.cmd(&["restore", &id]);
-    c.env("DUCKSAFE_FAILPOINT", "restore.quarantined");
-    assert_eq!(c.output().unwrap().status.code(), None);
-    remove_staged_copies(&p);
-    for ext in ["duckdb", "duckdb.sha256", "manifest.json"] {
-        fs::remove_file(p.backups().join(format!("{id}.{ext}"))).unwrap();
-    }
-    let (r, code) = p.pre_run();
-    assert_eq!(code, 74, "{r:?}");
-    assert_eq!(r.errors[0].code, ErrorCode::RestoreFailed);
-    let message = &r.errors[0].message;
-    let journal = p
-        .backups()
-        .join("quarantine")
-        .join(&common::dir_names(&p.backups().join("quarantine"))[0])
-        .join("restore.json");
-    assert!(
-        message.contains(&journal.display().to_string()),
-        "{message}"
-    );
-    assert!(
-        r.warnings[0].starts_with("UNFINISHED RESTORE"),
-        "{:?}",
-        r.warnings
-    );
-    let out = p.run(&["restore"]);
-    assert_eq!(out.status.code(), Some(74), "{}", said(&out));
-    assert!(
-        said(&out).contains(&journal.display().to_string()),
-        "{}",
-        said(&out)
-    );
-    let commands = message
-        .split_once("close the journal (with nothing using the database): `")
-        .expect("the commands are quoted")
-        .1
-        .split_once('`')
-        .unwrap()
-        .0;
-    let out = run_sh(&p, commands);
-    assert!(out.status.success(), "{commands}: {}", said(&out));
-    assert_eq!(db_files(&p), before, "the database and its WAL are back");
-    let (r, code) = p.pre_run();
-    assert_eq!(code, 0, "{r:?}");
-    assert_eq!(db_files(&p).0, before.0);
 }
 
 /// Issue 19, 4: a restore onto a full disk is `insufficient_space` (73) with the staging path,

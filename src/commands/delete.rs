@@ -13,7 +13,13 @@ pub fn run(g: &Global, a: &DeleteArgs) -> i32 {
     let result = (|| {
         let settings = super::load_settings(g)?;
         let store = Store::open(&settings.backup_dir, false)?;
-        let (_lock, _) = store.lock()?;
+        let _lock = store.lock_only()?;
+        let owner = crate::engine::identity::check(store.dir(), &settings)?;
+        let store = store.owned_by(owner);
+        if !a.dry_run {
+            // This database's directory: sweep what an interrupted run left.
+            store.clean_leftovers()?;
+        }
         if a.id == "latest" || a.id == crate::engine::store::LATEST {
             return Err(Error::Usage(
                 "`delete` takes a backup id, never `latest`: `ducksafe list` shows the ids".into(),

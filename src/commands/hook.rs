@@ -174,12 +174,40 @@ fn request_violations(v: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Serves a typed request.
-fn handle(request: &Request, mut ctx: Ctx) -> Response {
+/// Serves a typed request. A post_run answer repeats the run it was told about, so that a
+/// caller's saved response says whose exit code the caller's own exit code is.
+fn handle(request: &Request, ctx: Ctx) -> Response {
+    let mut response = serve(request, ctx);
+    if request.event == Event::PostRun {
+        response.run.clone_from(&request.run);
+    }
+    response
+}
+
+fn serve(request: &Request, mut ctx: Ctx) -> Response {
     if ctx.event.is_none() {
         ctx.event = Some(request.event.as_str().to_owned());
     }
     let decision = decision_on_error(Some(request.event.as_str()));
+    let set: Vec<(String, String)> = request
+        .set
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some((k, _)) = set
+        .iter()
+        .find(|(k, _)| !config::KEYS.contains(&k.as_str()))
+    {
+        return ctx.fail(
+            decision,
+            &Error::InvalidRequest(format!(
+                "`set`: unknown key `{}`; known keys: {}",
+                k.chars().take(64).collect::<String>(),
+                config::KEYS.join(", ")
+            )),
+        );
+    }
     let source = match &request.config {
         Some(ConfigSource::Path { path }) => Source::File(path.into()),
         Some(ConfigSource::Inline { inline }) => match std::env::current_dir() {
@@ -189,12 +217,12 @@ fn handle(request: &Request, mut ctx: Ctx) -> Response {
             },
             Err(e) => return ctx.fail(decision, &Error::io("read", std::path::Path::new("."), e)),
         },
-        None => match super::source_for(None) {
+        None => match super::source_for(None, &set) {
             Ok(s) => s,
             Err(e) => return ctx.fail(decision, &e),
         },
     };
-    let settings = match config::load(&source, &super::env_var) {
+    let settings = match config::load(&source, &|var: &str| super::lookup(&set, var)) {
         Ok(s) => s,
         Err(e) => return ctx.fail(decision, &e),
     };
@@ -253,8 +281,26 @@ fn validate(ctx: &Ctx, settings: &config::Settings) -> Response {
             )
         }
     }
+    // What a backup checks before it writes, without writing: the backup directory is private
+    // and writable and belongs to this database, the quarantine folder is private.
+    if let Err(e) = restore::check_quarantine(settings) {
+        return ctx.fail(Decision::Invalid, &e);
+    }
     if settings.backup_dir.exists() {
-        if let Err(e) = crate::engine::store::Store::open(&settings.backup_dir, false) {
+        let checked = crate::engine::store::Store::open(&settings.backup_dir, false)
+            // The owner a backup would claim: claiming writes nothing.
+            .and_then(|store| crate::engine::identity::claim(&store, settings))
+            .and_then(|_| {
+                if crate::files::writable(&settings.backup_dir) {
+                    Ok(())
+                } else {
+                    Err(Error::BackupDirUnsafe {
+                        dir: settings.backup_dir.clone(),
+                        why: "it is not writable (read-only filesystem or permissions): backups would fail; restores from it still work".into(),
+                    })
+                }
+            });
+        if let Err(e) = checked {
             return ctx.fail(Decision::Invalid, &e);
         }
     } else {
@@ -318,10 +364,18 @@ fn post_run(
         "latest".to_owned()
     };
     if request.dry_run {
-        return ctx.ok(
-            Decision::Skipped,
-            format!("dry run: backup `{selector}` would be restored; nothing was changed"),
-        );
+        // The same refusals as the restore itself, nothing written.
+        return match restore::dry_run(settings, &selector, request.backup_sha256.as_deref(), now) {
+            Ok(plan) => ctx.ok(
+                Decision::Skipped,
+                format!(
+                    "dry run: backup `{}` would be restored over `{}`; nothing was changed",
+                    plan.backup_id,
+                    plan.database.display()
+                ),
+            ),
+            Err(e) => ctx.fail(Decision::Skipped, &e),
+        };
     }
     match restore::run(settings, &selector, request.backup_sha256.as_deref(), now) {
         Ok((manifest, outcome, notes)) => {
@@ -347,6 +401,7 @@ pub fn flag_request(g: &super::Global, event: Event, request_id: Option<String>)
         config: g.config.as_ref().map(|p| ConfigSource::Path {
             path: p.display().to_string(),
         }),
+        set: (!g.set.is_empty()).then(|| g.set.iter().cloned().collect()),
         dry_run: false,
         backup_id: None,
         backup_sha256: None,

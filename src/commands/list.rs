@@ -79,6 +79,11 @@ pub fn run(g: &Global) -> i32 {
         }
         Err(e) => return super::fail(g, &e),
     };
+    // Only this database's backups are listed as backups; another's are notes.
+    let store = match crate::engine::identity::check(store.dir(), &settings) {
+        Ok(owner) => store.owned_by(owner),
+        Err(e) => return super::fail(g, &e),
+    };
     let inv = match store.inventory() {
         Ok(i) => i,
         Err(e) => return super::fail(g, &e),

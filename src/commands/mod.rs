@@ -2,6 +2,7 @@
 //! engine, then prints the report: text for people, or `--json`. Errors are printed by
 //! [`fail`], with the exit code from the one error table.
 
+pub mod adopt;
 pub mod backup;
 pub mod delete;
 pub mod hook;
@@ -27,6 +28,8 @@ use crate::report;
 pub struct Global {
     pub config: Option<PathBuf>,
     pub json: bool,
+    /// `--set KEY=VALUE`, in order: over the configuration and the environment.
+    pub set: Vec<(String, String)>,
 }
 
 /// Reads `DUCKSAFE_*` from the process environment.
@@ -34,15 +37,25 @@ pub fn env_var(key: &str) -> Option<String> {
     std::env::var(key).ok()
 }
 
+/// `DUCKSAFE_<KEY>` as the configuration sees it: a `--set KEY=VALUE` (or a request's `set`)
+/// wins over the process environment, the last of several for one key.
+pub fn lookup(set: &[(String, String)], var: &str) -> Option<String> {
+    var.strip_prefix(config::ENV_PREFIX)
+        .and_then(|key| set.iter().rev().find(|(k, _)| k == key))
+        .map(|(_, v)| v.clone())
+        .or_else(|| env_var(var))
+}
+
 /// The configuration source for `--config`, or the default lookup. Without a file, a
-/// configuration made only of `DUCKSAFE_<KEY>` variables is accepted when it names `DB_PATH`.
-pub fn source_for(config: Option<&PathBuf>) -> Result<Source> {
+/// configuration made only of `DUCKSAFE_<KEY>` variables (or `--set`) is accepted when it names
+/// `DB_PATH`.
+pub fn source_for(config: Option<&PathBuf>, set: &[(String, String)]) -> Result<Source> {
     if let Some(p) = config {
         return Ok(Source::File(p.clone()));
     }
     if env_var(config::ENV_CONFIG).is_none()
         && !std::path::Path::new("config.yaml").exists()
-        && env_var("DUCKSAFE_DB_PATH").is_some()
+        && lookup(set, "DUCKSAFE_DB_PATH").is_some()
     {
         let base =
             std::env::current_dir().map_err(|e| Error::io("read", std::path::Path::new("."), e))?;
@@ -56,7 +69,9 @@ pub fn source_for(config: Option<&PathBuf>) -> Result<Source> {
 
 /// Loads and validates the configuration, then starts logging at its `LOG_LEVEL`.
 pub fn load_settings(g: &Global) -> Result<Settings> {
-    let settings = config::load(&source_for(g.config.as_ref())?, &env_var)?;
+    let settings = config::load(&source_for(g.config.as_ref(), &g.set)?, &|var: &str| {
+        lookup(&g.set, var)
+    })?;
     init_logging(settings.config.log_level.as_tracing());
     for n in &settings.notes {
         tracing::debug!("{n}");

@@ -11,7 +11,11 @@ pub fn run(g: &Global, a: &PinArgs, pin: bool) -> i32 {
         let settings = super::load_settings(g)?;
         super::warn_pending(&settings);
         let store = Store::open(&settings.backup_dir, false)?;
-        let (_lock, _) = store.lock()?;
+        let _lock = store.lock_only()?;
+        let owner = crate::engine::identity::check(store.dir(), &settings)?;
+        let store = store.owned_by(owner);
+        // This database's directory: sweep what an interrupted run left.
+        store.clean_leftovers()?;
         let mut entry = store.resolve(&a.id)?;
         entry.manifest.pinned = pin;
         store.rewrite_manifest(&entry.manifest)?;

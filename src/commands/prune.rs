@@ -22,7 +22,13 @@ pub fn run(g: &Global, a: &PruneArgs) -> i32 {
         let settings = super::load_settings(g)?;
         super::warn_pending(&settings);
         let store = Store::open(&settings.backup_dir, false)?;
-        let (_lock, _) = store.lock()?;
+        let _lock = store.lock_only()?;
+        let owner = crate::engine::identity::check(store.dir(), &settings)?;
+        let store = store.owned_by(owner);
+        if !a.dry_run {
+            // This database's directory: sweep what an interrupted run left.
+            store.clean_leftovers()?;
+        }
         let inv = store.inventory()?;
         let now = crate::clock::now();
         let plan = retention::plan(

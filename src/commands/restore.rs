@@ -5,7 +5,6 @@
 use super::Global;
 use crate::cli::RestoreArgs;
 use crate::engine::restore;
-use crate::engine::store::Store;
 use crate::protocol::Decision;
 use crate::report::{self, Ctx};
 
@@ -28,6 +27,16 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
                 report::print_json_pretty(&r);
                 return 0;
             }
+            if outcome.unchanged {
+                println!(
+                    "`{}` already was backup `{}` byte for byte ({}), with no WAL beside it: nothing was moved",
+                    settings.db_path.display(),
+                    manifest.id,
+                    outcome.checks.join(", ")
+                );
+                report::print_warnings(&r.warnings);
+                return 0;
+            }
             println!(
                 "restored `{}` from backup `{}` in {} ms ({})",
                 settings.db_path.display(),
@@ -42,7 +51,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
                 );
             }
             if outcome.quarantined.is_empty() {
-                println!("  nothing was replaced (the database did not exist)");
+                println!("  nothing was replaced: the database did not exist");
             } else {
                 println!(
                     "  the replaced files are in `{}`:",
@@ -77,13 +86,7 @@ fn dry_run(
 ) -> i32 {
     // An interrupted restore is finished first by the real restore: say so first.
     let pending = restore::pending(settings);
-    let planned = (|| {
-        let store = Store::open(&settings.backup_dir, false)?;
-        let (_lock, _) = store.lock()?;
-        let entry = store.resolve(selector)?;
-        restore::check_expected(settings, &entry, expect_sha256)?;
-        Ok::<_, crate::error::Error>(restore::plan(settings, &store, &entry, now))
-    })();
+    let planned = restore::dry_run(settings, selector, expect_sha256, now);
     match planned {
         Ok(p) => {
             // Finishing the interrupted restore of the same backup is the whole restore.

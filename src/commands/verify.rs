@@ -42,6 +42,8 @@ pub fn run(g: &Global, a: &VerifyArgs) -> i32 {
         let settings = super::load_settings(g)?;
         super::warn_pending(&settings);
         let store = Store::open(&settings.backup_dir, false)?;
+        let owner = crate::engine::identity::check(store.dir(), &settings)?;
+        let store = store.owned_by(owner);
         let limits = backup::limits(&settings);
         // The whole inventory only for --all; one backup is resolved on its own.
         let inv = if a.all {

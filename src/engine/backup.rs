@@ -21,7 +21,7 @@ use super::lock::SourceLock;
 use super::manifest::{Manifest, SourceInfo, Verification};
 use super::retention::{self, Candidate, Plan, Policy};
 use super::store::{Inventory, Store};
-use super::{snapshot, space, verify};
+use super::{identity, snapshot, space, verify};
 use crate::config::{Settings, VerifyLevel};
 use crate::duck;
 use crate::error::{Error, Result};
@@ -69,8 +69,10 @@ pub fn limits(settings: &Settings) -> duck::Limits {
     }
 }
 
-/// Checks that the database exists and is a DuckDB file, without opening it in DuckDB.
+/// Checks that the database exists and is a DuckDB file (not reached through a symlink),
+/// without opening it in DuckDB.
 pub fn check_database(settings: &Settings) -> Result<()> {
+    identity::database_path(settings)?;
     let path = &settings.db_path;
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => {}
@@ -91,32 +93,6 @@ pub fn check_database(settings: &Settings) -> Result<()> {
             path: path.clone(),
             why: e.to_string(),
         })
-}
-
-/// The database a backup was taken of, by its file name (`simulation.duckdb`).
-pub fn source_name(m: &Manifest) -> String {
-    std::path::Path::new(&m.source.path)
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-}
-
-/// Refuses a backup directory that holds another database's backups: rotation, `latest` and
-/// restore would mix them. Databases are told apart by file name, so moving the project keeps
-/// its backups usable.
-pub fn check_same_database(inv: &Inventory, settings: &Settings) -> Result<()> {
-    let ours = settings.db_file_name();
-    match inv
-        .backups
-        .iter()
-        .map(|b| source_name(&b.manifest))
-        .find(|n| *n != ours)
-    {
-        Some(other) => Err(Error::SharedBackupDir {
-            dir: settings.backup_dir.clone(),
-            other,
-        }),
-        None => Ok(()),
-    }
 }
 
 /// Candidates for retention from an inventory; `fresh` names the backup this run just made.
@@ -209,8 +185,12 @@ pub fn dry_run(settings: &Settings, now: DateTime<Utc>) -> Result<DryRun> {
     let needed = source_bytes(&source, &snapshot::present_wals(&settings.db_path));
     drop(source);
     let dir = &settings.backup_dir;
+    super::restore::check_quarantine(settings)?;
     let (store, inv, check_dir) = if std::fs::symlink_metadata(dir).is_ok() {
         let store = Store::open(dir, false)?;
+        // What the backup would refuse (claim writes nothing; the backup records it later).
+        let owner = identity::claim(&store, settings)?;
+        let store = store.owned_by(owner);
         let inv = store.inventory()?;
         (Some(store), inv, dir.clone())
     } else {
@@ -275,12 +255,16 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     let phase = |name: &str| tracing::debug!("{name}: {} ms", t.elapsed().as_millis());
     check_database(settings)?;
     let store = Store::open(&settings.backup_dir, true)?;
-    let (_dir_lock, cleaned) = store.lock()?;
+    let _dir_lock = store.lock_only()?;
+    // Only this database's backups from here on: rotation and `latest` never see another's,
+    // and a directory of another database is refused before anything in it is touched.
+    let owner = identity::claim(&store, settings)?;
+    let store = store.owned_by(owner.clone());
+    let cleaned = store.clean_leftovers()?;
     let recovered = super::restore::recover(settings)?;
     // Read once: rotation later plans over it plus the backup this run publishes (the
     // directory lock keeps other ducksafe runs out meanwhile).
     let mut inv = store.inventory()?;
-    check_same_database(&inv, settings)?;
     let source = SourceLock::acquire(&settings.db_path)?;
     failpoint::hit("backup.locked");
     phase("locked");
@@ -298,7 +282,10 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     failpoint::hit("backup.verified");
     phase("copied, synced, read back and verified");
 
-    let manifest = manifest_for(settings, &id, now, &snap, verified, request_id);
+    // The first backup of this database in this directory records it as the owner, before the
+    // manifest that names the same id is published.
+    identity::record(store.dir(), &owner)?;
+    let manifest = manifest_for(settings, &owner, &id, now, &snap, verified, request_id);
     let path = store.publish(snap.temp.path(), &manifest)?;
     snap.temp.disarm();
     drop(source);
@@ -433,6 +420,7 @@ fn copy_and_verify(
 /// The manifest of a verified copy.
 fn manifest_for(
     settings: &Settings,
+    owner: &identity::Owner,
     id: &str,
     now: DateTime<Utc>,
     snap: &snapshot::Snapshot,
@@ -457,7 +445,8 @@ fn manifest_for(
         bytes: snap.bytes,
         sha256: files::hex(&snap.sha256),
         source: SourceInfo {
-            path: settings.db_path.display().to_string(),
+            path: owner.database.display().to_string(),
+            database_id: owner.id.clone(),
             bytes: snap.source_bytes,
             sha256: files::hex(&snap.source_sha256),
             wal_bytes: snap.wal_bytes,

@@ -192,6 +192,46 @@ impl Section {
     }
 }
 
+impl DirLock {
+    /// The backup directory's lock for a restore, which only reads the directory. On a
+    /// read-only directory (a write-protected disk, a snapshot mount) the lock file cannot be
+    /// opened for writing: a shared lock on it, opened read-only, still keeps out a ducksafe
+    /// that writes there through another mount of the same files; without a lock file nobody
+    /// has ever locked the directory, and nobody can write it. `None` then. The restore locks
+    /// the database itself exclusively either way.
+    pub fn acquire_for_restore(dir: &Path) -> Result<Option<DirLock>> {
+        match DirLock::acquire(dir) {
+            Ok(lock) => Ok(Some(lock)),
+            Err(Error::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::EROFS | libc::EACCES)) =>
+            {
+                let path = dir.join(DIR_LOCK_NAME);
+                let mut file = match files::open_read_nofollow(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(Error::io("open lock file", &path, e)),
+                };
+                match files::try_lock(&file, LockKind::Read) {
+                    Ok(()) => Ok(Some(DirLock {
+                        _dir: None,
+                        _file: Some(file),
+                    })),
+                    Err(LockError::Conflict { .. }) => {
+                        let mut s = String::new();
+                        let _ = file.read_to_string(&mut s);
+                        Err(Error::LockBusy {
+                            dir: dir.to_path_buf(),
+                            pid: s.trim().parse().ok(),
+                        })
+                    }
+                    Err(LockError::Io(e)) => Err(Error::io("lock", &path, e)),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// A shared lock on the source database: no writer can start while it is held.
 #[derive(Debug)]
 pub struct SourceLock {

@@ -27,8 +27,13 @@ const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 /// Where the backup came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SourceInfo {
-    /// Absolute path of the database that was backed up.
+    /// Absolute path of the database that was backed up (its folder resolved).
     pub path: String,
+    /// The database's id, also recorded in the backup directory's `.ducksafe-database.json`:
+    /// which database this backup belongs to. Absent from manifests written before it was
+    /// recorded (those belong by `path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_id: Option<String>,
     /// Size of the database's main file when it was copied.
     pub bytes: u64,
     /// SHA-256 of the main file's bytes as read (under lock) for the copy.

@@ -2,10 +2,12 @@
 //! [`lock`] → [`store`] (leftovers) → [`space`] → [`snapshot`] (with [`integrity`]: DuckDB's
 //! block checksums, checked as the copy passes) → [`verify`] → [`manifest`] and
 //! [`store`] (publication, `latest`) → [`retention`]; [`backup`] runs them in that order.
-//! [`restore`] is the way back. Policy ([`retention`], [`space::decide`], [`restore::plan`]) is
-//! pure; the I/O sits in the steps that apply it.
+//! [`restore`] is the way back. [`identity`] decides, for every command, which database it works
+//! for and which backups are that database's. Policy ([`retention`], [`space::decide`],
+//! [`restore::plan`]) is pure; the I/O sits in the steps that apply it.
 
 pub mod backup;
+pub mod identity;
 pub mod integrity;
 pub mod lock;
 pub mod manifest;

@@ -14,14 +14,16 @@
 //! 7. mark the intent `done`. The restored file is byte-identical to the verified backup, so
 //!    its table fingerprints are the manifest's (the tests check them by scanning).
 //!
-//! A crash before 4 leaves the old state plus a temporary file the next run removes. A crash
-//! after 4 is completed by [`recover`] at the next ducksafe command that touches the database:
-//! the staged file is verified and fsynced, so rolling forward is always possible. If the staged
-//! file was lost since, it is copied again from the backup and must have the journal's SHA-256;
-//! whether the switch (6) happened is told by inode identity (the quarantined hard link is the
-//! old database), never by the database's bytes. When neither is possible, the error names the
-//! journal and the exact commands that undo the restore. A stale WAL is never left beside a
-//! restored database, and nothing is ever deleted.
+//! A crash before 4 leaves the old state plus a staged copy that the database's next command
+//! removes: staged copies are named with a tag of their database
+//! ([`identity::staged_prefix`]) and locked by the process that restores, so a cleanup never
+//! removes another database's copy or one still in use. A crash after 4 is completed by
+//! [`recover`] at the next ducksafe command that touches the database: the staged file is
+//! verified and fsynced, so rolling forward is possible; if the staged copy was lost meanwhile
+//! and the switch (6) did not happen, the restore is rolled back instead (the main file never
+//! left its path, the WAL files come back from quarantine). Whether the switch happened is told
+//! by inode identity (the quarantined hard link is the old database), never by the database's
+//! bytes. A stale WAL is never left beside a restored database, and nothing is ever deleted.
 //!
 //! [`pending`] describes unfinished restores without touching anything: every command reports
 //! them first (what, where, the command that finishes it, the lines that undo it).
@@ -32,9 +34,9 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::lock::DatabaseLock;
+use super::lock::{DatabaseLock, DirLock};
 use super::store::{self, Entry, Store};
-use super::verify;
+use super::{identity, verify};
 use crate::config::{Settings, VerifyLevel};
 use crate::duck::{self, Limits};
 use crate::error::{Error, Result};
@@ -77,11 +79,13 @@ pub struct Outcome {
     pub quarantined: Vec<PathBuf>,
     pub checks: Vec<String>,
     pub duration_ms: u64,
+    /// The database already was the backup, byte for byte, with no WAL beside it: nothing was
+    /// moved and no quarantine folder was made.
+    pub unchanged: bool,
     /// Set when this restore was the completion of an interrupted one (its journal): the
     /// requested backup was that restore's, so it was not restored a second time.
     pub finished_journal: Option<PathBuf>,
 }
-
 /// An interrupted restore (journal `prepared`): what it is, what it left, and the ways out.
 #[derive(Debug, Clone, Serialize)]
 pub struct Pending {
@@ -171,8 +175,35 @@ pub fn quarantine_root(settings: &Settings) -> PathBuf {
         files::parent_of(configured)
     };
     match (store::device_of(probe), store::device_of(db_dir)) {
-        (Some(a), Some(b)) if a == b => configured.clone(),
+        // A read-only mount of the database's filesystem (a snapshot) has its device number.
+        (Some(a), Some(b)) if a == b && !files::is_read_only_fs(probe) => configured.clone(),
         _ => db_dir.join(".ducksafe-quarantine"),
+    }
+}
+
+/// Makes sure a quarantine folder (`dir`: the root, or the folder a restore creates in it) is a
+/// private directory of this user, creating it when missing. An unsafe one is reported under
+/// the key that decides it, `QUARANTINE_DIR`.
+fn ensure_quarantine_dir(dir: &Path) -> Result<()> {
+    store::ensure_private_dir(dir).map_err(|e| match e {
+        Error::BackupDirUnsafe { dir, why } => Error::UnsafeFolder {
+            key: "QUARANTINE_DIR",
+            what: "quarantine folder",
+            dir,
+            why,
+        },
+        e => e,
+    })
+}
+
+/// What a backup, a restore and `validate` all check of the quarantine root before they rely on
+/// it: when it exists, it is a private, real directory of this user (a journal planted in a
+/// shared folder could name any file to rename over the database). Writes nothing.
+pub fn check_quarantine(settings: &Settings) -> Result<()> {
+    let root = quarantine_root(settings);
+    match fs::symlink_metadata(&root) {
+        Ok(_) => ensure_quarantine_dir(&root),
+        Err(_) => Ok(()),
     }
 }
 
@@ -200,8 +231,8 @@ pub fn plan(settings: &Settings, store: &Store, entry: &Entry, now: DateTime<Utc
         moves.push((database.clone(), quarantine.join(name(&database))));
     }
     let staged = files::parent_of(&database).join(format!(
-        "{}restore-{}-{}.duckdb",
-        files::TEMP_PREFIX,
+        "{}{}-{}.duckdb",
+        identity::staged_prefix(&database),
         std::process::id(),
         entry.id
     ));
@@ -228,6 +259,17 @@ pub fn apply(plan: &Plan, entry: &Entry, limits: &Limits) -> Result<Outcome> {
 
     // 2. Nobody may have the database open.
     let _db_lock = DatabaseLock::acquire_if_present(&plan.database)?;
+    if already_the_backup(plan, entry) {
+        // Nothing to put back: say so rather than replace the file by an identical copy.
+        return Ok(Outcome {
+            plan: plan.clone(),
+            quarantined: Vec::new(),
+            checks: vec!["size".to_owned(), "sha256".to_owned()],
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            unchanged: true,
+            finished_journal: None,
+        });
+    }
 
     // 3. Stage the copy beside the database; the copy's read-back SHA-256 must be the
     //    manifest's (this is the backup's verification), and DuckDB must open it.
@@ -239,7 +281,7 @@ pub fn apply(plan: &Plan, entry: &Entry, limits: &Limits) -> Result<Outcome> {
     failpoint::hit("restore.staged");
 
     // 4. The intent, durable before anything moves.
-    store::ensure_private_dir(files::parent_of(&plan.quarantine))?;
+    ensure_quarantine_dir(files::parent_of(&plan.quarantine))?;
     files::create_private_dir(&plan.quarantine)
         .map_err(|e| Error::io("create quarantine folder", &plan.quarantine, e))?;
     let mut intent = Intent {
@@ -257,12 +299,11 @@ pub fn apply(plan: &Plan, entry: &Entry, limits: &Limits) -> Result<Outcome> {
 
     // 5–6. Quarantine, then the atomic switch. From here on the journal speaks for the restore.
     let journal = plan.quarantine.join(INTENT);
-    let quarantined = complete(&intent, &plan.quarantine.join(INTENT)).map_err(|e| Error::RestoreFailed {
+    let quarantined = complete(&intent, &journal).map_err(|e| Error::RestoreFailed {
         database: plan.database.clone(),
         why: format!(
-            "{e}; the journal `{}` records this restore: `ducksafe restore {}` finishes it (`ducksafe list` shows it)",
-            journal.display(),
-            plan.backup_id
+            "{e}; the journal `{}` records this restore: the next `ducksafe restore` or backup completes it, or, if its staged copy is gone, puts the database back exactly as it was",
+            journal.display()
         ),
     })?;
     intent.state = "done".into();
@@ -297,26 +338,64 @@ pub fn apply(plan: &Plan, entry: &Entry, limits: &Limits) -> Result<Outcome> {
         quarantined,
         checks,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        unchanged: false,
         finished_journal: None,
     })
 }
 
-/// The staged copy; removed on drop unless kept.
+/// Whether the database already is the backup: no WAL file beside it, and its bytes and the
+/// backup's are the manifest's (SHA-256; read only when the sizes match). A damaged backup is
+/// never "already there": the normal path then refuses it. The caller holds the database's
+/// exclusive lock.
+fn already_the_backup(plan: &Plan, entry: &Entry) -> bool {
+    let is_backup = |p: &Path| {
+        files::hash_file(p).is_ok_and(|h| files::hex(&h.sha256) == entry.manifest.sha256)
+    };
+    duck::wal_paths(&plan.database)
+        .iter()
+        .all(|w| fs::symlink_metadata(w).is_err())
+        && fs::symlink_metadata(&plan.database)
+            .is_ok_and(|m| m.file_type().is_file() && m.len() == entry.manifest.bytes)
+        && is_backup(&plan.database)
+        && is_backup(&plan.backup)
+}
+
+/// The staged copy; removed on drop unless kept. It holds an OFD read lock on the copy for as
+/// long as this process works on it: the cleanup of another run removes a staged copy only
+/// when it can take a write lock on it, that is, when the process that made it is gone (DuckDB's
+/// read-only open of the copy is still let in).
 struct Staged<'a> {
     path: &'a Path,
     keep: std::cell::Cell<bool>,
+    lock: fs::File,
 }
 
 impl<'a> Staged<'a> {
     fn create(plan: &'a Plan, sha256: &str) -> Result<Staged<'a>> {
-        let staged = Staged {
-            path: &plan.staged,
-            keep: std::cell::Cell::new(false),
-        };
         let from = files::open_read_nofollow(&plan.backup)
             .map_err(|e| Error::io("read backup", &plan.backup, e))?;
         let to = files::create_private(&plan.staged)
             .map_err(|e| Error::io("stage the restore at", &plan.staged, e))?;
+        let lock = to
+            .try_clone()
+            .map_err(|e| Error::io("stage the restore at", &plan.staged, e))?;
+        let staged = Staged {
+            path: &plan.staged,
+            keep: std::cell::Cell::new(false),
+            lock,
+        };
+        files::try_lock(&staged.lock, files::LockKind::Read).map_err(|e| {
+            Error::io(
+                "lock the staged copy",
+                &plan.staged,
+                match e {
+                    files::LockError::Io(e) => e,
+                    files::LockError::Conflict { .. } => {
+                        std::io::Error::other("another process locked it")
+                    }
+                },
+            )
+        })?;
         let copied = files::copy_verified(&from, &to, || {})
             .map_err(|e| Error::io("stage the restore at", &plan.staged, e))?;
         if let Some(at) = copied.first_difference {
@@ -394,15 +473,14 @@ fn complete(intent: &Intent, journal: &Path) -> Result<Vec<PathBuf>> {
             // Renamed into place before the crash: only the journal was left open.
             return Ok(existing(&intent.moves));
         }
-        let what = if switched(intent) {
-            format!(
+        return Err(stuck(
+            intent,
+            journal,
+            &format!(
                 "the database was replaced but is no longer backup `{}` (something changed it since)",
                 intent.backup_id
-            )
-        } else {
-            "its staged copy is gone".to_owned()
-        };
-        return Err(stuck(intent, journal, &what));
+            ),
+        ));
     }
     // The database first, by hard link: its path never disappears, and until its WAL moves
     // it is still whole.
@@ -465,73 +543,77 @@ fn same_entry(a: &Path, b: &Path) -> bool {
     matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
 }
 
-/// The folders journals may be in: the quarantine root in use now, then the other one a
-/// different configuration or mount layout would have used.
-fn journal_roots(settings: &Settings) -> Vec<PathBuf> {
-    let mut roots = vec![quarantine_root(settings)];
-    for r in [
-        settings.quarantine_dir.clone(),
-        files::parent_of(&settings.db_path).join(".ducksafe-quarantine"),
-    ] {
-        if !roots.contains(&r) {
-            roots.push(r);
-        }
-    }
-    roots
+/// Whether an interrupted restore lost its staged copy before the switch: the copy is gone and
+/// the database is still the file linked into quarantine (inode identity, not bytes: a database
+/// that happens to equal the backup is no reason to call the restore done). Such a restore can
+/// only be rolled back.
+fn lost_staged_copy(intent: &Intent) -> bool {
+    fs::symlink_metadata(&intent.staged).is_err() && !switched(intent)
 }
 
-/// Whether `dir` is a real directory private to this user.
-fn is_private_dir(dir: &Path) -> bool {
-    fs::symlink_metadata(dir)
-        .is_ok_and(|m| !m.file_type().is_symlink() && files::unsafe_dir_reason(&m).is_none())
-}
-
-/// The unfinished journals found: this database's (path, intent), and the staged copies other
-/// databases' unfinished restores still need.
-struct Journals {
-    ours: Vec<(PathBuf, Intent)>,
-    others_staged: Vec<PathBuf>,
-}
-
-/// The `prepared` journals of this database, oldest folder first, from roots that pass
-/// `trusted` (journals are only believed from a private, real directory: a planted one could
-/// name any file to rename over the database).
-fn prepared_journals(
-    settings: &Settings,
-    trusted: &mut dyn FnMut(&Path) -> Result<bool>,
-) -> Result<Journals> {
-    let mut ours = Vec::new();
-    let mut others_staged = Vec::new();
-    let mut dirs = Vec::new();
-    for root in journal_roots(settings) {
-        if fs::symlink_metadata(&root).is_err() || !trusted(&root)? {
-            continue;
-        }
-        if let Ok(rd) = fs::read_dir(&root) {
-            dirs.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
+/// Puts the database back exactly as it was before an interrupted restore that lost its staged
+/// copy. The main file never left its path (it was only hard-linked into quarantine), so the
+/// WAL files moved into quarantine go back beside it. Checks everything first and changes
+/// nothing when the result would not be the previous state (the journal then stays `prepared`).
+/// Returns the files put back.
+fn roll_back(intent: &Intent) -> Result<Vec<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: String| {
+        Error::RestoreFailed {
+        database: intent.database.clone(),
+        why: format!(
+            "an interrupted restore of backup `{}` lost its staged copy and cannot be rolled back: {why}; nothing was changed, the quarantined files are listed in its journal (see docs/runbook.md, 'Restore failed')",
+            intent.backup_id
+        ),
+    }
+    };
+    let mut relink = None;
+    if let Some((_, linked)) = intent.moves.iter().find(|(f, _)| *f == intent.database) {
+        match (
+            fs::symlink_metadata(&intent.database),
+            fs::symlink_metadata(linked),
+        ) {
+            (Ok(a), Ok(b)) if a.ino() != b.ino() || a.dev() != b.dev() => {
+                return Err(refuse(format!(
+                    "`{}` is no longer the file that was quarantined as `{}`",
+                    intent.database.display(),
+                    linked.display()
+                )))
+            }
+            (Err(_), Ok(_)) => relink = Some(linked.clone()),
+            (Err(_), Err(_)) => {
+                return Err(refuse("the database is gone, and not in quarantine".into()))
+            }
+            _ => {}
         }
     }
-    dirs.sort_by(|a, b| a.file_name().cmp(&b.file_name()).then(a.cmp(b)));
-    for dir in dirs {
-        let path = dir.join(INTENT);
-        let Ok(bytes) = fs::read(&path) else { continue };
-        let Ok(intent) = serde_json::from_slice::<Intent>(&bytes) else {
-            continue;
-        };
-        if intent.state != "prepared" {
-            continue;
-        }
-        if same_entry(&intent.database, &settings.db_path) {
-            ours.push((path, intent));
-        } else {
-            // Another database's unfinished restore: its staged copy is not a leftover.
-            others_staged.push(intent.staged);
-        }
+    let back: Vec<&(PathBuf, PathBuf)> = intent
+        .moves
+        .iter()
+        .filter(|(from, to)| *from != intent.database && fs::symlink_metadata(to).is_ok())
+        .collect();
+    if let Some((from, _)) = back
+        .iter()
+        .find(|(from, _)| fs::symlink_metadata(from).is_ok())
+    {
+        return Err(refuse(format!(
+            "`{}` appeared beside the database after the crash, and its quarantined namesake cannot go back over it",
+            from.display()
+        )));
     }
-    Ok(Journals {
-        ours,
-        others_staged,
-    })
+    let mut returned = Vec::new();
+    if let Some(linked) = relink {
+        fs::hard_link(&linked, &intent.database)
+            .map_err(|e| Error::io("put back", &intent.database, e))?;
+        returned.push(intent.database.clone());
+    }
+    for (from, to) in back {
+        fs::rename(to, from).map_err(|e| Error::io("put back", from, e))?;
+        returned.push(from.clone());
+    }
+    files::sync_dir(files::parent_of(&intent.database))
+        .map_err(|e| Error::io("sync", &intent.database, e))?;
+    Ok(returned)
 }
 
 /// The command that finishes an interrupted restore of `backup_id` for this configuration.
@@ -586,7 +668,7 @@ fn describe(intent: &Intent) -> String {
     };
     if fs::symlink_metadata(&intent.staged).is_err() {
         state.push_str(
-            "; its staged copy is gone, so finishing it copies the backup again (or, if the backup is gone too, says how to undo it)",
+            "; its staged copy is gone, so the next restore or backup rolls it back (the database as it was before it)",
         );
     }
     state
@@ -595,21 +677,33 @@ fn describe(intent: &Intent) -> String {
 /// Interrupted restores of this database (journal `prepared`), without touching anything: what
 /// `list`, `validate`, dry runs and failed commands report first.
 pub fn pending(settings: &Settings) -> Vec<Pending> {
-    let mut private = |root: &Path| -> Result<bool> { Ok(is_private_dir(root)) };
-    let Ok(found) = prepared_journals(settings, &mut private) else {
+    let root = quarantine_root(settings);
+    // Journals are only believed from a private, real directory (as `recover` requires).
+    let private = fs::symlink_metadata(&root)
+        .is_ok_and(|m| !m.file_type().is_symlink() && files::unsafe_dir_reason(&m).is_none());
+    if !private {
+        return Vec::new();
+    }
+    let Ok(rd) = fs::read_dir(&root) else {
         return Vec::new();
     };
-    found
-        .ours
-        .into_iter()
-        .map(|(journal, intent)| Pending {
-            backup_id: intent.backup_id.clone(),
-            quarantine: files::parent_of(&journal).to_path_buf(),
-            started_at: intent.started_at,
-            state: describe(&intent),
-            finish: finish_command(settings, &intent.backup_id),
-            undo: undo_interrupted(&intent, &journal),
-            journal,
+    let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    dirs.sort();
+    dirs.into_iter()
+        .filter_map(|dir| {
+            let journal = dir.join(INTENT);
+            let intent: Intent = serde_json::from_slice(&fs::read(&journal).ok()?).ok()?;
+            (intent.state == "prepared" && same_entry(&intent.database, &settings.db_path)).then(
+                || Pending {
+                    backup_id: intent.backup_id.clone(),
+                    quarantine: dir.clone(),
+                    started_at: intent.started_at,
+                    state: describe(&intent),
+                    finish: finish_command(settings, &intent.backup_id),
+                    undo: undo_interrupted(&intent, &journal),
+                    journal,
+                },
+            )
         })
         .collect()
 }
@@ -628,44 +722,6 @@ fn stuck(intent: &Intent, journal: &Path, what: &str) -> Error {
     }
 }
 
-/// Copies the backup again for an interrupted restore whose staged copy was lost before the
-/// switch. The copy must have the SHA-256 the journal recorded (the one verified the first
-/// time); otherwise the restore cannot be finished, and the error says how to undo it.
-fn restage(intent: &Intent, backup: &Path, journal: &Path) -> Result<()> {
-    let from = files::open_read_nofollow(backup).map_err(|e| {
-        stuck(
-            intent,
-            journal,
-            &format!(
-                "its staged copy is gone and the backup `{}` cannot be read to copy it again ({e})",
-                backup.display()
-            ),
-        )
-    })?;
-    let to = files::create_private(&intent.staged)
-        .map_err(|e| Error::io("stage the restore at", &intent.staged, e))?;
-    let copied = files::copy_verified(&from, &to, || {});
-    let ok = copied
-        .as_ref()
-        .is_ok_and(|c| c.identical() && files::hex(&c.sha256) == intent.backup_sha256);
-    if !ok {
-        let _ = fs::remove_file(&intent.staged);
-        return Err(match copied {
-            Err(e) => Error::io("stage the restore at", &intent.staged, e),
-            Ok(_) => stuck(
-                intent,
-                journal,
-                &format!(
-                    "its staged copy is gone and the backup `{}` no longer has the SHA-256 the journal recorded",
-                    backup.display()
-                ),
-            ),
-        });
-    }
-    files::sync_dir(files::parent_of(&intent.staged))
-        .map_err(|e| Error::io("sync", &intent.staged, e))
-}
-
 /// What [`recover_all`] did.
 struct Recovery {
     finished: Vec<Finished>,
@@ -673,8 +729,9 @@ struct Recovery {
     notes: Vec<String>,
 }
 
-/// Finishes restores that a crash interrupted (intent `prepared`), and removes staged copies no
-/// intent refers to. Returns one line per action taken.
+/// Finishes restores that a crash interrupted (intent `prepared`): completes them, or rolls back
+/// one whose staged copy was lost. Then removes this database's staged copies that no process
+/// works on any more. Returns one line per action taken.
 pub fn recover(settings: &Settings) -> Result<Vec<String>> {
     recover_all(settings).map(|r| r.notes)
 }
@@ -682,61 +739,80 @@ pub fn recover(settings: &Settings) -> Result<Vec<String>> {
 fn recover_all(settings: &Settings) -> Result<Recovery> {
     let mut done = Vec::new();
     let mut finished = Vec::new();
-    // The folder restores use now must be private (an error otherwise, as for any restore); a
-    // folder another configuration would have used is only read when it is.
-    let active = quarantine_root(settings);
-    let mut must_be_private = |root: &Path| {
-        if root == active {
-            store::ensure_private_dir(root).map(|()| true)
-        } else {
-            Ok(is_private_dir(root))
-        }
-    };
-    let found = prepared_journals(settings, &mut must_be_private)?;
-    let pending_staged = found.others_staged;
-    for (path, mut intent) in found.ours {
-        let dir = files::parent_of(&path).to_path_buf();
-        // Nobody may have the database open while the interrupted restore is finished.
-        let _db_lock = DatabaseLock::acquire_if_present(&intent.database)?;
-        if fs::symlink_metadata(&intent.staged).is_err() && !switched(&intent) {
-            let backup = settings
-                .backup_dir
-                .join(format!("{}.duckdb", intent.backup_id));
-            restage(&intent, &backup, &path)?;
-            done.push(format!(
-                "the interrupted restore of backup `{}` had lost its staged copy; it was copied again from `{}` (SHA-256 checked against the journal)",
-                intent.backup_id,
-                backup.display()
-            ));
-        }
-        let quarantined = complete(&intent, &path)?;
-        intent.state = "done".into();
-        write_intent(&dir, &intent)?;
-        let undo = undo_moves(&intent.database, &intent.moves, &quarantined);
-        done.push(format!(
-            "completed an interrupted restore of backup `{}` (journal `{}`); the database it replaced is in `{}`{}",
-            intent.backup_id,
-            path.display(),
-            dir.display(),
-            if undo.is_empty() {
-                String::new()
-            } else {
-                format!(" (undo: {})", undo.join(" && "))
+    let root = quarantine_root(settings);
+    // Journals are only trusted from a private, real directory: a planted one could name any
+    // file to rename over the database.
+    check_quarantine(settings)?;
+    if let Ok(rd) = fs::read_dir(&root) {
+        let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        dirs.sort();
+        for dir in dirs {
+            let path = dir.join(INTENT);
+            let Ok(bytes) = fs::read(&path) else { continue };
+            let Ok(mut intent) = serde_json::from_slice::<Intent>(&bytes) else {
+                continue;
+            };
+            if intent.state != "prepared" || !same_entry(&intent.database, &settings.db_path) {
+                // Done, or another database's: not ours to finish.
+                continue;
             }
-        ));
-        finished.push(Finished {
-            intent,
-            journal: path,
-            quarantined,
-        });
+            // Nobody may have the database open while the interrupted restore is finished.
+            let _db_lock = DatabaseLock::acquire_if_present(&intent.database)?;
+            if lost_staged_copy(&intent) {
+                let returned = roll_back(&intent).map_err(|e| match e {
+                    Error::RestoreFailed { database, why } => Error::RestoreFailed {
+                        database,
+                        why: format!(
+                            "{why}. Journal `{}`; to put back by hand what was moved and close it (with nothing using the database, after checking the files): `{}`",
+                            path.display(),
+                            undo_interrupted(&intent, &path).join(" && ")
+                        ),
+                    },
+                    e => e,
+                })?;
+                intent.state = "rolled_back".into();
+                write_intent(&dir, &intent)?;
+                done.push(format!(
+                    "an interrupted restore of backup `{}` had lost its staged copy: it was rolled back, the database is as it was before it ({} file(s) put back from `{}`; journal `{}`)",
+                    intent.backup_id,
+                    returned.len(),
+                    dir.display(),
+                    path.display()
+                ));
+                continue;
+            }
+            let quarantined = complete(&intent, &path)?;
+            intent.state = "done".into();
+            write_intent(&dir, &intent)?;
+            let undo = undo_moves(&intent.database, &intent.moves, &quarantined);
+            done.push(format!(
+                "completed an interrupted restore of backup `{}` (journal `{}`); the database it replaced is in `{}`{}",
+                intent.backup_id,
+                path.display(),
+                dir.display(),
+                if undo.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (undo: {})", undo.join(" && "))
+                }
+            ));
+            finished.push(Finished {
+                intent,
+                journal: path,
+                quarantined,
+            });
+        }
     }
-    // Staged copies of restores that crashed before their intent was written.
+    // Staged copies of this database's restores that crashed before their intent was written
+    // (with an intent, the restore was completed above). Only names with this database's tag,
+    // and only when no process holds the copy's lock.
     let db_dir = files::parent_of(&settings.db_path);
+    let prefix = identity::staged_prefix(&settings.db_path);
     if let Ok(rd) = fs::read_dir(db_dir) {
         for e in rd.filter_map(std::result::Result::ok) {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&format!("{}restore-", files::TEMP_PREFIX))
-                && !pending_staged.iter().any(|p| same_entry(p, &e.path()))
+            if name.starts_with(&prefix)
+                && abandoned(&e.path())
                 && fs::remove_file(e.path()).is_ok()
             {
                 done.push(format!("removed the leftover `{}`", e.path().display()));
@@ -766,6 +842,42 @@ pub fn check_expected(settings: &Settings, entry: &Entry, expected: Option<&str>
     }
 }
 
+/// Whether a staged copy is abandoned: no live process holds its lock. A symlink under a staged
+/// name was never made by ducksafe: it is unlinked, never followed.
+fn abandoned(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => true,
+        Ok(m) if m.file_type().is_file() => fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .is_ok_and(|f| files::try_lock(&f, files::LockKind::Write).is_ok()),
+        _ => false,
+    }
+}
+
+/// Plans the restore of `selector` with the same refusals as [`run`] (a symlinked `DB_PATH`, an
+/// unsafe quarantine folder, another database's backup directory, a backup that is not this
+/// database's), writing nothing.
+pub fn dry_run(
+    settings: &Settings,
+    selector: &str,
+    expect_sha256: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Plan> {
+    identity::database_path(settings)?;
+    check_quarantine(settings)?;
+    let store = Store::open(&settings.backup_dir, false)?;
+    let _lock = DirLock::acquire_for_restore(store.dir())?;
+    let owner = identity::check(store.dir(), settings)?;
+    let store = store.owned_by(owner);
+    let entry = store.resolve(selector)?;
+    check_expected(settings, &entry, expect_sha256)?;
+    Ok(plan(settings, &store, &entry, now))
+}
+
 /// Restores the backup `selector` names (`latest`, an id, a path): takes the backup
 /// directory's lock, finishes any interrupted restore first, then plans and applies. When the
 /// interrupted restore was of the requested backup, finishing it is the restore: the database
@@ -778,8 +890,16 @@ pub fn run(
     now: DateTime<Utc>,
 ) -> Result<(super::manifest::Manifest, Outcome, Vec<String>)> {
     let started = std::time::Instant::now();
+    identity::database_path(settings)?;
     let store = Store::open(&settings.backup_dir, false)?;
-    let (_lock, _) = store.lock()?;
+    let lock = DirLock::acquire_for_restore(store.dir())?;
+    // Only this database's backups: `latest`, an id or a path never reaches another's.
+    let owner = identity::check(store.dir(), settings)?;
+    let store = store.owned_by(owner);
+    if lock.is_some() {
+        // Sweep what an interrupted run left (nothing to sweep on read-only media).
+        store.clean_leftovers()?;
+    }
     let recovery = recover_all(settings)?;
     let mut notes = recovery.notes;
     let entry = store.resolve(selector)?;
@@ -811,27 +931,11 @@ pub fn run(
                 "tables".into(),
             ],
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            unchanged: false,
             finished_journal: Some(f.journal.clone()),
         };
         notes.retain(|n| !n.starts_with("completed an interrupted restore"));
         return Ok((entry.manifest, outcome, notes));
-    }
-    let taken_of = super::backup::source_name(&entry.manifest);
-    let ours = settings.db_file_name();
-    if taken_of != ours {
-        return Err(Error::RestoreFailed {
-            database: settings.db_path.clone(),
-            why: format!(
-                "backup `{}` was taken of `{taken_of}`, not of `{ours}`; nothing was changed",
-                entry.id
-            ),
-        });
-    }
-    if fs::symlink_metadata(&settings.db_path).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(Error::RestoreFailed {
-            database: settings.db_path.clone(),
-            why: "DB_PATH is a symlink: DuckDB keeps the WAL beside the link and the data at its target, so ducksafe will not replace either; point DB_PATH at the file itself, or restore by hand (docs/runbook.md); nothing was changed".into(),
-        });
     }
     let plan = plan(settings, &store, &entry, now);
     let limits = crate::engine::backup::limits(settings);

@@ -10,6 +10,8 @@
 //!   latest.duckdb -> simulation_20250818_143022.duckdb   (relative symlink)
 //!   .ducksafe.lock                           0600  the directory lock (holder's PID inside)
 //!   .ducksafe-ids                            0600  every id ever issued here, in order
+//!   .ducksafe-database.json                  0600  the one database these backups belong to
+//!                                                  (see super::identity)
 //!   .ducksafe-tmp-…                                in-flight files; never a backup name
 //!   quarantine/                              0700  databases moved aside by restores
 //! ```
@@ -31,6 +33,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
+use super::identity::Owner;
 use super::lock::{DirLock, Section};
 use super::manifest::{self, Manifest};
 use crate::error::{Error, Result};
@@ -48,6 +51,8 @@ const IDS: &str = ".ducksafe-ids";
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// When set, the inventory holds only this database's backups (see [`super::identity`]).
+    owner: Option<Owner>,
 }
 
 /// One backup known to the store.
@@ -105,6 +110,7 @@ impl Store {
         if !create {
             return Ok(Store {
                 dir: dir.to_path_buf(),
+                owner: None,
             });
         }
         // Writable by us? (root passes access checks anyway, so try the real thing.)
@@ -128,20 +134,27 @@ impl Store {
         }
         Ok(Store {
             dir: dir.to_path_buf(),
+            owner: None,
         })
+    }
+
+    /// The same directory, seen by one database: other databases' backups leave the inventory
+    /// (they are listed as unmanaged, never used or deleted).
+    #[must_use]
+    pub fn owned_by(mut self, owner: Owner) -> Store {
+        self.owner = Some(owner);
+        self
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Takes the directory's lock (see [`DirLock`]) and sweeps what an interrupted run left
-    /// (temporary files, unpublished manifests): every command that takes the lock leaves the
-    /// directory clean. Returns the lock and the names removed.
-    pub fn lock(&self) -> Result<(DirLock, Vec<String>)> {
-        let lock = DirLock::acquire(&self.dir)?;
-        let cleaned = self.clean_leftovers()?;
-        Ok((lock, cleaned))
+    /// Takes the directory's lock (see [`DirLock`]). Every command that takes it, once it has
+    /// checked that the directory is its database's ([`super::identity`]), sweeps what an
+    /// interrupted run left with [`Store::clean_leftovers`]; dry runs sweep nothing.
+    pub fn lock_only(&self) -> Result<DirLock> {
+        DirLock::acquire(&self.dir)
     }
 
     pub fn backup_path(&self, id: &str) -> PathBuf {
@@ -275,6 +288,7 @@ impl Store {
         // No backup is half-published or half-deleted while this reads.
         let _section = Section::shared(&self.dir);
         let mut inv = Inventory::default();
+        let mut foreign: Vec<String> = Vec::new();
         let rd = fs::read_dir(&self.dir).map_err(|e| Error::io("list", &self.dir, e))?;
         let mut names: Vec<String> = rd
             .filter_map(std::result::Result::ok)
@@ -298,6 +312,11 @@ impl Store {
                         continue;
                     }
                 };
+                if let Some(why) = self.owner.as_ref().and_then(|o| o.foreign(&manifest)) {
+                    inv.unmanaged.push((name.clone(), why));
+                    foreign.push(id.to_owned());
+                    continue;
+                }
                 let path = self.backup_path(id);
                 match fs::symlink_metadata(&path) {
                     Ok(m) if m.file_type().is_file() => inv.backups.push(Entry {
@@ -314,7 +333,8 @@ impl Store {
                 if name == LATEST || name.starts_with('.') {
                     continue;
                 }
-                let managed = inv.backups.iter().any(|b| b.id == id);
+                let managed =
+                    inv.backups.iter().any(|b| b.id == id) || foreign.iter().any(|f| f == id);
                 if !managed {
                     inv.unmanaged
                         .push((name.clone(), "no ducksafe manifest beside it".into()));
@@ -388,7 +408,7 @@ impl Store {
             crate::failpoint::hit("publish.manifest");
             files::write_atomic(
                 &sidecar,
-                manifest::sidecar_line(&manifest.sha256, &manifest.file).as_bytes(),
+                manifest::sidecar_line(&manifest.sha256, &backup_file_name(id)).as_bytes(),
             )
             .map_err(|e| Error::io("write checksum file", &sidecar, e))?;
             crate::failpoint::hit("publish.sidecar");
@@ -541,6 +561,12 @@ impl Store {
     pub fn used_bytes(inv: &Inventory) -> u64 {
         inv.backups.iter().filter_map(|b| b.file_bytes).sum()
     }
+}
+
+/// The file name of backup `id` (`<id>.duckdb`): names come from the id, never from a field
+/// inside a manifest.
+pub fn backup_file_name(id: &str) -> String {
+    format!("{id}{BACKUP_EXT}")
 }
 
 /// `<stem>_YYYYMMDD_HHMMSS` in UTC: the seed's naming, before any `_2` that keeps it unique.

@@ -365,6 +365,43 @@ pub fn unsafe_dir_reason(meta: &fs::Metadata) -> Option<String> {
     None
 }
 
+/// Whether `dir` is a folder the system or other users share (`/`, `/tmp`, `/var/tmp`, `/home`,
+/// any folder directly under `/`, or any folder with the sticky bit): never one to make private
+/// or to keep ducksafe's files in directly.
+pub fn is_shared_system_folder(dir: &Path) -> bool {
+    const SHARED: [&str; 8] = [
+        "/var/tmp",
+        "/dev/shm",
+        "/run/user",
+        "/var/lib",
+        "/var/cache",
+        "/usr/local",
+        "/usr/share",
+        "/private/tmp",
+    ];
+    let dir = crate::config::normalize(dir);
+    let top_level = dir.has_root() && dir.components().count() <= 2;
+    let sticky = fs::metadata(&dir).is_ok_and(|m| m.permissions().mode() & 0o1000 != 0);
+    top_level || sticky || SHARED.iter().any(|s| dir == Path::new(s))
+}
+
+/// Whether this process may write in `dir` (`access(W_OK)`: false on a read-only filesystem,
+/// even for root). Creates nothing.
+pub fn writable(dir: &Path) -> bool {
+    let Ok(c) = cstring(dir) else { return false };
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// Whether the filesystem holding `path` is mounted read-only.
+pub fn is_read_only_fs(path: &Path) -> bool {
+    let Ok(c) = cstring(path) else { return false };
+    // SAFETY: zeroed statvfs is valid; `c` is a valid C string; statvfs fills the struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &raw mut st) };
+    rc == 0 && st.f_flag & libc::ST_RDONLY != 0
+}
+
 fn cstring(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))

@@ -242,11 +242,23 @@ impl Drop for Holder {
 
 /// Env var that turns a re-executed test binary into a holder.
 pub const HOLD_ENV: &str = "DUCKSAFE_TEST_HOLD_DB";
+/// `read_write` or `read_only`: how the holder opens the database.
+pub const HOLD_MODE_ENV: &str = "DUCKSAFE_TEST_HOLD_MODE";
 
 /// Starts a process that opens `db` read-write (a real DuckDB writer) and waits for "HOLDING".
 /// The test binary must contain a `#[test] #[ignore] fn hold_database_child()` that calls
 /// [`hold_database_child`].
 pub fn hold(db: &Path) -> Holder {
+    hold_as(db, "read_write")
+}
+
+/// Like [`hold`], with a read-only open: a reader (a notebook, a DuckDB shell) that blocks
+/// writers and restores but lets backups in.
+pub fn hold_reader(db: &Path) -> Holder {
+    hold_as(db, "read_only")
+}
+
+fn hold_as(db: &Path, mode: &str) -> Holder {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -256,6 +268,7 @@ pub fn hold(db: &Path) -> Holder {
             "--test-threads=1",
         ])
         .env(HOLD_ENV, db)
+        .env(HOLD_MODE_ENV, mode)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -279,7 +292,11 @@ pub fn hold_database_child() {
     let Ok(path) = std::env::var(HOLD_ENV) else {
         return;
     };
-    let d = Db::open_read_write(Path::new(&path), &Limits::default()).unwrap();
+    let d = if std::env::var(HOLD_MODE_ENV).as_deref() == Ok("read_only") {
+        Db::open_read_only(Path::new(&path), &Limits::default()).unwrap()
+    } else {
+        Db::open_read_write(Path::new(&path), &Limits::default()).unwrap()
+    };
     println!("HOLDING");
     std::io::stdout().flush().unwrap();
     let mut s = String::new();
