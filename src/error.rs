@@ -75,6 +75,9 @@ pub enum Error {
     #[error("backup directory `{}` is unsafe: {why}", dir.display())]
     BackupDirUnsafe { dir: PathBuf, why: String },
 
+    #[error("backup directory `{}` is on a read-only filesystem: no backup can be written there", dir.display())]
+    BackupDirReadOnly { dir: PathBuf },
+
     /// A folder ducksafe keeps private data in, other than the backup directory, named by its
     /// configuration key (`QUARANTINE_DIR`).
     #[error("{what} `{}` (`{key}`) is unsafe: {why}", dir.display())]
@@ -192,7 +195,7 @@ impl Error {
             | Error::SharedBackupDir { .. }
             | Error::OwnerFileDamaged { .. } => C::BackupDirUnsafe,
             Error::InsufficientSpace { .. } => C::InsufficientSpace,
-            Error::BackupFailed { .. } => C::BackupFailed,
+            Error::BackupFailed { .. } | Error::BackupDirReadOnly { .. } => C::BackupFailed,
             Error::Io { source, .. } if is_no_space(source) => C::InsufficientSpace,
             Error::Io { .. } => C::IoError,
             Error::VerificationFailed { .. } => C::VerificationFailed,
@@ -223,7 +226,7 @@ impl Error {
                 Some("`ducksafe schema config` prints every key with its type and default".into())
             }
             Error::DatabaseNotFound { .. } => Some(
-                "check `DB_PATH` in the configuration; ducksafe never creates a database".into(),
+                "check `DB_PATH` in the configuration (and `DUCKSAFE_DB_PATH`); if the database was deleted or lost, `ducksafe restore` puts the latest backup back (`ducksafe list` shows them); a backup never creates a database".into(),
             ),
             Error::DatabaseInvalid { .. } => Some(
                 "check that `DB_PATH` names the simulation's DuckDB file and that this DuckDB can read it"
@@ -235,14 +238,17 @@ impl Error {
                     "There is no earlier backup of it to restore: copy the file aside and try DuckDB's EXPORT DATABASE for what can still be read"
                 )
             )),
-            Error::DatabaseLocked { .. } => Some(
-                "a run is still writing the database; wait for it to finish (or stop it), then retry"
-                    .into(),
-            ),
+            Error::DatabaseLocked { path, .. } => Some(format!(
+                "another process has the database open (named above: a run, a notebook, a DuckDB shell); wait for it to finish or stop it, then retry (`fuser -v {}` lists them)",
+                crate::engine::restore::shell_quote(path)
+            )),
             Error::LockBusy { .. } => {
                 Some("another backup or restore is running; retry when it has finished".into())
             }
             Error::BackupDirUnsafe { dir, .. } => Some(unsafe_folder_hint("BACKUP_DIR", dir)),
+            Error::BackupDirReadOnly { .. } => Some(
+                "no chmod fixes this: remount that filesystem read-write (`mount -o remount,rw MOUNTPOINT`), or set `BACKUP_DIR` to a writable disk; nothing was written, and `list` and `verify` still read the backups there".into(),
+            ),
             Error::UnsafeFolder { key, dir, .. } => Some(unsafe_folder_hint(key, dir)),
             // `adopt` is offered only when the other database is gone from its path: it is for a
             // project moved on purpose, never a way to take a live database's backups.

@@ -225,40 +225,46 @@ pub fn restore_command_line(settings: &Settings, m: &Manifest) -> String {
         .join(" ")
 }
 
-/// Exact shell steps to restore `m` by hand, moving every WAL file aside first.
+/// The line that ends a manual restore block: the heredoc's delimiter.
+const MANUAL_END: &str = "END_OF_MANUAL_RESTORE";
+
+/// Exact shell steps to restore `m` by hand, moving every WAL file aside first. They run as one
+/// `sh -e` script: the first step that fails stops the rest (a bad checksum, a read-only
+/// folder), and the database is replaced only by the last step. A `set -e` in the operator's own
+/// shell would close it; `&&` lists are easy to break when edited; a separate `sh -e` does
+/// neither.
 fn manual_restore_steps(settings: &Settings, m: &Manifest) -> Vec<String> {
     let db = &settings.db_path;
-    let q = restore::quarantine_root(settings).join(format!("{}_manual", m.id));
-    let file = store::backup_file_name(&m.id);
-    let backup = settings.backup_dir.join(&file);
-    let staged = Path::new(&format!("{}.restoring", db.display())).to_path_buf();
-    let wals: Vec<String> = crate::duck::wal_paths(db)
-        .iter()
-        .map(|p| shell_quote(p))
-        .collect();
+    let root = restore::quarantine_root(settings);
     vec![
-        "# 1. stop every process that has the database open (the simulation, notebooks, dbt)"
-            .into(),
         format!(
-            "cd {} && sha256sum -c {}.sha256",
-            shell_quote(&settings.backup_dir),
-            shell_quote(Path::new(&file))
+            "# restore backup {} by hand, only when ducksafe itself cannot run. First stop every process that has the database open: `fuser -v {}` must list nothing. Then paste all the following lines at once.",
+            m.id,
+            shell_quote(db)
         ),
-        format!("mkdir -p -m 700 {}", shell_quote(&q)),
         format!(
-            "for f in {}; do if [ -e \"$f\" ]; then mv \"$f\" {}/; fi; done",
-            wals.join(" "),
-            shell_quote(&q)
+            "sh -e <<'{MANUAL_END}' || {{ echo 'STOPPED at the failed step above: the database was NOT replaced (WAL files already moved are in the new _manual folder)' >&2; false; }}"
         ),
-        format!("cp {} {}/", shell_quote(db), shell_quote(&q)),
+        format!("DB={}", shell_quote(db)),
+        format!("B={}", shell_quote(&settings.backup_dir)),
+        format!("ID={}", m.id),
         format!(
-            "cp {} {} && chmod 600 {} && sync {}",
-            shell_quote(&backup),
-            shell_quote(&staged),
-            shell_quote(&staged),
-            shell_quote(&staged)
+            "Q={}/${{ID}}_manual_$(date -u +%Y%m%d_%H%M%S)",
+            shell_quote(&root)
         ),
-        format!("mv {} {}", shell_quote(&staged), shell_quote(db)),
+        "cd \"$B\"".into(),
+        "sha256sum -c \"$ID.duckdb.sha256\"".into(),
+        "mkdir -p -m 700 \"$(dirname \"$Q\")\"".into(),
+        "mkdir -m 700 \"$Q\"".into(),
+        "cp \"$B/$ID.duckdb\" \"$DB.restoring\"".into(),
+        "chmod 600 \"$DB.restoring\"".into(),
+        "sync \"$DB.restoring\"".into(),
+        "if [ -e \"$DB\" ]; then cp -p \"$DB\" \"$Q/\"; fi".into(),
+        "for f in \"$DB.wal\" \"$DB.wal.checkpoint\" \"$DB.wal.recovery\"; do if [ -e \"$f\" ]; then mv \"$f\" \"$Q/\"; fi; done".into(),
+        "mv \"$DB.restoring\" \"$DB\"".into(),
+        "sync".into(),
+        "echo \"restored $DB from backup $ID; the replaced database and its WAL files are in $Q\"".into(),
+        MANUAL_END.into(),
     ]
 }
 
@@ -273,13 +279,31 @@ pub fn backup_done(ctx: &Ctx, settings: &Settings, o: &backup::Outcome) -> Respo
     r.rotation = Some(o.rotation.clone());
     r.space = Some(o.space.clone());
     r.warnings.extend(o.warnings.iter().cloned());
-    r.warnings.extend(
-        o.cleaned
-            .iter()
-            .map(|n| format!("removed `{n}`, left by an interrupted run")),
-    );
+    r.warnings
+        .extend(o.cleaned.iter().map(|n| cleaned_note(n, &o.cleaned)));
     r.warnings.extend(o.recovered.iter().cloned());
     r
+}
+
+/// Why a file was removed from the backup directory: a temporary file is what an interrupted
+/// run leaves; a manifest or checksum file whose backup is gone is that only when the run's
+/// temporary backup was there too, else its backup file was deleted by hand.
+fn cleaned_note(name: &str, all: &[String]) -> String {
+    if name.starts_with(crate::files::TEMP_PREFIX) {
+        return format!("removed `{name}`, left by an interrupted run");
+    }
+    let id = name
+        .strip_suffix(".manifest.json")
+        .or_else(|| name.strip_suffix(".duckdb.sha256"))
+        .unwrap_or(name);
+    let interrupted = all
+        .iter()
+        .any(|n| n.starts_with(crate::files::TEMP_PREFIX) && n.ends_with(&format!("-{id}.duckdb")));
+    if interrupted {
+        format!("removed `{name}`, left by an interrupted run")
+    } else {
+        format!("removed `{name}`: its backup `{id}.duckdb` is gone (deleted by hand, or lost)")
+    }
 }
 
 /// A pre_run dry-run response: what would happen.
@@ -324,7 +348,50 @@ pub fn restore_done(
     let mut r = ctx.ok(Decision::Restored, reason);
     r.backup = Some(backup_ref(settings, m));
     r.restore = Some(restore_ref(o));
+    if let Some(j) = &o.finished_journal {
+        r.reason = format!(
+            "database restored from backup {} by finishing its interrupted restore (journal {}); the replaced files are in {}",
+            m.id,
+            j.display(),
+            o.plan.quarantine.display()
+        );
+    }
     r
+}
+
+/// Warnings, one per interrupted restore of this database: every command reports them first.
+pub fn pending_warnings(settings: &Settings) -> Vec<String> {
+    restore::pending(settings)
+        .iter()
+        .map(restore::Pending::line)
+        .collect()
+}
+
+/// Puts the interrupted restores of this database first among a response's warnings.
+pub fn surface_pending(r: &mut Response, settings: &Settings) {
+    let mut warnings = pending_warnings(settings);
+    if !warnings.is_empty() {
+        warnings.append(&mut r.warnings);
+        r.warnings = warnings;
+    }
+}
+
+/// Prints interrupted restores for people: what, where, and the ways out.
+pub fn print_pending(pending: &[restore::Pending]) {
+    for p in pending {
+        println!(
+            "UNFINISHED RESTORE of backup `{}`, started {} (journal `{}`):",
+            p.backup_id,
+            p.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            p.journal.display()
+        );
+        println!("  {}", p.state);
+        println!("  to finish it:  {}", p.finish);
+        println!("  or to undo it instead (with nothing using the database):");
+        for l in &p.undo {
+            println!("    {l}");
+        }
+    }
 }
 
 fn restore_ref(o: &restore::Outcome) -> RestoreRef {

@@ -54,7 +54,7 @@ fn pre_run_proceeds_with_a_verified_backup_and_rollback_instructions() {
     assert!(
         rb.manual
             .iter()
-            .any(|s| s.contains("simulation.duckdb.wal")),
+            .any(|s| s.contains("\"$DB.wal\" \"$DB.wal.checkpoint\" \"$DB.wal.recovery\"")),
         "manual steps move the WAL aside: {:?}",
         rb.manual
     );

@@ -469,19 +469,11 @@ fn the_seeds_cp_recovery_works_when_the_wal_is_moved_aside_first() {
     let p = Project::new("");
     let (_, backup_path) = backup(&p);
     write_into_wal(&p.db(), "DELETE FROM employees;");
-    // The documented manual procedure, as printed in the rollback instructions.
+    // The documented manual procedure, as printed in the rollback instructions, pasted whole.
     let (r, _) = p.pre_run();
-    let manual = r.rollback.unwrap().manual;
-    let script: Vec<&str> = manual
-        .iter()
-        .filter(|l| !l.starts_with('#'))
-        .map(String::as_str)
-        .collect();
-    let st = std::process::Command::new("sh")
-        .args(["-c", &script.join(" && ")])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let out = run_sh(&p, &r.rollback.unwrap().manual.join("\n"));
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(said(&out).contains("restored "), "{}", said(&out));
     assert!(!p.path("simulation.duckdb.wal").exists());
     // The second backup (taken with the WAL folded in) is what `manual` restores.
     let latest = fs::canonicalize(p.backups().join("latest.duckdb")).unwrap();
@@ -580,4 +572,700 @@ fn an_interrupted_restore_whose_staged_copy_vanished_is_rolled_back_exactly() {
     );
     assert_eq!(sha256(&p.db()), main);
     assert_eq!(fs::read(p.path("simulation.duckdb.wal")).unwrap(), wal);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The runbook, driven from the document itself (issue 19): its shell blocks are extracted from
+// docs/runbook.md, pointed at a temporary project and run through `sh` in the situations they
+// are written for, so that the runbook cannot drift from the binary.
+// ---------------------------------------------------------------------------------------------
+
+/// stdout and stderr of a run, for messages and searches.
+fn said(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs `script` with `sh` in the project folder, with `ducksafe` on the PATH (the binary under
+/// test) and no `DUCKSAFE_*` variable inherited.
+fn run_sh(p: &Project, script: &str) -> std::process::Output {
+    let bin_dir = p.path(".test-bin");
+    if !bin_dir.exists() {
+        fs::create_dir(&bin_dir).unwrap();
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ducksafe"), bin_dir.join("ducksafe"))
+            .unwrap();
+    }
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(p.dir.path())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env_remove("DUCKSAFE_CONFIG")
+        .env_remove("DUCKSAFE_FAILPOINT")
+        .env_remove("DUCKSAFE_NOW")
+        .env_remove("DUCKSAFE_DB_PATH")
+        .output()
+        .unwrap()
+}
+
+fn runbook() -> String {
+    fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/runbook.md")).unwrap()
+}
+
+/// The `n`th ```sh block of the runbook's section `heading` (up to the next heading of the same
+/// or a higher level), without its indentation.
+fn runbook_block(heading: &str, n: usize) -> String {
+    let text = runbook();
+    let level = heading.chars().take_while(|c| *c == '#').count();
+    let mut lines = text.lines();
+    assert!(
+        lines.any(|l| l.trim_end() == heading),
+        "no heading {heading:?} in docs/runbook.md"
+    );
+    let mut blocks: Vec<Vec<String>> = Vec::new();
+    let mut open: Option<(usize, Vec<String>)> = None;
+    for line in lines {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        match &mut open {
+            None => {
+                let hashes = line.chars().take_while(|c| *c == '#').count();
+                if hashes > 0 && hashes <= level && line[hashes..].starts_with(' ') {
+                    break;
+                }
+                if trimmed == "```sh" {
+                    open = Some((indent, Vec::new()));
+                }
+            }
+            Some((_, body)) if trimmed == "```" => {
+                blocks.push(std::mem::take(body));
+                open = None;
+            }
+            Some((indent, body)) => {
+                body.push(line.get(*indent..).unwrap_or(line.trim_start()).to_owned());
+            }
+        }
+    }
+    blocks
+        .get(n)
+        .unwrap_or_else(|| panic!("{heading:?} has no sh block number {n}: {blocks:?}"))
+        .join("\n")
+}
+
+/// The runbook's example values replaced by the project's.
+fn localize(block: &str, p: &Project, id: &str) -> String {
+    block
+        .replace("/srv/sim/config.yaml", &p.config().display().to_string())
+        .replace("/srv/sim/simulation.duckdb", &p.db().display().to_string())
+        .replace("/srv/sim/backups", &p.backups().display().to_string())
+        .replace("/srv/sim", &p.dir.path().display().to_string())
+        .replace("simulation_20250818_143022", id)
+}
+
+/// The bytes of the database and of its WAL: what "nothing was installed" compares.
+fn db_files(p: &Project) -> (String, Option<Vec<u8>>) {
+    (
+        sha256(&p.db()),
+        fs::read(p.path("simulation.duckdb.wal")).ok(),
+    )
+}
+
+/// A crashed run after a backup: a checkpointed change, then committed rows left in the WAL.
+/// Returns the backup's id and path, and the database's files as the crash left them.
+fn crashed(p: &Project) -> (String, PathBuf, (String, Option<Vec<u8>>)) {
+    let (id, path) = backup(p);
+    change_rows(&p.db());
+    write_into_wal(&p.db(), "DELETE FROM employees;");
+    let state = db_files(p);
+    assert!(state.1.is_some());
+    (id, path, state)
+}
+
+fn flip_a_byte(path: &Path) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[12_288 + 100] ^= 0xff;
+    fs::write(path, &bytes).unwrap();
+}
+
+/// The journals in both quarantine locations, with their state.
+fn journal_states(p: &Project) -> Vec<String> {
+    let mut v = Vec::new();
+    for root in [
+        p.backups().join("quarantine"),
+        p.path(".ducksafe-quarantine"),
+    ] {
+        for n in common::dir_names(&root) {
+            if let Ok(b) = fs::read(root.join(&n).join("restore.json")) {
+                let j: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                v.push(j["state"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    v
+}
+
+/// A mount made for a test (a read-only bind mount, a small tmpfs), undone on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn run(args: &[&str], at: &Path) -> Result<(), String> {
+        let out = std::process::Command::new("mount")
+            .args(args)
+            .arg(at)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "mount {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+    /// `dir` becomes read-only in place (a bind mount keeps its device number, as a remount of
+    /// the filesystem would).
+    fn read_only(dir: &Path) -> Result<Mount, String> {
+        let d = dir.display().to_string();
+        Mount::run(&["--bind", &d], dir)?;
+        let m = Mount(dir.to_path_buf());
+        Mount::run(&["-o", "remount,ro,bind"], dir)?;
+        Ok(m)
+    }
+    fn tmpfs(dir: &Path, size: u64) -> Result<Mount, String> {
+        Mount::run(
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ],
+            dir,
+        )?;
+        Ok(Mount(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+/// Mounting needs root: CI runs as root and must run these (a failure there fails the test);
+/// elsewhere they are skipped, loudly.
+fn mounted(what: &str, m: Result<Mount, String>) -> Option<Mount> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    match m {
+        Ok(m) => Some(m),
+        Err(e) if !ci => {
+            let who = if ducksafe::files::euid() == 0 {
+                "root, but mounting is not allowed here"
+            } else {
+                "not root"
+            };
+            eprintln!("SKIPPED {what}: {who} ({e}); CI runs it as root");
+            None
+        }
+        Err(e) => panic!("{what}: CI must be able to mount: {e}"),
+    }
+}
+
+/// The hand restore, as the runbook gives it and as every pre_run prints it, over a crashed
+/// run's WAL: the backup is in place, the crashed WAL is not beside it, and the replaced files
+/// are in the `_manual` folder.
+#[test]
+fn runbook_restore_by_hand_installs_the_backup_and_moves_the_crashed_wal_aside() {
+    let p = Project::new("");
+    let (id, backup_path, before) = crashed(&p);
+    let block = localize(
+        &runbook_block("## Restore by hand (ducksafe unavailable)", 0),
+        &p,
+        &id,
+    );
+    let out = run_sh(&p, &block);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(said(&out).contains("restored "), "{}", said(&out));
+    common::assert_restored(&p, &fingerprints(&backup_path));
+    let q = common::dir_names(&p.backups().join("quarantine"));
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert!(q[0].starts_with(&format!("{id}_manual_")), "{q:?}");
+    let q = p.backups().join("quarantine").join(&q[0]);
+    assert_eq!(sha256(&q.join("simulation.duckdb")), before.0);
+    assert_eq!(fs::read(q.join("simulation.duckdb.wal")).ok(), before.1);
+}
+
+/// Issue 19, 1a: one byte flipped in the backup. `sha256sum -c` says FAILED and nothing after it
+/// runs, in the runbook's block and in `rollback.manual` alike.
+#[test]
+fn the_manual_restore_stops_at_a_corrupt_backup() {
+    let p = Project::new("");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    let manual = r.rollback.unwrap().manual.join("\n");
+    let id = r.backup.unwrap().id;
+    change_rows(&p.db());
+    write_into_wal(&p.db(), "DELETE FROM employees;");
+    let before = db_files(&p);
+    flip_a_byte(&p.backups().join(format!("{id}.duckdb")));
+    let block = localize(
+        &runbook_block("## Restore by hand (ducksafe unavailable)", 0),
+        &p,
+        &id,
+    );
+    for (name, script) in [("runbook", block), ("rollback.manual", manual)] {
+        let out = run_sh(&p, &script);
+        let text = said(&out);
+        assert!(!out.status.success(), "{name}: {text}");
+        assert!(
+            text.contains("FAILED") && text.contains("STOPPED"),
+            "{name}: {text}"
+        );
+        assert_eq!(db_files(&p), before, "{name}: nothing was installed");
+        assert!(!p.path("simulation.duckdb.restoring").exists(), "{name}");
+    }
+}
+
+/// Issue 19, 1b: the backup folder is read-only and a crashed run's WAL is beside the database.
+/// The quarantine folder cannot be made: the block stops there, the database and its WAL are
+/// as they were. The runbook's read-only alternative (`Q=` on the database's filesystem) then
+/// restores.
+#[test]
+fn the_manual_restore_stops_at_a_read_only_backup_folder() {
+    let p = Project::new("");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    let manual = r.rollback.unwrap().manual.join("\n");
+    let id = r.backup.unwrap().id;
+    let backup_path = p.backups().join(format!("{id}.duckdb"));
+    change_rows(&p.db());
+    write_into_wal(&p.db(), "DELETE FROM employees;");
+    let before = db_files(&p);
+    let block = localize(
+        &runbook_block("## Restore by hand (ducksafe unavailable)", 0),
+        &p,
+        &id,
+    );
+    let Some(_ro) = mounted("read-only backup folder", Mount::read_only(&p.backups())) else {
+        return;
+    };
+    for (name, script) in [("runbook", &block), ("rollback.manual", &manual)] {
+        let out = run_sh(&p, script);
+        let text = said(&out);
+        assert!(!out.status.success(), "{name}: {text}");
+        assert!(
+            text.contains("Read-only file system") && text.contains("STOPPED"),
+            "{name}: {text}"
+        );
+        assert_eq!(db_files(&p), before, "{name}: nothing was installed");
+    }
+    // The alternative the runbook gives on the `Q=` line.
+    let q_line = block
+        .lines()
+        .find(|l| l.starts_with("Q="))
+        .expect("a Q= line");
+    let alternative = q_line
+        .split_once("# backup folder read-only? ")
+        .expect("the read-only alternative in a comment on the Q= line")
+        .1;
+    let out = run_sh(&p, &block.replace(q_line, alternative));
+    assert!(out.status.success(), "{}", said(&out));
+    common::assert_restored(&p, &fingerprints(&backup_path));
+    let q = common::dir_names(&p.path(".ducksafe-quarantine"));
+    assert_eq!(q.len(), 1, "{q:?}");
+    let q = p.path(".ducksafe-quarantine").join(&q[0]);
+    assert_eq!(sha256(&q.join("simulation.duckdb")), before.0);
+    assert_eq!(fs::read(q.join("simulation.duckdb.wal")).ok(), before.1);
+}
+
+/// The runbook's drill of an interrupted restore, at every restore failpoint: the abort, then
+/// `ducksafe list` names the unfinished restore (once the journal exists), then the restore of
+/// the same id finishes it, once, with undo lines that bring back the crashed database. The
+/// moving-the-backup-directory check prints the block while it is unfinished, nothing after.
+#[test]
+fn runbook_interrupted_restore_drill_at_every_restore_failpoint() {
+    let drill = runbook_block("## Drills: failpoints", 0);
+    let check = runbook_block("### Moving the backup directory", 0);
+    assert!(check.contains("ducksafe list"), "{check}");
+    for point in [
+        "restore.staged",
+        "restore.intent",
+        "restore.quarantined",
+        "restore.renamed",
+    ] {
+        let p = Project::new("");
+        let (id, backup_path, before) = crashed(&p);
+        let steps: Vec<String> = localize(&drill, &p, &id)
+            .replace("restore.quarantined", point)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(steps.len(), 3, "{drill}");
+        let out = run_sh(&p, &steps[0]);
+        assert!(
+            said(&out).contains("Aborted") || !out.status.success(),
+            "{point}"
+        );
+        let journaled = point != "restore.staged";
+        let listed = run_sh(&p, &steps[1]);
+        let text = said(&listed);
+        assert!(listed.status.success(), "{point}: {text}");
+        assert_eq!(
+            text.contains("UNFINISHED RESTORE"),
+            journaled,
+            "{point}: {text}"
+        );
+        let pending = run_sh(&p, &localize(&check, &p, &id));
+        assert_eq!(
+            String::from_utf8_lossy(&pending.stdout).contains("UNFINISHED RESTORE"),
+            journaled,
+            "{point}"
+        );
+        if journaled {
+            assert!(
+                text.contains(&format!("ducksafe restore {id}")) && text.contains("mv "),
+                "{point}: the block names the finish command and the undo lines: {text}"
+            );
+            // validate and the dry run say it too, first.
+            let v = p.run(&["validate"]);
+            assert!(
+                String::from_utf8_lossy(&v.stderr).contains("UNFINISHED RESTORE"),
+                "{point}"
+            );
+            for args in [&["verify"][..], &["prune", "--dry-run"], &["pin", &id]] {
+                let o = p.run(args);
+                assert!(
+                    String::from_utf8_lossy(&o.stderr)
+                        .starts_with("ducksafe: warning: UNFINISHED RESTORE"),
+                    "{point}: {args:?}: {}",
+                    said(&o)
+                );
+            }
+            let dry = p.run(&["restore", "--dry-run"]);
+            let dry_text = said(&dry);
+            assert!(
+                dry_text.contains(&format!(
+                    "would first finish the interrupted restore of `{id}`"
+                )),
+                "{point}: {dry_text}"
+            );
+        }
+        let out = p.run(&["--json", "restore", &id]);
+        assert!(out.status.success(), "{point}: {}", said(&out));
+        let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
+        common::assert_restored(&p, &fingerprints(&backup_path));
+        assert!(journal_states(&p).iter().all(|s| s == "done"), "{point}");
+        let folders = common::dir_names(&p.backups().join("quarantine"));
+        assert_eq!(
+            folders.len(),
+            1,
+            "{point}: restored once, not twice: {folders:?}"
+        );
+        let pending = run_sh(&p, &localize(&check, &p, &id));
+        assert!(pending.stdout.is_empty(), "{point}: {}", said(&pending));
+        // The undo lines name the files that hold the crashed state.
+        let undo = r.restore.unwrap().undo.join(" && ");
+        let out = run_sh(&p, &undo);
+        assert!(out.status.success(), "{point}: {undo}: {}", said(&out));
+        assert_eq!(
+            db_files(&p),
+            before,
+            "{point}: undo brings back the crashed run"
+        );
+    }
+}
+
+/// An interrupted restore undone instead of finished, with the lines `list --json` gives: the
+/// database and its WAL are exactly as before the restore, and no later command finishes it.
+#[test]
+fn an_interrupted_restore_can_be_undone_with_the_listed_lines() {
+    for point in ["restore.intent", "restore.quarantined", "restore.renamed"] {
+        let p = Project::new("");
+        let (id, _, before) = crashed(&p);
+        let mut c = p.cmd(&["restore", &id]);
+        c.env("DUCKSAFE_FAILPOINT", point);
+        assert_eq!(c.output().unwrap().status.code(), None, "{point} aborted");
+        let out = p.run(&["--json", "list"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let pending = &v["unfinished_restores"][0];
+        assert_eq!(pending["backup_id"], id.as_str(), "{point}: {v}");
+        let undo: Vec<&str> = pending["undo"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        let out = run_sh(&p, &undo.join(" && "));
+        assert!(out.status.success(), "{point}: {undo:?}: {}", said(&out));
+        assert_eq!(db_files(&p), before, "{point}");
+        let out = p.run(&["list"]);
+        assert!(!said(&out).contains("UNFINISHED"), "{point}");
+        let (r, code) = p.pre_run();
+        assert_eq!(code, 0, "{point}: {r:?}");
+        assert!(
+            r.warnings
+                .iter()
+                .all(|w| !w.contains("interrupted restore")),
+            "{point}: {:?}",
+            r.warnings
+        );
+        assert_eq!(
+            db_files(&p).0,
+            before.0,
+            "{point}: the undone restore is not finished later"
+        );
+    }
+}
+
+/// The runbook's undo procedures: the printed lines, and the one-liner that rebuilds them from
+/// the journal, give the same commands, and running them brings back the replaced database.
+#[test]
+fn runbook_undo_lines_and_the_journal_one_liner_agree() {
+    let p = Project::new("");
+    let (id, _, before) = crashed(&p);
+    let out = p.run(&["--json", "restore", &id]);
+    assert!(out.status.success(), "{}", said(&out));
+    let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
+    let restore = r.restore.unwrap();
+    let folder = Path::new(&restore.quarantine)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let block = localize(&runbook_block("## Undo a restore", 1), &p, &id)
+        .replace("simulation_20250818_150511_restore", &folder);
+    let out = run_sh(&p, &block);
+    assert!(out.status.success(), "{}", said(&out));
+    let rebuilt: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("mv -f"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(rebuilt, restore.undo);
+    assert!(
+        restore.undo[0].ends_with("simulation.duckdb"),
+        "the database first: {:?}",
+        restore.undo
+    );
+    let out = run_sh(&p, &rebuilt.join("\n"));
+    assert!(out.status.success(), "{}", said(&out));
+    assert_eq!(db_files(&p), before);
+}
+
+/// Issue 19, 3: the staged copy of an interrupted restore is deleted by hand. Whether the
+/// database's main file happens to equal the backup or not, the next command decides by the
+/// files' identities (the database was not switched), not by bytes: it rolls the restore back
+/// to the exact previous state and says so, with the journal's path.
+#[test]
+fn an_interrupted_restore_that_lost_its_staged_copy_is_rolled_back_whatever_its_bytes() {
+    for checkpointed_change in [true, false] {
+        let p = Project::new("");
+        let (id, _) = backup(&p);
+        if checkpointed_change {
+            change_rows(&p.db());
+        }
+        write_into_wal(&p.db(), "DELETE FROM employees;");
+        let before = db_files(&p);
+        let mut c = p.cmd(&["restore", &id]);
+        c.env("DUCKSAFE_FAILPOINT", "restore.quarantined");
+        assert_eq!(c.output().unwrap().status.code(), None);
+        remove_staged_copies(&p);
+        let listed = p.run(&["list"]);
+        assert!(
+            said(&listed).contains("its staged copy is gone"),
+            "{}",
+            said(&listed)
+        );
+        let (r, code) = p.pre_run();
+        assert_eq!(code, 0, "{checkpointed_change}: {r:?}");
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("rolled back") && w.contains("restore.json")),
+            "{checkpointed_change}: {:?}",
+            r.warnings
+        );
+        assert_eq!(db_files(&p), before, "{checkpointed_change}");
+        assert_eq!(journal_states(&p), ["rolled_back"], "{checkpointed_change}");
+    }
+}
+
+fn remove_staged_copies(p: &Project) {
+    for e in fs::read_dir(p.dir.path()).unwrap().filter_map(Result::ok) {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(".ducksafe-tmp-restore-")
+        {
+            fs::remove_file(e.path()).unwrap();
+        }
+    }
+}
+
+/// Issue 19, 4: a restore onto a full disk is `insufficient_space` (73) with the staging path,
+/// as the runbook's "Restore failed" table says, and changes nothing.
+#[test]
+fn a_restore_onto_a_full_disk_is_refused_as_the_runbook_says() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(_fs) = mounted(
+        "restore onto a full disk",
+        Mount::tmpfs(root.path(), 64 << 20),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir_in(root.path()).unwrap();
+    ducksafe::demo::create_sized(&dir.path().join("simulation.duckdb"), 300, 1500).unwrap();
+    let p = Project { dir };
+    p.write_config("DB_PATH: simulation.duckdb\nLOG_LEVEL: INFO\nBACKUP_MIN_FREE_BYTES: 0\n");
+    let (id, _, before) = crashed(&p);
+    let db_bytes = fs::metadata(p.db()).unwrap().len();
+    let free = ducksafe::files::fs_space(p.dir.path())
+        .unwrap()
+        .available_bytes;
+    let filler = vec![0u8; usize::try_from(free - db_bytes / 2).unwrap()];
+    fs::write(p.path("filler"), filler).unwrap();
+    let out = p.run(&["--json", "restore", &id]);
+    assert_eq!(out.status.code(), Some(73), "{}", said(&out));
+    let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.errors[0].code, ErrorCode::InsufficientSpace);
+    assert!(
+        r.errors[0]
+            .message
+            .starts_with("cannot stage the restore at"),
+        "{}",
+        r.errors[0].message
+    );
+    assert_eq!(db_files(&p), before);
+    assert!(journal_states(&p).is_empty());
+    assert!(
+        runbook().contains("| `insufficient_space` (73), message ``cannot stage the restore at")
+    );
+    assert!(runbook().contains("**plus one database size free**"));
+}
+
+/// Issue 19, 4: a read-only backup filesystem is no permission problem: `backup_failed` with a
+/// remount hint, not `backup_dir_unsafe` with a chmod hint.
+#[test]
+fn a_read_only_backup_filesystem_is_named_as_such() {
+    let p = Project::new("");
+    backup(&p);
+    let Some(_ro) = mounted(
+        "read-only backup filesystem",
+        Mount::read_only(&p.backups()),
+    ) else {
+        return;
+    };
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 73, "{r:?}");
+    assert_eq!(r.errors[0].code, ErrorCode::BackupFailed, "{r:?}");
+    assert!(
+        r.errors[0].message.contains("read-only filesystem"),
+        "{r:?}"
+    );
+    let hint = r.errors[0].hint.clone().unwrap();
+    assert!(
+        hint.contains("remount") && hint.contains("no chmod"),
+        "{hint}"
+    );
+    assert!(runbook().contains("is on a read-only filesystem: no backup can be written there"));
+}
+
+/// Issue 19, 4: what the runbook promises of three messages.
+#[test]
+fn messages_say_what_happened() {
+    // A lost database: the hint points at `ducksafe restore`.
+    let p = Project::new("");
+    let (id, _) = backup(&p);
+    let kept = p.path("kept.duckdb");
+    fs::rename(p.db(), &kept).unwrap();
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 66, "{r:?}");
+    assert!(
+        r.errors[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("`ducksafe restore`"),
+        "{r:?}"
+    );
+    fs::rename(&kept, p.db()).unwrap();
+    // A backup deleted by hand: its orphaned manifest is not "left by an interrupted run".
+    fs::remove_file(p.backups().join(format!("{id}.duckdb"))).unwrap();
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    let note = r
+        .warnings
+        .iter()
+        .find(|w| w.contains(&format!("{id}.manifest.json")))
+        .unwrap_or_else(|| panic!("{:?}", r.warnings));
+    assert!(
+        note.contains("deleted by hand") && !note.contains("interrupted"),
+        "{note}"
+    );
+    // Somebody has the database open: not said to be "a run still writing".
+    let holder = hold(&p.db());
+    let out = p.run(&["restore"]);
+    assert_eq!(out.status.code(), Some(75));
+    let text = said(&out);
+    assert!(
+        !text.contains("still writing") && text.contains("has the database open"),
+        "{text}"
+    );
+    drop(holder);
+}
+
+/// The runbook documents every failpoint its drills can use.
+#[test]
+fn the_runbook_documents_every_failpoint() {
+    let text = runbook();
+    assert!(text.contains("DUCKSAFE_FAILPOINT"));
+    for point in ducksafe::failpoint::ALL {
+        assert!(
+            text.contains(&format!("| `{point}` |")),
+            "failpoint `{point}` is missing from the runbook's drill table"
+        );
+    }
+}
+
+/// The runbook's two restore commands, as written, over a crashed run: the output is the
+/// documented one (what, from which backup, where the replaced files went, how to undo).
+#[test]
+fn runbook_restore_commands_work_as_written() {
+    for heading in ["## Restore the latest backup", "## Restore a given backup"] {
+        let p = Project::new("");
+        let (id, backup_path, _) = crashed(&p);
+        let out = run_sh(&p, &localize(&runbook_block(heading, 0), &p, &id));
+        let text = said(&out);
+        assert!(out.status.success(), "{heading}: {text}");
+        assert!(
+            text.contains(&format!(
+                "restored `{}` from backup `{id}`",
+                p.db().display()
+            )) && text.contains("the replaced files are in")
+                && text.contains("to undo this restore"),
+            "{heading}: {text}"
+        );
+        common::assert_restored(&p, &fingerprints(&backup_path));
+    }
 }

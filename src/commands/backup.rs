@@ -19,7 +19,8 @@ pub fn run(g: &Global, a: &BackupArgs) -> i32 {
     if a.dry_run {
         return match backup::dry_run(&settings, now) {
             Ok(d) => {
-                let r = report::backup_planned(&ctx, &d);
+                let mut r = report::backup_planned(&ctx, &d);
+                report::surface_pending(&mut r, &settings);
                 if g.json {
                     report::print_json_pretty(&r);
                 } else {
@@ -35,11 +36,15 @@ pub fn run(g: &Global, a: &BackupArgs) -> i32 {
                     for del in &d.rotation.deleted {
                         println!("  would delete `{}`: {}", del.id, del.reason);
                     }
+                    report::print_warnings(&report::pending_warnings(&settings));
                     report::print_warnings(&d.warnings);
                 }
                 0
             }
-            Err(e) => super::fail(g, &e),
+            Err(e) => {
+                ctx.warnings = report::pending_warnings(&settings);
+                super::fail_with_response(g, &ctx, Decision::Abort, &e)
+            }
         };
     }
     match backup::run(&settings, now, None) {
@@ -94,6 +99,10 @@ pub fn run(g: &Global, a: &BackupArgs) -> i32 {
             report::print_warnings(&r.warnings);
             0
         }
-        Err(e) => super::fail_with_response(g, &ctx, Decision::Abort, &e),
+        Err(e) => {
+            // An interrupted restore the backup could not finish is why it failed, or worse.
+            ctx.warnings = report::pending_warnings(&settings);
+            super::fail_with_response(g, &ctx, Decision::Abort, &e)
+        }
     }
 }

@@ -229,7 +229,7 @@ fn serve(request: &Request, mut ctx: Ctx) -> Response {
     super::init_logging(settings.config.log_level.as_tracing());
     ctx.set_paths(&settings);
     let now = crate::clock::now();
-    match request.event {
+    let mut response = match request.event {
         Event::Validate => validate(&ctx, &settings),
         Event::PreRun if request.dry_run => match backup::dry_run(&settings, now) {
             Ok(d) => report::backup_planned(&ctx, &d),
@@ -246,7 +246,11 @@ fn serve(request: &Request, mut ctx: Ctx) -> Response {
             }
         },
         Event::PostRun => post_run(request, ctx, &settings, now),
-    }
+    };
+    // An interrupted restore that this request did not finish is said first, whatever the
+    // event: the database may be the old file without its WAL.
+    report::surface_pending(&mut response, &settings);
+    response
 }
 
 fn validate(ctx: &Ctx, settings: &config::Settings) -> Response {
@@ -305,10 +309,15 @@ fn validate(ctx: &Ctx, settings: &config::Settings) -> Response {
             settings.backup_dir.display()
         ));
     }
-    ctx.ok(
-        Decision::Valid,
-        "configuration is valid and the database is readable".into(),
-    )
+    let pending = restore::pending(settings);
+    let reason = match pending.first() {
+        None => "configuration is valid and the database is readable".to_owned(),
+        Some(p) => format!(
+            "configuration is valid, but a restore of backup `{}` was interrupted and is unfinished (see the first warning): do not run on the database before `{}`",
+            p.backup_id, p.finish
+        ),
+    };
+    ctx.ok(Decision::Valid, reason)
 }
 
 fn post_run(

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::Global;
+use crate::engine::restore::{self, Pending};
 use crate::engine::store::Store;
 use crate::files;
 use crate::report::{self, size};
@@ -34,6 +35,8 @@ struct Unmanaged {
 #[derive(Debug, Serialize)]
 struct Listing {
     backup_dir: String,
+    /// Restores that were interrupted (journal `prepared`): listed first, with the ways out.
+    unfinished_restores: Vec<Pending>,
     backups: Vec<Row>,
     /// Files that look like backups but have no usable ducksafe manifest (never deleted by
     /// ducksafe), each with why.
@@ -49,6 +52,11 @@ pub fn run(g: &Global) -> i32 {
         Ok(s) => s,
         Err(e) => return super::fail(g, &e),
     };
+    // An interrupted restore comes first, whatever else the listing says.
+    let pending = restore::pending(&settings);
+    if !g.json {
+        report::print_pending(&pending);
+    }
     let store = match Store::open(&settings.backup_dir, false) {
         Ok(s) => s,
         // Before the first backup there is nothing to list: not an error.
@@ -56,6 +64,7 @@ pub fn run(g: &Global) -> i32 {
             if g.json {
                 report::print_json_pretty(&serde_json::json!({
                     "backup_dir": dir.display().to_string(),
+                    "unfinished_restores": pending,
                     "backups": [],
                     "unmanaged": [],
                     "total_bytes": 0,
@@ -115,6 +124,7 @@ pub fn run(g: &Global) -> i32 {
         .collect();
     let listing = Listing {
         backup_dir: settings.backup_dir.display().to_string(),
+        unfinished_restores: pending,
         total_bytes: Store::used_bytes(&inv),
         available_bytes: files::fs_space(store.dir()).map_or(0, |s| s.available_bytes),
         unmanaged: inv

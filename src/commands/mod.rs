@@ -79,6 +79,12 @@ pub fn load_settings(g: &Global) -> Result<Settings> {
     Ok(settings)
 }
 
+/// Says on stderr, before anything else, that a restore of this database was interrupted and is
+/// unfinished (for the commands that neither finish it nor print their own report of it).
+pub fn warn_pending(settings: &Settings) {
+    report::print_warnings(&report::pending_warnings(settings));
+}
+
 /// Logs go to stderr, never stdout (stdout carries data and the hook's JSON line).
 pub fn init_logging(level: tracing::Level) {
     let _ = tracing_subscriber::fmt()
@@ -115,5 +121,6 @@ pub fn fail_with_response(
         report::print_json_pretty(&ctx.fail(decision, err));
     }
     report::print_error(err);
+    report::print_warnings(&ctx.warnings);
     err.exit_code()
 }

@@ -9,6 +9,7 @@ use crate::report;
 pub fn run(g: &Global, a: &PinArgs, pin: bool) -> i32 {
     let result = (|| {
         let settings = super::load_settings(g)?;
+        super::warn_pending(&settings);
         let store = Store::open(&settings.backup_dir, false)?;
         let _lock = store.lock_only()?;
         let owner = crate::engine::identity::check(store.dir(), &settings)?;

@@ -20,6 +20,7 @@ struct PruneReport {
 pub fn run(g: &Global, a: &PruneArgs) -> i32 {
     let result = (|| {
         let settings = super::load_settings(g)?;
+        super::warn_pending(&settings);
         let store = Store::open(&settings.backup_dir, false)?;
         let _lock = store.lock_only()?;
         let owner = crate::engine::identity::check(store.dir(), &settings)?;

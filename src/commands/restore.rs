@@ -17,31 +17,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
     ctx.set_paths(&settings);
     let now = crate::clock::now();
     if a.dry_run {
-        let planned = restore::dry_run(&settings, &a.backup, a.expect_sha256.as_deref(), now);
-        return match planned {
-            Ok(p) => {
-                if g.json {
-                    report::print_json_pretty(&serde_json::json!({
-                        "dry_run": true,
-                        "backup_id": p.backup_id,
-                        "database": p.database,
-                        "quarantine": p.quarantine,
-                        "moves": p.moves,
-                    }));
-                } else {
-                    println!(
-                        "dry run: would restore `{}` over `{}`",
-                        p.backup_id,
-                        p.database.display()
-                    );
-                    for (from, to) in &p.moves {
-                        println!("  would move `{}` → `{}`", from.display(), to.display());
-                    }
-                }
-                0
-            }
-            Err(e) => super::fail(g, &e),
-        };
+        return dry_run(g, &settings, &a.backup, a.expect_sha256.as_deref(), now);
     }
     match restore::run(&settings, &a.backup, a.expect_sha256.as_deref(), now) {
         Ok((manifest, outcome, notes)) => {
@@ -68,6 +44,12 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
                 outcome.duration_ms,
                 outcome.checks.join(", ")
             );
+            if let Some(j) = &outcome.finished_journal {
+                println!(
+                    "  by finishing its interrupted restore (journal `{}`); it was not restored a second time",
+                    j.display()
+                );
+            }
             if outcome.quarantined.is_empty() {
                 println!("  nothing was replaced: the database did not exist");
             } else {
@@ -86,6 +68,72 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
             report::print_warnings(&r.warnings);
             0
         }
-        Err(e) => super::fail_with_response(g, &ctx, Decision::RestoreFailed, &e),
+        Err(e) => {
+            ctx.warnings = report::pending_warnings(&settings);
+            super::fail_with_response(g, &ctx, Decision::RestoreFailed, &e)
+        }
+    }
+}
+
+/// `restore --dry-run`: what the restore would do, an interrupted restore it would finish first
+/// included; nothing moves.
+fn dry_run(
+    g: &Global,
+    settings: &crate::config::Settings,
+    selector: &str,
+    expect_sha256: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> i32 {
+    // An interrupted restore is finished first by the real restore: say so first.
+    let pending = restore::pending(settings);
+    let planned = restore::dry_run(settings, selector, expect_sha256, now);
+    match planned {
+        Ok(p) => {
+            // Finishing the interrupted restore of the same backup is the whole restore.
+            let finishing = pending.iter().find(|q| q.backup_id == p.backup_id);
+            if g.json {
+                report::print_json_pretty(&serde_json::json!({
+                    "dry_run": true,
+                    "unfinished_restores": &pending,
+                    "backup_id": p.backup_id,
+                    "database": p.database,
+                    "restores_again": finishing.is_none(),
+                    "quarantine": p.quarantine,
+                    "moves": if finishing.is_none() { p.moves.clone() } else { Vec::new() },
+                }));
+            } else {
+                report::print_pending(&pending);
+                for q in &pending {
+                    println!(
+                        "dry run: would first finish the interrupted restore of `{}` (journal `{}`)",
+                        q.backup_id,
+                        q.journal.display()
+                    );
+                }
+                if let Some(q) = finishing {
+                    println!(
+                        "dry run: that puts backup `{}` in place over `{}`; it would not be restored a second time",
+                        q.backup_id,
+                        p.database.display()
+                    );
+                } else {
+                    println!(
+                        "dry run: would restore `{}` over `{}`",
+                        p.backup_id,
+                        p.database.display()
+                    );
+                    for (from, to) in &p.moves {
+                        println!("  would move `{}` → `{}`", from.display(), to.display());
+                    }
+                }
+            }
+            0
+        }
+        Err(e) => {
+            if !g.json {
+                report::print_pending(&pending);
+            }
+            super::fail(g, &e)
+        }
     }
 }

@@ -40,6 +40,7 @@ struct VerifyReport {
 pub fn run(g: &Global, a: &VerifyArgs) -> i32 {
     let result = (|| {
         let settings = super::load_settings(g)?;
+        super::warn_pending(&settings);
         let store = Store::open(&settings.backup_dir, false)?;
         let owner = crate::engine::identity::check(store.dir(), &settings)?;
         let store = store.owned_by(owner);

@@ -19,10 +19,14 @@
 //! ([`identity::staged_prefix`]) and locked by the process that restores, so a cleanup never
 //! removes another database's copy or one still in use. A crash after 4 is completed by
 //! [`recover`] at the next ducksafe command that touches the database: the staged file is
-//! verified and fsynced, so rolling forward is possible; if the staged copy was lost meanwhile,
-//! the restore is rolled back instead (the main file never left its path, the WAL files come
-//! back from quarantine). A stale WAL is never left beside a restored database, and nothing is
-//! ever deleted.
+//! verified and fsynced, so rolling forward is possible; if the staged copy was lost meanwhile
+//! and the switch (6) did not happen, the restore is rolled back instead (the main file never
+//! left its path, the WAL files come back from quarantine). Whether the switch happened is told
+//! by inode identity (the quarantined hard link is the old database), never by the database's
+//! bytes. A stale WAL is never left beside a restored database, and nothing is ever deleted.
+//!
+//! [`pending`] describes unfinished restores without touching anything: every command reports
+//! them first (what, where, the command that finishes it, the lines that undo it).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -78,19 +82,72 @@ pub struct Outcome {
     /// The database already was the backup, byte for byte, with no WAL beside it: nothing was
     /// moved and no quarantine folder was made.
     pub unchanged: bool,
+    /// Set when this restore was the completion of an interrupted one (its journal): the
+    /// requested backup was that restore's, so it was not restored a second time.
+    pub finished_journal: Option<PathBuf>,
+}
+/// An interrupted restore (journal `prepared`): what it is, what it left, and the ways out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pending {
+    pub backup_id: String,
+    pub journal: PathBuf,
+    pub quarantine: PathBuf,
+    pub started_at: DateTime<Utc>,
+    /// Where it stopped and what that means for the database, in words.
+    pub state: String,
+    /// The one command that finishes it.
+    pub finish: String,
+    /// Shell commands that undo it instead: the database and its WAL files back as they were,
+    /// and the journal closed (renamed `restore.json.undone`).
+    pub undo: Vec<String>,
+}
+
+impl Pending {
+    /// One line for warnings and error reports.
+    pub fn line(&self) -> String {
+        format!(
+            "UNFINISHED RESTORE of backup `{}` (journal `{}`): {}; finish it with `{}`, or undo it (with nothing using the database): `{}`",
+            self.backup_id,
+            self.journal.display(),
+            self.state,
+            self.finish,
+            self.undo.join(" && ")
+        )
+    }
+}
+
+/// An interrupted restore that [`recover`] finished.
+#[derive(Debug, Clone)]
+struct Finished {
+    intent: Intent,
+    journal: PathBuf,
+    quarantined: Vec<PathBuf>,
 }
 
 impl Plan {
     /// Shell commands that undo the restore: put the quarantined files back.
     pub fn undo_commands(&self, quarantined: &[PathBuf]) -> Vec<String> {
-        let mut cmds = Vec::new();
-        for q in quarantined {
-            if let Some((from, _)) = self.moves.iter().find(|(_, to)| to == q) {
-                cmds.push(format!("mv -f {} {}", shell_quote(q), shell_quote(from)));
-            }
-        }
-        cmds
+        undo_moves(&self.database, &self.moves, quarantined)
     }
+}
+
+/// `mv -f` lines that put quarantined files back where they came from: the database first (a
+/// WAL must never sit beside a file it does not belong to), then its WAL files. Files that came
+/// late (`.late1`) are not part of the replaced state and stay in quarantine.
+fn undo_moves(
+    database: &Path,
+    moves: &[(PathBuf, PathBuf)],
+    quarantined: &[PathBuf],
+) -> Vec<String> {
+    let mut ordered: Vec<&(PathBuf, PathBuf)> = moves
+        .iter()
+        .filter(|(_, to)| quarantined.contains(to))
+        .collect();
+    ordered.sort_by_key(|(from, _)| from != database);
+    ordered
+        .into_iter()
+        .map(|(from, to)| format!("mv -f {} {}", shell_quote(to), shell_quote(from)))
+        .collect()
 }
 
 /// Quotes a path for a POSIX shell.
@@ -210,6 +267,7 @@ pub fn apply(plan: &Plan, entry: &Entry, limits: &Limits) -> Result<Outcome> {
             checks: vec!["size".to_owned(), "sha256".to_owned()],
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             unchanged: true,
+            finished_journal: None,
         });
     }
 
@@ -241,7 +299,7 @@ pub fn apply(plan: &Plan, entry: &Entry, limits: &Limits) -> Result<Outcome> {
 
     // 5–6. Quarantine, then the atomic switch. From here on the journal speaks for the restore.
     let journal = plan.quarantine.join(INTENT);
-    let quarantined = complete(&intent).map_err(|e| Error::RestoreFailed {
+    let quarantined = complete(&intent, &journal).map_err(|e| Error::RestoreFailed {
         database: plan.database.clone(),
         why: format!(
             "{e}; the journal `{}` records this restore: the next `ducksafe restore` or backup completes it, or, if its staged copy is gone, puts the database back exactly as it was",
@@ -281,6 +339,7 @@ pub fn apply(plan: &Plan, entry: &Entry, limits: &Limits) -> Result<Outcome> {
         checks,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         unchanged: false,
+        finished_journal: None,
     })
 }
 
@@ -376,8 +435,30 @@ fn write_intent(quarantine: &Path, intent: &Intent) -> Result<()> {
         .map_err(|e| Error::io("write restore journal", &path, e))
 }
 
-/// Steps 5 and 6 from a durable intent; safe to run again after a crash at any point.
-fn complete(intent: &Intent) -> Result<Vec<PathBuf>> {
+/// Whether the rename of the staged copy over the database happened: told by the files'
+/// identities (the quarantined hard link is the old database), never by their bytes.
+fn switched(intent: &Intent) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let db = fs::symlink_metadata(&intent.database);
+    match intent
+        .moves
+        .iter()
+        .find(|(from, _)| *from == intent.database)
+    {
+        // The database existed: it was switched when it is no longer the file linked into
+        // quarantine (no link yet means it was never touched).
+        Some((_, link)) => match (db, fs::symlink_metadata(link)) {
+            (Ok(d), Ok(l)) => (d.dev(), d.ino()) != (l.dev(), l.ino()),
+            _ => false,
+        },
+        // There was no database: whatever is there now came from the switch.
+        None => db.is_ok(),
+    }
+}
+
+/// Steps 5 and 6 from a durable intent; safe to run again after a crash at any point. The
+/// staged copy must exist unless the switch already happened.
+fn complete(intent: &Intent, journal: &Path) -> Result<Vec<PathBuf>> {
     let existing = |moves: &[(PathBuf, PathBuf)]| -> Vec<PathBuf> {
         moves
             .iter()
@@ -386,20 +467,20 @@ fn complete(intent: &Intent) -> Result<Vec<PathBuf>> {
             .collect()
     };
     if fs::symlink_metadata(&intent.staged).is_err() {
-        // The switch happened, or the staged copy was lost: only the database's bytes can
-        // tell which, and only the first lets the journal be closed.
         let is_backup = files::hash_file(&intent.database)
             .is_ok_and(|h| files::hex(&h.sha256) == intent.backup_sha256);
-        if !is_backup {
-            return Err(Error::RestoreFailed {
-                database: intent.database.clone(),
-                why: format!(
-                    "an interrupted restore of backup `{}` lost its staged copy and the database is not that backup; the quarantined files are listed in its journal (see docs/runbook.md, 'Restore failed')",
-                    intent.backup_id
-                ),
-            });
+        if switched(intent) && is_backup {
+            // Renamed into place before the crash: only the journal was left open.
+            return Ok(existing(&intent.moves));
         }
-        return Ok(existing(&intent.moves));
+        return Err(stuck(
+            intent,
+            journal,
+            &format!(
+                "the database was replaced but is no longer backup `{}` (something changed it since)",
+                intent.backup_id
+            ),
+        ));
     }
     // The database first, by hard link: its path never disappears, and until its WAL moves
     // it is still whole.
@@ -463,11 +544,11 @@ fn same_entry(a: &Path, b: &Path) -> bool {
 }
 
 /// Whether an interrupted restore lost its staged copy before the switch: the copy is gone and
-/// the database is not the backup. Such a restore can only be rolled back.
+/// the database is still the file linked into quarantine (inode identity, not bytes: a database
+/// that happens to equal the backup is no reason to call the restore done). Such a restore can
+/// only be rolled back.
 fn lost_staged_copy(intent: &Intent) -> bool {
-    fs::symlink_metadata(&intent.staged).is_err()
-        && !files::hash_file(&intent.database)
-            .is_ok_and(|h| files::hex(&h.sha256) == intent.backup_sha256)
+    fs::symlink_metadata(&intent.staged).is_err() && !switched(intent)
 }
 
 /// Puts the database back exactly as it was before an interrupted restore that lost its staged
@@ -535,11 +616,129 @@ fn roll_back(intent: &Intent) -> Result<Vec<PathBuf>> {
     Ok(returned)
 }
 
+/// The command that finishes an interrupted restore of `backup_id` for this configuration.
+fn finish_command(settings: &Settings, backup_id: &str) -> String {
+    match &settings.config_path {
+        Some(c) => format!("ducksafe restore {backup_id} --config {}", shell_quote(c)),
+        None => format!("ducksafe restore {backup_id}"),
+    }
+}
+
+/// Shell commands that undo an interrupted restore: what was moved goes back (the database
+/// first), and the journal is closed so that no later command finishes it.
+fn undo_interrupted(intent: &Intent, journal: &Path) -> Vec<String> {
+    let was_switched = switched(intent);
+    let moved: Vec<PathBuf> = intent
+        .moves
+        .iter()
+        .filter(|(from, to)| {
+            fs::symlink_metadata(to).is_ok() && (*from != intent.database || was_switched)
+        })
+        .map(|(_, to)| to.clone())
+        .collect();
+    let mut lines = undo_moves(&intent.database, &intent.moves, &moved);
+    lines.push(format!(
+        "mv {} {}",
+        shell_quote(journal),
+        shell_quote(&journal.with_file_name(format!("{INTENT}.undone")))
+    ));
+    lines
+}
+
+/// Where an interrupted restore stopped, for people.
+fn describe(intent: &Intent) -> String {
+    if switched(intent) {
+        return format!(
+            "the database already holds backup `{}`; only the journal was not closed",
+            intent.backup_id
+        );
+    }
+    let moved: Vec<&PathBuf> = intent
+        .moves
+        .iter()
+        .filter(|(from, to)| *from != intent.database && fs::symlink_metadata(to).is_ok())
+        .map(|(_, to)| to)
+        .collect();
+    let mut state = match moved.first() {
+        None => "nothing was moved yet: the database and its WAL files are as they were".to_owned(),
+        Some(first) => format!(
+            "the database is the OLD file WITHOUT its WAL (moved to `{}`): do not open it or run anything on it",
+            files::parent_of(first).display()
+        ),
+    };
+    if fs::symlink_metadata(&intent.staged).is_err() {
+        state.push_str(
+            "; its staged copy is gone, so the next restore or backup rolls it back (the database as it was before it)",
+        );
+    }
+    state
+}
+
+/// Interrupted restores of this database (journal `prepared`), without touching anything: what
+/// `list`, `validate`, dry runs and failed commands report first.
+pub fn pending(settings: &Settings) -> Vec<Pending> {
+    let root = quarantine_root(settings);
+    // Journals are only believed from a private, real directory (as `recover` requires).
+    let private = fs::symlink_metadata(&root)
+        .is_ok_and(|m| !m.file_type().is_symlink() && files::unsafe_dir_reason(&m).is_none());
+    if !private {
+        return Vec::new();
+    }
+    let Ok(rd) = fs::read_dir(&root) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    dirs.sort();
+    dirs.into_iter()
+        .filter_map(|dir| {
+            let journal = dir.join(INTENT);
+            let intent: Intent = serde_json::from_slice(&fs::read(&journal).ok()?).ok()?;
+            (intent.state == "prepared" && same_entry(&intent.database, &settings.db_path)).then(
+                || Pending {
+                    backup_id: intent.backup_id.clone(),
+                    quarantine: dir.clone(),
+                    started_at: intent.started_at,
+                    state: describe(&intent),
+                    finish: finish_command(settings, &intent.backup_id),
+                    undo: undo_interrupted(&intent, &journal),
+                    journal,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The error for an interrupted restore that can be neither finished nor undone here: the
+/// journal, what happened, and the exact commands out.
+fn stuck(intent: &Intent, journal: &Path, what: &str) -> Error {
+    Error::RestoreFailed {
+        database: intent.database.clone(),
+        why: format!(
+            "an interrupted restore of backup `{}` (journal `{}`) cannot be finished: {what}. To put the database back as it was before that restore and close the journal (with nothing using the database): `{}`; then retry",
+            intent.backup_id,
+            journal.display(),
+            undo_interrupted(intent, journal).join(" && ")
+        ),
+    }
+}
+
+/// What [`recover_all`] did.
+struct Recovery {
+    finished: Vec<Finished>,
+    /// One line per action taken.
+    notes: Vec<String>,
+}
+
 /// Finishes restores that a crash interrupted (intent `prepared`): completes them, or rolls back
 /// one whose staged copy was lost. Then removes this database's staged copies that no process
 /// works on any more. Returns one line per action taken.
 pub fn recover(settings: &Settings) -> Result<Vec<String>> {
+    recover_all(settings).map(|r| r.notes)
+}
+
+fn recover_all(settings: &Settings) -> Result<Recovery> {
     let mut done = Vec::new();
+    let mut finished = Vec::new();
     let root = quarantine_root(settings);
     // Journals are only trusted from a private, real directory: a planted one could name any
     // file to rename over the database.
@@ -560,7 +759,17 @@ pub fn recover(settings: &Settings) -> Result<Vec<String>> {
             // Nobody may have the database open while the interrupted restore is finished.
             let _db_lock = DatabaseLock::acquire_if_present(&intent.database)?;
             if lost_staged_copy(&intent) {
-                let returned = roll_back(&intent)?;
+                let returned = roll_back(&intent).map_err(|e| match e {
+                    Error::RestoreFailed { database, why } => Error::RestoreFailed {
+                        database,
+                        why: format!(
+                            "{why}. Journal `{}`; to put back by hand what was moved and close it (with nothing using the database, after checking the files): `{}`",
+                            path.display(),
+                            undo_interrupted(&intent, &path).join(" && ")
+                        ),
+                    },
+                    e => e,
+                })?;
                 intent.state = "rolled_back".into();
                 write_intent(&dir, &intent)?;
                 done.push(format!(
@@ -572,14 +781,26 @@ pub fn recover(settings: &Settings) -> Result<Vec<String>> {
                 ));
                 continue;
             }
-            complete(&intent)?;
+            let quarantined = complete(&intent, &path)?;
             intent.state = "done".into();
             write_intent(&dir, &intent)?;
+            let undo = undo_moves(&intent.database, &intent.moves, &quarantined);
             done.push(format!(
-                "completed an interrupted restore of backup `{}` (journal `{}`)",
+                "completed an interrupted restore of backup `{}` (journal `{}`); the database it replaced is in `{}`{}",
                 intent.backup_id,
-                path.display()
+                path.display(),
+                dir.display(),
+                if undo.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (undo: {})", undo.join(" && "))
+                }
             ));
+            finished.push(Finished {
+                intent,
+                journal: path,
+                quarantined,
+            });
         }
     }
     // Staged copies of this database's restores that crashed before their intent was written
@@ -598,7 +819,10 @@ pub fn recover(settings: &Settings) -> Result<Vec<String>> {
             }
         }
     }
-    Ok(done)
+    Ok(Recovery {
+        finished,
+        notes: done,
+    })
 }
 
 /// Refuses, changing nothing, a backup whose content is not the one a rollback instruction was
@@ -655,14 +879,17 @@ pub fn dry_run(
 }
 
 /// Restores the backup `selector` names (`latest`, an id, a path): takes the backup
-/// directory's lock, finishes any interrupted restore first, then plans and applies. Returns the
-/// backup's manifest, the outcome, and notes about recovered leftovers.
+/// directory's lock, finishes any interrupted restore first, then plans and applies. When the
+/// interrupted restore was of the requested backup, finishing it is the restore: the database
+/// is not replaced a second time, and the undo lines name the files it really replaced.
+/// Returns the backup's manifest, the outcome, and notes about recovered leftovers.
 pub fn run(
     settings: &Settings,
     selector: &str,
     expect_sha256: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<(super::manifest::Manifest, Outcome, Vec<String>)> {
+    let started = std::time::Instant::now();
     identity::database_path(settings)?;
     let store = Store::open(&settings.backup_dir, false)?;
     let lock = DirLock::acquire_for_restore(store.dir())?;
@@ -673,9 +900,43 @@ pub fn run(
         // Sweep what an interrupted run left (nothing to sweep on read-only media).
         store.clean_leftovers()?;
     }
-    let notes = recover(settings)?;
+    let recovery = recover_all(settings)?;
+    let mut notes = recovery.notes;
     let entry = store.resolve(selector)?;
     check_expected(settings, &entry, expect_sha256)?;
+    if let Some(f) = recovery
+        .finished
+        .iter()
+        .rev()
+        .find(|f| f.intent.backup_id == entry.id)
+    {
+        let plan = Plan {
+            backup: store.backup_path(&entry.id),
+            backup_id: entry.id.clone(),
+            backup_sha256: f.intent.backup_sha256.clone(),
+            database: f.intent.database.clone(),
+            quarantine: files::parent_of(&f.journal).to_path_buf(),
+            staged: f.intent.staged.clone(),
+            moves: f.intent.moves.clone(),
+        };
+        let outcome = Outcome {
+            plan,
+            quarantined: f.quarantined.clone(),
+            // The file put in place is the staged copy, whose SHA-256 is the one verified
+            // (with the open and the tables) when it was first staged.
+            checks: vec![
+                "size".into(),
+                "sha256".into(),
+                "open".into(),
+                "tables".into(),
+            ],
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            unchanged: false,
+            finished_journal: Some(f.journal.clone()),
+        };
+        notes.retain(|n| !n.starts_with("completed an interrupted restore"));
+        return Ok((entry.manifest, outcome, notes));
+    }
     let plan = plan(settings, &store, &entry, now);
     let limits = crate::engine::backup::limits(settings);
     let outcome = apply(&plan, &entry, &limits)?;
@@ -685,6 +946,33 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn undo_puts_the_database_back_before_its_wal_and_leaves_late_files() {
+        let db = PathBuf::from("/d/sim.duckdb");
+        let q = PathBuf::from("/q");
+        let moves = vec![
+            (PathBuf::from("/d/sim.duckdb.wal"), q.join("sim.duckdb.wal")),
+            (db.clone(), q.join("sim.duckdb")),
+        ];
+        let quarantined = vec![
+            q.join("sim.duckdb.wal"),
+            q.join("sim.duckdb"),
+            q.join("sim.duckdb.wal.late1"),
+        ];
+        assert_eq!(
+            undo_moves(&db, &moves, &quarantined),
+            [
+                "mv -f /q/sim.duckdb /d/sim.duckdb",
+                "mv -f /q/sim.duckdb.wal /d/sim.duckdb.wal"
+            ]
+        );
+        // Only what was really moved is put back.
+        assert_eq!(
+            undo_moves(&db, &moves, &[q.join("sim.duckdb.wal")]),
+            ["mv -f /q/sim.duckdb.wal /d/sim.duckdb.wal"]
+        );
+    }
 
     #[test]
     fn shell_quote_is_safe() {

@@ -119,6 +119,12 @@ impl Store {
             Ok(_) => {
                 let _ = fs::remove_file(&probe);
             }
+            // A read-only filesystem is no permission problem: a chmod hint would mislead.
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+                return Err(Error::BackupDirReadOnly {
+                    dir: dir.to_path_buf(),
+                })
+            }
             Err(e) => {
                 return Err(Error::BackupDirUnsafe {
                     dir: dir.to_path_buf(),
