@@ -637,3 +637,59 @@ fn init_writes_a_private_config() {
         & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+/// A backup file moved away by hand leaves its manifest and checksum file behind: no command
+/// sweeps them as leftovers (only a publication cut short, whose temporary file is still there,
+/// is swept), so moving the file back makes it whole again.
+#[test]
+fn a_manifest_whose_file_was_moved_away_is_never_swept() {
+    let p = Project::new("BACKUP_KEEP_LAST: 10\n");
+    let mut ids = Vec::new();
+    for minute in 0..3 {
+        let (r, code) = p.hook_env(
+            &format!(
+                r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
+                p.config().display()
+            ),
+            &[("DUCKSAFE_NOW", &format!("2026-12-01T10:0{minute}:00Z"))],
+        );
+        assert_eq!(code, 0, "{r:?}");
+        ids.push(r.backup.unwrap().id);
+    }
+    let moved = &ids[1];
+    let file = p.backups().join(format!("{moved}.duckdb"));
+    let aside = p.path("aside.duckdb");
+    fs::rename(&file, &aside).unwrap();
+    for args in [
+        vec!["prune", "--dry-run"],
+        vec!["prune"],
+        vec!["pin", ids[0].as_str()],
+        vec!["backup"],
+    ] {
+        let out = p.run(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for ext in [".manifest.json", ".duckdb.sha256"] {
+            assert!(
+                p.backups().join(format!("{moved}{ext}")).exists(),
+                "{args:?} swept {moved}{ext}"
+            );
+        }
+    }
+    let out = p.run(&["verify", "--all"]);
+    assert_eq!(
+        out.status.code(),
+        Some(74),
+        "verify --all reports the missing file"
+    );
+    fs::rename(&aside, &file).unwrap();
+    let out = p.run(&["verify", moved]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -355,6 +355,19 @@ impl Store {
     /// lock held.
     pub fn clean_leftovers(&self) -> Result<Vec<String>> {
         let mut removed = Vec::new();
+        // A manifest or sidecar without its backup is a publication cut short only while the
+        // temporary file it was for is still there; without one, its backup file was moved or
+        // deleted by hand: kept (and reported by `verify --all`), never swept.
+        let in_flight: Vec<String> = fs::read_dir(&self.dir)
+            .map_err(|e| Error::io("list", &self.dir, e))?
+            .filter_map(std::result::Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&format!("{}backup-", files::TEMP_PREFIX)))
+            .collect();
+        let cut_short = |id: &str| {
+            let tail = format!("-{id}{BACKUP_EXT}");
+            in_flight.iter().any(|n| n.ends_with(&tail))
+        };
         let rd = fs::read_dir(&self.dir).map_err(|e| Error::io("list", &self.dir, e))?;
         for entry in rd.filter_map(std::result::Result::ok) {
             let Ok(name) = entry.file_name().into_string() else {
@@ -372,6 +385,7 @@ impl Store {
             {
                 // Ours only when it is a regular file and its backup was never published.
                 meta.file_type().is_file()
+                    && cut_short(id)
                     && fs::symlink_metadata(self.backup_path(id)).is_err()
                     && (name.ends_with(SIDECAR_EXT)
                         || Manifest::read(&path).is_ok_and(|m| m.id == id))
