@@ -112,7 +112,7 @@ pub struct RestoreArgs {
     pub dry_run: bool,
     /// Refuse, changing nothing, unless the backup's SHA-256 is this one (rollback
     /// instructions pass it, so an id can never restore other content)
-    #[arg(long, value_name = "HEX")]
+    #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
     pub expect_sha256: Option<String>,
 }
 
@@ -200,7 +200,7 @@ pub struct PostRunArgs {
     #[arg(long)]
     pub backup_id: Option<String>,
     /// That backup's SHA-256, from the pre-run's answer: a restore of other content is refused
-    #[arg(long, value_name = "HEX")]
+    #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
     pub backup_sha256: Option<String>,
     /// How the run ended
     #[arg(long, value_enum)]
@@ -257,5 +257,18 @@ pub fn run(cli: Cli) -> i32 {
         Command::Hook => commands::hook::run(),
         Command::PreRun(a) => commands::pre_run::run(&g, &a),
         Command::PostRun(a) => commands::post_run::run(&g, &a),
+    }
+}
+
+/// A SHA-256 as 64 hex digits, taken in lower case (as manifests and the hook's
+/// `backup_sha256` write it); anything else is a usage error, not a restore that fails.
+fn parse_sha256(s: &str) -> Result<String, String> {
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(
+            "expected a SHA-256: 64 hexadecimal digits, as `backup.sha256` in the pre_run's answer"
+                .into(),
+        )
     }
 }

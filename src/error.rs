@@ -127,6 +127,10 @@ pub enum Error {
     #[error("backup `{id}` not found in `{}`", dir.display())]
     BackupNotFound { id: String, dir: PathBuf },
 
+    /// `latest.duckdb` names no backup of this database: never replaced by another one.
+    #[error("`{}` points to `{target}`, which is not a backup of this database", link.display())]
+    DanglingLatest { link: PathBuf, target: String },
+
     #[error("no backups yet: the backup directory `{}` does not exist", dir.display())]
     NoBackupDir { dir: PathBuf },
 
@@ -199,7 +203,9 @@ impl Error {
             Error::Io { source, .. } if is_no_space(source) => C::InsufficientSpace,
             Error::Io { .. } => C::IoError,
             Error::VerificationFailed { .. } => C::VerificationFailed,
-            Error::BackupNotFound { .. } | Error::NoBackupDir { .. } => C::BackupNotFound,
+            Error::BackupNotFound { .. }
+            | Error::NoBackupDir { .. }
+            | Error::DanglingLatest { .. } => C::BackupNotFound,
             Error::RestoreFailed { .. } => C::RestoreFailed,
             Error::Internal(_) => C::Internal,
         }
@@ -272,6 +278,9 @@ impl Error {
                 "the backup was not published (or must not be trusted); run `ducksafe verify --all` and see docs/runbook.md".into(),
             ),
             Error::BackupNotFound { .. } => Some("`ducksafe list` shows the stored backups".into()),
+            Error::DanglingLatest { .. } => Some(
+                "name the backup to use by its id (`ducksafe list` shows them); the next backup points `latest` at itself again".into(),
+            ),
             Error::NoBackupDir { .. } => Some(
                 "run `ducksafe backup` (or the pre-run hook) first, or check `BACKUP_DIR`".into(),
             ),

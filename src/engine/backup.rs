@@ -334,10 +334,21 @@ fn with_way_out(e: Error, settings: &Settings, inv: &Inventory) -> Error {
     let Error::DatabaseDamaged { path, why, .. } = e else {
         return e;
     };
+    // Proven when it was taken, and still the bytes its manifest recorded now (read once, on
+    // this failure path only): the hint never names a backup the restore would refuse.
+    let intact = |b: &super::store::Entry| {
+        let path = settings
+            .backup_dir
+            .join(super::store::backup_file_name(&b.id));
+        files::hash_file(&path).is_ok_and(|h| {
+            h.bytes == b.manifest.bytes && files::hex(&h.sha256) == b.manifest.sha256
+        })
+    };
     let proven = |b: &&super::store::Entry| {
         let c = &b.manifest.verification.checks;
         c.iter()
             .any(|c| c == "block_checksums" || c == "fingerprints")
+            && intact(b)
     };
     let restore = match inv.backups.iter().find(proven) {
         Some(b) => Some(format!(
@@ -347,7 +358,7 @@ fn with_way_out(e: Error, settings: &Settings, inv: &Inventory) -> Error {
             b.manifest.verification.checks.join(", "),
             crate::report::restore_command_line(settings, &b.manifest)
         )),
-        None => inv.backups.first().map(|b| {
+        None => inv.backups.iter().find(|b| intact(b)).map(|b| {
             format!(
                 "The newest backup, `{}` (taken {}), was checked only at VERIFY_LEVEL {}: prove it first with `ducksafe verify {}`, then restore it: {}",
                 b.id,

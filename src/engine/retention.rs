@@ -16,6 +16,23 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
+/// The order of two ids made in the same second: `_2` … `_9`, `_10`, `_30` by number (as
+/// issued), not as text, where `_9` would sort after `_30`.
+pub fn id_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn split(id: &str) -> (&str, u64) {
+        match id.rsplit_once('_') {
+            // `<stem>_YYYYMMDD_HHMMSS_N`: the suffix is the N-th id of that second.
+            Some((base, n))
+                if n.len() < 6 && !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()) =>
+            {
+                (base, n.parse().unwrap_or(0))
+            }
+            _ => (id, 1),
+        }
+    }
+    split(a).cmp(&split(b))
+}
+
 /// What the policy needs to know about one backup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(clippy::struct_excessive_bools)] // each flag is a fact the rules weigh
@@ -142,7 +159,11 @@ impl Plan {
 #[allow(clippy::too_many_lines)] // three rules and their reasons, in the order they apply
 pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
     let mut sorted: Vec<&Candidate> = backups.iter().collect();
-    sorted.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    sorted.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| id_order(&b.id, &a.id))
+    });
     let newest_verified = sorted.iter().find(|c| c.verified).map(|c| c.id.as_str());
     let newest_proven = sorted.iter().find(|c| c.proven).map(|c| c.id.as_str());
     // Never deleted by any rule, and why (the first reason that applies is the one reported).
@@ -307,6 +328,30 @@ mod tests {
     }
 
     #[test]
+    fn ids_of_one_second_order_by_their_number() {
+        use std::cmp::Ordering::{Greater, Less};
+        assert_eq!(
+            id_order("s_20261201_100000_9", "s_20261201_100000_30"),
+            Less
+        );
+        assert_eq!(id_order("s_20261201_100000", "s_20261201_100000_2"), Less);
+        assert_eq!(
+            id_order("s_20261201_100001", "s_20261201_100000_30"),
+            Greater
+        );
+        let mut bs: Vec<_> = [9, 30, 10, 2]
+            .iter()
+            .map(|n| c(&format!("s_20261201_100000_{n}"), 0, 10))
+            .collect();
+        bs.push(c("s_20261201_100000", 0, 10));
+        let p = plan(&bs, at(1), policy(1));
+        assert_eq!(
+            p.kept().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            ["s_20261201_100000_30"]
+        );
+    }
+
+    #[test]
     fn keeps_the_newest_n() {
         let bs: Vec<_> = (0..8).map(|i| c(&format!("b{i}"), i, 10)).collect();
         let p = plan(&bs, at(10), policy(3));
@@ -396,7 +441,11 @@ mod tests {
         // Nothing is deleted without a rule that really applies to it: deleting too many
         // fails here, not only keeping too many.
         let mut unpinned: Vec<&Candidate> = bs.iter().filter(|b| !b.pinned).collect();
-        unpinned.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        unpinned.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| id_order(&b.id, &a.id))
+        });
         for d in p.deletions() {
             let pos = 1 + unpinned.iter().position(|c| c.id == d.id).unwrap();
             let c = unpinned[pos - 1];
@@ -468,10 +517,11 @@ mod tests {
             };
             let p = plan(&bs, at(0), pol);
             assert_eq!(p.decisions.len(), n);
-            let newest_verified = bs
-                .iter()
-                .filter(|c| c.verified)
-                .max_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+            let newest_verified = bs.iter().filter(|c| c.verified).max_by(|a, b| {
+                a.created_at
+                    .cmp(&b.created_at)
+                    .then_with(|| id_order(&a.id, &b.id))
+            });
             if let Some(nv) = newest_verified {
                 assert!(
                     p.decisions.iter().any(|d| d.id == nv.id && d.keep),
@@ -482,10 +532,11 @@ mod tests {
                 assert!(p.decisions.iter().any(|d| d.id == b.id && d.keep));
             }
             // Every protected backup survives.
-            let newest_proven = bs
-                .iter()
-                .filter(|c| c.proven)
-                .max_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+            let newest_proven = bs.iter().filter(|c| c.proven).max_by(|a, b| {
+                a.created_at
+                    .cmp(&b.created_at)
+                    .then_with(|| id_order(&a.id, &b.id))
+            });
             for b in bs
                 .iter()
                 .filter(|b| b.latest || b.last_made || newest_proven.is_some_and(|n| n.id == b.id))

@@ -345,7 +345,7 @@ impl Store {
             b.manifest
                 .created_at
                 .cmp(&a.manifest.created_at)
-                .then(b.id.cmp(&a.id))
+                .then_with(|| super::retention::id_order(&b.id, &a.id))
         });
         Ok(inv)
     }
@@ -518,11 +518,9 @@ impl Store {
         let wanted = if selector == "latest" || selector == LATEST {
             if let Some(target) = self.dangling_latest(&inv) {
                 // Never a silent substitute: the operator decides which backup to put back.
-                return Err(Error::BackupNotFound {
-                    id: format!(
-                        "latest (`{LATEST}` points to `{target}`, which is not a backup here)"
-                    ),
-                    dir: self.dir.clone(),
+                return Err(Error::DanglingLatest {
+                    link: self.latest_path(),
+                    target,
                 });
             }
             match self.latest_id() {
