@@ -5,6 +5,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
 use common::{fingerprints, hold, sha256, write_into_wal, Project};
@@ -1268,4 +1269,73 @@ fn runbook_restore_commands_work_as_written() {
         );
         common::assert_restored(&p, &fingerprints(&backup_path));
     }
+}
+
+/// An interrupted restore whose journal sits where this configuration does not look (another
+/// `QUARANTINE_DIR` then, a project moved since) is found through the marker beside the
+/// database: backups, restores and `adopt` refuse and change nothing, so the staged copy it
+/// still needs is never swept and the database without its WAL is never backed up. With the
+/// configuration it started with, it completes, and everything goes on.
+#[test]
+fn an_interrupted_restore_is_found_from_beside_the_database() {
+    let p = Project::new("");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    let id = r.backup.unwrap().id;
+    write_into_wal(&p.db(), "CREATE TABLE crashed_run AS SELECT 1 AS x;");
+    let q1 = p.path("q1");
+    let out = p
+        .cmd(&["restore", &id])
+        .env("DUCKSAFE_QUARANTINE_DIR", &q1)
+        .env("DUCKSAFE_FAILPOINT", "restore.quarantined")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(6), "aborted at the failpoint");
+    let staged: Vec<String> = common::dir_names(p.dir.path())
+        .into_iter()
+        .filter(|n| n.starts_with(".ducksafe-tmp-restore-"))
+        .collect();
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    let backups_before = common::dir_names(&p.backups());
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 74, "{r:?}");
+    assert!(
+        r.errors[0].message.contains("unfinished restore"),
+        "{:?}",
+        r.errors
+    );
+    assert_eq!(
+        common::dir_names(&p.backups()),
+        backups_before,
+        "a backup was taken"
+    );
+    assert!(
+        p.dir.path().join(&staged[0]).exists(),
+        "the staged copy was swept"
+    );
+    let out = p.run(&["restore", &id]);
+    assert_eq!(
+        out.status.code(),
+        Some(74),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // With the configuration it started with, the restore completes.
+    let out = p
+        .cmd(&["restore", &id])
+        .env("DUCKSAFE_QUARANTINE_DIR", &q1)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!p.path("simulation.duckdb.wal").exists());
+    assert!(
+        !p.path(".simulation.duckdb.ducksafe-restore").exists(),
+        "the marker stays"
+    );
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
 }

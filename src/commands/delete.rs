@@ -18,7 +18,7 @@ pub fn run(g: &Global, a: &DeleteArgs) -> i32 {
         let store = store.owned_by(owner);
         if !a.dry_run {
             // This database's directory: sweep what an interrupted run left.
-            store.clean_leftovers()?;
+            store.clean_leftovers(false)?;
         }
         if a.id == "latest" || a.id == crate::engine::store::LATEST {
             return Err(Error::Usage(

@@ -15,7 +15,7 @@ pub fn run(g: &Global, a: &PinArgs, pin: bool) -> i32 {
         let owner = crate::engine::identity::check(store.dir(), &settings)?;
         let store = store.owned_by(owner);
         // This database's directory: sweep what an interrupted run left.
-        store.clean_leftovers()?;
+        store.clean_leftovers(false)?;
         let mut entry = store.resolve(&a.id)?;
         entry.manifest.pinned = pin;
         store.rewrite_manifest(&entry.manifest)?;

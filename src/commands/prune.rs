@@ -27,7 +27,7 @@ pub fn run(g: &Global, a: &PruneArgs) -> i32 {
         let store = store.owned_by(owner);
         if !a.dry_run {
             // This database's directory: sweep what an interrupted run left.
-            store.clean_leftovers()?;
+            store.clean_leftovers(false)?;
         }
         let inv = store.inventory()?;
         let now = crate::clock::now();

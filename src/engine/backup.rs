@@ -260,7 +260,7 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     // and a directory of another database is refused before anything in it is touched.
     let owner = identity::claim(&store, settings)?;
     let store = store.owned_by(owner.clone());
-    let cleaned = store.clean_leftovers()?;
+    let cleaned = store.clean_leftovers(true)?;
     let recovered = super::restore::recover(settings)?;
     // Read once: rotation later plans over it plus the backup this run publishes (the
     // directory lock keeps other ducksafe runs out meanwhile).

@@ -174,30 +174,40 @@ impl Layout {
                 block: None,
             }));
         }
-        let needed = block_count
-            .checked_mul(block_size)
-            .and_then(|b| b.checked_add(BLOCKS_START));
-        match needed {
-            Some(n) if n <= len => {}
-            _ => {
-                return Ok(Err(Damage {
-                    place: "the file".into(),
-                    why: format!(
-                        "is truncated: its header records {block_count} blocks of {block_size} bytes, but it is only {len} bytes long"
-                    ),
-                    block: None,
-                }))
-            }
+        // A count beyond what the file could ever hold is no count DuckDB wrote.
+        if block_count > (len / block_size) + (1 << 20) {
+            return Ok(Err(Damage {
+                place: name.into(),
+                why: format!("records {block_count} blocks, far beyond the file's {len} bytes"),
+                block: None,
+            }));
         }
         let layout = Layout {
             block_size,
             block_count,
             free: Vec::new(),
         };
-        if free_list == NONE {
-            return Ok(Ok(Readable::Layout(layout)));
+        let layout = if free_list == NONE {
+            layout
+        } else {
+            match layout.with_free_list(free_list, read_at)? {
+                Ok(Readable::Layout(l)) => l,
+                other => return Ok(other),
+            }
+        };
+        // DuckDB truncates free blocks off the file's end but keeps counting them: only the
+        // blocks in use must all be there.
+        let needed = layout.end_of_used();
+        if needed > len {
+            return Ok(Err(Damage {
+                place: "the file".into(),
+                why: format!(
+                    "is truncated: it is {len} bytes long, but the blocks in use reach byte {needed}"
+                ),
+                block: None,
+            }));
         }
-        layout.with_free_list(free_list, read_at)
+        Ok(Ok(Readable::Layout(layout)))
     }
 
     /// Reads the free list from the metadata chain that starts at `pointer`.
@@ -258,6 +268,14 @@ impl Layout {
     /// True when DuckDB reads block `id` at this checkpoint.
     fn in_use(&self, id: u64) -> bool {
         id < self.block_count && self.free.binary_search(&id).is_err()
+    }
+
+    /// The offset just past the last block in use (the headers' end when none is).
+    pub fn end_of_used(&self) -> u64 {
+        (0..self.block_count)
+            .rev()
+            .find(|id| self.in_use(*id))
+            .map_or(BLOCKS_START, |id| BLOCKS_START + (id + 1) * self.block_size)
     }
 
     /// Blocks in use.
@@ -325,7 +343,14 @@ impl MetaReader<'_> {
         let start = BLOCKS_START + block * self.layout.block_size;
         if !self.checked.contains(&block) {
             let mut whole = vec![0u8; usize::try_from(self.layout.block_size).unwrap_or(0)];
-            (self.read_at)(start, &mut whole)?;
+            match (self.read_at)(start, &mut whole) {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Ok(Err(Self::damage(format!(
+                        "lives in block {block}, past the end of the file (truncated)"
+                    ))))
+                }
+                other => other?,
+            }
             if let Err(mut d) = check_region(&whole, &block_place(block, self.layout.block_size)) {
                 d.block = Some(block);
                 return Ok(Err(d));
@@ -514,7 +539,7 @@ impl Checker {
         if let Some(d) = self.damage {
             return Err(d);
         }
-        let needed = BLOCKS_START + self.layout.block_count * self.layout.block_size;
+        let needed = self.layout.end_of_used();
         if self.pos < needed {
             return Err(Damage {
                 place: "the file".into(),

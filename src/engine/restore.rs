@@ -294,6 +294,9 @@ pub fn apply(plan: &Plan, entry: &Entry, limits: &Limits) -> Result<Outcome> {
         started_at: Utc::now(),
     };
     write_intent(&plan.quarantine, &intent)?;
+    // Beside the database, where every later command looks whatever its configuration says:
+    // which journal holds this restore, until it is closed.
+    write_marker(&plan.database, &plan.quarantine.join(INTENT))?;
     staged.keep();
     failpoint::hit("restore.intent");
 
@@ -307,7 +310,11 @@ pub fn apply(plan: &Plan, entry: &Entry, limits: &Limits) -> Result<Outcome> {
         ),
     })?;
     intent.state = "done".into();
-    write_intent(&plan.quarantine, &intent).map_err(|e| Error::RestoreFailed {
+    let closed = write_intent(&plan.quarantine, &intent);
+    if closed.is_ok() {
+        remove_marker(&plan.database);
+    }
+    closed.map_err(|e| Error::RestoreFailed {
         database: plan.database.clone(),
         why: format!(
             "the database WAS replaced by backup `{}`, but its journal could not be closed ({e}); the previous files are in `{}`",
@@ -426,6 +433,93 @@ impl Drop for Staged<'_> {
         if !self.keep.get() {
             let _ = fs::remove_file(self.path);
         }
+    }
+}
+
+/// The marker beside a database that names the journal of its restore in progress:
+/// `.<file>.ducksafe-restore`.
+pub fn marker_path(db: &Path) -> PathBuf {
+    let name = db
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    files::parent_of(db).join(format!(".{name}.ducksafe-restore"))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    journal: PathBuf,
+}
+
+fn write_marker(db: &Path, journal: &Path) -> Result<()> {
+    let path = marker_path(db);
+    files::write_json_atomic(
+        &path,
+        &Marker {
+            journal: journal.to_path_buf(),
+        },
+    )
+    .map_err(|e| Error::io("write restore marker", &path, e))
+}
+
+fn remove_marker(db: &Path) {
+    let path = marker_path(db);
+    if fs::remove_file(&path).is_ok() {
+        let _ = files::sync_dir(files::parent_of(&path));
+    }
+}
+
+/// A restore of this database still open in a journal the caller could not reach (another
+/// quarantine folder, or a project moved since): refused, so that nothing backs up, sweeps or
+/// restores a database whose WAL may sit in that journal's folder. A closed journal's marker is
+/// removed.
+pub fn check_marker(settings: &Settings) -> Result<()> {
+    let path = marker_path(&settings.db_path);
+    let Ok(bytes) = fs::read(&path) else {
+        return Ok(());
+    };
+    let refuse = |why: String| {
+        Error::RestoreFailed {
+        database: settings.db_path.clone(),
+        why: format!(
+            "an unfinished restore of this database is recorded in `{}`: {why}; nothing was changed. Finish it with the configuration it was started with (the same BACKUP_DIR and QUARANTINE_DIR, the project where it was), then run this again (docs/runbook.md, 'An interrupted restore')",
+            path.display()
+        ),
+    }
+    };
+    let Ok(marker) = serde_json::from_slice::<Marker>(&bytes) else {
+        return Err(refuse("the marker does not parse".into()));
+    };
+    let undone = marker.journal.with_file_name(format!("{INTENT}.undone"));
+    if fs::symlink_metadata(&marker.journal).is_err() && fs::symlink_metadata(&undone).is_ok() {
+        // Undone by hand with the printed lines, which rename the journal.
+        remove_marker(&settings.db_path);
+        return Ok(());
+    }
+    let Ok(journal) = fs::read(&marker.journal) else {
+        return Err(refuse(format!(
+            "its journal `{}` is not there (moved with the project, or another quarantine folder)",
+            marker.journal.display()
+        )));
+    };
+    match serde_json::from_slice::<Intent>(&journal) {
+        Ok(i) if i.state != "prepared" => {
+            remove_marker(&settings.db_path);
+            Ok(())
+        }
+        Ok(i) if !same_entry(&i.database, &settings.db_path) => Err(refuse(format!(
+            "its journal `{}` was written for `{}`",
+            marker.journal.display(),
+            i.database.display()
+        ))),
+        Ok(_) => Err(refuse(format!(
+            "its journal `{}` lies outside this configuration's quarantine folder `{}`",
+            marker.journal.display(),
+            quarantine_root(settings).display()
+        ))),
+        Err(_) => Err(refuse(format!(
+            "its journal `{}` does not parse",
+            marker.journal.display()
+        ))),
     }
 }
 
@@ -772,6 +866,7 @@ fn recover_all(settings: &Settings) -> Result<Recovery> {
                 })?;
                 intent.state = "rolled_back".into();
                 write_intent(&dir, &intent)?;
+                remove_marker(&intent.database);
                 done.push(format!(
                     "an interrupted restore of backup `{}` had lost its staged copy: it was rolled back, the database is as it was before it ({} file(s) put back from `{}`; journal `{}`)",
                     intent.backup_id,
@@ -784,6 +879,7 @@ fn recover_all(settings: &Settings) -> Result<Recovery> {
             let quarantined = complete(&intent, &path)?;
             intent.state = "done".into();
             write_intent(&dir, &intent)?;
+            remove_marker(&intent.database);
             let undo = undo_moves(&intent.database, &intent.moves, &quarantined);
             done.push(format!(
                 "completed an interrupted restore of backup `{}` (journal `{}`); the database it replaced is in `{}`{}",
@@ -803,6 +899,9 @@ fn recover_all(settings: &Settings) -> Result<Recovery> {
             });
         }
     }
+    // A journal of this database that the scan above could not reach: stop here, before the
+    // staged copy it still needs is taken for a leftover.
+    check_marker(settings)?;
     // Staged copies of this database's restores that crashed before their intent was written
     // (with an intent, the restore was completed above). Only names with this database's tag,
     // and only when no process holds the copy's lock.
@@ -898,7 +997,7 @@ pub fn run(
     let store = store.owned_by(owner);
     if lock.is_some() {
         // Sweep what an interrupted run left (nothing to sweep on read-only media).
-        store.clean_leftovers()?;
+        store.clean_leftovers(false)?;
     }
     let recovery = recover_all(settings)?;
     let mut notes = recovery.notes;

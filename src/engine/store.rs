@@ -353,11 +353,14 @@ impl Store {
     /// Removes what an interrupted run left: `.ducksafe-tmp-*` entries and manifests or sidecars
     /// whose backup never got published. Returns the names removed. Call with the directory
     /// lock held.
-    pub fn clean_leftovers(&self) -> Result<Vec<String>> {
+    ///
+    /// A manifest or sidecar without its backup is a publication cut short while the temporary
+    /// file it was for is still there: always swept. Without one, its backup file was deleted or
+    /// moved by hand: only a backup (`orphans`) removes those, saying so, as the runbook
+    /// documents; dry runs and other commands leave them (`verify --all` reports them), so a
+    /// file moved aside for a moment keeps its manifest.
+    pub fn clean_leftovers(&self, orphans: bool) -> Result<Vec<String>> {
         let mut removed = Vec::new();
-        // A manifest or sidecar without its backup is a publication cut short only while the
-        // temporary file it was for is still there; without one, its backup file was moved or
-        // deleted by hand: kept (and reported by `verify --all`), never swept.
         let in_flight: Vec<String> = fs::read_dir(&self.dir)
             .map_err(|e| Error::io("list", &self.dir, e))?
             .filter_map(std::result::Result::ok)
@@ -385,7 +388,7 @@ impl Store {
             {
                 // Ours only when it is a regular file and its backup was never published.
                 meta.file_type().is_file()
-                    && cut_short(id)
+                    && (orphans || cut_short(id))
                     && fs::symlink_metadata(self.backup_path(id)).is_err()
                     && (name.ends_with(SIDECAR_EXT)
                         || Manifest::read(&path).is_ok_and(|m| m.id == id))
