@@ -376,6 +376,16 @@ def _raise_for(response: Response, what: str) -> None:
         f"{codes}): {response.reason}"
     )
     kind = DucksafeBusy if response.retryable else DucksafeError
+    own = f"(PID {os.getpid()})"
+    if response.retryable and own in message:
+        # The holder is this process (a connection the block left open, or one a traceback
+        # keeps alive): retrying unchanged can never succeed, so this is no DucksafeBusy.
+        message += (
+            f"; the database is open in this very process {own}: close every DuckDB connection"
+            " before the protected block ends (`with duckdb.connect(...) as con:`), then restore"
+            " with the rollback command of the pre_run answer"
+        )
+        kind = DucksafeError
     raise kind(message, response.exit_code, response)
 
 

@@ -1189,6 +1189,50 @@ fn ducksafe_run_prints_backslashes_as_they_are() {
     }
 }
 
+/// A shell builtin as the command (`exec`, `exit`) cannot replace or end the wrapper: the
+/// command runs as a program of its own, so post_run still runs and restores; a name the
+/// wrapper uses for a function of its own (`keep`) is still looked up as a program.
+#[test]
+fn ducksafe_run_keeps_its_promise_when_the_command_starts_with_a_builtin() {
+    let python = need!(tool("python3"));
+    let p = Project::new("RESTORE_ON_FAILURE: true\n");
+    let before = fingerprints(&p.db());
+    let script = p.path("work.sh");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n{} -c \"import duckdb; c=duckdb.connect('simulation.duckdb'); c.execute('CREATE TABLE the_run AS SELECT 1 AS x'); c.close()\" || exit 9\nexit 3\n",
+            python.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    for builtin in ["exec", "exit"] {
+        let out = run(command(&repo().join("hooks/ducksafe-run"), p.dir.path())
+            .current_dir(p.dir.path())
+            .args([
+                "--config",
+                "config.yaml",
+                "--state-dir",
+                builtin,
+                "--",
+                builtin,
+            ])
+            .arg(&script));
+        let post = p.path(&format!("{builtin}/post_run.json"));
+        assert!(
+            post.exists(),
+            "{builtin}: post_run never ran: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(
+            fingerprints(&p.db()),
+            before,
+            "{builtin}: the run was not restored"
+        );
+    }
+}
+
 /// 75 from the command and 75 from the hook: the state directory tells them apart.
 #[test]
 fn ducksafe_run_tells_the_commands_exit_code_from_the_hooks() {
@@ -1328,6 +1372,41 @@ print(json.dumps(out))
         "Ctrl-C": ["KeyboardInterrupt", "restored", "failure", 130, false],
     });
     assert_eq!(v, expect);
+}
+
+/// A block that fails with its own connection still open (a traceback keeps it alive): the
+/// restore cannot happen, and that is said as what it is, never as "busy, retry unchanged".
+#[test]
+fn python_protected_run_says_when_the_block_itself_holds_the_database() {
+    let python = need!(python_with_duckdb());
+    let p = Project::new("");
+    let script = r#"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import duckdb
+import ducksafe_hook as d
+
+out = {}
+try:
+    with d.protected_run("config.yaml", on_failure="restore") as run:
+        con = duckdb.connect("simulation.duckdb")
+        con.execute("UPDATE employees SET current_compensation = current_compensation + 1")
+        raise ValueError("the run failed")
+except d.DucksafeBusy as e:
+    out = {"raised": "DucksafeBusy", "message": str(e)}
+except d.DucksafeError as e:
+    out = {"raised": "DucksafeError", "message": str(e)}
+print(json.dumps(out))
+"#;
+    let v = python_json(&python, &p, script);
+    assert_eq!(v["raised"], "DucksafeError", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("open in this very process"),
+        "{v}"
+    );
 }
 
 /// A timeout is its own error (not "cannot run"), and a restore it cut short is completed by
@@ -1638,6 +1717,22 @@ fn dbt_wrapper_refuses_a_subcommand_it_cannot_tell_and_says_137_for_a_kill() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(seen, "--indirect-selection\neager\nbuild\n");
     assert_eq!(f.saved("pre_run").decision, Decision::Proceed);
+    // `dbt -- build` builds (dbt takes the word after `--` as the subcommand): protected too,
+    // and a word after `--` that is no subcommand is refused, never run unprotected.
+    let (out, seen) = f.run(
+        &["--", "build", "--ducksafe-state-dir", "st2"],
+        &[("FAKE_DBT_STATUS", "success"), ("FAKE_DBT_WHICH", "build")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(seen, "--\nbuild\n");
+    assert!(
+        text(&out.stderr).contains("created and verified"),
+        "`-- build` ran without a backup: {}",
+        text(&out.stderr)
+    );
+    let (out, seen) = f.run(&["--", "frobnicate"], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(seen.is_empty(), "dbt was not started");
 
     // dbt killed (SIGKILL, as the OOM killer does): 128 + 9, as shells say.
     let (out, _) = f.run(

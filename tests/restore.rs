@@ -1297,6 +1297,20 @@ fn an_interrupted_restore_is_found_from_beside_the_database() {
         .collect();
     assert_eq!(staged.len(), 1, "{staged:?}");
     let backups_before = common::dir_names(&p.backups());
+    // Reported first by list and validate, with the way to finish it.
+    let out = p.run(&["list"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("UNFINISHED RESTORE") && text.contains("started with"),
+        "{text}"
+    );
+    let out = p.run(&["validate"]);
+    let r = common::one_response(&out);
+    assert!(
+        r.reason.contains("unfinished") || r.warnings.iter().any(|w| w.contains("UNFINISHED")),
+        "{r:?}"
+    );
     let (r, code) = p.pre_run();
     assert_eq!(code, 74, "{r:?}");
     assert!(

@@ -775,14 +775,22 @@ pub fn pending(settings: &Settings) -> Vec<Pending> {
     // Journals are only believed from a private, real directory (as `recover` requires).
     let private = fs::symlink_metadata(&root)
         .is_ok_and(|m| !m.file_type().is_symlink() && files::unsafe_dir_reason(&m).is_none());
-    if !private {
-        return Vec::new();
-    }
-    let Ok(rd) = fs::read_dir(&root) else {
-        return Vec::new();
+    let mut dirs: Vec<PathBuf> = if private {
+        fs::read_dir(&root)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
     };
-    let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
     dirs.sort();
+    // The journal the marker beside the database names, wherever it is (another quarantine
+    // folder then): reported too, with the way to finish it.
+    let elsewhere = fs::read(marker_path(&settings.db_path))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Marker>(&b).ok())
+        .and_then(|m| m.journal.parent().map(Path::to_path_buf))
+        .filter(|d| !dirs.contains(d));
+    dirs.extend(elsewhere.clone());
     dirs.into_iter()
         .filter_map(|dir| {
             let journal = dir.join(INTENT);
@@ -793,7 +801,15 @@ pub fn pending(settings: &Settings) -> Vec<Pending> {
                     quarantine: dir.clone(),
                     started_at: intent.started_at,
                     state: describe(&intent),
-                    finish: finish_command(settings, &intent.backup_id),
+                    finish: if elsewhere.as_ref() == Some(&dir) {
+                        format!(
+                            "{} with the configuration it was started with (its quarantine folder `{}` is not this configuration's)",
+                            finish_command(settings, &intent.backup_id),
+                            files::parent_of(&dir).display()
+                        )
+                    } else {
+                        finish_command(settings, &intent.backup_id)
+                    },
                     undo: undo_interrupted(&intent, &journal),
                     journal,
                 },
