@@ -69,6 +69,17 @@ pub enum Error {
         holder: Option<String>,
     },
 
+    #[error(
+        "another guarded run of this database is in progress: PID {pid}, since {}, after backup `{backup_id}`",
+        since.format("%Y-%m-%d %H:%M:%S UTC")
+    )]
+    RunInProgress {
+        dir: PathBuf,
+        pid: i32,
+        backup_id: String,
+        since: chrono::DateTime<chrono::Utc>,
+    },
+
     #[error("another ducksafe is working in `{}`{}", dir.display(), holder_text(*pid, None))]
     LockBusy { dir: PathBuf, pid: Option<i32> },
 
@@ -193,7 +204,7 @@ impl Error {
             Error::DatabaseInvalid { .. } => C::DatabaseInvalid,
             Error::DatabaseDamaged { .. } => C::DatabaseDamaged,
             Error::DatabaseLocked { .. } => C::DatabaseLocked,
-            Error::LockBusy { .. } => C::LockBusy,
+            Error::LockBusy { .. } | Error::RunInProgress { .. } => C::LockBusy,
             Error::BackupDirUnsafe { .. }
             | Error::UnsafeFolder { .. }
             | Error::SharedBackupDir { .. }
@@ -251,6 +262,9 @@ impl Error {
             Error::LockBusy { .. } => {
                 Some("another backup or restore is running; retry when it has finished".into())
             }
+            Error::RunInProgress { .. } => Some(
+                "guarded runs of one database take turns: retry when that run's post_run has ended it (a run whose process is gone no longer counts)".into(),
+            ),
             Error::BackupDirUnsafe { dir, .. } => Some(unsafe_folder_hint("BACKUP_DIR", dir)),
             Error::BackupDirReadOnly { .. } => Some(
                 "no chmod fixes this: remount that filesystem read-write (`mount -o remount,rw MOUNTPOINT`), or set `BACKUP_DIR` to a writable disk; nothing was written, and `list` and `verify` still read the backups there".into(),

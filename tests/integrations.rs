@@ -1233,6 +1233,100 @@ fn ducksafe_run_keeps_its_promise_when_the_command_starts_with_a_builtin() {
     }
 }
 
+/// Guarded runs of one database take turns: while one runs (between its pre_run and its
+/// post_run), another guarded run is refused as busy (75) and its command never starts, so the
+/// first run's restore can never erase the second's work, and rotation keeps the first run's
+/// backup however many backups come meanwhile. A run whose wrapper is gone no longer counts.
+#[test]
+fn guarded_runs_of_one_database_take_turns() {
+    let p = Project::new("RESTORE_ON_FAILURE: true\nBACKUP_KEEP_LAST: 1\n");
+    let before = fingerprints(&p.db());
+    let wrapper = repo().join("hooks/ducksafe-run");
+    let marker = p.path("first.started");
+    let go = p.path("first.go");
+    // The first run: changes nothing itself, waits for the test, then fails.
+    let mut first = command(&wrapper, p.dir.path())
+        .current_dir(p.dir.path())
+        .args([
+            "--config",
+            "config.yaml",
+            "--state-dir",
+            "first",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "touch {m}; while [ ! -e {g} ]; do sleep 0.05; done; exit 1",
+            m = marker.display(),
+            g = go.display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let first_backup = saved_response(&p.path("first/pre_run.json"))
+        .backup
+        .unwrap()
+        .id;
+    // The second run, meanwhile: busy, its command not started.
+    let second_marker = p.path("second.ran");
+    let out = run(command(&wrapper, p.dir.path())
+        .current_dir(p.dir.path())
+        .args([
+            "--config",
+            "config.yaml",
+            "--state-dir",
+            "second",
+            "--",
+            "touch",
+        ])
+        .arg(&second_marker));
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
+    assert!(
+        !second_marker.exists(),
+        "the second command ran during the first run"
+    );
+    // An operator's backup meanwhile rotates (BACKUP_KEEP_LAST: 1) but keeps the run's backup.
+    let out = p.run(&["backup"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(p.backups().join(format!("{first_backup}.duckdb")).exists());
+    // The first run fails: restored from its own backup.
+    fs::write(&go, b"").unwrap();
+    assert_eq!(first.wait().unwrap().code(), Some(1));
+    assert_eq!(
+        saved_response(&p.path("first/post_run.json")).decision,
+        Decision::Restored
+    );
+    assert_eq!(fingerprints(&p.db()), before);
+    // Its turn is over: the next guarded run starts.
+    let out = run(command(&wrapper, p.dir.path())
+        .current_dir(p.dir.path())
+        .args([
+            "--config",
+            "config.yaml",
+            "--state-dir",
+            "second",
+            "--",
+            "touch",
+        ])
+        .arg(&second_marker));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(second_marker.exists());
+}
+
+fn saved_response(path: &Path) -> Response {
+    serde_json::from_str(fs::read_to_string(path).unwrap().trim()).unwrap()
+}
+
 /// 75 from the command and 75 from the hook: the state directory tells them apart.
 #[test]
 fn ducksafe_run_tells_the_commands_exit_code_from_the_hooks() {

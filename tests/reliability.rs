@@ -4132,6 +4132,20 @@ fn damaged_database_is_refused() {
 // Backup ids (issue 16)
 // ---------------------------------------------------------------------------------------------
 
+/// `ducksafe backup` at `now`: a backup that guards no run (no lease), as an operator's.
+fn backup_now(p: &Project, now: &str) {
+    let out = p
+        .cmd(&["backup"])
+        .env("DUCKSAFE_NOW", now)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn pre_run_now(p: &Project, now: &str) -> Result<Response, String> {
     let (r, code) = p.hook_env(
         &request("pre_run", &p.config(), ""),
@@ -4335,7 +4349,7 @@ fn readers_wait_for_a_publication(t: &mut Tally) {
     for point in ["publish.manifest", "publish.sidecar"] {
         for args in [&["verify", "--all"][..], &["list", "--json"][..]] {
             let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
-            pre_run_now(&p, "2026-12-01T10:00:00Z").unwrap();
+            backup_now(&p, "2026-12-01T10:00:00Z");
             t.case(
                 format!("`{}` while a backup is paused at {point}", args.join(" ")),
                 || {
@@ -4364,7 +4378,7 @@ fn readers_wait_for_a_publication(t: &mut Tally) {
     // is being deleted waits, then sees only whole backups.
     {
         let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
-        pre_run_now(&p, "2026-12-01T10:00:00Z").unwrap();
+        backup_now(&p, "2026-12-01T10:00:00Z");
         t.case("`verify --all` during rotation", || {
             let paused = Paused::start(&p, "rotation.deleting", "2026-12-01T10:00:01Z");
             let out = p.run(&["verify", "--all"]);
@@ -4382,7 +4396,7 @@ fn readers_beside_rotating_backups(t: &mut Tally) {
     // whatever the interleaving, every round must be clean).
     {
         let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
-        pre_run_now(&p, "2026-12-01T10:00:00Z").unwrap();
+        backup_now(&p, "2026-12-01T10:00:00Z");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
             let stop = stop.clone();
@@ -4450,7 +4464,7 @@ fn lock_file_deleted_while_held(t: &mut Tally) {
     // first completes with its backup intact.
     {
         let p = Project::new("BACKUP_KEEP_LAST: 2\nVERIFY_LEVEL: quick\n");
-        pre_run_now(&p, "2026-12-01T10:00:00Z").unwrap();
+        backup_now(&p, "2026-12-01T10:00:00Z");
         t.case("the lock file deleted while held", || {
             let paused = Paused::start(&p, "snapshot.copied", "2026-12-01T10:00:01Z");
             fs::remove_file(p.backups().join(ducksafe::engine::lock::DIR_LOCK_NAME))

@@ -47,7 +47,7 @@ pub fn run(g: &Global, a: &BackupArgs) -> i32 {
             }
         };
     }
-    match backup::run(&settings, now, None) {
+    match backup::run(&settings, now, None, false) {
         Ok(o) => {
             let r = report::backup_done(&ctx, &settings, &o);
             if g.json {

@@ -235,7 +235,7 @@ fn serve(request: &Request, mut ctx: Ctx) -> Response {
             Ok(d) => report::backup_planned(&ctx, &d),
             Err(e) => ctx.fail(Decision::Abort, &e),
         },
-        Event::PreRun => match backup::run(&settings, now, Some(&ctx.request_id)) {
+        Event::PreRun => match backup::run(&settings, now, Some(&ctx.request_id), true) {
             Ok(o) => {
                 tracing::info!("backup {} created and verified", o.manifest.id);
                 report::backup_done(&ctx, &settings, &o)
@@ -245,7 +245,16 @@ fn serve(request: &Request, mut ctx: Ctx) -> Response {
                 ctx.fail(Decision::Abort, &e)
             }
         },
-        Event::PostRun => post_run(request, ctx, &settings, now),
+        Event::PostRun => {
+            let response = post_run(request, ctx, &settings, now);
+            if !request.dry_run && response.status == crate::protocol::Status::Ok {
+                // The run this post_run reports on is over (kept or restored): the next guarded
+                // run may start. A refused post_run changes nothing, the lease included: it
+                // goes when its caller retries successfully, or stale when the caller exits.
+                crate::engine::lease::release(&settings.backup_dir, request.backup_id.as_deref());
+            }
+            response
+        }
     };
     // An interrupted restore that this request did not finish is said first, whatever the
     // event: the database may be the old file without its WAL.

@@ -99,6 +99,7 @@ pub fn check_database(settings: &Settings) -> Result<()> {
 pub fn candidates(store: &Store, inv: &Inventory, fresh: Option<&str>) -> Result<Vec<Candidate>> {
     let latest = store.latest_id();
     let last_made = store.last_made(inv)?;
+    let in_use = super::lease::live(store.dir()).map(|l| l.backup_id);
     Ok(inv
         .backups
         .iter()
@@ -117,6 +118,7 @@ pub fn candidates(store: &Store, inv: &Inventory, fresh: Option<&str>) -> Result
                 .any(|c| c == "fingerprints"),
             latest: latest.as_deref() == Some(b.id.as_str()),
             last_made: last_made.as_deref() == Some(b.id.as_str()),
+            in_use: in_use.as_deref() == Some(b.id.as_str()),
         })
         .collect())
 }
@@ -228,6 +230,7 @@ pub fn dry_run(settings: &Settings, now: DateTime<Utc>) -> Result<DryRun> {
         proven: settings.config.verify_level == VerifyLevel::Full,
         latest: true,
         last_made: true,
+        in_use: false,
     });
     let plan = retention::plan(&cands, now, policy(settings));
     warnings.extend(plan.warnings.iter().cloned());
@@ -250,7 +253,16 @@ fn source_bytes(source: &SourceLock, wals: &[(PathBuf, u64)]) -> u64 {
 }
 
 /// Takes, verifies, publishes and rotates one backup.
-pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) -> Result<Outcome> {
+///
+/// `guards_a_run` (the hook's pre_run): a run follows that writes the database until its
+/// post_run, so another guarded run still in progress refuses this one (`lease`), and this one
+/// is recorded once its backup is published.
+pub fn run(
+    settings: &Settings,
+    now: DateTime<Utc>,
+    request_id: Option<&str>,
+    guards_a_run: bool,
+) -> Result<Outcome> {
     let t = std::time::Instant::now();
     let phase = |name: &str| tracing::debug!("{name}: {} ms", t.elapsed().as_millis());
     check_database(settings)?;
@@ -260,6 +272,9 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
     // and a directory of another database is refused before anything in it is touched.
     let owner = identity::claim(&store, settings)?;
     let store = store.owned_by(owner.clone());
+    if guards_a_run {
+        super::lease::check(store.dir())?;
+    }
     let cleaned = store.clean_leftovers(true)?;
     let recovered = super::restore::recover(settings)?;
     // Read once: rotation later plans over it plus the backup this run publishes (the
@@ -297,6 +312,13 @@ pub fn run(settings: &Settings, now: DateTime<Utc>, request_id: Option<&str>) ->
         warnings.push(w);
     }
     failpoint::hit("backup.latest");
+    if guards_a_run {
+        if let Err(e) = super::lease::record(store.dir(), &id, request_id) {
+            warnings.push(format!(
+                "the run that follows could not be recorded ({e}): another guarded run of this database will not wait for it"
+            ));
+        }
+    }
 
     inv.backups.push(super::store::Entry {
         id: id.clone(),

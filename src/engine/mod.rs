@@ -9,6 +9,7 @@
 pub mod backup;
 pub mod identity;
 pub mod integrity;
+pub mod lease;
 pub mod lock;
 pub mod manifest;
 pub mod restore;

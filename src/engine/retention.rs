@@ -51,6 +51,8 @@ pub struct Candidate {
     pub latest: bool,
     /// The last backup made, by the order its id was issued in.
     pub last_made: bool,
+    /// The backup a guarded run still in progress was started after (see `lease`).
+    pub in_use: bool,
 }
 
 /// The configured limits.
@@ -80,6 +82,8 @@ pub enum Reason {
     /// The last backup made (by id order, whatever its date says), kept whatever the other
     /// rules say.
     LastMade,
+    /// A guarded run still in progress was started after it: its restore may need it.
+    InUse,
     /// Beyond the newest `keep_last`.
     BeyondKeepLast {
         position: usize,
@@ -112,6 +116,7 @@ impl Reason {
             }
             Reason::Latest => "named by latest.duckdb, always kept".into(),
             Reason::LastMade => "the last backup made, always kept".into(),
+            Reason::InUse => "a guarded run in progress may restore it, kept until it ends".into(),
             Reason::BeyondKeepLast {
                 position,
                 keep_last,
@@ -168,7 +173,9 @@ pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
     let newest_proven = sorted.iter().find(|c| c.proven).map(|c| c.id.as_str());
     // Never deleted by any rule, and why (the first reason that applies is the one reported).
     let protection = |c: &Candidate| -> Option<Reason> {
-        if c.fresh || c.last_made {
+        if c.in_use {
+            Some(Reason::InUse)
+        } else if c.fresh || c.last_made {
             Some(Reason::LastMade)
         } else if c.latest {
             Some(Reason::Latest)
@@ -312,6 +319,7 @@ mod tests {
             proven: false,
             latest: false,
             last_made: false,
+            in_use: false,
         }
     }
 
@@ -508,6 +516,7 @@ mod tests {
                     proven: rnd(3) == 0,
                     latest: latest == i as u64,
                     last_made: last_made == i as u64,
+                    in_use: false,
                 })
                 .collect();
             let pol = Policy {

@@ -326,6 +326,21 @@ pub fn fs_space(path: &Path) -> io::Result<FsSpace> {
     })
 }
 
+/// The process that started this one (a wrapper, a make recipe's shell, an orchestrator).
+pub fn parent_pid() -> i32 {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    unsafe { libc::getppid() }
+}
+
+/// When a process started, in clock ticks since boot (`/proc/PID/stat`, field 22): with the
+/// PID, it names one process, even after the PID is reused. `None` when it is gone.
+pub fn process_start(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// The effective user id of this process.
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.

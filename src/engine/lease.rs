@@ -1,0 +1,110 @@
+//! The guarded run in progress on a database. Between a pre_run's backup and its post_run the
+//! workload writes the database; a second guarded run started meanwhile would back up the first
+//! one's half-written state, and the first run's restore would then erase the second's work. So
+//! guarded runs of one database take turns: a pre_run records the run it guards (the process
+//! that called it: a wrapper, a recipe's shell, an orchestrator) in `.ducksafe-run.json` in the
+//! backup directory, and the post_run of that run releases it.
+//!
+//! Invariants:
+//! - Read and written under the directory lock; recorded only once the backup is published.
+//! - A lease whose process is gone is stale and ignored: the PID and the process's start time
+//!   name it together, so a reused PID never keeps a lease alive, and a killed wrapper never
+//!   blocks the next run for good.
+//! - Rotation never deletes the backup a live lease names: the run may still need it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::files;
+
+/// Name of the lease in the backup directory.
+pub const NAME: &str = ".ducksafe-run.json";
+
+/// One guarded run in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub pid: i32,
+    /// The process's start time (clock ticks since boot), telling a reused PID apart.
+    pub start: Option<u64>,
+    pub backup_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    pub since: DateTime<Utc>,
+}
+
+impl Lease {
+    /// Whether the process that holds it is still the one that took it.
+    fn alive(&self) -> bool {
+        match (files::process_start(self.pid), self.start) {
+            (Some(now), Some(then)) => now == then,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// Whether the calling process is the one whose run this is.
+    fn is_callers(&self) -> bool {
+        let pid = files::parent_pid();
+        self.pid == pid && self.start == files::process_start(pid)
+    }
+}
+
+fn path(dir: &Path) -> PathBuf {
+    dir.join(NAME)
+}
+
+/// The lease of a run still in progress, if any (a stale or unreadable one is none).
+pub fn live(dir: &Path) -> Option<Lease> {
+    let f = files::open_read_nofollow(&path(dir)).ok()?;
+    let lease: Lease = serde_json::from_reader(std::io::Read::take(f, 64 << 10)).ok()?;
+    lease.alive().then_some(lease)
+}
+
+/// Refuses a new guarded run while another one's process is still at work on the database.
+/// The caller's own earlier lease (a pre_run again without a post_run) is no obstacle.
+pub fn check(dir: &Path) -> Result<()> {
+    match live(dir) {
+        Some(l) if !l.is_callers() => Err(Error::RunInProgress {
+            dir: dir.to_path_buf(),
+            pid: l.pid,
+            backup_id: l.backup_id,
+            since: l.since,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Records the run that the backup `backup_id` guards: the calling process's.
+pub fn record(dir: &Path, backup_id: &str, request_id: Option<&str>) -> Result<()> {
+    let pid = files::parent_pid();
+    let lease = Lease {
+        pid,
+        start: files::process_start(pid),
+        backup_id: backup_id.to_owned(),
+        request_id: request_id.map(str::to_owned),
+        since: Utc::now(),
+    };
+    let p = path(dir);
+    files::write_json_atomic(&p, &lease).map_err(|e| Error::io("record the run in", &p, e))
+}
+
+/// Ends the run a post_run reports on: the lease goes when it names `backup_id` or the calling
+/// process. Best effort: a lease left behind goes stale with its process.
+pub fn release(dir: &Path, backup_id: Option<&str>) {
+    let p = path(dir);
+    let Ok(f) = files::open_read_nofollow(&p) else {
+        return;
+    };
+    let Ok(lease) = serde_json::from_reader::<_, Lease>(std::io::Read::take(f, 64 << 10)) else {
+        return;
+    };
+    if (backup_id == Some(lease.backup_id.as_str()) || lease.is_callers())
+        && fs::remove_file(&p).is_ok()
+    {
+        let _ = files::sync_dir(dir);
+    }
+}
