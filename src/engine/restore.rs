@@ -715,11 +715,28 @@ fn roll_back(intent: &Intent) -> Result<Vec<PathBuf>> {
 }
 
 /// The command that finishes an interrupted restore of `backup_id` for this configuration.
+/// The one command that finishes an interrupted restore: this binary, by its absolute path,
+/// with the database and backup directory pinned (`--set`), so that it acts on this database in
+/// a fresh shell whatever its environment says.
 fn finish_command(settings: &Settings, backup_id: &str) -> String {
-    match &settings.config_path {
-        Some(c) => format!("ducksafe restore {backup_id} --config {}", shell_quote(c)),
-        None => format!("ducksafe restore {backup_id}"),
+    let program =
+        std::env::current_exe().map_or_else(|_| "ducksafe".to_owned(), |p| shell_quote(&p));
+    let mut cmd = format!(
+        "{program} restore {backup_id} --set {} --set {}",
+        shell_quote(Path::new(&format!(
+            "DB_PATH={}",
+            settings.db_path.display()
+        ))),
+        shell_quote(Path::new(&format!(
+            "BACKUP_DIR={}",
+            settings.backup_dir.display()
+        )))
+    );
+    if let Some(c) = &settings.config_path {
+        cmd.push_str(" --config ");
+        cmd.push_str(&shell_quote(c));
     }
+    cmd
 }
 
 /// Shell commands that undo an interrupted restore: what was moved goes back (the database
