@@ -1279,17 +1279,20 @@ fn guarded_runs_of_one_database_take_turns() {
         .id;
     // The second run, meanwhile: busy, its command not started.
     let second_marker = p.path("second.ran");
-    let out = run(command(&wrapper, p.dir.path())
-        .current_dir(p.dir.path())
-        .args([
-            "--config",
-            "config.yaml",
-            "--state-dir",
-            "second",
-            "--",
-            "touch",
-        ])
-        .arg(&second_marker));
+    let second = || {
+        run(command(&wrapper, p.dir.path())
+            .current_dir(p.dir.path())
+            .args([
+                "--config",
+                "config.yaml",
+                "--state-dir",
+                "second",
+                "--",
+                "touch",
+            ])
+            .arg(&second_marker))
+    };
+    let out = second();
     assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
     assert!(
         !second_marker.exists(),
@@ -1308,17 +1311,7 @@ fn guarded_runs_of_one_database_take_turns() {
     );
     assert_eq!(fingerprints(&p.db()), before);
     // Its turn is over: the next guarded run starts.
-    let out = run(command(&wrapper, p.dir.path())
-        .current_dir(p.dir.path())
-        .args([
-            "--config",
-            "config.yaml",
-            "--state-dir",
-            "second",
-            "--",
-            "touch",
-        ])
-        .arg(&second_marker));
+    let out = second();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(second_marker.exists());
 }
