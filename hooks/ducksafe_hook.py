@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
+import threading
 from dataclasses import dataclass, field
 import collections.abc
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
@@ -50,6 +52,7 @@ __all__ = [
     "RestoreRef",
     "Rollback",
     "RotationReport",
+    "Terminated",
     "RunInfo",
     "SpaceReport",
     "call",
@@ -540,16 +543,52 @@ class ProtectedRun:
         return self.pre.backup_id
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived during a protected block (a `timeout`, a closed terminal, a
+    scheduler stopping the job): the block ends here, the run counts as failed with 128 + N,
+    post_run runs (restoring when asked), and then the process ends by that signal, as it would
+    have without the block."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
 def _exit_code(e: BaseException) -> int:
     """The exit code Python itself would end with for this exception."""
     if isinstance(e, SystemExit):
         if e.code is None:
             return 0
-        # bool is an int too: sys.exit(True) exits 1, as Python does.
-        return int(e.code) if isinstance(e.code, int) else 1
+        # bool is an int too: sys.exit(True) exits 1. The status is the low 8 bits, as the
+        # process's own exit status would be: sys.exit(256) succeeds, sys.exit(-1) is 255.
+        return int(e.code) % 256 if isinstance(e.code, int) else 1
     if isinstance(e, KeyboardInterrupt):
         return 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+    if isinstance(e, Terminated):
+        return 128 + e.signum
     return 1
+
+
+_STOPS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals(handler: Any) -> Iterator[None]:
+    """SIGTERM and SIGHUP handled by `handler` for the block (main thread only: Python takes
+    signals there alone), the previous handlers back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in _STOPS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise Terminated(signum)
 
 
 @contextlib.contextmanager
@@ -574,12 +613,21 @@ def protected_run(
         config=config, request_id=pre.request_id, binary=binary, cwd=cwd, env=env
     )
     try:
-        yield run
+        with _signals(_terminate):
+            yield run
     except BaseException as e:
         code = _exit_code(e)
-        if code == 0:
-            run.post = post_run(pre.backup_id, exit_code=0, **kw)
-        else:
-            run.post = post_run(pre.backup_id, exit_code=code, on_failure=on_failure, **kw)
+        # Nothing may cut the restore short: a second SIGTERM or SIGHUP is ignored meanwhile,
+        # and ducksafe inherits that.
+        with _signals(signal.SIG_IGN):
+            if code == 0:
+                run.post = post_run(pre.backup_id, exit_code=0, **kw)
+            else:
+                run.post = post_run(pre.backup_id, exit_code=code, on_failure=on_failure, **kw)
+        if isinstance(e, Terminated):
+            # End as the signal would have ended the process: the caller (a shell, `timeout`)
+            # sees 128 + N.
+            signal.signal(e.signum, signal.SIG_DFL)
+            os.kill(os.getpid(), e.signum)
         raise
     run.post = post_run(pre.backup_id, exit_code=0, **kw)

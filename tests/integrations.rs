@@ -1435,6 +1435,8 @@ for name, leave in [
     ("sys.exit()", lambda: sys.exit()),
     ("sys.exit(0)", lambda: sys.exit(0)),
     ("sys.exit(3)", lambda: sys.exit(3)),
+    ("sys.exit(256)", lambda: sys.exit(256)),
+    ("sys.exit(-1)", lambda: sys.exit(-1)),
     ("sys.exit('message')", lambda: sys.exit("stopped: bad input")),
     ("Ctrl-C", ctrl_c),
 ]:
@@ -1455,6 +1457,9 @@ print(json.dumps(out))
         "sys.exit()": ["SystemExit", "kept", "success", 0, true],
         "sys.exit(0)": ["SystemExit", "kept", "success", 0, true],
         "sys.exit(3)": ["SystemExit", "restored", "failure", 3, false],
+        // The process's status is the low 8 bits: 256 exits 0, -1 exits 255.
+        "sys.exit(256)": ["SystemExit", "kept", "success", 0, true],
+        "sys.exit(-1)": ["SystemExit", "restored", "failure", 255, false],
         "sys.exit('message')": ["SystemExit", "restored", "failure", 1, false],
         "Ctrl-C": ["KeyboardInterrupt", "restored", "failure", 130, false],
     });
@@ -1494,6 +1499,57 @@ print(json.dumps(out))
             .contains("open in this very process"),
         "{v}"
     );
+}
+
+/// SIGTERM or SIGHUP during a protected block (a `timeout`, a closed terminal): the block ends,
+/// post_run restores, and the process then ends by that signal, as it would have.
+#[test]
+fn python_protected_run_restores_a_block_stopped_by_sigterm_or_sighup() {
+    let python = need!(python_with_duckdb());
+    for sig in [libc::SIGTERM, libc::SIGHUP] {
+        let p = Project::new("");
+        let before = fingerprints(&p.db());
+        let script = r#"
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import duckdb
+import ducksafe_hook as d
+with d.protected_run("config.yaml", on_failure="restore") as run:
+    con = duckdb.connect("simulation.duckdb")
+    con.execute("UPDATE employees SET current_compensation = current_compensation + 1")
+    con.close()
+    open("started", "w").close()
+    time.sleep(600)
+"#;
+        let mut child = command(&python, p.dir.path())
+            .current_dir(p.dir.path())
+            .args(["-c", script])
+            .arg(repo().join("hooks"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !p.path("started").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the block never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // SAFETY: kill(2) on our own child.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(i32::try_from(child.id()).unwrap(), sig) };
+        assert_eq!(rc, 0);
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(sig), "ends by the signal: {status:?}");
+        assert_eq!(fingerprints(&p.db()), before, "signal {sig}: not restored");
+        assert_eq!(
+            common::dir_names(&p.backups().join("quarantine")).len(),
+            1,
+            "signal {sig}: the block's database went to quarantine"
+        );
+    }
 }
 
 /// A timeout is its own error (not "cannot run"), and a restore it cut short is completed by
