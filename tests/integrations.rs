@@ -805,6 +805,36 @@ impl FakeDbt {
     }
 }
 
+/// A profile path the wrapper cannot work out (Jinja other than `env_var`) is refused even with
+/// `--ducksafe-config`: its DB_PATH could name another file than the one dbt writes.
+#[test]
+fn dbt_wrapper_refuses_a_profile_path_it_cannot_resolve_even_with_a_configuration() {
+    need!(tool("dbt")); // its Python (with PyYAML) runs the wrapper
+    let f = FakeDbt::new();
+    let profiles = f.path("profiles.yml");
+    let jinja = fs::read_to_string(&profiles).unwrap().replace(
+        "{{ env_var('DBT_WORKFORCE_DB', 'workforce.duckdb') }}",
+        "{{ 'prod' if target.name == 'dev' else 'x' }}.duckdb",
+    );
+    fs::write(&profiles, jinja).unwrap();
+    let (out, seen) = f.run(
+        &[
+            "--ducksafe-config",
+            "config.yaml",
+            "build",
+            "--profiles-dir",
+            ".",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(seen.is_empty(), "dbt was started");
+    assert!(
+        !f.path("backups").exists(),
+        "a backup of another file was taken"
+    );
+}
+
 #[test]
 fn dbt_wrapper_judges_the_run_by_exit_code_and_this_invocations_run_results() {
     need!(tool("dbt")); // its Python (with PyYAML) runs the wrapper
