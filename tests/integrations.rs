@@ -805,6 +805,46 @@ impl FakeDbt {
     }
 }
 
+/// Subcommands that can write without building models are protected too, and judged by dbt's
+/// exit code: `run-operation` (a macro may run any SQL), `clone`, `test --store-failures`;
+/// a plain `test` writes nothing and passes through.
+#[test]
+fn dbt_wrapper_protects_run_operation_clone_and_stored_test_failures() {
+    need!(tool("dbt")); // its Python (with dbt's own command line) runs the wrapper
+    let f = FakeDbt::new();
+    for (args, exit, decision) in [
+        (&["run-operation", "wipe"][..], "0", Decision::Kept),
+        (&["clone"][..], "0", Decision::Kept),
+        (&["test", "--store-failures"][..], "0", Decision::Kept),
+        (&["run-operation", "wipe"][..], "1", Decision::Restored),
+    ] {
+        let _ = fs::remove_dir_all(f.path("st"));
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend([
+            "--ducksafe-on-failure",
+            "restore",
+            "--ducksafe-state-dir",
+            "st",
+        ]);
+        let (out, seen) = f.run(&all, &[("FAKE_DBT_EXIT", exit)]);
+        assert!(!seen.is_empty(), "{args:?}: dbt was not started");
+        assert_eq!(f.saved("pre_run").decision, Decision::Proceed, "{args:?}");
+        assert_eq!(
+            f.saved("post_run").decision,
+            decision,
+            "{args:?} exit {exit}: {}",
+            text(&out.stderr)
+        );
+    }
+    let _ = fs::remove_dir_all(f.path("st"));
+    let (_, seen) = f.run(&["test", "--ducksafe-state-dir", "st"], &[]);
+    assert!(!seen.is_empty());
+    assert!(
+        !f.path("st/pre_run.json").exists(),
+        "a plain test needs no backup"
+    );
+}
+
 /// A profile path the wrapper cannot work out (Jinja other than `env_var`) is refused even with
 /// `--ducksafe-config`: its DB_PATH could name another file than the one dbt writes.
 #[test]
