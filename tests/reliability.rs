@@ -2232,6 +2232,12 @@ const HOOK_EXITS: [i32; 8] = [0, 65, 66, 73, 74, 75, 76, 78];
 /// What every hook response must satisfy, whatever the input: one line that parses back to the
 /// same response, an exit code from the contract that every error entry agrees with, `retryable`
 /// exactly for 75, a decision that belongs to the event, and no `internal` error.
+///
+/// In-process (`hostile_input_in_process`), "one line" and "parses back" prove only that the
+/// response serializes to one line and that serde reads it back: nothing is written to a stdout
+/// there. What a caller really reads (exactly one line on the real stdout, the exit status equal
+/// to `exit_code`, no panic on stderr) is proven by the cases run through the binary
+/// (`hostile_input_through_the_binary`, `binary_contract`), about 300 of them.
 fn contract(input_len: usize, r: &Response) -> Result<(), String> {
     let line = serde_json::to_string(r).map_err(|e| e.to_string())?;
     ensure(!line.contains('\n'), || {
