@@ -1353,3 +1353,44 @@ fn an_interrupted_restore_is_found_from_beside_the_database() {
     let (r, code) = p.pre_run();
     assert_eq!(code, 0, "{r:?}");
 }
+
+/// A restore interrupted after its last step (the backup renamed into place, the journal still
+/// open), then a run that used the database: the next command closes the journal and keeps the
+/// later run's work (the restore was done; what came after is not undone), and says so.
+#[test]
+fn a_restore_cut_after_its_switch_is_closed_and_later_work_kept() {
+    let p = Project::new("");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    let id = r.backup.unwrap().id;
+    write_into_wal(&p.db(), "CREATE TABLE crashed_run AS SELECT 1 AS x;");
+    let out = p
+        .cmd(&["restore", &id])
+        .env("DUCKSAFE_FAILPOINT", "restore.renamed")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(6), "aborted after the switch");
+    // A later run uses the restored database.
+    let d = Db::open_read_write(&p.db(), &Limits::default()).unwrap();
+    d.execute_batch("CREATE TABLE later_run AS SELECT 2 AS y; CHECKPOINT;")
+        .unwrap();
+    d.close().unwrap();
+    let out = p.run(&["list"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("was put in place"), "{text}");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "the next run was blocked: {r:?}");
+    let tables: Vec<String> = fingerprints(&p.db()).into_iter().map(|(t, _)| t).collect();
+    assert!(tables.iter().any(|t| t == "main.later_run"), "{tables:?}");
+    assert!(
+        !tables.iter().any(|t| t == "main.crashed_run"),
+        "{tables:?}"
+    );
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    assert!(
+        !r.warnings.iter().any(|w| w.contains("UNFINISHED")),
+        "the journal stayed open: {:?}",
+        r.warnings
+    );
+}

@@ -565,17 +565,24 @@ fn complete(intent: &Intent, journal: &Path) -> Result<Vec<PathBuf>> {
             .collect()
     };
     if fs::symlink_metadata(&intent.staged).is_err() {
-        let is_backup = files::hash_file(&intent.database)
-            .is_ok_and(|h| files::hex(&h.sha256) == intent.backup_sha256);
-        if switched(intent) && is_backup {
-            // Renamed into place before the crash: only the journal was left open.
+        if switched(intent) {
+            // Renamed into place before the crash: the restore is done and only its journal was
+            // left open. A database changed since holds later runs' work: kept, never undone.
+            let is_backup = files::hash_file(&intent.database)
+                .is_ok_and(|h| files::hex(&h.sha256) == intent.backup_sha256);
+            if !is_backup {
+                tracing::warn!(
+                    "backup `{}` was put in place before the interruption and the database has changed since; those later changes are kept",
+                    intent.backup_id
+                );
+            }
             return Ok(existing(&intent.moves));
         }
         return Err(stuck(
             intent,
             journal,
             &format!(
-                "the database was replaced but is no longer backup `{}` (something changed it since)",
+                "its staged copy of backup `{}` is gone and the database was never switched",
                 intent.backup_id
             ),
         ));
@@ -764,7 +771,7 @@ fn undo_interrupted(intent: &Intent, journal: &Path) -> Vec<String> {
 fn describe(intent: &Intent) -> String {
     if switched(intent) {
         return format!(
-            "the database already holds backup `{}`; only the journal was not closed",
+            "backup `{}` was put in place (the restore's last step was done) and only its journal was not closed; if the database was used since, it holds those later changes too",
             intent.backup_id
         );
     }
