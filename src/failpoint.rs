@@ -44,7 +44,10 @@ pub fn hit(name: &str) {
             eprintln!("ducksafe: failpoint `{name}`: cannot write `{reached}`: {e}");
         }
         eprintln!("ducksafe: failpoint `{name}`: waiting for `{go}`");
-        while std::fs::symlink_metadata(go).is_err() {
+        // Bounded, so that a test that failed before letting it go leaves no process behind
+        // for long; ten minutes is far beyond any test's wait.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        while std::fs::symlink_metadata(go).is_err() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
     } else if action == "panic" {

@@ -98,10 +98,23 @@ impl Paused {
         self.child.id()
     }
     /// Lets the backup go on and returns its answer.
-    fn finish(self) -> Response {
+    fn finish(mut self) -> Response {
         fs::write(&self.go, b"").unwrap();
-        let out = self.child.wait_with_output().unwrap();
-        serde_json::from_slice(&out.stdout).unwrap()
+        let mut stdout = Vec::new();
+        if let Some(mut s) = self.child.stdout.take() {
+            std::io::Read::read_to_end(&mut s, &mut stdout).unwrap();
+        }
+        self.child.wait().unwrap();
+        serde_json::from_slice(&stdout).unwrap()
+    }
+}
+
+/// However the test ends (a failed assertion included), the paused backup is let go and
+/// reaped: no process stays waiting.
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.go, b"");
+        let _ = self.child.wait();
     }
 }
 

@@ -1303,6 +1303,17 @@ fn ducksafe_run_keeps_its_promise_when_the_command_starts_with_a_builtin() {
     }
 }
 
+/// A child that waits for a go-file: let go and reaped however the test ends, so that a
+/// failing test leaves no process waiting.
+struct LetGo(std::process::Child, std::path::PathBuf);
+
+impl Drop for LetGo {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.1, b"");
+        let _ = self.0.wait();
+    }
+}
+
 /// Guarded runs of one database take turns: while one runs (between its pre_run and its
 /// post_run), another guarded run is refused as busy (75) and its command never starts, so the
 /// first run's restore can never erase the second's work, and rotation keeps the first run's
@@ -1315,7 +1326,7 @@ fn guarded_runs_of_one_database_take_turns() {
     let marker = p.path("first.started");
     let go = p.path("first.go");
     // The first run: changes nothing itself, waits for the test, then fails.
-    let mut first = command(&wrapper, p.dir.path())
+    let first = command(&wrapper, p.dir.path())
         .current_dir(p.dir.path())
         .args([
             "--config",
@@ -1335,6 +1346,7 @@ fn guarded_runs_of_one_database_take_turns() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let mut first = LetGo(first, go.clone());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while !marker.exists() {
         assert!(
@@ -1374,7 +1386,7 @@ fn guarded_runs_of_one_database_take_turns() {
     assert!(p.backups().join(format!("{first_backup}.duckdb")).exists());
     // The first run fails: restored from its own backup.
     fs::write(&go, b"").unwrap();
-    assert_eq!(first.wait().unwrap().code(), Some(1));
+    assert_eq!(first.0.wait().unwrap().code(), Some(1));
     assert_eq!(
         saved_response(&p.path("first/post_run.json")).decision,
         Decision::Restored

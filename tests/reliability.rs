@@ -4309,6 +4309,15 @@ impl Paused {
     }
 }
 
+/// However the case ends (a failed assertion included), the paused backup is let go and
+/// reaped: no process stays waiting.
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.go, b"");
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts `ducksafe ARGS` and waits until its stderr says it is waiting for the publication
 /// section; returns the child with stderr drained on a thread.
 fn start_reader_waiting(
