@@ -296,9 +296,7 @@ fn cleaned_note(name: &str, all: &[String]) -> String {
         .strip_suffix(".manifest.json")
         .or_else(|| name.strip_suffix(".duckdb.sha256"))
         .unwrap_or(name);
-    let interrupted = all
-        .iter()
-        .any(|n| n.starts_with(crate::files::TEMP_PREFIX) && n.ends_with(&format!("-{id}.duckdb")));
+    let interrupted = all.iter().any(|n| store::is_temp_backup_of(n, id));
     if interrupted {
         format!("removed `{name}`, left by an interrupted run")
     } else {

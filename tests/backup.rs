@@ -527,11 +527,7 @@ fn a_regular_file_named_latest_is_left_alone() {
     let expected = fingerprints(std::path::Path::new(&newest.path));
     write_into_wal(&p.db(), "DELETE FROM employees;");
     let out = p.run(&["restore"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     common::assert_restored(&p, &expected);
 }
 
@@ -559,11 +555,7 @@ fn a_reader_lets_a_backup_in_and_keeps_a_restore_out() {
     assert_eq!(sha256(&p.db()), before, "the database changed");
     drop(reader);
     let out = p.run(&["restore", &id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
 }
 
 /// Quarantine folders hold the databases restores replaced: private (0700, files 0600 as they
@@ -575,11 +567,7 @@ fn quarantine_folders_are_private_and_outlive_rotation_and_prune() {
     let id = r.backup.unwrap().id;
     write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
     let out = p.run(&["restore", &id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let q = p.backups().join("quarantine");
     let folders = common::dir_names(&q);
     assert_eq!(folders.len(), 1, "{folders:?}");
@@ -619,11 +607,7 @@ fn init_writes_a_private_config() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let mode = fs::metadata(dir.path().join("config.yaml"))
         .unwrap()
         .permissions()

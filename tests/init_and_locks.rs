@@ -19,11 +19,7 @@ fn init_writes_the_quick_start_layout_once() {
     fs::write(dir.path().join(".gitignore"), "target/").unwrap();
     for _ in 0..2 {
         let out = bin().current_dir(dir.path()).arg("init").output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::assert_ok(&out);
     }
     let gi = fs::read_to_string(dir.path().join(".gitignore")).unwrap();
     assert_eq!(gi, "target/\nbackups/\n", "added once, on its own line");
@@ -48,11 +44,7 @@ fn init_demo(dir: &std::path::Path) {
         .args(["init", "--demo"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
 }
 
 #[test]

@@ -311,11 +311,7 @@ fn the_rollback_command_runs_as_printed() {
         .current_dir(elsewhere.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     assert!(!p.path("simulation.duckdb.wal").exists());
 }
 

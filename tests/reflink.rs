@@ -86,11 +86,7 @@ fn a_reflinked_backup_is_verified_and_independent_of_the_source() {
         .args(["--config", "config.yaml", "backup", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
     let b = r.backup.unwrap();
     let backup = PathBuf::from(&b.path);

@@ -4145,11 +4145,7 @@ fn backup_now(p: &Project, now: &str) {
         .env("DUCKSAFE_NOW", now)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
 }
 
 fn pre_run_now(p: &Project, now: &str) -> Result<Response, String> {
@@ -4425,11 +4421,7 @@ fn readers_beside_rotating_backups(t: &mut Tally) {
                         .args(["--config", cfg.to_str().unwrap(), "backup"])
                         .output()
                         .unwrap();
-                    assert!(
-                        out.status.success(),
-                        "{}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
+                    common::assert_ok(&out);
                     runs += 1;
                 }
                 runs

@@ -83,11 +83,7 @@ fn round_trip_backup_change_restore() {
     change_rows(&p.db());
     assert_ne!(fingerprints(&p.db()), expected);
     let out = p.run(&["restore", &id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("to undo this restore"), "{text}");
     assert_eq!(fingerprints(&p.db()), expected);
@@ -293,11 +289,7 @@ fn older_manifests_are_read_and_a_broken_one_is_explained() {
         format!("{broken}.manifest.json").as_str()
     );
     let out = p.run(&["verify", &old]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
 }
 
 #[test]
@@ -359,11 +351,7 @@ fn age_and_size_limits_never_delete_the_pinned_or_the_newest_backup() {
     // Two months later every backup is too old: the pinned first and the newest stay.
     let later = [("DUCKSAFE_NOW", "2025-09-30T00:00:00Z")];
     let out = p.cmd(&["prune"]).envs(later).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let survivors = vec![format!("{}.duckdb", ids[0]), format!("{}.duckdb", ids[2])];
     assert_eq!(p.backup_files(), survivors);
     // A byte budget no backup fits in: still the same two, and the output says so.
@@ -373,11 +361,7 @@ fn age_and_size_limits_never_delete_the_pinned_or_the_newest_backup() {
         .env("DUCKSAFE_BACKUP_MAX_TOTAL_BYTES", "1")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -396,11 +380,7 @@ fn a_deleted_database_is_restored() {
     let expected = fingerprints(&backup_path);
     fs::remove_file(p.db()).unwrap();
     let out = p.run(&["restore", &id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     common::assert_restored(&p, &expected);
     assert_eq!(
         fs::metadata(p.db()).unwrap().permissions().mode() & 0o777,
@@ -423,11 +403,7 @@ fn a_wal_that_appears_after_a_killed_restore_is_quarantined_too() {
     assert_eq!(c.output().unwrap().status.code(), None, "aborted");
     fs::write(p.path("simulation.duckdb.wal"), b"late").unwrap();
     let out = p.run(&["restore", &id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     common::assert_restored(&p, &expected);
     let quarantine = p.backups().join("quarantine");
     let folders: Vec<_> = fs::read_dir(&quarantine)
@@ -1340,11 +1316,7 @@ fn an_interrupted_restore_is_found_from_beside_the_database() {
         .env("DUCKSAFE_QUARANTINE_DIR", &q1)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     assert!(!p.path("simulation.duckdb.wal").exists());
     assert!(
         !p.path(".simulation.duckdb.ducksafe-restore").exists(),

@@ -376,12 +376,17 @@ fn check_region(bytes: &[u8], place: &str) -> Result<(), Damage> {
     checksum_ok(bytes).map_err(|(stored, computed)| Damage {
         block: None,
         place: place.to_owned(),
-        why: if bytes.iter().all(|b| *b == 0) {
-            "is all zeros where DuckDB expects data".into()
-        } else {
-            format!("fails its checksum (stored {stored:#018x}, computed {computed:#018x})")
-        },
+        why: mismatch(stored, computed, bytes.iter().all(|b| *b == 0)),
     })
+}
+
+/// What a region whose checksum does not match is, in words (one wording for both checks).
+fn mismatch(stored: u64, computed: u64, all_zeros: bool) -> String {
+    if all_zeros {
+        "is all zeros where DuckDB expects data".into()
+    } else {
+        format!("fails its checksum (stored {stored:#018x}, computed {computed:#018x})")
+    }
 }
 
 /// Checks every header and used block of a stream of the file's bytes, fed in order from byte
@@ -520,14 +525,7 @@ impl Checker {
                 self.damage = Some(Damage {
                     block,
                     place,
-                    why: if r.zero {
-                        "is all zeros where DuckDB expects data".into()
-                    } else {
-                        format!(
-                            "fails its checksum (stored {:#018x}, computed {:#018x})",
-                            r.stored, r.acc
-                        )
-                    },
+                    why: mismatch(r.stored, r.acc, r.zero),
                 });
             }
         }

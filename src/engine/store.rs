@@ -361,22 +361,15 @@ impl Store {
     /// file moved aside for a moment keeps its manifest.
     pub fn clean_leftovers(&self, orphans: bool) -> Result<Vec<String>> {
         let mut removed = Vec::new();
-        let in_flight: Vec<String> = fs::read_dir(&self.dir)
+        // One listing: the names decide both what was in flight and what is left over.
+        let names: Vec<String> = fs::read_dir(&self.dir)
             .map_err(|e| Error::io("list", &self.dir, e))?
             .filter_map(std::result::Result::ok)
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&format!("{}backup-", files::TEMP_PREFIX)))
             .collect();
-        let cut_short = |id: &str| {
-            let tail = format!("-{id}{BACKUP_EXT}");
-            in_flight.iter().any(|n| n.ends_with(&tail))
-        };
-        let rd = fs::read_dir(&self.dir).map_err(|e| Error::io("list", &self.dir, e))?;
-        for entry in rd.filter_map(std::result::Result::ok) {
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            let path = entry.path();
+        let cut_short = |id: &str| names.iter().any(|n| is_temp_backup_of(n, id));
+        for name in &names {
+            let path = self.dir.join(name);
             let Ok(meta) = fs::symlink_metadata(&path) else {
                 continue;
             };
@@ -398,7 +391,7 @@ impl Store {
             if leftover {
                 // unlink removes a symlink itself, never its target.
                 if fs::remove_file(&path).is_ok() {
-                    removed.push(name);
+                    removed.push(name.clone());
                 }
             }
         }
@@ -582,6 +575,13 @@ impl Store {
 /// inside a manifest.
 pub fn backup_file_name(id: &str) -> String {
     format!("{id}{BACKUP_EXT}")
+}
+
+/// Whether `name` is the temporary file a backup with id `id` was written under (its
+/// publication was under way while it exists).
+pub fn is_temp_backup_of(name: &str, id: &str) -> bool {
+    name.starts_with(&format!("{}backup-", files::TEMP_PREFIX))
+        && name.ends_with(&format!("-{id}{BACKUP_EXT}"))
 }
 
 /// `<stem>_YYYYMMDD_HHMMSS` in UTC: the seed's naming, before any `_2` that keeps it unique.

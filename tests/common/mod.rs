@@ -155,6 +155,17 @@ pub fn pipe(mut c: Command, input: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Asserts that a command succeeded, showing its stderr when it did not.
+#[track_caller]
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Asserts that stdout is exactly one JSON line and parses it as a protocol response.
 pub fn one_response(out: &Output) -> Response {
     let stdout = String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8");
