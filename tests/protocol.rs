@@ -353,3 +353,47 @@ fn a_closed_stdout_ends_quietly_with_success() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// The lease of a guarded run counts only while its process lives: a lease naming PID 1 with
+/// its real start time (alive, not this caller) refuses a pre_run with `lock_busy`; the same
+/// PID with another start time (a reused PID) and a PID that is gone do not.
+#[test]
+fn a_guarded_runs_lease_counts_only_while_its_process_lives() {
+    let p = Project::new("");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    let id = r.backup.unwrap().id;
+    let start_of = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let rest = &stat[stat.rfind(')').unwrap() + 1..];
+        rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+    };
+    let gone = {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let lease = p.backups().join(ducksafe::engine::lease::NAME);
+    for (pid, start, busy) in [
+        (1, start_of(1), true),
+        (1, start_of(1) + 1, false),
+        (gone, 12_345, false),
+    ] {
+        std::fs::write(
+            &lease,
+            format!(
+                r#"{{"pid":{pid},"start":{start},"backup_id":"{id}","since":"2026-12-01T00:00:00Z"}}"#
+            ),
+        )
+        .unwrap();
+        let (r, code) = p.pre_run();
+        if busy {
+            assert_eq!(code, 75, "a live run's lease: {r:?}");
+            assert_eq!(r.errors[0].code, ErrorCode::LockBusy);
+            assert!(r.errors[0].message.contains("PID 1"), "{:?}", r.errors);
+        } else {
+            assert_eq!(code, 0, "a lease of pid {pid}, start {start}: {r:?}");
+        }
+    }
+}
