@@ -359,10 +359,13 @@ fn a_closed_stdout_ends_quietly_with_success() {
 /// PID with another start time (a reused PID) and a PID that is gone do not.
 #[test]
 fn a_guarded_runs_lease_counts_only_while_its_process_lives() {
-    let p = Project::new("");
+    let p = Project::new("BACKUP_KEEP_LAST: 5\n");
     let (r, code) = p.pre_run();
     assert_eq!(code, 0, "{r:?}");
     let id = r.backup.unwrap().id;
+    // `latest` moves on: the lease below names a backup that only it protects.
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
     let start_of = |pid: u32| -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let rest = &stat[stat.rfind(')').unwrap() + 1..];
@@ -387,6 +390,17 @@ fn a_guarded_runs_lease_counts_only_while_its_process_lives() {
             ),
         )
         .unwrap();
+        if busy {
+            // Nor can `delete` take the backup that run may restore.
+            let out = p.run(&["delete", &id]);
+            assert_eq!(
+                out.status.code(),
+                Some(64),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(p.backups().join(format!("{id}.duckdb")).exists());
+        }
         let (r, code) = p.pre_run();
         if busy {
             assert_eq!(code, 75, "a live run's lease: {r:?}");

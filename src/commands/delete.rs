@@ -1,7 +1,8 @@
 //! `ducksafe delete ID`: deletes one backup now, with its manifest and sidecar. For the backup
 //! rotation cannot order (dated in the future by a wrong clock) or one an operator knows is
-//! unwanted. Refuses a pinned backup and the one `latest.duckdb` names: those are decisions to
-//! undo first (`unpin`, or a new backup that `latest` then names).
+//! unwanted. Refuses a pinned backup, the one `latest.duckdb` names and the one a guarded run in
+//! progress may restore: those are decisions to undo first (`unpin`, a new backup that `latest`
+//! then names, the run's post_run).
 
 use super::Global;
 use crate::cli::DeleteArgs;
@@ -36,6 +37,14 @@ pub fn run(g: &Global, a: &DeleteArgs) -> i32 {
             return Err(Error::Usage(format!(
                 "backup `{}` is the one `latest.duckdb` names; take a new backup first (`ducksafe backup`), then `latest` names that one",
                 entry.id
+            )));
+        }
+        if let Some(run) =
+            crate::engine::lease::live(store.dir()).filter(|l| l.backup_id == entry.id)
+        {
+            return Err(Error::Usage(format!(
+                "backup `{}` is the one a guarded run in progress (PID {}) may restore; delete it once that run's post_run has ended it",
+                entry.id, run.pid
             )));
         }
         if !a.dry_run {

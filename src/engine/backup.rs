@@ -98,7 +98,11 @@ pub fn check_database(settings: &Settings) -> Result<()> {
 /// Candidates for retention from an inventory; `fresh` names the backup this run just made.
 pub fn candidates(store: &Store, inv: &Inventory, fresh: Option<&str>) -> Result<Vec<Candidate>> {
     let latest = store.latest_id();
-    let last_made = store.last_made(inv)?;
+    // The backup this run just made is the last one made: no need to read the record again.
+    let last_made = match fresh {
+        Some(id) => Some(id.to_owned()),
+        None => store.last_made(inv)?,
+    };
     let in_use = super::lease::live(store.dir()).map(|l| l.backup_id);
     Ok(inv
         .backups

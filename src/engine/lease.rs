@@ -59,9 +59,13 @@ fn path(dir: &Path) -> PathBuf {
 
 /// The lease of a run still in progress, if any (a stale or unreadable one is none).
 pub fn live(dir: &Path) -> Option<Lease> {
+    read(dir).filter(Lease::alive)
+}
+
+/// The recorded lease, live or not (an unreadable one is none).
+fn read(dir: &Path) -> Option<Lease> {
     let f = files::open_read_nofollow(&path(dir)).ok()?;
-    let lease: Lease = serde_json::from_reader(std::io::Read::take(f, 64 << 10)).ok()?;
-    lease.alive().then_some(lease)
+    serde_json::from_reader(std::io::Read::take(f, 64 << 10)).ok()
 }
 
 /// Refuses a new guarded run while another one's process is still at work on the database.
@@ -95,15 +99,15 @@ pub fn record(dir: &Path, backup_id: &str, request_id: Option<&str>) -> Result<(
 /// Ends the run a post_run reports on: the lease goes when it names `backup_id` or the calling
 /// process. Best effort: a lease left behind goes stale with its process.
 pub fn release(dir: &Path, backup_id: Option<&str>) {
-    let p = path(dir);
-    let Ok(f) = files::open_read_nofollow(&p) else {
+    // Under the directory lock, as every read that decides and every write: no pre_run can
+    // record a new lease between this read and the removal. Busy (or read-only media): the
+    // lease stays, and goes stale with its process.
+    let Ok(_lock) = super::lock::DirLock::acquire(dir) else {
         return;
     };
-    let Ok(lease) = serde_json::from_reader::<_, Lease>(std::io::Read::take(f, 64 << 10)) else {
-        return;
-    };
+    let Some(lease) = read(dir) else { return };
     if (backup_id == Some(lease.backup_id.as_str()) || lease.is_callers())
-        && fs::remove_file(&p).is_ok()
+        && fs::remove_file(path(dir)).is_ok()
     {
         let _ = files::sync_dir(dir);
     }

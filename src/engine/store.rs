@@ -233,23 +233,28 @@ impl Store {
         }
     }
 
-    /// Appends `id` to the record of issued ids, durably (one `write` on an `O_APPEND`
-    /// descriptor, then `fsync`). A directory without the record gets one that starts with its
-    /// existing backups.
+    /// Appends `id` to the record of issued ids, durably (appended on an `O_APPEND` descriptor,
+    /// then `fsync`). A directory without the record gets one, written whole, that starts with
+    /// its existing backups.
     fn record_id(&self, id: &str) -> Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.dir.join(IDS);
-        let mut lines = String::new();
-        let fresh = fs::symlink_metadata(&path).is_err();
-        if fresh {
+        if fs::symlink_metadata(&path).is_err() {
+            // The first record: the backups already here, then this id, written whole
+            // (temporary file, fsync, rename), so that a crash never leaves a partial record
+            // that would be trusted over the inventory.
+            let mut lines = String::new();
             for known in self.issued_ids()? {
                 lines.push_str(&known);
                 lines.push('\n');
             }
+            lines.push_str(id);
+            lines.push('\n');
+            return files::write_atomic(&path, lines.as_bytes())
+                .map_err(|e| Error::io("record the new backup id in", &path, e));
         }
-        lines.push_str(id);
-        lines.push('\n');
+        let lines = format!("{id}\n");
         let mut f = fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -259,11 +264,7 @@ impl Store {
             .map_err(|e| Error::io("record the new backup id in", &path, e))?;
         f.write_all(lines.as_bytes())
             .and_then(|()| f.sync_all())
-            .map_err(|e| Error::io("record the new backup id in", &path, e))?;
-        if fresh {
-            files::sync_dir(&self.dir).map_err(|e| Error::io("sync", &self.dir, e))?;
-        }
-        Ok(())
+            .map_err(|e| Error::io("record the new backup id in", &path, e))
     }
 
     /// The last backup made that still exists, by the order ids were issued in (a clock that
