@@ -198,12 +198,17 @@ pub fn rollback(settings: &Settings, m: &Manifest, request_id: &str) -> Rollback
 /// names other content (`--expect-sha256`), with every key that decided the database pinned
 /// (`--set`, see [`pinned_keys`]).
 pub fn restore_command(settings: &Settings, m: &Manifest) -> Vec<String> {
+    restore_argv(settings, &m.id, &m.sha256)
+}
+
+/// [`restore_command`] for the backup `id` whose SHA-256 is `sha256`.
+pub fn restore_argv(settings: &Settings, id: &str, sha256: &str) -> Vec<String> {
     let mut command = vec![
         program(),
         "restore".to_owned(),
-        m.id.clone(),
+        id.to_owned(),
         "--expect-sha256".to_owned(),
-        m.sha256.clone(),
+        sha256.to_owned(),
     ];
     for (k, v) in pinned_keys(settings) {
         command.push("--set".into());
@@ -218,7 +223,12 @@ pub fn restore_command(settings: &Settings, m: &Manifest) -> Vec<String> {
 
 /// [`restore_command`] as one line for a shell.
 pub fn restore_command_line(settings: &Settings, m: &Manifest) -> String {
-    restore_command(settings, m)
+    restore_line(settings, &m.id, &m.sha256)
+}
+
+/// [`restore_argv`] as one line for a shell.
+pub fn restore_line(settings: &Settings, id: &str, sha256: &str) -> String {
+    restore_argv(settings, id, sha256)
         .iter()
         .map(|a| shell_quote(Path::new(a)))
         .collect::<Vec<_>>()

@@ -93,13 +93,7 @@ pub fn run(g: &Global) -> i32 {
     let proven = inv
         .backups
         .iter()
-        .find(|b| {
-            b.manifest
-                .verification
-                .checks
-                .iter()
-                .any(|c| c == "fingerprints")
-        })
+        .find(|b| b.manifest.verification.fully_verified())
         .map(|b| b.id.clone());
     let rows: Vec<Row> = inv
         .backups

@@ -114,12 +114,7 @@ pub fn candidates(store: &Store, inv: &Inventory, fresh: Option<&str>) -> Result
             pinned: b.manifest.pinned,
             verified: !b.manifest.verification.checks.is_empty(),
             fresh: fresh == Some(b.id.as_str()),
-            proven: b
-                .manifest
-                .verification
-                .checks
-                .iter()
-                .any(|c| c == "fingerprints"),
+            proven: b.manifest.verification.fully_verified(),
             latest: latest.as_deref() == Some(b.id.as_str()),
             last_made: last_made.as_deref() == Some(b.id.as_str()),
             in_use: in_use.as_deref() == Some(b.id.as_str()),
@@ -370,12 +365,7 @@ fn with_way_out(e: Error, settings: &Settings, inv: &Inventory) -> Error {
             h.bytes == b.manifest.bytes && files::hex(&h.sha256) == b.manifest.sha256
         })
     };
-    let proven = |b: &&super::store::Entry| {
-        let c = &b.manifest.verification.checks;
-        c.iter()
-            .any(|c| c == "block_checksums" || c == "fingerprints")
-            && intact(b)
-    };
+    let proven = |b: &&super::store::Entry| b.manifest.verification.blocks_proven() && intact(b);
     let restore = match inv.backups.iter().find(proven) {
         Some(b) => Some(format!(
             "The newest good backup is `{}` (taken {}, verified: {}). Restore it: {}",

@@ -25,7 +25,7 @@
 //!   lock: nothing can write there, so restores, `list` and `verify` need no lock file.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -131,14 +131,7 @@ impl DirLock {
                         _file: Some(file),
                     });
                 }
-                Err(LockError::Conflict { .. }) => {
-                    let mut s = String::new();
-                    let _ = file.read_to_string(&mut s);
-                    return Err(Error::LockBusy {
-                        dir: dir.to_path_buf(),
-                        pid: s.trim().parse().ok(),
-                    });
-                }
+                Err(LockError::Conflict { .. }) => return Err(busy(dir)),
                 Err(LockError::Io(e)) => return Err(Error::io("lock", &path, e)),
             }
         }
@@ -206,24 +199,19 @@ impl DirLock {
                 if matches!(source.raw_os_error(), Some(libc::EROFS | libc::EACCES)) =>
             {
                 let path = dir.join(DIR_LOCK_NAME);
-                let mut file = match files::open_read_nofollow(&path) {
+                let file = match files::open_read_nofollow(&path) {
                     Ok(f) => f,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                     Err(e) => return Err(Error::io("open lock file", &path, e)),
                 };
-                match files::try_lock(&file, LockKind::Read) {
+                // The owner's byte only: a shared lock on the whole file would also cover the
+                // publication section and hold a writer's section for the whole restore.
+                match files::lock_range(&file, LockKind::Read, OWNER_BYTE, 1, false) {
                     Ok(()) => Ok(Some(DirLock {
                         _dir: None,
                         _file: Some(file),
                     })),
-                    Err(LockError::Conflict { .. }) => {
-                        let mut s = String::new();
-                        let _ = file.read_to_string(&mut s);
-                        Err(Error::LockBusy {
-                            dir: dir.to_path_buf(),
-                            pid: s.trim().parse().ok(),
-                        })
-                    }
+                    Err(LockError::Conflict { .. }) => Err(busy(dir)),
                     Err(LockError::Io(e)) => Err(Error::io("lock", &path, e)),
                 }
             }

@@ -73,6 +73,20 @@ pub struct Verification {
     pub verified_at: DateTime<Utc>,
 }
 
+impl Verification {
+    /// Verified by a full scan of every table (`VERIFY_LEVEL: full`): the backup rotation
+    /// keeps while every newer one was checked less.
+    pub fn fully_verified(&self) -> bool {
+        self.checks.iter().any(|c| c == "fingerprints")
+    }
+
+    /// Proven block by block when it was taken: DuckDB's checksums checked natively, or a full
+    /// scan (which makes DuckDB check them).
+    pub fn blocks_proven(&self) -> bool {
+        self.fully_verified() || self.checks.iter().any(|c| c == "block_checksums")
+    }
+}
+
 /// `<id>.manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Manifest {

@@ -722,28 +722,12 @@ fn roll_back(intent: &Intent) -> Result<Vec<PathBuf>> {
 }
 
 /// The command that finishes an interrupted restore of `backup_id` for this configuration.
-/// The one command that finishes an interrupted restore: this binary, by its absolute path,
-/// with the database and backup directory pinned (`--set`), so that it acts on this database in
-/// a fresh shell whatever its environment says.
-fn finish_command(settings: &Settings, backup_id: &str) -> String {
-    let program =
-        std::env::current_exe().map_or_else(|_| "ducksafe".to_owned(), |p| shell_quote(&p));
-    let mut cmd = format!(
-        "{program} restore {backup_id} --set {} --set {}",
-        shell_quote(Path::new(&format!(
-            "DB_PATH={}",
-            settings.db_path.display()
-        ))),
-        shell_quote(Path::new(&format!(
-            "BACKUP_DIR={}",
-            settings.backup_dir.display()
-        )))
-    );
-    if let Some(c) = &settings.config_path {
-        cmd.push_str(" --config ");
-        cmd.push_str(&shell_quote(c));
-    }
-    cmd
+/// The one command that finishes an interrupted restore: the rollback's own restore command
+/// (this binary by its absolute path, every key that decided the database pinned, the backup's
+/// SHA-256 expected), so that it acts on this database in a fresh shell whatever its
+/// environment says.
+fn finish_command(settings: &Settings, intent: &Intent) -> String {
+    crate::report::restore_line(settings, &intent.backup_id, &intent.backup_sha256)
 }
 
 /// Shell commands that undo an interrupted restore: what was moved goes back (the database
@@ -832,11 +816,11 @@ pub fn pending(settings: &Settings) -> Vec<Pending> {
                     finish: if elsewhere.as_ref() == Some(&dir) {
                         format!(
                             "{} with the configuration it was started with (its quarantine folder `{}` is not this configuration's)",
-                            finish_command(settings, &intent.backup_id),
+                            finish_command(settings, &intent),
                             files::parent_of(&dir).display()
                         )
                     } else {
-                        finish_command(settings, &intent.backup_id)
+                        finish_command(settings, &intent)
                     },
                     undo: undo_interrupted(&intent, &journal),
                     journal,

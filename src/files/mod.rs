@@ -225,18 +225,12 @@ fn flock_struct(kind: LockKind) -> libc::flock {
 /// Takes an OFD lock on the whole of `file` without waiting. The lock lasts as long as `file`
 /// (its open file description) stays open.
 pub fn try_lock(file: &File, kind: LockKind) -> Result<(), LockError> {
-    let fl = flock_struct(kind);
-    // SAFETY: the descriptor is valid for the life of `file`; `fl` is a valid flock.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &raw const fl) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EAGAIN | libc::EACCES) => Err(LockError::Conflict {
+    // The whole file (a length of 0 runs to its end, however it grows), naming the holder.
+    match lock_range(file, kind, 0, 0, false) {
+        Err(LockError::Conflict { .. }) => Err(LockError::Conflict {
             pid: lock_holder(file, kind),
         }),
-        _ => Err(LockError::Io(err)),
+        other => other,
     }
 }
 
