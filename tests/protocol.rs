@@ -391,7 +391,26 @@ fn a_guarded_runs_lease_counts_only_while_its_process_lives() {
         )
         .unwrap();
         if busy {
-            // Nor can `delete` take the backup that run may restore.
+            // No other restore while that run is in progress: an older run's rollback, an
+            // operator's command. Nor can `delete` take the backup that run may restore.
+            let before = std::fs::read(p.db()).unwrap();
+            let out = p.run(&["restore", &id]);
+            assert_eq!(
+                out.status.code(),
+                Some(75),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let (r, code) = p.hook(&format!(
+                r#"{{"protocol_version":1,"event":"post_run","backup_id":"{id}","run":{{"outcome":"failure"}},"on_failure":"restore","config":{{"path":"{}"}}}}"#,
+                p.config().display()
+            ));
+            assert_eq!(code, 75, "{r:?}");
+            assert_eq!(
+                std::fs::read(p.db()).unwrap(),
+                before,
+                "the database changed"
+            );
             let out = p.run(&["delete", &id]);
             assert_eq!(
                 out.status.code(),

@@ -46,10 +46,13 @@ impl Lease {
         }
     }
 
-    /// Whether the calling process is the one whose run this is.
+    /// Whether the calling process is the one whose run this is: the process that started this
+    /// one (a wrapper calling the binary), or this process itself (a program calling the engine
+    /// in-process after it ran the binary's pre_run).
     fn is_callers(&self) -> bool {
-        let pid = files::parent_pid();
-        self.pid == pid && self.start == files::process_start(pid)
+        [files::parent_pid(), files::own_pid()]
+            .into_iter()
+            .any(|pid| self.pid == pid && self.start == files::process_start(pid))
     }
 }
 

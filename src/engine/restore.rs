@@ -1023,6 +1023,10 @@ pub fn run(
     // Only this database's backups: `latest`, an id or a path never reaches another's.
     let owner = identity::check(store.dir(), settings)?;
     let store = store.owned_by(owner);
+    // A guarded run in progress writes the database until its own post_run: only that run's
+    // caller may restore now. Another restore (an older run's rollback, an operator's command)
+    // would erase its work (`lease`).
+    super::lease::check(store.dir())?;
     if lock.is_some() {
         // Sweep what an interrupted run left (nothing to sweep on read-only media).
         store.clean_leftovers(false)?;

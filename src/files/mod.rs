@@ -326,6 +326,11 @@ pub fn parent_pid() -> i32 {
     unsafe { libc::getppid() }
 }
 
+/// This process.
+pub fn own_pid() -> i32 {
+    i32::try_from(std::process::id()).unwrap_or(i32::MAX)
+}
+
 /// When a process started, in clock ticks since boot (`/proc/PID/stat`, field 22): with the
 /// PID, it names one process, even after the PID is reused. `None` when it is gone.
 pub fn process_start(pid: i32) -> Option<u64> {
