@@ -18,10 +18,23 @@ fn hold_database_child() {
     common::hold_database_child();
 }
 
+/// A backup taken by the pre_run hook, whose run then ended (its post_run: the run was good),
+/// so that restores from other processes (the runbook's commands through `sh`) are not refused
+/// as overlapping a guarded run still in progress.
 fn backup(p: &Project) -> (String, PathBuf) {
     let (r, code) = p.pre_run();
     assert_eq!(code, 0, "{r:?}");
     let b = r.backup.unwrap();
+    let (r, code) = p.hook(&format!(
+        r#"{{"protocol_version":1,"event":"post_run","backup_id":"{}","run":{{"outcome":"success"}},"config":{{"path":"{}"}}}}"#,
+        b.id,
+        p.config().display()
+    ));
+    assert_eq!(
+        (code, r.decision),
+        (0, ducksafe::protocol::Decision::Kept),
+        "{r:?}"
+    );
     (b.id, PathBuf::from(b.path))
 }
 
