@@ -372,6 +372,7 @@ pub fn pending_warnings(settings: &Settings) -> Vec<String> {
     restore::pending(settings)
         .iter()
         .map(restore::Pending::line)
+        .chain(restore::marker_trouble(settings))
         .collect()
 }
 

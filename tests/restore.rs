@@ -1291,7 +1291,8 @@ fn an_interrupted_restore_is_found_from_beside_the_database() {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(
-        text.contains("UNFINISHED RESTORE") && text.contains("started with"),
+        text.contains("UNFINISHED RESTORE")
+            && text.contains(&format!("QUARANTINE_DIR={}", q1.display())),
         "{text}"
     );
     let out = p.run(&["validate"]);
@@ -1378,4 +1379,47 @@ fn a_restore_cut_after_its_switch_is_closed_and_later_work_kept() {
         "the journal stayed open: {:?}",
         r.warnings
     );
+}
+
+/// A restore journal deleted by hand while its marker stays: `list` and `validate` say so first,
+/// every backup refuses with the way out, and the way out (the WAL back beside the database,
+/// the marker removed) works.
+#[test]
+fn a_lost_journal_is_said_first_with_its_way_out() {
+    let p = Project::new("");
+    let (id, _) = backup(&p);
+    write_into_wal(&p.db(), "CREATE TABLE crashed_run AS SELECT 1 AS x;");
+    let out = p
+        .cmd(&["restore", &id])
+        .env("DUCKSAFE_FAILPOINT", "restore.quarantined")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(6));
+    let q = p.backups().join("quarantine");
+    let folder = q.join(&common::dir_names(&q)[0]);
+    fs::remove_file(folder.join("restore.json")).unwrap();
+    let out = p.run(&["list"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("UNFINISHED RESTORE recorded in"), "{text}");
+    let r = common::one_response(&p.run(&["validate"]));
+    assert!(r.warnings.iter().any(|w| w.contains("UNFINISHED")), "{r:?}");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 74, "{r:?}");
+    let marker = p.path(".simulation.duckdb.ducksafe-restore");
+    assert!(
+        r.errors[0]
+            .message
+            .contains(&format!("rm {}", marker.display())),
+        "{:?}",
+        r.errors
+    );
+    // The way out, as the message gives it.
+    fs::rename(
+        folder.join("simulation.duckdb.wal"),
+        p.path("simulation.duckdb.wal"),
+    )
+    .unwrap();
+    fs::remove_file(&marker).unwrap();
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
 }

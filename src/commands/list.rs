@@ -56,6 +56,9 @@ pub fn run(g: &Global) -> i32 {
     let pending = restore::pending(&settings);
     if !g.json {
         report::print_pending(&pending);
+        if let Some(t) = restore::marker_trouble(&settings) {
+            println!("{t}");
+        }
     }
     let store = match Store::open(&settings.backup_dir, false) {
         Ok(s) => s,

@@ -472,6 +472,33 @@ fn remove_marker(db: &Path) {
     }
 }
 
+/// Why the marker's journal cannot be read, with the way out when it is gone for good.
+fn lost_journal(marker: &Path, journal: &Path) -> String {
+    format!(
+        "its journal `{}` is not there (moved with the project, another quarantine folder, or deleted by hand). If it was deleted: the database may be the old file without its WAL, which is in `{}` if it had one; with nothing using the database, move any `*.wal*` file from there back beside the database, then `rm {}`",
+        journal.display(),
+        files::parent_of(journal).display(),
+        shell_quote(marker)
+    )
+}
+
+/// The marker beside the database when no journal can be reported for it (gone, or not
+/// readable): what `list` and `validate` say first, since every backup and restore refuses
+/// meanwhile. Reads only.
+pub fn marker_trouble(settings: &Settings) -> Option<String> {
+    let path = marker_path(&settings.db_path);
+    let marker: Marker = serde_json::from_slice(&fs::read(&path).ok()?).ok()?;
+    let journal = fs::read(&marker.journal).ok();
+    match journal.and_then(|b| serde_json::from_slice::<Intent>(&b).ok()) {
+        Some(_) => None,
+        None => Some(format!(
+            "UNFINISHED RESTORE recorded in `{}`: {}",
+            path.display(),
+            lost_journal(&path, &marker.journal)
+        )),
+    }
+}
+
 /// A restore of this database still open in a journal the caller could not reach (another
 /// quarantine folder, or a project moved since): refused, so that nothing backs up, sweeps or
 /// restores a database whose WAL may sit in that journal's folder. A closed journal's marker is
@@ -500,10 +527,7 @@ pub fn check_marker(settings: &Settings) -> Result<()> {
         return Ok(());
     }
     let Ok(journal) = fs::read(&marker.journal) else {
-        return Err(refuse(format!(
-            "its journal `{}` is not there (moved with the project, or another quarantine folder)",
-            marker.journal.display()
-        )));
+        return Err(refuse(lost_journal(&path, &marker.journal)));
     };
     match serde_json::from_slice::<Intent>(&journal) {
         Ok(i) if i.state != "prepared" => {
@@ -814,10 +838,15 @@ pub fn pending(settings: &Settings) -> Vec<Pending> {
                     started_at: intent.started_at,
                     state: describe(&intent),
                     finish: if elsewhere.as_ref() == Some(&dir) {
+                        // Its quarantine folder is not this configuration's: pinned, so that
+                        // the command works as printed.
                         format!(
-                            "{} with the configuration it was started with (its quarantine folder `{}` is not this configuration's)",
+                            "{} --set {}",
                             finish_command(settings, &intent),
-                            files::parent_of(&dir).display()
+                            shell_quote(Path::new(&format!(
+                                "QUARANTINE_DIR={}",
+                                files::parent_of(&dir).display()
+                            )))
                         )
                     } else {
                         finish_command(settings, &intent)
