@@ -472,6 +472,12 @@ fn remove_marker(db: &Path) {
     }
 }
 
+/// The restore was undone by hand with the printed lines, which rename its journal.
+fn undone_by_hand(marker: &Marker) -> bool {
+    let undone = marker.journal.with_file_name(format!("{INTENT}.undone"));
+    fs::symlink_metadata(&marker.journal).is_err() && fs::symlink_metadata(undone).is_ok()
+}
+
 /// Why the marker's journal cannot be read, with the way out when it is gone for good.
 fn lost_journal(marker: &Path, journal: &Path) -> String {
     format!(
@@ -488,6 +494,9 @@ fn lost_journal(marker: &Path, journal: &Path) -> String {
 pub fn marker_trouble(settings: &Settings) -> Option<String> {
     let path = marker_path(&settings.db_path);
     let marker: Marker = serde_json::from_slice(&fs::read(&path).ok()?).ok()?;
+    if undone_by_hand(&marker) {
+        return None;
+    }
     let journal = fs::read(&marker.journal).ok();
     match journal.and_then(|b| serde_json::from_slice::<Intent>(&b).ok()) {
         Some(_) => None,
@@ -520,9 +529,7 @@ pub fn check_marker(settings: &Settings) -> Result<()> {
     let Ok(marker) = serde_json::from_slice::<Marker>(&bytes) else {
         return Err(refuse("the marker does not parse".into()));
     };
-    let undone = marker.journal.with_file_name(format!("{INTENT}.undone"));
-    if fs::symlink_metadata(&marker.journal).is_err() && fs::symlink_metadata(&undone).is_ok() {
-        // Undone by hand with the printed lines, which rename the journal.
+    if undone_by_hand(&marker) {
         remove_marker(&settings.db_path);
         return Ok(());
     }
