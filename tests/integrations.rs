@@ -1233,6 +1233,63 @@ fn ducksafe_run_restores_a_run_interrupted_by_sigquit() {
     ducksafe_run_interrupted_by("QUIT");
 }
 
+/// A SIGTERM sent to `just` alone (a supervisor's `kill PID`): just passes it on to the recipe
+/// line's shell only, which dies of it, and just exits. The guard's wrapper notices that its
+/// parent is gone, stops the workload with SIGTERM and judges the run as interrupted: restored,
+/// as asked, instead of running on unjudged.
+#[test]
+fn just_guard_restores_a_run_when_just_alone_gets_sigterm() {
+    let just = need!(tool("just"));
+    let python = need!(python_with_duckdb());
+    let p = Project::new("");
+    fs::write(p.path("hold.py"), HOLD_PY).unwrap();
+    let import = repo().join("hooks/ducksafe.just");
+    fs::write(
+        p.path("justfile"),
+        format!(
+            "import {:?}\nsim:\n    {{{{ducksafe_guard}}}} {:?} hold.py simulation.duckdb started\n",
+            import.display().to_string(),
+            python.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut c = need!(job_command(&just, p.dir.path(), true));
+    c.arg("sim").env("DUCKSAFE_ON_FAILURE", "restore");
+    let mut job = Job::start(&mut c, p.dir.path());
+    let workload = job.wait_for(&p.path("started"));
+    send_signal("TERM", &job.pid().to_string()); // just alone, not its group
+    let out = job.finish();
+    assert!(!out.status.success(), "just reports the interrupted recipe");
+
+    // just does not wait for the wrapper (its own child, the line's shell, died at once): wait
+    // for the wrapper's answer. The bound only keeps a broken wrapper from hanging the suite.
+    let post_run = state(&p).join("post_run.json");
+    let answered = || {
+        fs::read_to_string(&post_run).is_ok_and(|s| serde_json::from_str::<Response>(&s).is_ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(answered() && !is_running(workload)) {
+        assert!(
+            Instant::now() < deadline,
+            "the workload ran on unjudged after just was stopped\n{}",
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pre = saved(&state(&p), "pre_run").expect("pre_run.json");
+    let expected = fingerprints(Path::new(&pre.backup.expect("a backup").path));
+    let post = saved(&state(&p), "post_run").expect("post_run.json");
+    assert_eq!(post.decision, Decision::Restored, "{post:?}");
+    let run = post.run.expect("the run, repeated");
+    assert_eq!(run.outcome, Outcome::Failure);
+    assert_eq!(
+        run.exit_code,
+        Some(143),
+        "the workload was stopped by SIGTERM"
+    );
+    common::assert_restored(&p, &expected);
+}
+
 #[test]
 fn ducksafe_run_prints_backslashes_as_they_are() {
     let p = Project::new("");
