@@ -7,6 +7,8 @@
 //! - A database is opened at most once at a time per path in this process (duckdb-rs has no
 //!   instance cache; two opens would be two independent databases).
 //! - Extension autoloading is off: verification never reaches for the network.
+//! - DuckDB's messages are read in one place ([`DuckError`]'s classification): callers match on
+//!   its kinds (a lock, damage, a full disk, no memory), never on its words.
 //! - Fingerprints are `count(*)`, `sum(h)` and `bit_xor(h)` with `h = hash(c1, c2, …)` over every
 //!   column of each row: the scan reads every column, so it also makes DuckDB check the checksum
 //!   of every block a table uses.

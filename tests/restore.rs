@@ -1699,3 +1699,46 @@ fn every_refusal_of_a_backup_is_a_refusal_of_its_dry_run() {
         (exit, code)
     });
 }
+
+/// Issue 10: a backup directory open to others that ducksafe may not tighten (here: on a
+/// read-only filesystem) is said in every response, with the command that fixes it, and is
+/// left as it is.
+#[test]
+fn a_backup_dir_that_cannot_be_tightened_is_said_in_every_response() {
+    let p = Project::new("");
+    let (id, _) = backup(&p);
+    fs::set_permissions(p.backups(), fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(_ro) = mounted(
+        "read-only backup filesystem",
+        Mount::read_only(&p.backups()),
+    ) else {
+        return;
+    };
+    let said_it = |warnings: &[String]| {
+        warnings.iter().any(|w| {
+            w.contains(&format!("`{}` is 0755", p.backups().display()))
+                && w.contains("cannot make it 0700 (it is on a read-only filesystem)")
+                && w.contains("chmod 700")
+        })
+    };
+    let config = p.config().display().to_string();
+    for (event, extra) in [
+        ("validate", String::new()),
+        ("pre_run", String::new()),
+        (
+            "post_run",
+            format!(r#","backup_id":"{id}","run":{{"outcome":"failure"}},"on_failure":"restore""#),
+        ),
+    ] {
+        let (r, _) = p.hook(&format!(
+            r#"{{"protocol_version":1,"event":"{event}","config":{{"path":"{config}"}}{extra}}}"#
+        ));
+        assert!(said_it(&r.warnings), "{event}: {r:?}");
+    }
+    let out = p.run(&["--json", "list"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings: Vec<String> = serde_json::from_value(listed["warnings"].clone()).unwrap();
+    assert!(said_it(&warnings), "list: {listed}");
+    let mode = fs::metadata(p.backups()).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755);
+}

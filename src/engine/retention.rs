@@ -1,5 +1,6 @@
 //! The retention policy: which backups to keep and which to delete, and why. Pure: it takes the
-//! backups and `now`, and returns a plan; the caller applies it.
+//! backups and `now`, and returns a plan; [`Store::rotate`](super::store::Store::rotate) applies
+//! it, and [`Store::candidates`](super::store::Store::candidates) says what it weighs.
 //!
 //! Rules, each a limit on what is kept:
 //! 1. keep the newest `BACKUP_KEEP_LAST` unpinned backups; older unpinned ones go;

@@ -1,5 +1,6 @@
-//! The backup directory: its names, its inventory, publication of a new backup, `latest`, and
-//! the cleanup of what an interrupted run left behind.
+//! The backup directory: its names (the one place they are made), its inventory, publication
+//! of a new backup, `latest`, rotation (the deletions a [`retention`] plan decides), and the
+//! cleanup of what an interrupted run left behind.
 //!
 //! Layout of a backup directory:
 //! ```text
@@ -12,6 +13,7 @@
 //!   .ducksafe-ids                            0600  every id ever issued here, in order
 //!   .ducksafe-database.json                  0600  the one database these backups belong to
 //!                                                  (see super::identity)
+//!   .ducksafe-run.json                       0600  the guarded run in progress (super::lease)
 //!   .ducksafe-tmp-…                                in-flight files; never a backup name
 //!   quarantine/                              0700  databases moved aside by restores
 //! ```

@@ -10,6 +10,8 @@
 //!   never a pre-existing file or a planted symlink, and never readable by others.
 //! - A rename that publishes a file is followed by an `fsync` of the directory that holds it, so
 //!   a published name survives a power loss.
+//! - One list of system folders ([`is_system_folder`], [`is_shared_system_folder`]): never a
+//!   home for ducksafe's private files, never `chmod`-ed.
 //! - Locks are OFD locks (`F_OFD_SETLK`). Unlike classic POSIX `fcntl` locks they belong to the
 //!   open file description, so closing some other descriptor of the same file in this process
 //!   (as DuckDB and `std::fs` both do) never drops them; they conflict with DuckDB's own `fcntl`
