@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
-use common::{fingerprints, hold, sha256, write_into_wal, Project};
+use common::{every_byte, fingerprints, hold, sha256, write_into_wal, Project};
 use ducksafe::duck::{Db, Limits};
 use ducksafe::protocol::{Decision, ErrorCode};
 
@@ -1422,30 +1422,6 @@ fn a_lost_journal_is_said_first_with_its_way_out() {
     fs::remove_file(&marker).unwrap();
     let (r, code) = p.pre_run();
     assert_eq!(code, 0, "{r:?}");
-}
-
-/// Every file under `dir`, byte for byte (links by target): what "the dry run wrote nothing"
-/// compares. The directory lock included: a dry run does not even write its PID there.
-fn every_byte(dir: &Path) -> std::collections::BTreeMap<String, String> {
-    let mut m = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().map(Result::unwrap) {
-            let path = e.path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let rel = path.strip_prefix(dir).unwrap().display().to_string();
-            let v = if meta.is_dir() {
-                stack.push(path.clone());
-                format!("dir {:o}", meta.permissions().mode())
-            } else if meta.file_type().is_symlink() {
-                format!("-> {}", fs::read_link(&path).unwrap().display())
-            } else {
-                sha256(&path)
-            };
-            m.insert(rel, v);
-        }
-    }
-    m
 }
 
 /// The error code of a failed `--json` command.

@@ -23,6 +23,8 @@
 //!   locked again.
 //! - On read-only media (a write-protected disk, a snapshot mount) the directory's `flock` is the
 //!   lock: nothing can write there, so restores, `list` and `verify` need no lock file.
+//! - A dry run's lock ([`DirLock::acquire_without_writing`]) is refused by a ducksafe at work
+//!   and keeps one out, like the real one, but creates and writes nothing.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
