@@ -11,7 +11,8 @@
 //!
 //! When the WAL was folded in, the bytes differ from the source file by design, so the source
 //! is opened read-only (its WAL replayed in memory) and the comparison is table by table.
-//! Invariant: each database is opened once per verification, read-only.
+//! Invariants: each database is opened once per verification, read-only; every copy ducksafe
+//! makes (a backup, a restore's staged copy) is judged by one read-back rule ([`read_back`]).
 
 use std::path::Path;
 
