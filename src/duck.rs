@@ -7,6 +7,8 @@
 //! - A database is opened at most once at a time per path in this process (duckdb-rs has no
 //!   instance cache; two opens would be two independent databases).
 //! - Extension autoloading is off: verification never reaches for the network.
+//! - DuckDB's messages are read in one place ([`DuckError`]'s classification): callers match on
+//!   its kinds (a lock, damage, a full disk, no memory), never on its words.
 //! - Fingerprints are `count(*)`, `sum(h)` and `bit_xor(h)` with `h = hash(c1, c2, …)` over every
 //!   column of each row: the scan reads every column, so it also makes DuckDB check the checksum
 //!   of every block a table uses.
@@ -109,8 +111,27 @@ pub enum DuckError {
     NotDatabase(String),
     /// DuckDB could not fit the work in its memory limit.
     OutOfMemory(String),
-    /// Anything else DuckDB reported (corruption, I/O).
+    /// DuckDB found a block whose checksum does not match its bytes: the file is damaged.
+    Corrupt(String),
+    /// The filesystem filled up (or a quota was reached) while DuckDB wrote.
+    NoSpace(String),
+    /// Anything else DuckDB reported (I/O, SQL).
     Failed(String),
+}
+
+impl DuckError {
+    /// The same error with its message rewritten by `f` (to say which table it came from).
+    #[must_use]
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> DuckError {
+        match self {
+            DuckError::NotDatabase(m) => DuckError::NotDatabase(f(m)),
+            DuckError::OutOfMemory(m) => DuckError::OutOfMemory(f(m)),
+            DuckError::Corrupt(m) => DuckError::Corrupt(f(m)),
+            DuckError::NoSpace(m) => DuckError::NoSpace(f(m)),
+            DuckError::Failed(m) => DuckError::Failed(f(m)),
+            locked @ DuckError::Locked { .. } => locked,
+        }
+    }
 }
 
 impl std::fmt::Display for DuckError {
@@ -130,23 +151,38 @@ impl std::fmt::Display for DuckError {
                 f,
                 "DuckDB ran out of memory ({m}); raise DUCKDB_MEMORY_LIMIT or lower DUCKDB_THREADS"
             ),
-            DuckError::NotDatabase(m) | DuckError::Failed(m) => f.write_str(m),
+            DuckError::NotDatabase(m)
+            | DuckError::Corrupt(m)
+            | DuckError::NoSpace(m)
+            | DuckError::Failed(m) => f.write_str(m),
         }
     }
 }
 
 fn classify(e: &duckdb::Error) -> DuckError {
-    let msg = e.to_string();
+    classify_message(&e.to_string())
+}
+
+/// The kind of a DuckDB failure, from its message (DuckDB gives no codes): the one place its
+/// words are matched.
+fn classify_message(msg: &str) -> DuckError {
     if msg.contains("Could not set lock") || msg.contains("Conflicting lock") {
         return DuckError::Locked {
-            pid: parse_pid(&msg),
-            holder: parse_holder(&msg),
+            pid: parse_pid(msg),
+            holder: parse_holder(msg),
         };
     }
     if msg.starts_with("Out of Memory Error") {
-        return DuckError::OutOfMemory(first_line(&msg));
+        return DuckError::OutOfMemory(first_line(msg));
     }
-    DuckError::Failed(first_line(&msg))
+    // DuckDB's words for a block whose stored checksum does not match its bytes.
+    if msg.contains("Corrupt database file") {
+        return DuckError::Corrupt(first_line(msg));
+    }
+    if msg.contains("No space left on device") || msg.contains("Disk quota exceeded") {
+        return DuckError::NoSpace(first_line(msg));
+    }
+    DuckError::Failed(first_line(msg))
 }
 
 fn first_line(msg: &str) -> String {
@@ -466,6 +502,29 @@ mod tests {
         assert_eq!(set.scan_pool(&db), None);
         std::fs::write(dir.path().join("sim.duckdb.wal"), b"x").unwrap();
         assert_eq!(threads(2).scan_pool(&db), None);
+    }
+
+    #[test]
+    fn damage_and_a_full_disk_are_told_by_kind_not_by_words() {
+        let corrupt = "IO Error: Corrupt database file: computed checksum 1 does not match stored checksum 2 in block at location 12288";
+        assert!(matches!(classify_message(corrupt), DuckError::Corrupt(m) if m == corrupt));
+        for full in [
+            "IO Error: Could not write file \"x.duckdb\": No space left on device",
+            "IO Error: Could not write file: Disk quota exceeded",
+        ] {
+            assert!(
+                matches!(classify_message(full), DuckError::NoSpace(_)),
+                "{full}"
+            );
+        }
+        assert!(matches!(
+            classify_message("Out of Memory Error: failed to allocate"),
+            DuckError::OutOfMemory(_)
+        ));
+        assert!(matches!(
+            classify_message("Binder Error: no such table"),
+            DuckError::Failed(_)
+        ));
     }
 
     #[test]

@@ -257,7 +257,7 @@ impl Error {
             )),
             Error::DatabaseLocked { path, .. } => Some(format!(
                 "another process has the database open (named above: a run, a notebook, a DuckDB shell); wait for it to finish or stop it, then retry (`fuser -v {}` lists them)",
-                crate::engine::restore::shell_quote(path)
+                crate::engine::shell::quote(path)
             )),
             Error::LockBusy { .. } => {
                 Some("another backup or restore is running; retry when it has finished".into())
@@ -367,7 +367,7 @@ fn unsafe_folder_hint(key: &str, dir: &Path) -> String {
     } else {
         format!(
             "make `{key}` private to this user: `chmod 700 {}` (and `chown` it to this user), or set `{key}` to a folder of its own",
-            crate::engine::restore::shell_quote(dir)
+            crate::engine::shell::quote(dir)
         )
     }
 }

@@ -678,3 +678,38 @@ fn a_manifest_whose_file_was_moved_away_is_never_swept() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Issue 10: the seed's Quick Start runs `mkdir -p backups` before ducksafe ever sees the
+/// folder, so it is `0755`. The backup makes it `0700`, as it makes the folders it creates,
+/// and says so once; a reading command changes no mode.
+#[test]
+fn a_backup_dir_made_by_hand_is_tightened_with_a_note() {
+    let p = Project::new("");
+    fs::create_dir(p.backups()).unwrap();
+    fs::set_permissions(p.backups(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mode = || fs::metadata(p.backups()).unwrap().permissions().mode() & 0o7777;
+    let out = p.run(&["--json", "list"]);
+    assert!(out.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        listed["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("is 0755") && w.contains("the next backup makes it 0700")),
+        "{listed}"
+    );
+    assert_eq!(mode(), 0o755, "list changes no mode");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    assert_eq!(mode(), 0o700);
+    let note = format!(
+        "tightened `{}` from 0755 to 0700: it holds compensation data",
+        p.backups().display()
+    );
+    assert!(r.warnings.contains(&note), "{:?}", r.warnings);
+    let (r, _) = p.pre_run();
+    assert!(
+        !r.warnings.iter().any(|w| w.contains("0755")),
+        "said once: {:?}",
+        r.warnings
+    );
+}

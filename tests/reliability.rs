@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 use common::{bin, fingerprints, hold, sha256, write_into_wal, Project};
 use ducksafe::config::{self, Settings, Source, VerifyLevel};
 use ducksafe::duck::{Db, Limits};
+use ducksafe::engine::journal::INTENT;
 use ducksafe::engine::manifest::Manifest;
-use ducksafe::engine::restore::INTENT;
 use ducksafe::engine::store::{Store, LATEST};
 use ducksafe::engine::verify;
 use ducksafe::protocol::{Decision, ErrorCode, Response, Status, MAX_REQUEST_BYTES};
@@ -3375,7 +3375,7 @@ fn symlinks_in_restore(t: &mut Tally, p: &Project, victims: &Victims, minute: &m
     // A staged-restore name planted beside the database: unlinked, not followed.
     let staged = p.path(&format!(
         "{}999999-x.duckdb",
-        ducksafe::engine::identity::staged_prefix(&p.db())
+        ducksafe::engine::staging::prefix(&p.db())
     ));
     plant(&staged, &victims.path("victim.duckdb"));
     // A WAL name beside the database that is a symlink: moved into quarantine as a link.
@@ -5176,8 +5176,8 @@ fn quarantine_in_a_system_folder(t: &mut Tally) {
     let p = Project::new("");
     let (r, _) = p.pre_run();
     ensure(r.exit_code == 0, || format!("{r:?}")).unwrap();
-    let same_fs = ducksafe::engine::store::device_of(Path::new("/tmp"))
-        == ducksafe::engine::store::device_of(p.dir.path());
+    let same_fs =
+        ducksafe::files::device_of(Path::new("/tmp")) == ducksafe::files::device_of(p.dir.path());
     let no_chmod = |r: &Response| {
         ensure(
             r.errors.iter().all(|e| {

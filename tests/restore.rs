@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
-use common::{fingerprints, hold, sha256, write_into_wal, Project};
+use common::{every_byte, fingerprints, hold, sha256, write_into_wal, Project};
 use ducksafe::duck::{Db, Limits};
 use ducksafe::protocol::{Decision, ErrorCode};
 
@@ -1422,4 +1422,299 @@ fn a_lost_journal_is_said_first_with_its_way_out() {
     fs::remove_file(&marker).unwrap();
     let (r, code) = p.pre_run();
     assert_eq!(code, 0, "{r:?}");
+}
+
+/// The error code of a failed `--json` command.
+fn error_code(out: &std::process::Output) -> String {
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", said(out)));
+    v["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A guarded run in progress, recorded by a process that is neither the caller nor its parent
+/// (PID 1 lives as long as the machine).
+fn lease_of_another_run(p: &Project) {
+    fs::write(
+        p.backups().join(ducksafe::engine::lease::NAME),
+        format!(
+            r#"{{"pid":1,"start":{},"backup_id":"x","since":"2026-01-01T00:00:00Z"}}"#,
+            ducksafe::files::process_start(1).unwrap()
+        ),
+    )
+    .unwrap();
+}
+
+/// The owner file of the backup directory, rewritten to name another database.
+fn owned_by_another_database(p: &Project) {
+    let owner = p.backups().join(ducksafe::engine::identity::OWNER_FILE);
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&owner).unwrap()).unwrap();
+    v["database"] = serde_json::json!(p.path("other/simulation.duckdb"));
+    fs::write(&owner, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+/// What a refusal case leaves held while both runs are made (a lock, a holder process).
+type Held = Option<Box<dyn std::any::Any>>;
+/// Prepares a project whose backup `id` exists: the arguments a restore gets, what stays held.
+type Setup = fn(&Project, &str) -> (Vec<String>, Held);
+/// (what, the error code expected, the setup).
+type Refusal = (&'static str, &'static str, Setup);
+/// Runs the command under test on a project with the setup's arguments, for real or as a dry
+/// run: its exit code and the first error's code.
+type Answer = dyn Fn(&Project, &[String], bool) -> (i32, String);
+
+/// The refusals a backup and a restore share.
+fn refusals_of_both() -> Vec<Refusal> {
+    vec![
+        ("a symlinked DB_PATH", "database_invalid", |p, _| {
+            fs::rename(p.db(), p.path("real.duckdb")).unwrap();
+            std::os::unix::fs::symlink("real.duckdb", p.db()).unwrap();
+            (Vec::new(), None)
+        }),
+        (
+            "another database's backup directory",
+            "backup_dir_unsafe",
+            |p, _| {
+                owned_by_another_database(p);
+                (Vec::new(), None)
+            },
+        ),
+        (
+            "a quarantine folder open to everyone",
+            "backup_dir_unsafe",
+            |p, _| {
+                let q = p.backups().join("quarantine");
+                fs::create_dir(&q).unwrap();
+                fs::set_permissions(&q, fs::Permissions::from_mode(0o777)).unwrap();
+                (Vec::new(), None)
+            },
+        ),
+        (
+            "another ducksafe at work in the directory",
+            "lock_busy",
+            |p, _| {
+                let lock = ducksafe::engine::lock::DirLock::acquire(&p.backups()).unwrap();
+                (Vec::new(), Some(Box::new(lock)))
+            },
+        ),
+        ("a guarded run in progress", "lock_busy", |p, _| {
+            lease_of_another_run(p);
+            (Vec::new(), None)
+        }),
+        (
+            "an interrupted restore that cannot be rolled back",
+            "restore_failed",
+            |p, id| {
+                write_into_wal(&p.db(), "DELETE FROM employees;");
+                let mut c = p.cmd(&["restore", id]);
+                c.env("DUCKSAFE_FAILPOINT", "restore.quarantined");
+                assert_eq!(c.output().unwrap().status.code(), None);
+                remove_staged_copies(p);
+                // A WAL appeared beside the database since: its quarantined namesake cannot go back.
+                write_into_wal(&p.db(), "DELETE FROM fct_yearly_events;");
+                (Vec::new(), None)
+            },
+        ),
+        (
+            "a restore recorded in a journal that is gone",
+            "restore_failed",
+            |p, _| {
+                fs::write(
+                    p.path(".simulation.duckdb.ducksafe-restore"),
+                    br#"{"journal":"/nonexistent/q/restore.json"}"#,
+                )
+                .unwrap();
+                (Vec::new(), None)
+            },
+        ),
+    ]
+}
+
+/// Runs every case twice on a fresh project with one backup, the dry run first: `run(p, args,
+/// dry)` answers the exit code and the first error's code. Both must refuse with `code`, and
+/// the dry run must leave every byte as it was.
+fn same_refusals(cases: Vec<Refusal>, run: &Answer) {
+    for (what, code, setup) in cases {
+        let p = Project::new("");
+        let (id, _) = backup(&p);
+        change_rows(&p.db());
+        let (args, held) = setup(&p, &id);
+        let before = every_byte(p.dir.path());
+        let dry = run(&p, &args, true);
+        assert_eq!(
+            every_byte(p.dir.path()),
+            before,
+            "{what}: the dry run changed files"
+        );
+        let real = run(&p, &args, false);
+        drop(held);
+        assert_eq!(real.1, code, "{what}: the real run answered {real:?}");
+        assert_eq!(dry, real, "{what}: the dry run answered otherwise");
+    }
+}
+
+/// Issue 10: `restore --dry-run` is the restore itself with nothing written, so every refusal
+/// of the restore is a refusal of its dry run, with the same code, and the dry run changes not
+/// one byte, the directory lock included.
+#[test]
+fn every_refusal_of_a_restore_is_a_refusal_of_its_dry_run() {
+    let mut cases = refusals_of_both();
+    cases.extend::<Vec<Refusal>>(vec![
+        (
+            "a reader has the database open",
+            "database_locked",
+            |p, _| (Vec::new(), Some(Box::new(common::hold_reader(&p.db())))),
+        ),
+        (
+            "a backup other than the one expected",
+            "restore_failed",
+            |_, id| {
+                let args = [id, "--expect-sha256", &"0".repeat(64)];
+                (args.map(str::to_owned).to_vec(), None)
+            },
+        ),
+        ("a truncated backup", "verification_failed", |p, id| {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(p.backups().join(format!("{id}.duckdb")))
+                .unwrap();
+            f.set_len(20_000).unwrap();
+            (Vec::new(), None)
+        }),
+        (
+            "a damaged backup of the right size",
+            "verification_failed",
+            |p, id| {
+                flip_a_byte(&p.backups().join(format!("{id}.duckdb")));
+                (Vec::new(), None)
+            },
+        ),
+        // A byte that DuckDB's open does not read: only its SHA-256 tells.
+        (
+            "a backup with one wrong byte in its last block",
+            "verification_failed",
+            |p, id| {
+                let path = p.backups().join(format!("{id}.duckdb"));
+                let mut bytes = fs::read(&path).unwrap();
+                let at = bytes.len() - 100;
+                bytes[at] ^= 0xff;
+                fs::write(&path, &bytes).unwrap();
+                (Vec::new(), None)
+            },
+        ),
+        ("an unknown backup", "backup_not_found", |_, _| {
+            (vec!["nope".into()], None)
+        }),
+        ("`latest` naming no backup", "backup_not_found", |p, _| {
+            fs::remove_file(p.backups().join("latest.duckdb")).unwrap();
+            std::os::unix::fs::symlink("gone.duckdb", p.backups().join("latest.duckdb")).unwrap();
+            (Vec::new(), None)
+        }),
+        ("no backup directory", "backup_not_found", |p, _| {
+            fs::remove_dir_all(p.backups()).unwrap();
+            (Vec::new(), None)
+        }),
+    ]);
+    same_refusals(cases, &|p, args, dry| {
+        let mut a = vec!["--json", "restore"];
+        a.extend(args.iter().map(String::as_str));
+        if dry {
+            a.push("--dry-run");
+        }
+        let out = p.run(&a);
+        (out.status.code().unwrap_or(-1), error_code(&out))
+    });
+}
+
+/// Issue 10: a pre_run dry run is the backup's own path with nothing written (see
+/// `engine::backup`), so every refusal of the backup is a refusal of its dry run, with the same
+/// code, and the dry run changes not one byte.
+#[test]
+fn every_refusal_of_a_backup_is_a_refusal_of_its_dry_run() {
+    let mut cases = refusals_of_both();
+    cases.extend::<Vec<Refusal>>(vec![
+        ("no database", "database_not_found", |p, _| {
+            fs::remove_file(p.db()).unwrap();
+            (Vec::new(), None)
+        }),
+        ("a file that is no database", "database_invalid", |p, _| {
+            fs::write(p.db(), vec![b'x'; 20_000]).unwrap();
+            (Vec::new(), None)
+        }),
+        ("a backup directory open to everyone", "backup_dir_unsafe", |p, _| {
+            fs::set_permissions(p.backups(), fs::Permissions::from_mode(0o777)).unwrap();
+            (Vec::new(), None)
+        }),
+        ("a writer has the database open", "database_locked", |p, _| {
+            (Vec::new(), Some(Box::new(hold(&p.db()))))
+        }),
+        ("a damaged database", "database_damaged", |p, _| {
+            flip_a_byte(&p.db());
+            (Vec::new(), None)
+        }),
+        ("not enough free space", "insufficient_space", |p, _| {
+            p.write_config(
+                "DB_PATH: simulation.duckdb\nLOG_LEVEL: INFO\nBACKUP_MIN_FREE_BYTES: 1000000000000000000\n",
+            );
+            (Vec::new(), None)
+        }),
+    ]);
+    same_refusals(cases, &|p, _, dry| {
+        let (r, exit) = p.hook(&format!(
+            r#"{{"protocol_version":1,"event":"pre_run","dry_run":{dry},"config":{{"path":"{}"}}}}"#,
+            p.config().display()
+        ));
+        let code = r
+            .errors
+            .first()
+            .map(|e| serde_json::to_value(e.code).unwrap())
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        (exit, code)
+    });
+}
+
+/// Issue 10: a backup directory open to others that ducksafe may not tighten (here: on a
+/// read-only filesystem) is said in every response, with the command that fixes it, and is
+/// left as it is.
+#[test]
+fn a_backup_dir_that_cannot_be_tightened_is_said_in_every_response() {
+    let p = Project::new("");
+    let (id, _) = backup(&p);
+    fs::set_permissions(p.backups(), fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(_ro) = mounted(
+        "read-only backup filesystem",
+        Mount::read_only(&p.backups()),
+    ) else {
+        return;
+    };
+    let said_it = |warnings: &[String]| {
+        warnings.iter().any(|w| {
+            w.contains(&format!("`{}` is 0755", p.backups().display()))
+                && w.contains("cannot make it 0700 (it is on a read-only filesystem)")
+                && w.contains("chmod 700")
+        })
+    };
+    let config = p.config().display().to_string();
+    for (event, extra) in [
+        ("validate", String::new()),
+        ("pre_run", String::new()),
+        (
+            "post_run",
+            format!(r#","backup_id":"{id}","run":{{"outcome":"failure"}},"on_failure":"restore""#),
+        ),
+    ] {
+        let (r, _) = p.hook(&format!(
+            r#"{{"protocol_version":1,"event":"{event}","config":{{"path":"{config}"}}{extra}}}"#
+        ));
+        assert!(said_it(&r.warnings), "{event}: {r:?}");
+    }
+    let out = p.run(&["--json", "list"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings: Vec<String> = serde_json::from_value(listed["warnings"].clone()).unwrap();
+    assert!(said_it(&warnings), "list: {listed}");
+    let mode = fs::metadata(p.backups()).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755);
 }

@@ -16,7 +16,7 @@ pub fn run(g: &Global, a: &AdoptArgs) -> i32 {
         let _lock = DirLock::acquire(store.dir())?;
         // A restore left open before the move must be finished where it started: its journal
         // names the old paths.
-        crate::engine::restore::check_marker(&settings)?;
+        crate::engine::journal::check_marker(&settings)?;
         identity::adopt(&store, &settings, a.dry_run)
     })();
     let adoption = match result {

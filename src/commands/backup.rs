@@ -17,7 +17,7 @@ pub fn run(g: &Global, a: &BackupArgs) -> i32 {
     ctx.set_paths(&settings);
     let now = crate::clock::now();
     if a.dry_run {
-        return match backup::dry_run(&settings, now) {
+        return match backup::dry_run(&settings, now, false) {
             Ok(d) => {
                 let mut r = report::backup_planned(&ctx, &d);
                 report::surface_pending(&mut r, &settings);

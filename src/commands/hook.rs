@@ -231,7 +231,7 @@ fn serve(request: &Request, mut ctx: Ctx) -> Response {
     let now = crate::clock::now();
     let mut response = match request.event {
         Event::Validate => validate(&ctx, &settings),
-        Event::PreRun if request.dry_run => match backup::dry_run(&settings, now) {
+        Event::PreRun if request.dry_run => match backup::dry_run(&settings, now, true) {
             Ok(d) => report::backup_planned(&ctx, &d),
             Err(e) => ctx.fail(Decision::Abort, &e),
         },
@@ -264,10 +264,10 @@ fn serve(request: &Request, mut ctx: Ctx) -> Response {
 
 fn validate(ctx: &Ctx, settings: &config::Settings) -> Response {
     let mut ctx = ctx.clone();
-    if let Err(e) = backup::check_database(settings) {
+    if let Err(e) = crate::engine::database::check(settings) {
         return ctx.fail(Decision::Invalid, &e);
     }
-    let limits = backup::limits(settings);
+    let limits = crate::engine::database::limits(settings);
     match crate::duck::Db::open_read_only(&settings.db_path, &limits) {
         Ok(db) => {
             let _ = db.close();
@@ -292,7 +292,7 @@ fn validate(ctx: &Ctx, settings: &config::Settings) -> Response {
     }
     // What a backup checks before it writes, without writing: the backup directory is private
     // and writable and belongs to this database, the quarantine folder is private.
-    if let Err(e) = restore::check_quarantine(settings) {
+    if let Err(e) = crate::engine::quarantine::check(settings) {
         return ctx.fail(Decision::Invalid, &e);
     }
     if settings.backup_dir.exists() {
@@ -318,7 +318,7 @@ fn validate(ctx: &Ctx, settings: &config::Settings) -> Response {
             settings.backup_dir.display()
         ));
     }
-    let pending = restore::pending(settings);
+    let pending = crate::engine::journal::pending(settings);
     let reason = match pending.first() {
         None => "configuration is valid and the database is readable".to_owned(),
         Some(p) => format!(

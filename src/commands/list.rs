@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::Global;
-use crate::engine::restore::{self, Pending};
+use crate::engine::journal::{self, Pending};
 use crate::engine::store::Store;
 use crate::files;
 use crate::report::{self, size};
@@ -53,10 +53,10 @@ pub fn run(g: &Global) -> i32 {
         Err(e) => return super::fail(g, &e),
     };
     // An interrupted restore comes first, whatever else the listing says.
-    let pending = restore::pending(&settings);
+    let pending = journal::pending(&settings);
     if !g.json {
         report::print_pending(&pending);
-        if let Some(t) = restore::marker_trouble(&settings) {
+        if let Some(t) = journal::marker_trouble(&settings) {
             println!("{t}");
         }
     }
@@ -133,7 +133,7 @@ pub fn run(g: &Global) -> i32 {
             })
             .collect(),
         backups: rows,
-        warnings: crate::engine::backup::inventory_warnings(&store, &inv, now),
+        warnings: store.warnings(&inv, now),
     };
     if g.json {
         report::print_json_pretty(&listing);

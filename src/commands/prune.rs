@@ -5,7 +5,6 @@ use serde::Serialize;
 
 use super::Global;
 use crate::cli::PruneArgs;
-use crate::engine::backup;
 use crate::engine::retention;
 use crate::engine::store::Store;
 use crate::report;
@@ -32,16 +31,17 @@ pub fn run(g: &Global, a: &PruneArgs) -> i32 {
         let inv = store.inventory()?;
         let now = crate::clock::now();
         let plan = retention::plan(
-            &backup::candidates(&store, &inv, None)?,
+            &store.candidates(&inv, None)?,
             now,
-            backup::policy(&settings),
+            retention::policy(&settings),
         );
         let mut warnings = plan.warnings.clone();
-        warnings.extend(backup::inventory_warnings(&store, &inv, now));
+        warnings.extend(store.inventory_warnings(&inv, now));
         let deleted = if a.dry_run {
             Vec::new()
         } else {
-            backup::apply_plan(&store, &plan, &mut warnings)
+            store
+                .rotate(&plan, &mut warnings)
                 .deleted
                 .into_iter()
                 .map(|d| d.id)

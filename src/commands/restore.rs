@@ -85,7 +85,7 @@ fn dry_run(
     now: chrono::DateTime<chrono::Utc>,
 ) -> i32 {
     // An interrupted restore is finished first by the real restore: say so first.
-    let pending = restore::pending(settings);
+    let pending = crate::engine::journal::pending(settings);
     let planned = restore::dry_run(settings, selector, expect_sha256, now);
     match planned {
         Ok(p) => {

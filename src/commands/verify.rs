@@ -8,7 +8,6 @@ use serde::Serialize;
 use super::Global;
 use crate::cli::VerifyArgs;
 use crate::config::VerifyLevel;
-use crate::engine::backup;
 use crate::engine::store::Store;
 use crate::engine::verify;
 use crate::error::Error;
@@ -44,7 +43,7 @@ pub fn run(g: &Global, a: &VerifyArgs) -> i32 {
         let store = Store::open(&settings.backup_dir, false)?;
         let owner = crate::engine::identity::check(store.dir(), &settings)?;
         let store = store.owned_by(owner);
-        let limits = backup::limits(&settings);
+        let limits = crate::engine::database::limits(&settings);
         // The whole inventory only for --all; one backup is resolved on its own.
         let inv = if a.all {
             Some(store.inventory()?)

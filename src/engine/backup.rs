@@ -1,33 +1,45 @@
 //! The backup, start to finish. Each step is a module of its own; this file is their order:
 //!
-//! 1. [`lock`](super::lock): take the backup directory (one ducksafe at a time), then a shared
-//!    lock on the database (no writer can start; a writer already in is refused at once);
-//! 2. [`store`](super::store): remove what an interrupted run left behind;
-//! 3. [`space`](super::space): refuse before writing a byte when the copy cannot fit;
-//! 4. [`snapshot`](super::snapshot): copy to a temporary name, fold the WAL in, fsync, read back;
-//! 5. [`verify`](super::verify): open the copy, compare it with the source;
-//! 6. [`manifest`](super::manifest) and [`store`](super::store): publish (manifest, sidecar,
+//! 1. [`database`](super::database): the database exists and is a DuckDB file, not a symlink;
+//! 2. [`lock`](super::lock): take the backup directory (one ducksafe at a time; created `0700`,
+//!    or [tightened](super::folders) to it), check that it is this database's
+//!    ([`identity`](super::identity)) and that no other guarded run is in progress
+//!    ([`lease`](super::lease));
+//! 3. [`store`](super::store) and [`journal`](super::journal): remove what an interrupted backup
+//!    left behind, finish an interrupted restore;
+//! 4. [`lock`](super::lock) again: a shared lock on the database (no writer can start; a writer
+//!    already in is refused at once); [`space`](super::space): refuse before writing a byte when
+//!    the copy cannot fit;
+//! 5. [`snapshot`](super::snapshot): copy to a temporary name, fold the WAL in, fsync, read back;
+//! 6. [`verify`](super::verify): open the copy, compare it with the source;
+//! 7. [`manifest`](super::manifest) and [`store`](super::store): publish (manifest, sidecar,
 //!    no-replace rename, directory fsync), then swap `latest`;
-//! 7. [`retention`](super::retention): only now, rotate old backups.
+//! 8. [`retention`](super::retention): only now, rotate old backups.
 //!
-//! Invariant: a failure at any step before 6 leaves the backup directory as it was (the
+//! Invariant: a failure at any step before 7 leaves the backup directory as it was (the
 //! temporary file is removed by its guard) and never touches `latest` or an earlier backup.
+//!
+//! A dry run is steps 1 to 4 with `dry_run` set, the same refusals under the same locks and
+//! nothing written, then the copy's block checks read in place ([`snapshot::check_source`]) and
+//! the rotation planned as if the backup had been published. What only the copy itself can
+//! show (a WAL whose fold fails, a copy that reads back wrong) is not foreseen.
 
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
-use super::lock::SourceLock;
+use super::database::{self, Owner};
+use super::lock::{DirLock, SourceLock};
 use super::manifest::{Manifest, SourceInfo, Verification};
-use super::retention::{self, Candidate, Plan, Policy};
-use super::store::{Inventory, Store};
-use super::{identity, snapshot, space, verify};
+use super::retention::{self, Candidate};
+use super::store::{self, Inventory, Store};
+use super::{identity, journal, lease, shell, snapshot, space, verify};
 use crate::config::{Settings, VerifyLevel};
-use crate::duck;
+use crate::duck::{self, DuckError};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::files;
-use crate::protocol::{Deleted, RotationReport, SpaceReport};
+use crate::protocol::{RotationReport, SpaceReport};
 
 /// What a backup did.
 #[derive(Debug, Clone)]
@@ -52,165 +64,135 @@ pub struct DryRun {
     pub warnings: Vec<String>,
 }
 
-/// The retention policy of a configuration.
-pub fn policy(settings: &Settings) -> Policy {
-    Policy {
-        keep_last: settings.config.backup_keep_last,
-        max_age_days: settings.config.backup_retention_days,
-        max_total_bytes: settings.config.backup_max_total_bytes,
-    }
+/// Everything a backup has checked and holds before the first byte of its copy (steps 1 to 4).
+struct Ready {
+    /// `None` only in a dry run whose backup directory does not exist yet.
+    store: Option<Store>,
+    owner: Owner,
+    _dir_lock: Option<DirLock>,
+    source: SourceLock,
+    /// The WAL files beside the database, read once under the lock: they decide the space
+    /// needed, whether the copy will be byte-exact, and what gets folded in.
+    wals: Vec<(PathBuf, u64)>,
+    /// Main file plus WAL files: an upper bound on the backup's size.
+    needed: u64,
+    space: space::Space,
+    /// Read once: rotation later plans over it plus the backup this run publishes (the
+    /// directory lock keeps other ducksafe runs out meanwhile).
+    inv: Inventory,
+    id: String,
+    warnings: Vec<String>,
+    cleaned: Vec<String>,
+    recovered: Vec<String>,
 }
 
-/// DuckDB limits from the configuration.
-pub fn limits(settings: &Settings) -> duck::Limits {
-    duck::Limits {
-        memory_limit: settings.config.duckdb_memory_limit.clone(),
-        threads: settings.config.duckdb_threads,
-    }
-}
-
-/// Checks that the database exists and is a DuckDB file (not reached through a symlink),
-/// without opening it in DuckDB.
-pub fn check_database(settings: &Settings) -> Result<()> {
-    identity::database_path(settings)?;
-    let path = &settings.db_path;
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_file() => {}
-        Ok(_) => {
-            return Err(Error::DatabaseInvalid {
-                path: path.clone(),
-                why: "it is not a regular file".into(),
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::DatabaseNotFound { path: path.clone() })
-        }
-        Err(e) => return Err(Error::io("stat database", path, e)),
-    }
-    duck::check_header(path)
-        .map(drop)
-        .map_err(|e| Error::DatabaseInvalid {
-            path: path.clone(),
-            why: e.to_string(),
-        })
-}
-
-/// Candidates for retention from an inventory; `fresh` names the backup this run just made.
-pub fn candidates(store: &Store, inv: &Inventory, fresh: Option<&str>) -> Result<Vec<Candidate>> {
-    let latest = store.latest_id();
-    // The backup this run just made is the last one made: no need to read the record again.
-    let last_made = match fresh {
-        Some(id) => Some(id.to_owned()),
-        None => store.last_made(inv)?,
-    };
-    let in_use = super::lease::live(store.dir()).map(|l| l.backup_id);
-    Ok(inv
-        .backups
-        .iter()
-        .map(|b| Candidate {
-            id: b.id.clone(),
-            created_at: b.manifest.created_at,
-            bytes: b.file_bytes.unwrap_or(b.manifest.bytes),
-            pinned: b.manifest.pinned,
-            verified: !b.manifest.verification.checks.is_empty(),
-            fresh: fresh == Some(b.id.as_str()),
-            proven: b.manifest.verification.fully_verified(),
-            latest: latest.as_deref() == Some(b.id.as_str()),
-            last_made: last_made.as_deref() == Some(b.id.as_str()),
-            in_use: in_use.as_deref() == Some(b.id.as_str()),
-        })
-        .collect())
-}
-
-/// What an operator must know about a backup directory before trusting its order: backups
-/// dated in the future (a clock that was wrong), and a `latest.duckdb` that names no backup.
-pub fn inventory_warnings(store: &Store, inv: &Inventory, now: DateTime<Utc>) -> Vec<String> {
-    let mut warnings = Vec::new();
-    for b in &inv.backups {
-        if b.manifest.created_at > now + chrono::Duration::minutes(5) {
-            warnings.push(format!(
-                "backup `{}` is dated {}, in the future: the clock was wrong when it was taken (or is wrong now). Rotation orders backups by date, so it counts as newer than every backup made since and outlives them; if it is not a state you need, delete it with `ducksafe delete {}`",
-                b.id,
-                b.manifest.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                b.id
-            ));
-        }
-    }
-    if let Some(target) = store.dangling_latest(inv) {
-        warnings.push(format!(
-            "`{}` points to `{target}`, which is not a backup here (deleted by hand?): `restore latest` refuses until the next backup repoints it; name a backup id instead (`ducksafe list`)",
-            store.latest_path().display()
-        ));
-    }
-    warnings
-}
-
-/// Turns a plan into the report's shape.
-pub fn rotation_report(plan: &Plan) -> RotationReport {
-    RotationReport {
-        kept: plan.kept().map(|d| d.id.clone()).collect(),
-        deleted: plan
-            .deletions()
-            .map(|d| Deleted {
-                id: d.id.clone(),
-                bytes: d.bytes,
-                reason: d.reason.describe(),
-            })
-            .collect(),
-    }
-}
-
-/// Applies a plan's deletions. Returns what was deleted; a deletion that fails becomes a
-/// warning (the new backup is already safe, and the next run tries again).
-pub fn apply_plan(store: &Store, plan: &Plan, warnings: &mut Vec<String>) -> RotationReport {
-    let mut report = rotation_report(plan);
-    report.deleted.retain(|d| {
-        failpoint::hit("rotation.deleting");
-        match store.delete(&d.id) {
-            Ok(()) => true,
-            Err(e) => {
-                warnings.push(format!("could not delete old backup `{}`: {e}", d.id));
-                false
-            }
-        }
-    });
-    report
-}
-
-/// Plans a backup without writing anything.
-pub fn dry_run(settings: &Settings, now: DateTime<Utc>) -> Result<DryRun> {
-    check_database(settings)?;
-    let mut warnings = Vec::new();
-    // Refuse a writer now rather than pretend the real run would succeed.
-    let source = SourceLock::acquire(&settings.db_path)?;
-    let needed = source_bytes(&source, &snapshot::present_wals(&settings.db_path));
-    drop(source);
+/// Steps 1 to 4, for a backup and its dry run alike: a dry run makes every check and takes
+/// every lock, and writes nothing (it neither creates nor tightens the directory, sweeps
+/// nothing and finishes no interrupted restore).
+fn prepare(
+    settings: &Settings,
+    now: DateTime<Utc>,
+    guards_a_run: bool,
+    dry_run: bool,
+) -> Result<Ready> {
+    database::check(settings)?;
     let dir = &settings.backup_dir;
-    super::restore::check_quarantine(settings)?;
-    let (store, inv, check_dir) = if std::fs::symlink_metadata(dir).is_ok() {
+    let mut warnings = Vec::new();
+    let store = if !dry_run {
+        let store = Store::open(dir, true)?;
+        warnings.extend(store.tighten());
+        Some(store)
+    } else if std::fs::symlink_metadata(dir).is_ok() {
         let store = Store::open(dir, false)?;
-        // What the backup would refuse (claim writes nothing; the backup records it later).
-        let owner = identity::claim(&store, settings)?;
-        let store = store.owned_by(owner);
-        let inv = store.inventory()?;
-        (Some(store), inv, dir.clone())
+        store.check_writable()?;
+        Some(store)
     } else {
         warnings.push(format!(
             "`{}` does not exist yet; the backup would create it (0700)",
             dir.display()
         ));
-        (
-            None,
-            Inventory::default(),
-            files::parent_of(dir).to_path_buf(),
-        )
+        None
     };
-    let space = space::check(&check_dir, needed, settings.config.backup_min_free_bytes)?;
-    let id = super::store::base_id(&settings.db_stem(), now);
-    let mut cands = match &store {
+    let dir_lock = match &store {
+        Some(s) if dry_run => DirLock::acquire_without_writing(s.dir())?,
+        Some(s) => Some(s.lock_only()?),
+        None => None,
+    };
+    // Only this database's backups from here on: rotation and `latest` never see another's,
+    // and a directory of another database is refused before anything in it is touched.
+    let (store, owner) = if let Some(s) = store {
+        let owner = identity::claim(&s, settings)?;
+        (Some(s.owned_by(owner.clone())), owner)
+    } else {
+        let owner = Owner {
+            id: None,
+            database: database::path(settings)?,
+            recorded: false,
+        };
+        (None, owner)
+    };
+    if let (Some(s), true) = (&store, guards_a_run) {
+        lease::check(s.dir())?;
+    }
+    let cleaned = match &store {
+        Some(s) if !dry_run => s.clean_leftovers(true)?,
+        _ => Vec::new(),
+    };
+    let recovered = journal::recover(settings, dry_run)?.notes;
+    let inv = match &store {
+        Some(s) => s.inventory()?,
+        None => Inventory::default(),
+    };
+    let source = SourceLock::acquire(&settings.db_path)?;
+    if !dry_run {
+        failpoint::hit("backup.locked");
+    }
+    let wals = snapshot::present_wals(&settings.db_path);
+    let needed = source_bytes(&source, &wals);
+    let (space_dir, id) = match &store {
+        Some(s) => (s.dir(), s.next_id(&settings.db_stem(), now)?),
+        None => (
+            files::parent_of(dir),
+            store::base_id(&settings.db_stem(), now),
+        ),
+    };
+    let space = space::check(space_dir, needed, settings.config.backup_min_free_bytes)?;
+    Ok(Ready {
+        store,
+        owner,
+        _dir_lock: dir_lock,
+        source,
+        wals,
+        needed,
+        space,
+        inv,
+        id,
+        warnings,
+        cleaned,
+        recovered,
+    })
+}
+
+/// Main file (its locked descriptor) plus WAL files: an upper bound on the backup's size.
+fn source_bytes(source: &SourceLock, wals: &[(PathBuf, u64)]) -> u64 {
+    let main = source.file.metadata().map_or(0, |m| m.len());
+    main + wals.iter().map(|(_, n)| n).sum::<u64>()
+}
+
+/// Plans a backup without writing anything: the same checks and locks as [`run`] (see
+/// [`prepare`]), the copy's block checks read in place, and the rotation the new backup would
+/// cause.
+pub fn dry_run(settings: &Settings, now: DateTime<Utc>, guards_a_run: bool) -> Result<DryRun> {
+    let ready = prepare(settings, now, guards_a_run, true)?;
+    let mut warnings = ready.warnings;
+    warnings.extend(snapshot::check_source(
+        &ready.source,
+        &database::limits(settings),
+    )?);
+    let mut cands = match &ready.store {
         Some(store) => {
-            warnings.extend(inventory_warnings(store, &inv, now));
-            candidates(store, &inv, None)?
+            warnings.extend(store.inventory_warnings(&ready.inv, now));
+            store.candidates(&ready.inv, None)?
         }
         None => Vec::new(),
     };
@@ -220,9 +202,9 @@ pub fn dry_run(settings: &Settings, now: DateTime<Utc>) -> Result<DryRun> {
         c.latest = false;
     }
     cands.push(Candidate {
-        id: id.clone(),
+        id: ready.id.clone(),
         created_at: now,
-        bytes: needed,
+        bytes: ready.needed,
         pinned: false,
         verified: true,
         fresh: true,
@@ -231,24 +213,18 @@ pub fn dry_run(settings: &Settings, now: DateTime<Utc>) -> Result<DryRun> {
         last_made: true,
         in_use: false,
     });
-    let plan = retention::plan(&cands, now, policy(settings));
+    let plan = retention::plan(&cands, now, retention::policy(settings));
     warnings.extend(plan.warnings.iter().cloned());
     Ok(DryRun {
-        would_create: id,
+        would_create: ready.id,
         space: SpaceReport {
-            available_bytes: space.available,
-            required_bytes: space.required,
-            backups_bytes: Store::used_bytes(&inv),
+            available_bytes: ready.space.available,
+            required_bytes: ready.space.required,
+            backups_bytes: Store::used_bytes(&ready.inv),
         },
-        rotation: rotation_report(&plan),
+        rotation: plan.report(),
         warnings,
     })
-}
-
-/// Main file (its locked descriptor) plus WAL files: an upper bound on the backup's size.
-fn source_bytes(source: &SourceLock, wals: &[(PathBuf, u64)]) -> u64 {
-    let main = source.file.metadata().map_or(0, |m| m.len());
-    main + wals.iter().map(|(_, n)| n).sum::<u64>()
 }
 
 /// Takes, verifies, publishes and rotates one backup.
@@ -264,35 +240,30 @@ pub fn run(
 ) -> Result<Outcome> {
     let t = std::time::Instant::now();
     let phase = |name: &str| tracing::debug!("{name}: {} ms", t.elapsed().as_millis());
-    check_database(settings)?;
-    let store = Store::open(&settings.backup_dir, true)?;
-    let _dir_lock = store.lock_only()?;
-    // Only this database's backups from here on: rotation and `latest` never see another's,
-    // and a directory of another database is refused before anything in it is touched.
-    let owner = identity::claim(&store, settings)?;
-    let store = store.owned_by(owner.clone());
-    if guards_a_run {
-        super::lease::check(store.dir())?;
-    }
-    let cleaned = store.clean_leftovers(true)?;
-    let recovered = super::restore::recover(settings)?;
-    // Read once: rotation later plans over it plus the backup this run publishes (the
-    // directory lock keeps other ducksafe runs out meanwhile).
-    let mut inv = store.inventory()?;
-    let source = SourceLock::acquire(&settings.db_path)?;
-    failpoint::hit("backup.locked");
+    let Ready {
+        store,
+        owner,
+        _dir_lock,
+        source,
+        wals,
+        space,
+        mut inv,
+        id,
+        mut warnings,
+        cleaned,
+        recovered,
+        ..
+    } = prepare(settings, now, guards_a_run, false)?;
+    let Some(store) = store else {
+        return Err(Error::Internal(
+            "the backup directory was not opened".into(),
+        ));
+    };
     phase("locked");
 
-    // The WAL files are read once, under the lock (no writer can add one now): they decide the
-    // space needed, whether the copy will be byte-exact, and what gets folded in.
-    let wals = snapshot::present_wals(&settings.db_path);
-    let needed = source_bytes(&source, &wals);
-    let space = space::check(store.dir(), needed, settings.config.backup_min_free_bytes)?;
-
-    let id = store.next_id(&settings.db_stem(), now)?;
-    let limits = limits(settings);
+    let limits = database::limits(settings);
     let (snap, verified) = copy_and_verify(settings, &source, &wals, store.temp_path(&id), &limits)
-        .map_err(|e| with_way_out(e, settings, &inv))?;
+        .map_err(|e| with_way_out(e, settings, &store, &inv))?;
     failpoint::hit("backup.verified");
     phase("copied, synced, read back and verified");
 
@@ -306,28 +277,32 @@ pub fn run(
     failpoint::hit("publish.renamed");
     phase("published");
 
-    let mut warnings = snap.warnings.clone();
+    warnings.extend(snap.warnings.iter().cloned());
     if let Some(w) = store.point_latest(&id)? {
         warnings.push(w);
     }
     failpoint::hit("backup.latest");
     if guards_a_run {
-        if let Err(e) = super::lease::record(store.dir(), &id, request_id) {
+        if let Err(e) = lease::record(store.dir(), &id, request_id) {
             warnings.push(format!(
                 "the run that follows could not be recorded ({e}): another guarded run of this database will not wait for it"
             ));
         }
     }
 
-    inv.backups.push(super::store::Entry {
+    inv.backups.push(store::Entry {
         id: id.clone(),
         manifest: manifest.clone(),
         file_bytes: Some(snap.bytes),
     });
-    let plan = retention::plan(&candidates(&store, &inv, Some(&id))?, now, policy(settings));
+    let plan = retention::plan(
+        &store.candidates(&inv, Some(&id))?,
+        now,
+        retention::policy(settings),
+    );
     warnings.extend(plan.warnings.iter().cloned());
-    warnings.extend(inventory_warnings(&store, &inv, now));
-    let rotation = apply_plan(&store, &plan, &mut warnings);
+    warnings.extend(store.inventory_warnings(&inv, now));
+    let rotation = store.rotate(&plan, &mut warnings);
     failpoint::hit("rotation.done");
     phase("rotated");
     let deleted: u64 = rotation.deleted.iter().map(|d| d.bytes).sum();
@@ -351,28 +326,25 @@ pub fn run(
 /// Good means proven by more than a quick open: DuckDB's block checksums checked during its
 /// copy, or a full scan of every table. A backup from before block checksums were checked at
 /// `quick` is named only with the advice to verify it first.
-fn with_way_out(e: Error, settings: &Settings, inv: &Inventory) -> Error {
+fn with_way_out(e: Error, settings: &Settings, store: &Store, inv: &Inventory) -> Error {
     let Error::DatabaseDamaged { path, why, .. } = e else {
         return e;
     };
     // Proven when it was taken, and still the bytes its manifest recorded now (read once, on
     // this failure path only): the hint never names a backup the restore would refuse.
-    let intact = |b: &super::store::Entry| {
-        let path = settings
-            .backup_dir
-            .join(super::store::backup_file_name(&b.id));
-        files::hash_file(&path).is_ok_and(|h| {
+    let intact = |b: &store::Entry| {
+        files::hash_file(&store.backup_path(&b.id)).is_ok_and(|h| {
             h.bytes == b.manifest.bytes && files::hex(&h.sha256) == b.manifest.sha256
         })
     };
-    let proven = |b: &&super::store::Entry| b.manifest.verification.blocks_proven() && intact(b);
+    let proven = |b: &&store::Entry| b.manifest.verification.blocks_proven() && intact(b);
     let restore = match inv.backups.iter().find(proven) {
         Some(b) => Some(format!(
             "The newest good backup is `{}` (taken {}, verified: {}). Restore it: {}",
             b.id,
             b.manifest.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
             b.manifest.verification.checks.join(", "),
-            crate::report::restore_command_line(settings, &b.manifest)
+            shell::restore_line(settings, &b.id, &b.manifest.sha256)
         )),
         None => inv.backups.iter().find(|b| intact(b)).map(|b| {
             format!(
@@ -381,7 +353,7 @@ fn with_way_out(e: Error, settings: &Settings, inv: &Inventory) -> Error {
                 b.manifest.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
                 b.manifest.verification.level,
                 b.id,
-                crate::report::restore_command_line(settings, &b.manifest)
+                shell::restore_line(settings, &b.id, &b.manifest.sha256)
             )
         }),
     };
@@ -406,20 +378,16 @@ fn copy_and_verify(
     std::thread::scope(|scope| {
         let source_scan = (byte_exact && level > VerifyLevel::Quick).then(|| {
             scope.spawn(|| {
-                verify::inspect(&settings.db_path, level, limits, &|e| {
-                    let why = e.to_string();
-                    if why.contains("Corrupt database file") {
-                        Error::DatabaseDamaged {
-                            path: settings.db_path.clone(),
-                            why,
-                            restore: None,
-                        }
-                    } else {
-                        Error::DatabaseInvalid {
-                            path: settings.db_path.clone(),
-                            why,
-                        }
-                    }
+                verify::inspect(&settings.db_path, level, limits, &|e| match e {
+                    DuckError::Corrupt(why) => Error::DatabaseDamaged {
+                        path: settings.db_path.clone(),
+                        why,
+                        restore: None,
+                    },
+                    other => Error::DatabaseInvalid {
+                        path: settings.db_path.clone(),
+                        why: other.to_string(),
+                    },
                 })
             })
         });
@@ -447,7 +415,7 @@ fn copy_and_verify(
 /// The manifest of a verified copy.
 fn manifest_for(
     settings: &Settings,
-    owner: &identity::Owner,
+    owner: &Owner,
     id: &str,
     now: DateTime<Utc>,
     snap: &snapshot::Snapshot,
@@ -467,7 +435,7 @@ fn manifest_for(
     Manifest {
         format: super::manifest::FORMAT,
         id: id.to_owned(),
-        file: format!("{id}.duckdb"),
+        file: store::backup_file_name(id),
         created_at: now,
         bytes: snap.bytes,
         sha256: files::hex(&snap.sha256),

@@ -1,9 +1,9 @@
-//! Which database ducksafe works for, and which backups are that database's: the one "same
-//! database" rule. Every command that reads or writes backups goes through it.
+//! Which backups are this database's: the backup directory's owner file. Every command that
+//! reads or writes backups goes through it; what "this database" is, is [`super::database`]'s
+//! one rule.
 //!
-//! A database is identified by its **resolved path** (`DB_PATH` with its folder resolved through
-//! symlinks and `..`, the file name kept) and, once it has been backed up, by a random **database
-//! id** that ducksafe records in two places:
+//! A database that has been backed up carries a random **database id** that ducksafe records in
+//! two places:
 //! - the backup directory's owner file `.ducksafe-database.json` (`0600`): the id and the resolved
 //!   path of the one database whose backups the directory holds;
 //! - every manifest (`source.database_id`, beside `source.path`).
@@ -12,18 +12,12 @@
 //! - A backup directory belongs to one database. A directory whose owner file names another
 //!   database is refused by every command (`backup_dir_unsafe`, both paths named): two databases
 //!   never share rotation, `latest` or a restore, even when their files have the same name.
-//! - A backup is this database's when its manifest carries the owner's id; a manifest written
-//!   before ids were recorded is this database's when its resolved source path is the owner's.
-//!   Anything else in the directory is invisible to restore, `latest`, rotation and `list` (and
-//!   reported by `list` and `verify --all`, never deleted).
+//! - Anything in the directory that is not this database's is invisible to restore, `latest`,
+//!   rotation and `list` (and reported by `list` and `verify --all`, never deleted).
 //! - Moving the project folder changes the resolved path: the directory is then refused until
 //!   `ducksafe adopt` records the new path under the same id. Never by accident.
 //! - The owner file is written only by a backup (with the directory lock held) and by `adopt`.
 //!   Reading it writes nothing, so backups on read-only media stay restorable.
-//! - `DB_PATH` must name the database file itself, not a symlink to it: DuckDB keeps the WAL
-//!   beside the name it was opened with and the data at the link's target, so neither a backup
-//!   nor a restore through a link could be exact. [`database_path`] refuses it for validate,
-//!   backups, dry runs and restores alike.
 
 use std::fs;
 use std::io::Read;
@@ -31,11 +25,10 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::manifest::Manifest;
-use super::store::{Inventory, Store};
-use crate::config::{self, Settings};
+use super::database::{self, Owner};
+use super::store::{Entry, Inventory, Store};
+use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::files;
 
@@ -59,68 +52,10 @@ pub struct OwnerFile {
     pub adopted_from: Vec<PathBuf>,
 }
 
-/// The database a command works for, as far as its backups are concerned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
-    /// The database id; `None` when the directory has no owner file (no backup yet by a
-    /// ducksafe that records ids) and the command only reads.
-    pub id: Option<String>,
-    /// The database's resolved path.
-    pub database: PathBuf,
-    /// Whether the directory's owner file records this owner already.
-    pub recorded: bool,
-}
-
-impl Owner {
-    /// `None` when the backup described by `m` is this database's; otherwise why it is not.
-    pub fn foreign(&self, m: &Manifest) -> Option<String> {
-        let ours = match (&m.source.database_id, &self.id) {
-            (Some(theirs), Some(ours)) => theirs == ours,
-            _ => resolve(Path::new(&m.source.path)) == self.database,
-        };
-        (!ours).then(|| {
-            format!(
-                "a backup of another database (`{}`); ducksafe never restores, rotates or lists it for `{}`",
-                m.source.path,
-                self.database.display()
-            )
-        })
-    }
-}
-
-/// A path with its folder resolved (symlinks, `..`) and its file name kept as written;
-/// lexically normalized when the folder does not exist.
-pub fn resolve(path: &Path) -> PathBuf {
-    match (fs::canonicalize(files::parent_of(path)), path.file_name()) {
-        (Ok(dir), Some(name)) => dir.join(name),
-        _ => config::normalize(path),
-    }
-}
-
-/// The database path every command acts on: `DB_PATH`, resolved. Refuses a `DB_PATH` that is
-/// itself a symlink (see the module documentation), whatever the command.
-pub fn database_path(settings: &Settings) -> Result<PathBuf> {
-    let db = &settings.db_path;
-    if let Ok(m) = fs::symlink_metadata(db) {
-        if m.file_type().is_symlink() {
-            let target = fs::read_link(db)
-                .map(|t| format!(" (to `{}`)", t.display()))
-                .unwrap_or_default();
-            return Err(Error::DatabaseInvalid {
-                path: db.clone(),
-                why: format!(
-                    "`DB_PATH` is a symlink{target}: DuckDB keeps the WAL beside the link and the data at its target, so ducksafe can neither back it up nor restore it exactly; set `DB_PATH` to the database file itself; nothing was changed"
-                ),
-            });
-        }
-    }
-    Ok(resolve(db))
-}
-
 /// The directory's owner, read without writing anything (list, verify, restore, prune, pin, dry
 /// runs, validate). Refuses a directory that belongs to another database.
 pub fn check(dir: &Path, settings: &Settings) -> Result<Owner> {
-    let ours = database_path(settings)?;
+    let ours = database::path(settings)?;
     match read_owner(dir)? {
         Some(f) if f.database == ours => Ok(Owner {
             id: Some(f.database_id),
@@ -213,7 +148,7 @@ pub struct Adoption {
 /// earlier ducksafe, or a damaged file), the one database the manifests name. Several: refused.
 fn owner_before_adoption(
     store: &Store,
-    inv: &super::store::Inventory,
+    inv: &Inventory,
     recorded: Option<&OwnerFile>,
     ours: &Path,
 ) -> Result<Owner> {
@@ -238,7 +173,7 @@ fn owner_before_adoption(
             .filter(|b| {
                 ids.len() != 1 || b.manifest.source.database_id.as_ref() == ids.first().copied()
             })
-            .map(|b| resolve(Path::new(&b.manifest.source.path)))
+            .map(|b| database::resolve(Path::new(&b.manifest.source.path)))
             .collect();
         paths.dedup();
         let mut distinct = paths.clone();
@@ -271,7 +206,7 @@ fn owner_before_adoption(
 /// they stay this database's. A directory holding backups of several databases is refused.
 /// Call with the directory lock held.
 pub fn adopt(store: &Store, settings: &Settings, dry_run: bool) -> Result<Adoption> {
-    let ours = database_path(settings)?;
+    let ours = database::path(settings)?;
     let inv = store.inventory()?;
     // A damaged owner file is replaced: adopt is how it is written again.
     let recorded = read_owner(store.dir()).ok().flatten();
@@ -280,7 +215,7 @@ pub fn adopt(store: &Store, settings: &Settings, dry_run: bool) -> Result<Adopti
         Some(id) => id.clone(),
         None => new_database_id()?,
     };
-    let adopted: Vec<&super::store::Entry> = inv
+    let adopted: Vec<&Entry> = inv
         .backups
         .iter()
         .filter(|b| previous_owner.foreign(&b.manifest).is_none())
@@ -383,48 +318,4 @@ fn new_database_id() -> Result<String> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(|e| Error::io("read", path, e))?;
     Ok(files::hex(&bytes))
-}
-
-/// The beginning of the names of this database's staged restore copies in its folder:
-/// `.ducksafe-tmp-restore-<tag>-`, where the tag is derived from the database's file name (two
-/// databases in one folder have different names, so different tags). Cleanup only ever looks at
-/// names with this database's tag.
-pub fn staged_prefix(db: &Path) -> String {
-    let name = db
-        .file_name()
-        .map_or(&b""[..], std::ffi::OsStr::as_encoded_bytes);
-    let tag = files::hex(&Sha256::digest(name));
-    format!("{}restore-{}-", files::TEMP_PREFIX, &tag[..16])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn staged_prefixes_differ_between_databases_of_one_folder() {
-        let a = staged_prefix(Path::new("/d/simulation.duckdb"));
-        let b = staged_prefix(Path::new("/d/x.simulation.duckdb"));
-        assert_ne!(a, b);
-        assert!(!a.starts_with(&b) && !b.starts_with(&a));
-        assert_eq!(a, staged_prefix(Path::new("/elsewhere/simulation.duckdb")));
-        assert!(a.starts_with(".ducksafe-tmp-restore-"));
-    }
-
-    #[test]
-    fn resolve_keeps_the_file_name_and_resolves_the_folder() {
-        let dir = tempfile::tempdir().unwrap();
-        let real = dir.path().join("real");
-        fs::create_dir(&real).unwrap();
-        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
-        let canon = fs::canonicalize(&real).unwrap();
-        assert_eq!(
-            resolve(&dir.path().join("link/db.duckdb")),
-            canon.join("db.duckdb")
-        );
-        assert_eq!(
-            resolve(Path::new("/nonexistent/x/../db.duckdb")),
-            PathBuf::from("/nonexistent/db.duckdb")
-        );
-    }
 }

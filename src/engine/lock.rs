@@ -23,6 +23,8 @@
 //!   locked again.
 //! - On read-only media (a write-protected disk, a snapshot mount) the directory's `flock` is the
 //!   lock: nothing can write there, so restores, `list` and `verify` need no lock file.
+//! - A dry run's lock ([`DirLock::acquire_without_writing`]) is refused by a ducksafe at work
+//!   and keeps one out, like the real one, but creates and writes nothing.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -198,25 +200,57 @@ impl DirLock {
             Err(Error::Io { source, .. })
                 if matches!(source.raw_os_error(), Some(libc::EROFS | libc::EACCES)) =>
             {
-                let path = dir.join(DIR_LOCK_NAME);
-                let file = match files::open_read_nofollow(&path) {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(Error::io("open lock file", &path, e)),
-                };
-                // The owner's byte only: a shared lock on the whole file would also cover the
-                // publication section and hold a writer's section for the whole restore.
-                match files::lock_range(&file, LockKind::Read, OWNER_BYTE, 1, false) {
-                    Ok(()) => Ok(Some(DirLock {
-                        _dir: None,
-                        _file: Some(file),
-                    })),
-                    Err(LockError::Conflict { .. }) => Err(busy(dir)),
-                    Err(LockError::Io(e)) => Err(Error::io("lock", &path, e)),
-                }
+                Ok(read_lock_owner(dir)?.map(|file| DirLock {
+                    _dir: None,
+                    _file: Some(file),
+                }))
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The backup directory's lock for a dry run: like [`DirLock::acquire`], it is refused with
+    /// `lock_busy` while another ducksafe works there and keeps one that would write out while
+    /// held, but it creates and writes nothing: a shared `flock` on the directory and, when the
+    /// lock file exists, a shared lock on its owner's byte (see
+    /// [`DirLock::acquire_for_restore`]). `None` when this filesystem has neither.
+    pub fn acquire_without_writing(dir: &Path) -> Result<Option<DirLock>> {
+        let held_dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(dir)
+            .ok()
+            .map(|d| match files::try_flock_shared(&d) {
+                Ok(true) => Ok(Some(d)),
+                Ok(false) => Err(busy(dir)),
+                // No `flock` here: the lock file alone decides.
+                Err(_) => Ok(None),
+            })
+            .transpose()?
+            .flatten();
+        let file = read_lock_owner(dir)?;
+        Ok((held_dir.is_some() || file.is_some()).then_some(DirLock {
+            _dir: held_dir,
+            _file: file,
+        }))
+    }
+}
+
+/// A shared lock on the owner's byte of the lock file, opened read-only: keeps out a ducksafe
+/// that writes (it needs that byte exclusively) without writing anything. `None` without a lock
+/// file: nobody has ever locked the directory. Only the owner's byte: a shared lock on the
+/// whole file would also cover the publication section and hold a writer's section meanwhile.
+fn read_lock_owner(dir: &Path) -> Result<Option<File>> {
+    let path = dir.join(DIR_LOCK_NAME);
+    let file = match files::open_read_nofollow(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open lock file", &path, e)),
+    };
+    match files::lock_range(&file, LockKind::Read, OWNER_BYTE, 1, false) {
+        Ok(()) => Ok(Some(file)),
+        Err(LockError::Conflict { .. }) => Err(busy(dir)),
+        Err(LockError::Io(e)) => Err(Error::io("lock", &path, e)),
     }
 }
 

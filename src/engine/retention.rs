@@ -1,5 +1,6 @@
 //! The retention policy: which backups to keep and which to delete, and why. Pure: it takes the
-//! backups and `now`, and returns a plan; the caller applies it.
+//! backups and `now`, and returns a plan; [`Store::rotate`](super::store::Store::rotate) applies
+//! it, and [`Store::candidates`](super::store::Store::candidates) says what it weighs.
 //!
 //! Rules, each a limit on what is kept:
 //! 1. keep the newest `BACKUP_KEEP_LAST` unpinned backups; older unpinned ones go;
@@ -15,6 +16,9 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
+
+use crate::config::Settings;
+use crate::protocol::{Deleted, RotationReport};
 
 /// The order of two ids made in the same second: `_2` … `_9`, `_10`, `_30` by number (as
 /// issued), not as text, where `_9` would sort after `_30`.
@@ -61,6 +65,15 @@ pub struct Policy {
     pub keep_last: u32,
     pub max_age_days: Option<u32>,
     pub max_total_bytes: Option<u64>,
+}
+
+/// The retention policy of a configuration.
+pub fn policy(settings: &Settings) -> Policy {
+    Policy {
+        keep_last: settings.config.backup_keep_last,
+        max_age_days: settings.config.backup_retention_days,
+        max_total_bytes: settings.config.backup_max_total_bytes,
+    }
 }
 
 /// Why a backup is kept or deleted.
@@ -157,6 +170,21 @@ impl Plan {
     }
     pub fn kept(&self) -> impl Iterator<Item = &Decision> {
         self.decisions.iter().filter(|d| d.keep)
+    }
+
+    /// The plan in the report's shape: what is kept, and what goes and why.
+    pub fn report(&self) -> RotationReport {
+        RotationReport {
+            kept: self.kept().map(|d| d.id.clone()).collect(),
+            deleted: self
+                .deletions()
+                .map(|d| Deleted {
+                    id: d.id.clone(),
+                    bytes: d.bytes,
+                    reason: d.reason.describe(),
+                })
+                .collect(),
+        }
     }
 }
 

@@ -118,26 +118,8 @@ pub fn take<V>(
     };
     let wal_folded = !wals.is_empty();
     let mut warnings = Vec::new();
-    // DuckDB's block checksums are checked on the source's bytes as they pass (see
-    // `integrity`): a damaged database is refused at every verification level.
-    let damaged = |d: integrity::Damage| Error::DatabaseDamaged {
-        path: src_path.clone(),
-        why: describe_damage(&d, src_path, limits),
-        restore: None,
-    };
-    let mut checker = match integrity::Layout::read(expected, &|at, buf| {
-        source.file.read_exact_at(buf, at)
-    }) {
-        Ok(Ok(Readable::Layout(layout))) => Some(Checker::new(layout)),
-        Ok(Ok(Readable::Encrypted)) => {
-            warnings.push(
-                "the database is encrypted: DuckDB's block checksums were not checked during the copy (DuckDB's own scan checks them at VERIFY_LEVEL standard and full)".into(),
-            );
-            None
-        }
-        Ok(Err(d)) => return Err(damaged(d)),
-        Err(e) => return Err(Error::io("read", src_path, e)),
-    };
+    let refuse = |d: integrity::Damage| damaged(&d, src_path, limits);
+    let mut checker = checker_for(source, expected, limits, &mut warnings)?;
     // Copy, fsync and read back in one pass (see `files::copy_verified`); for a byte-exact
     // copy, the content check runs meanwhile.
     let temp_path = temp.path().to_path_buf();
@@ -161,7 +143,7 @@ pub fn take<V>(
     .map_err(|e| Error::io("copy database to", temp.path(), e))?;
     judge(&copied, expected, src_path, temp.path())?;
     let blocks_checked = match checker {
-        Some(c) => Some(c.finish().map_err(damaged)?),
+        Some(c) => Some(c.finish().map_err(refuse)?),
         None => None,
     };
     crate::failpoint::hit("snapshot.copied");
@@ -209,6 +191,69 @@ pub fn take<V>(
         warnings,
     };
     Ok((snap, verified))
+}
+
+/// DuckDB's block checksums are checked on the source's bytes as they pass (see `integrity`):
+/// a damaged database is refused at every verification level. `None` when the database is
+/// encrypted and its blocks cannot be checked (said in `warnings`).
+fn checker_for(
+    source: &SourceLock,
+    len: u64,
+    limits: &Limits,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Checker>> {
+    match integrity::Layout::read(len, &|at, buf| source.file.read_exact_at(buf, at)) {
+        Ok(Ok(Readable::Layout(layout))) => Ok(Some(Checker::new(layout))),
+        Ok(Ok(Readable::Encrypted)) => {
+            warnings.push(
+                "the database is encrypted: DuckDB's block checksums were not checked during the copy (DuckDB's own scan checks them at VERIFY_LEVEL standard and full)".into(),
+            );
+            Ok(None)
+        }
+        Ok(Err(d)) => Err(damaged(&d, &source.path, limits)),
+        Err(e) => Err(Error::io("read", &source.path, e)),
+    }
+}
+
+fn damaged(d: &integrity::Damage, src: &Path, limits: &Limits) -> Error {
+    Error::DatabaseDamaged {
+        path: src.to_path_buf(),
+        why: describe_damage(d, src, limits),
+        restore: None,
+    }
+}
+
+/// What [`take`] checks of the locked source's bytes as it copies them (DuckDB's checksum of
+/// every header and block in use), without copying: a dry run's check. Returns the warnings
+/// the copy would give.
+pub fn check_source(source: &SourceLock, limits: &Limits) -> Result<Vec<String>> {
+    let len = source
+        .file
+        .metadata()
+        .map_err(|e| Error::io("stat", &source.path, e))?
+        .len();
+    let mut warnings = Vec::new();
+    let Some(mut checker) = checker_for(source, len, limits, &mut warnings)? else {
+        return Ok(warnings);
+    };
+    // The locked descriptor itself, as the copy reads it, by offset.
+    let mut buf = vec![0u8; files::BUF_SIZE];
+    let mut at = 0u64;
+    while at < len {
+        let n = source
+            .file
+            .read_at(&mut buf, at)
+            .map_err(|e| Error::io("read", &source.path, e))?;
+        if n == 0 {
+            break;
+        }
+        checker.feed(&buf[..n]);
+        at += n as u64;
+    }
+    checker
+        .finish()
+        .map_err(|d| damaged(&d, &source.path, limits))?;
+    Ok(warnings)
 }
 
 /// Reads a file once: its length and SHA-256, and DuckDB's checksum of every header and block
@@ -269,35 +314,17 @@ fn describe_damage(d: &integrity::Damage, db: &Path, limits: &Limits) -> String 
     why
 }
 
-/// What a copy's read-back says, worst first: a byte that differs from the source is a
-/// verification failure (the storage gave back other bytes than were written), wherever it is;
-/// a length other than the locked file's means something wrote it behind the lock.
+/// What a copy's read-back says ([`super::verify::read_back`]): a length other than the locked
+/// file's means something wrote it behind the lock.
 fn judge(copied: &files::VerifiedCopy, expected: u64, src: &Path, temp: &Path) -> Result<()> {
-    if let Some(at) = copied.first_difference {
-        return Err(Error::VerificationFailed {
-            path: temp.to_path_buf(),
-            why: format!("the copy read back differs from the source at byte {at}"),
-        });
+    super::verify::read_back(copied, temp, expected, &|got| {
+        Error::BackupFailed {
+        path: src.to_path_buf(),
+        why: format!(
+            "the file changed size while it was copied ({expected} → {got} bytes) although it was locked"
+        ),
     }
-    if copied.bytes != expected {
-        return Err(Error::BackupFailed {
-            path: src.to_path_buf(),
-            why: format!(
-                "the file changed size while it was copied ({expected} → {} bytes) although it was locked",
-                copied.bytes
-            ),
-        });
-    }
-    if !copied.identical() {
-        return Err(Error::VerificationFailed {
-            path: temp.to_path_buf(),
-            why: format!(
-                "only {} of the copy's {} bytes could be read back",
-                copied.read_back_bytes, copied.bytes
-            ),
-        });
-    }
-    Ok(())
+    })
 }
 
 /// Copies the WAL files beside the private copy and checkpoints the copy, so that the backup
@@ -316,29 +343,24 @@ fn fold_wal(wals: &[(PathBuf, u64)], src: &Path, temp: &Path, limits: &Limits) -
         // The folded file is hashed after the checkpoint; hashing the WAL here would be wasted.
         std::io::copy(&mut from, &mut to).map_err(|e| Error::io("copy WAL to", &dest, e))?;
     }
-    let fail = |e: DuckError| {
-        let msg = e.to_string();
-        if msg.contains("No space left on device") || msg.contains("Disk quota exceeded") {
-            // Disk full while DuckDB wrote: the same code and hint as any other disk full.
-            return Error::io(
-                "fold the WAL into",
-                temp,
-                std::io::Error::from_raw_os_error(libc::ENOSPC),
-            );
-        }
-        if msg.contains("Corrupt database file") {
-            // DuckDB read a damaged block of the database (or one its WAL points to) while
-            // folding: the database itself is damaged.
-            return Error::DatabaseDamaged {
-                path: src.to_path_buf(),
-                why: format!("DuckDB found damage while folding its WAL into the copy: {msg}"),
-                restore: None,
-            };
-        }
-        Error::BackupFailed {
+    let fail = |e: DuckError| match e {
+        // Disk full while DuckDB wrote: the same code and hint as any other disk full.
+        DuckError::NoSpace(_) => Error::io(
+            "fold the WAL into",
+            temp,
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        ),
+        // DuckDB read a damaged block of the database (or one its WAL points to) while
+        // folding: the database itself is damaged.
+        DuckError::Corrupt(msg) => Error::DatabaseDamaged {
             path: src.to_path_buf(),
-            why: format!("DuckDB could not fold the WAL into the copy: {msg}"),
-        }
+            why: format!("DuckDB found damage while folding its WAL into the copy: {msg}"),
+            restore: None,
+        },
+        other => Error::BackupFailed {
+            path: src.to_path_buf(),
+            why: format!("DuckDB could not fold the WAL into the copy: {other}"),
+        },
     };
     let db = Db::open_read_write(temp, limits).map_err(fail)?;
     db.checkpoint().map_err(fail)?;

@@ -1,5 +1,6 @@
-//! The backup directory: its names, its inventory, publication of a new backup, `latest`, and
-//! the cleanup of what an interrupted run left behind.
+//! The backup directory: its names (the one place they are made), its inventory, publication
+//! of a new backup, `latest`, rotation (the deletions a [`retention`] plan decides), and the
+//! cleanup of what an interrupted run left behind.
 //!
 //! Layout of a backup directory:
 //! ```text
@@ -12,6 +13,7 @@
 //!   .ducksafe-ids                            0600  every id ever issued here, in order
 //!   .ducksafe-database.json                  0600  the one database these backups belong to
 //!                                                  (see super::identity)
+//!   .ducksafe-run.json                       0600  the guarded run in progress (super::lease)
 //!   .ducksafe-tmp-…                                in-flight files; never a backup name
 //!   quarantine/                              0700  databases moved aside by restores
 //! ```
@@ -28,16 +30,19 @@
 //!   backup name that is not a regular file is never trusted.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use super::identity::Owner;
+use super::database::Owner;
 use super::lock::{DirLock, Section};
 use super::manifest::{self, Manifest};
+use super::retention::{self, Candidate, Plan};
+use super::{folders, lease};
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::files;
+use crate::protocol::RotationReport;
 
 /// Name of the symlink to the newest verified backup.
 pub const LATEST: &str = "latest.duckdb";
@@ -119,23 +124,19 @@ impl Store {
             Ok(_) => {
                 let _ = fs::remove_file(&probe);
             }
-            // A read-only filesystem is no permission problem: a chmod hint would mislead.
-            Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
-                return Err(Error::BackupDirReadOnly {
-                    dir: dir.to_path_buf(),
-                })
-            }
-            Err(e) => {
-                return Err(Error::BackupDirUnsafe {
-                    dir: dir.to_path_buf(),
-                    why: format!("it is not writable: {e}"),
-                })
-            }
+            Err(e) => return Err(not_writable(dir, &e)),
         }
         Ok(Store {
             dir: dir.to_path_buf(),
             owner: None,
         })
+    }
+
+    /// What [`Store::open`] refuses of a directory it cannot write into, without writing
+    /// anything (a dry run's check): `access(W_OK)`, which root passes except on a read-only
+    /// filesystem.
+    pub fn check_writable(&self) -> Result<()> {
+        files::access_write(&self.dir).map_err(|e| not_writable(&self.dir, &e))
     }
 
     /// The same directory, seen by one database: other databases' backups leave the inventory
@@ -150,6 +151,13 @@ impl Store {
         &self.dir
     }
 
+    /// Tightens the directory to `0700` when it is open to group or others (a `mkdir -p`
+    /// before ducksafe first ran): the note that says so, or why it could not be done. For the
+    /// commands that write here (see [`super::folders`]).
+    pub fn tighten(&self) -> Option<String> {
+        folders::tighten(&self.dir)
+    }
+
     /// Takes the directory's lock (see [`DirLock`]). Every command that takes it, once it has
     /// checked that the directory is its database's ([`super::identity`]), sweeps what an
     /// interrupted run left with [`Store::clean_leftovers`]; dry runs sweep nothing.
@@ -158,7 +166,7 @@ impl Store {
     }
 
     pub fn backup_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}{BACKUP_EXT}"))
+        self.dir.join(backup_file_name(id))
     }
     pub fn manifest_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}{MANIFEST_EXT}"))
@@ -346,7 +354,7 @@ impl Store {
             b.manifest
                 .created_at
                 .cmp(&a.manifest.created_at)
-                .then_with(|| super::retention::id_order(&b.id, &a.id))
+                .then_with(|| retention::id_order(&b.id, &a.id))
         });
         Ok(inv)
     }
@@ -376,10 +384,7 @@ impl Store {
             };
             let leftover = if name.starts_with(files::TEMP_PREFIX) {
                 !meta.is_dir()
-            } else if let Some(id) = name
-                .strip_suffix(MANIFEST_EXT)
-                .or_else(|| name.strip_suffix(SIDECAR_EXT))
-            {
+            } else if let Some(id) = companion_of(name) {
                 // Ours only when it is a regular file and its backup was never published.
                 meta.file_type().is_file()
                     && (orphans || cut_short(id))
@@ -416,13 +421,13 @@ impl Store {
         let _section = Section::exclusive(&self.dir)?;
         let result = (|| {
             manifest.write(&self.manifest_path(id))?;
-            crate::failpoint::hit("publish.manifest");
+            failpoint::hit("publish.manifest");
             files::write_atomic(
                 &sidecar,
                 manifest::sidecar_line(&manifest.sha256, &backup_file_name(id)).as_bytes(),
             )
             .map_err(|e| Error::io("write checksum file", &sidecar, e))?;
-            crate::failpoint::hit("publish.sidecar");
+            failpoint::hit("publish.sidecar");
             files::rename_noreplace(temp, &final_path)
                 .map_err(|e| Error::io("publish backup", &final_path, e))
         })();
@@ -450,7 +455,7 @@ impl Store {
                 )));
             }
         }
-        let target = PathBuf::from(format!("{id}{BACKUP_EXT}"));
+        let target = PathBuf::from(backup_file_name(id));
         files::symlink_atomic(&target, &link).map_err(|e| Error::io("update", &link, e))?;
         Ok(None)
     }
@@ -539,8 +544,7 @@ impl Store {
             let name = Path::new(selector)
                 .file_name()
                 .map_or_else(|| selector.to_owned(), |n| n.to_string_lossy().into_owned());
-            name.strip_suffix(MANIFEST_EXT)
-                .or_else(|| name.strip_suffix(SIDECAR_EXT))
+            companion_of(&name)
                 .or_else(|| name.strip_suffix(BACKUP_EXT))
                 .unwrap_or(&name)
                 .to_owned()
@@ -570,12 +574,110 @@ impl Store {
     pub fn used_bytes(inv: &Inventory) -> u64 {
         inv.backups.iter().filter_map(|b| b.file_bytes).sum()
     }
+
+    /// What retention weighs of each backup in `inv`; `fresh` names the backup this run just
+    /// made.
+    pub fn candidates(&self, inv: &Inventory, fresh: Option<&str>) -> Result<Vec<Candidate>> {
+        let latest = self.latest_id();
+        // The backup this run just made is the last one made: no need to read the record again.
+        let last_made = match fresh {
+            Some(id) => Some(id.to_owned()),
+            None => self.last_made(inv)?,
+        };
+        let in_use = lease::live(&self.dir).map(|l| l.backup_id);
+        Ok(inv
+            .backups
+            .iter()
+            .map(|b| Candidate {
+                id: b.id.clone(),
+                created_at: b.manifest.created_at,
+                bytes: b.file_bytes.unwrap_or(b.manifest.bytes),
+                pinned: b.manifest.pinned,
+                verified: !b.manifest.verification.checks.is_empty(),
+                fresh: fresh == Some(b.id.as_str()),
+                proven: b.manifest.verification.fully_verified(),
+                latest: latest.as_deref() == Some(b.id.as_str()),
+                last_made: last_made.as_deref() == Some(b.id.as_str()),
+                in_use: in_use.as_deref() == Some(b.id.as_str()),
+            })
+            .collect())
+    }
+
+    /// Applies a retention plan's deletions. Returns what was deleted; a deletion that fails
+    /// becomes a warning (the new backup is already safe, and the next run tries again). Call
+    /// with the directory lock held.
+    pub fn rotate(&self, plan: &Plan, warnings: &mut Vec<String>) -> RotationReport {
+        let mut report = plan.report();
+        report.deleted.retain(|d| {
+            failpoint::hit("rotation.deleting");
+            match self.delete(&d.id) {
+                Ok(()) => true,
+                Err(e) => {
+                    warnings.push(format!("could not delete old backup `{}`: {e}", d.id));
+                    false
+                }
+            }
+        });
+        report
+    }
+
+    /// What an operator must know about this directory: its permissions (see
+    /// [`super::folders::loose`]), then its inventory ([`Store::inventory_warnings`]).
+    pub fn warnings(&self, inv: &Inventory, now: DateTime<Utc>) -> Vec<String> {
+        let mut warnings: Vec<String> = folders::loose(&self.dir).into_iter().collect();
+        warnings.extend(self.inventory_warnings(inv, now));
+        warnings
+    }
+
+    /// What an operator must know about the backups before trusting their order: backups dated
+    /// in the future (a clock that was wrong), and a `latest.duckdb` that names no backup.
+    pub fn inventory_warnings(&self, inv: &Inventory, now: DateTime<Utc>) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for b in &inv.backups {
+            if b.manifest.created_at > now + chrono::Duration::minutes(5) {
+                warnings.push(format!(
+                    "backup `{}` is dated {}, in the future: the clock was wrong when it was taken (or is wrong now). Rotation orders backups by date, so it counts as newer than every backup made since and outlives them; if it is not a state you need, delete it with `ducksafe delete {}`",
+                    b.id,
+                    b.manifest.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    b.id
+                ));
+            }
+        }
+        if let Some(target) = self.dangling_latest(inv) {
+            warnings.push(format!(
+                "`{}` points to `{target}`, which is not a backup here (deleted by hand?): `restore latest` refuses until the next backup repoints it; name a backup id instead (`ducksafe list`)",
+                self.latest_path().display()
+            ));
+        }
+        warnings
+    }
 }
 
 /// The file name of backup `id` (`<id>.duckdb`): names come from the id, never from a field
 /// inside a manifest.
 pub fn backup_file_name(id: &str) -> String {
     format!("{id}{BACKUP_EXT}")
+}
+
+/// The refusal of a backup directory that cannot be written: a read-only filesystem is no
+/// permission problem (a chmod hint would mislead).
+fn not_writable(dir: &Path, e: &std::io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::EROFS) {
+        Error::BackupDirReadOnly {
+            dir: dir.to_path_buf(),
+        }
+    } else {
+        Error::BackupDirUnsafe {
+            dir: dir.to_path_buf(),
+            why: format!("it is not writable: {e}"),
+        }
+    }
+}
+
+/// The id of the backup a manifest or checksum file named `name` belongs to.
+pub fn companion_of(name: &str) -> Option<&str> {
+    name.strip_suffix(MANIFEST_EXT)
+        .or_else(|| name.strip_suffix(SIDECAR_EXT))
 }
 
 /// Whether `name` is the temporary file a backup with id `id` was written under (its
@@ -588,39 +690,4 @@ pub fn is_temp_backup_of(name: &str, id: &str) -> bool {
 /// `<stem>_YYYYMMDD_HHMMSS` in UTC: the seed's naming, before any `_2` that keeps it unique.
 pub fn base_id(stem: &str, now: DateTime<Utc>) -> String {
     format!("{stem}_{}", now.format("%Y%m%d_%H%M%S"))
-}
-
-/// Makes sure `dir` is a private directory of this user, creating it (`0700`) when missing. A
-/// symlink is refused, never followed: ducksafe's own folders are real directories.
-pub fn ensure_private_dir(dir: &Path) -> Result<()> {
-    let unsafe_dir = |why: String| Error::BackupDirUnsafe {
-        dir: dir.to_path_buf(),
-        why,
-    };
-    match fs::symlink_metadata(dir) {
-        Ok(m) if m.file_type().is_symlink() => Err(unsafe_dir(
-            "it is a symlink; ducksafe never follows links for its own folders".into(),
-        )),
-        Ok(m) => files::unsafe_folder_reason(dir, &m).map_or(Ok(()), |why| Err(unsafe_dir(why))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            match files::create_private_dir(dir) {
-                Ok(()) => Ok(()),
-                // Created meanwhile by someone else: check what it is.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let m = fs::symlink_metadata(dir).map_err(|e| Error::io("stat", dir, e))?;
-                    if m.file_type().is_symlink() {
-                        return Err(unsafe_dir("it is a symlink".into()));
-                    }
-                    files::unsafe_folder_reason(dir, &m).map_or(Ok(()), |why| Err(unsafe_dir(why)))
-                }
-                Err(e) => Err(Error::io("create", dir, e)),
-            }
-        }
-        Err(e) => Err(Error::io("stat", dir, e)),
-    }
-}
-
-/// The device of a path (to tell whether a rename can cross from one to the other).
-pub fn device_of(path: &Path) -> Option<u64> {
-    fs::metadata(path).ok().map(|m| m.dev())
 }

@@ -11,7 +11,8 @@
 //!
 //! When the WAL was folded in, the bytes differ from the source file by design, so the source
 //! is opened read-only (its WAL replayed in memory) and the comparison is table by table.
-//! Invariant: each database is opened once per verification, read-only.
+//! Invariants: each database is opened once per verification, read-only; every copy ducksafe
+//! makes (a backup, a restore's staged copy) is judged by one read-back rule ([`read_back`]).
 
 use std::path::Path;
 
@@ -121,13 +122,7 @@ fn read(
 }
 
 fn in_table(t: &TableName, e: DuckError) -> DuckError {
-    match e {
-        DuckError::Failed(m) => DuckError::Failed(format!("table `{}`: {m}", t.display())),
-        DuckError::OutOfMemory(m) => {
-            DuckError::OutOfMemory(format!("table `{}`: {m}", t.display()))
-        }
-        other => other,
-    }
+    e.map_message(|m| format!("table `{}`: {m}", t.display()))
 }
 
 fn checks_for(level: VerifyLevel) -> Vec<String> {
@@ -253,6 +248,38 @@ fn fp_text(f: &Fingerprint) -> String {
         f.xor_hash
             .map_or_else(|| "null".to_owned(), |x| x.to_string())
     )
+}
+
+/// The one judgement of a copy's read-back, for every copy ducksafe makes (a backup's copy of
+/// the database, a restore's staged copy of a backup), worst first: a byte that differs from
+/// the source fails the copy's verification (the storage gave back other bytes than were
+/// written), wherever it is; a length other than the `expected` one means the source changed
+/// while it was copied (`changed`); bytes that could not all be read back fail verification.
+pub fn read_back(
+    copied: &files::VerifiedCopy,
+    copy: &Path,
+    expected: u64,
+    changed: &dyn Fn(u64) -> Error,
+) -> Result<()> {
+    if let Some(at) = copied.first_difference {
+        return Err(Error::VerificationFailed {
+            path: copy.to_path_buf(),
+            why: format!("the copy read back differs from its source at byte {at}"),
+        });
+    }
+    if copied.bytes != expected {
+        return Err(changed(copied.bytes));
+    }
+    if !copied.identical() {
+        return Err(Error::VerificationFailed {
+            path: copy.to_path_buf(),
+            why: format!(
+                "only {} of the copy's {} bytes could be read back",
+                copied.read_back_bytes, copied.bytes
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The cheap refusal before any read: a stored backup must be a regular file of the manifest's

@@ -10,6 +10,8 @@
 //!   never a pre-existing file or a planted symlink, and never readable by others.
 //! - A rename that publishes a file is followed by an `fsync` of the directory that holds it, so
 //!   a published name survives a power loss.
+//! - One list of system folders ([`is_system_folder`], [`is_shared_system_folder`]): never a
+//!   home for ducksafe's private files, never `chmod`-ed.
 //! - Locks are OFD locks (`F_OFD_SETLK`). Unlike classic POSIX `fcntl` locks they belong to the
 //!   open file description, so closing some other descriptor of the same file in this process
 //!   (as DuckDB and `std::fs` both do) never drops them; they conflict with DuckDB's own `fcntl`
@@ -148,9 +150,7 @@ pub fn symlink_atomic(target: &Path, link: &Path) -> io::Result<()> {
 
 /// A name beside `path` that ducksafe's leftover cleanup recognizes (`.ducksafe-tmp-…`).
 pub fn temp_sibling(path: &Path, what: &str) -> std::path::PathBuf {
-    let name = path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let name = file_name(path);
     parent_of(path).join(format!(
         "{TEMP_PREFIX}{what}-{}-{}-{name}",
         std::process::id(),
@@ -176,6 +176,13 @@ pub fn parent_of(path: &Path) -> &Path {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     }
+}
+
+/// The last component of `path` as text (empty for `/` or `..`): the one way ducksafe names a
+/// file after another one.
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
 }
 
 /// Lower-case hex of a digest.
@@ -271,8 +278,17 @@ pub fn lock_range(
 /// Takes an exclusive `flock` on `file` (a directory, say) without waiting: `Ok(true)` taken,
 /// `Ok(false)` held by someone else. It lasts as long as the open file description.
 pub fn try_flock_exclusive(file: &File) -> io::Result<bool> {
+    try_flock(file, libc::LOCK_EX)
+}
+
+/// [`try_flock_exclusive`], shared: other shared holders are let in, an exclusive one is not.
+pub fn try_flock_shared(file: &File) -> io::Result<bool> {
+    try_flock(file, libc::LOCK_SH)
+}
+
+fn try_flock(file: &File, kind: libc::c_int) -> io::Result<bool> {
     // SAFETY: a valid descriptor owned by `file`.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    let rc = unsafe { libc::flock(file.as_raw_fd(), kind | libc::LOCK_NB) };
     if rc == 0 {
         return Ok(true);
     }
@@ -347,34 +363,42 @@ pub fn euid() -> u32 {
 }
 
 /// Folders the system itself lives in or all users share: never ducksafe's own folder, even
-/// for root, who owns them and passes every permission check.
+/// for root, who owns them and passes every permission check, and never one to `chmod`. The one
+/// list: [`is_system_folder`] refuses them, [`is_shared_system_folder`] adds any folder directly
+/// under `/` and any sticky one.
+const SYSTEM_FOLDERS: [&str; 26] = [
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/dev/shm",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib64",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/private/tmp",
+    "/proc",
+    "/run",
+    "/run/user",
+    "/sbin",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/usr/local",
+    "/usr/share",
+    "/var",
+    "/var/cache",
+    "/var/lib",
+    "/var/tmp",
+];
+
+/// Whether `dir` is one of the [`SYSTEM_FOLDERS`]: never ducksafe's own folder.
 pub fn is_system_folder(dir: &Path) -> bool {
-    const SYSTEM: [&str; 22] = [
-        "/",
-        "/bin",
-        "/boot",
-        "/dev",
-        "/dev/shm",
-        "/etc",
-        "/home",
-        "/lib",
-        "/lib64",
-        "/media",
-        "/mnt",
-        "/opt",
-        "/proc",
-        "/run",
-        "/run/user",
-        "/sbin",
-        "/sys",
-        "/tmp",
-        "/usr",
-        "/var",
-        "/var/lib",
-        "/var/tmp",
-    ];
     let dir = crate::config::normalize(dir);
-    SYSTEM.iter().any(|s| dir == Path::new(s))
+    SYSTEM_FOLDERS.iter().any(|s| dir == Path::new(s))
 }
 
 /// Why the directory `dir` is not a safe home for private data, if it is not.
@@ -422,32 +446,60 @@ pub fn unsafe_dir_reason(meta: &fs::Metadata) -> Option<String> {
     None
 }
 
-/// Whether `dir` is a folder the system or other users share (`/`, `/tmp`, `/var/tmp`, `/home`,
-/// any folder directly under `/`, or any folder with the sticky bit): never one to make private
+/// Whether `dir` is a folder the system or other users share: one of the [`SYSTEM_FOLDERS`],
+/// any folder directly under `/`, or any folder with the sticky bit. Never one to make private
 /// or to keep ducksafe's files in directly.
 pub fn is_shared_system_folder(dir: &Path) -> bool {
-    const SHARED: [&str; 8] = [
-        "/var/tmp",
-        "/dev/shm",
-        "/run/user",
-        "/var/lib",
-        "/var/cache",
-        "/usr/local",
-        "/usr/share",
-        "/private/tmp",
-    ];
     let dir = crate::config::normalize(dir);
     let top_level = dir.has_root() && dir.components().count() <= 2;
     let sticky = fs::metadata(&dir).is_ok_and(|m| m.permissions().mode() & 0o1000 != 0);
-    top_level || sticky || SHARED.iter().any(|s| dir == Path::new(s))
+    top_level || sticky || is_system_folder(&dir)
+}
+
+/// The device of a path (to tell whether a rename can cross from one to the other).
+pub fn device_of(path: &Path) -> Option<u64> {
+    fs::metadata(path).ok().map(|m| m.dev())
+}
+
+/// The permission bits of a file or directory (`0o755`).
+pub fn mode_of(meta: &fs::Metadata) -> u32 {
+    meta.permissions().mode() & 0o7777
+}
+
+/// Sets the permission bits of the directory `dir` without following a symlink in its last
+/// component (`O_NOFOLLOW | O_DIRECTORY`, then `fchmod`), and checks that they took: some
+/// filesystems accept a `chmod` and keep their own modes.
+pub fn set_dir_mode(dir: &Path, mode: u32) -> io::Result<()> {
+    let d = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)?;
+    d.set_permissions(fs::Permissions::from_mode(mode))?;
+    let now = mode_of(&d.metadata()?);
+    if now == mode {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "the filesystem kept mode {now:04o}"
+        )))
+    }
 }
 
 /// Whether this process may write in `dir` (`access(W_OK)`: false on a read-only filesystem,
 /// even for root). Creates nothing.
 pub fn writable(dir: &Path) -> bool {
-    let Ok(c) = cstring(dir) else { return false };
+    access_write(dir).is_ok()
+}
+
+/// [`writable`], with why not (`EROFS` for a read-only filesystem).
+pub fn access_write(dir: &Path) -> io::Result<()> {
+    let c = cstring(dir)?;
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Whether the filesystem holding `path` is mounted read-only.

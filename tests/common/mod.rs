@@ -314,3 +314,29 @@ pub fn hold_database_child() {
     let _ = std::io::stdin().read_line(&mut s);
     drop(d);
 }
+
+/// Every file under `dir`, byte for byte (directories with their mode, links by target): what
+/// "a dry run wrote nothing" compares. The directory lock included: a dry run does not even
+/// write its PID there.
+pub fn every_byte(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut m = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {
+            let path = e.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(dir).unwrap().display().to_string();
+            let v = if meta.is_dir() {
+                stack.push(path.clone());
+                format!("dir {:o}", meta.permissions().mode())
+            } else if meta.file_type().is_symlink() {
+                format!("-> {}", std::fs::read_link(&path).unwrap().display())
+            } else {
+                sha256(&path)
+            };
+            m.insert(rel, v);
+        }
+    }
+    m
+}
