@@ -372,7 +372,7 @@ fn with_way_out(e: Error, settings: &Settings, inv: &Inventory) -> Error {
             b.id,
             b.manifest.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
             b.manifest.verification.checks.join(", "),
-            crate::report::restore_command_line(settings, &b.manifest)
+            crate::rollback::restore_command_line(settings, &b.manifest)
         )),
         None => inv.backups.iter().find(|b| intact(b)).map(|b| {
             format!(
@@ -381,7 +381,7 @@ fn with_way_out(e: Error, settings: &Settings, inv: &Inventory) -> Error {
                 b.manifest.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
                 b.manifest.verification.level,
                 b.id,
-                crate::report::restore_command_line(settings, &b.manifest)
+                crate::rollback::restore_command_line(settings, &b.manifest)
             )
         }),
     };

@@ -758,7 +758,7 @@ fn roll_back(intent: &Intent) -> Result<Vec<PathBuf>> {
 /// SHA-256 expected), so that it acts on this database in a fresh shell whatever its
 /// environment says.
 fn finish_command(settings: &Settings, intent: &Intent) -> String {
-    crate::report::restore_line(settings, &intent.backup_id, &intent.backup_sha256)
+    crate::rollback::restore_line(settings, &intent.backup_id, &intent.backup_sha256)
 }
 
 /// Shell commands that undo an interrupted restore: what was moved goes back (the database
