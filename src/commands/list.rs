@@ -118,6 +118,15 @@ fn list(g: &Global) -> Result<ListReport, Failure> {
     // An interrupted restore comes first, whatever else the listing says.
     let pending = restore::pending(&settings);
     let marker_trouble = restore::marker_trouble(&settings);
+    // They come first even when the listing then fails.
+    let stopped = |error: Error| {
+        let mut preface = Vec::new();
+        let _ = first(&mut preface, &pending, marker_trouble.as_deref());
+        Failure {
+            preface: preface.into(),
+            ..error.into()
+        }
+    };
     let opened = match super::open_store(&settings, Access::Read) {
         Ok(o) => o,
         Err(Error::NoBackupDir { dir }) => {
@@ -130,17 +139,10 @@ fn list(g: &Global) -> Result<ListReport, Failure> {
                 marker_trouble,
             }))
         }
-        Err(error) => {
-            let mut preface = Vec::new();
-            let _ = first(&mut preface, &pending, marker_trouble.as_deref());
-            return Err(Failure {
-                preface: preface.into(),
-                ..error.into()
-            });
-        }
+        Err(error) => return Err(stopped(error)),
     };
     let store = &opened.store;
-    let inv = store.inventory()?;
+    let inv = store.inventory().map_err(stopped)?;
     let now = crate::clock::now();
     let latest = store.latest_id();
     let proven = inv

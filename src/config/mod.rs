@@ -4,7 +4,7 @@
 //! - [`keys`]: the keys, their types and defaults (the type derives the config schema).
 //! - [`source`]: where the configuration comes from, decided in one place ([`locate`]).
 //! - [`env`]: `DUCKSAFE_<KEY>` variables and `--set` pairs laid over it.
-//! - [`load`](mod@load): reading, validation ([`validate`](mod@validate)) and path resolution.
+//! - [`load`](mod@load): reading, validation (`validate.rs`) and path resolution.
 //! - [`suggest`]: did-you-mean for a misspelt key; [`redact`]: credentials never shown.
 //!
 //! Invariants: every violation is reported at once, each with its JSON Pointer; validation uses
