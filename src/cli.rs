@@ -1,12 +1,13 @@
 //! Command-line parsing and dispatch. Each subcommand lives in its own file under
-//! [`crate::commands`]; this file only names them and picks one.
+//! [`crate::commands`]; this file only names them and picks one. A command-line error that the
+//! parser catches is said on stderr and exits 64 (`usage`), with no JSON line.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::commands;
-use crate::protocol::ErrorCode;
+use crate::error::Error;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -227,7 +228,7 @@ pub fn main() -> i32 {
             let _ = e.print();
             return match e.kind() {
                 ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
-                _ => ErrorCode::Usage.exit_code(),
+                _ => Error::Usage(e.to_string()).exit_code(),
             };
         }
     };
@@ -252,7 +253,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Pin(a) => commands::pin::run(&g, &a, true),
         Command::Unpin(a) => commands::pin::run(&g, &a, false),
         Command::Delete(a) => commands::delete::run(&g, &a),
-        Command::Schema(a) => commands::schema::run(&a),
+        Command::Schema(a) => commands::schema::run(g.json, &a),
         Command::Validate => commands::validate::run(&g),
         Command::Hook => commands::hook::run(),
         Command::PreRun(a) => commands::pre_run::run(&g, &a),

@@ -135,6 +135,11 @@ pub enum Error {
     #[error("backup `{}` failed verification: {why}", path.display())]
     VerificationFailed { path: PathBuf, why: String },
 
+    /// `ducksafe verify` found a backup that fails its checks, or files that do not belong:
+    /// its report lists each.
+    #[error("verification failed")]
+    StoredBackupsFailed,
+
     #[error("backup `{id}` not found in `{}`", dir.display())]
     BackupNotFound { id: String, dir: PathBuf },
 
@@ -213,7 +218,7 @@ impl Error {
             Error::BackupFailed { .. } | Error::BackupDirReadOnly { .. } => C::BackupFailed,
             Error::Io { source, .. } if is_no_space(source) => C::InsufficientSpace,
             Error::Io { .. } => C::IoError,
-            Error::VerificationFailed { .. } => C::VerificationFailed,
+            Error::VerificationFailed { .. } | Error::StoredBackupsFailed => C::VerificationFailed,
             Error::BackupNotFound { .. }
             | Error::NoBackupDir { .. }
             | Error::DanglingLatest { .. } => C::BackupNotFound,
@@ -290,6 +295,9 @@ impl Error {
             Error::BackupFailed { .. } | Error::Io { .. } => None,
             Error::VerificationFailed { .. } => Some(
                 "the backup was not published (or must not be trusted); run `ducksafe verify --all` and see docs/runbook.md".into(),
+            ),
+            Error::StoredBackupsFailed => Some(
+                "do not restore a FAILED backup; see docs/runbook.md, section 'Verification failed'".into(),
             ),
             Error::BackupNotFound { .. } => Some("`ducksafe list` shows the stored backups".into()),
             Error::DanglingLatest { .. } => Some(

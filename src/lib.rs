@@ -2,10 +2,17 @@
 //! consistent, verified, atomic backup behind a pre-run hook, and a safe restore after a failed
 //! run.
 //!
-//! Layout: [`cli`] and [`commands`] (one file per subcommand) on top; [`config`] and
-//! [`protocol`] (the types behind the JSON Schemas, the error-code table); [`engine`] (one file
-//! per step of a backup); [`duck`] alone talks to DuckDB; [`files`] alone does low-level file
-//! work; [`error`] maps every failure to its protocol code and exit code.
+//! From stdin to stdout: [`cli`] parses the command line and picks a command in [`commands`]
+//! (one file per subcommand). `ducksafe hook` reads one request and [`hook`] answers it:
+//! [`hook::request`] reads and validates it, [`hook::serve`] does the event's work,
+//! [`hook::response`] builds the answer. [`config`] turns a file, a request's inline object and
+//! the environment into one validated configuration. The work itself is the [`engine`]'s (one
+//! file per step of a backup); [`duck`] alone talks to DuckDB; [`files`] alone does low-level
+//! file work. [`output`] writes every report (text, or `--json`) and the protocol line;
+//! [`error`] maps every failure to its protocol code and exit code; [`protocol`] holds the
+//! types behind the JSON Schemas; [`rollback`] says how to undo a run.
+
+#![warn(clippy::print_stdout)]
 
 pub mod cli;
 pub mod clock;
@@ -17,6 +24,8 @@ pub mod engine;
 pub mod error;
 pub mod failpoint;
 pub mod files;
+pub mod hook;
+pub mod output;
 pub mod protocol;
-pub mod report;
+pub mod rollback;
 pub mod schemas;

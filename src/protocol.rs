@@ -19,6 +19,16 @@ pub const SUPPORTED_VERSIONS: &[u32] = &[1];
 /// The largest request read from stdin; anything longer is refused with `invalid_request`.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
+/// A request id for requests that bring none: `ducksafe-<UTC yyyymmddThhmmss.mmm>Z-<pid>`,
+/// unique enough for logs.
+pub fn generated_request_id() -> String {
+    format!(
+        "ducksafe-{}-{}",
+        crate::clock::now().format("%Y%m%dT%H%M%S%.3fZ"),
+        std::process::id()
+    )
+}
+
 /// Stable error codes. The serialized name is the contract; the exit code follows from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -221,22 +231,6 @@ pub struct Request {
     /// post_run: overrides the configuration's `RESTORE_ON_FAILURE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<OnFailure>,
-}
-
-impl Request {
-    /// The request fields this version knows; others are ignored with a warning.
-    pub const KNOWN_FIELDS: [&'static str; 10] = [
-        "protocol_version",
-        "event",
-        "request_id",
-        "config",
-        "set",
-        "dry_run",
-        "backup_id",
-        "backup_sha256",
-        "run",
-        "on_failure",
-    ];
 }
 
 /// Did the hook do its job.

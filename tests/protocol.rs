@@ -194,15 +194,42 @@ fn post_run_success_keeps_and_failure_without_restore_keeps() {
 #[test]
 fn the_validate_command_answers_like_the_hook() {
     let p = Project::new("");
-    let out = p.run(&["validate"]);
+    let out = p.run(&["validate", "--json"]);
     let r = one_response(&out);
     assert_eq!(r.decision, Decision::Valid);
     p.write_config("DB_PATH: simulation.duckdb\nLOG_LEVEL: LOUD\n");
-    let out = p.run(&["validate"]);
+    let out = p.run(&["validate", "--json"]);
     let r = one_response(&out);
     assert_eq!(r.exit_code, 78);
     assert_eq!(r.decision, Decision::Invalid);
     assert!(String::from_utf8_lossy(&out.stderr).contains("LOG_LEVEL"));
+}
+
+/// Without `--json`, `validate` answers people, not programs: the verdict on stdout, problems on
+/// stderr, no JSON anywhere, and the hook's exit code.
+#[test]
+fn the_validate_command_prints_json_only_when_asked() {
+    let p = Project::new("");
+    let out = p.run(&["validate"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_eq!(
+        stdout.trim_end(),
+        "configuration is valid and the database is readable"
+    );
+    p.write_config("DB_PATH: simulation.duckdb\nLOG_LEVEL: LOUD\n");
+    let out = p.run(&["validate"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        out.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("ducksafe: error: `LOG_LEVEL`") && !stderr.contains('{'),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -329,16 +356,25 @@ fn protocol_version_is_the_number_one() {
 
 /// A closed stdout (`ducksafe list | head -1`) ends the process quietly with success, as ripgrep
 /// and fd do: no panic message. The read end is closed before the process starts, so every
-/// write fails, whatever the timing.
+/// write fails, whatever the timing. Several backups: more than one line, more than one write;
+/// every kind of report, text and JSON.
 #[test]
 fn a_closed_stdout_ends_quietly_with_success() {
-    let p = Project::new("");
-    let (r, code) = p.pre_run();
-    assert_eq!(code, 0, "{r:?}");
+    let p = Project::new("BACKUP_KEEP_LAST: 5\n");
+    for _ in 0..3 {
+        let (r, code) = p.pre_run();
+        assert_eq!(code, 0, "{r:?}");
+    }
     for args in [
         vec!["list", "--json"],
         vec!["list"],
         vec!["verify", "--all"],
+        vec!["verify", "--all", "--json"],
+        vec!["prune", "--dry-run"],
+        vec!["backup", "--dry-run"],
+        vec!["restore", "--dry-run"],
+        vec!["validate"],
+        vec!["schema", "config"],
     ] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
@@ -351,6 +387,7 @@ fn a_closed_stdout_ends_quietly_with_success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
 }
 

@@ -2848,7 +2848,7 @@ fn hostile_input_in_process() {
         let started = Instant::now();
         for _ in 0..scaled(count) {
             let input = fuzz.family(family);
-            let r = ducksafe::commands::hook::answer(&input);
+            let r = ducksafe::hook::answer(&input);
             *exits.entry(r.exit_code.to_string()).or_default() += 1;
             let result = contract(input.len(), &r).map_err(|e| {
                 let shown = String::from_utf8_lossy(&input[..input.len().min(300)]).into_owned();
@@ -2872,7 +2872,7 @@ fn hostile_input_in_process() {
     for (extra, refused) in [(0usize, false), (1, true)] {
         let mut input = req.clone().into_bytes();
         input.resize(MAX_REQUEST_BYTES + extra, b' ');
-        let r = ducksafe::commands::hook::answer(&input);
+        let r = ducksafe::hook::answer(&input);
         t.record_case(
             format!("stdin of exactly {} bytes", input.len()),
             contract(input.len(), &r).and_then(|()| {
@@ -3027,7 +3027,7 @@ fn hostile_input_request_ids_are_echoed() {
         let chars = id.chars().count();
         let req = json!({"protocol_version": 1, "event": "validate", "request_id": id,
                          "config": {"path": "/nonexistent/ducksafe/config.yaml"}});
-        let r = ducksafe::commands::hook::answer(req.to_string().as_bytes());
+        let r = ducksafe::hook::answer(req.to_string().as_bytes());
         t.record_case(
             format!("request_id of {chars} chars, {} bytes", id.len()),
             contract(0, &r).and_then(|()| {
@@ -3040,7 +3040,7 @@ fn hostile_input_request_ids_are_echoed() {
     // Out of the schema's bounds (empty, 201 characters): refused, and an id is generated.
     for id in [String::new(), "r".repeat(201)] {
         let req = json!({"protocol_version": 1, "event": "validate", "request_id": id});
-        let r = ducksafe::commands::hook::answer(req.to_string().as_bytes());
+        let r = ducksafe::hook::answer(req.to_string().as_bytes());
         t.record_case(
             format!("request_id of {} chars is refused", id.chars().count()),
             contract(0, &r).and_then(|()| {

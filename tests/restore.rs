@@ -1295,7 +1295,7 @@ fn an_interrupted_restore_is_found_from_beside_the_database() {
             && text.contains(&format!("QUARANTINE_DIR={}", q1.display())),
         "{text}"
     );
-    let out = p.run(&["validate"]);
+    let out = p.run(&["validate", "--json"]);
     let r = common::one_response(&out);
     assert!(
         r.reason.contains("unfinished") || r.warnings.iter().any(|w| w.contains("UNFINISHED")),
@@ -1401,7 +1401,7 @@ fn a_lost_journal_is_said_first_with_its_way_out() {
     let out = p.run(&["list"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.contains("UNFINISHED RESTORE recorded in"), "{text}");
-    let r = common::one_response(&p.run(&["validate"]));
+    let r = common::one_response(&p.run(&["validate", "--json"]));
     assert!(r.warnings.iter().any(|w| w.contains("UNFINISHED")), "{r:?}");
     let (r, code) = p.pre_run();
     assert_eq!(code, 74, "{r:?}");

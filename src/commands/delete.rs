@@ -4,23 +4,43 @@
 //! progress may restore: those are decisions to undo first (`unpin`, a new backup that `latest`
 //! then names, the run's post_run).
 
-use super::Global;
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::{Access, Global};
 use crate::cli::DeleteArgs;
-use crate::engine::store::Store;
 use crate::error::Error;
-use crate::report;
+use crate::output::{self, Report};
+
+/// Fields in alphabetical order, as the JSON has always listed them.
+#[derive(Serialize)]
+struct DeleteReport {
+    bytes: Option<u64>,
+    deleted: bool,
+    dry_run: bool,
+    id: String,
+}
+
+impl Report for DeleteReport {
+    fn text(&self, out: &mut dyn Write) -> io::Result<()> {
+        if self.dry_run {
+            writeln!(out, "dry run: would delete `{}`", self.id)
+        } else {
+            writeln!(
+                out,
+                "deleted `{}` (its manifest and checksum file too)",
+                self.id
+            )
+        }
+    }
+}
 
 pub fn run(g: &Global, a: &DeleteArgs) -> i32 {
-    let result = (|| {
-        let settings = super::load_settings(g)?;
-        let store = Store::open(&settings.backup_dir, false)?;
-        let _lock = store.lock_only()?;
-        let owner = crate::engine::identity::check(store.dir(), &settings)?;
-        let store = store.owned_by(owner);
-        if !a.dry_run {
-            // This database's directory: sweep what an interrupted run left.
-            store.clean_leftovers(false)?;
-        }
+    let deleted = (|| {
+        let settings = g.settings()?;
+        let opened = super::open_store(&settings, Access::Change { dry_run: a.dry_run })?;
+        let store = &opened.store;
         if a.id == "latest" || a.id == crate::engine::store::LATEST {
             return Err(Error::Usage(
                 "`delete` takes a backup id, never `latest`: `ducksafe list` shows the ids".into(),
@@ -50,27 +70,12 @@ pub fn run(g: &Global, a: &DeleteArgs) -> i32 {
         if !a.dry_run {
             store.delete(&entry.id)?;
         }
-        Ok::<_, Error>(entry)
+        Ok(DeleteReport {
+            id: entry.id,
+            deleted: !a.dry_run,
+            dry_run: a.dry_run,
+            bytes: entry.file_bytes,
+        })
     })();
-    match result {
-        Ok(entry) => {
-            if g.json {
-                report::print_json_pretty(&serde_json::json!({
-                    "id": entry.id,
-                    "deleted": !a.dry_run,
-                    "dry_run": a.dry_run,
-                    "bytes": entry.file_bytes,
-                }));
-            } else if a.dry_run {
-                println!("dry run: would delete `{}`", entry.id);
-            } else {
-                println!(
-                    "deleted `{}` (its manifest and checksum file too)",
-                    entry.id
-                );
-            }
-            0
-        }
-        Err(e) => super::fail(g, &e),
-    }
+    output::finish(g.json, deleted.map_err(Into::into))
 }

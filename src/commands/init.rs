@@ -3,14 +3,17 @@
 //! `backups/` to `.gitignore` once. `--demo` also creates a demo `simulation.duckdb`.
 
 use std::fs;
-use std::io::Write;
+use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+
+use serde::Serialize;
 
 use super::Global;
 use crate::cli::InitArgs;
 use crate::error::{Error, Result};
 use crate::files;
+use crate::output::{self, Report};
 
 /// The configuration `init` writes: the seed's Quick Start keys first, then ducksafe's, each
 /// with its default spelled out.
@@ -34,20 +37,24 @@ VERIFY_LEVEL: full                # quick | standard | full (see docs/configurat
 RESTORE_ON_FAILURE: false         # true: put the pre-run backup back when the run fails
 ";
 
-pub fn run(g: &Global, a: &InitArgs) -> i32 {
-    match init(&a.dir, a.force, a.demo) {
-        Ok(lines) => {
-            if g.json {
-                crate::report::print_json_pretty(&serde_json::json!({"done": lines}));
-            } else {
-                for l in lines {
-                    println!("{l}");
-                }
-            }
-            0
+/// What `init` did, one line a step.
+#[derive(Serialize)]
+struct Done {
+    done: Vec<String>,
+}
+
+impl Report for Done {
+    fn text(&self, out: &mut dyn Write) -> io::Result<()> {
+        for l in &self.done {
+            writeln!(out, "{l}")?;
         }
-        Err(e) => super::fail(g, &e),
+        Ok(())
     }
+}
+
+pub fn run(g: &Global, a: &InitArgs) -> i32 {
+    let done = init(&a.dir, a.force, a.demo).map(|done| Done { done });
+    output::finish(g.json, done.map_err(Into::into))
 }
 
 fn init(dir: &Path, force: bool, demo: bool) -> Result<Vec<String>> {

@@ -1,12 +1,15 @@
 //! `ducksafe list`: the stored backups, newest first, with totals.
 
+use std::io::{self, Write};
+
 use serde::Serialize;
 
-use super::Global;
+use super::{Access, Global};
 use crate::engine::journal::{self, Pending};
 use crate::engine::store::Store;
+use crate::error::Error;
 use crate::files;
-use crate::report::{self, size};
+use crate::output::{self, size, Failure, Report};
 
 #[derive(Debug, Serialize)]
 #[allow(clippy::struct_excessive_bools)] // a report row: each flag is a column
@@ -45,52 +48,101 @@ struct Listing {
     available_bytes: u64,
     /// Backups dated in the future, a `latest.duckdb` that names no backup.
     warnings: Vec<String>,
+    /// A restore journal that is lost or unreadable, said first in text mode.
+    #[serde(skip)]
+    marker_trouble: Option<String>,
+}
+
+/// Before the first backup there is nothing to list: not an error. Fields in alphabetical
+/// order, as the JSON has always listed them.
+#[derive(Debug, Serialize)]
+struct NoBackupsYet {
+    backup_dir: String,
+    backups: [Row; 0],
+    total_bytes: u64,
+    unfinished_restores: Vec<Pending>,
+    unmanaged: [Unmanaged; 0],
+    #[serde(skip)]
+    marker_trouble: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum ListReport {
+    NoBackupsYet(NoBackupsYet),
+    Listing(Listing),
+}
+
+impl Report for ListReport {
+    fn text(&self, out: &mut dyn Write) -> io::Result<()> {
+        match self {
+            ListReport::NoBackupsYet(r) => {
+                first(out, &r.unfinished_restores, r.marker_trouble.as_deref())?;
+                writeln!(
+                    out,
+                    "no backups yet: `{}` does not exist (the first backup creates it)",
+                    r.backup_dir
+                )
+            }
+            ListReport::Listing(l) => {
+                first(out, &l.unfinished_restores, l.marker_trouble.as_deref())?;
+                table(out, l)
+            }
+        }
+    }
+
+    fn warnings(&self) -> &[String] {
+        match self {
+            ListReport::NoBackupsYet(_) => &[],
+            ListReport::Listing(l) => &l.warnings,
+        }
+    }
+}
+
+/// What comes first, whatever else the listing says: interrupted restores, and a restore
+/// journal that is lost.
+fn first(out: &mut dyn Write, pending: &[Pending], trouble: Option<&str>) -> io::Result<()> {
+    output::pending_text(out, pending)?;
+    if let Some(t) = trouble {
+        writeln!(out, "{t}")?;
+    }
+    Ok(())
 }
 
 pub fn run(g: &Global) -> i32 {
-    let settings = match super::load_settings(g) {
-        Ok(s) => s,
-        Err(e) => return super::fail(g, &e),
-    };
+    output::finish(g.json, list(g))
+}
+
+fn list(g: &Global) -> Result<ListReport, Failure> {
+    let settings = g.settings()?;
     // An interrupted restore comes first, whatever else the listing says.
     let pending = journal::pending(&settings);
-    if !g.json {
-        report::print_pending(&pending);
-        if let Some(t) = journal::marker_trouble(&settings) {
-            println!("{t}");
+    let marker_trouble = journal::marker_trouble(&settings);
+    // They come first even when the listing then fails.
+    let stopped = |error: Error| {
+        let mut preface = Vec::new();
+        let _ = first(&mut preface, &pending, marker_trouble.as_deref());
+        Failure {
+            preface: preface.into(),
+            ..error.into()
         }
-    }
-    let store = match Store::open(&settings.backup_dir, false) {
-        Ok(s) => s,
-        // Before the first backup there is nothing to list: not an error.
-        Err(crate::error::Error::NoBackupDir { dir }) => {
-            if g.json {
-                report::print_json_pretty(&serde_json::json!({
-                    "backup_dir": dir.display().to_string(),
-                    "unfinished_restores": pending,
-                    "backups": [],
-                    "unmanaged": [],
-                    "total_bytes": 0,
-                }));
-            } else {
-                println!(
-                    "no backups yet: `{}` does not exist (the first backup creates it)",
-                    dir.display()
-                );
-            }
-            return 0;
+    };
+    let opened = match super::open_store(&settings, Access::Read) {
+        Ok(o) => o,
+        Err(Error::NoBackupDir { dir }) => {
+            return Ok(ListReport::NoBackupsYet(NoBackupsYet {
+                backup_dir: dir.display().to_string(),
+                backups: [],
+                total_bytes: 0,
+                unfinished_restores: pending,
+                unmanaged: [],
+                marker_trouble,
+            }))
         }
-        Err(e) => return super::fail(g, &e),
+        Err(error) => return Err(stopped(error)),
     };
-    // Only this database's backups are listed as backups; another's are notes.
-    let store = match crate::engine::identity::check(store.dir(), &settings) {
-        Ok(owner) => store.owned_by(owner),
-        Err(e) => return super::fail(g, &e),
-    };
-    let inv = match store.inventory() {
-        Ok(i) => i,
-        Err(e) => return super::fail(g, &e),
-    };
+    let store = &opened.store;
+    let inv = store.inventory().map_err(stopped)?;
     let now = crate::clock::now();
     let latest = store.latest_id();
     let proven = inv
@@ -119,7 +171,7 @@ pub fn run(g: &Global) -> i32 {
             wal_folded: b.manifest.source.wal_folded,
         })
         .collect();
-    let listing = Listing {
+    Ok(ListReport::Listing(Listing {
         backup_dir: settings.backup_dir.display().to_string(),
         unfinished_restores: pending,
         total_bytes: Store::used_bytes(&inv),
@@ -134,24 +186,20 @@ pub fn run(g: &Global) -> i32 {
             .collect(),
         backups: rows,
         warnings: store.warnings(&inv, now),
-    };
-    if g.json {
-        report::print_json_pretty(&listing);
-        return 0;
-    }
-    print_table(&listing);
-    0
+        marker_trouble,
+    }))
 }
 
 /// The listing for people.
-fn print_table(listing: &Listing) {
+fn table(out: &mut dyn Write, listing: &Listing) -> io::Result<()> {
     if listing.backups.is_empty() {
-        println!("no backups in `{}`", listing.backup_dir);
+        writeln!(out, "no backups in `{}`", listing.backup_dir)?;
     } else {
-        println!(
+        writeln!(
+            out,
             "{:<36} {:<20} {:>8} {:>10} {:>6} {:>10}  {:<9} FLAGS",
             "ID", "CREATED (UTC)", "AGE", "SIZE", "TABLES", "ROWS", "VERIFIED"
-        );
+        )?;
         for r in &listing.backups {
             let mut flags = Vec::new();
             if r.latest {
@@ -166,7 +214,8 @@ fn print_table(listing: &Listing) {
             if r.wal_folded {
                 flags.push("wal-folded");
             }
-            println!(
+            writeln!(
+                out,
                 "{:<36} {:<20} {:>8} {:>10} {:>6} {:>10}  {:<9} {}",
                 r.id,
                 r.created_at.replace('T', " ").trim_end_matches('Z'),
@@ -180,20 +229,25 @@ fn print_table(listing: &Listing) {
                     "no"
                 },
                 flags.join(",")
-            );
+            )?;
         }
     }
-    println!(
+    writeln!(
+        out,
         "{} backup(s), {} used in `{}`; {} free",
         listing.backups.len(),
         size(listing.total_bytes),
         listing.backup_dir,
         size(listing.available_bytes)
-    );
+    )?;
     for u in &listing.unmanaged {
-        println!("note: `{}`: {}; ducksafe never deletes it", u.file, u.why);
+        writeln!(
+            out,
+            "note: `{}`: {}; ducksafe never deletes it",
+            u.file, u.why
+        )?;
     }
-    report::print_warnings(&listing.warnings);
+    Ok(())
 }
 
 fn age(secs: i64) -> String {

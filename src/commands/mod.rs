@@ -1,6 +1,8 @@
-//! One file per subcommand. Each turns its flags and the configuration into one call into the
-//! engine, then prints the report: text for people, or `--json`. Errors are printed by
-//! [`fail`], with the exit code from the one error table.
+//! One file per subcommand. Each turns its flags and the configuration into calls into the
+//! engine and builds one serialisable report, which [`crate::output::finish`] writes as text or
+//! as `--json`; errors go the same way, with the exit code from the one error table. The hook's
+//! flag forms (`pre-run`, `post-run`, `validate`) build a typed request ([`Global::request`])
+//! and let [`crate::hook`] answer it.
 
 pub mod adopt;
 pub mod backup;
@@ -19,9 +21,12 @@ pub mod verify;
 
 use std::path::PathBuf;
 
-use crate::config::{self, Settings, Source};
-use crate::error::{Error, Result};
-use crate::report;
+use crate::config::{self, Asked, Settings};
+use crate::engine::lock::DirLock;
+use crate::engine::store::Store;
+use crate::error::Result;
+use crate::output;
+use crate::protocol::{ConfigSource, Event, Request};
 
 /// Flags shared by every subcommand.
 #[derive(Debug, Clone)]
@@ -32,95 +37,77 @@ pub struct Global {
     pub set: Vec<(String, String)>,
 }
 
-/// Reads `DUCKSAFE_*` from the process environment.
-pub fn env_var(key: &str) -> Option<String> {
-    std::env::var(key).ok()
-}
-
-/// `DUCKSAFE_<KEY>` as the configuration sees it: a `--set KEY=VALUE` (or a request's `set`)
-/// wins over the process environment, the last of several for one key.
-pub fn lookup(set: &[(String, String)], var: &str) -> Option<String> {
-    var.strip_prefix(config::ENV_PREFIX)
-        .and_then(|key| set.iter().rev().find(|(k, _)| k == key))
-        .map(|(_, v)| v.clone())
-        .or_else(|| env_var(var))
-}
-
-/// The configuration source for `--config`, or the default lookup. Without a file, a
-/// configuration made only of `DUCKSAFE_<KEY>` variables (or `--set`) is accepted when it names
-/// `DB_PATH`.
-pub fn source_for(config: Option<&PathBuf>, set: &[(String, String)]) -> Result<Source> {
-    if let Some(p) = config {
-        return Ok(Source::File(p.clone()));
+impl Global {
+    /// Loads and validates the configuration (`--config`, else the default lookup; `--set`
+    /// over the environment), then starts logging at its `LOG_LEVEL`.
+    pub fn settings(&self) -> Result<Settings> {
+        let asked = self.config.clone().map_or(Asked::Nothing, Asked::Path);
+        let settings = config::load_asked(asked, &self.set)?;
+        output::start_logging(settings.config.log_level.as_tracing());
+        for n in &settings.notes {
+            tracing::debug!("{n}");
+        }
+        Ok(settings)
     }
-    if env_var(config::ENV_CONFIG).is_none()
-        && !std::path::Path::new("config.yaml").exists()
-        && lookup(set, "DUCKSAFE_DB_PATH").is_some()
-    {
-        let base =
-            std::env::current_dir().map_err(|e| Error::io("read", std::path::Path::new("."), e))?;
-        return Ok(Source::Inline {
-            object: serde_json::Map::new(),
-            base,
-        });
-    }
-    Ok(Source::Default)
-}
 
-/// Loads and validates the configuration, then starts logging at its `LOG_LEVEL`.
-pub fn load_settings(g: &Global) -> Result<Settings> {
-    let settings = config::load(&source_for(g.config.as_ref(), &g.set)?, &|var: &str| {
-        lookup(&g.set, var)
-    })?;
-    init_logging(settings.config.log_level.as_tracing());
-    for n in &settings.notes {
-        tracing::debug!("{n}");
+    /// The request the flag forms (`pre-run`, `post-run`, `validate`) stand for: `event` with
+    /// the configuration `--config` names and the `--set` pairs; the caller sets the event's
+    /// own fields.
+    pub fn request(&self, event: Event, request_id: Option<String>) -> Request {
+        Request {
+            protocol_version: 1,
+            event,
+            request_id,
+            config: self.config.as_ref().map(|p| ConfigSource::Path {
+                path: p.display().to_string(),
+            }),
+            set: (!self.set.is_empty()).then(|| self.set.iter().cloned().collect()),
+            dry_run: false,
+            backup_id: None,
+            backup_sha256: None,
+            run: None,
+            on_failure: None,
+        }
     }
-    Ok(settings)
 }
 
 /// Says on stderr, before anything else, that a restore of this database was interrupted and is
-/// unfinished (for the commands that neither finish it nor print their own report of it).
+/// unfinished (for the commands that neither finish it nor report it themselves).
 pub fn warn_pending(settings: &Settings) {
-    report::print_warnings(&report::pending_warnings(settings));
+    output::print_warnings(&crate::hook::response::pending_warnings(settings));
 }
 
-/// Logs go to stderr, never stdout (stdout carries data and the hook's JSON line).
-pub fn init_logging(level: tracing::Level) {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_max_level(level)
-        .with_target(false)
-        .without_time()
-        .try_init();
+/// How a command uses the backup directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// It only reads: no lock, nothing swept (`list`, `verify`).
+    Read,
+    /// It changes the directory: the directory lock, then a sweep of what an interrupted run
+    /// left (none on a dry run, which writes nothing).
+    Change { dry_run: bool },
 }
 
-/// Reports a failure: the JSON report when `--json` asked for one, text on stderr always.
-pub fn fail(g: &Global, err: &Error) -> i32 {
-    if g.json {
-        report::print_json_pretty(&serde_json::json!({
-            "status": "error",
-            "errors": err.entries(),
-            "exit_code": err.exit_code(),
-        }));
+/// This database's backup directory, opened for an operator command. While it lives, a
+/// command that changes the directory holds its lock.
+pub struct Opened {
+    pub store: Store,
+    _lock: Option<DirLock>,
+}
+
+/// Opens the backup directory the way every operator command does: it must exist and be
+/// private; for a change, take its lock; check that its backups are this database's (another
+/// database's leave the inventory); for a change that is no dry run, sweep what an interrupted
+/// run left.
+pub fn open_store(settings: &Settings, access: Access) -> Result<Opened> {
+    let store = Store::open(&settings.backup_dir, false)?;
+    let lock = match access {
+        Access::Read => None,
+        Access::Change { .. } => Some(store.lock_only()?),
+    };
+    let owner = crate::engine::identity::check(store.dir(), settings)?;
+    let store = store.owned_by(owner);
+    if access == (Access::Change { dry_run: false }) {
+        store.clean_leftovers(false)?;
     }
-    report::print_error(err);
-    err.exit_code()
-}
-
-/// Reports a failed operation that has a full response (`backup`, `restore`): that response
-/// when `--json` asked for it, text on stderr always.
-pub fn fail_with_response(
-    g: &Global,
-    ctx: &report::Ctx,
-    decision: crate::protocol::Decision,
-    err: &Error,
-) -> i32 {
-    if g.json {
-        report::print_json_pretty(&ctx.fail(decision, err));
-    }
-    report::print_error(err);
-    report::print_warnings(&ctx.warnings);
-    err.exit_code()
+    Ok(Opened { store, _lock: lock })
 }

@@ -1,37 +1,42 @@
 //! `ducksafe pin ID` / `ducksafe unpin ID`: a pinned backup is never rotated away and does not
 //! count against `BACKUP_KEEP_LAST`.
 
-use super::Global;
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::{Access, Global};
 use crate::cli::PinArgs;
-use crate::engine::store::Store;
-use crate::report;
+use crate::output::{self, Report};
+
+#[derive(Serialize)]
+struct Pinned {
+    id: String,
+    pinned: bool,
+}
+
+impl Report for Pinned {
+    fn text(&self, out: &mut dyn Write) -> io::Result<()> {
+        if self.pinned {
+            writeln!(out, "pinned `{}`: rotation will never delete it", self.id)
+        } else {
+            writeln!(out, "unpinned `{}`: rotation may delete it again", self.id)
+        }
+    }
+}
 
 pub fn run(g: &Global, a: &PinArgs, pin: bool) -> i32 {
-    let result = (|| {
-        let settings = super::load_settings(g)?;
+    let pinned = (|| {
+        let settings = g.settings()?;
         super::warn_pending(&settings);
-        let store = Store::open(&settings.backup_dir, false)?;
-        let _lock = store.lock_only()?;
-        let owner = crate::engine::identity::check(store.dir(), &settings)?;
-        let store = store.owned_by(owner);
-        // This database's directory: sweep what an interrupted run left.
-        store.clean_leftovers(false)?;
-        let mut entry = store.resolve(&a.id)?;
+        let opened = super::open_store(&settings, Access::Change { dry_run: false })?;
+        let mut entry = opened.store.resolve(&a.id)?;
         entry.manifest.pinned = pin;
-        store.rewrite_manifest(&entry.manifest)?;
-        Ok::<_, crate::error::Error>(entry.id)
+        opened.store.rewrite_manifest(&entry.manifest)?;
+        Ok::<_, crate::error::Error>(Pinned {
+            id: entry.id,
+            pinned: pin,
+        })
     })();
-    match result {
-        Ok(id) => {
-            if g.json {
-                report::print_json_pretty(&serde_json::json!({"id": id, "pinned": pin}));
-            } else if pin {
-                println!("pinned `{id}`: rotation will never delete it");
-            } else {
-                println!("unpinned `{id}`: rotation may delete it again");
-            }
-            0
-        }
-        Err(e) => super::fail(g, &e),
-    }
+    output::finish(g.json, pinned.map_err(Into::into))
 }

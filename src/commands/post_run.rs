@@ -1,10 +1,14 @@
 //! `ducksafe post-run`: the hook's `post_run` event from flags, for make and just. Answers the
-//! same single JSON line, with the same exit codes, as `ducksafe hook`.
+//! same single JSON line, with the same exit codes, as `ducksafe hook`, a usage error included.
 
-use super::hook::{emit, flag_request, guarded};
 use super::Global;
 use crate::cli::{OnFailureArg, OutcomeArg, PostRunArgs};
-use crate::protocol::{Event, OnFailure, Outcome, Request, RunInfo};
+use crate::error::Error;
+use crate::hook::Ctx;
+use crate::output;
+use crate::protocol::{
+    generated_request_id, Decision, Event, OnFailure, Outcome, Request, RunInfo,
+};
 
 pub fn run(g: &Global, a: &PostRunArgs) -> i32 {
     let outcome = match (a.outcome, a.exit_code) {
@@ -12,17 +16,15 @@ pub fn run(g: &Global, a: &PostRunArgs) -> i32 {
         (Some(OutcomeArg::Failure), _) | (None, Some(_)) => Outcome::Failure,
         (None, None) => {
             // Still one JSON line on stdout, as every hook answer.
-            let err = crate::error::Error::Usage(
+            let err = Error::Usage(
                 "post-run needs `--outcome success|failure` or `--exit-code N` (e.g. `--exit-code $?`)".into(),
             );
-            let ctx = crate::report::Ctx::new(
-                a.request_id
-                    .clone()
-                    .unwrap_or_else(super::hook::generated_id),
+            let ctx = Ctx::new(
+                a.request_id.clone().unwrap_or_else(generated_request_id),
                 Some("post_run"),
             );
-            crate::report::print_error(&err);
-            return emit(&ctx.fail(crate::protocol::Decision::Skipped, &err));
+            output::print_error(&err);
+            return output::protocol_line(&ctx.fail(Decision::Skipped, &err));
         }
     };
     let request = Request {
@@ -37,7 +39,7 @@ pub fn run(g: &Global, a: &PostRunArgs) -> i32 {
             OnFailureArg::Restore => OnFailure::Restore,
             OnFailureArg::Keep => OnFailure::Keep,
         }),
-        ..flag_request(g, Event::PostRun, a.request_id.clone())
+        ..g.request(Event::PostRun, a.request_id.clone())
     };
-    emit(&guarded(&request))
+    output::protocol_line(&crate::hook::answer_request(&request))
 }

@@ -1,7 +1,6 @@
 //! `ducksafe pre-run`: the hook's `pre_run` event from flags, for make and just. Answers the
 //! same single JSON line, with the same exit codes, as `ducksafe hook`.
 
-use super::hook::{emit, flag_request, guarded};
 use super::Global;
 use crate::cli::PreRunArgs;
 use crate::protocol::{Event, Request};
@@ -9,7 +8,7 @@ use crate::protocol::{Event, Request};
 pub fn run(g: &Global, a: &PreRunArgs) -> i32 {
     let request = Request {
         dry_run: a.dry_run,
-        ..flag_request(g, Event::PreRun, a.request_id.clone())
+        ..g.request(Event::PreRun, a.request_id.clone())
     };
-    emit(&guarded(&request))
+    crate::output::protocol_line(&crate::hook::answer_request(&request))
 }

@@ -1,33 +1,53 @@
 //! `ducksafe prune [--dry-run]`: applies the retention rules now and prints every decision
 //! with the rule behind it.
 
+use std::io::{self, Write};
+
 use serde::Serialize;
 
-use super::Global;
+use super::{Access, Global};
 use crate::cli::PruneArgs;
 use crate::engine::retention;
-use crate::engine::store::Store;
-use crate::report;
+use crate::output::{self, Report};
 
 #[derive(Debug, Serialize)]
 struct PruneReport {
     dry_run: bool,
     plan: retention::Plan,
     deleted: Vec<String>,
+    /// Said on stderr in text mode; not part of the JSON report.
+    #[serde(skip)]
+    warnings: Vec<String>,
+}
+
+impl Report for PruneReport {
+    fn text(&self, out: &mut dyn Write) -> io::Result<()> {
+        for d in &self.plan.decisions {
+            let verb = match (d.keep, self.dry_run) {
+                (true, _) => "keep  ",
+                (false, true) => "would delete",
+                (false, false) if self.deleted.contains(&d.id) => "delete",
+                (false, false) => "FAILED to delete",
+            };
+            writeln!(out, "{verb} {:<36} {}", d.id, d.reason.describe())?;
+        }
+        if self.plan.decisions.is_empty() {
+            writeln!(out, "no backups to prune")?;
+        }
+        Ok(())
+    }
+
+    fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
 }
 
 pub fn run(g: &Global, a: &PruneArgs) -> i32 {
-    let result = (|| {
-        let settings = super::load_settings(g)?;
+    let pruned = (|| {
+        let settings = g.settings()?;
         super::warn_pending(&settings);
-        let store = Store::open(&settings.backup_dir, false)?;
-        let _lock = store.lock_only()?;
-        let owner = crate::engine::identity::check(store.dir(), &settings)?;
-        let store = store.owned_by(owner);
-        if !a.dry_run {
-            // This database's directory: sweep what an interrupted run left.
-            store.clean_leftovers(false)?;
-        }
+        let opened = super::open_store(&settings, Access::Change { dry_run: a.dry_run })?;
+        let store = &opened.store;
         let inv = store.inventory()?;
         let now = crate::clock::now();
         let plan = retention::plan(
@@ -47,36 +67,12 @@ pub fn run(g: &Global, a: &PruneArgs) -> i32 {
                 .map(|d| d.id)
                 .collect()
         };
-        Ok::<_, crate::error::Error>((
-            PruneReport {
-                dry_run: a.dry_run,
-                plan,
-                deleted,
-            },
+        Ok::<_, crate::error::Error>(PruneReport {
+            dry_run: a.dry_run,
+            plan,
+            deleted,
             warnings,
-        ))
+        })
     })();
-    match result {
-        Ok((r, warnings)) => {
-            if g.json {
-                report::print_json_pretty(&r);
-            } else {
-                for d in &r.plan.decisions {
-                    let verb = match (d.keep, r.dry_run) {
-                        (true, _) => "keep  ",
-                        (false, true) => "would delete",
-                        (false, false) if r.deleted.contains(&d.id) => "delete",
-                        (false, false) => "FAILED to delete",
-                    };
-                    println!("{verb} {:<36} {}", d.id, d.reason.describe());
-                }
-                if r.plan.decisions.is_empty() {
-                    println!("no backups to prune");
-                }
-                report::print_warnings(&warnings);
-            }
-            0
-        }
-        Err(e) => super::fail(g, &e),
-    }
+    output::finish(g.json, pruned.map_err(Into::into))
 }

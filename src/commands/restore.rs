@@ -2,138 +2,201 @@
 //! The replaced database and its WAL files go to a quarantine folder; the output says where, and
 //! how to undo.
 
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
 use super::Global;
 use crate::cli::RestoreArgs;
+use crate::config::Settings;
+use crate::engine::journal::Pending;
+use crate::engine::manifest::Manifest;
 use crate::engine::restore;
-use crate::protocol::Decision;
-use crate::report::{self, Ctx};
+use crate::hook::response::{self, Ctx};
+use crate::output::{self, Failure, Report};
+use crate::protocol::{generated_request_id, Decision, Response};
 
-pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
-    let settings = match super::load_settings(g) {
-        Ok(s) => s,
-        Err(e) => return super::fail(g, &e),
-    };
-    let mut ctx = Ctx::new(super::hook::generated_id(), Some("post_run"));
-    ctx.set_paths(&settings);
-    let now = crate::clock::now();
-    if a.dry_run {
-        return dry_run(g, &settings, &a.backup, a.expect_sha256.as_deref(), now);
-    }
-    match restore::run(&settings, &a.backup, a.expect_sha256.as_deref(), now) {
-        Ok((manifest, outcome, notes)) => {
-            ctx.warnings.extend(notes);
-            let r = report::restore_done(&ctx, &settings, &manifest, &outcome);
-            if g.json {
-                report::print_json_pretty(&r);
-                return 0;
-            }
-            if outcome.unchanged {
-                println!(
-                    "`{}` already was backup `{}` byte for byte ({}), with no WAL beside it: nothing was moved",
-                    settings.db_path.display(),
-                    manifest.id,
-                    outcome.checks.join(", ")
-                );
-                report::print_warnings(&r.warnings);
-                return 0;
-            }
-            println!(
-                "restored `{}` from backup `{}` in {} ms ({})",
-                settings.db_path.display(),
-                manifest.id,
-                outcome.duration_ms,
-                outcome.checks.join(", ")
+/// A restore done: the post_run response, and for people what moved where.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Restored<'a> {
+    response: Response,
+    #[serde(skip)]
+    db_path: &'a Path,
+    #[serde(skip)]
+    manifest: &'a Manifest,
+    #[serde(skip)]
+    outcome: &'a restore::Outcome,
+}
+
+impl Report for Restored<'_> {
+    fn text(&self, out: &mut dyn Write) -> io::Result<()> {
+        let (db, m, o) = (self.db_path.display(), self.manifest, self.outcome);
+        if o.unchanged {
+            return writeln!(
+                out,
+                "`{db}` already was backup `{}` byte for byte ({}), with no WAL beside it: nothing was moved",
+                m.id,
+                o.checks.join(", ")
             );
-            if let Some(j) = &outcome.finished_journal {
-                println!(
-                    "  by finishing its interrupted restore (journal `{}`); it was not restored a second time",
-                    j.display()
-                );
-            }
-            if outcome.quarantined.is_empty() {
-                println!("  nothing was replaced: the database did not exist");
-            } else {
-                println!(
-                    "  the replaced files are in `{}`:",
-                    outcome.plan.quarantine.display()
-                );
-                for q in &outcome.quarantined {
-                    println!("    {}", q.display());
-                }
-                println!("  to undo this restore (with nothing using the database):");
-                for c in outcome.plan.undo_commands(&outcome.quarantined) {
-                    println!("    {c}");
-                }
-            }
-            report::print_warnings(&r.warnings);
-            0
         }
-        Err(e) => {
-            ctx.warnings = report::pending_warnings(&settings);
-            super::fail_with_response(g, &ctx, Decision::RestoreFailed, &e)
+        writeln!(
+            out,
+            "restored `{db}` from backup `{}` in {} ms ({})",
+            m.id,
+            o.duration_ms,
+            o.checks.join(", ")
+        )?;
+        if let Some(j) = &o.finished_journal {
+            writeln!(
+                out,
+                "  by finishing its interrupted restore (journal `{}`); it was not restored a second time",
+                j.display()
+            )?;
         }
+        if o.quarantined.is_empty() {
+            writeln!(out, "  nothing was replaced: the database did not exist")?;
+        } else {
+            writeln!(
+                out,
+                "  the replaced files are in `{}`:",
+                o.plan.quarantine.display()
+            )?;
+            for q in &o.quarantined {
+                writeln!(out, "    {}", q.display())?;
+            }
+            writeln!(
+                out,
+                "  to undo this restore (with nothing using the database):"
+            )?;
+            for c in o.plan.undo_commands(&o.quarantined) {
+                writeln!(out, "    {c}")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn warnings(&self) -> &[String] {
+        &self.response.warnings
     }
 }
 
 /// `restore --dry-run`: what the restore would do, an interrupted restore it would finish first
-/// included; nothing moves.
+/// included. Fields in alphabetical order, as the JSON has always listed them.
+#[derive(Serialize)]
+struct Planned {
+    backup_id: String,
+    database: PathBuf,
+    dry_run: bool,
+    moves: Vec<(PathBuf, PathBuf)>,
+    quarantine: PathBuf,
+    /// False when finishing the interrupted restore of the same backup is the whole restore.
+    restores_again: bool,
+    unfinished_restores: Vec<Pending>,
+}
+
+impl Report for Planned {
+    fn text(&self, out: &mut dyn Write) -> io::Result<()> {
+        output::pending_text(out, &self.unfinished_restores)?;
+        for q in &self.unfinished_restores {
+            writeln!(
+                out,
+                "dry run: would first finish the interrupted restore of `{}` (journal `{}`)",
+                q.backup_id,
+                q.journal.display()
+            )?;
+        }
+        if !self.restores_again {
+            return writeln!(
+                out,
+                "dry run: that puts backup `{}` in place over `{}`; it would not be restored a second time",
+                self.backup_id,
+                self.database.display()
+            );
+        }
+        writeln!(
+            out,
+            "dry run: would restore `{}` over `{}`",
+            self.backup_id,
+            self.database.display()
+        )?;
+        for (from, to) in &self.moves {
+            writeln!(
+                out,
+                "  would move `{}` → `{}`",
+                from.display(),
+                to.display()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
+    let settings = match g.settings() {
+        Ok(s) => s,
+        Err(e) => return output::fail(g.json, e),
+    };
+    if a.dry_run {
+        let planned = dry_run(&settings, &a.backup, a.expect_sha256.as_deref());
+        return output::finish(g.json, planned);
+    }
+    let mut ctx = Ctx::new(generated_request_id(), Some("post_run"));
+    ctx.set_paths(&settings);
+    let now = crate::clock::now();
+    match restore::run(&settings, &a.backup, a.expect_sha256.as_deref(), now) {
+        Ok((manifest, outcome, notes)) => {
+            ctx.warnings.extend(notes);
+            let restored = Restored {
+                response: response::restore_done(&ctx, &settings, &manifest, &outcome),
+                db_path: &settings.db_path,
+                manifest: &manifest,
+                outcome: &outcome,
+            };
+            output::finish(g.json, Ok(restored))
+        }
+        Err(error) => {
+            ctx.warnings = response::pending_warnings(&settings);
+            let failure = Failure {
+                response: Some(Box::new(ctx.fail(Decision::RestoreFailed, &error))),
+                warnings: ctx.warnings.into(),
+                ..error.into()
+            };
+            output::fail(g.json, failure)
+        }
+    }
+}
+
+/// Plans the restore, nothing moved. An interrupted restore is finished first by the real
+/// restore: it is said first.
 fn dry_run(
-    g: &Global,
-    settings: &crate::config::Settings,
+    settings: &Settings,
     selector: &str,
     expect_sha256: Option<&str>,
-    now: chrono::DateTime<chrono::Utc>,
-) -> i32 {
-    // An interrupted restore is finished first by the real restore: say so first.
+) -> Result<Planned, Failure> {
     let pending = crate::engine::journal::pending(settings);
-    let planned = restore::dry_run(settings, selector, expect_sha256, now);
-    match planned {
+    match restore::dry_run(settings, selector, expect_sha256, crate::clock::now()) {
         Ok(p) => {
             // Finishing the interrupted restore of the same backup is the whole restore.
-            let finishing = pending.iter().find(|q| q.backup_id == p.backup_id);
-            if g.json {
-                report::print_json_pretty(&serde_json::json!({
-                    "dry_run": true,
-                    "unfinished_restores": &pending,
-                    "backup_id": p.backup_id,
-                    "database": p.database,
-                    "restores_again": finishing.is_none(),
-                    "quarantine": p.quarantine,
-                    "moves": if finishing.is_none() { p.moves.clone() } else { Vec::new() },
-                }));
-            } else {
-                report::print_pending(&pending);
-                for q in &pending {
-                    println!(
-                        "dry run: would first finish the interrupted restore of `{}` (journal `{}`)",
-                        q.backup_id,
-                        q.journal.display()
-                    );
-                }
-                if let Some(q) = finishing {
-                    println!(
-                        "dry run: that puts backup `{}` in place over `{}`; it would not be restored a second time",
-                        q.backup_id,
-                        p.database.display()
-                    );
-                } else {
-                    println!(
-                        "dry run: would restore `{}` over `{}`",
-                        p.backup_id,
-                        p.database.display()
-                    );
-                    for (from, to) in &p.moves {
-                        println!("  would move `{}` → `{}`", from.display(), to.display());
-                    }
-                }
-            }
-            0
+            let restores_again = !pending.iter().any(|q| q.backup_id == p.backup_id);
+            Ok(Planned {
+                backup_id: p.backup_id,
+                database: p.database,
+                dry_run: true,
+                moves: if restores_again { p.moves } else { Vec::new() },
+                quarantine: p.quarantine,
+                restores_again,
+                unfinished_restores: pending,
+            })
         }
-        Err(e) => {
-            if !g.json {
-                report::print_pending(&pending);
-            }
-            super::fail(g, &e)
+        Err(error) => {
+            let mut preface = Vec::new();
+            let _ = output::pending_text(&mut preface, &pending);
+            Err(Failure {
+                preface: preface.into(),
+                ..error.into()
+            })
         }
     }
 }

@@ -1,21 +1,44 @@
 //! `ducksafe validate`: the hook's `validate` event from flags. Checks the configuration, that
 //! the database is a readable DuckDB file and that the backup directory is safe, writing
-//! nothing; answers the same single JSON line, with the same exit codes, as `ducksafe hook`.
+//! nothing. With `--json` it answers the hook's single JSON line; without, the verdict for
+//! people. Problems go to stderr either way, and the exit code is the hook's.
 
-use super::hook::{flag_request, guarded};
+use std::io::{self, Write};
+
+use serde::Serialize;
+
 use super::Global;
-use crate::protocol::Event;
+use crate::output::{self, Failure, Report};
+use crate::protocol::{ErrorEntry, Event, Response};
+
+/// The hook's answer, read by people.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Verdict(Response);
+
+impl Report for Verdict {
+    fn text(&self, out: &mut dyn Write) -> io::Result<()> {
+        if self.0.exit_code == 0 {
+            writeln!(out, "{}", self.0.reason)?;
+        }
+        Ok(())
+    }
+
+    fn warnings(&self) -> &[String] {
+        &self.0.warnings
+    }
+
+    fn failure(&self) -> Option<(Vec<ErrorEntry>, i32)> {
+        (self.0.exit_code != 0).then(|| (self.0.errors.clone(), self.0.exit_code))
+    }
+}
 
 pub fn run(g: &Global) -> i32 {
-    let response = guarded(&flag_request(g, Event::Validate, None));
-    if !g.json {
-        // People get the verdict on stderr too; stdout keeps the one JSON line.
-        if response.exit_code == 0 {
-            eprintln!("ducksafe: {}", response.reason);
-            crate::report::print_warnings(&response.warnings);
-        } else {
-            crate::report::print_entries(&response.errors);
-        }
+    let response = crate::hook::answer_request(&g.request(Event::Validate, None));
+    if g.json {
+        // As every operator command: the report on stdout, its problems on stderr too.
+        output::print_entries(&response.errors);
+        return output::protocol_line(&response);
     }
-    super::hook::emit(&response)
+    output::finish(false, Ok::<_, Failure>(Verdict(response)))
 }

@@ -3,16 +3,17 @@
 //! With `--all` it also reports files that do not belong: backups without a manifest, manifests
 //! without a backup. Exit 74 when anything fails.
 
+use std::io::{self, Write};
+
 use serde::Serialize;
 
-use super::Global;
+use super::{Access, Global};
 use crate::cli::VerifyArgs;
 use crate::config::VerifyLevel;
-use crate::engine::store::Store;
 use crate::engine::verify;
 use crate::error::Error;
-use crate::protocol::ErrorCode;
-use crate::report;
+use crate::output::{self, Report};
+use crate::protocol::ErrorEntry;
 
 #[derive(Debug, Serialize)]
 struct Checked {
@@ -36,13 +37,41 @@ struct VerifyReport {
     problems: Vec<Problem>,
 }
 
+impl Report for VerifyReport {
+    fn text(&self, out: &mut dyn Write) -> io::Result<()> {
+        for c in &self.backups {
+            if c.ok {
+                writeln!(out, "ok      {:<36} {}", c.id, c.checks.join(", "))?;
+            } else {
+                writeln!(
+                    out,
+                    "FAILED  {:<36} {}",
+                    c.id,
+                    c.error.as_deref().unwrap_or("")
+                )?;
+            }
+        }
+        for p in &self.problems {
+            writeln!(out, "PROBLEM {:<36} {}", p.file, p.problem)?;
+        }
+        if self.backups.is_empty() && self.problems.is_empty() {
+            writeln!(out, "no backups to verify")?;
+        }
+        Ok(())
+    }
+
+    fn failure(&self) -> Option<(Vec<ErrorEntry>, i32)> {
+        let e = Error::StoredBackupsFailed;
+        (!self.ok).then(|| (e.entries(), e.exit_code()))
+    }
+}
+
 pub fn run(g: &Global, a: &VerifyArgs) -> i32 {
-    let result = (|| {
-        let settings = super::load_settings(g)?;
+    let verified = (|| {
+        let settings = g.settings()?;
         super::warn_pending(&settings);
-        let store = Store::open(&settings.backup_dir, false)?;
-        let owner = crate::engine::identity::check(store.dir(), &settings)?;
-        let store = store.owned_by(owner);
+        let opened = super::open_store(&settings, Access::Read)?;
+        let store = &opened.store;
         let limits = crate::engine::database::limits(&settings);
         // The whole inventory only for --all; one backup is resolved on its own.
         let inv = if a.all {
@@ -96,34 +125,5 @@ pub fn run(g: &Global, a: &VerifyArgs) -> i32 {
             problems,
         })
     })();
-    let r = match result {
-        Ok(r) => r,
-        Err(e) => return super::fail(g, &e),
-    };
-    if g.json {
-        report::print_json_pretty(&r);
-    } else {
-        for c in &r.backups {
-            if c.ok {
-                println!("ok      {:<36} {}", c.id, c.checks.join(", "));
-            } else {
-                println!("FAILED  {:<36} {}", c.id, c.error.as_deref().unwrap_or(""));
-            }
-        }
-        for p in &r.problems {
-            println!("PROBLEM {:<36} {}", p.file, p.problem);
-        }
-        if r.backups.is_empty() && r.problems.is_empty() {
-            println!("no backups to verify");
-        }
-    }
-    if r.ok {
-        0
-    } else {
-        if !g.json {
-            eprintln!("ducksafe: error: verification failed");
-            eprintln!("  hint: do not restore a FAILED backup; see docs/runbook.md, section 'Verification failed'");
-        }
-        ErrorCode::VerificationFailed.exit_code()
-    }
+    output::finish(g.json, verified.map_err(Into::into))
 }

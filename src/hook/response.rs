@@ -1,21 +1,18 @@
-//! Turns engine outcomes into protocol responses (for the hook and every `--json`) and into
-//! text for people. Nothing here decides anything; it only describes.
+//! Building protocol responses: what every response of one request shares ([`Ctx`]), and the
+//! descriptions of a backup taken, a backup planned and a restore done, for the hook and for
+//! the operator commands' `--json`. Nothing here decides anything; it only describes.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use serde_json::json;
-
 use crate::config::Settings;
 use crate::engine::backup;
-use crate::engine::journal;
 use crate::engine::manifest::Manifest;
 use crate::engine::restore;
-use crate::engine::shell;
 use crate::engine::store;
 use crate::error::Error;
 use crate::protocol::{
-    BackupRef, Decision, ErrorEntry, Response, RestoreRef, Rollback, Status, PROTOCOL_VERSION,
+    BackupRef, Decision, ErrorEntry, Response, RestoreRef, Status, PROTOCOL_VERSION,
 };
 
 /// What every response of one invocation shares.
@@ -117,47 +114,6 @@ fn backup_ref(settings: &Settings, m: &Manifest) -> BackupRef {
     }
 }
 
-/// How to undo the run that follows a backup: the command, a ready post_run request, and the
-/// manual steps (WAL files included) for when ducksafe itself is unavailable. The command and
-/// the request carry everything that decided the database (see [`shell::pinned_keys`]), so that
-/// running them as printed acts on the same database.
-pub fn rollback(settings: &Settings, m: &Manifest, request_id: &str) -> Rollback {
-    let command = shell::restore_argv(settings, &m.id, &m.sha256);
-    let pinned = shell::pinned_keys(settings);
-    let config = if let Some(p) = &settings.config_path {
-        json!({"path": p.display().to_string()})
-    } else {
-        // Inline or environment-only: absolute paths, so the request works from any folder.
-        let mut c = settings.config.clone();
-        c.db_path = settings.db_path.display().to_string();
-        c.backup_dir = settings.backup_dir.display().to_string();
-        c.quarantine_dir = Some(settings.quarantine_dir.display().to_string());
-        json!({ "inline": c })
-    };
-    let set: serde_json::Map<String, serde_json::Value> = pinned
-        .into_iter()
-        .map(|(k, v)| (k, serde_json::Value::String(v)))
-        .collect();
-    let request = json!({
-        "protocol_version": PROTOCOL_VERSION,
-        "event": "post_run",
-        "request_id": request_id,
-        "config": config,
-        "set": set,
-        "backup_id": m.id,
-        "backup_sha256": m.sha256,
-        "run": {"outcome": "failure"},
-        "on_failure": "restore",
-    });
-    Rollback {
-        strategy: "restore_backup".into(),
-        backup_id: m.id.clone(),
-        command,
-        request,
-        manual: shell::manual_restore(settings, m, &crate::engine::quarantine::root(settings)),
-    }
-}
-
 /// A pre_run response for a backup taken.
 pub fn backup_done(ctx: &Ctx, settings: &Settings, o: &backup::Outcome) -> Response {
     let mut r = ctx.ok(
@@ -165,7 +121,11 @@ pub fn backup_done(ctx: &Ctx, settings: &Settings, o: &backup::Outcome) -> Respo
         format!("backup {} created and verified", o.manifest.id),
     );
     r.backup = Some(backup_ref(settings, &o.manifest));
-    r.rollback = Some(rollback(settings, &o.manifest, &ctx.request_id));
+    r.rollback = Some(crate::rollback::rollback(
+        settings,
+        &o.manifest,
+        &ctx.request_id,
+    ));
     r.rotation = Some(o.rotation.clone());
     r.space = Some(o.space.clone());
     r.warnings.extend(o.warnings.iter().cloned());
@@ -244,7 +204,8 @@ pub fn restore_done(
     r
 }
 
-/// Warnings every command reports first (see [`crate::engine::standing_warnings`]).
+/// Warnings every command reports first (see [`crate::engine::standing_warnings`]): interrupted
+/// restores of this database, a restore marker in trouble, ducksafe's folders left open.
 pub fn pending_warnings(settings: &Settings) -> Vec<String> {
     crate::engine::standing_warnings(settings)
 }
@@ -255,24 +216,6 @@ pub fn surface_pending(r: &mut Response, settings: &Settings) {
     if !warnings.is_empty() {
         warnings.append(&mut r.warnings);
         r.warnings = warnings;
-    }
-}
-
-/// Prints interrupted restores for people: what, where, and the ways out.
-pub fn print_pending(pending: &[journal::Pending]) {
-    for p in pending {
-        println!(
-            "UNFINISHED RESTORE of backup `{}`, started {} (journal `{}`):",
-            p.backup_id,
-            p.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
-            p.journal.display()
-        );
-        println!("  {}", p.state);
-        println!("  to finish it:  {}", p.finish);
-        println!("  or to undo it instead (with nothing using the database):");
-        for l in &p.undo {
-            println!("    {l}");
-        }
     }
 }
 
@@ -290,50 +233,4 @@ fn restore_ref(o: &restore::Outcome) -> RestoreRef {
         duration_ms: o.duration_ms,
         unchanged: o.unchanged,
     }
-}
-
-/// Prints a failure for people on stderr: `ducksafe: error: …` then `hint: …` lines.
-pub fn print_error(err: &Error) {
-    print_entries(&err.entries());
-}
-
-/// Prints protocol error entries for people on stderr.
-pub fn print_entries(entries: &[ErrorEntry]) {
-    for e in entries {
-        match &e.path {
-            Some(p) if !p.is_empty() => eprintln!("ducksafe: error: {} (at `{p}`)", e.message),
-            _ => eprintln!("ducksafe: error: {}", e.message),
-        }
-        if let Some(h) = &e.hint {
-            eprintln!("  hint: {h}");
-        }
-    }
-}
-
-/// Prints warnings for people on stderr.
-pub fn print_warnings(warnings: &[String]) {
-    for w in warnings {
-        eprintln!("ducksafe: warning: {w}");
-    }
-}
-
-/// `12.3 MiB` for people.
-pub use crate::error::human_bytes as size;
-
-/// Prints one JSON value as a single line on stdout.
-pub fn print_json_line(v: &impl serde::Serialize) {
-    use std::io::Write;
-    // A caller that closed its end of the pipe must not turn a finished backup into a panic.
-    let line = serde_json::to_string(v).unwrap_or_else(|_| "{}".to_owned());
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-/// Prints one JSON value, pretty, on stdout.
-pub fn print_json_pretty(v: &impl serde::Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".to_owned())
-    );
 }

@@ -1,0 +1,54 @@
+//! The environment overlay: `DUCKSAFE_<KEY>` variables, and over them the `--set KEY=VALUE`
+//! pairs (or a request's `set`), each coerced to its key's type before validation.
+
+use serde_json::{Map, Value};
+
+use super::KEYS;
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "DUCKSAFE_";
+/// The environment variable that names the configuration file.
+pub const ENV_CONFIG: &str = "DUCKSAFE_CONFIG";
+
+/// `DUCKSAFE_<KEY>` (or `DUCKSAFE_CONFIG`) as the configuration sees it: a `--set KEY=VALUE`
+/// (or a request's `set`) wins over the process environment, the last of several for one key.
+pub fn lookup(set: &[(String, String)], var: &str) -> Option<String> {
+    var.strip_prefix(ENV_PREFIX)
+        .and_then(|key| set.iter().rev().find(|(k, _)| k == key))
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var(var).ok())
+}
+
+/// Applies `DUCKSAFE_<KEY>` overrides, coercing each to the key's type (an uncoercible value is
+/// left as a string, so the schema reports it with its pointer).
+pub(super) fn apply(
+    map: &mut Map<String, Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+    notes: &mut Vec<String>,
+) -> Vec<&'static str> {
+    let mut overridden = Vec::new();
+    for key in KEYS {
+        let var = format!("{ENV_PREFIX}{key}");
+        let Some(raw) = env(&var) else { continue };
+        let value = match key {
+            "BACKUP_KEEP_LAST"
+            | "BACKUP_RETENTION_DAYS"
+            | "BACKUP_MAX_TOTAL_BYTES"
+            | "BACKUP_MIN_FREE_BYTES"
+            | "DUCKDB_THREADS" => raw
+                .trim()
+                .parse::<u64>()
+                .map_or_else(|_| Value::String(raw.clone()), Value::from),
+            "RESTORE_ON_FAILURE" => match raw.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Value::Bool(true),
+                "0" | "false" | "no" | "off" => Value::Bool(false),
+                _ => Value::String(raw.clone()),
+            },
+            _ => Value::String(raw.clone()),
+        };
+        map.insert(key.to_owned(), value);
+        notes.push(format!("`{key}` set from `{var}`"));
+        overridden.push(key);
+    }
+    overridden
+}

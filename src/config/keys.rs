@@ -1,0 +1,236 @@
+//! The configuration's keys: the [`Config`] type (it derives `schemas/config.schema.json`), its
+//! enums and defaults, [`KEYS`] in documentation order, and each key's expected-value hint.
+//! A test keeps [`KEYS`] equal to the schema's properties.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The configuration file as written by the operator. Keys are the seed's: flat, upper-case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "ducksafe configuration")]
+pub struct Config {
+    /// The DuckDB database to protect (the simulation's `simulation.duckdb`). Relative paths are
+    /// taken from the configuration file's directory. ducksafe never creates it.
+    #[serde(rename = "DB_PATH")]
+    #[schemars(length(min = 1))]
+    pub db_path: String,
+
+    /// Verbosity of ducksafe's log on stderr.
+    #[serde(rename = "LOG_LEVEL")]
+    pub log_level: LogLevel,
+
+    /// Where backups, manifests and `latest.duckdb` live; created `0700` when missing.
+    #[serde(rename = "BACKUP_DIR", default = "default_backup_dir")]
+    #[schemars(length(min = 1))]
+    pub backup_dir: String,
+
+    /// How many of the newest backups to keep (pinned backups do not count).
+    #[serde(rename = "BACKUP_KEEP_LAST", default = "default_keep_last")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub backup_keep_last: u32,
+
+    /// When set, backups older than this many days are deleted (never the newest verified one).
+    #[serde(
+        rename = "BACKUP_RETENTION_DAYS",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 36500))]
+    pub backup_retention_days: Option<u32>,
+
+    /// When set, the oldest backups are deleted until all of them fit in this many bytes (never
+    /// the newest verified one; a warning says when this keeps fewer than `BACKUP_KEEP_LAST`).
+    #[serde(
+        rename = "BACKUP_MAX_TOTAL_BYTES",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1))]
+    pub backup_max_total_bytes: Option<u64>,
+
+    /// Free space that must remain on the backup filesystem after a backup is written; a backup
+    /// that would leave less is refused with `insufficient_space` before a byte is written.
+    #[serde(rename = "BACKUP_MIN_FREE_BYTES", default = "default_min_free")]
+    pub backup_min_free_bytes: u64,
+
+    /// How much a new backup is checked before it is published: `quick`, `standard` or `full`
+    /// (see docs/configuration.md).
+    #[serde(rename = "VERIFY_LEVEL", default)]
+    pub verify_level: VerifyLevel,
+
+    /// On a post_run whose run failed: restore the pre-run backup (`true`) or keep the database
+    /// as the run left it (`false`). A request's `on_failure` overrides it.
+    #[serde(rename = "RESTORE_ON_FAILURE", default)]
+    pub restore_on_failure: bool,
+
+    /// Where a restore moves the replaced database and its WAL files; default
+    /// `<BACKUP_DIR>/quarantine`. Must be on the database's filesystem.
+    #[serde(
+        rename = "QUARANTINE_DIR",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(length(min = 1))]
+    pub quarantine_dir: Option<String>,
+
+    /// DuckDB's memory limit, e.g. `512MB` or `2GB`; default for scans: 128 MiB per thread
+    /// (at least 256 MiB), else DuckDB's default.
+    #[serde(
+        rename = "DUCKDB_MEMORY_LIMIT",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"))]
+    pub duckdb_memory_limit: Option<String>,
+
+    /// DuckDB worker threads for verification scans; default: all cores.
+    #[serde(
+        rename = "DUCKDB_THREADS",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 1024))]
+    pub duckdb_threads: Option<u32>,
+}
+
+fn default_backup_dir() -> String {
+    "backups".to_owned()
+}
+fn default_keep_last() -> u32 {
+    7
+}
+fn default_min_free() -> u64 {
+    100 * 1024 * 1024
+}
+
+/// Log verbosity; the Python names the seed's users know are accepted too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum LogLevel {
+    #[serde(rename = "TRACE")]
+    Trace,
+    #[serde(rename = "DEBUG")]
+    Debug,
+    #[serde(rename = "INFO")]
+    Info,
+    #[serde(rename = "WARN")]
+    Warn,
+    #[serde(rename = "WARNING")]
+    Warning,
+    #[serde(rename = "ERROR")]
+    Error,
+    #[serde(rename = "CRITICAL")]
+    Critical,
+}
+
+impl LogLevel {
+    pub fn as_tracing(self) -> tracing::Level {
+        match self {
+            LogLevel::Trace => tracing::Level::TRACE,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Warn | LogLevel::Warning => tracing::Level::WARN,
+            LogLevel::Error | LogLevel::Critical => tracing::Level::ERROR,
+        }
+    }
+}
+
+/// How much a fresh backup is checked before it is published.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyLevel {
+    /// Size and SHA-256 read back from disk; DuckDB opens the copy read-only and reads its
+    /// catalog. Proves the bytes on disk are the bytes intended. One read of the backup.
+    Quick,
+    /// `quick`, plus every table's exact row count, equal to the source's.
+    Standard,
+    /// `standard`, plus every table's content fingerprint (a scan of every column, which makes
+    /// DuckDB check the checksum of every block a table uses), equal to the source's.
+    #[default]
+    Full,
+}
+
+impl VerifyLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyLevel::Quick => "quick",
+            VerifyLevel::Standard => "standard",
+            VerifyLevel::Full => "full",
+        }
+    }
+}
+
+/// Every key, in the order the documentation lists them.
+pub const KEYS: [&str; 12] = [
+    "DB_PATH",
+    "LOG_LEVEL",
+    "BACKUP_DIR",
+    "BACKUP_KEEP_LAST",
+    "BACKUP_RETENTION_DAYS",
+    "BACKUP_MAX_TOTAL_BYTES",
+    "BACKUP_MIN_FREE_BYTES",
+    "VERIFY_LEVEL",
+    "RESTORE_ON_FAILURE",
+    "QUARANTINE_DIR",
+    "DUCKDB_MEMORY_LIMIT",
+    "DUCKDB_THREADS",
+];
+
+/// The configuration schema as JSON (what `ducksafe schema config` prints).
+pub fn schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(Config)).unwrap_or(Value::Null)
+}
+
+/// The value of `key` in the effective configuration, as a `DUCKSAFE_<KEY>` variable or a
+/// `--set KEY=VALUE` would give it (`None` when the key is unset).
+pub fn value_text(config: &Config, key: &str) -> Option<String> {
+    match serde_json::to_value(config).ok()?.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+/// What a valid value of `key` looks like, for a violation's hint.
+pub(super) fn expected_hint(key: &str) -> Option<String> {
+    Some(
+        match key {
+            "DB_PATH" => "a path to the DuckDB file, e.g. `simulation.duckdb`",
+            "LOG_LEVEL" => "one of TRACE, DEBUG, INFO, WARNING, ERROR",
+            "BACKUP_KEEP_LAST" => "a whole number of backups, at least 1",
+            "BACKUP_RETENTION_DAYS" => "a whole number of days, at least 1, or leave it out",
+            "BACKUP_MAX_TOTAL_BYTES" => "a whole number of bytes, e.g. 1073741824 for 1 GiB",
+            "BACKUP_MIN_FREE_BYTES" => "a whole number of bytes, e.g. 104857600 for 100 MiB",
+            "VERIFY_LEVEL" => "one of quick, standard, full",
+            "RESTORE_ON_FAILURE" => "true or false",
+            "DUCKDB_MEMORY_LIMIT" => "a size such as `512MB` or `2GB`",
+            "DUCKDB_THREADS" => "a whole number of threads, at least 1",
+            "" => "see `ducksafe schema config`",
+            _ => return None,
+        }
+        .to_owned(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_exactly_the_schemas_properties() {
+        let schema = schema();
+        let mut props: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut keys = KEYS.to_vec();
+        props.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(props, keys);
+    }
+}

@@ -1,0 +1,361 @@
+//! Loading: reads a configuration file (or takes an inline object), lays the environment over
+//! it, validates it, and resolves its paths into one [`Settings`] before any work starts.
+//! Relative paths resolve against the configuration file's directory (the working directory for
+//! an inline or environment-only configuration), lexically, so `..` is predictable; the
+//! resolved absolute paths are what every report shows.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde_json::Value;
+
+use super::redact::redact_text;
+use super::source::Source;
+use super::validate::{
+    path_value_violations, placement_violations, schema_violations, unknown_keys,
+};
+use super::{env, Config};
+use crate::error::{Error, Result, Violation};
+
+/// The validated configuration, with every path resolved and absolute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub config: Config,
+    /// The configuration file, when there is one.
+    pub config_path: Option<PathBuf>,
+    pub db_path: PathBuf,
+    pub backup_dir: PathBuf,
+    pub quarantine_dir: PathBuf,
+    /// Non-fatal remarks made while loading (a key set from the environment, say).
+    pub notes: Vec<String>,
+    /// Keys whose value came from a `DUCKSAFE_<KEY>` variable (or a `--set`), not from the
+    /// configuration itself: rollback instructions carry them.
+    pub overridden: Vec<&'static str>,
+}
+
+impl Settings {
+    /// The database's file name (`simulation.duckdb`): how backups name what they were taken
+    /// of.
+    pub fn db_file_name(&self) -> String {
+        self.db_path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    }
+
+    /// The database file's stem, which names its backups (`simulation` for `simulation.duckdb`).
+    pub fn db_stem(&self) -> String {
+        self.db_path.file_stem().map_or_else(
+            || "database".to_owned(),
+            |s| s.to_string_lossy().into_owned(),
+        )
+    }
+}
+
+/// Reads, merges with the environment, validates and resolves the configuration.
+pub fn load(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings> {
+    let cwd = std::env::current_dir().map_err(|e| Error::io("read", Path::new("."), e))?;
+    let (mut object, base, config_path, name) = match source {
+        Source::Inline { object, base } => (
+            Value::Object(object.clone()),
+            base.clone(),
+            None,
+            "inline configuration".to_owned(),
+        ),
+        Source::File(path) => {
+            let abs = normalize(&cwd.join(path));
+            let v = read_file(&abs)?;
+            let base = abs.parent().map_or_else(|| cwd.clone(), Path::to_path_buf);
+            (v, base, Some(abs.clone()), abs.display().to_string())
+        }
+    };
+    // Every check below reports all it found at once, then stops.
+    let reject = |violations: Vec<Violation>| -> Result<()> {
+        if violations.is_empty() {
+            return Ok(());
+        }
+        Err(Error::ConfigInvalid {
+            source_name: name.clone(),
+            violations,
+        })
+    };
+
+    let mut notes = Vec::new();
+    let mut overridden = Vec::new();
+    let mut violations = Vec::new();
+    if let Value::Object(map) = &mut object {
+        overridden = env::apply(map, env, &mut notes);
+        violations.extend(unknown_keys(map));
+    }
+    violations.extend(schema_violations(&object));
+    reject(violations)?;
+    let config: Config = serde_json::from_value(object).map_err(|e| Error::ConfigInvalid {
+        source_name: name.clone(),
+        violations: vec![Violation {
+            pointer: String::new(),
+            message: redact_text(&e.to_string()),
+            hint: None,
+        }],
+    })?;
+
+    reject(path_value_violations(&config))?;
+
+    let db_path = normalize(&base.join(&config.db_path));
+    let backup_dir = normalize(&base.join(&config.backup_dir));
+    let quarantine_dir = config.quarantine_dir.as_ref().map_or_else(
+        || backup_dir.join("quarantine"),
+        |q| normalize(&base.join(q)),
+    );
+    reject(placement_violations(&db_path, &backup_dir))?;
+    Ok(Settings {
+        config,
+        config_path,
+        db_path,
+        backup_dir,
+        quarantine_dir,
+        notes,
+        overridden,
+    })
+}
+
+/// The largest configuration file read; a real one is well under 4 KiB.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+fn read_file(path: &Path) -> Result<Value> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let invalid = |message: String| Error::ConfigInvalid {
+        source_name: path.display().to_string(),
+        violations: vec![Violation {
+            pointer: String::new(),
+            message,
+            hint: Some("the configuration is a small YAML or JSON file".into()),
+        }],
+    };
+    // O_NONBLOCK: opening a FIFO must not hang the hook; only regular files are read.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::ConfigNotFound {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(Error::io("read configuration", path, e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("read configuration", path, e))?;
+    if !meta.is_file() {
+        return Err(invalid("it is not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read configuration", path, e))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(invalid(format!(
+            "it is larger than {MAX_CONFIG_BYTES} bytes"
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| invalid("it is not UTF-8 text".into()))?;
+    parse_text(&text, path)
+}
+
+/// Parses a configuration document: JSON for `.json`, YAML otherwise (YAML 1.2 reads JSON too).
+pub fn parse_text(text: &str, path: &Path) -> Result<Value> {
+    let invalid = |message: String| Error::ConfigInvalid {
+        source_name: path.display().to_string(),
+        violations: vec![Violation {
+            pointer: String::new(),
+            message,
+            hint: Some("the configuration is a YAML or JSON mapping of `KEY: value` lines".into()),
+        }],
+    };
+    let is_json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let value: Value = if is_json {
+        serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| invalid(format!("not valid YAML: {e}")))?
+    };
+    match value {
+        Value::Object(_) => Ok(value),
+        Value::Null => Err(invalid("the file is empty".into())),
+        other => Err(invalid(format!(
+            "expected a mapping of keys to values, found {}",
+            type_name(&other)
+        ))),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// Lexical normalization: removes `.` and resolves `..` against earlier components without
+/// touching the filesystem (the path may not exist yet).
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                // `/..` is `/`.
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(".."),
+            },
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::VerifyLevel;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[allow(clippy::needless_pass_by_value)]
+    fn inline(v: Value) -> Source {
+        Source::Inline {
+            object: v.as_object().cloned().unwrap(),
+            base: PathBuf::from("/srv/sim"),
+        }
+    }
+
+    #[test]
+    fn seed_quick_start_config_is_accepted_as_written() {
+        let text = "DB_PATH: simulation.duckdb\nLOG_LEVEL: INFO\nBACKUP_RETENTION_DAYS: 7\n";
+        let v = parse_text(text, Path::new("config.yaml")).unwrap();
+        let s = load(&inline(v), &no_env).unwrap();
+        assert_eq!(s.db_path, PathBuf::from("/srv/sim/simulation.duckdb"));
+        assert_eq!(s.backup_dir, PathBuf::from("/srv/sim/backups"));
+        assert_eq!(s.config.backup_keep_last, 7);
+        assert_eq!(s.config.backup_retention_days, Some(7));
+        assert_eq!(s.config.verify_level, VerifyLevel::Full);
+    }
+
+    #[test]
+    fn every_violation_is_reported_with_its_pointer() {
+        let v = serde_json::json!({
+            "LOG_LEVEL": "LOUD",
+            "BACKUP_KEEP_LAST": 0,
+            "BACKUP_RETENTON_DAYS": 7,
+            "VERIFY_LEVEL": "paranoid"
+        });
+        let Err(Error::ConfigInvalid { violations, .. }) = load(&inline(v), &no_env) else {
+            panic!("expected invalid")
+        };
+        let pointers: Vec<&str> = violations.iter().map(|v| v.pointer.as_str()).collect();
+        for p in [
+            "/BACKUP_RETENTON_DAYS",
+            "/LOG_LEVEL",
+            "/BACKUP_KEEP_LAST",
+            "/VERIFY_LEVEL",
+            "",
+        ] {
+            assert!(pointers.contains(&p), "{p} missing from {pointers:?}");
+        }
+        let typo = violations
+            .iter()
+            .find(|v| v.pointer == "/BACKUP_RETENTON_DAYS")
+            .unwrap();
+        assert_eq!(
+            typo.hint.as_deref(),
+            Some("did you mean `BACKUP_RETENTION_DAYS`?")
+        );
+        let missing = violations.iter().find(|v| v.pointer.is_empty()).unwrap();
+        assert!(missing.message.contains("DB_PATH"), "{}", missing.message);
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_is_typed() {
+        let v = serde_json::json!({"DB_PATH": "a.duckdb", "LOG_LEVEL": "INFO"});
+        let env = |k: &str| match k {
+            "DUCKSAFE_BACKUP_KEEP_LAST" => Some("3".to_owned()),
+            "DUCKSAFE_RESTORE_ON_FAILURE" => Some("yes".to_owned()),
+            _ => None,
+        };
+        let s = load(&inline(v.clone()), &env).unwrap();
+        assert_eq!(s.config.backup_keep_last, 3);
+        assert!(s.config.restore_on_failure);
+        let bad = |k: &str| (k == "DUCKSAFE_BACKUP_KEEP_LAST").then(|| "many".to_owned());
+        let Err(Error::ConfigInvalid { violations, .. }) = load(&inline(v), &bad) else {
+            panic!("expected invalid")
+        };
+        assert_eq!(violations[0].pointer, "/BACKUP_KEEP_LAST");
+    }
+
+    #[test]
+    fn backup_dir_may_not_be_the_database_or_its_directory() {
+        for dir in ["simulation.duckdb", ".", "./"] {
+            let v = serde_json::json!({"DB_PATH": "simulation.duckdb", "LOG_LEVEL": "INFO", "BACKUP_DIR": dir});
+            assert!(
+                matches!(load(&inline(v), &no_env), Err(Error::ConfigInvalid { .. })),
+                "{dir}"
+            );
+        }
+    }
+
+    #[test]
+    fn parent_of_the_root_is_the_root() {
+        assert_eq!(normalize(Path::new("/../x")), PathBuf::from("/x"));
+        assert_eq!(normalize(Path::new("../../x")), PathBuf::from("../../x"));
+        assert_eq!(normalize(Path::new("a/../../x")), PathBuf::from("../x"));
+        assert_eq!(normalize(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_in_path_keys_and_never_echoed() {
+        for (key, value) in [
+            ("DB_PATH", "postgres://app:hunter2@db/sim"),
+            ("BACKUP_DIR", "s3://AKIA:hunter2@bucket/x"),
+            ("QUARANTINE_DIR", "q?token=hunter2"),
+        ] {
+            let mut v = serde_json::json!({"DB_PATH": "a.duckdb", "LOG_LEVEL": "INFO"});
+            v[key] = Value::String(value.into());
+            let Err(e @ Error::ConfigInvalid { .. }) = load(&inline(v), &no_env) else {
+                panic!("{key} accepted a URL")
+            };
+            let all = format!("{e} {}", serde_json::to_string(&e.entries()).unwrap());
+            assert!(!all.contains("hunter2"), "{all}");
+            assert_eq!(e.entries()[0].path.as_deref(), Some(&*format!("/{key}")));
+        }
+    }
+
+    #[test]
+    fn paths_resolve_lexically_against_the_base() {
+        let v = serde_json::json!({"DB_PATH": "../data/./sim.duckdb", "LOG_LEVEL": "INFO", "BACKUP_DIR": "/var/b/../backups"});
+        let s = load(&inline(v), &no_env).unwrap();
+        assert_eq!(s.db_path, PathBuf::from("/srv/data/sim.duckdb"));
+        assert_eq!(s.backup_dir, PathBuf::from("/var/backups"));
+        assert_eq!(s.quarantine_dir, PathBuf::from("/var/backups/quarantine"));
+    }
+
+    #[test]
+    fn secrets_never_appear_in_messages() {
+        let v = serde_json::json!({"DB_PATH": "a.duckdb", "LOG_LEVEL": "INFO", "API_TOKEN": "hunter2", "DB_PASSWORD": "hunter3"});
+        let Err(e @ Error::ConfigInvalid { .. }) = load(&inline(v), &no_env) else {
+            panic!("expected invalid")
+        };
+        let all = serde_json::to_string(&e.entries()).unwrap();
+        assert!(!all.contains("hunter"), "{all}");
+    }
+}

@@ -1,0 +1,253 @@
+//! Serving a typed request: its configuration, then the event's work. `pre_run` backs up (or
+//! plans, on a dry run); `validate` checks what a backup would check, writing nothing;
+//! `post_run` keeps the database or restores the pre-run backup, as [`after_run`] decides.
+//! An interrupted restore of the database is said first among the warnings, whatever the event.
+
+use chrono::{DateTime, Utc};
+
+use super::request::{decision_on_error, set_pairs};
+use super::response::{self, Ctx};
+use crate::config::{self, Asked, Settings};
+use crate::engine::{backup, restore};
+use crate::error::Error;
+use crate::protocol::{ConfigSource, Decision, Event, OnFailure, Outcome, Request, Response};
+
+/// Serves a typed request. A post_run answer repeats the run it was told about, so that a
+/// caller's saved response says whose exit code the caller's own exit code is.
+pub fn handle(request: &Request, ctx: Ctx) -> Response {
+    let mut response = serve(request, ctx);
+    if request.event == Event::PostRun {
+        response.run.clone_from(&request.run);
+    }
+    response
+}
+
+fn serve(request: &Request, mut ctx: Ctx) -> Response {
+    if ctx.event.is_none() {
+        ctx.event = Some(request.event.as_str().to_owned());
+    }
+    let decision = decision_on_error(Some(request.event.as_str()));
+    let set = match set_pairs(request) {
+        Ok(set) => set,
+        Err(e) => return ctx.fail(decision, &e),
+    };
+    let asked = match &request.config {
+        Some(ConfigSource::Path { path }) => Asked::Path(path.into()),
+        Some(ConfigSource::Inline { inline }) => Asked::Inline(inline.clone()),
+        None => Asked::Nothing,
+    };
+    let settings = match config::load_asked(asked, &set) {
+        Ok(s) => s,
+        Err(e) => return ctx.fail(decision, &e),
+    };
+    crate::output::start_logging(settings.config.log_level.as_tracing());
+    ctx.set_paths(&settings);
+    let now = crate::clock::now();
+    let mut response = match request.event {
+        Event::Validate => validate(ctx, &settings),
+        Event::PreRun if request.dry_run => match backup::dry_run(&settings, now, true) {
+            Ok(d) => response::backup_planned(&ctx, &d),
+            Err(e) => ctx.fail(Decision::Abort, &e),
+        },
+        Event::PreRun => match backup::run(&settings, now, Some(&ctx.request_id), true) {
+            Ok(o) => {
+                tracing::info!("backup {} created and verified", o.manifest.id);
+                response::backup_done(&ctx, &settings, &o)
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                ctx.fail(Decision::Abort, &e)
+            }
+        },
+        Event::PostRun => {
+            let response = post_run(request, ctx, &settings, now);
+            if !request.dry_run && response.status == crate::protocol::Status::Ok {
+                // The run this post_run reports on is over (kept or restored): the next guarded
+                // run may start. A refused post_run changes nothing, the lease included: it
+                // goes when its caller retries successfully, or stale when the caller exits.
+                crate::engine::lease::release(&settings.backup_dir, request.backup_id.as_deref());
+            }
+            response
+        }
+    };
+    // An interrupted restore that this request did not finish is said first, whatever the
+    // event: the database may be the old file without its WAL.
+    response::surface_pending(&mut response, &settings);
+    response
+}
+
+fn validate(mut ctx: Ctx, settings: &Settings) -> Response {
+    if let Err(e) = crate::engine::database::check(settings) {
+        return ctx.fail(Decision::Invalid, &e);
+    }
+    let limits = crate::engine::database::limits(settings);
+    match crate::duck::Db::open_read_only(&settings.db_path, &limits) {
+        Ok(db) => {
+            let _ = db.close();
+        }
+        Err(crate::duck::DuckError::Locked { pid, holder }) => ctx.warnings.push(format!(
+            "{}; a backup now would be refused with `database_locked`",
+            Error::DatabaseLocked {
+                path: settings.db_path.clone(),
+                pid,
+                holder
+            }
+        )),
+        Err(e) => {
+            return ctx.fail(
+                Decision::Invalid,
+                &Error::DatabaseInvalid {
+                    path: settings.db_path.clone(),
+                    why: e.to_string(),
+                },
+            )
+        }
+    }
+    // What a backup checks before it writes, without writing: the backup directory is private
+    // and writable and belongs to this database, the quarantine folder is private.
+    if let Err(e) = crate::engine::quarantine::check(settings) {
+        return ctx.fail(Decision::Invalid, &e);
+    }
+    if settings.backup_dir.exists() {
+        let checked = crate::engine::store::Store::open(&settings.backup_dir, false)
+            // The owner a backup would claim: claiming writes nothing.
+            .and_then(|store| crate::engine::identity::claim(&store, settings))
+            .and_then(|_| {
+                if crate::files::writable(&settings.backup_dir) {
+                    Ok(())
+                } else {
+                    Err(Error::BackupDirUnsafe {
+                        dir: settings.backup_dir.clone(),
+                        why: "it is not writable (read-only filesystem or permissions): backups would fail; restores from it still work".into(),
+                    })
+                }
+            });
+        if let Err(e) = checked {
+            return ctx.fail(Decision::Invalid, &e);
+        }
+    } else {
+        ctx.warnings.push(format!(
+            "`{}` does not exist yet; the first backup creates it (0700)",
+            settings.backup_dir.display()
+        ));
+    }
+    let pending = crate::engine::journal::pending(settings);
+    let reason = match pending.first() {
+        None => "configuration is valid and the database is readable".to_owned(),
+        Some(p) => format!(
+            "configuration is valid, but a restore of backup `{}` was interrupted and is unfinished (see the first warning): do not run on the database before `{}`",
+            p.backup_id, p.finish
+        ),
+    };
+    ctx.ok(Decision::Valid, reason)
+}
+
+/// What a post_run does about the run it reports on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterRun {
+    /// Leave the database as the run left it, for this reason.
+    Keep(String),
+    /// Put the pre-run backup back.
+    Restore,
+}
+
+/// A run that succeeded is kept; one that failed is restored when the request's `on_failure`
+/// asks for it, or, without one, when `RESTORE_ON_FAILURE` does.
+pub fn after_run(
+    outcome: Outcome,
+    on_failure: Option<OnFailure>,
+    restore_on_failure: bool,
+) -> AfterRun {
+    if outcome == Outcome::Success {
+        return AfterRun::Keep("the run succeeded; the database was kept".into());
+    }
+    match on_failure {
+        Some(OnFailure::Restore) => AfterRun::Restore,
+        None if restore_on_failure => AfterRun::Restore,
+        Some(OnFailure::Keep) => AfterRun::Keep(
+            "the run failed; the database was kept as the run left it (the request asked to keep it)"
+                .into(),
+        ),
+        None => AfterRun::Keep(
+            "the run failed; the database was kept as the run left it (RESTORE_ON_FAILURE is false)"
+                .into(),
+        ),
+    }
+}
+
+fn post_run(request: &Request, mut ctx: Ctx, settings: &Settings, now: DateTime<Utc>) -> Response {
+    let Some(run) = &request.run else {
+        return ctx.fail(
+            Decision::Skipped,
+            &Error::InvalidRequest(
+                "post_run needs `run`: {\"outcome\": \"success\" | \"failure\"}".into(),
+            ),
+        );
+    };
+    if let AfterRun::Keep(reason) = after_run(
+        run.outcome,
+        request.on_failure,
+        settings.config.restore_on_failure,
+    ) {
+        return ctx.ok(Decision::Kept, reason);
+    }
+    let selector = if let Some(id) = &request.backup_id {
+        id.clone()
+    } else {
+        ctx.warnings
+            .push("no `backup_id` in the request: restoring `latest`".into());
+        "latest".to_owned()
+    };
+    if request.dry_run {
+        // The same refusals as the restore itself, nothing written.
+        return match restore::dry_run(settings, &selector, request.backup_sha256.as_deref(), now) {
+            Ok(plan) => ctx.ok(
+                Decision::Skipped,
+                format!(
+                    "dry run: backup `{}` would be restored over `{}`; nothing was changed",
+                    plan.backup_id,
+                    plan.database.display()
+                ),
+            ),
+            Err(e) => ctx.fail(Decision::Skipped, &e),
+        };
+    }
+    match restore::run(settings, &selector, request.backup_sha256.as_deref(), now) {
+        Ok((manifest, outcome, notes)) => {
+            ctx.warnings.extend(notes);
+            response::restore_done(&ctx, settings, &manifest, &outcome)
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            let mut r = ctx.fail(Decision::RestoreFailed, &e);
+            r.reason = format!("restore failed: {e}");
+            r
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_run_is_restored_only_when_asked() {
+        use OnFailure::{Keep, Restore};
+        use Outcome::{Failure, Success};
+        let restores = |o, on, cfg| after_run(o, on, cfg) == AfterRun::Restore;
+        for (outcome, on_failure, config, restored) in [
+            (Success, Some(Restore), true, false),
+            (Success, None, true, false),
+            (Failure, Some(Restore), false, true),
+            (Failure, Some(Keep), true, false),
+            (Failure, None, true, true),
+            (Failure, None, false, false),
+        ] {
+            assert_eq!(
+                restores(outcome, on_failure, config),
+                restored,
+                "{outcome:?} {on_failure:?} RESTORE_ON_FAILURE={config}"
+            );
+        }
+    }
+}

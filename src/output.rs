@@ -1,0 +1,211 @@
+//! Everything ducksafe writes goes through here: each command's report, as text for people or as
+//! JSON with `--json` ([`finish`]); the hook's one protocol line ([`protocol_line`]); warnings,
+//! errors and logs for people on stderr.
+//!
+//! stdout carries data only: a report, or the protocol line. A closed stdout (`ducksafe list |
+//! head -1`) ends the command quietly with exit 0, as ripgrep and fd do: whoever closed the pipe
+//! has read all it wanted. Nothing prints JSON unless asked, except the protocol line, which the
+//! hook, `pre-run` and `post-run` always answer.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::engine::journal::Pending;
+use crate::error::Error;
+use crate::protocol::{ErrorEntry, Response};
+
+/// `12.3 MiB` for people.
+pub use crate::error::human_bytes as size;
+
+/// A command's report: serialisable for `--json`, readable as text.
+pub trait Report: Serialize {
+    /// The report for people, on stdout.
+    fn text(&self, out: &mut dyn Write) -> io::Result<()>;
+
+    /// Remarks for people, said on stderr after the text (`--json` carries them inside, when
+    /// the report has them).
+    fn warnings(&self) -> &[String] {
+        &[]
+    }
+
+    /// The problems a complete report ends with (a backup that failed verification, an
+    /// invalid configuration), with the exit code they give: said on stderr after the text.
+    fn failure(&self) -> Option<(Vec<ErrorEntry>, i32)> {
+        None
+    }
+}
+
+/// A command stopped by an error, with what it has to say besides.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: Error,
+    /// The full response of an operation that has one (`backup`, `restore`): what `--json`
+    /// prints instead of the bare error.
+    pub response: Option<Box<Response>>,
+    /// Remarks said on stderr after the error.
+    pub warnings: Box<[String]>,
+    /// Text said first on stdout, in text mode: what the command had found before it stopped
+    /// (an interrupted restore, listed first).
+    pub preface: Box<[u8]>,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure {
+            error,
+            response: None,
+            warnings: Box::default(),
+            preface: Box::default(),
+        }
+    }
+}
+
+/// Ends a command: writes its report (text, or JSON with `--json`) or its failure, and returns
+/// the exit code.
+pub fn finish<R: Report>(json: bool, outcome: Result<R, Failure>) -> i32 {
+    match outcome {
+        Ok(report) => ended(write_report(json, &report)),
+        Err(failure) => fail(json, failure),
+    }
+}
+
+/// Ends a command that stopped on an error (see [`finish`]).
+pub fn fail(json: bool, failure: impl Into<Failure>) -> i32 {
+    ended(write_failure(json, &failure.into()))
+}
+
+/// The exit code once stdout was written: a closed stdout ends quietly.
+fn ended(written: io::Result<i32>) -> i32 {
+    match written {
+        Ok(code) => code,
+        // The reader has gone: it read all it wanted.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            let err = Error::io("write", Path::new("stdout"), e);
+            print_error(&err);
+            err.exit_code()
+        }
+    }
+}
+
+fn write_report<R: Report>(json: bool, report: &R) -> io::Result<i32> {
+    let mut out = io::stdout().lock();
+    if json {
+        write_json_pretty(&mut out, report)?;
+    } else {
+        report.text(&mut out)?;
+        out.flush()?;
+        print_warnings(report.warnings());
+    }
+    match report.failure() {
+        Some((entries, code)) => {
+            if !json {
+                print_entries(&entries);
+            }
+            Ok(code)
+        }
+        None => Ok(0),
+    }
+}
+
+fn write_failure(json: bool, f: &Failure) -> io::Result<i32> {
+    let mut out = io::stdout().lock();
+    let written = if json {
+        match &f.response {
+            Some(r) => write_json_pretty(&mut out, r),
+            None => write_json_pretty(
+                &mut out,
+                &serde_json::json!({
+                    "status": "error",
+                    "errors": f.error.entries(),
+                    "exit_code": f.error.exit_code(),
+                }),
+            ),
+        }
+    } else {
+        out.write_all(&f.preface).and_then(|()| out.flush())
+    };
+    // The error is said whatever became of stdout.
+    print_error(&f.error);
+    print_warnings(&f.warnings);
+    written.map(|()| f.error.exit_code())
+}
+
+fn write_json_pretty(out: &mut dyn Write, v: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, v)?;
+    writeln!(out)?;
+    out.flush()
+}
+
+/// Writes the protocol response as one line on stdout and returns its exit code. A caller that
+/// closed its end of the pipe does not turn a finished backup into a failure.
+pub fn protocol_line(response: &Response) -> i32 {
+    let line = serde_json::to_string(response).unwrap_or_else(|_| "{}".to_owned());
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    response.exit_code
+}
+
+/// Says a failure for people on stderr: `ducksafe: error: …` then `hint: …` lines.
+pub fn print_error(err: &Error) {
+    print_entries(&err.entries());
+}
+
+/// Says protocol error entries for people on stderr.
+pub fn print_entries(entries: &[ErrorEntry]) {
+    let mut err = io::stderr().lock();
+    for e in entries {
+        let _ = match &e.path {
+            Some(p) if !p.is_empty() => writeln!(err, "ducksafe: error: {} (at `{p}`)", e.message),
+            _ => writeln!(err, "ducksafe: error: {}", e.message),
+        };
+        if let Some(h) = &e.hint {
+            let _ = writeln!(err, "  hint: {h}");
+        }
+    }
+}
+
+/// Says warnings for people on stderr.
+pub fn print_warnings(warnings: &[String]) {
+    let mut err = io::stderr().lock();
+    for w in warnings {
+        let _ = writeln!(err, "ducksafe: warning: {w}");
+    }
+}
+
+/// Interrupted restores for people: what, where, and the ways out.
+pub fn pending_text(out: &mut dyn Write, pending: &[Pending]) -> io::Result<()> {
+    for p in pending {
+        writeln!(
+            out,
+            "UNFINISHED RESTORE of backup `{}`, started {} (journal `{}`):",
+            p.backup_id,
+            p.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            p.journal.display()
+        )?;
+        writeln!(out, "  {}", p.state)?;
+        writeln!(out, "  to finish it:  {}", p.finish)?;
+        writeln!(
+            out,
+            "  or to undo it instead (with nothing using the database):"
+        )?;
+        for l in &p.undo {
+            writeln!(out, "    {l}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts the log on stderr, never stdout (stdout carries data and the hook's JSON line).
+pub fn start_logging(level: tracing::Level) {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .with_max_level(level)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
