@@ -1233,12 +1233,22 @@ fn ducksafe_run_restores_a_run_interrupted_by_sigquit() {
     ducksafe_run_interrupted_by("QUIT");
 }
 
-/// A SIGTERM sent to `just` alone (a supervisor's `kill PID`): just passes it on to the recipe
-/// line's shell only, which dies of it, and just exits. The guard's wrapper notices that its
-/// parent is gone, stops the workload with SIGTERM and judges the run as interrupted: restored,
-/// as asked, instead of running on unjudged.
+/// A SIGTERM sent to `just` alone (a supervisor's `kill PID`): just passes it on to its child
+/// alone. With dash as the recipe's shell that child is the line's shell, which dies of it, and
+/// just exits: the guard's wrapper notices that its parent is gone. With bash the shell exec'd
+/// the wrapper, which gets the SIGTERM itself and passes it on. Either way the workload is
+/// stopped and the run judged as interrupted: restored, as asked, instead of running on.
 #[test]
 fn just_guard_restores_a_run_when_just_alone_gets_sigterm() {
+    just_alone_gets_sigterm("");
+}
+
+#[test]
+fn just_guard_restores_a_run_when_just_alone_gets_sigterm_under_bash() {
+    just_alone_gets_sigterm("set shell := [\"bash\", \"-cu\"]\n");
+}
+
+fn just_alone_gets_sigterm(settings: &str) {
     let just = need!(tool("just"));
     let python = need!(python_with_duckdb());
     let p = Project::new("");
@@ -1247,7 +1257,7 @@ fn just_guard_restores_a_run_when_just_alone_gets_sigterm() {
     fs::write(
         p.path("justfile"),
         format!(
-            "import {:?}\nsim:\n    {{{{ducksafe_guard}}}} {:?} hold.py simulation.duckdb started\n",
+            "{settings}import {:?}\nsim:\n    {{{{ducksafe_guard}}}} {:?} hold.py simulation.duckdb started\n",
             import.display().to_string(),
             python.display().to_string()
         ),
@@ -1261,8 +1271,8 @@ fn just_guard_restores_a_run_when_just_alone_gets_sigterm() {
     let out = job.finish();
     assert!(!out.status.success(), "just reports the interrupted recipe");
 
-    // just does not wait for the wrapper (its own child, the line's shell, died at once): wait
-    // for the wrapper's answer. The bound only keeps a broken wrapper from hanging the suite.
+    // Under dash just does not wait for the wrapper (its own child, the line's shell, died at
+    // once): wait for the wrapper's answer. The bound only keeps a broken wrapper from hanging the suite.
     let post_run = state(&p).join("post_run.json");
     let answered = || {
         fs::read_to_string(&post_run).is_ok_and(|s| serde_json::from_str::<Response>(&s).is_ok())
