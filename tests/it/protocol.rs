@@ -1,9 +1,6 @@
-#![allow(clippy::unwrap_used)]
 //! Hook protocol v1 on bad input: one JSON line and the documented code, every time.
 
-mod common;
-
-use common::{bin, one_response, pipe, Project};
+use crate::support::{self, bin, one_response, pipe, Project};
 use ducksafe::protocol::{Decision, ErrorCode, Status};
 
 fn hook_raw(input: &[u8]) -> ducksafe::protocol::Response {
@@ -255,7 +252,7 @@ fn on_failure_in_the_request_overrides_the_configuration() {
         let p = Project::new(&format!("RESTORE_ON_FAILURE: {configured}\n"));
         let (pre, _) = p.pre_run();
         let id = pre.backup.unwrap().id;
-        common::write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
+        support::write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
         let extra = if asked.is_empty() {
             String::new()
         } else {
@@ -304,14 +301,14 @@ fn the_rollback_command_runs_as_printed() {
         std::path::Path::new(&rb.command[0]),
         std::path::Path::new(env!("CARGO_BIN_EXE_ducksafe"))
     );
-    common::write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
+    support::write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
     let elsewhere = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(&rb.command[0])
         .args(&rb.command[1..])
         .current_dir(elsewhere.path())
         .output()
         .unwrap();
-    common::assert_ok(&out);
+    support::assert_ok(&out);
     assert!(!p.path("simulation.duckdb.wal").exists());
 }
 

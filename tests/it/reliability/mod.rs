@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! The reliability and security proving ground (issue 5): kills at every phase of a backup and of a
 //! restore, full disks, concurrent hooks, a live writer, corrupted backups, hostile hook input, a
 //! hostile filesystem and secrets in the configuration. Each scenario is repeated and every case
@@ -20,8 +19,6 @@
 //! `<name>:sleep=<ms>` pauses there so that the test can SIGKILL it at a known moment) and SIGKILLs
 //! at random moments.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
 use std::fs;
@@ -35,7 +32,7 @@ use std::sync::mpsc;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::{bin, fingerprints, hold, sha256, write_into_wal, Project};
+use crate::support::{self, bin, fingerprints, hold, sha256, write_into_wal, Project};
 use ducksafe::config::{self, Settings, Source, VerifyLevel};
 use ducksafe::duck::{Db, Limits};
 use ducksafe::engine::manifest::Manifest;
@@ -44,12 +41,6 @@ use ducksafe::engine::store::{Store, LATEST};
 use ducksafe::engine::verify;
 use ducksafe::protocol::{Decision, ErrorCode, Response, Status, MAX_REQUEST_BYTES};
 use serde_json::{json, Value};
-
-#[test]
-#[ignore = "helper process for the lock tests, started by common::hold"]
-fn hold_database_child() {
-    common::hold_database_child();
-}
 
 // ---------------------------------------------------------------------------------------------
 // Modes, figures and randomness
@@ -285,7 +276,7 @@ impl Tally {
 
     /// Records a skipped scenario, and says why on stderr.
     fn skip(self, why: &str) {
-        common::skip(self.test, why);
+        support::skip(self.test, why);
         self.record(Some(why));
     }
 
@@ -575,7 +566,7 @@ fn one_line(stdout: &[u8], status: ExitStatus) -> Result<Response, String> {
 
 /// Names in a directory, sorted.
 fn names(dir: &Path) -> Vec<String> {
-    common::dir_names(dir)
+    support::dir_names(dir)
 }
 
 /// The main file and every WAL companion of a database, by content.
@@ -1219,7 +1210,7 @@ impl Drop for Tmpfs {
 }
 
 fn in_ci() -> bool {
-    common::in_ci()
+    support::in_ci()
 }
 
 /// Rounds up to whole 4 KiB pages, as tmpfs counts.
@@ -3522,7 +3513,7 @@ fn hostile_filesystem_unsafe_backup_dir() {
         }
     }
     if !skipped.is_empty() {
-        common::skip(
+        support::skip(
             "hostile_filesystem_unsafe_backup_dir (other owners)",
             &format!("not root: cannot chown, skipped {skipped:?}"),
         );
@@ -4145,7 +4136,7 @@ fn backup_now(p: &Project, now: &str) {
         .env("DUCKSAFE_NOW", now)
         .output()
         .unwrap();
-    common::assert_ok(&out);
+    support::assert_ok(&out);
 }
 
 fn pre_run_now(p: &Project, now: &str) -> Result<Response, String> {
@@ -4206,7 +4197,7 @@ fn backup_ids_are_never_reused() {
         let rollback = first.rollback.unwrap();
         pre_run_now(&p, "2026-12-01T11:00:01Z")?;
         fs::remove_file(p.backups().join(".ducksafe-ids")).map_err(|e| e.to_string())?;
-        common::write_into_wal(&p.db(), "CREATE TABLE other_content AS SELECT 1 AS x;");
+        support::write_into_wal(&p.db(), "CREATE TABLE other_content AS SELECT 1 AS x;");
         let again = pre_run_now(&p, "2026-12-01T11:00:00Z")?.backup.unwrap();
         ensure(again.id == rollback.backup_id, || {
             format!("expected the id to be reused here, got `{}`", again.id)
@@ -4243,7 +4234,7 @@ fn backup_ids_are_never_reused() {
             let p = Project::new("VERIFY_LEVEL: quick\n");
             let r = pre_run_now(&p, "2026-12-01T12:00:00Z")?;
             let expected = fingerprints(Path::new(&r.backup.as_ref().unwrap().path));
-            common::write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
+            support::write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
             let (back, code) = p.hook(&r.rollback.unwrap().request.to_string());
             ensure(code == 0 && back.decision == Decision::Restored, || {
                 format!("exit {code}: {:?}", back.errors)
@@ -4421,7 +4412,7 @@ fn readers_beside_rotating_backups(t: &mut Tally) {
                         .args(["--config", cfg.to_str().unwrap(), "backup"])
                         .output()
                         .unwrap();
-                    common::assert_ok(&out);
+                    support::assert_ok(&out);
                     runs += 1;
                 }
                 runs

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! Shared test support: a temporary project with a real DuckDB database and a config, the real
 //! binary, and a second process that holds the database open for writing.
 #![allow(dead_code)]
@@ -257,8 +256,7 @@ pub const HOLD_ENV: &str = "DUCKSAFE_TEST_HOLD_DB";
 pub const HOLD_MODE_ENV: &str = "DUCKSAFE_TEST_HOLD_MODE";
 
 /// Starts a process that opens `db` read-write (a real DuckDB writer) and waits for "HOLDING".
-/// The test binary must contain a `#[test] #[ignore] fn hold_database_child()` that calls
-/// [`hold_database_child`].
+/// The binary's one ignored test, `hold_database_child` (tests/it/main.rs), is that process.
 pub fn hold(db: &Path) -> Holder {
     hold_as(db, "read_write")
 }

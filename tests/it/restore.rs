@@ -1,22 +1,13 @@
-#![allow(clippy::unwrap_used)]
 //! Restore, rollback and the operator commands, end to end on real DuckDB files.
-
-mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
-use common::{fingerprints, hold, sha256, write_into_wal, Project};
+use crate::support::{self, fingerprints, hold, sha256, write_into_wal, Project};
 use ducksafe::duck::{Db, Limits};
 use ducksafe::protocol::{Decision, ErrorCode};
-
-#[test]
-#[ignore = "helper process for the lock tests, started by common::hold"]
-fn hold_database_child() {
-    common::hold_database_child();
-}
 
 /// A backup taken by the pre_run hook, whose run then ended (its post_run: the run was good),
 /// so that restores from other processes (the runbook's commands through `sh`) are not refused
@@ -73,7 +64,7 @@ fn the_wal_trap_a_crashed_runs_wal_is_quarantined_not_replayed() {
     assert_eq!(code, 0, "{r:?}");
     assert_eq!(r.decision, Decision::Restored);
     let restore = r.restore.unwrap();
-    common::assert_restored(&p, &expected);
+    support::assert_restored(&p, &expected);
     let quarantined_wal = Path::new(&restore.quarantine).join("simulation.duckdb.wal");
     assert_eq!(
         fs::read(&quarantined_wal).unwrap(),
@@ -96,7 +87,7 @@ fn round_trip_backup_change_restore() {
     change_rows(&p.db());
     assert_ne!(fingerprints(&p.db()), expected);
     let out = p.run(&["restore", &id]);
-    common::assert_ok(&out);
+    support::assert_ok(&out);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("to undo this restore"), "{text}");
     assert_eq!(fingerprints(&p.db()), expected);
@@ -302,7 +293,7 @@ fn older_manifests_are_read_and_a_broken_one_is_explained() {
         format!("{broken}.manifest.json").as_str()
     );
     let out = p.run(&["verify", &old]);
-    common::assert_ok(&out);
+    support::assert_ok(&out);
 }
 
 #[test]
@@ -364,7 +355,7 @@ fn age_and_size_limits_never_delete_the_pinned_or_the_newest_backup() {
     // Two months later every backup is too old: the pinned first and the newest stay.
     let later = [("DUCKSAFE_NOW", "2025-09-30T00:00:00Z")];
     let out = p.cmd(&["prune"]).envs(later).output().unwrap();
-    common::assert_ok(&out);
+    support::assert_ok(&out);
     let survivors = vec![format!("{}.duckdb", ids[0]), format!("{}.duckdb", ids[2])];
     assert_eq!(p.backup_files(), survivors);
     // A byte budget no backup fits in: still the same two, and the output says so.
@@ -374,7 +365,7 @@ fn age_and_size_limits_never_delete_the_pinned_or_the_newest_backup() {
         .env("DUCKSAFE_BACKUP_MAX_TOTAL_BYTES", "1")
         .output()
         .unwrap();
-    common::assert_ok(&out);
+    support::assert_ok(&out);
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -393,8 +384,8 @@ fn a_deleted_database_is_restored() {
     let expected = fingerprints(&backup_path);
     fs::remove_file(p.db()).unwrap();
     let out = p.run(&["restore", &id]);
-    common::assert_ok(&out);
-    common::assert_restored(&p, &expected);
+    support::assert_ok(&out);
+    support::assert_restored(&p, &expected);
     assert_eq!(
         fs::metadata(p.db()).unwrap().permissions().mode() & 0o777,
         0o600
@@ -416,8 +407,8 @@ fn a_wal_that_appears_after_a_killed_restore_is_quarantined_too() {
     assert_eq!(c.output().unwrap().status.code(), None, "aborted");
     fs::write(p.path("simulation.duckdb.wal"), b"late").unwrap();
     let out = p.run(&["restore", &id]);
-    common::assert_ok(&out);
-    common::assert_restored(&p, &expected);
+    support::assert_ok(&out);
+    support::assert_restored(&p, &expected);
     let quarantine = p.backups().join("quarantine");
     let folders: Vec<_> = fs::read_dir(&quarantine)
         .unwrap()
@@ -481,12 +472,12 @@ fn a_backup_directory_is_never_shared_between_databases() {
         "DB_PATH: other.duckdb\nLOG_LEVEL: INFO\nBACKUP_MIN_FREE_BYTES: 0\n",
     )
     .unwrap();
-    let out = common::bin()
+    let out = support::bin()
         .current_dir(p.dir.path())
         .args(["--config", "other.yaml", "pre-run"])
         .output()
         .unwrap();
-    let r = common::one_response(&out);
+    let r = support::one_response(&out);
     assert_eq!(r.exit_code, 73, "{r:?}");
     assert_eq!(r.errors[0].code, ErrorCode::BackupDirUnsafe);
     assert!(
@@ -496,7 +487,7 @@ fn a_backup_directory_is_never_shared_between_databases() {
     );
     // Restoring the other database from simulation's backup is refused, nothing moves.
     let before = sha256(&p.path("other.duckdb"));
-    let out = common::bin()
+    let out = support::bin()
         .current_dir(p.dir.path())
         .args(["--config", "other.yaml", "restore", &id])
         .output()
@@ -694,7 +685,7 @@ fn journal_states(p: &Project) -> Vec<String> {
         p.backups().join("quarantine"),
         p.path(".ducksafe-quarantine"),
     ] {
-        for n in common::dir_names(&root) {
+        for n in support::dir_names(&root) {
             if let Ok(b) = fs::read(root.join(&n).join("restore.json")) {
                 let j: serde_json::Value = serde_json::from_slice(&b).unwrap();
                 v.push(j["state"].as_str().unwrap().to_owned());
@@ -797,8 +788,8 @@ fn runbook_restore_by_hand_installs_the_backup_and_moves_the_crashed_wal_aside()
     let out = run_sh(&p, &block);
     assert!(out.status.success(), "{}", said(&out));
     assert!(said(&out).contains("restored "), "{}", said(&out));
-    common::assert_restored(&p, &fingerprints(&backup_path));
-    let q = common::dir_names(&p.backups().join("quarantine"));
+    support::assert_restored(&p, &fingerprints(&backup_path));
+    let q = support::dir_names(&p.backups().join("quarantine"));
     assert_eq!(q.len(), 1, "{q:?}");
     assert!(q[0].starts_with(&format!("{id}_manual_")), "{q:?}");
     let q = p.backups().join("quarantine").join(&q[0]);
@@ -881,8 +872,8 @@ fn the_manual_restore_stops_at_a_read_only_backup_folder() {
         .1;
     let out = run_sh(&p, &block.replace(q_line, alternative));
     assert!(out.status.success(), "{}", said(&out));
-    common::assert_restored(&p, &fingerprints(&backup_path));
-    let q = common::dir_names(&p.path(".ducksafe-quarantine"));
+    support::assert_restored(&p, &fingerprints(&backup_path));
+    let q = support::dir_names(&p.path(".ducksafe-quarantine"));
     assert_eq!(q.len(), 1, "{q:?}");
     let q = p.path(".ducksafe-quarantine").join(&q[0]);
     assert_eq!(sha256(&q.join("simulation.duckdb")), before.0);
@@ -964,9 +955,9 @@ fn runbook_interrupted_restore_drill_at_every_restore_failpoint() {
         let out = p.run(&["--json", "restore", &id]);
         assert!(out.status.success(), "{point}: {}", said(&out));
         let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
-        common::assert_restored(&p, &fingerprints(&backup_path));
+        support::assert_restored(&p, &fingerprints(&backup_path));
         assert!(journal_states(&p).iter().all(|s| s == "done"), "{point}");
-        let folders = common::dir_names(&p.backups().join("quarantine"));
+        let folders = support::dir_names(&p.backups().join("quarantine"));
         assert_eq!(
             folders.len(),
             1,
@@ -1256,7 +1247,7 @@ fn runbook_restore_commands_work_as_written() {
                 && text.contains("to undo this restore"),
             "{heading}: {text}"
         );
-        common::assert_restored(&p, &fingerprints(&backup_path));
+        support::assert_restored(&p, &fingerprints(&backup_path));
     }
 }
 
@@ -1280,12 +1271,12 @@ fn an_interrupted_restore_is_found_from_beside_the_database() {
         .output()
         .unwrap();
     assert_eq!(out.status.signal(), Some(6), "aborted at the failpoint");
-    let staged: Vec<String> = common::dir_names(p.dir.path())
+    let staged: Vec<String> = support::dir_names(p.dir.path())
         .into_iter()
         .filter(|n| n.starts_with(".ducksafe-tmp-restore-"))
         .collect();
     assert_eq!(staged.len(), 1, "{staged:?}");
-    let backups_before = common::dir_names(&p.backups());
+    let backups_before = support::dir_names(&p.backups());
     // Reported first by list and validate, with the way to finish it.
     let out = p.run(&["list"]);
     let text =
@@ -1296,7 +1287,7 @@ fn an_interrupted_restore_is_found_from_beside_the_database() {
         "{text}"
     );
     let out = p.run(&["validate"]);
-    let r = common::one_response(&out);
+    let r = support::one_response(&out);
     assert!(
         r.reason.contains("unfinished") || r.warnings.iter().any(|w| w.contains("UNFINISHED")),
         "{r:?}"
@@ -1309,7 +1300,7 @@ fn an_interrupted_restore_is_found_from_beside_the_database() {
         r.errors
     );
     assert_eq!(
-        common::dir_names(&p.backups()),
+        support::dir_names(&p.backups()),
         backups_before,
         "a backup was taken"
     );
@@ -1330,7 +1321,7 @@ fn an_interrupted_restore_is_found_from_beside_the_database() {
         .env("DUCKSAFE_QUARANTINE_DIR", &q1)
         .output()
         .unwrap();
-    common::assert_ok(&out);
+    support::assert_ok(&out);
     assert!(!p.path("simulation.duckdb.wal").exists());
     assert!(
         !p.path(".simulation.duckdb.ducksafe-restore").exists(),
@@ -1396,12 +1387,12 @@ fn a_lost_journal_is_said_first_with_its_way_out() {
         .unwrap();
     assert_eq!(out.status.signal(), Some(6));
     let q = p.backups().join("quarantine");
-    let folder = q.join(&common::dir_names(&q)[0]);
+    let folder = q.join(&support::dir_names(&q)[0]);
     fs::remove_file(folder.join("restore.json")).unwrap();
     let out = p.run(&["list"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.contains("UNFINISHED RESTORE recorded in"), "{text}");
-    let r = common::one_response(&p.run(&["validate"]));
+    let r = support::one_response(&p.run(&["validate"]));
     assert!(r.warnings.iter().any(|w| w.contains("UNFINISHED")), "{r:?}");
     let (r, code) = p.pre_run();
     assert_eq!(code, 74, "{r:?}");

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! The callers in `hooks/` and `examples/`, each driven by the real program: `just`, `make`,
 //! `python3` (the orchestrator example) and `dbt` (dbt-duckdb) run the real binary on real
 //! DuckDB files. For each caller: a successful run leaves a verified backup and the run's
@@ -10,8 +9,6 @@
 //! ~/.cache/ducksafe-tools/bin), else PATH. A missing tool fails the test under CI (env `CI`
 //! set) and skips it, with a message, elsewhere.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -19,15 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fingerprints, hold, sha256, Project};
+use crate::support::{self, fingerprints, hold, sha256, Project};
 use ducksafe::duck::Fingerprint;
 use ducksafe::protocol::{Decision, ErrorCode, Outcome, Response};
-
-#[test]
-#[ignore = "helper process for the lock tests, started by common::hold"]
-fn hold_database_child() {
-    common::hold_database_child();
-}
 
 // --- finding the tools -----------------------------------------------------------------------
 
@@ -64,7 +55,7 @@ fn is_executable(p: &Path) -> bool {
 /// What a test does when a tool is missing: fail under CI, else say so and skip.
 fn missing<T>(what: &str) -> Option<T> {
     let tools = tools_dir();
-    common::skip(
+    support::skip(
         what,
         &format!(
             "`{what}` is not in {}/bin or PATH: run `bash .ci/setup-integrations.sh`",
@@ -241,7 +232,7 @@ fn rolled_back(p: &Project, st: &Path, out: &Output, exit: i32) {
     assert_eq!(post.decision, Decision::Restored, "{post:?}");
     let restore = post.restore.expect("restore details");
     assert_eq!(restore.backup_id, backup.id);
-    common::assert_restored(p, &expected);
+    support::assert_restored(p, &expected);
     let wal = restore
         .quarantined_files
         .iter()
@@ -1210,7 +1201,7 @@ fn ducksafe_run_interrupted_by(sig: &str) {
         Some(128 + n),
         "the workload died of the signal"
     );
-    common::assert_restored(&p, &expected);
+    support::assert_restored(&p, &expected);
 }
 
 #[test]
@@ -1627,7 +1618,7 @@ with d.protected_run("config.yaml", on_failure="restore") as run:
         assert_eq!(status.signal(), Some(sig), "ends by the signal: {status:?}");
         assert_eq!(fingerprints(&p.db()), before, "signal {sig}: not restored");
         assert_eq!(
-            common::dir_names(&p.backups().join("quarantine")).len(),
+            support::dir_names(&p.backups().join("quarantine")).len(),
             1,
             "signal {sig}: the block's database went to quarantine"
         );
@@ -1673,7 +1664,7 @@ print(json.dumps({"timeout": out, "backup_id": pre.backup_id, "backup": pre.back
     );
     let out = p.run(&["restore", v["backup_id"].as_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    common::assert_restored(&p, &expected);
+    support::assert_restored(&p, &expected);
 }
 
 /// A python model that marks its PID, then waits for the test to release it (bounded): a slow
@@ -2155,7 +2146,7 @@ fn check_script(name: &str, script: &str, steps: &[serde_json::Value]) -> usize 
                 }
             })
             .collect();
-        let out = common::bin().args(&args).arg("--help").output().unwrap();
+        let out = support::bin().args(&args).arg("--help").output().unwrap();
         assert!(
             out.status.success(),
             "{name}: `ducksafe {}` is refused: {}",

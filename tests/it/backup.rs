@@ -1,20 +1,11 @@
-#![allow(clippy::unwrap_used)]
 //! The pre-run hook and `ducksafe backup`, end to end: the real binary on real DuckDB files.
-
-mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use common::{fingerprints, hold, sha256, write_into_wal, Project};
+use crate::support::{self, fingerprints, hold, sha256, write_into_wal, Project};
 use ducksafe::engine::manifest::Manifest;
 use ducksafe::protocol::{Decision, ErrorCode, Status};
-
-#[test]
-#[ignore = "helper process for the lock tests, started by common::hold"]
-fn hold_database_child() {
-    common::hold_database_child();
-}
 
 #[test]
 fn pre_run_proceeds_with_a_verified_backup_and_rollback_instructions() {
@@ -527,8 +518,8 @@ fn a_regular_file_named_latest_is_left_alone() {
     let expected = fingerprints(std::path::Path::new(&newest.path));
     write_into_wal(&p.db(), "DELETE FROM employees;");
     let out = p.run(&["restore"]);
-    common::assert_ok(&out);
-    common::assert_restored(&p, &expected);
+    support::assert_ok(&out);
+    support::assert_restored(&p, &expected);
 }
 
 /// A reader alone (a notebook, a read-only DuckDB shell) lets a backup in but not a restore:
@@ -540,7 +531,7 @@ fn a_reader_lets_a_backup_in_and_keeps_a_restore_out() {
     assert_eq!(code, 0, "{r:?}");
     let id = r.backup.unwrap().id;
     let before = sha256(&p.db());
-    let reader = common::hold_reader(&p.db());
+    let reader = support::hold_reader(&p.db());
     let (r, code) = p.pre_run();
     assert_eq!(code, 0, "a backup beside a reader: {r:?}");
     let out = p.run(&["restore", &id]);
@@ -555,7 +546,7 @@ fn a_reader_lets_a_backup_in_and_keeps_a_restore_out() {
     assert_eq!(sha256(&p.db()), before, "the database changed");
     drop(reader);
     let out = p.run(&["restore", &id]);
-    common::assert_ok(&out);
+    support::assert_ok(&out);
 }
 
 /// Quarantine folders hold the databases restores replaced: private (0700, files 0600 as they
@@ -567,12 +558,12 @@ fn quarantine_folders_are_private_and_outlive_rotation_and_prune() {
     let id = r.backup.unwrap().id;
     write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
     let out = p.run(&["restore", &id]);
-    common::assert_ok(&out);
+    support::assert_ok(&out);
     let q = p.backups().join("quarantine");
-    let folders = common::dir_names(&q);
+    let folders = support::dir_names(&q);
     assert_eq!(folders.len(), 1, "{folders:?}");
     let folder = q.join(&folders[0]);
-    let before: Vec<(String, String)> = common::dir_names(&folder)
+    let before: Vec<(String, String)> = support::dir_names(&folder)
         .into_iter()
         .map(|n| (n.clone(), sha256(&folder.join(&n))))
         .collect();
@@ -590,7 +581,7 @@ fn quarantine_folders_are_private_and_outlive_rotation_and_prune() {
     }
     let out = p.run(&["prune"]);
     assert!(out.status.success());
-    let after: Vec<(String, String)> = common::dir_names(&folder)
+    let after: Vec<(String, String)> = support::dir_names(&folder)
         .into_iter()
         .map(|n| (n.clone(), sha256(&folder.join(&n))))
         .collect();
@@ -601,13 +592,13 @@ fn quarantine_folders_are_private_and_outlive_rotation_and_prune() {
 #[test]
 fn init_writes_a_private_config() {
     let dir = tempfile::tempdir().unwrap();
-    let out = common::bin()
+    let out = support::bin()
         .current_dir(dir.path())
         .args(["init", "--dir"])
         .arg(dir.path())
         .output()
         .unwrap();
-    common::assert_ok(&out);
+    support::assert_ok(&out);
     let mode = fs::metadata(dir.path().join("config.yaml"))
         .unwrap()
         .permissions()

@@ -1,14 +1,11 @@
-#![allow(clippy::unwrap_used)]
 //! On a filesystem with reflinks (a loop-mounted XFS image), a backup is a clone of the
 //! database: still verified end to end, and still independent of the database once the
 //! database changes. Needs root (mount); CI runs as root, elsewhere it skips and says why.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{bin, fingerprints, sha256};
+use crate::support::{self, bin, fingerprints, sha256};
 use ducksafe::duck::{Db, Limits};
 use ducksafe::engine::manifest::Manifest;
 use ducksafe::files::CopyMethod;
@@ -35,7 +32,7 @@ fn mount_xfs() -> Option<Mounted> {
         None
     };
     if let Some(why) = why {
-        common::skip("the XFS reflink test", why);
+        support::skip("the XFS reflink test", why);
         return None;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -86,7 +83,7 @@ fn a_reflinked_backup_is_verified_and_independent_of_the_source() {
         .args(["--config", "config.yaml", "backup", "--json"])
         .output()
         .unwrap();
-    common::assert_ok(&out);
+    support::assert_ok(&out);
     let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
     let b = r.backup.unwrap();
     let backup = PathBuf::from(&b.path);
