@@ -1,6 +1,9 @@
 //! Shared test support: a temporary project with a real DuckDB database and a config, the real
-//! binary, and a second process that holds the database open for writing.
-#![allow(dead_code)]
+//! binary, a second process that holds the database open, and the one way to skip a case.
+//! `cases` and `runs` are the reliability suite's harness (counted cases, kills at failpoints).
+
+pub mod cases;
+pub mod runs;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
