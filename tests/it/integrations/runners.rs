@@ -12,7 +12,7 @@ use ducksafe::protocol::{Decision, ErrorCode};
 
 use super::{command, python_with_duckdb, repo, rows, run, saved, state, text, tool, STATE_DIR};
 
-/// How a caller is started on a project: years to simulate, a year to die in, restore asked.
+/// How a caller is started on a project: the years to simulate, and a year to die in.
 struct Run<'a> {
     years: &'a [&'a str],
     fail_in_year: Option<&'a str>,
@@ -131,176 +131,285 @@ fn locked_run(p: &Project, start: impl FnOnce() -> Output) -> (Output, String) {
     (out, before)
 }
 
-fn just_cmd(just: &Path, python: &Path, p: &Project, r: &Run, restore: bool) -> Command {
-    let mut c = command(just, p.dir.path());
-    c.arg("--justfile")
-        .arg(repo().join("examples/justfile"))
-        .arg("--working-directory")
-        .arg(p.dir.path())
-        .arg("simulate")
-        .args(r.years)
-        .env("PYTHON", python);
-    if let Some(y) = r.fail_in_year {
-        c.env("FAIL_IN_YEAR", y);
+/// A caller of the examples' simulation, and what it shows in each scenario beyond what every
+/// caller must (the checks in [`succeeds`], [`rolled_back`] and [`blocked`]).
+struct Runner {
+    /// The program that runs the simulation (`None`: the Python with duckdb runs the
+    /// orchestrator itself).
+    program: Option<&'static str>,
+    /// The command for a run of `r` on `p`; `restore`: the caller asks for a restore on failure.
+    invoke: fn(program: &Path, python: &Path, p: &Project, r: &Run, restore: bool) -> Command,
+    /// Where the caller leaves pre_run.json and post_run.json.
+    state: fn(&Project) -> PathBuf,
+    /// Two years that both succeed.
+    succeeded: Shows,
+    /// A run that dies in a year after committing, rolled back.
+    failed: Failed,
+    /// A writer holds the database (the caller asks for a restore on failure): its exit code.
+    blocked_exit: i32,
+    blocked: Shows,
+}
+
+/// A failed run as a caller sees it.
+struct Failed {
+    run: Run<'static>,
+    /// Who asks for the restore: the caller, or (`RESTORE_ON_FAILURE: true`) the configuration.
+    restore_asked_by_the_caller: bool,
+    exit: i32,
+    shows: Shows,
+}
+
+/// What a caller prints, each with what it proves.
+struct Shows {
+    stdout: &'static [(&'static str, &'static str)],
+    stdout_never: &'static [(&'static str, &'static str)],
+    stderr: &'static [(&'static str, &'static str)],
+}
+
+impl Shows {
+    fn check(&self, out: &Output) {
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        for (needle, why) in self.stdout {
+            assert!(stdout.contains(needle), "{why}: no `{needle}` in {stdout}");
+        }
+        for (needle, why) in self.stdout_never {
+            assert!(!stdout.contains(needle), "{why}: `{needle}` in {stdout}");
+        }
+        for (needle, why) in self.stderr {
+            assert!(stderr.contains(needle), "{why}: no `{needle}` in {stderr}");
+        }
     }
-    if restore {
-        c.env("DUCKSAFE_ON_FAILURE", "restore");
-    }
-    c
+}
+
+const NOTHING: Shows = Shows {
+    stdout: &[],
+    stdout_never: &[],
+    stderr: &[],
+};
+
+/// `just simulate YEARS…` with examples/justfile; the failure and restore come through the
+/// environment.
+const JUST: Runner = Runner {
+    program: Some("just"),
+    invoke: |just, python, p, r, restore| {
+        let mut c = command(just, p.dir.path());
+        c.arg("--justfile")
+            .arg(repo().join("examples/justfile"))
+            .arg("--working-directory")
+            .arg(p.dir.path())
+            .arg("simulate")
+            .args(r.years)
+            .env("PYTHON", python);
+        if let Some(y) = r.fail_in_year {
+            c.env("FAIL_IN_YEAR", y);
+        }
+        if restore {
+            c.env("DUCKSAFE_ON_FAILURE", "restore");
+        }
+        c
+    },
+    state,
+    succeeded: NOTHING,
+    // just exits with the recipe's exit code: the workload's own.
+    failed: Failed {
+        run: FAILS_IN_2026,
+        restore_asked_by_the_caller: true,
+        exit: 1,
+        shows: Shows {
+            stderr: &[("recipe `simulate` failed", "just names the failed recipe")],
+            ..NOTHING
+        },
+    },
+    // The wrapper exits with the hook's code and just passes it on.
+    blocked_exit: 75,
+    blocked: NOTHING,
+};
+
+/// `make simulate YEARS=…` with examples/Makefile; the failure and restore come as variables.
+const MAKE: Runner = Runner {
+    program: Some("make"),
+    invoke: |make, python, p, r, restore| {
+        let mut c = command(make, p.dir.path());
+        c.arg("--no-print-directory")
+            .arg("-f")
+            .arg(repo().join("examples/Makefile"))
+            .arg("-C")
+            .arg(p.dir.path())
+            .arg("simulate")
+            .arg(format!("YEARS={}", r.years.join(" ")))
+            .arg(format!("PYTHON={}", python.display()));
+        if let Some(y) = r.fail_in_year {
+            c.arg(format!("FAIL_IN_YEAR={y}"));
+        }
+        if restore {
+            c.arg("DUCKSAFE_ON_FAILURE=restore");
+        }
+        c
+    },
+    // One folder per target.
+    state: make_state,
+    succeeded: NOTHING,
+    // make turns every failed recipe into its own exit 2 and names the recipe's code. Restore
+    // asked by the configuration this time, not by the caller.
+    failed: Failed {
+        run: FAILS_IN_2026,
+        restore_asked_by_the_caller: false,
+        exit: 2,
+        shows: Shows {
+            stderr: &[("Error 1", "the workload's code")],
+            ..NOTHING
+        },
+    },
+    blocked_exit: 2,
+    blocked: Shows {
+        stderr: &[("Error 75", "the hook's code, through make")],
+        ..NOTHING
+    },
+};
+
+/// `python examples/orchestrator/run_simulation.py --years …`, which calls the hook through
+/// hooks/ducksafe_hook.py; the failure and restore come as options.
+const ORCHESTRATOR: Runner = Runner {
+    program: None,
+    invoke: |python, _, p, r, restore| {
+        let mut c = command(python, p.dir.path());
+        c.current_dir(p.dir.path())
+            .arg(repo().join("examples/orchestrator/run_simulation.py"))
+            .args([
+                "--config",
+                "config.yaml",
+                "--state-dir",
+                STATE_DIR,
+                "--years",
+            ])
+            .args(r.years);
+        if let Some(y) = r.fail_in_year {
+            c.args(["--fail-in-year", y]);
+        }
+        if restore {
+            c.args(["--on-failure", "restore"]);
+        }
+        c
+    },
+    state,
+    succeeded: Shows {
+        stdout: &[(
+            "simulation complete for 2 year(s)",
+            "the orchestrator's end",
+        )],
+        ..NOTHING
+    },
+    failed: Failed {
+        run: Run {
+            years: &["2025", "2026", "2027"],
+            fail_in_year: Some("2026"),
+        },
+        restore_asked_by_the_caller: true,
+        exit: 1,
+        shows: Shows {
+            stdout: &[("year 2026 failed with exit code 1", "the failed year")],
+            stdout_never: &[("year 2027", "the run stops at the failed year")],
+            ..NOTHING
+        },
+    },
+    blocked_exit: 75,
+    blocked: Shows {
+        stderr: &[(
+            "busy (database_locked)",
+            "DucksafeBusy was raised and caught",
+        )],
+        ..NOTHING
+    },
+};
+
+/// The caller's program and the Python with duckdb, or (said why) `None`.
+fn programs(r: &Runner) -> Option<(PathBuf, PathBuf)> {
+    let program = match r.program {
+        Some(name) => Some(tool(name)?),
+        None => None,
+    };
+    let python = python_with_duckdb()?;
+    Some((program.unwrap_or_else(|| python.clone()), python))
+}
+
+/// Two years that both succeed: a verified backup, and the run's changes kept.
+fn success_scenario(r: &Runner) {
+    let (program, python) = need!(programs(r));
+    let p = Project::new("");
+    let out = run(&mut (r.invoke)(&program, &python, &p, &SUCCEEDS, false));
+    succeeds(&p, &(r.state)(&p), &out);
+    r.succeeded.check(&out);
+}
+
+/// A run that dies after committing: rolled back, its WAL in quarantine, the failure's exit.
+fn failure_scenario(r: &Runner) {
+    let (program, python) = need!(programs(r));
+    let f = &r.failed;
+    let p = Project::new(if f.restore_asked_by_the_caller {
+        ""
+    } else {
+        "RESTORE_ON_FAILURE: true\n"
+    });
+    let restore = f.restore_asked_by_the_caller;
+    let out = run(&mut (r.invoke)(&program, &python, &p, &f.run, restore));
+    rolled_back(&p, &(r.state)(&p), &out, f.exit);
+    f.shows.check(&out);
+}
+
+/// A writer holds the database: the run never starts, and nothing is written.
+fn blocked_scenario(r: &Runner) {
+    let (program, python) = need!(programs(r));
+    let p = Project::new("");
+    let (out, before) = locked_run(&p, || {
+        run(&mut (r.invoke)(&program, &python, &p, &SUCCEEDS, true))
+    });
+    blocked(&p, &(r.state)(&p), &out, r.blocked_exit, &before);
+    r.blocked.check(&out);
 }
 
 #[test]
 fn just_success_leaves_a_verified_backup_and_the_runs_changes() {
-    let just = need!(tool("just"));
-    let python = need!(python_with_duckdb());
-    let p = Project::new("");
-    let r = SUCCEEDS;
-    let out = run(&mut just_cmd(&just, &python, &p, &r, false));
-    succeeds(&p, &state(&p), &out);
+    success_scenario(&JUST);
 }
 
 #[test]
 fn just_failed_run_is_rolled_back_and_its_wal_quarantined() {
-    let just = need!(tool("just"));
-    let python = need!(python_with_duckdb());
-    let p = Project::new("");
-    let r = FAILS_IN_2026;
-    let out = run(&mut just_cmd(&just, &python, &p, &r, true));
-    // just exits with the recipe's exit code: the workload's own.
-    rolled_back(&p, &state(&p), &out, 1);
-    assert!(text(&out.stderr).contains("recipe `simulate` failed"));
+    failure_scenario(&JUST);
 }
 
 #[test]
 fn just_is_stopped_before_the_run_while_a_writer_holds_the_database() {
-    let just = need!(tool("just"));
-    let python = need!(python_with_duckdb());
-    let p = Project::new("");
-    let r = SUCCEEDS;
-    let (out, before) = locked_run(&p, || run(&mut just_cmd(&just, &python, &p, &r, true)));
-    // The wrapper exits with the hook's code and just passes it on.
-    blocked(&p, &state(&p), &out, 75, &before);
-}
-
-fn make_cmd(make: &Path, python: &Path, p: &Project, r: &Run, restore: bool) -> Command {
-    let mut c = command(make, p.dir.path());
-    c.arg("--no-print-directory")
-        .arg("-f")
-        .arg(repo().join("examples/Makefile"))
-        .arg("-C")
-        .arg(p.dir.path())
-        .arg("simulate")
-        .arg(format!("YEARS={}", r.years.join(" ")))
-        .arg(format!("PYTHON={}", python.display()));
-    if let Some(y) = r.fail_in_year {
-        c.arg(format!("FAIL_IN_YEAR={y}"));
-    }
-    if restore {
-        c.arg("DUCKSAFE_ON_FAILURE=restore");
-    }
-    c
+    blocked_scenario(&JUST);
 }
 
 #[test]
 fn make_success_leaves_a_verified_backup_and_the_runs_changes() {
-    let make = need!(tool("make"));
-    let python = need!(python_with_duckdb());
-    let p = Project::new("");
-    let r = SUCCEEDS;
-    let out = run(&mut make_cmd(&make, &python, &p, &r, false));
-    succeeds(&p, &make_state(&p), &out);
+    success_scenario(&MAKE);
 }
 
 #[test]
 fn make_failed_run_is_rolled_back_and_its_wal_quarantined() {
-    let make = need!(tool("make"));
-    let python = need!(python_with_duckdb());
-    // Restore asked by the configuration this time, not by the caller.
-    let p = Project::new("RESTORE_ON_FAILURE: true\n");
-    let r = FAILS_IN_2026;
-    let out = run(&mut make_cmd(&make, &python, &p, &r, false));
-    // make turns every failed recipe into its own exit 2 and names the recipe's code.
-    rolled_back(&p, &make_state(&p), &out, 2);
-    assert!(text(&out.stderr).contains("Error 1"), "the workload's code");
+    failure_scenario(&MAKE);
 }
 
 #[test]
 fn make_is_stopped_before_the_run_while_a_writer_holds_the_database() {
-    let make = need!(tool("make"));
-    let python = need!(python_with_duckdb());
-    let p = Project::new("");
-    let r = SUCCEEDS;
-    let (out, before) = locked_run(&p, || run(&mut make_cmd(&make, &python, &p, &r, true)));
-    blocked(&p, &make_state(&p), &out, 2, &before);
-    assert!(
-        text(&out.stderr).contains("Error 75"),
-        "the hook's code, through make"
-    );
-}
-
-fn orchestrator_cmd(python: &Path, p: &Project, r: &Run, restore: bool) -> Command {
-    let mut c = command(python, p.dir.path());
-    c.current_dir(p.dir.path())
-        .arg(repo().join("examples/orchestrator/run_simulation.py"))
-        .args([
-            "--config",
-            "config.yaml",
-            "--state-dir",
-            STATE_DIR,
-            "--years",
-        ])
-        .args(r.years);
-    if let Some(y) = r.fail_in_year {
-        c.args(["--fail-in-year", y]);
-    }
-    if restore {
-        c.args(["--on-failure", "restore"]);
-    }
-    c
+    blocked_scenario(&MAKE);
 }
 
 #[test]
 fn orchestrator_success_leaves_a_verified_backup_and_the_runs_changes() {
-    let python = need!(python_with_duckdb());
-    let p = Project::new("");
-    let r = SUCCEEDS;
-    let out = run(&mut orchestrator_cmd(&python, &p, &r, false));
-    succeeds(&p, &state(&p), &out);
-    assert!(text(&out.stdout).contains("simulation complete for 2 year(s)"));
+    success_scenario(&ORCHESTRATOR);
 }
 
 #[test]
 fn orchestrator_failed_year_is_rolled_back_and_its_wal_quarantined() {
-    let python = need!(python_with_duckdb());
-    let p = Project::new("");
-    let r = Run {
-        years: &["2025", "2026", "2027"],
-        fail_in_year: Some("2026"),
-    };
-    let out = run(&mut orchestrator_cmd(&python, &p, &r, true));
-    rolled_back(&p, &state(&p), &out, 1);
-    let stdout = text(&out.stdout);
-    assert!(
-        stdout.contains("year 2026 failed with exit code 1"),
-        "{stdout}"
-    );
-    assert!(
-        !stdout.contains("year 2027"),
-        "the run stops at the failed year"
-    );
+    failure_scenario(&ORCHESTRATOR);
 }
 
 #[test]
 fn orchestrator_is_stopped_before_the_run_while_a_writer_holds_the_database() {
-    let python = need!(python_with_duckdb());
-    let p = Project::new("");
-    let r = SUCCEEDS;
-    let (out, before) = locked_run(&p, || run(&mut orchestrator_cmd(&python, &p, &r, true)));
-    blocked(&p, &state(&p), &out, 75, &before);
-    assert!(
-        text(&out.stderr).contains("busy (database_locked)"),
-        "DucksafeBusy was raised and caught"
-    );
+    blocked_scenario(&ORCHESTRATOR);
 }
 
 /// Two guarded targets at once under `make -j2`, each waiting for the other to have started:
