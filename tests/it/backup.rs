@@ -202,10 +202,7 @@ fn a_backup_killed_midway_leaves_no_file_under_a_backup_name_and_the_next_run_cl
         "publish.manifest",
         "publish.sidecar",
     ] {
-        let mut c = p.cmd(&["pre-run"]);
-        c.env("DUCKSAFE_FAILPOINT", point);
-        let code = c.output().unwrap().status.code();
-        assert_eq!(code, None, "{point}: the process was killed (abort)");
+        support::abort_at(p.cmd(&["pre-run"]), point);
         assert!(
             p.backup_files().is_empty(),
             "{point}: {:?}",
@@ -249,9 +246,7 @@ fn a_backup_killed_midway_leaves_no_file_under_a_backup_name_and_the_next_run_cl
 #[test]
 fn a_backup_killed_after_publication_still_leaves_a_verified_backup() {
     let p = Project::new("");
-    let mut c = p.cmd(&["pre-run"]);
-    c.env("DUCKSAFE_FAILPOINT", "publish.renamed");
-    assert_eq!(c.output().unwrap().status.code(), None);
+    support::abort_at(p.cmd(&["pre-run"]), "publish.renamed");
     assert_eq!(p.backup_files().len(), 1);
     let out = p.run(&["verify", "--all"]);
     assert!(
@@ -353,16 +348,20 @@ fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
     m
 }
 
-/// Every dry run (backup, restore, pre_run, post_run with a restore asked for) changes nothing:
-/// not the database, not its WAL, not one file of the backup directory, not even leftovers of
-/// an interrupted run.
+/// Every dry run (backup, restore, prune, delete, pre_run, post_run with a restore asked for)
+/// changes nothing: not the database, not its WAL, not one file of the backup directory, not
+/// even leftovers of an interrupted run. Each has something to do: a WAL to fold or to move
+/// aside, a backup beyond `BACKUP_KEEP_LAST` to rotate away (the real prune then deletes it).
 #[test]
 fn every_dry_run_changes_nothing() {
     let p = Project::new("BACKUP_KEEP_LAST: 2\n");
     let (r, code) = p.pre_run();
     assert_eq!(code, 0, "{r:?}");
     let id = r.backup.unwrap().id; // not `latest` after the next: `delete` would take it
-    p.pre_run(); // the next run's rotation would delete the oldest
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    // From now on one backup is one too many: a backup's rotation and prune would delete one.
+    p.write_config("DB_PATH: simulation.duckdb\nLOG_LEVEL: INFO\nBACKUP_MIN_FREE_BYTES: 0\nBACKUP_KEEP_LAST: 1\n");
     write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
     fs::write(
         p.backups().join(".ducksafe-tmp-backup-1-x.duckdb"),
@@ -406,6 +405,11 @@ fn every_dry_run_changes_nothing() {
         assert_eq!(code, 0, "{r:?}");
         assert_eq!(tree(p.dir.path()), before, "{req} changed files");
     }
+    // The dry runs had work to skip: the real prune deletes a backup.
+    let out = p.run(&["prune"]);
+    support::assert_ok(&out);
+    assert_eq!(p.backup_files().len(), 1, "{:?}", p.backup_dir_entries());
+    assert_ne!(tree(p.dir.path()), before);
 }
 
 #[test]

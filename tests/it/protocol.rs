@@ -231,6 +231,14 @@ fn a_panic_is_answered_with_internal_on_one_line() {
         );
         assert_eq!(code, 70, "{point}: {r:?}");
         assert_eq!(r.errors[0].code, ErrorCode::Internal, "{point}");
+        // The panic answered is the failpoint's, not one from elsewhere.
+        assert!(
+            r.errors[0]
+                .message
+                .contains(&format!("failpoint `{point}`: panicking")),
+            "{point}: {}",
+            r.errors[0].message
+        );
         assert_eq!(r.decision, Decision::Abort);
         assert!(
             p.backup_files().is_empty(),

@@ -12,7 +12,7 @@ use ducksafe::protocol::{Decision, Outcome, Response};
 
 use super::{
     command, is_running, job_command, python_with_duckdb, repo, run, saved, saved_response,
-    send_signal, signal_number, state, text, tool, Job, STATE_DIR,
+    send_signal, signal_number, state, text, Job, STATE_DIR,
 };
 
 /// A workload that commits a change (left in the WAL), writes its PID to a marker file and
@@ -123,10 +123,14 @@ fn ducksafe_run_prints_backslashes_as_they_are() {
 
 /// A shell builtin as the command (`exec`, `exit`) cannot replace or end the wrapper: the
 /// command runs as a program of its own, so post_run still runs and restores; a name the
-/// wrapper uses for a function of its own (`keep`) is still looked up as a program.
+/// wrapper uses for a function of its own (`keep`) is still looked up as a program. Programs of
+/// those three names (each runs its arguments) are first on PATH, and the command is `NAME
+/// work.sh`: each time the work itself ran (its change, its exit code 3) and post_run restored.
+/// (Without the programs, `env` finds none of that name: exit 127, the work never runs, and the
+/// restore would have nothing to prove.)
 #[test]
 fn ducksafe_run_keeps_its_promise_when_the_command_starts_with_a_builtin() {
-    let python = need!(tool("python3"));
+    let python = need!(python_with_duckdb());
     let p = Project::new("RESTORE_ON_FAILURE: true\n");
     let before = fingerprints(&p.db());
     let script = p.path("work.sh");
@@ -139,28 +143,37 @@ fn ducksafe_run_keeps_its_promise_when_the_command_starts_with_a_builtin() {
     )
     .unwrap();
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-    for builtin in ["exec", "exit"] {
-        let out = run(command(&repo().join("hooks/ducksafe-run"), p.dir.path())
-            .current_dir(p.dir.path())
-            .args([
-                "--config",
-                "config.yaml",
-                "--state-dir",
-                builtin,
-                "--",
-                builtin,
-            ])
-            .arg(&script));
-        let post = p.path(&format!("{builtin}/post_run.json"));
-        assert!(
-            post.exists(),
-            "{builtin}: post_run never ran: {}",
-            text(&out.stderr)
+    let bin = p.path("bin");
+    fs::create_dir(&bin).unwrap();
+    for name in ["exec", "exit", "keep"] {
+        fs::write(bin.join(name), "#!/bin/sh\nexec \"$@\"\n").unwrap();
+        fs::set_permissions(bin.join(name), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for name in ["exec", "exit", "keep"] {
+        let mut c = command(&repo().join("hooks/ducksafe-run"), p.dir.path());
+        c.current_dir(p.dir.path())
+            .args(["--config", "config.yaml", "--state-dir", name, "--", name])
+            .arg(&script);
+        let path = c
+            .get_envs()
+            .find(|(k, _)| *k == "PATH")
+            .and_then(|(_, v)| v.map(std::ffi::OsStr::to_owned))
+            .unwrap();
+        let path = std::iter::once(bin.clone()).chain(std::env::split_paths(&path));
+        c.env("PATH", std::env::join_paths(path).unwrap());
+        let out = run(&mut c);
+        let post = saved(&p.path(name), "post_run")
+            .unwrap_or_else(|| panic!("{name}: post_run never ran: {}", text(&out.stderr)));
+        assert_eq!(
+            post.run.and_then(|r| r.exit_code),
+            Some(3),
+            "{name}: not the work's own exit"
         );
+        assert_eq!(post.decision, Decision::Restored, "{name}");
         assert_eq!(
             fingerprints(&p.db()),
             before,
-            "{builtin}: the run was not restored"
+            "{name}: the run was not restored"
         );
     }
 }

@@ -214,13 +214,15 @@ with d.protected_run("config.yaml", on_failure="restore") as run:
 }
 
 /// A timeout is its own error (not "cannot run"), and a restore it cut short is completed by
-/// the next `ducksafe restore`, as the docs say.
+/// the next `ducksafe restore`, as the docs say. The timeout is the module's own
+/// (`subprocess.run`'s `TimeoutExpired`), counted from the moment ducksafe waits at
+/// `restore.intent` (its journal written): that moment is ducksafe's, whatever the load.
 #[test]
 fn python_timeout_is_a_hook_timeout_and_the_next_restore_completes_the_cut_one() {
     let python = need!(python_with_duckdb());
     let p = Project::new("");
     let script = r#"
-import json, os, sys
+import json, os, subprocess, sys, time
 sys.path.insert(0, sys.argv[1])
 import duckdb
 import ducksafe_hook as d
@@ -228,8 +230,29 @@ pre = d.pre_run("config.yaml")
 con = duckdb.connect("simulation.duckdb")
 con.execute("UPDATE employees SET current_compensation = current_compensation + 1")
 con.close()
-# ducksafe stops for good inside the restore, after its journal is written: the timeout fires.
-env = dict(os.environ, DUCKSAFE_FAILPOINT="restore.intent:sleep=600000")
+# ducksafe stops inside the restore, after its journal is written, until it is killed.
+go = os.path.abspath("go-restore")
+env = dict(os.environ, DUCKSAFE_FAILPOINT="restore.intent:wait=" + go)
+
+def run_timed_from_the_failpoint(argv, *, input, timeout, check, **kw):
+    # subprocess.run, its timeout counted from the moment ducksafe is at its failpoint.
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, **kw)
+    p.stdin.write(input)
+    p.stdin.close()
+    p.stdin = None
+    for _ in range(60000):  # the bound only stops a broken run from hanging the test
+        if os.path.exists(go + ".reached") or p.poll() is not None:
+            break
+        time.sleep(0.005)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        raise
+    return subprocess.CompletedProcess(argv, p.returncode, out, None)
+
+subprocess.run = run_timed_from_the_failpoint
 try:
     d.post_run(pre.backup_id, exit_code=1, on_failure="restore", config="config.yaml",
                env=env, timeout=2)
@@ -237,18 +260,27 @@ try:
 except d.HookTimeout as e:
     out = [type(e).__name__, e.exit_code, isinstance(e, d.HookUnavailable),
            isinstance(e, d.DucksafeError), e.response is None, "runbook" in str(e)]
-print(json.dumps({"timeout": out, "backup_id": pre.backup_id, "backup": pre.backup.path}))
+print(json.dumps({"timeout": out, "backup_id": pre.backup_id, "backup": pre.backup.path,
+                  "reached": os.path.exists(go + ".reached")}))
 "#;
     let v = python_json(&python, &p, script);
     assert_eq!(
         v["timeout"],
         serde_json::json!(["HookTimeout", 124, false, true, true, true])
     );
+    assert_eq!(v["reached"], true, "ducksafe was cut at `restore.intent`");
     let expected = fingerprints(Path::new(v["backup"].as_str().unwrap()));
     assert_ne!(
         fingerprints(&p.db()),
         expected,
         "the cut restore did not switch"
+    );
+    // Cut after its journal: an unfinished restore, which the next restore completes.
+    let listed = p.run(&["list"]);
+    assert!(
+        text(&listed.stdout).contains("UNFINISHED RESTORE"),
+        "{}",
+        text(&listed.stdout)
     );
     let out = p.run(&["restore", v["backup_id"].as_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));

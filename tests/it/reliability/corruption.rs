@@ -355,8 +355,15 @@ fn forged_manifest(
                 {
                     Ok(_) => Err("verify passed".into()),
                     Err(e) => {
-                        *by.entry(format!("{} (forged manifest)", detected_by(&e.to_string())))
-                            .or_default() += 1;
+                        // Size and SHA-256 match the forged manifest: what caught it must be
+                        // DuckDB's checksums, as a verification failure.
+                        let why = detected_by(&e.to_string());
+                        ensure(
+                            e.code() == ErrorCode::VerificationFailed
+                                && !matches!(why, "size" | "sha256"),
+                            || format!("refused as {:?} by {why}: {e}", e.code()),
+                        )?;
+                        *by.entry(format!("{why} (forged manifest)")).or_default() += 1;
                         Ok(())
                     }
                 },

@@ -240,10 +240,19 @@ fn symlinks_at_latest_and_lock(t: &mut Tally, p: &Project, victims: &Victims, mi
     *minute += 1;
     let m = *minute;
     t.case("the directory lock file is a symlink", || {
-        let (r, _) = pre_run_at(p, m);
+        let (r, code) = pre_run_at(p, m);
         victims
             .untouched()
             .map_err(|e| format!("{e} (the run answered {:?})", r.errors))?;
+        // Refused as what it is: the lock file cannot be opened (no-follow), named.
+        ensure(
+            code == 74
+                && r.errors.first().is_some_and(|e| {
+                    e.code == ErrorCode::IoError
+                        && e.message.contains(ducksafe::engine::lock::DIR_LOCK_NAME)
+                }),
+            || format!("exit {code}: {:?}", r.errors),
+        )?;
         every_backup_is_complete(&dir).map(|_| ())
     });
     let _ = fs::remove_file(&lock);

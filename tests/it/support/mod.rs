@@ -53,7 +53,12 @@ pub struct Project {
 impl Project {
     /// A small demo-shaped database (fast to create) and a config with `extra` lines appended.
     pub fn new(extra: &str) -> Project {
-        let dir = tempfile::tempdir().unwrap();
+        Project::new_in(&std::env::temp_dir(), extra)
+    }
+
+    /// Like [`Project::new`], in a temporary folder under `parent` (a filesystem of its own).
+    pub fn new_in(parent: &Path, extra: &str) -> Project {
+        let dir = tempfile::tempdir_in(parent).unwrap();
         ducksafe::demo::create_sized(&dir.path().join("simulation.duckdb"), 300, 1500).unwrap();
         let p = Project { dir };
         p.write_config(&format!(
@@ -165,6 +170,33 @@ pub fn assert_ok(out: &Output) {
         "exit {:?}: {}",
         out.status.code(),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `c` with `DUCKSAFE_FAILPOINT=<point>` and asserts that it died there: of SIGABRT, its
+/// last words naming the failpoint. Without this a failpoint moved or renamed in the code would
+/// turn the case into an ordinary run that the aftermath checks might still accept.
+#[track_caller]
+pub fn abort_at(mut c: Command, point: &str) -> Output {
+    let out = c.env("DUCKSAFE_FAILPOINT", point).output().unwrap();
+    assert_aborted_at(&out, point);
+    out
+}
+
+/// Asserts that a run died at the failpoint `point` (see [`abort_at`]).
+#[track_caller]
+pub fn assert_aborted_at(out: &Output, point: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(6),
+        "not aborted at `{point}` (exit {:?}): {stderr}",
+        out.status.code()
+    );
+    assert!(
+        stderr.contains(&format!("failpoint `{point}`: aborting")),
+        "the abort was not at `{point}`: {stderr}"
     );
 }
 
