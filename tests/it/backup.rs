@@ -61,7 +61,7 @@ fn pre_run_proceeds_with_a_verified_backup_and_rollback_instructions() {
     assert!(m.duckdb_version.starts_with('v'));
     let side = fs::read_to_string(p.backups().join(format!("{}.duckdb.sha256", b.id))).unwrap();
     assert_eq!(side, format!("{}  {}.duckdb\n", b.sha256, b.id));
-    let ok = std::process::Command::new("sha256sum")
+    let ok = support::command("sha256sum")
         .args(["-c", &format!("{}.duckdb.sha256", b.id)])
         .current_dir(p.backups())
         .output()

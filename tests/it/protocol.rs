@@ -311,7 +311,7 @@ fn the_rollback_command_runs_as_printed() {
     );
     support::write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(&rb.command[0])
+    let out = support::command(&rb.command[0])
         .args(&rb.command[1..])
         .current_dir(elsewhere.path())
         .output()
@@ -377,7 +377,7 @@ fn a_guarded_runs_lease_counts_only_while_its_process_lives() {
         rest.split_whitespace().nth(19).unwrap().parse().unwrap()
     };
     let gone = {
-        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let mut c = support::command("true").spawn().unwrap();
         let pid = c.id();
         c.wait().unwrap();
         pid

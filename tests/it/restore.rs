@@ -106,10 +106,7 @@ fn restore_latest_by_default_and_undo_puts_the_old_database_back() {
     let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(fingerprints(&p.db()), fingerprints(&backup_path));
     let undo = r.restore.unwrap().undo.join(" && ");
-    let st = std::process::Command::new("sh")
-        .args(["-c", &undo])
-        .status()
-        .unwrap();
+    let st = support::command("sh").args(["-c", &undo]).status().unwrap();
     assert!(st.success());
     assert_eq!(
         fingerprints(&p.db()),
@@ -567,7 +564,7 @@ fn run_sh(p: &Project, script: &str) -> std::process::Output {
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ducksafe"), bin_dir.join("ducksafe"))
             .unwrap();
     }
-    std::process::Command::new("sh")
+    support::command("sh")
         .arg("-c")
         .arg(script)
         .current_dir(p.dir.path())
@@ -688,7 +685,7 @@ struct Mount(PathBuf);
 
 impl Mount {
     fn run(args: &[&str], at: &Path) -> Result<(), String> {
-        let out = std::process::Command::new("mount")
+        let out = support::command("mount")
             .args(args)
             .arg(at)
             .output()
@@ -728,16 +725,13 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let ok = std::process::Command::new("umount")
+        let ok = support::command("umount")
             .arg(&self.0)
             .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
+            let _ = support::command("umount").arg("-l").arg(&self.0).status();
         }
     }
 }

@@ -96,7 +96,7 @@ fn python_with_duckdb() -> Option<PathBuf> {
         .map(|d| d.join("python3"))
         .filter(|p| is_executable(p))
         .find(|p| {
-            Command::new(p)
+            support::command(p)
                 .args(["-c", "import duckdb"])
                 .output()
                 .is_ok_and(|o| o.status.success())
@@ -109,7 +109,7 @@ fn python_with_duckdb() -> Option<PathBuf> {
 fn command(program: &Path, home: &Path) -> Command {
     let mut path = vec![ducksafe_bin().parent().unwrap().to_path_buf()];
     path.extend(search_path());
-    let mut c = Command::new(program);
+    let mut c = support::command(program);
     c.env_clear()
         .env("PATH", std::env::join_paths(path).unwrap())
         .env("HOME", home)
@@ -260,7 +260,7 @@ impl Job {
 /// `kill -s SIG -- TARGET`: a PID, or `-PGID` for a whole process group.
 fn send_signal(sig: &str, target: &str) {
     let kill = tool("kill").expect("kill");
-    let status = Command::new(kill)
+    let status = support::command(kill)
         .args(["-s", sig, "--", target])
         .status()
         .unwrap();

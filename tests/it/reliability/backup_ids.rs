@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use crate::support::cases::{ensure, scaled, Tally};
 use crate::support::runs::request;
@@ -102,7 +101,7 @@ fn backup_ids_are_never_reused() {
             "the database changed".into()
         })?;
         // The command form refuses the same way.
-        let out = Command::new(&rollback.command[0])
+        let out = support::command(&rollback.command[0])
             .args(&rollback.command[1..])
             .output()
             .map_err(|e| e.to_string())?;

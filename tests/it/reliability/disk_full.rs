@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::cases::{ensure, soak_factor, Tally};
@@ -27,7 +26,7 @@ pub(super) struct Tmpfs {
 impl Tmpfs {
     pub(super) fn mount(size: u64) -> Result<Tmpfs, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
+        let out = support::command("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755")])
             .arg("ducksafe-reliability")
             .arg(dir.path())
@@ -78,13 +77,13 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let done = Command::new("umount")
+        let done = support::command("umount")
             .arg(self.dir.path())
             .status()
             .is_ok_and(|s| s.success());
         if !done {
             // Still busy (a process being torn down): detach it now, the kernel frees it later.
-            let _ = Command::new("umount")
+            let _ = support::command("umount")
                 .arg("-l")
                 .arg(self.dir.path())
                 .status();

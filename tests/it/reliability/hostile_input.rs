@@ -5,12 +5,11 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::bin;
 use crate::support::cases::{ensure, scaled, silence_in_process_logs, Rng, Tally};
 use crate::support::runs::{jstr, one_line, request, start};
+use crate::support::{self, bin};
 
 use ducksafe::protocol::{Decision, ErrorCode, Response, Status, MAX_REQUEST_BYTES};
 use serde_json::json;
@@ -735,7 +734,7 @@ fn hostile_input_through_the_binary() {
     // must answer promptly with a configuration error, not block or read until memory runs out
     // (the run is capped at 1 GiB of address space, so a failure here cannot exhaust the host).
     let fifo = cwd.path().join("config.fifo");
-    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    let made = support::command("mkfifo").arg(&fifo).status().unwrap();
     assert!(made.success(), "mkfifo");
     for path in [fifo.as_path(), Path::new("/dev/zero")] {
         let r = endless_config_path(cwd.path(), path);
@@ -750,7 +749,7 @@ fn hostile_input_through_the_binary() {
 /// catches a hook that blocks reading forever (it answers in milliseconds), so a busy machine
 /// cannot fail it.
 fn endless_config_path(cwd: &Path, path: &Path) -> Result<(), String> {
-    let mut c = Command::new("sh");
+    let mut c = support::command("sh");
     c.args(["-c", "ulimit -v 1048576; exec \"$0\" hook"])
         .arg(env!("CARGO_BIN_EXE_ducksafe"))
         .current_dir(cwd);

@@ -191,7 +191,7 @@ fn every_failpoint_is_exercised() {
 /// report's rerun commands (`cargo test --test it -- --exact PATH`) run it.
 #[test]
 fn every_scenario_is_listed_under_its_test_path() {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
+    let out = support::command(std::env::current_exe().unwrap())
         .args(["--list", "--format", "terse"])
         .output()
         .unwrap();

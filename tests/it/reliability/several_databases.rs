@@ -358,7 +358,7 @@ fn rollback_carries_the_overrides(t: &mut Tally) {
                 let configured_before = sha256(&configured);
                 // The command, as printed, from another folder.
                 change_database(&run2, true, 3);
-                let mut cmd = Command::new(&rb.command[0]);
+                let mut cmd = support::command(&rb.command[0]);
                 cmd.args(&rb.command[1..]).current_dir(mach.path("run2"));
                 cmd.env_remove("DUCKSAFE_CONFIG")
                     .env_remove("DUCKSAFE_FAILPOINT");
@@ -740,7 +740,7 @@ fn restore_from_read_only_media(t: &mut Tally) {
                     fs::remove_file(bk.join(ducksafe::engine::lock::DIR_LOCK_NAME)).unwrap();
                 }
                 change_database(&p.db(), true, 9);
-                let st = Command::new("mount")
+                let st = support::command("mount")
                     .args(["-o", "remount,ro"])
                     .arg(fs_.path())
                     .status()

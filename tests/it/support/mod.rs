@@ -36,8 +36,56 @@ pub fn skip(case: &str, why: &str) {
     }
 }
 
+/// A command whose child inherits no file descriptor of this process but its stdio. Every child
+/// the tests start goes through here: DuckDB opens database files without `O_CLOEXEC`, and in
+/// this one test binary a child started by one test would otherwise keep open, for its whole
+/// life, a database another test had open in-process at that moment (its mount could then not
+/// be unmounted, a deleted file's space not be freed).
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(program);
+    // SAFETY: the closure runs in the child between fork and exec, after its stdio is set up,
+    // and makes one system call (close_range(2) marking fds from 3 on close-on-exec), which is
+    // async-signal-safe; std's own exec-error pipe is close-on-exec already.
+    #[allow(unsafe_code)]
+    unsafe {
+        c.pre_exec(|| {
+            if libc::close_range(
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC.cast_signed(),
+            ) == 0
+            {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    c
+}
+
+/// A database another test has open in-process (DuckDB: no `O_CLOEXEC`) is not open in a child
+/// started through [`command`].
+#[test]
+fn children_inherit_no_open_database() {
+    let p = Project::new("");
+    let d = Db::open_read_only(&p.db(), &Limits::default()).unwrap();
+    let out = command("ls")
+        .args(["-l", "/proc/self/fd/"])
+        .output()
+        .unwrap();
+    d.close().unwrap();
+    assert_ok(&out);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("/proc/") && !listed.contains("simulation.duckdb"),
+        "{listed}"
+    );
+}
+
 pub fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ducksafe"));
+    let mut c = command(env!("CARGO_BIN_EXE_ducksafe"));
     c.env_remove("DUCKSAFE_CONFIG")
         .env_remove("DUCKSAFE_FAILPOINT")
         .env_remove("DUCKSAFE_NOW")
@@ -303,7 +351,7 @@ pub fn hold_reader(db: &Path) -> Holder {
 }
 
 fn hold_as(db: &Path, mode: &str) -> Holder {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let mut child = command(std::env::current_exe().unwrap())
         .args([
             "--exact",
             "hold_database_child",
