@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the real programs that tests/integrations.rs drives, pinned:
+# Installs the real programs that tests/it/integrations/ drives, pinned:
 #   - dbt-core, dbt-duckdb, duckdb (= the DuckDB ducksafe bundles) and rust-just (the `just`
 #     binary) into a virtual environment at ${DUCKSAFE_TOOLS:-$HOME/.cache/ducksafe-tools},
 #     from .ci/integrations-requirements.txt (every package pinned);
@@ -43,3 +43,8 @@ import importlib.metadata as m
 print("setup-integrations: " + ", ".join(f"{p} {m.version(p)}" for p in ("dbt-core", "dbt-duckdb", "duckdb", "rust-just")))
 EOF
 say "$("$tools/bin/just" --version), $(make --version | head -n 1)"
+
+# Installed is not working: a venv whose `import duckdb` (or dbt's) fails stops CI here, with
+# Python's own error, rather than as integration tests that cannot find a working tool.
+"$tools/bin/python" -c 'import duckdb, yaml, dbt.cli.main; duckdb.connect().execute("SELECT 1").fetchone()'
+say "python imports duckdb, yaml and dbt"

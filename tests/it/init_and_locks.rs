@@ -1,15 +1,12 @@
-#![allow(clippy::unwrap_used)]
 //! `ducksafe init`, and the two locks a backup holds: one ducksafe per backup directory, and
 //! no writer on the database while it is copied.
-
-mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{bin, Project};
+use crate::support::{self, bin, Project};
 use ducksafe::duck::{Db, DuckError, Limits};
 use ducksafe::protocol::{ErrorCode, Response};
 
@@ -19,7 +16,7 @@ fn init_writes_the_quick_start_layout_once() {
     fs::write(dir.path().join(".gitignore"), "target/").unwrap();
     for _ in 0..2 {
         let out = bin().current_dir(dir.path()).arg("init").output().unwrap();
-        common::assert_ok(&out);
+        support::assert_ok(&out);
     }
     let gi = fs::read_to_string(dir.path().join(".gitignore")).unwrap();
     assert_eq!(gi, "target/\nbackups/\n", "added once, on its own line");
@@ -44,7 +41,7 @@ fn init_demo(dir: &std::path::Path) {
         .args(["init", "--demo"])
         .output()
         .unwrap();
-    common::assert_ok(&out);
+    support::assert_ok(&out);
 }
 
 #[test]
@@ -65,9 +62,9 @@ fn init_demo_creates_a_simulation_shaped_database_and_never_overwrites_one() {
         counts.contains(&("fct_yearly_events".into(), 42_331)),
         "{counts:?}"
     );
-    let before = common::sha256(&db);
+    let before = support::sha256(&db);
     init_demo(dir.path());
-    assert_eq!(common::sha256(&db), before);
+    assert_eq!(support::sha256(&db), before);
     // And the demo is ready for the hook as written.
     let out = bin()
         .current_dir(dir.path())
@@ -168,7 +165,7 @@ fn prune_pin_and_restore_wait_for_a_running_backup() {
     assert_eq!(code, 0, "{r:?}");
     let id = r.backup.unwrap().id;
     let manifest = p.backups().join(format!("{id}.manifest.json"));
-    let before = (fs::read(&manifest).unwrap(), common::sha256(&p.db()));
+    let before = (fs::read(&manifest).unwrap(), support::sha256(&p.db()));
     let child = paused_backup(&p, "snapshot.copied");
     for args in [vec!["prune"], vec!["pin", &id], vec!["restore", &id]] {
         let out = p.run(&args);
@@ -180,7 +177,7 @@ fn prune_pin_and_restore_wait_for_a_running_backup() {
         );
     }
     assert_eq!(
-        (fs::read(&manifest).unwrap(), common::sha256(&p.db())),
+        (fs::read(&manifest).unwrap(), support::sha256(&p.db())),
         before
     );
     let r = child.finish();

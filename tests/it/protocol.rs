@@ -1,9 +1,6 @@
-#![allow(clippy::unwrap_used)]
 //! Hook protocol v1 on bad input: one JSON line and the documented code, every time.
 
-mod common;
-
-use common::{bin, one_response, pipe, Project};
+use crate::support::{self, bin, one_response, pipe, Project};
 use ducksafe::protocol::{Decision, ErrorCode, Status};
 
 fn hook_raw(input: &[u8]) -> ducksafe::protocol::Response {
@@ -261,6 +258,14 @@ fn a_panic_is_answered_with_internal_on_one_line() {
         );
         assert_eq!(code, 70, "{point}: {r:?}");
         assert_eq!(r.errors[0].code, ErrorCode::Internal, "{point}");
+        // The panic answered is the failpoint's, not one from elsewhere.
+        assert!(
+            r.errors[0]
+                .message
+                .contains(&format!("failpoint `{point}`: panicking")),
+            "{point}: {}",
+            r.errors[0].message
+        );
         assert_eq!(r.decision, Decision::Abort);
         assert!(
             p.backup_files().is_empty(),
@@ -282,7 +287,7 @@ fn on_failure_in_the_request_overrides_the_configuration() {
         let p = Project::new(&format!("RESTORE_ON_FAILURE: {configured}\n"));
         let (pre, _) = p.pre_run();
         let id = pre.backup.unwrap().id;
-        common::write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
+        support::write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
         let extra = if asked.is_empty() {
             String::new()
         } else {
@@ -331,14 +336,14 @@ fn the_rollback_command_runs_as_printed() {
         std::path::Path::new(&rb.command[0]),
         std::path::Path::new(env!("CARGO_BIN_EXE_ducksafe"))
     );
-    common::write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
+    support::write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(&rb.command[0])
+    let out = support::command(&rb.command[0])
         .args(&rb.command[1..])
         .current_dir(elsewhere.path())
         .output()
         .unwrap();
-    common::assert_ok(&out);
+    support::assert_ok(&out);
     assert!(!p.path("simulation.duckdb.wal").exists());
 }
 
@@ -409,7 +414,7 @@ fn a_guarded_runs_lease_counts_only_while_its_process_lives() {
         rest.split_whitespace().nth(19).unwrap().parse().unwrap()
     };
     let gone = {
-        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let mut c = support::command("true").spawn().unwrap();
         let pid = c.id();
         c.wait().unwrap();
         pid

@@ -1,20 +1,11 @@
-#![allow(clippy::unwrap_used)]
 //! The pre-run hook and `ducksafe backup`, end to end: the real binary on real DuckDB files.
-
-mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use common::{fingerprints, hold, sha256, write_into_wal, Project};
+use crate::support::{self, fingerprints, hold, sha256, write_into_wal, Project};
 use ducksafe::engine::manifest::Manifest;
 use ducksafe::protocol::{Decision, ErrorCode, Status};
-
-#[test]
-#[ignore = "helper process for the lock tests, started by common::hold"]
-fn hold_database_child() {
-    common::hold_database_child();
-}
 
 #[test]
 fn pre_run_proceeds_with_a_verified_backup_and_rollback_instructions() {
@@ -70,7 +61,7 @@ fn pre_run_proceeds_with_a_verified_backup_and_rollback_instructions() {
     assert!(m.duckdb_version.starts_with('v'));
     let side = fs::read_to_string(p.backups().join(format!("{}.duckdb.sha256", b.id))).unwrap();
     assert_eq!(side, format!("{}  {}.duckdb\n", b.sha256, b.id));
-    let ok = std::process::Command::new("sha256sum")
+    let ok = support::command("sha256sum")
         .args(["-c", &format!("{}.duckdb.sha256", b.id)])
         .current_dir(p.backups())
         .output()
@@ -211,10 +202,7 @@ fn a_backup_killed_midway_leaves_no_file_under_a_backup_name_and_the_next_run_cl
         "publish.manifest",
         "publish.sidecar",
     ] {
-        let mut c = p.cmd(&["pre-run"]);
-        c.env("DUCKSAFE_FAILPOINT", point);
-        let code = c.output().unwrap().status.code();
-        assert_eq!(code, None, "{point}: the process was killed (abort)");
+        support::abort_at(p.cmd(&["pre-run"]), point);
         assert!(
             p.backup_files().is_empty(),
             "{point}: {:?}",
@@ -258,9 +246,7 @@ fn a_backup_killed_midway_leaves_no_file_under_a_backup_name_and_the_next_run_cl
 #[test]
 fn a_backup_killed_after_publication_still_leaves_a_verified_backup() {
     let p = Project::new("");
-    let mut c = p.cmd(&["pre-run"]);
-    c.env("DUCKSAFE_FAILPOINT", "publish.renamed");
-    assert_eq!(c.output().unwrap().status.code(), None);
+    support::abort_at(p.cmd(&["pre-run"]), "publish.renamed");
     assert_eq!(p.backup_files().len(), 1);
     let out = p.run(&["verify", "--all"]);
     assert!(
@@ -362,16 +348,20 @@ fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
     m
 }
 
-/// Every dry run (backup, restore, pre_run, post_run with a restore asked for) changes nothing:
-/// not the database, not its WAL, not one file of the backup directory, not even leftovers of
-/// an interrupted run.
+/// Every dry run (backup, restore, prune, delete, pre_run, post_run with a restore asked for)
+/// changes nothing: not the database, not its WAL, not one file of the backup directory, not
+/// even leftovers of an interrupted run. Each has something to do: a WAL to fold or to move
+/// aside, a backup beyond `BACKUP_KEEP_LAST` to rotate away (the real prune then deletes it).
 #[test]
 fn every_dry_run_changes_nothing() {
     let p = Project::new("BACKUP_KEEP_LAST: 2\n");
     let (r, code) = p.pre_run();
     assert_eq!(code, 0, "{r:?}");
     let id = r.backup.unwrap().id; // not `latest` after the next: `delete` would take it
-    p.pre_run(); // the next run's rotation would delete the oldest
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    // From now on one backup is one too many: a backup's rotation and prune would delete one.
+    p.write_config("DB_PATH: simulation.duckdb\nLOG_LEVEL: INFO\nBACKUP_MIN_FREE_BYTES: 0\nBACKUP_KEEP_LAST: 1\n");
     write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
     fs::write(
         p.backups().join(".ducksafe-tmp-backup-1-x.duckdb"),
@@ -415,6 +405,11 @@ fn every_dry_run_changes_nothing() {
         assert_eq!(code, 0, "{r:?}");
         assert_eq!(tree(p.dir.path()), before, "{req} changed files");
     }
+    // The dry runs had work to skip: the real prune deletes a backup.
+    let out = p.run(&["prune"]);
+    support::assert_ok(&out);
+    assert_eq!(p.backup_files().len(), 1, "{:?}", p.backup_dir_entries());
+    assert_ne!(tree(p.dir.path()), before);
 }
 
 #[test]
@@ -527,8 +522,8 @@ fn a_regular_file_named_latest_is_left_alone() {
     let expected = fingerprints(std::path::Path::new(&newest.path));
     write_into_wal(&p.db(), "DELETE FROM employees;");
     let out = p.run(&["restore"]);
-    common::assert_ok(&out);
-    common::assert_restored(&p, &expected);
+    support::assert_ok(&out);
+    support::assert_restored(&p, &expected);
 }
 
 /// A reader alone (a notebook, a read-only DuckDB shell) lets a backup in but not a restore:
@@ -540,7 +535,7 @@ fn a_reader_lets_a_backup_in_and_keeps_a_restore_out() {
     assert_eq!(code, 0, "{r:?}");
     let id = r.backup.unwrap().id;
     let before = sha256(&p.db());
-    let reader = common::hold_reader(&p.db());
+    let reader = support::hold_reader(&p.db());
     let (r, code) = p.pre_run();
     assert_eq!(code, 0, "a backup beside a reader: {r:?}");
     let out = p.run(&["restore", &id]);
@@ -555,7 +550,7 @@ fn a_reader_lets_a_backup_in_and_keeps_a_restore_out() {
     assert_eq!(sha256(&p.db()), before, "the database changed");
     drop(reader);
     let out = p.run(&["restore", &id]);
-    common::assert_ok(&out);
+    support::assert_ok(&out);
 }
 
 /// Quarantine folders hold the databases restores replaced: private (0700, files 0600 as they
@@ -567,12 +562,12 @@ fn quarantine_folders_are_private_and_outlive_rotation_and_prune() {
     let id = r.backup.unwrap().id;
     write_into_wal(&p.db(), "CREATE TABLE the_run AS SELECT 1 AS x;");
     let out = p.run(&["restore", &id]);
-    common::assert_ok(&out);
+    support::assert_ok(&out);
     let q = p.backups().join("quarantine");
-    let folders = common::dir_names(&q);
+    let folders = support::dir_names(&q);
     assert_eq!(folders.len(), 1, "{folders:?}");
     let folder = q.join(&folders[0]);
-    let before: Vec<(String, String)> = common::dir_names(&folder)
+    let before: Vec<(String, String)> = support::dir_names(&folder)
         .into_iter()
         .map(|n| (n.clone(), sha256(&folder.join(&n))))
         .collect();
@@ -590,7 +585,7 @@ fn quarantine_folders_are_private_and_outlive_rotation_and_prune() {
     }
     let out = p.run(&["prune"]);
     assert!(out.status.success());
-    let after: Vec<(String, String)> = common::dir_names(&folder)
+    let after: Vec<(String, String)> = support::dir_names(&folder)
         .into_iter()
         .map(|n| (n.clone(), sha256(&folder.join(&n))))
         .collect();
@@ -601,13 +596,13 @@ fn quarantine_folders_are_private_and_outlive_rotation_and_prune() {
 #[test]
 fn init_writes_a_private_config() {
     let dir = tempfile::tempdir().unwrap();
-    let out = common::bin()
+    let out = support::bin()
         .current_dir(dir.path())
         .args(["init", "--dir"])
         .arg(dir.path())
         .output()
         .unwrap();
-    common::assert_ok(&out);
+    support::assert_ok(&out);
     let mode = fs::metadata(dir.path().join("config.yaml"))
         .unwrap()
         .permissions()

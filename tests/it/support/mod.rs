@@ -1,7 +1,9 @@
-#![allow(clippy::unwrap_used)]
 //! Shared test support: a temporary project with a real DuckDB database and a config, the real
-//! binary, and a second process that holds the database open for writing.
-#![allow(dead_code)]
+//! binary, a second process that holds the database open, and the one way to skip a case.
+//! `cases` and `runs` are the reliability suite's harness (counted cases, kills at failpoints).
+
+pub mod cases;
+pub mod runs;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -34,8 +36,56 @@ pub fn skip(case: &str, why: &str) {
     }
 }
 
+/// A command whose child inherits no file descriptor of this process but its stdio. Every child
+/// the tests start goes through here: DuckDB opens database files without `O_CLOEXEC`, and in
+/// this one test binary a child started by one test would otherwise keep open, for its whole
+/// life, a database another test had open in-process at that moment (its mount could then not
+/// be unmounted, a deleted file's space not be freed).
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(program);
+    // SAFETY: the closure runs in the child between fork and exec, after its stdio is set up,
+    // and makes one system call (close_range(2) marking fds from 3 on close-on-exec), which is
+    // async-signal-safe; std's own exec-error pipe is close-on-exec already.
+    #[allow(unsafe_code)]
+    unsafe {
+        c.pre_exec(|| {
+            if libc::close_range(
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC.cast_signed(),
+            ) == 0
+            {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    c
+}
+
+/// A database another test has open in-process (DuckDB: no `O_CLOEXEC`) is not open in a child
+/// started through [`command`].
+#[test]
+fn children_inherit_no_open_database() {
+    let p = Project::new("");
+    let d = Db::open_read_only(&p.db(), &Limits::default()).unwrap();
+    let out = command("ls")
+        .args(["-l", "/proc/self/fd/"])
+        .output()
+        .unwrap();
+    d.close().unwrap();
+    assert_ok(&out);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("/proc/") && !listed.contains("simulation.duckdb"),
+        "{listed}"
+    );
+}
+
 pub fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ducksafe"));
+    let mut c = command(env!("CARGO_BIN_EXE_ducksafe"));
     c.env_remove("DUCKSAFE_CONFIG")
         .env_remove("DUCKSAFE_FAILPOINT")
         .env_remove("DUCKSAFE_NOW")
@@ -51,7 +101,12 @@ pub struct Project {
 impl Project {
     /// A small demo-shaped database (fast to create) and a config with `extra` lines appended.
     pub fn new(extra: &str) -> Project {
-        let dir = tempfile::tempdir().unwrap();
+        Project::new_in(&std::env::temp_dir(), extra)
+    }
+
+    /// Like [`Project::new`], in a temporary folder under `parent` (a filesystem of its own).
+    pub fn new_in(parent: &Path, extra: &str) -> Project {
+        let dir = tempfile::tempdir_in(parent).unwrap();
         ducksafe::demo::create_sized(&dir.path().join("simulation.duckdb"), 300, 1500).unwrap();
         let p = Project { dir };
         p.write_config(&format!(
@@ -166,6 +221,33 @@ pub fn assert_ok(out: &Output) {
     );
 }
 
+/// Runs `c` with `DUCKSAFE_FAILPOINT=<point>` and asserts that it died there: of SIGABRT, its
+/// last words naming the failpoint. Without this a failpoint moved or renamed in the code would
+/// turn the case into an ordinary run that the aftermath checks might still accept.
+#[track_caller]
+pub fn abort_at(mut c: Command, point: &str) -> Output {
+    let out = c.env("DUCKSAFE_FAILPOINT", point).output().unwrap();
+    assert_aborted_at(&out, point);
+    out
+}
+
+/// Asserts that a run died at the failpoint `point` (see [`abort_at`]).
+#[track_caller]
+pub fn assert_aborted_at(out: &Output, point: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(6),
+        "not aborted at `{point}` (exit {:?}): {stderr}",
+        out.status.code()
+    );
+    assert!(
+        stderr.contains(&format!("failpoint `{point}`: aborting")),
+        "the abort was not at `{point}`: {stderr}"
+    );
+}
+
 /// Asserts that stdout is exactly one JSON line and parses it as a protocol response.
 pub fn one_response(out: &Output) -> Response {
     let stdout = String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8");
@@ -257,8 +339,7 @@ pub const HOLD_ENV: &str = "DUCKSAFE_TEST_HOLD_DB";
 pub const HOLD_MODE_ENV: &str = "DUCKSAFE_TEST_HOLD_MODE";
 
 /// Starts a process that opens `db` read-write (a real DuckDB writer) and waits for "HOLDING".
-/// The test binary must contain a `#[test] #[ignore] fn hold_database_child()` that calls
-/// [`hold_database_child`].
+/// The binary's one ignored test, `hold_database_child` (tests/it/main.rs), is that process.
 pub fn hold(db: &Path) -> Holder {
     hold_as(db, "read_write")
 }
@@ -270,7 +351,7 @@ pub fn hold_reader(db: &Path) -> Holder {
 }
 
 fn hold_as(db: &Path, mode: &str) -> Holder {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let mut child = command(std::env::current_exe().unwrap())
         .args([
             "--exact",
             "hold_database_child",

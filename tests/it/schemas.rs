@@ -1,4 +1,4 @@
-#![allow(clippy::unwrap_used, clippy::case_sensitive_file_extension_comparisons)]
+#![allow(clippy::case_sensitive_file_extension_comparisons)]
 //! The committed schemas equal the generated ones, and every shipped example validates.
 
 use std::path::Path;
@@ -19,13 +19,13 @@ fn committed_schemas_equal_the_generated_ones() {
         }
         let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
-                "{}: {e}; run `DUCKSAFE_BLESS=1 cargo test --test schemas`",
+                "{}: {e}; run `DUCKSAFE_BLESS=1 cargo test --test it schemas::`",
                 path.display()
             )
         });
         assert_eq!(
             committed, generated,
-            "{} drifted from the Rust types; run `DUCKSAFE_BLESS=1 cargo test --test schemas` and commit",
+            "{} drifted from the Rust types; run `DUCKSAFE_BLESS=1 cargo test --test it schemas::` and commit",
             path.display()
         );
     }

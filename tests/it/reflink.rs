@@ -1,14 +1,10 @@
-#![allow(clippy::unwrap_used)]
 //! On a filesystem with reflinks (a loop-mounted XFS image), a backup is a clone of the
 //! database: still verified end to end, and still independent of the database once the
 //! database changes. Needs root (mount); CI runs as root, elsewhere it skips and says why.
 
-mod common;
-
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{bin, fingerprints, sha256};
+use crate::support::{self, bin, fingerprints, sha256};
 use ducksafe::duck::{Db, Limits};
 use ducksafe::engine::manifest::Manifest;
 use ducksafe::files::CopyMethod;
@@ -20,7 +16,14 @@ struct Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
+        let done = support::command("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !done {
+            // Still busy: detach it now; the kernel frees it (and its loop device) later.
+            let _ = support::command("umount").arg("-l").arg(&self.dir).status();
+        }
     }
 }
 
@@ -29,13 +32,13 @@ impl Drop for Mounted {
 fn mount_xfs() -> Option<Mounted> {
     let why = if ducksafe::files::euid() != 0 {
         Some("mounting a loop device needs root (CI runs as root)")
-    } else if Command::new("mkfs.xfs").arg("-V").output().is_err() {
+    } else if support::command("mkfs.xfs").arg("-V").output().is_err() {
         Some("`mkfs.xfs` not found (Debian package xfsprogs; .ci/run installs it)")
     } else {
         None
     };
     if let Some(why) = why {
-        common::skip("the XFS reflink test", why);
+        support::skip("the XFS reflink test", why);
         return None;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -46,13 +49,13 @@ fn mount_xfs() -> Option<Mounted> {
         .unwrap()
         .set_len(512 << 20)
         .unwrap();
-    let ok = Command::new("mkfs.xfs")
+    let ok = support::command("mkfs.xfs")
         .args(["-q", "-m", "reflink=1"])
         .arg(&img)
         .status()
         .unwrap();
     assert!(ok.success(), "mkfs.xfs");
-    let ok = Command::new("mount")
+    let ok = support::command("mount")
         .args(["-o", "loop"])
         .arg(&img)
         .arg(&dir)
@@ -63,7 +66,7 @@ fn mount_xfs() -> Option<Mounted> {
 }
 
 fn shared_extents(path: &Path) -> bool {
-    let out = Command::new("filefrag")
+    let out = support::command("filefrag")
         .arg("-v")
         .arg(path)
         .output()
@@ -86,7 +89,7 @@ fn a_reflinked_backup_is_verified_and_independent_of_the_source() {
         .args(["--config", "config.yaml", "backup", "--json"])
         .output()
         .unwrap();
-    common::assert_ok(&out);
+    support::assert_ok(&out);
     let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
     let b = r.backup.unwrap();
     let backup = PathBuf::from(&b.path);
