@@ -29,3 +29,4 @@ pub mod output;
 pub mod protocol;
 pub mod rollback;
 pub mod schemas;
+pub mod workload;

@@ -15,6 +15,7 @@
 //! Invariant: no module here imports one that imports it back (a test reads the `use` lines).
 
 pub mod backup;
+pub mod blockstore;
 pub mod database;
 pub mod folders;
 pub mod identity;
