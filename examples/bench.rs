@@ -26,6 +26,9 @@ use std::time::Instant;
 
 use ducksafe::duck::{Db, Limits};
 
+#[path = "support/storage.rs"]
+mod storage;
+
 #[derive(Clone, Copy)]
 struct Size {
     name: &'static str,
@@ -67,6 +70,7 @@ fn main() {
             println!("{}", hash_speeds());
             return;
         }
+        Some(mode) if mode.starts_with("--storage-") => return storage::child(&args),
         Some("--generate") => {
             let scale: u32 = args[3].parse().unwrap();
             ducksafe::demo::create_sized(Path::new(&args[2]), 9_016 * scale, 42_331 * scale)
@@ -80,9 +84,27 @@ fn main() {
     let mut dir = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| PathBuf::from("target"), PathBuf::from)
         .join("bench");
+    let mut storage_scales: Option<Vec<storage::Scale>> = None;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
+            // The storage benchmark instead: `--storage` (400MB), `--storage 400MB,1GB`.
+            "--storage" => {
+                let wanted = args
+                    .get(i + 1)
+                    .filter(|a| !a.starts_with("--"))
+                    .map_or("400MB", String::as_str)
+                    .to_owned();
+                if args.get(i + 1).is_some_and(|a| !a.starts_with("--")) {
+                    i += 1;
+                }
+                storage_scales = Some(
+                    storage::SCALES
+                        .into_iter()
+                        .filter(|s| wanted.split(',').any(|w| w.eq_ignore_ascii_case(s.name)))
+                        .collect(),
+                );
+            }
             "--sizes" => {
                 let wanted: Vec<&str> = args[i + 1].split(',').collect();
                 sizes.retain(|s| wanted.iter().any(|w| w.eq_ignore_ascii_case(s.name)));
@@ -115,6 +137,13 @@ fn main() {
         .unwrap();
     print!("{}", String::from_utf8_lossy(&speeds.stdout));
     println!();
+    if let Some(scales) = storage_scales {
+        let report = storage::bench(&dir.join("storage"), &scales, reps_override.unwrap_or(5));
+        let path = dir.join("storage-report.json");
+        fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
+        println!("saved {}", path.display());
+        return;
+    }
     let mut report = Vec::new();
     for size in sizes {
         let reps = reps_override.unwrap_or(size.reps);

@@ -462,5 +462,7 @@ fn manifest_for(
         request_id: request_id.map(str::to_owned),
         pinned: false,
         ducksafe_version: env!("CARGO_PKG_VERSION").to_owned(),
+        storage: super::manifest::Storage::Plain,
+        blocks: None,
     }
 }

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::blockstore::BlockMap;
 use crate::duck::Fingerprint;
 use crate::error::{Error, Result};
 use crate::files;
@@ -115,6 +116,33 @@ pub struct Manifest {
     #[serde(default)]
     pub pinned: bool,
     pub ducksafe_version: String,
+    /// How the backup is kept: `plain` (its `.duckdb` file) or `packed` (no file: rebuilt from
+    /// the packs and the plain backups, see [`crate::engine::blockstore`]). Absent means plain.
+    #[serde(default, skip_serializing_if = "Storage::is_plain")]
+    pub storage: Storage,
+    /// The backup's chunks, computed from the copy's own read, when the database can be kept in
+    /// the block store (`BACKUP_STORAGE: incremental`, DuckDB's default block size, not
+    /// encrypted). A packed backup always has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<BlockMap>,
+}
+
+/// How a backup is kept on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    /// Its own `.duckdb` file, a byte-exact copy (`cp` puts it back).
+    #[default]
+    Plain,
+    /// No file of its own: its blocks are in packs and in plain backups; `ducksafe restore`
+    /// rebuilds it.
+    Packed,
+}
+
+impl Storage {
+    pub fn is_plain(&self) -> bool {
+        *self == Storage::Plain
+    }
 }
 
 impl Manifest {
@@ -181,6 +209,7 @@ mod tests {
         }"#;
         let m: Manifest = serde_json::from_str(earlier).unwrap();
         assert_eq!(m.source.copy_method, None);
+        assert_eq!((m.storage, m.blocks.as_ref()), (Storage::Plain, None));
         assert_eq!(m.tables[0].rows, Some(9016));
         // Written back, it stays without the field rather than inventing a method.
         let dir = tempfile::tempdir().unwrap();
@@ -188,6 +217,10 @@ mod tests {
         m.write(&path).unwrap();
         let written = std::fs::read_to_string(&path).unwrap();
         assert!(!written.contains("copy_method"), "{written}");
+        assert!(
+            !written.contains("\"storage\"") && !written.contains("\"blocks\""),
+            "{written}"
+        );
         assert!(written.ends_with("}\n"));
         assert_eq!(Manifest::read(&path).unwrap(), m);
     }

@@ -19,6 +19,7 @@ pub mod blockstore;
 pub mod database;
 pub mod folders;
 pub mod identity;
+pub mod incremental;
 pub mod integrity;
 pub mod journal;
 pub mod lease;

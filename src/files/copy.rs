@@ -465,7 +465,7 @@ fn kernel_copy(src: &File, dst: &File, offset: u64, len: usize) -> io::Result<us
 
 /// Asks the kernel to start writing a range back to disk, without waiting (a hint: errors are
 /// reported by the `fsync` that follows).
-fn start_writeback(f: &File, offset: u64, len: u64) {
+pub fn start_writeback(f: &File, offset: u64, len: u64) {
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return;
     };

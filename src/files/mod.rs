@@ -28,8 +28,8 @@ use std::path::Path;
 
 mod copy;
 pub use copy::{
-    copy_verified, copy_verified_inspecting, hash_file, hash_file_inspecting, Copied, CopyMethod,
-    VerifiedCopy,
+    copy_verified, copy_verified_inspecting, hash_file, hash_file_inspecting, start_writeback,
+    Copied, CopyMethod, VerifiedCopy,
 };
 
 /// Size of the buffer used for streaming copies and hashes. Large enough to amortize syscalls,

@@ -241,6 +241,30 @@ impl Pack {
     }
 }
 
+/// Compresses chunks into frames on up to `threads` threads, in order.
+pub fn compress(chunks: &[Vec<u8>], threads: usize) -> io::Result<Vec<Vec<u8>>> {
+    let per = chunks.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = chunks
+            .chunks(per)
+            .map(|part| {
+                scope.spawn(move || -> io::Result<Vec<Vec<u8>>> {
+                    let mut c = zstd::bulk::Compressor::new(LEVEL)?;
+                    part.iter().map(|raw| c.compress(raw)).collect()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(chunks.len());
+        for p in parts {
+            out.extend(
+                p.join()
+                    .map_err(|_| io::Error::other("a compressing thread panicked"))??,
+            );
+        }
+        Ok(out)
+    })
+}
+
 /// A pack being written under a temporary name in the packs folder.
 pub struct PackWriter {
     dir: PathBuf,
@@ -296,6 +320,12 @@ impl PackWriter {
     pub fn add(&mut self, hash: Hash, raw: &[u8]) -> io::Result<()> {
         let frame = self.compressor.compress(raw)?;
         self.append(hash, &frame, raw.len())
+    }
+
+    /// Appends a chunk compressed elsewhere (with [`compress`]) from `raw` bytes whose hash is
+    /// `hash`.
+    pub fn add_compressed(&mut self, hash: Hash, frame: &[u8], raw: usize) -> io::Result<()> {
+        self.append(hash, frame, raw)
     }
 
     /// Appends a frame as it is stored in another pack (repacking: the frame was checked by

@@ -17,10 +17,13 @@ use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
 
 use super::blockmap::{self, BlockMap, Hash};
-use super::pack::{PackWriter, Published};
+use super::pack::{self, PackWriter, Published};
 use super::rebuild::{self, Failure, Plain, Rebuilt, Sources};
 use super::{Index, Packs};
 use crate::files;
+
+/// Chunks read and compressed together (64 × 256 KiB = 16 MiB).
+const BATCH: usize = 64;
 
 /// What [`secure`] packed.
 #[derive(Debug, Clone, Default)]
@@ -61,31 +64,42 @@ pub fn secure(
         opened.push(files::open_read_nofollow(p.path).map_err(|e| io(p.path, e))?);
     }
     let mut writer = PackWriter::create(packs.dir()).map_err(|e| io(packs.dir(), e))?;
-    let mut buf = Vec::new();
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let mut out = Secured::default();
-    for (i, h) in wanted {
-        let Some((k, at)) = leaving_at
-            .iter()
-            .enumerate()
-            .find_map(|(k, pos)| pos.get(&h).map(|&at| (k, at)))
-        else {
-            return Err(Failure::Missing { index: i, hash: h });
-        };
-        let (start, len) = leaving[k].map.range(at);
-        buf.resize(usize::try_from(len).unwrap_or(0), 0);
-        opened[k]
-            .read_exact_at(&mut buf, start)
-            .map_err(|e| io(leaving[k].path, e))?;
-        if blockmap::hash(&buf) != h {
-            return Err(Failure::Damaged(format!(
-                "`{}` changed after it was backed up: its bytes {start} to {} no longer have the hash its manifest records",
-                leaving[k].path.display(),
-                start + len - 1
-            )));
+    // Read (and checked) one batch at a time, compressed on every core, appended in order:
+    // memory stays at one batch whatever the number of chunks.
+    for batch in wanted.chunks(BATCH) {
+        let mut raws = Vec::with_capacity(batch.len());
+        for &(i, h) in batch {
+            let Some((k, at)) = leaving_at
+                .iter()
+                .enumerate()
+                .find_map(|(k, pos)| pos.get(&h).map(|&at| (k, at)))
+            else {
+                return Err(Failure::Missing { index: i, hash: h });
+            };
+            let (start, len) = leaving[k].map.range(at);
+            let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+            opened[k]
+                .read_exact_at(&mut buf, start)
+                .map_err(|e| io(leaving[k].path, e))?;
+            if blockmap::hash(&buf) != h {
+                return Err(Failure::Damaged(format!(
+                    "`{}` changed after it was backed up: its bytes {start} to {} no longer have the hash its manifest records",
+                    leaving[k].path.display(),
+                    start + len - 1
+                )));
+            }
+            raws.push(buf);
         }
-        writer.add(h, &buf).map_err(|e| io(packs.dir(), e))?;
-        out.chunks += 1;
-        out.raw_bytes += len;
+        let frames = pack::compress(&raws, threads).map_err(|e| io(packs.dir(), e))?;
+        for ((&(_, h), raw), frame) in batch.iter().zip(&raws).zip(&frames) {
+            writer
+                .add_compressed(h, frame, raw.len())
+                .map_err(|e| io(packs.dir(), e))?;
+            out.chunks += 1;
+            out.raw_bytes += raw.len() as u64;
+        }
     }
     out.pack = Some(writer.finish().map_err(|e| io(packs.dir(), e))?);
     Ok(out)
@@ -129,7 +143,8 @@ pub fn convert(
     crate::failpoint::hit("convert.packed");
     let index = packs.index().map_err(|e| io(packs.dir(), e))?;
     let sources = Sources::new(&index, staying)?;
-    let proof = rebuild::rebuild(old.map, &sources, false, &mut |_| Ok(()))?;
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let proof = rebuild::check(old.map, &sources, threads)?;
     if proof.bytes != old.map.bytes {
         return Err(Failure::Damaged(format!(
             "the rebuild gave {} bytes where the backup has {}",
