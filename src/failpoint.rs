@@ -9,7 +9,8 @@
 //! costs one environment lookup. Aborting is no capability a caller lacks: anyone who can set
 //! the environment can also kill the process.
 
-/// Every failpoint in the order a backup reaches them, then a restore's.
+/// Every failpoint in the order a backup reaches them (with `BACKUP_STORAGE: incremental`, the
+/// block store's among them), then a restore's.
 pub const ALL: &[&str] = &[
     "backup.locked",
     "snapshot.copying",
@@ -21,7 +22,16 @@ pub const ALL: &[&str] = &[
     "publish.sidecar",
     "publish.renamed",
     "backup.latest",
+    "pack.synced",
+    "pack.published",
+    "convert.packed",
+    "convert.proven",
+    "convert.manifest",
+    "convert.removed",
     "rotation.deleting",
+    "secure.packed",
+    "gc.repacked",
+    "gc.deleting",
     "rotation.done",
     "restore.staged",
     "restore.intent",

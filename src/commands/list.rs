@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use super::{Access, Global};
 use crate::engine::journal::{self, Pending};
-use crate::engine::store::Store;
 use crate::error::Error;
 use crate::files;
 use crate::output::{self, size, Failure, Report};
@@ -27,6 +26,13 @@ struct Row {
     /// The newest backup verified by a full scan of every table: rotation never deletes it.
     newest_fully_verified: bool,
     wal_folded: bool,
+    /// `plain` (its own `.duckdb` file) or `packed` (in the block store; `ducksafe restore`
+    /// rebuilds it).
+    storage: &'static str,
+    /// Bytes on disk held for this backup alone (about what deleting it frees).
+    own_bytes: u64,
+    /// Bytes on disk this backup shares with other backups (blocks in common).
+    shared_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -150,17 +156,19 @@ fn list(g: &Global) -> Result<ListReport, Failure> {
         .iter()
         .find(|b| b.manifest.verification.fully_verified())
         .map(|b| b.id.clone());
+    let usage = store.usage(&inv);
     let rows: Vec<Row> = inv
         .backups
         .iter()
-        .map(|b| Row {
+        .zip(&usage)
+        .map(|(b, u)| Row {
             id: b.id.clone(),
             created_at: b
                 .manifest
                 .created_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             age_seconds: (now - b.manifest.created_at).num_seconds(),
-            bytes: b.file_bytes.unwrap_or(0),
+            bytes: b.file_bytes.unwrap_or(u.own),
             tables: b.manifest.tables.len(),
             rows: b.manifest.total_rows(),
             verified: !b.manifest.verification.checks.is_empty(),
@@ -169,12 +177,19 @@ fn list(g: &Global) -> Result<ListReport, Failure> {
             latest: latest.as_deref() == Some(b.id.as_str()),
             newest_fully_verified: proven.as_deref() == Some(b.id.as_str()),
             wal_folded: b.manifest.source.wal_folded,
+            storage: if b.manifest.storage.is_plain() {
+                "plain"
+            } else {
+                "packed"
+            },
+            own_bytes: u.own,
+            shared_bytes: u.shared,
         })
         .collect();
     Ok(ListReport::Listing(Listing {
         backup_dir: settings.backup_dir.display().to_string(),
         unfinished_restores: pending,
-        total_bytes: Store::used_bytes(&inv),
+        total_bytes: store.real_bytes(&inv),
         available_bytes: files::fs_space(store.dir()).map_or(0, |s| s.available_bytes),
         unmanaged: inv
             .unmanaged
@@ -214,6 +229,9 @@ fn table(out: &mut dyn Write, listing: &Listing) -> io::Result<()> {
             if r.wal_folded {
                 flags.push("wal-folded");
             }
+            if r.storage == "packed" {
+                flags.push("packed");
+            }
             writeln!(
                 out,
                 "{:<36} {:<20} {:>8} {:>10} {:>6} {:>10}  {:<9} {}",
@@ -240,6 +258,12 @@ fn table(out: &mut dyn Write, listing: &Listing) -> io::Result<()> {
         listing.backup_dir,
         size(listing.available_bytes)
     )?;
+    if listing.backups.iter().any(|r| r.storage == "packed") {
+        writeln!(
+            out,
+            "a packed backup's SIZE is the bytes held for it alone; the rest of it is shared with the others (`--json`: own_bytes, shared_bytes); `ducksafe restore ID` rebuilds it"
+        )?;
+    }
     for u in &listing.unmanaged {
         writeln!(
             out,

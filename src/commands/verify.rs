@@ -10,7 +10,6 @@ use serde::Serialize;
 use super::{Access, Global};
 use crate::cli::VerifyArgs;
 use crate::config::VerifyLevel;
-use crate::engine::verify;
 use crate::error::Error;
 use crate::output::{self, Report};
 use crate::protocol::ErrorEntry;
@@ -73,24 +72,21 @@ pub fn run(g: &Global, a: &VerifyArgs) -> i32 {
         let opened = super::open_store(&settings, Access::Read)?;
         let store = &opened.store;
         let limits = crate::engine::database::limits(&settings);
-        // The whole inventory only for --all; one backup is resolved on its own.
-        let inv = if a.all {
-            Some(store.inventory()?)
-        } else {
-            None
-        };
+        // The whole inventory for --all; one backup is resolved on its own (a packed one is
+        // rebuilt from the others, so the inventory is read for it too).
+        let everything = store.inventory()?;
+        let inv = if a.all { Some(&everything) } else { None };
         let entries = match &inv {
             Some(inv) => inv.backups.clone(),
             None => vec![store.resolve(a.id.as_deref().unwrap_or("latest"))?],
         };
         let mut checked = Vec::new();
         for e in &entries {
-            let path = store.backup_path(&e.id);
-            match verify::stored(&path, &e.manifest, VerifyLevel::Full, &limits) {
-                Ok(o) => checked.push(Checked {
+            match store.verify_stored(&everything, e, VerifyLevel::Full, &limits) {
+                Ok(checks) => checked.push(Checked {
                     id: e.id.clone(),
                     ok: true,
-                    checks: o.checks,
+                    checks,
                     error: None,
                 }),
                 // Rotated away by a concurrent backup while we were verifying: not a failure.
@@ -115,6 +111,13 @@ pub fn run(g: &Global, a: &VerifyArgs) -> i32 {
                 problems.push(Problem {
                     file: format!("{id}.manifest.json"),
                     problem: "manifest without its backup file (orphaned)".into(),
+                });
+            }
+            // The block store itself: every pack whole, every chunk a packed backup lists held.
+            for p in store.check_packs(inv)?.problems {
+                problems.push(Problem {
+                    file: crate::engine::blockstore::PACKS_DIR.to_owned(),
+                    problem: p,
                 });
             }
         }

@@ -55,6 +55,12 @@ pub struct Config {
     #[serde(rename = "BACKUP_MIN_FREE_BYTES", default = "default_min_free")]
     pub backup_min_free_bytes: u64,
 
+    /// How backups are kept: `full` (each a plain copy), `incremental` (the newest a plain
+    /// copy, older ones as the DuckDB blocks they do not share with newer ones) or
+    /// `independent` (like `incremental`, but older ones never rely on the newest file).
+    #[serde(rename = "BACKUP_STORAGE", default)]
+    pub backup_storage: BackupStorage,
+
     /// How much a new backup is checked before it is published: `quick`, `standard` or `full`
     /// (see docs/configuration.md).
     #[serde(rename = "VERIFY_LEVEL", default)]
@@ -136,6 +142,37 @@ impl LogLevel {
     }
 }
 
+/// How backups are kept on disk (see docs/configuration.md, `BACKUP_STORAGE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupStorage {
+    /// Every backup a plain, byte-exact copy of the database.
+    #[default]
+    Full,
+    /// The newest backup a plain copy; each older one kept as the DuckDB blocks that no newer
+    /// backup holds, compressed into packs, and rebuilt (every block and the whole file's
+    /// SHA-256 checked) when it is restored.
+    Incremental,
+    /// As `incremental`, but every block of an older backup is in the packs: none relies on
+    /// the newest file. Costs about one compressed database more.
+    Independent,
+}
+
+impl BackupStorage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupStorage::Full => "full",
+            BackupStorage::Incremental => "incremental",
+            BackupStorage::Independent => "independent",
+        }
+    }
+
+    /// Whether backups go into the block store.
+    pub fn blocks(self) -> bool {
+        self != BackupStorage::Full
+    }
+}
+
 /// How much a fresh backup is checked before it is published.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema, Default,
@@ -164,7 +201,7 @@ impl VerifyLevel {
 }
 
 /// Every key, in the order the documentation lists them.
-pub const KEYS: [&str; 12] = [
+pub const KEYS: [&str; 13] = [
     "DB_PATH",
     "LOG_LEVEL",
     "BACKUP_DIR",
@@ -172,6 +209,7 @@ pub const KEYS: [&str; 12] = [
     "BACKUP_RETENTION_DAYS",
     "BACKUP_MAX_TOTAL_BYTES",
     "BACKUP_MIN_FREE_BYTES",
+    "BACKUP_STORAGE",
     "VERIFY_LEVEL",
     "RESTORE_ON_FAILURE",
     "QUARANTINE_DIR",
@@ -204,6 +242,7 @@ pub(super) fn expected_hint(key: &str) -> Option<String> {
             "BACKUP_RETENTION_DAYS" => "a whole number of days, at least 1, or leave it out",
             "BACKUP_MAX_TOTAL_BYTES" => "a whole number of bytes, e.g. 1073741824 for 1 GiB",
             "BACKUP_MIN_FREE_BYTES" => "a whole number of bytes, e.g. 104857600 for 100 MiB",
+            "BACKUP_STORAGE" => "one of full, incremental, independent",
             "VERIFY_LEVEL" => "one of quick, standard, full",
             "RESTORE_ON_FAILURE" => "true or false",
             "DUCKDB_MEMORY_LIMIT" => "a size such as `512MB` or `2GB`",

@@ -20,7 +20,7 @@ pub mod suggest;
 mod validate;
 
 pub use env::{lookup, ENV_CONFIG, ENV_PREFIX};
-pub use keys::{schema, value_text, Config, LogLevel, VerifyLevel, KEYS};
+pub use keys::{schema, value_text, BackupStorage, Config, LogLevel, VerifyLevel, KEYS};
 pub use load::{load, normalize, parse_text, Settings};
 pub use redact::{looks_secret, redact_text};
 pub use source::{locate, Asked, Source};

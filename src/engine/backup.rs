@@ -34,7 +34,7 @@ use super::manifest::{Manifest, SourceInfo, Verification};
 use super::retention::{self, Candidate};
 use super::store::{self, Inventory, Store};
 use super::{identity, journal, lease, shell, snapshot, space, verify};
-use crate::config::{Settings, VerifyLevel};
+use crate::config::{BackupStorage, Settings, VerifyLevel};
 use crate::duck::{self, DuckError};
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -134,12 +134,29 @@ fn prepare(
     if let (Some(s), true) = (&store, guards_a_run) {
         lease::check(s.dir())?;
     }
-    let cleaned = match &store {
+    let mut cleaned = match &store {
         Some(s) if !dry_run => s.clean_leftovers(true)?,
         _ => Vec::new(),
     };
     let recovered = journal::recover(settings, dry_run)?.notes;
     let inv = match &store {
+        Some(s) if !dry_run => {
+            // What an interrupted conversion or collection left (see `incremental`).
+            let inv = s.inventory()?;
+            let swept = s.sweep_packed(&inv)?;
+            let inv = if swept.is_empty() {
+                inv
+            } else {
+                cleaned.extend(swept);
+                s.inventory()?
+            };
+            if let Err(e) = s.collect_packs(&inv) {
+                warnings.push(format!(
+                    "packs no backup needs were not deleted ({e}); the next backup tries again"
+                ));
+            }
+            inv
+        }
         Some(s) => s.inventory()?,
         None => Inventory::default(),
     };
@@ -295,6 +312,13 @@ pub fn run(
         manifest: manifest.clone(),
         file_bytes: Some(snap.bytes),
     });
+    // The block store: the previous backup becomes its blocks the new one lacks. A backup
+    // that cannot be converted stays a full copy, with a warning: never a failed run.
+    if settings.config.backup_storage.blocks() {
+        let independent = settings.config.backup_storage == BackupStorage::Independent;
+        warnings.extend(store.convert_older(&mut inv, &id, independent));
+        phase("older backups converted");
+    }
     let plan = retention::plan(
         &store.candidates(&inv, Some(&id))?,
         now,
@@ -313,7 +337,12 @@ pub fn run(
         space: SpaceReport {
             available_bytes: space.available,
             required_bytes: space.required,
-            backups_bytes: Store::used_bytes(&inv).saturating_sub(deleted),
+            backups_bytes: if store.packs().names().is_ok_and(|n| !n.is_empty()) {
+                // Plain files and packs, as they are on disk after the rotation.
+                store.inventory().map_or(0, |i| store.real_bytes(&i))
+            } else {
+                Store::used_bytes(&inv).saturating_sub(deleted)
+            },
         },
         warnings,
         cleaned,
@@ -391,14 +420,22 @@ fn copy_and_verify(
                 })
             })
         });
-        let taken = snapshot::take(source, wals, temp_path, limits, |temp, folded| {
-            let copy_level = if source_scan.is_some() && !folded {
-                VerifyLevel::Quick
-            } else {
-                level
-            };
-            verify::fresh(temp, folded, &settings.db_path, copy_level, limits)
-        });
+        let want_blocks = settings.config.backup_storage.blocks();
+        let taken = snapshot::take(
+            source,
+            wals,
+            temp_path,
+            limits,
+            want_blocks,
+            |temp, folded| {
+                let copy_level = if source_scan.is_some() && !folded {
+                    VerifyLevel::Quick
+                } else {
+                    level
+                };
+                verify::fresh(temp, folded, &settings.db_path, copy_level, limits)
+            },
+        );
         let scanned = source_scan.map(|h| {
             h.join()
                 .map_err(|_| Error::Internal("the scanning thread panicked".into()))
@@ -463,6 +500,6 @@ fn manifest_for(
         pinned: false,
         ducksafe_version: env!("CARGO_PKG_VERSION").to_owned(),
         storage: super::manifest::Storage::Plain,
-        blocks: None,
+        blocks: snap.blocks.clone(),
     }
 }

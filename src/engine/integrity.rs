@@ -456,6 +456,11 @@ impl Checker {
         }
     }
 
+    /// The block size of the layout being checked.
+    pub fn block_size(&self) -> u64 {
+        self.layout.block_size
+    }
+
     /// Feeds the next bytes of the file.
     pub fn feed(&mut self, mut bytes: &[u8]) {
         if self.damage.is_some() {

@@ -33,7 +33,7 @@ use chrono::{DateTime, Utc};
 
 use super::journal::{self, Intent};
 use super::lock::{DatabaseLock, DirLock};
-use super::manifest::Manifest;
+use super::manifest::{Manifest, Storage};
 use super::staging::{self, Staged};
 use super::store::{Entry, Store};
 use super::{database, identity, lease, quarantine, shell, verify};
@@ -170,7 +170,7 @@ fn restore(
     }
     let plan = plan(settings, &store, &entry, now);
     let limits = database::limits(settings);
-    let outcome = apply(&plan, &entry, &limits, dry_run, &mut notes)?;
+    let outcome = apply(&plan, &store, &entry, &limits, dry_run, &mut notes)?;
     Ok((entry.manifest, outcome, notes))
 }
 
@@ -227,6 +227,7 @@ pub fn plan(settings: &Settings, store: &Store, entry: &Entry, now: DateTime<Utc
 /// tightened to `0700` is said in `notes`.
 fn apply(
     plan: &Plan,
+    store: &Store,
     entry: &Entry,
     limits: &Limits,
     dry_run: bool,
@@ -238,7 +239,12 @@ fn apply(
         why,
     };
     // 2. Cheap refusals first: a backup whose size is not the manifest's is not copied at all.
-    verify::check_size(&plan.backup, &entry.manifest).map_err(&bad_backup)?;
+    //    A packed backup has no file: it is rebuilt from the block store, every block and the
+    //    whole file's SHA-256 checked.
+    let packed = entry.manifest.storage == Storage::Packed;
+    if !packed {
+        verify::check_size(&plan.backup, &entry.manifest).map_err(&bad_backup)?;
+    }
 
     // 3. Nobody may have the database open.
     let _db_lock = DatabaseLock::acquire_if_present(&plan.database)?;
@@ -250,7 +256,7 @@ fn apply(
         unchanged,
         finished_journal: None,
     };
-    if already_the_backup(plan, entry) {
+    if already_the_backup(plan, entry, packed) {
         // Nothing to put back: say so rather than replace the file by an identical copy.
         return Ok(outcome(Vec::new(), &["size", "sha256"], true));
     }
@@ -265,6 +271,11 @@ fn apply(
         })?;
         verify::compare_tables(&entry.manifest.tables, &opened.tables).map_err(&bad_backup)
     };
+    if dry_run && packed {
+        // Rebuilt as a stream, written nowhere; DuckDB cannot open a stream.
+        store.check_rebuild(&store.inventory()?, entry)?;
+        return Ok(outcome(Vec::new(), &["size", "sha256", "blocks"], false));
+    }
     if dry_run {
         let hashed = files::hash_file(&plan.backup)
             .map_err(|e| bad_backup(format!("cannot read it: {e}")))?;
@@ -276,12 +287,19 @@ fn apply(
         opens(&plan.backup, "it")?;
         return Ok(outcome(Vec::new(), &checks, false));
     }
-    let staged = Staged::create(
-        &plan.backup,
-        &plan.staged,
-        entry.manifest.bytes,
-        &entry.manifest.sha256,
-    )?;
+    let staged = if packed {
+        let inv = store.inventory()?;
+        Staged::fill(&plan.staged, |out| {
+            store.rebuild_into(&inv, entry, out, &plan.staged).map(drop)
+        })?
+    } else {
+        Staged::create(
+            &plan.backup,
+            &plan.staged,
+            entry.manifest.bytes,
+            &entry.manifest.sha256,
+        )?
+    };
     opens(&plan.staged, "the copy")?;
     failpoint::hit("restore.staged");
 
@@ -340,7 +358,7 @@ fn apply(
 /// backup's are the manifest's (SHA-256; read only when the sizes match). A damaged backup is
 /// never "already there": the normal path then refuses it. The caller holds the database's
 /// exclusive lock.
-fn already_the_backup(plan: &Plan, entry: &Entry) -> bool {
+fn already_the_backup(plan: &Plan, entry: &Entry, packed: bool) -> bool {
     let is_backup = |p: &Path| {
         files::hash_file(p).is_ok_and(|h| files::hex(&h.sha256) == entry.manifest.sha256)
     };
@@ -352,7 +370,8 @@ fn already_the_backup(plan: &Plan, entry: &Entry) -> bool {
     // Both files read at once, on both cores: no slower than staging a copy would be.
     candidate
         && std::thread::scope(|s| {
-            let backup = s.spawn(|| is_backup(&plan.backup));
+            // A packed backup has no file to read: the manifest's SHA-256 is its content.
+            let backup = s.spawn(|| packed || is_backup(&plan.backup));
             is_backup(&plan.database) && backup.join().unwrap_or(false)
         })
 }

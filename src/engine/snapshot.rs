@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use std::os::unix::fs::FileExt;
 
+use super::blockstore::blockmap::{self, BlockMap, Chunker};
 use super::integrity::{self, Checker, Readable};
 use super::lock::SourceLock;
 use crate::duck::{self, Db, DuckError, Limits};
@@ -74,6 +75,9 @@ pub struct Snapshot {
     /// Headers and blocks whose DuckDB checksum was checked during the copy (`None`: the
     /// database is encrypted, so they could not be).
     pub blocks_checked: Option<u64>,
+    /// The backup's block map, from the same read as its SHA-256, when one was asked for and
+    /// the database can go into the block store.
+    pub blocks: Option<BlockMap>,
     pub warnings: Vec<String>,
 }
 
@@ -95,11 +99,16 @@ pub fn present_wals(db: &Path) -> Vec<(PathBuf, u64)> {
 /// copy is fsynced and read back (the bytes it reads are the page cache's, the ones `fsync`
 /// writes), so DuckDB's scan overlaps the I/O; after a WAL fold it runs on the folded file.
 /// Nothing is trusted until both the content check and the durable read-back have passed.
+///
+/// With `want_blocks` (`BACKUP_STORAGE` other than `full`), the backup's block map is computed
+/// from the same read: the copy's own for a byte-exact copy, the folded file's read-back after
+/// a WAL fold. A database the block store does not take gets none, and a warning.
 pub fn take<V>(
     source: &SourceLock,
     wals: &[(PathBuf, u64)],
     temp_path: PathBuf,
     limits: &Limits,
+    want_blocks: bool,
     verify: impl FnOnce(&Path, bool) -> Result<V>,
 ) -> Result<(Snapshot, V)> {
     let src_path = &source.path;
@@ -120,6 +129,11 @@ pub fn take<V>(
     let mut warnings = Vec::new();
     let refuse = |d: integrity::Damage| damaged(&d, src_path, limits);
     let mut checker = checker_for(source, expected, limits, &mut warnings)?;
+    let mut chunker = if want_blocks && !wal_folded {
+        chunker_for(checker.as_ref(), &mut warnings)
+    } else {
+        None
+    };
     // Copy, fsync and read back in one pass (see `files::copy_verified`); for a byte-exact
     // copy, the content check runs meanwhile.
     let temp_path = temp.path().to_path_buf();
@@ -128,6 +142,9 @@ pub fn take<V>(
     let mut first_piece = true;
     let mut inspect = |piece: &[u8]| {
         if let Some(c) = checker.as_mut() {
+            c.feed(piece);
+        }
+        if let Some(c) = chunker.as_mut() {
             c.feed(piece);
         }
         if std::mem::take(&mut first_piece) {
@@ -148,6 +165,7 @@ pub fn take<V>(
     };
     crate::failpoint::hit("snapshot.copied");
 
+    let mut blocks = chunker.map(Chunker::finish);
     let (bytes, sha256) = if wal_folded {
         fold_wal(wals, src_path, temp.path(), limits)?;
         crate::failpoint::hit("snapshot.folded");
@@ -157,7 +175,8 @@ pub fn take<V>(
         // checksums of every block the folded file uses in the same read. A WAL can point at
         // blocks the source's header does not count or lists as free (rows DuckDB wrote
         // straight to the file before the crash): damage there shows up only here.
-        let (back, folded) = hash_and_check(temp.path())?;
+        let (back, folded, map) = hash_and_check(temp.path(), want_blocks, &mut warnings)?;
+        blocks = map;
         if let Err(d) = folded {
             return Err(Error::DatabaseDamaged {
                 path: src_path.clone(),
@@ -188,6 +207,7 @@ pub fn take<V>(
         wal_folded,
         copy_method: copied.method,
         blocks_checked,
+        blocks,
         warnings,
     };
     Ok((snap, verified))
@@ -256,9 +276,36 @@ pub fn check_source(source: &SourceLock, limits: &Limits) -> Result<Vec<String>>
     Ok(warnings)
 }
 
-/// Reads a file once: its length and SHA-256, and DuckDB's checksum of every header and block
-/// it uses (`Ok(None)` when it is encrypted and cannot be checked).
-fn hash_and_check(path: &Path) -> Result<(files::Copied, Result<Option<u64>, integrity::Damage>)> {
+/// The block map's chunker for a database whose blocks `checker` checks, when the block store
+/// takes it; else a warning that says why the backups stay full copies.
+fn chunker_for(checker: Option<&Checker>, warnings: &mut Vec<String>) -> Option<Chunker> {
+    let why = match checker {
+        None => "the database is encrypted".to_owned(),
+        Some(c) if c.block_size() != blockmap::SUPPORTED_BLOCK_SIZE => format!(
+            "its block size is {} bytes, not DuckDB's default {}",
+            c.block_size(),
+            blockmap::SUPPORTED_BLOCK_SIZE
+        ),
+        Some(c) => return Some(Chunker::new(c.block_size())),
+    };
+    warnings.push(format!(
+        "this backup stays a full copy, as will the older ones (BACKUP_STORAGE asks for the block store): {why}"
+    ));
+    None
+}
+
+/// The result of [`hash_and_check`]: the file's length and SHA-256, DuckDB's verdict on its
+/// blocks, and its block map when asked for.
+type Checked = (
+    files::Copied,
+    Result<Option<u64>, integrity::Damage>,
+    Option<BlockMap>,
+);
+
+/// Reads a file once: its length and SHA-256, DuckDB's checksum of every header and block it
+/// uses (`Ok(None)` when it is encrypted and cannot be checked), and, with `want_blocks`, its
+/// block map.
+fn hash_and_check(path: &Path, want_blocks: bool, warnings: &mut Vec<String>) -> Result<Checked> {
     let file = files::open_read_nofollow(path).map_err(|e| Error::io("read back", path, e))?;
     let len = file
         .metadata()
@@ -271,11 +318,19 @@ fn hash_and_check(path: &Path) -> Result<(files::Copied, Result<Option<u64>, int
         Ok(Readable::Encrypted) => None,
         Err(d) => {
             let back = files::hash_file(path).map_err(|e| Error::io("read back", path, e))?;
-            return Ok((back, Err(d)));
+            return Ok((back, Err(d), None));
         }
+    };
+    let mut chunker = if want_blocks {
+        chunker_for(checker.as_ref(), warnings)
+    } else {
+        None
     };
     let back = files::hash_file_inspecting(path, &mut |piece| {
         if let Some(c) = checker.as_mut() {
+            c.feed(piece);
+        }
+        if let Some(c) = chunker.as_mut() {
             c.feed(piece);
         }
     })
@@ -284,7 +339,7 @@ fn hash_and_check(path: &Path) -> Result<(files::Copied, Result<Option<u64>, int
         Some(c) => c.finish().map(Some),
         None => Ok(None),
     };
-    Ok((back, verdict))
+    Ok((back, verdict, chunker.map(Chunker::finish)))
 }
 
 /// The damage in words, with the tables whose data sits in a damaged block (DuckDB reads which

@@ -97,6 +97,39 @@ impl<'a> Staged<'a> {
         Ok(guard)
     }
 
+    /// Creates `staged` and lets `fill` write it (a packed backup rebuilt from the block store,
+    /// fsynced, its read-back SHA-256 compared with the manifest's by `fill`), under the same
+    /// lock and cleanup as a copy.
+    pub fn fill(
+        staged: &'a Path,
+        fill: impl FnOnce(&fs::File) -> Result<()>,
+    ) -> Result<Staged<'a>> {
+        let to = files::create_private(staged)
+            .map_err(|e| Error::io("stage the restore at", staged, e))?;
+        let lock = to
+            .try_clone()
+            .map_err(|e| Error::io("stage the restore at", staged, e))?;
+        let guard = Staged {
+            path: staged,
+            keep: std::cell::Cell::new(false),
+            lock,
+        };
+        files::try_lock(&guard.lock, files::LockKind::Read).map_err(|e| {
+            Error::io(
+                "lock the staged copy",
+                staged,
+                match e {
+                    files::LockError::Io(e) => e,
+                    files::LockError::Conflict { .. } => {
+                        std::io::Error::other("another process locked it")
+                    }
+                },
+            )
+        })?;
+        fill(&to)?;
+        Ok(guard)
+    }
+
     /// The copy is handed to the journal: no longer removed on drop.
     pub fn keep(&self) {
         self.keep.set(true);

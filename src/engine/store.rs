@@ -36,7 +36,7 @@ use chrono::{DateTime, Utc};
 
 use super::database::Owner;
 use super::lock::{DirLock, Section};
-use super::manifest::{self, Manifest};
+use super::manifest::{self, Manifest, Storage};
 use super::retention::{self, Candidate, Plan};
 use super::{folders, lease};
 use crate::error::{Error, Result};
@@ -333,6 +333,12 @@ impl Store {
                         manifest,
                         file_bytes: Some(m.len()),
                     }),
+                    // Packed: no file of its own (see `super::incremental`).
+                    Err(_) if manifest.storage == Storage::Packed => inv.backups.push(Entry {
+                        id: id.to_owned(),
+                        manifest,
+                        file_bytes: None,
+                    }),
                     _ => inv.incomplete.push(id.to_owned()),
                 }
             }
@@ -390,7 +396,8 @@ impl Store {
                     && (orphans || cut_short(id))
                     && fs::symlink_metadata(self.backup_path(id)).is_err()
                     && (name.ends_with(SIDECAR_EXT)
-                        || Manifest::read(&path).is_ok_and(|m| m.id == id))
+                        || Manifest::read(&path)
+                            .is_ok_and(|m| m.id == id && m.storage != Storage::Packed))
             } else {
                 false
             };
@@ -483,17 +490,39 @@ impl Store {
 
     /// Deletes a managed backup: the backup file first (so a crash never leaves a backup without
     /// its manifest), then its sidecar and manifest. Symlinks are unlinked, never followed.
+    ///
+    /// In the block store, a plain backup's chunks that packed backups need from its file alone
+    /// go into a durable pack first, and packs nothing references any more are collected after
+    /// (see `super::incremental`).
     pub fn delete(&self, id: &str) -> Result<()> {
         let backup = self.backup_path(id);
+        let before = self.inventory()?;
+        self.secure_leaving(&before, id)?;
+        self.delete_files(id, &backup)?;
+        if before
+            .backups
+            .iter()
+            .any(|b| b.manifest.storage == Storage::Packed)
+        {
+            // The manifest is gone, durably: what only it referenced can go. A failure here
+            // loses nothing (the next run collects again).
+            if let Err(e) = self.inventory().and_then(|inv| self.collect_packs(&inv)) {
+                tracing::warn!("packs not collected after deleting `{id}`: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_files(&self, id: &str, backup: &Path) -> Result<()> {
         let _section = Section::exclusive(&self.dir)?;
-        match fs::symlink_metadata(&backup) {
+        match fs::symlink_metadata(backup) {
             Ok(m) if m.file_type().is_file() || m.file_type().is_symlink() => {
-                fs::remove_file(&backup).map_err(|e| Error::io("delete backup", &backup, e))?;
+                fs::remove_file(backup).map_err(|e| Error::io("delete backup", backup, e))?;
             }
             Ok(_) => {
                 return Err(Error::io(
                     "delete backup",
-                    &backup,
+                    backup,
                     std::io::Error::other("not a regular file"),
                 ))
             }
@@ -585,13 +614,29 @@ impl Store {
             None => self.last_made(inv)?,
         };
         let in_use = lease::live(&self.dir).map(|l| l.backup_id);
+        // A packed backup weighs its share of the packs, a plain one its file: the budget
+        // compares what the backups really take on disk.
+        let usage = if inv
+            .backups
+            .iter()
+            .any(|b| b.manifest.storage == Storage::Packed)
+        {
+            self.usage(inv)
+        } else {
+            Vec::new()
+        };
         Ok(inv
             .backups
             .iter()
-            .map(|b| Candidate {
+            .enumerate()
+            .map(|(i, b)| Candidate {
                 id: b.id.clone(),
                 created_at: b.manifest.created_at,
-                bytes: b.file_bytes.unwrap_or(b.manifest.bytes),
+                bytes: match (b.file_bytes, usage.get(i)) {
+                    (Some(n), _) => n,
+                    (None, Some(u)) => u.fair,
+                    (None, None) => b.manifest.bytes,
+                },
                 pinned: b.manifest.pinned,
                 verified: !b.manifest.verification.checks.is_empty(),
                 fresh: fresh == Some(b.id.as_str()),

@@ -67,7 +67,7 @@ impl Packs {
     /// not private.
     pub fn ensure(&self) -> crate::error::Result<()> {
         let existed = std::fs::symlink_metadata(&self.dir).is_ok();
-        crate::engine::store::ensure_private_dir(&self.dir)?;
+        crate::engine::folders::ensure(&self.dir, crate::engine::folders::Kind::BackupDir)?;
         if !existed {
             files::sync_dir(files::parent_of(&self.dir))
                 .map_err(|e| crate::error::Error::io("sync", files::parent_of(&self.dir), e))?;
