@@ -501,5 +501,6 @@ fn manifest_for(
         ducksafe_version: env!("CARGO_PKG_VERSION").to_owned(),
         storage: super::manifest::Storage::Plain,
         blocks: snap.blocks.clone(),
+        digest: None,
     }
 }

@@ -61,6 +61,24 @@ fn plains(store: &Store, inv: &Inventory) -> Vec<(std::path::PathBuf, BlockMap)>
         .collect()
 }
 
+/// Why the block store must not drop anything now, if it must not: a manifest in the folder
+/// that this run cannot read or that is not this database's may list chunks nobody else knows
+/// of, so no pack is deleted and no plain file converted until it is dealt with.
+fn unknown_manifests(inv: &Inventory) -> Option<String> {
+    let names: Vec<&str> = inv
+        .unmanaged
+        .iter()
+        .filter(|(n, _)| n.ends_with(".manifest.json"))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    (!names.is_empty()).then(|| {
+        format!(
+            "`{}` cannot be read as this database's manifest, and may need blocks in the packs; nothing is removed from the block store until it is repaired or removed (`ducksafe verify --all`)",
+            names.join("`, `")
+        )
+    })
+}
+
 /// The packed backups' maps.
 fn packed(inv: &Inventory) -> Vec<&BlockMap> {
     inv.backups
@@ -86,6 +104,10 @@ impl Store {
         independent: bool,
     ) -> Vec<String> {
         let mut warnings = Vec::new();
+        if let Some(why) = unknown_manifests(inv) {
+            warnings.push(format!("older backups stay full copies: {why}"));
+            return warnings;
+        }
         // `latest.duckdb` always names a plain file (`cp` restores it).
         let latest = self.latest_id();
         let mut ids: Vec<String> = inv
@@ -186,6 +208,12 @@ impl Store {
         let (Some(leaving), false) = (leaving, needed.is_empty()) else {
             return Ok(());
         };
+        if let Some(why) = unknown_manifests(inv) {
+            return Err(Error::VerificationFailed {
+                path: self.backup_path(id),
+                why: format!("it is not deleted: {why}"),
+            });
+        }
         let path = self.backup_path(id);
         let all = plains(self, inv);
         let staying: Vec<Plain> = all
@@ -221,6 +249,12 @@ impl Store {
             .is_empty()
         {
             return Ok(gc::Applied::default());
+        }
+        if let Some(why) = unknown_manifests(inv) {
+            return Err(Error::VerificationFailed {
+                path: packs.dir().to_path_buf(),
+                why,
+            });
         }
         let referenced: HashSet<Hash> = packed(inv)
             .into_iter()

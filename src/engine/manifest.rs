@@ -20,8 +20,8 @@ use crate::duck::Fingerprint;
 use crate::error::{Error, Result};
 use crate::files;
 
-/// Version of the manifest format.
-pub const FORMAT: u32 = 1;
+/// Version of the manifest format. 2: every manifest carries its digest.
+pub const FORMAT: u32 = 2;
 /// A manifest larger than this is refused (a real one is a few KiB per hundred tables).
 const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
@@ -125,6 +125,21 @@ pub struct Manifest {
     /// encrypted). A packed backup always has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocks: Option<BlockMap>,
+    /// SHA-256 of this manifest's JSON without this field (keys as written): a manifest
+    /// changed after it was written is refused, never trusted. Absent from manifests written
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// SHA-256 of a manifest's JSON value without its `digest` field.
+fn digest_of(value: &serde_json::Value) -> String {
+    use sha2::{Digest, Sha256};
+    let mut v = value.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("digest");
+    }
+    files::hex(&Sha256::digest(serde_json::to_vec(&v).unwrap_or_default()))
 }
 
 /// How a backup is kept on disk.
@@ -151,9 +166,15 @@ impl Manifest {
         self.tables.iter().map(|t| t.rows).sum()
     }
 
-    /// Writes the manifest atomically and durably.
+    /// Writes the manifest atomically and durably, with its digest.
     pub fn write(&self, path: &Path) -> Result<()> {
-        files::write_json_atomic(path, self).map_err(|e| Error::io("write manifest", path, e))
+        let fail = |e: std::io::Error| Error::io("write manifest", path, e);
+        let mut value = serde_json::to_value(self).map_err(|e| fail(std::io::Error::other(e)))?;
+        let digest = digest_of(&value);
+        if let Some(o) = value.as_object_mut() {
+            o.insert("digest".into(), serde_json::Value::String(digest));
+        }
+        files::write_json_atomic(path, &value).map_err(fail)
     }
 
     /// Reads a manifest, refusing symlinks and oversized files.
@@ -169,10 +190,31 @@ impl Manifest {
                 why: "the manifest is implausibly large".into(),
             });
         }
-        serde_json::from_slice(&buf).map_err(|e| Error::VerificationFailed {
+        let bad = |why: String| Error::VerificationFailed {
             path: path.to_path_buf(),
-            why: format!("the manifest does not parse: {e}"),
-        })
+            why,
+        };
+        let value: serde_json::Value = serde_json::from_slice(&buf)
+            .map_err(|e| bad(format!("the manifest does not parse: {e}")))?;
+        // From format 2 on, every manifest has its digest: one missing is a change too.
+        let digest_required = value
+            .get("format")
+            .and_then(serde_json::Value::as_u64)
+            .is_none_or(|f| f >= 2);
+        match value.get("digest") {
+            Some(recorded) if recorded.as_str() == Some(digest_of(&value).as_str()) => {}
+            None if !digest_required => {}
+            _ => {
+                return Err(bad(
+                    "the manifest changed after it was written (its digest does not match)".into(),
+                ))
+            }
+        }
+        let mut m: Manifest = serde_json::from_value(value)
+            .map_err(|e| bad(format!("the manifest does not parse: {e}")))?;
+        // Checked: a storage detail, not content (written again, it is computed again).
+        m.digest = None;
+        Ok(m)
     }
 }
 
@@ -223,6 +265,46 @@ mod tests {
         );
         assert!(written.ends_with("}\n"));
         assert_eq!(Manifest::read(&path).unwrap(), m);
+    }
+
+    /// Any byte of a written manifest changed (and still JSON) is refused by its digest.
+    #[test]
+    fn a_changed_manifest_is_refused() {
+        let earlier = r#"{"format": 2, "id": "s_1", "file": "s_1.duckdb",
+          "created_at": "2026-11-26T03:39:45Z", "bytes": 10, "sha256": "ab",
+          "source": {"path": "/p", "bytes": 10, "sha256": "ab", "wal_bytes": 0, "wal_folded": false},
+          "duckdb_version": "v2.0.0", "storage_version": 69, "created_by": "v2.0.0",
+          "tables": [], "views": 0, "sequences": 0,
+          "verification": {"level": "full", "checks": [], "verified_at": "2026-11-26T03:39:45Z"},
+          "ducksafe_version": "0.1.0"}"#;
+        let m: Manifest = serde_json::from_str(earlier).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s_1.manifest.json");
+        m.write(&path).unwrap();
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("\"digest\""));
+        assert_eq!(Manifest::read(&path).unwrap().id, "s_1");
+        let good = std::fs::read(&path).unwrap();
+        let mut parsed_but_refused = 0;
+        for at in 0..good.len() {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            std::fs::write(&path, &bad).unwrap();
+            let still_json = serde_json::from_slice::<serde_json::Value>(&bad).is_ok();
+            let read = Manifest::read(&path);
+            // Whitespace between tokens may change harmlessly; nothing else may.
+            if read.is_ok() {
+                assert!(
+                    b" \n\t\r".contains(&good[at]),
+                    "byte {at} ({:?}) changed and was not noticed",
+                    good[at] as char
+                );
+            } else if still_json {
+                parsed_but_refused += 1;
+            }
+        }
+        assert!(parsed_but_refused > 100, "{parsed_but_refused}");
     }
 
     #[test]
