@@ -5,7 +5,9 @@
 //! database's) → [`lease`] (no other guarded run) → [`store`] (leftovers) and [`journal`] (an
 //! interrupted restore) → [`space`] → [`snapshot`] (with [`integrity`]: DuckDB's block
 //! checksums, checked as the copy passes) → [`verify`] → [`manifest`] and [`store`]
-//! (publication, `latest`) → [`retention`]; [`backup`] runs them in that order.
+//! (publication, `latest`) → [`incremental`] (with `BACKUP_STORAGE: incremental`, the previous
+//! backup converted into [`blockstore`] packs) → [`retention`]; [`backup`] runs them in that
+//! order.
 //!
 //! [`restore`] is the way back: [`staging`] (the staged copy), [`quarantine`] (where the
 //! replaced files go) and [`journal`] (the intent that makes it crash-safe). [`shell`] builds

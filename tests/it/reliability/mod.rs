@@ -182,6 +182,9 @@ fn every_failpoint_is_exercised() {
         .iter()
         .chain(RESTORE_POINTS)
         .copied()
+        // The block store's (`BACKUP_STORAGE: incremental`), killed at in
+        // `blockstore::a_crash_at_every_block_store_step`.
+        .chain(crate::blockstore::BLOCKSTORE_POINTS.iter().copied())
         .collect();
     let all: BTreeSet<&str> = ducksafe::failpoint::ALL.iter().copied().collect();
     assert_eq!(mine, all, "the crash scenarios must cover every failpoint");
