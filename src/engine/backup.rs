@@ -143,7 +143,12 @@ fn prepare(
         Some(s) if !dry_run => {
             // What an interrupted conversion or collection left (see `incremental`).
             let inv = s.inventory()?;
-            let swept = s.sweep_packed(&inv)?;
+            let swept = s.sweep_packed(&inv).unwrap_or_else(|e| {
+                warnings.push(format!(
+                    "what an interrupted conversion left was not removed ({e}); the next backup tries again"
+                ));
+                Vec::new()
+            });
             let inv = if swept.is_empty() {
                 inv
             } else {

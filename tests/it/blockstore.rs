@@ -408,3 +408,28 @@ fn another_block_size_falls_back_to_full_copies() {
     assert!(left.iter().all(|(_, s)| s == "plain"), "{left:?}");
     assert!(dir_names(&p.backups().join("packs")).is_empty());
 }
+
+/// `BACKUP_MAX_TOTAL_BYTES` weighs what the backups really take: six backups of a database that
+/// doubles in size over the runs fit in four times its first size, where six full copies would
+/// take about eight.
+#[test]
+fn the_storage_budget_counts_real_bytes() {
+    let probe = project("");
+    simulate(&probe, 1);
+    let size = fs::metadata(probe.db()).unwrap().len();
+    drop(probe);
+    let budget = 4 * size;
+    let p = project(&format!(
+        "BACKUP_KEEP_LAST: 10\nBACKUP_MAX_TOTAL_BYTES: {budget}\n"
+    ));
+    for run in 1..=6 {
+        simulate(&p, run);
+        backup(&p);
+    }
+    let out = p.run(&["--json", "list"]);
+    assert_ok(&out);
+    let listing = json(&out);
+    assert_eq!(listing["backups"].as_array().unwrap().len(), 6, "{listing}");
+    let total = listing["total_bytes"].as_u64().unwrap();
+    assert!(total <= budget, "{total} bytes on disk, budget {budget}");
+}
