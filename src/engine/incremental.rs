@@ -288,44 +288,21 @@ impl Store {
         out: &File,
         out_path: &Path,
     ) -> Result<Rebuilt> {
-        let bad = |why: String| Error::VerificationFailed {
-            path: self.manifest_path(&entry.id),
-            why,
-        };
-        let map = entry
-            .manifest
-            .blocks
-            .as_ref()
-            .ok_or_else(|| bad("it is packed but its manifest has no block map".into()))?;
-        if map.bytes != entry.manifest.bytes {
-            return Err(bad(format!(
-                "its block map describes {} bytes, the manifest says {}",
-                map.bytes, entry.manifest.bytes
-            )));
-        }
-        let packs = self.packs();
-        let index = packs
-            .index()
-            .map_err(|e| Error::io("read", packs.dir(), e))?;
-        let all = plains(self, inv);
-        let plain: Vec<Plain> = all.iter().map(|(p, m)| Plain { path: p, map: m }).collect();
-        let sources =
-            blockstore::Sources::new(&index, &plain).map_err(|f| failure(self.dir(), &f))?;
-        let done = blockstore::rebuild::rebuild_to_file(map, &sources, out, out_path)
-            .map_err(|f| failure(&self.manifest_path(&entry.id), &f))?;
-        let got = done.sha256.map(|s| files::hex(&s)).unwrap_or_default();
-        if got != entry.manifest.sha256 {
-            return Err(bad(format!(
-                "rebuilt from the block store, its SHA-256 is {got}, the manifest says {}",
-                entry.manifest.sha256
-            )));
-        }
-        Ok(done)
+        self.rebuild_checked(inv, entry, Some((out, out_path)))
     }
 
     /// Rebuilds the packed backup `entry` as a stream, written nowhere: every chunk checked and
     /// the whole SHA-256 compared with the manifest's (a dry run's restore, `verify`).
     pub fn check_rebuild(&self, inv: &Inventory, entry: &Entry) -> Result<Rebuilt> {
+        self.rebuild_checked(inv, entry, None)
+    }
+
+    fn rebuild_checked(
+        &self,
+        inv: &Inventory,
+        entry: &Entry,
+        into: Option<(&File, &Path)>,
+    ) -> Result<Rebuilt> {
         let bad = |why: String| Error::VerificationFailed {
             path: self.manifest_path(&entry.id),
             why,
@@ -343,8 +320,13 @@ impl Store {
         let plain: Vec<Plain> = all.iter().map(|(p, m)| Plain { path: p, map: m }).collect();
         let sources =
             blockstore::Sources::new(&index, &plain).map_err(|f| failure(self.dir(), &f))?;
-        let done = blockstore::rebuild(map, &sources, true, &mut |_| Ok(()))
-            .map_err(|f| failure(&self.manifest_path(&entry.id), &f))?;
+        let done = match into {
+            Some((out, out_path)) => {
+                blockstore::rebuild::rebuild_to_file(map, &sources, out, out_path)
+            }
+            None => blockstore::rebuild(map, &sources, true, &mut |_| Ok(())),
+        }
+        .map_err(|f| failure(&self.manifest_path(&entry.id), &f))?;
         let got = done.sha256.map(|s| files::hex(&s)).unwrap_or_default();
         if got != entry.manifest.sha256 || done.bytes != entry.manifest.bytes {
             return Err(bad(format!(

@@ -64,42 +64,23 @@ impl<'a> Staged<'a> {
     pub fn create(backup: &Path, staged: &'a Path, bytes: u64, sha256: &str) -> Result<Staged<'a>> {
         let from =
             files::open_read_nofollow(backup).map_err(|e| Error::io("read backup", backup, e))?;
-        let to = files::create_private(staged)
-            .map_err(|e| Error::io("stage the restore at", staged, e))?;
-        let lock = to
-            .try_clone()
-            .map_err(|e| Error::io("stage the restore at", staged, e))?;
-        let guard = Staged {
-            path: staged,
-            keep: std::cell::Cell::new(false),
-            lock,
-        };
-        files::try_lock(&guard.lock, files::LockKind::Read).map_err(|e| {
-            Error::io(
-                "lock the staged copy",
-                staged,
-                match e {
-                    files::LockError::Io(e) => e,
-                    files::LockError::Conflict { .. } => {
-                        std::io::Error::other("another process locked it")
-                    }
-                },
-            )
-        })?;
-        let copied = files::copy_verified(&from, &to, || {})
-            .map_err(|e| Error::io("stage the restore at", staged, e))?;
-        // The staged copy, not the backup, is what the disk gave back wrong.
-        verify::read_back(&copied, staged, bytes, &|got| Error::VerificationFailed {
-            path: backup.to_path_buf(),
-            why: format!("it is {got} bytes, the manifest says {bytes} (truncated or overwritten)"),
-        })?;
-        check_sha256(backup, &files::hex(&copied.sha256), sha256)?;
-        Ok(guard)
+        Self::fill(staged, |to| {
+            let copied = files::copy_verified(&from, to, || {})
+                .map_err(|e| Error::io("stage the restore at", staged, e))?;
+            // The staged copy, not the backup, is what the disk gave back wrong.
+            verify::read_back(&copied, staged, bytes, &|got| Error::VerificationFailed {
+                path: backup.to_path_buf(),
+                why: format!(
+                    "it is {got} bytes, the manifest says {bytes} (truncated or overwritten)"
+                ),
+            })?;
+            check_sha256(backup, &files::hex(&copied.sha256), sha256)
+        })
     }
 
-    /// Creates `staged` and lets `fill` write it (a packed backup rebuilt from the block store,
-    /// fsynced, its read-back SHA-256 compared with the manifest's by `fill`), under the same
-    /// lock and cleanup as a copy.
+    /// Creates `staged`, locks it, and lets `fill` write it: a copy of a backup
+    /// ([`Staged::create`]), or a packed backup rebuilt from the block store (fsynced, its
+    /// read-back SHA-256 compared with the manifest's by `fill`).
     pub fn fill(
         staged: &'a Path,
         fill: impl FnOnce(&fs::File) -> Result<()>,

@@ -184,7 +184,7 @@ fn every_failpoint_is_exercised() {
         .copied()
         // The block store's (`BACKUP_STORAGE: incremental`), killed at in
         // `blockstore::a_crash_at_every_block_store_step`.
-        .chain(crate::blockstore::BLOCKSTORE_POINTS.iter().copied())
+        .chain(crate::blockstore::blockstore_points())
         .collect();
     let all: BTreeSet<&str> = ducksafe::failpoint::ALL.iter().copied().collect();
     assert_eq!(mine, all, "the crash scenarios must cover every failpoint");
