@@ -190,7 +190,7 @@ w("  ids) with two databases' backups is refused by the next backup and by `adop
 w("  are apart; a symlink planted at the owner file is never followed, and `adopt` replaces it. A")
 w("  restore over a database that already is the backup says so;")
 w("  a manifest whose `file` names `../../etc/passwd` is restored by its id.")
-w("- **The block store** (issue 11, `tests/blockstore.rs`, with `BACKUP_STORAGE: incremental`; its")
+w("- **The block store** (issue 11, `tests/it/blockstore.rs`, with `BACKUP_STORAGE: incremental`; its")
 w("  figures are not in the table below). A crash at each of the block store's nine failpoints")
 w("  (pack written and published, conversion packed, proven, manifest switched, plain file removed,")
 w("  blocks secured before a plain file is deleted, packs repacked and deleted), by an abort and by a")
