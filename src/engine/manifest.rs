@@ -20,8 +20,9 @@ use crate::duck::Fingerprint;
 use crate::error::{Error, Result};
 use crate::files;
 
-/// Version of the manifest format. 2: every manifest carries its digest.
-pub const FORMAT: u32 = 2;
+/// Version of the manifest format. A manifest in the block store (with a block map) is written
+/// as format 2, with its digest: see [`Manifest::write`].
+pub const FORMAT: u32 = 1;
 /// A manifest larger than this is refused (a real one is a few KiB per hundred tables).
 const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
@@ -125,9 +126,9 @@ pub struct Manifest {
     /// encrypted). A packed backup always has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocks: Option<BlockMap>,
-    /// SHA-256 of this manifest's JSON without this field (keys as written): a manifest
-    /// changed after it was written is refused, never trusted. Absent from manifests written
-    /// before it was recorded.
+    /// SHA-256 of this manifest's JSON without this field (keys as written), in every format-2
+    /// manifest (the block store's): one changed after it was written is refused, never
+    /// trusted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
 }
@@ -166,13 +167,23 @@ impl Manifest {
         self.tables.iter().map(|t| t.rows).sum()
     }
 
-    /// Writes the manifest atomically and durably, with its digest.
+    /// Writes the manifest atomically and durably. A manifest with a block map (the block
+    /// store's: its map is what rebuilds the backup) is written as format 2, with its digest; one
+    /// without stays format 1, as earlier versions wrote it.
     pub fn write(&self, path: &Path) -> Result<()> {
         let fail = |e: std::io::Error| Error::io("write manifest", path, e);
         let mut value = serde_json::to_value(self).map_err(|e| fail(std::io::Error::other(e)))?;
-        let digest = digest_of(&value);
-        if let Some(o) = value.as_object_mut() {
-            o.insert("digest".into(), serde_json::Value::String(digest));
+        if self.blocks.is_some() || self.format >= 2 {
+            if let Some(o) = value.as_object_mut() {
+                o.insert(
+                    "format".into(),
+                    serde_json::Value::from(2u32.max(self.format)),
+                );
+            }
+            let digest = digest_of(&value);
+            if let Some(o) = value.as_object_mut() {
+                o.insert("digest".into(), serde_json::Value::String(digest));
+            }
         }
         files::write_json_atomic(path, &value).map_err(fail)
     }
