@@ -5,10 +5,13 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
-use common::{assert_ok, Project};
+use common::{assert_ok, bin, Project};
+use ducksafe::protocol::ErrorCode;
 
 #[test]
 #[ignore = "helper process for the lock tests, started by common::hold"]
@@ -70,4 +73,165 @@ fn a_failed_command_keeps_its_exit_code_when_stdout_is_closed() {
     c.env("DUCKSAFE_BACKUP_MIN_FREE_BYTES", "999999999999999");
     let out = with_closed_stdout(c);
     assert_eq!(out.status.code(), Some(73), "{}", stderr(&out));
+}
+
+/// A mount made for a test (a read-only bind mount, a small tmpfs), undone on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn run(args: &[&str], at: &Path) -> Result<(), String> {
+        let out = Command::new("mount")
+            .args(args)
+            .arg(at)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "mount {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+    /// `dir` becomes read-only in place.
+    fn read_only(dir: &Path) -> Result<Mount, String> {
+        let d = dir.display().to_string();
+        Mount::run(&["--bind", &d], dir)?;
+        let m = Mount(dir.to_path_buf());
+        Mount::run(&["-o", "remount,ro,bind"], dir)?;
+        Ok(m)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// The mount, or `None` after saying the case is skipped (mounting needs root).
+fn mounted(case: &str, m: Result<Mount, String>) -> Option<Mount> {
+    match m {
+        Ok(m) => Some(m),
+        Err(e) => {
+            common::skip(case, &e);
+            None
+        }
+    }
+}
+
+/// The uid commands run as in the cases about another user: `nobody`.
+const NOBODY: u32 = 65534;
+
+/// The ducksafe binary, copied where another user can run it (the build's own is under a
+/// private home), for the cases run as `nobody`. `None` when this is not root.
+fn binary_for_others(case: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+    if ducksafe::files::euid() != 0 {
+        common::skip(case, "not root: cannot run a command as another user");
+        return None;
+    }
+    let t = tempfile::tempdir().unwrap();
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let to = t.path().join("ducksafe");
+    fs::copy(env!("CARGO_BIN_EXE_ducksafe"), &to).unwrap();
+    Some((t, to))
+}
+
+/// The project belongs to `nobody` (its folder, database and configuration), as the attack's
+/// did.
+fn give_to_nobody(p: &Project) {
+    for path in [p.dir.path().to_path_buf(), p.db(), p.config()] {
+        std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+}
+
+/// Runs `ducksafe ARGS` in the project (`--config` its file), as `uid` with the binary `exe`
+/// when given, `input` on stdin.
+fn ducksafe_in(p: &Project, who: Option<(&Path, u32)>, args: &[&str], input: &str) -> Output {
+    let mut c = match who {
+        Some((exe, uid)) => {
+            let mut c = Command::new(exe);
+            c.uid(uid).gid(uid).env_remove("DUCKSAFE_CONFIG");
+            c
+        }
+        None => bin(),
+    };
+    c.current_dir(p.dir.path());
+    if args.first() != Some(&"hook") {
+        c.arg("--config").arg(p.config());
+    }
+    c.args(args);
+    common::pipe(c, input.as_bytes())
+}
+
+/// `validate`, `backup --dry-run` and a pre_run dry run refuse a `BACKUP_DIR` that the real
+/// backup cannot create, with the real backup's code, writing nothing; the real backup fails
+/// so.
+fn dry_runs_refuse_like_the_backup(p: &Project, backup_dir: &str, who: Option<(&Path, u32)>) {
+    let set = format!("BACKUP_DIR={backup_dir}");
+    let before = common::every_byte(p.dir.path());
+    let real = ducksafe_in(p, who, &["--set", &set, "backup"], "");
+    assert_eq!(real.status.code(), Some(74), "{}", stderr(&real));
+    assert_eq!(common::every_byte(p.dir.path()), before);
+    for args in [
+        vec!["--set", &set, "validate"],
+        vec!["--set", &set, "backup", "--dry-run"],
+    ] {
+        let out = ducksafe_in(p, who, &args, "");
+        assert_eq!(out.status.code(), Some(74), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("cannot create backup directory"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let request = format!(
+        r#"{{"protocol_version":1,"event":"pre_run","dry_run":true,"config":{{"path":{:?}}},"set":{{"BACKUP_DIR":{backup_dir:?}}}}}"#,
+        p.config().display().to_string()
+    );
+    let out = ducksafe_in(p, who, &["hook"], &request);
+    let r = common::one_response(&out);
+    assert_eq!(r.errors[0].code, ErrorCode::IoError, "{r:?}");
+    assert_eq!(common::every_byte(p.dir.path()), before, "nothing written");
+}
+
+// 2. A BACKUP_DIR the backup cannot create is refused by its dry runs and `validate` too.
+#[test]
+fn dry_runs_refuse_a_backup_dir_under_a_file() {
+    let p = Project::new("");
+    dry_runs_refuse_like_the_backup(&p, "config.yaml/backups", None);
+    dry_runs_refuse_like_the_backup(&p, "config.yaml/deep/backups", None);
+}
+
+#[test]
+fn dry_runs_refuse_a_backup_dir_under_a_folder_this_user_cannot_write() {
+    let case = "dry_runs_refuse_a_backup_dir_under_a_folder_this_user_cannot_write";
+    let Some((_t, exe)) = binary_for_others(case) else {
+        return;
+    };
+    let p = Project::new("");
+    fs::create_dir(p.path("rootonly")).unwrap();
+    fs::set_permissions(p.path("rootonly"), fs::Permissions::from_mode(0o755)).unwrap();
+    give_to_nobody(&p);
+    dry_runs_refuse_like_the_backup(&p, "rootonly/backups", Some((&exe, NOBODY)));
+    dry_runs_refuse_like_the_backup(&p, "rootonly/deep/backups", Some((&exe, NOBODY)));
+}
+
+#[test]
+fn dry_runs_refuse_a_backup_dir_on_a_read_only_filesystem() {
+    let p = Project::new("");
+    fs::create_dir(p.path("ro")).unwrap();
+    let case = "dry_runs_refuse_a_backup_dir_on_a_read_only_filesystem";
+    let Some(_ro) = mounted(case, Mount::read_only(&p.path("ro"))) else {
+        return;
+    };
+    dry_runs_refuse_like_the_backup(&p, "ro/backups", None);
 }

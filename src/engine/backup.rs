@@ -107,6 +107,8 @@ fn prepare(
         store.check_writable()?;
         Some(store)
     } else {
+        // The real backup creates it, missing parents too: refused here when it could not.
+        Store::check_creatable(dir)?;
         warnings.push(format!(
             "`{}` does not exist yet; the backup would create it (0700)",
             dir.display()

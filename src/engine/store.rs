@@ -132,6 +132,47 @@ impl Store {
         })
     }
 
+    /// What creating the missing directory `dir` (with its missing parents, as [`Store::open`]
+    /// does) needs, checked without creating anything (a dry run's and `validate`'s check): its
+    /// nearest existing ancestor is a directory this user may write in (`access(W_OK)`, which
+    /// root passes except on a read-only filesystem). Returns that ancestor: the filesystem the
+    /// backups would land on. The refusal is the `io_error` the creation itself would end in.
+    pub fn check_creatable(dir: &Path) -> Result<PathBuf> {
+        let cannot = |why: std::io::Error| Error::io("create backup directory", dir, why);
+        for at in dir.ancestors().skip(1) {
+            let at = if at.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                at
+            };
+            match fs::metadata(at) {
+                Ok(m) if m.is_dir() => {
+                    files::access_write(at).map_err(|e| {
+                        cannot(std::io::Error::new(
+                            e.kind(),
+                            format!("`{}` cannot be written in: {e}", at.display()),
+                        ))
+                    })?;
+                    return Ok(at.to_path_buf());
+                }
+                Ok(_) => {
+                    return Err(cannot(std::io::Error::other(format!(
+                        "`{}` is not a directory",
+                        at.display()
+                    ))))
+                }
+                // Missing too: created along with it, so what decides is further up.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) => {}
+                Err(e) => return Err(Error::io("create backup directory", at, e)),
+            }
+        }
+        Err(cannot(std::io::Error::other("no folder above it exists")))
+    }
+
     /// What [`Store::open`] refuses of a directory it cannot write into, without writing
     /// anything (a dry run's check): `access(W_OK)`, which root passes except on a read-only
     /// filesystem.

@@ -126,6 +126,10 @@ fn validate(mut ctx: Ctx, settings: &Settings) -> Response {
             return ctx.fail(Decision::Invalid, &e);
         }
     } else {
+        // The first backup creates it, missing parents too: only where it could.
+        if let Err(e) = crate::engine::store::Store::check_creatable(&settings.backup_dir) {
+            return ctx.fail(Decision::Invalid, &e);
+        }
         ctx.warnings.push(format!(
             "`{}` does not exist yet; the first backup creates it (0700)",
             settings.backup_dir.display()
