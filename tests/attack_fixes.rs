@@ -235,3 +235,29 @@ fn dry_runs_refuse_a_backup_dir_on_a_read_only_filesystem() {
     };
     dry_runs_refuse_like_the_backup(&p, "ro/backups", None);
 }
+
+// 3. A BACKUP_DIR whose parents are missing too is created by the backup: its dry runs measure
+//    free space where it will be created, and approve it.
+#[test]
+fn dry_runs_approve_a_backup_dir_with_missing_parents() {
+    let p = Project::new("");
+    let set = "BACKUP_DIR=nonexist/deep/backups";
+    let before = common::every_byte(p.dir.path());
+    let out = p.run(&["--set", set, "backup", "--dry-run"]);
+    assert_ok(&out);
+    let request = format!(
+        r#"{{"protocol_version":1,"event":"pre_run","dry_run":true,"config":{{"path":{:?}}},"set":{{"BACKUP_DIR":"nonexist/deep/backups"}}}}"#,
+        p.config().display().to_string()
+    );
+    let (r, code) = p.hook(&request);
+    assert_eq!(code, 0, "{r:?}");
+    let space = r.space.unwrap();
+    let fs_free = ducksafe::files::fs_space(p.dir.path())
+        .unwrap()
+        .available_bytes;
+    assert!(space.available_bytes > 0 && space.available_bytes.abs_diff(fs_free) < 1 << 30);
+    assert_ok(&p.run(&["--set", set, "validate"]));
+    assert_eq!(common::every_byte(p.dir.path()), before, "nothing written");
+    assert_ok(&p.run(&["--set", set, "backup"]));
+    assert!(p.path("nonexist/deep/backups/latest.duckdb").exists());
+}

@@ -98,6 +98,8 @@ fn prepare(
     database::check(settings)?;
     let dir = &settings.backup_dir;
     let mut warnings = Vec::new();
+    // Where a directory that does not exist yet would be created: its free space decides.
+    let mut creatable_under = None;
     let store = if !dry_run {
         let store = Store::open(dir, true)?;
         warnings.extend(store.tighten());
@@ -108,7 +110,7 @@ fn prepare(
         Some(store)
     } else {
         // The real backup creates it, missing parents too: refused here when it could not.
-        Store::check_creatable(dir)?;
+        creatable_under = Some(Store::check_creatable(dir)?);
         warnings.push(format!(
             "`{}` does not exist yet; the backup would create it (0700)",
             dir.display()
@@ -154,7 +156,7 @@ fn prepare(
     let (space_dir, id) = match &store {
         Some(s) => (s.dir(), s.next_id(&settings.db_stem(), now)?),
         None => (
-            files::parent_of(dir),
+            creatable_under.as_deref().unwrap_or(dir),
             store::base_id(&settings.db_stem(), now),
         ),
     };
