@@ -121,6 +121,22 @@ pub enum Error {
         required: u64,
     },
 
+    /// A restore refused before it copies a byte: its staged copy of the backup would not fit
+    /// beside the database.
+    #[error(
+        "cannot stage the restore at `{}`: not enough free space in `{}`: {} available, {} required (the backup's size, plus 1 MiB)",
+        staged.display(),
+        dir.display(),
+        human_bytes(*available),
+        human_bytes(*required)
+    )]
+    NoRoomToStage {
+        staged: PathBuf,
+        dir: PathBuf,
+        available: u64,
+        required: u64,
+    },
+
     #[error("cannot back up `{}`: {why}", path.display())]
     BackupFailed { path: PathBuf, why: String },
 
@@ -214,7 +230,7 @@ impl Error {
             | Error::UnsafeFolder { .. }
             | Error::SharedBackupDir { .. }
             | Error::OwnerFileDamaged { .. } => C::BackupDirUnsafe,
-            Error::InsufficientSpace { .. } => C::InsufficientSpace,
+            Error::InsufficientSpace { .. } | Error::NoRoomToStage { .. } => C::InsufficientSpace,
             Error::BackupFailed { .. } | Error::BackupDirReadOnly { .. } => C::BackupFailed,
             Error::Io { source, .. } if is_no_space(source) => C::InsufficientSpace,
             Error::Io { .. } => C::IoError,
@@ -288,6 +304,9 @@ impl Error {
             ),
             Error::InsufficientSpace { .. } => Some(
                 "free space on that filesystem (`ducksafe prune` applies a lowered `BACKUP_KEEP_LAST` now), or set `BACKUP_DIR` to a larger disk; no backup was written".into(),
+            ),
+            Error::NoRoomToStage { .. } => Some(
+                "a restore first copies the backup beside the database, which then stays in quarantine on that filesystem: free space there (quarantine folders of earlier restores each hold a full copy; delete those you no longer need), then retry; nothing was changed".into(),
             ),
             Error::Io { source, .. } if is_no_space(source) => Some(
                 "the filesystem filled up; nothing half-written was kept, and earlier backups and the database are as they were".into(),

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -11,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use common::{assert_ok, bin, Project};
-use ducksafe::protocol::ErrorCode;
+use ducksafe::duck::{Db, Limits};
+use ducksafe::protocol::{ErrorCode, Response};
 
 #[test]
 #[ignore = "helper process for the lock tests, started by common::hold"]
@@ -94,6 +96,19 @@ impl Mount {
             ))
         }
     }
+    fn tmpfs(dir: &Path, size: u64) -> Result<Mount, String> {
+        Mount::run(
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ],
+            dir,
+        )?;
+        Ok(Mount(dir.to_path_buf()))
+    }
     /// `dir` becomes read-only in place.
     fn read_only(dir: &Path) -> Result<Mount, String> {
         let d = dir.display().to_string();
@@ -149,7 +164,9 @@ fn binary_for_others(case: &str) -> Option<(tempfile::TempDir, PathBuf)> {
 /// did.
 fn give_to_nobody(p: &Project) {
     for path in [p.dir.path().to_path_buf(), p.db(), p.config()] {
-        std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+        if path.exists() {
+            std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
     }
 }
 
@@ -260,4 +277,107 @@ fn dry_runs_approve_a_backup_dir_with_missing_parents() {
     assert_eq!(common::every_byte(p.dir.path()), before, "nothing written");
     assert_ok(&p.run(&["--set", set, "backup"]));
     assert!(p.path("nonexist/deep/backups/latest.duckdb").exists());
+}
+
+/// Commits a change to the database, so that it is no longer its backup.
+fn change(db: &Path) {
+    let d = Db::open_read_write(db, &Limits::default()).unwrap();
+    d.execute_batch("CREATE TABLE changed AS SELECT 1 AS x")
+        .unwrap();
+    d.close().unwrap();
+}
+
+/// Every byte of the project but the directory lock, whose PID a real run rewrites.
+fn but_the_lock(p: &Project) -> BTreeMap<String, String> {
+    but_the_lock_of(common::every_byte(p.dir.path()))
+}
+
+fn but_the_lock_of(mut bytes: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    bytes.remove("backups/.ducksafe.lock");
+    bytes
+}
+
+/// The post_run dry run that would restore `latest`.
+fn post_run_dry_run(p: &Project) -> (Response, i32) {
+    p.hook(&format!(
+        r#"{{"protocol_version":1,"event":"post_run","dry_run":true,"run":{{"outcome":"failure"}},"on_failure":"restore","config":{{"path":{:?}}}}}"#,
+        p.config().display().to_string()
+    ))
+}
+
+// 4. A restore that could not stage its copy is refused by its dry runs too, and by the
+//    restore before it copies a byte.
+#[test]
+fn restore_dry_runs_refuse_when_the_staged_copy_cannot_fit() {
+    let p = Project::new("");
+    let bytes = fs::metadata(p.db()).unwrap().len();
+    fs::create_dir(p.path("fs")).unwrap();
+    let case = "restore_dry_runs_refuse_when_the_staged_copy_cannot_fit";
+    let Some(_fs) = mounted(case, Mount::tmpfs(&p.path("fs"), 2 * bytes + (4 << 20))) else {
+        return;
+    };
+    fs::copy(p.db(), p.path("fs/simulation.duckdb")).unwrap();
+    p.write_config("DB_PATH: fs/simulation.duckdb\nLOG_LEVEL: INFO\nBACKUP_MIN_FREE_BYTES: 0\n");
+    assert_ok(&p.run(&["backup"]));
+    change(&p.path("fs/simulation.duckdb"));
+    // Less room left than the backup's size.
+    let free = ducksafe::files::fs_space(&p.path("fs"))
+        .unwrap()
+        .available_bytes;
+    let filler = vec![0u8; usize::try_from(free - bytes / 2).unwrap()];
+    let _ = fs::write(p.path("fs/filler"), filler);
+    let before = common::every_byte(p.dir.path());
+
+    let dry = p.run(&["restore", "--dry-run"]);
+    assert_eq!(dry.status.code(), Some(73), "{}", stderr(&dry));
+    assert!(
+        stderr(&dry).contains("not enough free space in"),
+        "{}",
+        stderr(&dry)
+    );
+    let (r, code) = post_run_dry_run(&p);
+    assert_eq!(code, 73, "{r:?}");
+    assert_eq!(r.errors[0].code, ErrorCode::InsufficientSpace);
+    assert_eq!(common::every_byte(p.dir.path()), before, "nothing written");
+    let real = p.run(&["restore"]);
+    assert_eq!(real.status.code(), Some(73), "{}", stderr(&real));
+    assert_eq!(but_the_lock(&p), but_the_lock_of(before), "nothing changed");
+}
+
+#[test]
+fn restore_dry_runs_refuse_when_the_database_folder_cannot_be_written() {
+    let case = "restore_dry_runs_refuse_when_the_database_folder_cannot_be_written";
+    let Some((_t, exe)) = binary_for_others(case) else {
+        return;
+    };
+    let p = Project::new("");
+    // The database belongs to `nobody`, its folder to root (0755).
+    fs::create_dir(p.path("db")).unwrap();
+    fs::set_permissions(p.path("db"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::rename(p.db(), p.path("db/simulation.duckdb")).unwrap();
+    p.write_config("DB_PATH: db/simulation.duckdb\nLOG_LEVEL: INFO\nBACKUP_MIN_FREE_BYTES: 0\n");
+    give_to_nobody(&p);
+    std::os::unix::fs::chown(p.path("db/simulation.duckdb"), Some(NOBODY), Some(NOBODY)).unwrap();
+    let as_nobody = Some((exe.as_path(), NOBODY));
+    assert_ok(&ducksafe_in(&p, as_nobody, &["backup"], ""));
+    change(&p.path("db/simulation.duckdb"));
+    let before = common::every_byte(p.dir.path());
+
+    let dry = ducksafe_in(&p, as_nobody, &["restore", "--dry-run"], "");
+    assert_eq!(dry.status.code(), Some(74), "{}", stderr(&dry));
+    assert!(
+        stderr(&dry).contains("Permission denied"),
+        "{}",
+        stderr(&dry)
+    );
+    let request = format!(
+        r#"{{"protocol_version":1,"event":"post_run","dry_run":true,"run":{{"outcome":"failure"}},"on_failure":"restore","config":{{"path":{:?}}}}}"#,
+        p.config().display().to_string()
+    );
+    let r = common::one_response(&ducksafe_in(&p, as_nobody, &["hook"], &request));
+    assert_eq!(r.errors[0].code, ErrorCode::IoError, "{r:?}");
+    assert_eq!(common::every_byte(p.dir.path()), before, "nothing written");
+    let real = ducksafe_in(&p, as_nobody, &["restore"], "");
+    assert_eq!(real.status.code(), Some(74), "{}", stderr(&real));
+    assert_eq!(but_the_lock(&p), but_the_lock_of(before), "nothing changed");
 }
