@@ -381,3 +381,32 @@ fn restore_dry_runs_refuse_when_the_database_folder_cannot_be_written() {
     assert_eq!(real.status.code(), Some(74), "{}", stderr(&real));
     assert_eq!(but_the_lock(&p), but_the_lock_of(before), "nothing changed");
 }
+
+// 6. `prune`, `delete` and `adopt` dry runs write nothing, not even the directory lock.
+#[test]
+fn prune_delete_and_adopt_dry_runs_leave_the_lock_file_alone() {
+    let (p, first) = backed_up();
+    assert_ok(&p.run(&["backup"]));
+    let lock = p.backups().join(".ducksafe.lock");
+    // The PID in the lock file is another process's: a dry run that took the lock for real
+    // would write its own.
+    fs::write(&lock, "1\n").unwrap();
+    let before = common::every_byte(p.dir.path());
+    for args in [
+        vec!["prune", "--dry-run"],
+        vec!["delete", &first, "--dry-run"],
+        vec!["adopt", "--dry-run"],
+    ] {
+        assert_ok(&p.run(&args));
+        assert_eq!(common::every_byte(p.dir.path()), before, "{args:?} wrote");
+    }
+    fs::remove_file(&lock).unwrap();
+    for args in [
+        vec!["prune", "--dry-run"],
+        vec!["delete", &first, "--dry-run"],
+        vec!["adopt", "--dry-run"],
+    ] {
+        assert_ok(&p.run(&args));
+        assert!(!lock.exists(), "{args:?} created the lock file");
+    }
+}

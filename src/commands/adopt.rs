@@ -55,7 +55,12 @@ pub fn run(g: &Global, a: &AdoptArgs) -> i32 {
         let settings = g.settings()?;
         // Not `super::open_store`: the directory is not this database's yet; adopting makes it.
         let store = Store::open(&settings.backup_dir, false)?;
-        let _lock = store.lock_only()?;
+        // A dry run writes nothing, not even the lock file.
+        let _lock = if a.dry_run {
+            crate::engine::lock::DirLock::acquire_without_writing(store.dir())?
+        } else {
+            Some(store.lock_only()?)
+        };
         // A restore left open before the move must be finished where it started: its journal
         // names the old paths.
         crate::engine::journal::check_marker(&settings)?;
