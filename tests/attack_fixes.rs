@@ -410,3 +410,42 @@ fn prune_delete_and_adopt_dry_runs_leave_the_lock_file_alone() {
         assert!(!lock.exists(), "{args:?} created the lock file");
     }
 }
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// 7. A restore onto a database that already is the backup moves nothing: its dry runs say so
+//    instead of announcing a quarantine move.
+#[test]
+fn restore_dry_runs_say_a_restore_would_move_nothing() {
+    let (p, _) = backed_up();
+    let dry = p.run(&["restore", "--dry-run"]);
+    assert_ok(&dry);
+    assert!(
+        stdout(&dry).contains("the restore would move nothing")
+            && !stdout(&dry).contains("would move `"),
+        "{}",
+        stdout(&dry)
+    );
+    let dry = p.run(&["--json", "restore", "--dry-run"]);
+    assert_ok(&dry);
+    let planned: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(planned["unchanged"], true, "{planned}");
+    assert_eq!(planned["moves"], serde_json::json!([]), "{planned}");
+    let (r, code) = post_run_dry_run(&p);
+    assert_eq!(code, 0, "{r:?}");
+    assert!(r.reason.contains("the restore would move nothing"), "{r:?}");
+    // As the restore itself does.
+    let real = p.run(&["restore"]);
+    assert_ok(&real);
+    assert!(
+        stdout(&real).contains("nothing was moved"),
+        "{}",
+        stdout(&real)
+    );
+    // A database that differs is still planned with its moves.
+    change(&p.db());
+    let dry = p.run(&["restore", "--dry-run"]);
+    assert!(stdout(&dry).contains("would move `"), "{}", stdout(&dry));
+}

@@ -93,6 +93,9 @@ struct Planned {
     quarantine: PathBuf,
     /// False when finishing the interrupted restore of the same backup is the whole restore.
     restores_again: bool,
+    /// The database already is the backup, byte for byte, with no WAL beside it: the restore
+    /// would move nothing (and `moves` is empty).
+    unchanged: bool,
     unfinished_restores: Vec<Pending>,
 }
 
@@ -113,6 +116,14 @@ impl Report for Planned {
                 "dry run: that puts backup `{}` in place over `{}`; it would not be restored a second time",
                 self.backup_id,
                 self.database.display()
+            );
+        }
+        if self.unchanged {
+            return writeln!(
+                out,
+                "dry run: `{}` already is backup `{}` byte for byte, with no WAL beside it: the restore would move nothing",
+                self.database.display(),
+                self.backup_id
             );
         }
         writeln!(
@@ -177,16 +188,22 @@ fn dry_run(
 ) -> Result<Planned, Failure> {
     let pending = crate::engine::journal::pending(settings);
     match restore::dry_run(settings, selector, expect_sha256, crate::clock::now()) {
-        Ok(p) => {
+        Ok(o) => {
+            let p = o.plan;
             // Finishing the interrupted restore of the same backup is the whole restore.
             let restores_again = !pending.iter().any(|q| q.backup_id == p.backup_id);
             Ok(Planned {
                 backup_id: p.backup_id,
                 database: p.database,
                 dry_run: true,
-                moves: if restores_again { p.moves } else { Vec::new() },
+                moves: if restores_again && !o.unchanged {
+                    p.moves
+                } else {
+                    Vec::new()
+                },
                 quarantine: p.quarantine,
                 restores_again,
+                unchanged: o.unchanged,
                 unfinished_restores: pending,
             })
         }

@@ -93,14 +93,15 @@ pub fn run(
     restore(settings, selector, expect_sha256, now, false)
 }
 
-/// [`run`] as a dry run: the same refusals, nothing written. Returns the plan.
+/// [`run`] as a dry run: the same refusals, nothing written. Returns what the restore would
+/// do: its plan, or, when the database already is the backup (`unchanged`), nothing.
 pub fn dry_run(
     settings: &Settings,
     selector: &str,
     expect_sha256: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<Plan> {
-    restore(settings, selector, expect_sha256, now, true).map(|(_, o, _)| o.plan)
+) -> Result<Outcome> {
+    restore(settings, selector, expect_sha256, now, true).map(|(_, o, _)| o)
 }
 
 /// The one restore path; `dry_run` skips every write and nothing else.

@@ -205,12 +205,20 @@ fn post_run(request: &Request, mut ctx: Ctx, settings: &Settings, now: DateTime<
     if request.dry_run {
         // The same refusals as the restore itself, nothing written.
         return match restore::dry_run(settings, &selector, request.backup_sha256.as_deref(), now) {
-            Ok(plan) => ctx.ok(
+            Ok(o) if o.unchanged => ctx.ok(
+                Decision::Skipped,
+                format!(
+                    "dry run: `{}` already is backup `{}` byte for byte, with no WAL beside it: the restore would move nothing; nothing was changed",
+                    o.plan.database.display(),
+                    o.plan.backup_id
+                ),
+            ),
+            Ok(o) => ctx.ok(
                 Decision::Skipped,
                 format!(
                     "dry run: backup `{}` would be restored over `{}`; nothing was changed",
-                    plan.backup_id,
-                    plan.database.display()
+                    o.plan.backup_id,
+                    o.plan.database.display()
                 ),
             ),
             Err(e) => ctx.fail(Decision::Skipped, &e),
