@@ -386,7 +386,15 @@ impl Error {
 /// What to do about an unsafe folder. A shared system folder (`/tmp`, `/`, `/home`…) is never
 /// to be chmod-ed: the key must point elsewhere instead.
 fn unsafe_folder_hint(key: &str, dir: &Path) -> String {
-    if crate::files::is_shared_system_folder(dir) {
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        let target = std::fs::canonicalize(dir)
+            .or_else(|_| std::fs::read_link(dir))
+            .unwrap_or_default();
+        format!(
+            "set `{key}` to the folder itself (the link points to `{}`), or replace the link by a real directory: ducksafe checks and keeps its own folders private as what they are",
+            target.display()
+        )
+    } else if crate::files::is_shared_system_folder(dir) {
         format!(
             "`{}` is a shared system folder: leave its permissions alone and set `{key}` to a folder of its own (ducksafe creates it `0700`), or remove `{key}` to use the default",
             dir.display()

@@ -449,3 +449,42 @@ fn restore_dry_runs_say_a_restore_would_move_nothing() {
     let dry = p.run(&["restore", "--dry-run"]);
     assert!(stdout(&dry).contains("would move `"), "{}", stdout(&dry));
 }
+
+// 8. A BACKUP_DIR that is a symlink is refused, never followed: ducksafe's folders are checked
+//    and kept private as what they are.
+#[test]
+fn a_symlinked_backup_dir_is_refused_with_the_folder_to_use_instead() {
+    let p = Project::new("");
+    fs::create_dir(p.path("realbk")).unwrap();
+    fs::set_permissions(p.path("realbk"), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("realbk", p.backups()).unwrap();
+    let before = common::every_byte(p.dir.path());
+    for args in [
+        vec!["backup"],
+        vec!["backup", "--dry-run"],
+        vec!["validate"],
+        vec!["list"],
+    ] {
+        let out = p.run(&args);
+        assert_eq!(out.status.code(), Some(73), "{args:?}: {}", stderr(&out));
+        let said = stderr(&out);
+        assert!(
+            said.contains("is unsafe: it is a symlink (to `realbk`)")
+                && said.contains(&format!(
+                    "set `BACKUP_DIR` to the folder itself (the link points to `{}`)",
+                    p.path("realbk").display()
+                )),
+            "{args:?}: {said}"
+        );
+    }
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 73, "{r:?}");
+    assert_eq!(r.errors[0].code, ErrorCode::BackupDirUnsafe);
+    assert_eq!(r.errors[0].path.as_deref(), Some("/BACKUP_DIR"));
+    assert_eq!(common::every_byte(p.dir.path()), before, "nothing written");
+    // Pointed at the folder itself, it is tightened and used.
+    p.write_config("DB_PATH: simulation.duckdb\nLOG_LEVEL: INFO\nBACKUP_MIN_FREE_BYTES: 0\nBACKUP_DIR: realbk\n");
+    assert_ok(&p.run(&["backup"]));
+    let mode = fs::metadata(p.path("realbk")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}

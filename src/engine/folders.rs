@@ -61,7 +61,10 @@ pub fn check(dir: &Path, kind: Kind) -> Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_symlink() => Err(kind.refuse(
             dir,
-            "it is a symlink; ducksafe never follows links for its own folders".into(),
+            format!(
+                "it is a symlink (to `{}`); ducksafe never follows links for its own folders",
+                fs::read_link(dir).unwrap_or_default().display()
+            ),
         )),
         Ok(m) => {
             files::unsafe_folder_reason(dir, &m).map_or(Ok(()), |why| Err(kind.refuse(dir, why)))

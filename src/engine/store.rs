@@ -35,10 +35,11 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 
 use super::database::Owner;
+use super::folders::{self, Kind};
+use super::lease;
 use super::lock::{DirLock, Section};
 use super::manifest::{self, Manifest};
 use super::retention::{self, Candidate, Plan};
-use super::{folders, lease};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::files;
@@ -82,8 +83,11 @@ pub struct Inventory {
 
 impl Store {
     /// Opens the backup directory, creating it (`0700`, missing parents too) when `create` is
-    /// set, and refuses one that is not private.
+    /// set, and refuses one that is not private or is a symlink (see [`super::folders`]: a link
+    /// is never followed to ducksafe's own folder, which must be checked and kept private as
+    /// what it is).
     pub fn open(dir: &Path, create: bool) -> Result<Store> {
+        folders::check(dir, Kind::BackupDir)?;
         match fs::metadata(dir) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {

@@ -108,7 +108,8 @@ fn validate(mut ctx: Ctx, settings: &Settings) -> Response {
     if let Err(e) = crate::engine::quarantine::check(settings) {
         return ctx.fail(Decision::Invalid, &e);
     }
-    if settings.backup_dir.exists() {
+    // A symlink, even a dangling one, is there: `Store::open` refuses it.
+    if std::fs::symlink_metadata(&settings.backup_dir).is_ok() {
         let checked = crate::engine::store::Store::open(&settings.backup_dir, false)
             // The owner a backup would claim: claiming writes nothing.
             .and_then(|store| crate::engine::identity::claim(&store, settings))
