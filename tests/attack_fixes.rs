@@ -488,3 +488,44 @@ fn a_symlinked_backup_dir_is_refused_with_the_folder_to_use_instead() {
     let mode = fs::metadata(p.path("realbk")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+// 9. A folder of ducksafe's left open to others is said by `restore` (and its dry run) and
+//    `adopt` too, text and `--json`, as by every other response.
+#[test]
+fn restore_and_adopt_say_a_folder_left_open() {
+    let (p, _) = backed_up();
+    fs::set_permissions(p.backups(), fs::Permissions::from_mode(0o755)).unwrap();
+    let open = format!(
+        "`{}` is 0755, open to group and others",
+        p.backups().display()
+    );
+    change(&p.db());
+    for args in [
+        vec!["restore", "--dry-run"],
+        vec!["adopt", "--dry-run"],
+        vec!["adopt"],
+        vec!["restore"],
+    ] {
+        let out = p.run(&args);
+        assert_ok(&out);
+        assert!(stderr(&out).contains(&open), "{args:?}: {}", stderr(&out));
+    }
+    change(&p.db());
+    for args in [
+        vec!["--json", "restore", "--dry-run"],
+        vec!["--json", "adopt", "--dry-run"],
+        vec!["--json", "restore"],
+    ] {
+        let out = p.run(&args);
+        assert_ok(&out);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let said = report["warnings"].as_array().is_some_and(|w| {
+            w.iter()
+                .any(|w| w.as_str().is_some_and(|w| w.contains(&open)))
+        });
+        assert!(said, "{args:?}: {report}");
+    }
+    // Restores never change the folder's mode; the next backup does.
+    let mode = fs::metadata(p.backups()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755);
+}

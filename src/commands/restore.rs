@@ -97,6 +97,9 @@ struct Planned {
     /// would move nothing (and `moves` is empty).
     unchanged: bool,
     unfinished_restores: Vec<Pending>,
+    /// What every response says besides the interrupted restores (listed above): a restore
+    /// marker in trouble, ducksafe's folders left open to others.
+    warnings: Vec<String>,
 }
 
 impl Report for Planned {
@@ -142,6 +145,10 @@ impl Report for Planned {
         }
         Ok(())
     }
+
+    fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
 }
 
 pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
@@ -159,8 +166,11 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
     match restore::run(&settings, &a.backup, a.expect_sha256.as_deref(), now) {
         Ok((manifest, outcome, notes)) => {
             ctx.warnings.extend(notes);
+            let mut response = response::restore_done(&ctx, &settings, &manifest, &outcome);
+            // As the hook's post_run answers: what every response says, first.
+            response::surface_pending(&mut response, &settings);
             let restored = Restored {
-                response: response::restore_done(&ctx, &settings, &manifest, &outcome),
+                response,
                 db_path: &settings.db_path,
                 manifest: &manifest,
                 outcome: &outcome,
@@ -205,6 +215,7 @@ fn dry_run(
                 restores_again,
                 unchanged: o.unchanged,
                 unfinished_restores: pending,
+                warnings: crate::engine::standing_remarks(settings),
             })
         }
         Err(error) => {
