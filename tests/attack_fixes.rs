@@ -529,3 +529,32 @@ fn restore_and_adopt_say_a_folder_left_open() {
     let mode = fs::metadata(p.backups()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o755);
 }
+
+// 10. A backup refused after it tightened the backup directory says that it did.
+#[test]
+fn a_refused_backup_says_it_tightened_the_folder() {
+    let (p, _) = backed_up();
+    let _writer = common::hold(&p.db());
+    let tightened = format!("tightened `{}` from 0755 to 0700", p.backups().display());
+    let loosen = || fs::set_permissions(p.backups(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mode = || fs::metadata(p.backups()).unwrap().permissions().mode() & 0o777;
+
+    loosen();
+    let out = p.run(&["backup"]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert_eq!(mode(), 0o700);
+    assert!(stderr(&out).contains(&tightened), "{}", stderr(&out));
+
+    loosen();
+    let out = p.run(&["--json", "backup"]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    let r: Response = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.errors[0].code, ErrorCode::DatabaseLocked);
+    assert!(r.warnings.iter().any(|w| w.contains(&tightened)), "{r:?}");
+
+    loosen();
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 75, "{r:?}");
+    assert!(r.warnings.iter().any(|w| w.contains(&tightened)), "{r:?}");
+    assert_eq!(mode(), 0o700);
+}

@@ -54,9 +54,9 @@ fn serve(request: &Request, mut ctx: Ctx) -> Response {
                 tracing::info!("backup {} created and verified", o.manifest.id);
                 response::backup_done(&ctx, &settings, &o)
             }
-            Err(e) => {
-                tracing::error!("{e}");
-                ctx.fail(Decision::Abort, &e)
+            Err(refused) => {
+                tracing::error!("{}", refused.error);
+                response::backup_refused(&ctx, &refused)
             }
         },
         Event::PostRun => {
