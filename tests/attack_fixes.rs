@@ -558,3 +558,30 @@ fn a_refused_backup_says_it_tightened_the_folder() {
     assert!(r.warnings.iter().any(|w| w.contains(&tightened)), "{r:?}");
     assert_eq!(mode(), 0o700);
 }
+
+// 11. An empty `DUCKSAFE_CONFIG` is an invalid value, not a path to the working directory.
+#[test]
+fn an_empty_ducksafe_config_is_refused_naming_the_variable() {
+    let (p, _) = backed_up();
+    for args in [vec!["validate"], vec!["list"]] {
+        let out = bin()
+            .current_dir(p.dir.path())
+            .env("DUCKSAFE_CONFIG", "")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("`DUCKSAFE_CONFIG` is set but empty"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let (r, code) = p.hook_env(
+        r#"{"protocol_version":1,"event":"validate"}"#,
+        &[("DUCKSAFE_CONFIG", "")],
+    );
+    assert_eq!(code, 78, "{r:?}");
+    assert_eq!(r.errors[0].code, ErrorCode::ConfigInvalid);
+    assert!(r.reason.contains("$DUCKSAFE_CONFIG"), "{r:?}");
+}
