@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::engine::journal::Pending;
 use crate::error::Error;
-use crate::protocol::{ErrorEntry, Response};
+use crate::protocol::{ErrorCode, ErrorEntry, Response};
 
 /// `12.3 MiB` for people.
 pub use crate::error::human_bytes as size;
@@ -35,6 +35,12 @@ pub trait Report: Serialize {
     /// The problems a complete report ends with (a backup that failed verification, an
     /// invalid configuration), with the exit code they give: said on stderr after the text.
     fn failure(&self) -> Option<(Vec<ErrorEntry>, i32)> {
+        None
+    }
+
+    /// The line said after the failure's problems, when they need one: which configuration
+    /// they are in (see [`print_error`]).
+    fn failure_summary(&self) -> Option<String> {
         None
     }
 }
@@ -118,7 +124,7 @@ fn write_report<R: Report>(json: bool, report: &R) -> (io::Result<()>, i32) {
     let code = match report.failure() {
         Some((entries, code)) => {
             if !json {
-                print_entries(&entries);
+                print_problems(&entries, report.failure_summary().as_deref());
             }
             code
         }
@@ -167,9 +173,31 @@ pub fn protocol_line(response: &Response) -> i32 {
     response.exit_code
 }
 
-/// Says a failure for people on stderr: `ducksafe: error: …` then `hint: …` lines.
+/// Says a failure for people on stderr: `ducksafe: error: …` then `hint: …` lines. The
+/// problems of an invalid configuration point into it (`at /KEY`) without saying which file or
+/// variable it is: a closing line names it, and counts them.
 pub fn print_error(err: &Error) {
-    print_entries(&err.entries());
+    let summary = matches!(err, Error::ConfigInvalid { .. }).then(|| err.to_string());
+    print_problems(&err.entries(), summary.as_deref());
+}
+
+/// Says a response's errors for people on stderr, as [`print_error`] does: an invalid
+/// configuration's closed by its `reason`, which names it.
+pub fn print_response_errors(r: &Response) {
+    let summary = r
+        .errors
+        .first()
+        .is_some_and(|e| e.code == ErrorCode::ConfigInvalid)
+        .then_some(r.reason.as_str());
+    print_problems(&r.errors, summary);
+}
+
+/// The entries, then `summary` (if any) as a closing error line.
+fn print_problems(entries: &[ErrorEntry], summary: Option<&str>) {
+    print_entries(entries);
+    if let Some(s) = summary {
+        let _ = writeln!(io::stderr().lock(), "ducksafe: error: {s}");
+    }
 }
 
 /// Says protocol error entries for people on stderr.

@@ -585,3 +585,34 @@ fn an_empty_ducksafe_config_is_refused_naming_the_variable() {
     assert_eq!(r.errors[0].code, ErrorCode::ConfigInvalid);
     assert!(r.reason.contains("$DUCKSAFE_CONFIG"), "{r:?}");
 }
+
+// 11. In text, an invalid configuration's problems are closed by a line that names it.
+#[test]
+fn an_invalid_configuration_is_named_in_text() {
+    let p = Project::new("");
+    let named = |out: &Output, source: &str, problems: &str| {
+        let said = stderr(out);
+        assert_eq!(out.status.code(), Some(78), "{said}");
+        assert!(
+            said.trim_end().ends_with(&format!(
+                "ducksafe: error: configuration `{source}` is invalid: {problems}"
+            )),
+            "{said}"
+        );
+    };
+    // A folder given as the configuration file.
+    let folder = p.dir.path().display().to_string();
+    for args in [vec!["validate"], vec!["--json", "validate"], vec!["list"]] {
+        let out = bin()
+            .current_dir(p.dir.path())
+            .args(["--config", &folder])
+            .args(&args)
+            .output()
+            .unwrap();
+        named(&out, &folder, "1 problem");
+    }
+    p.write_config("DB_PATH: simulation.duckdb\nLOG_LEVEL: INFO\nBACKUP_KEEP_LAST: 0\nFOO: 1\n");
+    let config = p.config().display().to_string();
+    named(&p.run(&["validate"]), &config, "2 problems");
+    named(&p.run(&["backup"]), &config, "2 problems");
+}
