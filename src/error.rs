@@ -394,6 +394,12 @@ fn unsafe_folder_hint(key: &str, dir: &Path) -> String {
             "set `{key}` to the folder itself (the link points to `{}`), or replace the link by a real directory: ducksafe checks and keeps its own folders private as what they are",
             target.display()
         )
+    } else if crate::files::is_read_only_fs(dir) {
+        format!(
+            "`{}` is on a read-only filesystem, where no chmod works: remount it read-write (`mount -o remount,rw MOUNTPOINT`) and make it private to this user (`chmod 700 {}`), or set `{key}` to a folder of its own",
+            dir.display(),
+            crate::engine::shell::quote(dir)
+        )
     } else if crate::files::is_shared_system_folder(dir) {
         format!(
             "`{}` is a shared system folder: leave its permissions alone and set `{key}` to a folder of its own (ducksafe creates it `0700`), or remove `{key}` to use the default",

@@ -616,3 +616,46 @@ fn an_invalid_configuration_is_named_in_text() {
     named(&p.run(&["validate"]), &config, "2 problems");
     named(&p.run(&["backup"]), &config, "2 problems");
 }
+
+// 12. On a read-only filesystem no chmod works: no advice starts with one.
+#[test]
+fn read_only_media_get_no_bare_chmod_advice() {
+    let (p, _) = backed_up();
+    fs::set_permissions(p.backups(), fs::Permissions::from_mode(0o755)).unwrap();
+    let case = "read_only_media_get_no_bare_chmod_advice";
+    let Some(ro) = mounted(case, Mount::read_only(&p.backups())) else {
+        return;
+    };
+    // The standing warning about the folder left open.
+    let out = p.run(&["list"]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("cannot make it 0700 (it is on a read-only filesystem)")
+            && stderr(&out)
+                .contains("no chmod works on a read-only filesystem: remount it read-write"),
+        "{}",
+        stderr(&out)
+    );
+    // validate refuses it as the backup does: a read-only filesystem, no permission problem.
+    let out = p.run(&["--json", "validate"]);
+    let r = common::one_response(&out);
+    assert_eq!(r.errors[0].code, ErrorCode::BackupFailed, "{r:?}");
+    let hint = r.errors[0].hint.clone().unwrap();
+    assert!(hint.contains("no chmod fixes this"), "{hint}");
+    let (r, _) = p.pre_run();
+    assert_eq!(r.errors[0].code, ErrorCode::BackupFailed, "{r:?}");
+    // A folder refused as unsafe there: the hint does not start with a chmod either.
+    drop(ro);
+    fs::set_permissions(p.backups(), fs::Permissions::from_mode(0o777)).unwrap();
+    let Some(_ro) = mounted(case, Mount::read_only(&p.backups())) else {
+        return;
+    };
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 73, "{r:?}");
+    assert_eq!(r.errors[0].code, ErrorCode::BackupDirUnsafe, "{r:?}");
+    let hint = r.errors[0].hint.clone().unwrap();
+    assert!(
+        hint.contains("on a read-only filesystem, where no chmod works: remount it read-write"),
+        "{hint}"
+    );
+}

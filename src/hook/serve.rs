@@ -112,17 +112,9 @@ fn validate(mut ctx: Ctx, settings: &Settings) -> Response {
     if std::fs::symlink_metadata(&settings.backup_dir).is_ok() {
         let checked = crate::engine::store::Store::open(&settings.backup_dir, false)
             // The owner a backup would claim: claiming writes nothing.
-            .and_then(|store| crate::engine::identity::claim(&store, settings))
-            .and_then(|_| {
-                if crate::files::writable(&settings.backup_dir) {
-                    Ok(())
-                } else {
-                    Err(Error::BackupDirUnsafe {
-                        dir: settings.backup_dir.clone(),
-                        why: "it is not writable (read-only filesystem or permissions): backups would fail; restores from it still work".into(),
-                    })
-                }
-            });
+            .and_then(|store| crate::engine::identity::claim(&store, settings).map(|_| store))
+            // As a backup's dry run: a read-only filesystem is no permission problem.
+            .and_then(|store| store.check_writable());
         if let Err(e) = checked {
             return ctx.fail(Decision::Invalid, &e);
         }
