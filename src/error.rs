@@ -24,6 +24,17 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// `delete` of a backup that is kept on purpose (pinned, named by `latest`, a running
+    /// run's): a refusal of what was asked, with what to do first. Exit 64, as a command line
+    /// that cannot be done as given.
+    #[error("cannot delete backup `{id}`: {why}")]
+    DeleteRefused {
+        id: String,
+        why: String,
+        /// What to do first.
+        first: String,
+    },
+
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
@@ -215,7 +226,7 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         use ErrorCode as C;
         match self {
-            Error::Usage(_) => C::Usage,
+            Error::Usage(_) | Error::DeleteRefused { .. } => C::Usage,
             Error::InvalidRequest(_) | Error::RequestViolations(_) => C::InvalidRequest,
             Error::UnsupportedEvent(_) => C::UnsupportedEvent,
             Error::UnsupportedProtocol(_) => C::UnsupportedProtocolVersion,
@@ -251,6 +262,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Usage(_) => Some("run `ducksafe --help` for usage".into()),
+            Error::DeleteRefused { first, .. } => Some(format!("{first}; nothing was deleted")),
             Error::InvalidRequest(_) | Error::RequestViolations(_) => Some(
                 "send one JSON object, e.g. {\"protocol_version\": 1, \"event\": \"pre_run\"}; `ducksafe schema request` prints the schema".into(),
             ),

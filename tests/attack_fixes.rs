@@ -659,3 +659,44 @@ fn read_only_media_get_no_bare_chmod_advice() {
         "{hint}"
     );
 }
+
+// 13. `delete` of the backup `latest` names is a refusal with its own way out, not a usage
+//     error pointing at `--help`; the warning about a future-dated backup gives that way out.
+#[test]
+fn deleting_the_latest_backup_is_refused_with_the_way_out() {
+    let p = Project::new("");
+    let out = p
+        .cmd(&["--json", "backup"])
+        .env("DUCKSAFE_NOW", "2099-01-01T00:00:00Z")
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let future = serde_json::from_slice::<Response>(&out.stdout)
+        .unwrap()
+        .backup
+        .unwrap()
+        .id;
+    let out = p.run(&["list"]);
+    assert!(
+        stderr(&out).contains(&format!(
+            "take a new backup (`ducksafe backup`, so that `latest` names that one), then delete it with `ducksafe delete {future}`"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let out = p.run(&["delete", &future]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains(&format!(
+            "cannot delete backup `{future}`: it is the one `latest.duckdb` names"
+        )) && said.contains("hint: take a new backup first (`ducksafe backup`)")
+            && !said.contains("--help"),
+        "{said}"
+    );
+    assert!(p.backups().join(format!("{future}.duckdb")).exists());
+    // The way out works.
+    assert_ok(&p.run(&["backup"]));
+    assert_ok(&p.run(&["delete", &future]));
+    assert!(!p.backups().join(format!("{future}.duckdb")).exists());
+}

@@ -678,10 +678,17 @@ impl Store {
     /// in the future (a clock that was wrong), and a `latest.duckdb` that names no backup.
     pub fn inventory_warnings(&self, inv: &Inventory, now: DateTime<Utc>) -> Vec<String> {
         let mut warnings = Vec::new();
+        let latest = self.latest_id();
         for b in &inv.backups {
             if b.manifest.created_at > now + chrono::Duration::minutes(5) {
+                // `delete` keeps the backup `latest` names: the way out then starts with a backup.
+                let first = if latest.as_deref() == Some(b.id.as_str()) {
+                    "take a new backup (`ducksafe backup`, so that `latest` names that one), then "
+                } else {
+                    ""
+                };
                 warnings.push(format!(
-                    "backup `{}` is dated {}, in the future: the clock was wrong when it was taken (or is wrong now). Rotation orders backups by date, so it counts as newer than every backup made since and outlives them; if it is not a state you need, delete it with `ducksafe delete {}`",
+                    "backup `{}` is dated {}, in the future: the clock was wrong when it was taken (or is wrong now). Rotation orders backups by date, so it counts as newer than every backup made since and outlives them; if it is not a state you need, {first}delete it with `ducksafe delete {}`",
                     b.id,
                     b.manifest.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
                     b.id
