@@ -700,3 +700,31 @@ fn deleting_the_latest_backup_is_refused_with_the_way_out() {
     assert_ok(&p.run(&["delete", &future]));
     assert!(!p.backups().join(format!("{future}.duckdb")).exists());
 }
+
+// 14. `--json restore --dry-run` fails with the full response a post_run dry run answers, as
+//     every other operation's `--json` failure.
+#[test]
+fn a_failed_restore_dry_run_prints_a_full_response() {
+    let (p, _) = backed_up();
+    let out = p.run(&["--json", "restore", "--dry-run", "nosuch_20250101_000000"]);
+    assert_eq!(out.status.code(), Some(66), "{}", stderr(&out));
+    let r: Response = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("not a full response ({e}): {}", stdout(&out));
+    });
+    assert_eq!(r.protocol_version, 1);
+    assert_eq!(r.event.as_deref(), Some("post_run"));
+    assert_eq!(r.decision, ducksafe::protocol::Decision::Skipped);
+    assert_eq!(r.exit_code, 66);
+    assert_eq!(r.errors[0].code, ErrorCode::BackupNotFound);
+    assert_eq!(
+        r.paths.get("db_path").map(String::as_str),
+        Some(p.db().to_str().unwrap())
+    );
+    // As the hook's own dry run answers.
+    let (hook, _) = p.hook(&format!(
+        r#"{{"protocol_version":1,"event":"post_run","dry_run":true,"backup_id":"nosuch_20250101_000000","run":{{"outcome":"failure"}},"on_failure":"restore","config":{{"path":{:?}}}}}"#,
+        p.config().display().to_string()
+    ));
+    assert_eq!((hook.decision, hook.status), (r.decision, r.status));
+    assert_eq!(hook.errors[0].code, r.errors[0].code);
+}

@@ -221,7 +221,15 @@ fn dry_run(
         Err(error) => {
             let mut preface = Vec::new();
             let _ = output::pending_text(&mut preface, &pending);
+            // `--json` prints the response a post_run dry run answers, as every operation's
+            // failure does: `skipped`, with the standing warnings.
+            let mut ctx = Ctx::new(generated_request_id(), Some("post_run"));
+            ctx.set_paths(settings);
+            ctx.warnings = response::pending_warnings(settings);
             Err(Failure {
+                response: Some(Box::new(ctx.fail(Decision::Skipped, &error))),
+                // In text, the interrupted restores are the preface: the rest is said after.
+                warnings: crate::engine::standing_remarks(settings).into(),
                 preface: preface.into(),
                 ..error.into()
             })
