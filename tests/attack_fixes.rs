@@ -728,3 +728,16 @@ fn a_failed_restore_dry_run_prints_a_full_response() {
     assert_eq!((hook.decision, hook.status), (r.decision, r.status));
     assert_eq!(hook.errors[0].code, r.errors[0].code);
 }
+
+// A key given twice in the configuration file is refused, not silently the last value.
+#[test]
+fn a_configuration_key_given_twice_is_refused() {
+    let p = Project::new("");
+    p.write_config("DB_PATH: elsewhere.duckdb\nLOG_LEVEL: INFO\nDB_PATH: simulation.duckdb\n");
+    let out = p.run(&["--json", "validate"]);
+    let r = common::one_response(&out);
+    assert_eq!(r.exit_code, 78, "{r:?}");
+    assert_eq!(r.errors[0].code, ErrorCode::ConfigInvalid);
+    assert_eq!(r.errors[0].path.as_deref(), Some("/DB_PATH"));
+    assert!(r.errors[0].message.contains("given twice"), "{r:?}");
+}
