@@ -83,7 +83,8 @@ pub enum Access {
     /// It only reads: no lock, nothing swept (`list`, `verify`).
     Read,
     /// It changes the directory: the directory lock, then a sweep of what an interrupted run
-    /// left (none on a dry run, which writes nothing).
+    /// left. A dry run takes the lock without writing (not even the lock file) and sweeps
+    /// nothing.
     Change { dry_run: bool },
 }
 
@@ -102,7 +103,8 @@ pub fn open_store(settings: &Settings, access: Access) -> Result<Opened> {
     let store = Store::open(&settings.backup_dir, false)?;
     let lock = match access {
         Access::Read => None,
-        Access::Change { .. } => Some(store.lock_only()?),
+        Access::Change { dry_run: true } => DirLock::acquire_without_writing(store.dir())?,
+        Access::Change { dry_run: false } => Some(store.lock_only()?),
     };
     let owner = crate::engine::identity::check(store.dir(), settings)?;
     let store = store.owned_by(owner);

@@ -16,8 +16,10 @@
 //!    no-replace rename, directory fsync), then swap `latest`;
 //! 8. [`retention`](super::retention): only now, rotate old backups.
 //!
-//! Invariant: a failure at any step before 7 leaves the backup directory as it was (the
-//! temporary file is removed by its guard) and never touches `latest` or an earlier backup.
+//! Invariant: a failure at any step before 7 leaves the backups as they were (the temporary
+//! file is removed by its guard) and never touches `latest` or an earlier backup. What steps 2
+//! and 3 changed (the directory tightened, leftovers swept, an interrupted restore finished) is
+//! said by the failure too ([`Refused`]).
 //!
 //! A dry run is steps 1 to 4 with `dry_run` set, the same refusals under the same locks and
 //! nothing written, then the copy's block checks read in place ([`snapshot::check_source`]) and
@@ -55,6 +57,34 @@ pub struct Outcome {
     pub recovered: Vec<String>,
 }
 
+/// What a backup has said so far: remarks, and what it changed before its copy (a folder
+/// tightened, leftovers swept, an interrupted restore finished). A refused backup says them too
+/// ([`Refused`]): those changes were made.
+#[derive(Debug, Clone, Default)]
+pub struct Notes {
+    pub warnings: Vec<String>,
+    /// Leftovers of interrupted backups that were removed (file names).
+    pub cleaned: Vec<String>,
+    /// Interrupted restores that were completed (one line each).
+    pub recovered: Vec<String>,
+}
+
+/// A backup that failed: why, and what it had said (and changed) before.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: Error,
+    pub notes: Box<Notes>,
+}
+
+impl From<Error> for Refused {
+    fn from(error: Error) -> Self {
+        Refused {
+            error,
+            notes: Box::default(),
+        }
+    }
+}
+
 /// What a dry run found: nothing was written.
 #[derive(Debug, Clone)]
 pub struct DryRun {
@@ -81,23 +111,24 @@ struct Ready {
     /// directory lock keeps other ducksafe runs out meanwhile).
     inv: Inventory,
     id: String,
-    warnings: Vec<String>,
-    cleaned: Vec<String>,
-    recovered: Vec<String>,
 }
 
 /// Steps 1 to 4, for a backup and its dry run alike: a dry run makes every check and takes
 /// every lock, and writes nothing (it neither creates nor tightens the directory, sweeps
-/// nothing and finishes no interrupted restore).
+/// nothing and finishes no interrupted restore). What it says and changes goes to `notes` as
+/// it goes, so that a refusal later still says it.
 fn prepare(
     settings: &Settings,
     now: DateTime<Utc>,
     guards_a_run: bool,
     dry_run: bool,
+    notes: &mut Notes,
 ) -> Result<Ready> {
     database::check(settings)?;
     let dir = &settings.backup_dir;
-    let mut warnings = Vec::new();
+    let warnings = &mut notes.warnings;
+    // Where a directory that does not exist yet would be created: its free space decides.
+    let mut creatable_under = None;
     let store = if !dry_run {
         let store = Store::open(dir, true)?;
         warnings.extend(store.tighten());
@@ -107,6 +138,8 @@ fn prepare(
         store.check_writable()?;
         Some(store)
     } else {
+        // The real backup creates it, missing parents too: refused here when it could not.
+        creatable_under = Some(Store::check_creatable(dir)?);
         warnings.push(format!(
             "`{}` does not exist yet; the backup would create it (0700)",
             dir.display()
@@ -134,11 +167,10 @@ fn prepare(
     if let (Some(s), true) = (&store, guards_a_run) {
         lease::check(s.dir())?;
     }
-    let cleaned = match &store {
-        Some(s) if !dry_run => s.clean_leftovers(true)?,
-        _ => Vec::new(),
-    };
-    let recovered = journal::recover(settings, dry_run)?.notes;
+    if let Some(s) = store.as_ref().filter(|_| !dry_run) {
+        notes.cleaned = s.clean_leftovers(true)?;
+    }
+    notes.recovered = journal::recover(settings, dry_run)?.notes;
     let inv = match &store {
         Some(s) => s.inventory()?,
         None => Inventory::default(),
@@ -152,7 +184,7 @@ fn prepare(
     let (space_dir, id) = match &store {
         Some(s) => (s.dir(), s.next_id(&settings.db_stem(), now)?),
         None => (
-            files::parent_of(dir),
+            creatable_under.as_deref().unwrap_or(dir),
             store::base_id(&settings.db_stem(), now),
         ),
     };
@@ -167,9 +199,6 @@ fn prepare(
         space,
         inv,
         id,
-        warnings,
-        cleaned,
-        recovered,
     })
 }
 
@@ -183,8 +212,9 @@ fn source_bytes(source: &SourceLock, wals: &[(PathBuf, u64)]) -> u64 {
 /// [`prepare`]), the copy's block checks read in place, and the rotation the new backup would
 /// cause.
 pub fn dry_run(settings: &Settings, now: DateTime<Utc>, guards_a_run: bool) -> Result<DryRun> {
-    let ready = prepare(settings, now, guards_a_run, true)?;
-    let mut warnings = ready.warnings;
+    let mut notes = Notes::default();
+    let ready = prepare(settings, now, guards_a_run, true, &mut notes)?;
+    let mut warnings = notes.warnings;
     warnings.extend(snapshot::check_source(
         &ready.source,
         &database::limits(settings),
@@ -232,11 +262,37 @@ pub fn dry_run(settings: &Settings, now: DateTime<Utc>, guards_a_run: bool) -> R
 /// `guards_a_run` (the hook's pre_run): a run follows that writes the database until its
 /// post_run, so another guarded run still in progress refuses this one (`lease`), and this one
 /// is recorded once its backup is published.
+///
+/// A refusal carries what the backup had said and changed before it ([`Refused`]).
 pub fn run(
     settings: &Settings,
     now: DateTime<Utc>,
     request_id: Option<&str>,
     guards_a_run: bool,
+) -> Result<Outcome, Refused> {
+    let mut notes = Notes::default();
+    match run_noting(settings, now, request_id, guards_a_run, &mut notes) {
+        Ok(outcome) => Ok(Outcome {
+            warnings: notes.warnings,
+            cleaned: notes.cleaned,
+            recovered: notes.recovered,
+            ..outcome
+        }),
+        Err(error) => Err(Refused {
+            error,
+            notes: Box::new(notes),
+        }),
+    }
+}
+
+/// [`run`]'s work, which says and records its changes in `notes` as it goes: the outcome it
+/// returns leaves them to [`run`].
+fn run_noting(
+    settings: &Settings,
+    now: DateTime<Utc>,
+    request_id: Option<&str>,
+    guards_a_run: bool,
+    notes: &mut Notes,
 ) -> Result<Outcome> {
     let t = std::time::Instant::now();
     let phase = |name: &str| tracing::debug!("{name}: {} ms", t.elapsed().as_millis());
@@ -249,11 +305,9 @@ pub fn run(
         space,
         mut inv,
         id,
-        mut warnings,
-        cleaned,
-        recovered,
         ..
-    } = prepare(settings, now, guards_a_run, false)?;
+    } = prepare(settings, now, guards_a_run, false, notes)?;
+    let warnings = &mut notes.warnings;
     let Some(store) = store else {
         return Err(Error::Internal(
             "the backup directory was not opened".into(),
@@ -302,7 +356,7 @@ pub fn run(
     );
     warnings.extend(plan.warnings.iter().cloned());
     warnings.extend(store.inventory_warnings(&inv, now));
-    let rotation = store.rotate(&plan, &mut warnings);
+    let rotation = store.rotate(&plan, warnings);
     failpoint::hit("rotation.done");
     phase("rotated");
     let deleted: u64 = rotation.deleted.iter().map(|d| d.bytes).sum();
@@ -315,9 +369,9 @@ pub fn run(
             required_bytes: space.required,
             backups_bytes: Store::used_bytes(&inv).saturating_sub(deleted),
         },
-        warnings,
-        cleaned,
-        recovered,
+        warnings: Vec::new(),
+        cleaned: Vec::new(),
+        recovered: Vec::new(),
     })
 }
 

@@ -42,7 +42,15 @@ pub fn standing_warnings(settings: &Settings) -> Vec<String> {
     journal::pending(settings)
         .iter()
         .map(journal::Pending::line)
-        .chain(journal::marker_trouble(settings))
+        .chain(standing_remarks(settings))
+        .collect()
+}
+
+/// [`standing_warnings`] but the interrupted restores, for a report that lists those itself
+/// (`restore --dry-run`): a marker in trouble and ducksafe's folders left open. Reads only.
+pub fn standing_remarks(settings: &Settings) -> Vec<String> {
+    journal::marker_trouble(settings)
+        .into_iter()
         .chain(folders::loose(&settings.backup_dir))
         .chain(folders::loose(&quarantine::root(settings)))
         .collect()

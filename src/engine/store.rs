@@ -35,10 +35,11 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 
 use super::database::Owner;
+use super::folders::{self, Kind};
+use super::lease;
 use super::lock::{DirLock, Section};
 use super::manifest::{self, Manifest};
 use super::retention::{self, Candidate, Plan};
-use super::{folders, lease};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::files;
@@ -82,8 +83,11 @@ pub struct Inventory {
 
 impl Store {
     /// Opens the backup directory, creating it (`0700`, missing parents too) when `create` is
-    /// set, and refuses one that is not private.
+    /// set, and refuses one that is not private or is a symlink (see [`super::folders`]: a link
+    /// is never followed to ducksafe's own folder, which must be checked and kept private as
+    /// what it is).
     pub fn open(dir: &Path, create: bool) -> Result<Store> {
+        folders::check(dir, Kind::BackupDir)?;
         match fs::metadata(dir) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
@@ -130,6 +134,47 @@ impl Store {
             dir: dir.to_path_buf(),
             owner: None,
         })
+    }
+
+    /// What creating the missing directory `dir` (with its missing parents, as [`Store::open`]
+    /// does) needs, checked without creating anything (a dry run's and `validate`'s check): its
+    /// nearest existing ancestor is a directory this user may write in (`access(W_OK)`, which
+    /// root passes except on a read-only filesystem). Returns that ancestor: the filesystem the
+    /// backups would land on. The refusal is the `io_error` the creation itself would end in.
+    pub fn check_creatable(dir: &Path) -> Result<PathBuf> {
+        let cannot = |why: std::io::Error| Error::io("create backup directory", dir, why);
+        for at in dir.ancestors().skip(1) {
+            let at = if at.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                at
+            };
+            match fs::metadata(at) {
+                Ok(m) if m.is_dir() => {
+                    files::access_write(at).map_err(|e| {
+                        cannot(std::io::Error::new(
+                            e.kind(),
+                            format!("`{}` cannot be written in: {e}", at.display()),
+                        ))
+                    })?;
+                    return Ok(at.to_path_buf());
+                }
+                Ok(_) => {
+                    return Err(cannot(std::io::Error::other(format!(
+                        "`{}` is not a directory",
+                        at.display()
+                    ))))
+                }
+                // Missing too: created along with it, so what decides is further up.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) => {}
+                Err(e) => return Err(Error::io("create backup directory", at, e)),
+            }
+        }
+        Err(cannot(std::io::Error::other("no folder above it exists")))
     }
 
     /// What [`Store::open`] refuses of a directory it cannot write into, without writing
@@ -633,10 +678,17 @@ impl Store {
     /// in the future (a clock that was wrong), and a `latest.duckdb` that names no backup.
     pub fn inventory_warnings(&self, inv: &Inventory, now: DateTime<Utc>) -> Vec<String> {
         let mut warnings = Vec::new();
+        let latest = self.latest_id();
         for b in &inv.backups {
             if b.manifest.created_at > now + chrono::Duration::minutes(5) {
+                // `delete` keeps the backup `latest` names: the way out then starts with a backup.
+                let first = if latest.as_deref() == Some(b.id.as_str()) {
+                    "take a new backup (`ducksafe backup`, so that `latest` names that one), then "
+                } else {
+                    ""
+                };
                 warnings.push(format!(
-                    "backup `{}` is dated {}, in the future: the clock was wrong when it was taken (or is wrong now). Rotation orders backups by date, so it counts as newer than every backup made since and outlives them; if it is not a state you need, delete it with `ducksafe delete {}`",
+                    "backup `{}` is dated {}, in the future: the clock was wrong when it was taken (or is wrong now). Rotation orders backups by date, so it counts as newer than every backup made since and outlives them; if it is not a state you need, {first}delete it with `ducksafe delete {}`",
                     b.id,
                     b.manifest.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
                     b.id

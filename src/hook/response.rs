@@ -128,11 +128,26 @@ pub fn backup_done(ctx: &Ctx, settings: &Settings, o: &backup::Outcome) -> Respo
     ));
     r.rotation = Some(o.rotation.clone());
     r.space = Some(o.space.clone());
-    r.warnings.extend(o.warnings.iter().cloned());
-    r.warnings
-        .extend(o.cleaned.iter().map(|n| cleaned_note(n, &o.cleaned)));
-    r.warnings.extend(o.recovered.iter().cloned());
+    say(&mut r, &o.warnings, &o.cleaned, &o.recovered);
     r
+}
+
+/// A pre_run response for a backup that failed: why, then what it had said and changed before
+/// (a folder tightened, leftovers swept, an interrupted restore finished).
+pub fn backup_refused(ctx: &Ctx, refused: &backup::Refused) -> Response {
+    let mut r = ctx.fail(Decision::Abort, &refused.error);
+    let n = &refused.notes;
+    say(&mut r, &n.warnings, &n.cleaned, &n.recovered);
+    r
+}
+
+/// Adds a backup's remarks, the leftovers it swept and the restores it finished to `r`'s
+/// warnings.
+fn say(r: &mut Response, warnings: &[String], cleaned: &[String], recovered: &[String]) {
+    r.warnings.extend(warnings.iter().cloned());
+    r.warnings
+        .extend(cleaned.iter().map(|n| cleaned_note(n, cleaned)));
+    r.warnings.extend(recovered.iter().cloned());
 }
 
 /// Why a file was removed from the backup directory: a temporary file is what an interrupted

@@ -54,9 +54,9 @@ fn serve(request: &Request, mut ctx: Ctx) -> Response {
                 tracing::info!("backup {} created and verified", o.manifest.id);
                 response::backup_done(&ctx, &settings, &o)
             }
-            Err(e) => {
-                tracing::error!("{e}");
-                ctx.fail(Decision::Abort, &e)
+            Err(refused) => {
+                tracing::error!("{}", refused.error);
+                response::backup_refused(&ctx, &refused)
             }
         },
         Event::PostRun => {
@@ -108,24 +108,21 @@ fn validate(mut ctx: Ctx, settings: &Settings) -> Response {
     if let Err(e) = crate::engine::quarantine::check(settings) {
         return ctx.fail(Decision::Invalid, &e);
     }
-    if settings.backup_dir.exists() {
+    // A symlink, even a dangling one, is there: `Store::open` refuses it.
+    if std::fs::symlink_metadata(&settings.backup_dir).is_ok() {
         let checked = crate::engine::store::Store::open(&settings.backup_dir, false)
             // The owner a backup would claim: claiming writes nothing.
-            .and_then(|store| crate::engine::identity::claim(&store, settings))
-            .and_then(|_| {
-                if crate::files::writable(&settings.backup_dir) {
-                    Ok(())
-                } else {
-                    Err(Error::BackupDirUnsafe {
-                        dir: settings.backup_dir.clone(),
-                        why: "it is not writable (read-only filesystem or permissions): backups would fail; restores from it still work".into(),
-                    })
-                }
-            });
+            .and_then(|store| crate::engine::identity::claim(&store, settings).map(|_| store))
+            // As a backup's dry run: a read-only filesystem is no permission problem.
+            .and_then(|store| store.check_writable());
         if let Err(e) = checked {
             return ctx.fail(Decision::Invalid, &e);
         }
     } else {
+        // The first backup creates it, missing parents too: only where it could.
+        if let Err(e) = crate::engine::store::Store::check_creatable(&settings.backup_dir) {
+            return ctx.fail(Decision::Invalid, &e);
+        }
         ctx.warnings.push(format!(
             "`{}` does not exist yet; the first backup creates it (0700)",
             settings.backup_dir.display()
@@ -201,12 +198,20 @@ fn post_run(request: &Request, mut ctx: Ctx, settings: &Settings, now: DateTime<
     if request.dry_run {
         // The same refusals as the restore itself, nothing written.
         return match restore::dry_run(settings, &selector, request.backup_sha256.as_deref(), now) {
-            Ok(plan) => ctx.ok(
+            Ok(o) if o.unchanged => ctx.ok(
+                Decision::Skipped,
+                format!(
+                    "dry run: `{}` already is backup `{}` byte for byte, with no WAL beside it: the restore would move nothing; nothing was changed",
+                    o.plan.database.display(),
+                    o.plan.backup_id
+                ),
+            ),
+            Ok(o) => ctx.ok(
                 Decision::Skipped,
                 format!(
                     "dry run: backup `{}` would be restored over `{}`; nothing was changed",
-                    plan.backup_id,
-                    plan.database.display()
+                    o.plan.backup_id,
+                    o.plan.database.display()
                 ),
             ),
             Err(e) => ctx.fail(Decision::Skipped, &e),

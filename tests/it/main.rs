@@ -7,6 +7,7 @@
 mod support;
 
 mod backup;
+mod edges;
 mod init_and_locks;
 mod integrations;
 mod protocol;
