@@ -757,9 +757,16 @@ fn restore_from_read_only_media(t: &mut Tally) {
                 ensure(tree_state(&bk) == before, || {
                     "the read-only media changed".into()
                 })?;
-                // validate says backups cannot go there.
+                // validate says backups cannot go there, as the backup itself does: a
+                // read-only filesystem (backup_failed, 73), with no chmod advice.
                 let r = hook_at(&p.config(), &request("validate", &p.config(), ""), &[])?;
-                refused(&r, ErrorCode::BackupDirUnsafe, &["not writable"])
+                refused(&r, ErrorCode::BackupFailed, &["read-only filesystem"])?;
+                ensure(
+                    r.errors
+                        .iter()
+                        .all(|e| e.hint.as_deref().is_some_and(|h| h.contains("no chmod"))),
+                    || format!("a hint suggests a chmod on read-only media: {:?}", r.errors),
+                )
             },
         );
     }
