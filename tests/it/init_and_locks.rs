@@ -35,6 +35,47 @@ fn init_writes_the_quick_start_layout_once() {
     );
 }
 
+/// `init` keeps ducksafe's own folder rules: a `backups` that is a symlink is refused, and the
+/// folder it points to keeps its mode; a `.gitignore` that is a symlink is not appended through.
+#[test]
+fn init_follows_no_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("elsewhere");
+    fs::create_dir(&target).unwrap();
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).unwrap();
+    let project = dir.path().join("project");
+    fs::create_dir(&project).unwrap();
+    std::os::unix::fs::symlink(&target, project.join("backups")).unwrap();
+    let out = bin()
+        .arg("init")
+        .arg("--dir")
+        .arg(&project)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(73), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("symlink"),
+        "{out:?}"
+    );
+    assert_eq!(
+        fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+
+    fs::remove_file(project.join("backups")).unwrap();
+    let outside = dir.path().join("outside.txt");
+    fs::write(&outside, "mine\n").unwrap();
+    std::os::unix::fs::symlink(&outside, project.join(".gitignore")).unwrap();
+    let out = bin()
+        .arg("init")
+        .arg("--dir")
+        .arg(&project)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "mine\n");
+}
+
 fn init_demo(dir: &std::path::Path) {
     let out = bin()
         .current_dir(dir)
