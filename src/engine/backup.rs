@@ -26,7 +26,7 @@
 //! the rotation planned as if the backup had been published. What only the copy itself can
 //! show (a WAL whose fold fails, a copy that reads back wrong) is not foreseen.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
@@ -35,7 +35,7 @@ use super::lock::{DirLock, SourceLock};
 use super::manifest::{Manifest, SourceInfo, Verification};
 use super::retention::{self, Candidate};
 use super::store::{self, Inventory, Store};
-use super::{identity, journal, lease, shell, snapshot, space, verify};
+use super::{folders, identity, journal, lease, quarantine, shell, snapshot, space, verify};
 use crate::config::{Settings, VerifyLevel};
 use crate::duck::{self, DuckError};
 use crate::error::{Error, Result};
@@ -129,22 +129,22 @@ fn prepare(
     let warnings = &mut notes.warnings;
     // Where a directory that does not exist yet would be created: its free space decides.
     let mut creatable_under = None;
-    let store = if !dry_run {
+    let store = if dry_run {
+        match check_dir(dir)? {
+            Dir::Exists(store) => Some(store),
+            Dir::Creatable { under } => {
+                creatable_under = Some(under);
+                warnings.push(format!(
+                    "`{}` does not exist yet; the backup would create it (0700)",
+                    dir.display()
+                ));
+                None
+            }
+        }
+    } else {
         let store = Store::open(dir, true)?;
         warnings.extend(store.tighten());
         Some(store)
-    } else if std::fs::symlink_metadata(dir).is_ok() {
-        let store = Store::open(dir, false)?;
-        store.check_writable()?;
-        Some(store)
-    } else {
-        // The real backup creates it, missing parents too: refused here when it could not.
-        creatable_under = Some(Store::check_creatable(dir)?);
-        warnings.push(format!(
-            "`{}` does not exist yet; the backup would create it (0700)",
-            dir.display()
-        ));
-        None
     };
     let dir_lock = match &store {
         Some(s) if dry_run => DirLock::acquire_without_writing(s.dir())?,
@@ -171,6 +171,13 @@ fn prepare(
         notes.cleaned = s.clean_leftovers(true)?;
     }
     notes.recovered = journal::recover(settings, dry_run)?.notes;
+    if !dry_run {
+        // The quarantine root (checked by the recovery) holds compensation data too: a backup
+        // tightens it as it tightens its own directory.
+        notes
+            .warnings
+            .extend(folders::tighten(&quarantine::root(settings)));
+    }
     let inv = match &store {
         Some(s) => s.inventory()?,
         None => Inventory::default(),
@@ -200,6 +207,32 @@ fn prepare(
         inv,
         id,
     })
+}
+
+/// The backup directory as a backup would find it, checked without writing anything (for a
+/// dry run and `validate`).
+pub enum Dir {
+    /// It is there: a private directory of this user, writable (`access(2)`; a read-only
+    /// filesystem is refused as such, not as a permission problem).
+    Exists(Store),
+    /// It is not there yet, and the backup could create it, missing parents too: `under` is the
+    /// nearest existing folder, on whose filesystem it would land.
+    Creatable { under: PathBuf },
+}
+
+/// Checks the backup directory as [`run`] would use it, changing nothing: the one rule a dry
+/// run and `validate` share, so that neither approves what the backup then refuses.
+pub fn check_dir(dir: &Path) -> Result<Dir> {
+    // A symlink, even a dangling one, is there: `Store::open` refuses it.
+    if std::fs::symlink_metadata(dir).is_ok() {
+        let store = Store::open(dir, false)?;
+        store.check_writable()?;
+        Ok(Dir::Exists(store))
+    } else {
+        Ok(Dir::Creatable {
+            under: Store::check_creatable(dir)?,
+        })
+    }
 }
 
 /// Main file (its locked descriptor) plus WAL files: an upper bound on the backup's size.

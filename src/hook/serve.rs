@@ -71,8 +71,15 @@ fn serve(request: &Request, mut ctx: Ctx) -> Response {
         }
     };
     // An interrupted restore that this request did not finish is said first, whatever the
-    // event: the database may be the old file without its WAL.
-    response::surface_pending(&mut response, &settings);
+    // event: the database may be the old file without its WAL. A backup made leaves none to
+    // say (it finished or refused every one, checked the marker and tightened both folders,
+    // saying what it could not): the journals are not read a second time on that path.
+    let backed_up = request.event == Event::PreRun
+        && !request.dry_run
+        && response.status == crate::protocol::Status::Ok;
+    if !backed_up {
+        response::surface_pending(&mut response, &settings);
+    }
     response
 }
 
@@ -108,25 +115,18 @@ fn validate(mut ctx: Ctx, settings: &Settings) -> Response {
     if let Err(e) = crate::engine::quarantine::check(settings) {
         return ctx.fail(Decision::Invalid, &e);
     }
-    // A symlink, even a dangling one, is there: `Store::open` refuses it.
-    if std::fs::symlink_metadata(&settings.backup_dir).is_ok() {
-        let checked = crate::engine::store::Store::open(&settings.backup_dir, false)
-            // The owner a backup would claim: claiming writes nothing.
-            .and_then(|store| crate::engine::identity::claim(&store, settings).map(|_| store))
-            // As a backup's dry run: a read-only filesystem is no permission problem.
-            .and_then(|store| store.check_writable());
-        if let Err(e) = checked {
-            return ctx.fail(Decision::Invalid, &e);
+    match backup::check_dir(&settings.backup_dir) {
+        // The owner a backup would claim: claiming writes nothing.
+        Ok(backup::Dir::Exists(store)) => {
+            if let Err(e) = crate::engine::identity::claim(&store, settings) {
+                return ctx.fail(Decision::Invalid, &e);
+            }
         }
-    } else {
-        // The first backup creates it, missing parents too: only where it could.
-        if let Err(e) = crate::engine::store::Store::check_creatable(&settings.backup_dir) {
-            return ctx.fail(Decision::Invalid, &e);
-        }
-        ctx.warnings.push(format!(
+        Ok(backup::Dir::Creatable { .. }) => ctx.warnings.push(format!(
             "`{}` does not exist yet; the first backup creates it (0700)",
             settings.backup_dir.display()
-        ));
+        )),
+        Err(e) => return ctx.fail(Decision::Invalid, &e),
     }
     let pending = crate::engine::journal::pending(settings);
     let reason = match pending.first() {
