@@ -127,7 +127,7 @@ pub fn run(g: &Global, a: &BackupArgs) -> i32 {
     // An interrupted restore the backup could not finish is why it failed, or worse; then
     // what the backup had said and changed before it failed.
     let failed = |mut ctx: Ctx, refused: backup::Refused| {
-        ctx.warnings = response::pending_warnings(&settings);
+        ctx.warnings = crate::engine::standing_warnings(&settings);
         let response = response::backup_refused(&ctx, &refused);
         Failure {
             warnings: response.warnings.clone().into(),

@@ -74,7 +74,7 @@ impl Global {
 /// Says on stderr, before anything else, that a restore of this database was interrupted and is
 /// unfinished (for the commands that neither finish it nor report it themselves).
 pub fn warn_pending(settings: &Settings) {
-    output::print_warnings(&crate::hook::response::pending_warnings(settings));
+    output::print_warnings(&crate::engine::standing_warnings(settings));
 }
 
 /// How a command uses the backup directory.

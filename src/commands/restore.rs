@@ -178,7 +178,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
             output::finish(g.json, Ok(restored))
         }
         Err(error) => {
-            ctx.warnings = response::pending_warnings(&settings);
+            ctx.warnings = crate::engine::standing_warnings(&settings);
             let failure = Failure {
                 response: Some(Box::new(ctx.fail(Decision::RestoreFailed, &error))),
                 warnings: ctx.warnings.into(),
@@ -225,7 +225,7 @@ fn dry_run(
             // failure does: `skipped`, with the standing warnings.
             let mut ctx = Ctx::new(generated_request_id(), Some("post_run"));
             ctx.set_paths(settings);
-            ctx.warnings = response::pending_warnings(settings);
+            ctx.warnings = crate::engine::standing_warnings(settings);
             Err(Failure {
                 response: Some(Box::new(ctx.fail(Decision::Skipped, &error))),
                 // In text, the interrupted restores are the preface: the rest is said after.

@@ -51,7 +51,15 @@ pub fn standing_warnings(settings: &Settings) -> Vec<String> {
 pub fn standing_remarks(settings: &Settings) -> Vec<String> {
     journal::marker_trouble(settings)
         .into_iter()
-        .chain(folders::loose(&settings.backup_dir))
+        .chain(loose_folders(settings))
+        .collect()
+}
+
+/// ducksafe's folders of this database left open to group or others (the backup directory,
+/// the quarantine root), as [`folders::loose`] says them. Reads only.
+pub fn loose_folders(settings: &Settings) -> Vec<String> {
+    folders::loose(&settings.backup_dir)
+        .into_iter()
         .chain(folders::loose(&quarantine::root(settings)))
         .collect()
 }

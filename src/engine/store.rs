@@ -666,14 +666,6 @@ impl Store {
         report
     }
 
-    /// What an operator must know about this directory: its permissions (see
-    /// [`super::folders::loose`]), then its inventory ([`Store::inventory_warnings`]).
-    pub fn warnings(&self, inv: &Inventory, now: DateTime<Utc>) -> Vec<String> {
-        let mut warnings: Vec<String> = folders::loose(&self.dir).into_iter().collect();
-        warnings.extend(self.inventory_warnings(inv, now));
-        warnings
-    }
-
     /// What an operator must know about the backups before trusting their order: backups dated
     /// in the future (a clock that was wrong), and a `latest.duckdb` that names no backup.
     pub fn inventory_warnings(&self, inv: &Inventory, now: DateTime<Utc>) -> Vec<String> {

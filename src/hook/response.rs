@@ -219,15 +219,13 @@ pub fn restore_done(
     r
 }
 
-/// Warnings every command reports first (see [`crate::engine::standing_warnings`]): interrupted
-/// restores of this database, a restore marker in trouble, ducksafe's folders left open.
-pub fn pending_warnings(settings: &Settings) -> Vec<String> {
-    crate::engine::standing_warnings(settings)
-}
-
-/// Puts the interrupted restores of this database first among a response's warnings.
+/// Puts the warnings every command reports first ([`crate::engine::standing_warnings`]:
+/// interrupted restores of this database, a restore marker in trouble, ducksafe's folders left
+/// open) first among a response's warnings, once: one the response already says (a folder
+/// that could not be tightened) is not said twice.
 pub fn surface_pending(r: &mut Response, settings: &Settings) {
-    let mut warnings = pending_warnings(settings);
+    let mut warnings = crate::engine::standing_warnings(settings);
+    warnings.retain(|w| !r.warnings.contains(w));
     if !warnings.is_empty() {
         warnings.append(&mut r.warnings);
         r.warnings = warnings;

@@ -708,3 +708,45 @@ fn a_backup_dir_made_by_hand_is_tightened_with_a_note() {
         r.warnings
     );
 }
+
+/// The quarantine root holds the databases restores moved aside: one made by hand open to
+/// others is said by `list` (changing nothing) and tightened by the next backup, with its note,
+/// as the backup directory is.
+#[test]
+fn a_quarantine_folder_made_by_hand_is_tightened_by_the_next_backup() {
+    let p = Project::new("");
+    let quarantine = p.backups().join("quarantine");
+    fs::create_dir_all(&quarantine).unwrap();
+    fs::set_permissions(p.backups(), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(&quarantine, fs::Permissions::from_mode(0o755)).unwrap();
+    let mode = || fs::metadata(&quarantine).unwrap().permissions().mode() & 0o7777;
+    let out = p.run(&["--json", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let quarantine_said = |w: &serde_json::Value| {
+        w.as_str()
+            .is_some_and(|w| w.contains(&quarantine.display().to_string()) && w.contains("is 0755"))
+    };
+    assert!(
+        listed["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(quarantine_said),
+        "{listed}"
+    );
+    assert_eq!(mode(), 0o755, "list changes no mode");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    assert_eq!(mode(), 0o700);
+    let note = format!(
+        "tightened `{}` from 0755 to 0700: it holds compensation data",
+        quarantine.display()
+    );
+    assert_eq!(
+        r.warnings.iter().filter(|w| **w == note).count(),
+        1,
+        "said once: {:?}",
+        r.warnings
+    );
+}
