@@ -82,9 +82,10 @@ pub fn warn_pending(settings: &Settings) {
 pub enum Access {
     /// It only reads: no lock, nothing swept (`list`, `verify`).
     Read,
-    /// It changes the directory: the directory lock, then a sweep of what an interrupted run
-    /// left. A dry run takes the lock without writing (not even the lock file) and sweeps
-    /// nothing.
+    /// It changes the directory: the directory lock (a dry run takes it without writing, not
+    /// even the lock file). What an interrupted run left is for the next backup to remove and
+    /// name (the runbook says so): an operator command, and one that then fails above all,
+    /// removes nothing it was not asked to.
     Change { dry_run: bool },
 }
 
@@ -97,8 +98,7 @@ pub struct Opened {
 
 /// Opens the backup directory the way every operator command does: it must exist and be
 /// private; for a change, take its lock; check that its backups are this database's (another
-/// database's leave the inventory); for a change that is no dry run, sweep what an interrupted
-/// run left.
+/// database's leave the inventory).
 pub fn open_store(settings: &Settings, access: Access) -> Result<Opened> {
     let store = Store::open(&settings.backup_dir, false)?;
     let lock = match access {
@@ -107,9 +107,8 @@ pub fn open_store(settings: &Settings, access: Access) -> Result<Opened> {
         Access::Change { dry_run: false } => Some(store.lock_only()?),
     };
     let owner = crate::engine::identity::check(store.dir(), settings)?;
-    let store = store.owned_by(owner);
-    if access == (Access::Change { dry_run: false }) {
-        store.clean_leftovers(false)?;
-    }
-    Ok(Opened { store, _lock: lock })
+    Ok(Opened {
+        store: store.owned_by(owner),
+        _lock: lock,
+    })
 }

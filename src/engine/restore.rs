@@ -115,7 +115,8 @@ fn restore(
     let started = std::time::Instant::now();
     database::path(settings)?;
     let store = Store::open(&settings.backup_dir, false)?;
-    let lock = if dry_run {
+    // Held to the end: no other ducksafe run changes the directory meanwhile.
+    let _lock = if dry_run {
         DirLock::acquire_without_writing(store.dir())?
     } else {
         DirLock::acquire_for_restore(store.dir())?
@@ -127,10 +128,6 @@ fn restore(
     // caller may restore now. Another restore (an older run's rollback, an operator's command)
     // would erase its work (`lease`).
     lease::check(store.dir())?;
-    if lock.is_some() && !dry_run {
-        // Sweep what an interrupted run left (nothing to sweep on read-only media).
-        store.clean_leftovers(false)?;
-    }
     let recovery = journal::recover(settings, dry_run)?;
     let mut notes = recovery.notes;
     let entry = store.resolve(selector)?;

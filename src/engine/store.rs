@@ -77,8 +77,11 @@ pub struct Inventory {
     pub backups: Vec<Entry>,
     /// Files that look like backups but have no (readable) ducksafe manifest; never deleted.
     pub unmanaged: Vec<(String, String)>,
-    /// Manifests whose backup file is missing or not a regular file.
+    /// Manifests whose backup file is missing or not a regular file (deleted or moved by hand).
     pub incomplete: Vec<String>,
+    /// Manifests of backups whose publication was cut short (their temporary file is still
+    /// there): no backups, and no problem either; the next backup removes what they left.
+    pub interrupted: Vec<String>,
 }
 
 impl Store {
@@ -203,9 +206,9 @@ impl Store {
         folders::tighten(&self.dir)
     }
 
-    /// Takes the directory's lock (see [`DirLock`]). Every command that takes it, once it has
+    /// Takes the directory's lock (see [`DirLock`]). A backup that takes it, once it has
     /// checked that the directory is its database's ([`super::identity`]), sweeps what an
-    /// interrupted run left with [`Store::clean_leftovers`]; dry runs sweep nothing.
+    /// interrupted run left with [`Store::clean_leftovers`] and names it; no other command does.
     pub fn lock_only(&self) -> Result<DirLock> {
         DirLock::acquire(&self.dir)
     }
@@ -378,6 +381,9 @@ impl Store {
                         manifest,
                         file_bytes: Some(m.len()),
                     }),
+                    _ if names.iter().any(|n| is_temp_backup_of(n, id)) => {
+                        inv.interrupted.push(id.to_owned());
+                    }
                     _ => inv.incomplete.push(id.to_owned()),
                 }
             }
@@ -669,7 +675,15 @@ impl Store {
     /// What an operator must know about the backups before trusting their order: backups dated
     /// in the future (a clock that was wrong), and a `latest.duckdb` that names no backup.
     pub fn inventory_warnings(&self, inv: &Inventory, now: DateTime<Utc>) -> Vec<String> {
-        let mut warnings = Vec::new();
+        let mut warnings: Vec<String> = inv
+            .interrupted
+            .iter()
+            .map(|id| {
+                format!(
+                    "backup `{id}` was interrupted while it was being published: it is no backup; the next backup removes what it left"
+                )
+            })
+            .collect();
         let latest = self.latest_id();
         for b in &inv.backups {
             if b.manifest.created_at > now + chrono::Duration::minutes(5) {

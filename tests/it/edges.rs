@@ -732,3 +732,58 @@ fn a_configuration_key_given_twice_is_refused() {
     assert_eq!(r.errors[0].path.as_deref(), Some("/DB_PATH"));
     assert!(r.errors[0].message.contains("given twice"), "{r:?}");
 }
+
+/// A backup killed while it publishes leaves a temporary file and a manifest without its backup.
+/// Until the next backup removes and names them, the operator commands leave them (one that
+/// fails above all), and `verify --all` reports no damage for them, only a warning: nothing
+/// there is a backup, and nothing is broken.
+#[test]
+fn what_a_killed_publication_left_is_for_the_next_backup_alone() {
+    let (p, _) = backed_up();
+    support::abort_at(p.cmd(&["backup"]), "publish.sidecar");
+    let leftovers = || -> Vec<String> {
+        support::dir_names(&p.backups())
+            .into_iter()
+            .filter(|n| {
+                n.starts_with(".ducksafe-tmp-")
+                    || (n.ends_with(".manifest.json")
+                        && !p
+                            .backups()
+                            .join(n.replace(".manifest.json", ".duckdb"))
+                            .exists())
+            })
+            .collect()
+    };
+    let left = leftovers();
+    assert_eq!(left.len(), 2, "a temporary file and a manifest: {left:?}");
+    for args in [
+        &["pin", "no-such-backup"][..],
+        &["prune"],
+        &["delete", "no-such-backup"],
+    ] {
+        let _ = p.run(args);
+        assert_eq!(
+            leftovers(),
+            left,
+            "`{}` removed what it was not asked to",
+            args.join(" ")
+        );
+    }
+    let out = p.run(&["verify", "--all"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("interrupted while it was being published"),
+        "{said}"
+    );
+    let out = p.run(&["backup"]);
+    assert_ok(&out);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(leftovers().is_empty(), "{:?}", leftovers());
+    for name in &left {
+        assert!(
+            said.contains(&format!("removed `{name}`, left by an interrupted run")),
+            "{name} not named: {said}"
+        );
+    }
+}
