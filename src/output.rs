@@ -163,14 +163,17 @@ fn write_json_pretty(out: &mut dyn Write, v: &impl Serialize) -> io::Result<()> 
     out.flush()
 }
 
-/// Writes the protocol response as one line on stdout and returns its exit code. A caller that
-/// closed its end of the pipe does not turn a finished backup into a failure.
+/// Writes the protocol response as one line on stdout and returns its exit code, by the rule
+/// of every report ([`ended`]): a caller that closed its end of the pipe does not turn a
+/// finished backup into a failure, but a line that could not be written (a full disk under
+/// `> pre_run.json`) fails an answer that was a success.
 pub fn protocol_line(response: &Response) -> i32 {
     let line = serde_json::to_string(response).unwrap_or_else(|_| "{}".to_owned());
-    let mut out = io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-    response.exit_code
+    let written = {
+        let mut out = io::stdout().lock();
+        writeln!(out, "{line}").and_then(|()| out.flush())
+    };
+    ended(written, response.exit_code)
 }
 
 /// Says a failure for people on stderr: `ducksafe: error: …` then `hint: …` lines. The

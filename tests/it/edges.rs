@@ -787,3 +787,31 @@ fn what_a_killed_publication_left_is_for_the_next_backup_alone() {
         );
     }
 }
+
+/// The protocol line that cannot be written (a full disk under `ducksafe pre-run >
+/// pre_run.json`) fails the answer, as it fails every report: a caller never reads an empty
+/// file as a success.
+#[test]
+fn a_protocol_line_that_cannot_be_written_is_no_success() {
+    let p = Project::new("");
+    let full = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = p.cmd(&["pre-run"]).stdout(full).output().unwrap();
+    assert_eq!(out.status.code(), Some(73), "{out:?}");
+    let request = format!(
+        r#"{{"protocol_version":1,"event":"validate","config":{{"path":"{}"}}}}"#,
+        p.config().display()
+    );
+    let full = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut c = bin();
+    c.arg("hook").stdin(Stdio::piped()).stdout(full);
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), request.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(73), "{out:?}");
+}
