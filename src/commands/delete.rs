@@ -38,14 +38,15 @@ impl Report for DeleteReport {
 
 pub fn run(g: &Global, a: &DeleteArgs) -> i32 {
     let deleted = (|| {
-        let settings = g.settings()?;
-        let opened = super::open_store(&settings, Access::Change { dry_run: a.dry_run })?;
-        let store = &opened.store;
         if a.id == "latest" || a.id == crate::engine::store::LATEST {
             return Err(Error::Usage(
                 "`delete` takes a backup id, never `latest`: `ducksafe list` shows the ids".into(),
             ));
         }
+        let settings = g.settings()?;
+        super::warn_pending(&settings);
+        let opened = super::open_store(&settings, Access::Change { dry_run: a.dry_run })?;
+        let store = &opened.store;
         let entry = store.resolve(&a.id)?;
         let refuse = |why: String, first: String| Error::DeleteRefused {
             id: entry.id.clone(),

@@ -916,7 +916,12 @@ fn runbook_interrupted_restore_drill_at_every_restore_failpoint() {
                 String::from_utf8_lossy(&v.stderr).contains("UNFINISHED RESTORE"),
                 "{point}"
             );
-            for args in [&["verify"][..], &["prune", "--dry-run"], &["pin", &id]] {
+            for args in [
+                &["verify"][..],
+                &["prune", "--dry-run"],
+                &["pin", &id],
+                &["delete", "--dry-run", &id],
+            ] {
                 let o = p.run(args);
                 assert!(
                     String::from_utf8_lossy(&o.stderr)
