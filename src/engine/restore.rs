@@ -129,15 +129,22 @@ fn restore(
     // would erase its work (`lease`).
     lease::check(store.dir())?;
     let recovery = journal::recover(settings, dry_run)?;
-    let mut notes = recovery.notes;
     let entry = store.resolve(selector)?;
     check_expected(settings, &entry, expect_sha256)?;
-    if let Some(f) = recovery
+    let mine = recovery
         .finished
         .iter()
-        .rev()
-        .find(|f| f.intent.backup_id == entry.id)
-    {
+        .rposition(|f| f.intent.backup_id == entry.id);
+    // The completion of this very restore is said by the outcome, not as a note besides.
+    let mut notes: Vec<String> = recovery
+        .finished
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| Some(i) != mine)
+        .map(|(_, f)| f.note.clone())
+        .chain(recovery.notes.iter().cloned())
+        .collect();
+    if let Some(f) = mine.map(|i| &recovery.finished[i]) {
         let plan = Plan {
             backup: store.backup_path(&entry.id),
             backup_id: entry.id.clone(),
@@ -162,10 +169,6 @@ fn restore(
             unchanged: false,
             finished_journal: Some(f.journal.clone()),
         };
-        notes.retain(|n| {
-            !n.starts_with("completed an interrupted restore")
-                && !n.starts_with("would complete an interrupted restore")
-        });
         return Ok((entry.manifest, outcome, notes));
     }
     let plan = plan(settings, &store, &entry, now);
