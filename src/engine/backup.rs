@@ -50,11 +50,8 @@ pub struct Outcome {
     pub path: PathBuf,
     pub rotation: RotationReport,
     pub space: SpaceReport,
-    pub warnings: Vec<String>,
-    /// Leftovers of interrupted backups that were removed first (file names).
-    pub cleaned: Vec<String>,
-    /// Interrupted restores that were completed first (one line each).
-    pub recovered: Vec<String>,
+    /// What it said and changed besides the backup itself.
+    pub notes: Notes,
 }
 
 /// What a backup has said so far: remarks, and what it changed before its copy (a folder
@@ -170,7 +167,7 @@ fn prepare(
     if let Some(s) = store.as_ref().filter(|_| !dry_run) {
         notes.cleaned = s.clean_leftovers(true)?;
     }
-    notes.recovered = journal::recover(settings, dry_run)?.notes;
+    notes.recovered = journal::recover(settings, dry_run)?.all_notes();
     if !dry_run {
         // The quarantine root (checked by the recovery) holds compensation data too: a backup
         // tightens it as it tightens its own directory.
@@ -305,12 +302,7 @@ pub fn run(
 ) -> Result<Outcome, Refused> {
     let mut notes = Notes::default();
     match run_noting(settings, now, request_id, guards_a_run, &mut notes) {
-        Ok(outcome) => Ok(Outcome {
-            warnings: notes.warnings,
-            cleaned: notes.cleaned,
-            recovered: notes.recovered,
-            ..outcome
-        }),
+        Ok(outcome) => Ok(Outcome { notes, ..outcome }),
         Err(error) => Err(Refused {
             error,
             notes: Box::new(notes),
@@ -402,9 +394,7 @@ fn run_noting(
             required_bytes: space.required,
             backups_bytes: Store::used_bytes(&inv).saturating_sub(deleted),
         },
-        warnings: Vec::new(),
-        cleaned: Vec::new(),
-        recovered: Vec::new(),
+        notes: Notes::default(),
     })
 }
 

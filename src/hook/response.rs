@@ -128,7 +128,7 @@ pub fn backup_done(ctx: &Ctx, settings: &Settings, o: &backup::Outcome) -> Respo
     ));
     r.rotation = Some(o.rotation.clone());
     r.space = Some(o.space.clone());
-    say(&mut r, &o.warnings, &o.cleaned, &o.recovered);
+    say(&mut r, &o.notes);
     r
 }
 
@@ -136,18 +136,17 @@ pub fn backup_done(ctx: &Ctx, settings: &Settings, o: &backup::Outcome) -> Respo
 /// (a folder tightened, leftovers swept, an interrupted restore finished).
 pub fn backup_refused(ctx: &Ctx, refused: &backup::Refused) -> Response {
     let mut r = ctx.fail(Decision::Abort, &refused.error);
-    let n = &refused.notes;
-    say(&mut r, &n.warnings, &n.cleaned, &n.recovered);
+    say(&mut r, &refused.notes);
     r
 }
 
 /// Adds a backup's remarks, the leftovers it swept and the restores it finished to `r`'s
 /// warnings.
-fn say(r: &mut Response, warnings: &[String], cleaned: &[String], recovered: &[String]) {
-    r.warnings.extend(warnings.iter().cloned());
+fn say(r: &mut Response, n: &backup::Notes) {
+    r.warnings.extend(n.warnings.iter().cloned());
     r.warnings
-        .extend(cleaned.iter().map(|n| cleaned_note(n, cleaned)));
-    r.warnings.extend(recovered.iter().cloned());
+        .extend(n.cleaned.iter().map(|name| cleaned_note(name, &n.cleaned)));
+    r.warnings.extend(n.recovered.iter().cloned());
 }
 
 /// Why a file was removed from the backup directory: a temporary file is what an interrupted
