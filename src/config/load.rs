@@ -33,14 +33,6 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The database's file name (`simulation.duckdb`): how backups name what they were taken
-    /// of.
-    pub fn db_file_name(&self) -> String {
-        self.db_path
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-    }
-
     /// The database file's stem, which names its backups (`simulation` for `simulation.duckdb`).
     pub fn db_stem(&self) -> String {
         self.db_path.file_stem().map_or_else(

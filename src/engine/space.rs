@@ -50,16 +50,19 @@ pub const STAGING_SLACK: u64 = 1 << 20;
 /// Whether a restore's staged copy of `bytes`, to be written at `staged`, fits in its folder
 /// (the database's), with [`STAGING_SLACK`].
 pub fn check_staging(staged: &Path, bytes: u64) -> Result<()> {
-    let dir = files::parent_of(staged);
-    let fs = files::fs_space(dir).map_err(|e| Error::io("read free space of", dir, e))?;
-    decide(fs.available_bytes, bytes, STAGING_SLACK)
-        .map(|_| ())
-        .map_err(|s| Error::NoRoomToStage {
+    match check(files::parent_of(staged), bytes, STAGING_SLACK) {
+        Err(Error::InsufficientSpace {
+            dir,
+            available,
+            required,
+        }) => Err(Error::NoRoomToStage {
             staged: staged.to_path_buf(),
-            dir: dir.to_path_buf(),
-            available: s.available,
-            required: s.required,
-        })
+            dir,
+            available,
+            required,
+        }),
+        checked => checked.map(|_| ()),
+    }
 }
 
 #[cfg(test)]
