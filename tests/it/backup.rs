@@ -322,32 +322,6 @@ fn dry_run_writes_nothing() {
     );
 }
 
-/// Every file under `dir` (links by target, files by SHA-256), the directory lock excepted
-/// (taking the lock writes the holder's PID into it).
-fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
-    let mut m = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().map(Result::unwrap) {
-            let path = e.path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let rel = path.strip_prefix(dir).unwrap().display().to_string();
-            let v = if meta.is_dir() {
-                stack.push(path.clone());
-                "dir".to_owned()
-            } else if meta.file_type().is_symlink() {
-                format!("-> {}", fs::read_link(&path).unwrap().display())
-            } else if rel.ends_with(ducksafe::engine::lock::DIR_LOCK_NAME) {
-                "lock".to_owned()
-            } else {
-                sha256(&path)
-            };
-            m.insert(rel, v);
-        }
-    }
-    m
-}
-
 /// Every dry run (backup, restore, prune, delete, pre_run, post_run with a restore asked for)
 /// changes nothing: not the database, not its WAL, not one file of the backup directory, not
 /// even leftovers of an interrupted run. Each has something to do: a WAL to fold or to move
@@ -368,7 +342,7 @@ fn every_dry_run_changes_nothing() {
         b"leftover",
     )
     .unwrap();
-    let before = tree(p.dir.path());
+    let before = support::every_byte(p.dir.path());
     let cfg = p.config().display().to_string();
     for args in [
         vec!["backup", "--dry-run"],
@@ -391,7 +365,11 @@ fn every_dry_run_changes_nothing() {
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(tree(p.dir.path()), before, "{args:?} changed files");
+        assert_eq!(
+            support::every_byte(p.dir.path()),
+            before,
+            "{args:?} changed files"
+        );
     }
     for req in [
         format!(
@@ -403,13 +381,17 @@ fn every_dry_run_changes_nothing() {
     ] {
         let (r, code) = p.hook(&req);
         assert_eq!(code, 0, "{r:?}");
-        assert_eq!(tree(p.dir.path()), before, "{req} changed files");
+        assert_eq!(
+            support::every_byte(p.dir.path()),
+            before,
+            "{req} changed files"
+        );
     }
     // The dry runs had work to skip: the real prune deletes a backup.
     let out = p.run(&["prune"]);
     support::assert_ok(&out);
     assert_eq!(p.backup_files().len(), 1, "{:?}", p.backup_dir_entries());
-    assert_ne!(tree(p.dir.path()), before);
+    assert_ne!(support::every_byte(p.dir.path()), before);
 }
 
 #[test]

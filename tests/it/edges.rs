@@ -1,14 +1,13 @@
 //! What an outside attack on the build found, each kept fixed: the real binary, as an operator
 //! or a caller would run it, one case per finding.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::support::{self, assert_ok, bin, Project};
+use crate::support::{self, assert_ok, bin, but_the_lock, Project};
 use ducksafe::duck::{Db, Limits};
 use ducksafe::protocol::{ErrorCode, Response};
 
@@ -278,16 +277,6 @@ fn change(db: &Path) {
     d.close().unwrap();
 }
 
-/// Every byte of the project but the directory lock, whose PID a real run rewrites.
-fn but_the_lock(p: &Project) -> BTreeMap<String, String> {
-    but_the_lock_of(support::every_byte(p.dir.path()))
-}
-
-fn but_the_lock_of(mut bytes: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    bytes.remove("backups/.ducksafe.lock");
-    bytes
-}
-
 /// The post_run dry run that would restore `latest`.
 fn post_run_dry_run(p: &Project) -> (Response, i32) {
     p.hook(&format!(
@@ -332,7 +321,11 @@ fn restore_dry_runs_refuse_when_the_staged_copy_cannot_fit() {
     assert_eq!(support::every_byte(p.dir.path()), before, "nothing written");
     let real = p.run(&["restore"]);
     assert_eq!(real.status.code(), Some(73), "{}", stderr(&real));
-    assert_eq!(but_the_lock(&p), but_the_lock_of(before), "nothing changed");
+    assert_eq!(
+        but_the_lock(support::every_byte(p.dir.path())),
+        but_the_lock(before),
+        "nothing changed"
+    );
 }
 
 #[test]
@@ -370,7 +363,11 @@ fn restore_dry_runs_refuse_when_the_database_folder_cannot_be_written() {
     assert_eq!(support::every_byte(p.dir.path()), before, "nothing written");
     let real = ducksafe_in(&p, as_nobody, &["restore"], "");
     assert_eq!(real.status.code(), Some(74), "{}", stderr(&real));
-    assert_eq!(but_the_lock(&p), but_the_lock_of(before), "nothing changed");
+    assert_eq!(
+        but_the_lock(support::every_byte(p.dir.path())),
+        but_the_lock(before),
+        "nothing changed"
+    );
 }
 
 // 6. `prune`, `delete` and `adopt` dry runs write nothing, not even the directory lock.

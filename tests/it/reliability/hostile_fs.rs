@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::crash::change_database;
 use super::disk_full::release;
-use super::{every_backup_is_complete, latest_is_verified, source_state, tree_state};
+use super::{every_backup_is_complete, latest_is_verified, source_state};
 
 /// Files outside every backup directory that planted symlinks point to.
 struct Victims {
@@ -37,14 +37,14 @@ impl Victims {
         fs::create_dir(d.join("victim_dir")).unwrap();
         fs::write(d.join("victim_dir/a.txt"), "a\n").unwrap();
         fs::create_dir(d.join("quarantine_elsewhere")).unwrap();
-        let before = tree_state(d);
+        let before = support::every_byte(d);
         Victims { dir, before }
     }
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
     fn untouched(&self) -> Result<(), String> {
-        let now = tree_state(self.dir.path());
+        let now = support::every_byte(self.dir.path());
         ensure(now == self.before, || {
             let changed: Vec<_> = now
                 .iter()
@@ -471,7 +471,7 @@ fn hostile_filesystem_unsafe_backup_dir() {
             let (r, code) = p.pre_run();
             assert_eq!(code, 0, "{r:?}");
             setup(&p.backups());
-            let before = tree_state(p.dir.path());
+            let before = support::every_byte(p.dir.path());
             for (cmd_label, cmd, input) in unsafe_dir_commands(&p) {
                 t.case(format!("backup directory {label}: {cmd_label}"), || {
                     let out = start(cmd, input.as_deref().map(str::as_bytes)).finish(None);
@@ -486,7 +486,7 @@ fn hostile_filesystem_unsafe_backup_dir() {
                     } else {
                         ensure(out.stderr.contains("is unsafe"), || out.stderr.clone())?;
                     }
-                    ensure(tree_state(p.dir.path()) == before, || {
+                    ensure(support::every_byte(p.dir.path()) == before, || {
                         "files changed in the project".into()
                     })
                 });

@@ -34,7 +34,7 @@ mod readers;
 mod secrets;
 mod several_databases;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
@@ -203,30 +203,4 @@ fn every_scenario_is_listed_under_its_test_path() {
     for (path, scenario) in crate::support::cases::SCENARIOS {
         assert!(tests.contains(path), "{scenario}: no test `{path}`");
     }
-}
-
-/// Everything in a directory tree that a refused run must not change: names, and the content of
-/// every regular file (the directory lock file excepted: taking the lock writes its PID there).
-fn tree_state(dir: &Path) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for n in names(&d) {
-            let path = d.join(&n);
-            let rel = path.strip_prefix(dir).unwrap().display().to_string();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let v = if meta.is_dir() {
-                stack.push(path.clone());
-                "dir".to_owned()
-            } else if meta.file_type().is_symlink() {
-                format!("-> {}", fs::read_link(&path).unwrap().display())
-            } else if n == ducksafe::engine::lock::DIR_LOCK_NAME {
-                "lock".to_owned()
-            } else {
-                sha256(&path)
-            };
-            m.insert(rel, v);
-        }
-    }
-    m
 }

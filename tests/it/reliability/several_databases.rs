@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use super::crash::{change_database, journals};
 use super::disk_full::{project_on, Tmpfs};
 use super::hostile_fs::{plant, set_mode};
-use super::{backup_ids, names, source_state, tree_state};
+use super::{backup_ids, names, source_state};
 
 /// A folder with several databases and their configurations: `name.duckdb` beside
 /// `name.yaml`, each database a little different (`k` rows in a table of its own).
@@ -553,7 +553,7 @@ fn a_symlinked_db_path_is_refused_everywhere(t: &mut Tally) {
     let id = r.backup.unwrap().id;
     fs::rename(p.db(), p.path("real.duckdb")).unwrap();
     std::os::unix::fs::symlink("real.duckdb", p.db()).unwrap();
-    let before = tree_state(p.dir.path());
+    let before = support::every_byte(p.dir.path());
     let hooks = [
         ("validate", request("validate", &p.config(), "")),
         ("pre_run", request("pre_run", &p.config(), "")),
@@ -566,7 +566,7 @@ fn a_symlinked_db_path_is_refused_everywhere(t: &mut Tally) {
         t.case(format!("symlinked DB_PATH: hook {what}"), || {
             let r = hook_at(&p.config(), &req, &[])?;
             refused(&r, ErrorCode::DatabaseInvalid, &["symlink", "DB_PATH"])?;
-            ensure(tree_state(p.dir.path()) == before, || {
+            ensure(support::every_byte(p.dir.path()) == before, || {
                 "files changed".into()
             })
         });
@@ -580,7 +580,7 @@ fn a_symlinked_db_path_is_refused_everywhere(t: &mut Tally) {
             format!("symlinked DB_PATH: ducksafe {}", args.join(" ")),
             || {
                 cli_refused(&finish(p.cmd(args), None), 74, &["symlink", "DB_PATH"])?;
-                ensure(tree_state(p.dir.path()) == before, || {
+                ensure(support::every_byte(p.dir.path()) == before, || {
                     "files changed".into()
                 })
             },
@@ -746,7 +746,7 @@ fn restore_from_read_only_media(t: &mut Tally) {
                     .status()
                     .map_err(|e| e.to_string())?;
                 ensure(st.success(), || "remount ro failed".into())?;
-                let before = tree_state(&bk);
+                let before = support::every_byte(&bk);
                 cli_ok(&finish(p.cmd(&["list"]), None))?;
                 cli_ok(&finish(p.cmd(&["verify"]), None))?;
                 let out = cli_ok(&finish(p.cmd(&["restore"]), None))?;
@@ -754,7 +754,7 @@ fn restore_from_read_only_media(t: &mut Tally) {
                 ensure(!p.path("simulation.duckdb.wal").exists(), || {
                     "a WAL stayed".into()
                 })?;
-                ensure(tree_state(&bk) == before, || {
+                ensure(support::every_byte(&bk) == before, || {
                     "the read-only media changed".into()
                 })?;
                 // validate says backups cannot go there, as the backup itself does: a

@@ -397,8 +397,8 @@ pub fn hold_database_child() {
 }
 
 /// Every file under `dir`, byte for byte (directories with their mode, links by target): what
-/// "a dry run wrote nothing" compares. The directory lock included: a dry run does not even
-/// write its PID there.
+/// "a dry run wrote nothing" or "a refused run changed nothing" compares. The directory lock
+/// included: a dry run does not even write its PID there (see [`but_the_lock`] for a real run).
 pub fn every_byte(dir: &Path) -> std::collections::BTreeMap<String, String> {
     use std::os::unix::fs::PermissionsExt;
     let mut m = std::collections::BTreeMap::new();
@@ -420,4 +420,21 @@ pub fn every_byte(dir: &Path) -> std::collections::BTreeMap<String, String> {
         }
     }
     m
+}
+
+/// [`every_byte`] with the content of every directory lock file (`.ducksafe.lock`) left out, its
+/// name kept: a real run takes the lock and writes its PID there, which changes nothing else.
+/// Only for a real run; a dry run must not even write the lock, so compare all of
+/// [`every_byte`] there.
+pub fn but_the_lock(
+    mut bytes: std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    for (path, v) in &mut bytes {
+        if Path::new(path).file_name()
+            == Some(std::ffi::OsStr::new(ducksafe::engine::lock::DIR_LOCK_NAME))
+        {
+            "lock (its PID left out)".clone_into(v);
+        }
+    }
+    bytes
 }
