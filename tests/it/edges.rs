@@ -5,8 +5,9 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
+use crate::support::mount::{mounted, Mount};
 use crate::support::{self, assert_ok, bin, but_the_lock, Project};
 use ducksafe::duck::{Db, Limits};
 use ducksafe::protocol::{ErrorCode, Response};
@@ -67,72 +68,6 @@ fn a_failed_command_keeps_its_exit_code_when_stdout_is_closed() {
     assert_eq!(out.status.code(), Some(73), "{}", stderr(&out));
 }
 
-/// A mount made for a test (a read-only bind mount, a small tmpfs), undone on drop.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn run(args: &[&str], at: &Path) -> Result<(), String> {
-        let out = Command::new("mount")
-            .args(args)
-            .arg(at)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "mount {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-    fn tmpfs(dir: &Path, size: u64) -> Result<Mount, String> {
-        Mount::run(
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0755"),
-                "tmpfs",
-            ],
-            dir,
-        )?;
-        Ok(Mount(dir.to_path_buf()))
-    }
-    /// `dir` becomes read-only in place.
-    fn read_only(dir: &Path) -> Result<Mount, String> {
-        let d = dir.display().to_string();
-        Mount::run(&["--bind", &d], dir)?;
-        let m = Mount(dir.to_path_buf());
-        Mount::run(&["-o", "remount,ro,bind"], dir)?;
-        Ok(m)
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
-/// The mount, or `None` after saying the case is skipped (mounting needs root).
-fn mounted(case: &str, m: Result<Mount, String>) -> Option<Mount> {
-    match m {
-        Ok(m) => Some(m),
-        Err(e) => {
-            support::skip(case, &e);
-            None
-        }
-    }
-}
-
 /// The uid commands run as in the cases about another user: `nobody`.
 const NOBODY: u32 = 65534;
 
@@ -165,7 +100,7 @@ fn give_to_nobody(p: &Project) {
 fn ducksafe_in(p: &Project, who: Option<(&Path, u32)>, args: &[&str], input: &str) -> Output {
     let mut c = match who {
         Some((exe, uid)) => {
-            let mut c = Command::new(exe);
+            let mut c = support::command(exe);
             c.uid(uid).gid(uid).env_remove("DUCKSAFE_CONFIG");
             c
         }
@@ -293,7 +228,10 @@ fn restore_dry_runs_refuse_when_the_staged_copy_cannot_fit() {
     let bytes = fs::metadata(p.db()).unwrap().len();
     fs::create_dir(p.path("fs")).unwrap();
     let case = "restore_dry_runs_refuse_when_the_staged_copy_cannot_fit";
-    let Some(_fs) = mounted(case, Mount::tmpfs(&p.path("fs"), 2 * bytes + (4 << 20))) else {
+    let Some(_fs) = mounted(
+        case,
+        Mount::tmpfs(&p.path("fs"), 2 * bytes + (4 << 20), 0o755),
+    ) else {
         return;
     };
     fs::copy(p.db(), p.path("fs/simulation.duckdb")).unwrap();

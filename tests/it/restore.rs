@@ -4,6 +4,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::support::mount::{mounted, Mount};
 use crate::support::{self, every_byte, fingerprints, hold, sha256, write_into_wal, Project};
 use ducksafe::duck::{Db, Limits};
 use ducksafe::protocol::{Decision, ErrorCode};
@@ -680,79 +681,6 @@ fn journal_states(p: &Project) -> Vec<String> {
     v
 }
 
-/// A mount made for a test (a read-only bind mount, a small tmpfs), undone on drop.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn run(args: &[&str], at: &Path) -> Result<(), String> {
-        let out = support::command("mount")
-            .args(args)
-            .arg(at)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "mount {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-    /// `dir` becomes read-only in place (a bind mount keeps its device number, as a remount of
-    /// the filesystem would).
-    fn read_only(dir: &Path) -> Result<Mount, String> {
-        let d = dir.display().to_string();
-        Mount::run(&["--bind", &d], dir)?;
-        let m = Mount(dir.to_path_buf());
-        Mount::run(&["-o", "remount,ro,bind"], dir)?;
-        Ok(m)
-    }
-    fn tmpfs(dir: &Path, size: u64) -> Result<Mount, String> {
-        Mount::run(
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ],
-            dir,
-        )?;
-        Ok(Mount(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let ok = support::command("umount")
-            .arg(&self.0)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = support::command("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
-/// Mounting needs root: CI runs as root and must run these (a failure there fails the test);
-/// elsewhere they are skipped through [`support::skip`], which counts them.
-fn mounted(what: &str, m: Result<Mount, String>) -> Option<Mount> {
-    match m {
-        Ok(m) => Some(m),
-        Err(e) => {
-            let who = if ducksafe::files::euid() == 0 {
-                "root, but mounting is not allowed here"
-            } else {
-                "not root"
-            };
-            support::skip(what, &format!("{who} ({e}); CI runs it as root"));
-            None
-        }
-    }
-}
-
 /// The hand restore, as the runbook gives it and as every pre_run prints it, over a crashed
 /// run's WAL: the backup is in place, the crashed WAL is not beside it, and the replaced files
 /// are in the `_manual` folder.
@@ -1093,7 +1021,7 @@ fn a_restore_onto_a_full_disk_is_refused_as_the_runbook_says() {
     let root = tempfile::tempdir().unwrap();
     let Some(_fs) = mounted(
         "restore onto a full disk",
-        Mount::tmpfs(root.path(), 64 << 20),
+        Mount::tmpfs(root.path(), 64 << 20, 0o700),
     ) else {
         return;
     };

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::support::cases::{ensure, soak_factor, Tally};
+use crate::support::mount::Mount;
 use crate::support::runs::{one_line, request, start, Killed, Running};
 use crate::support::{self, sha256, write_into_wal, Project};
 
@@ -18,30 +19,21 @@ use super::{
     BACKUP_POINTS,
 };
 
-/// A size-limited tmpfs, unmounted on drop.
+/// A size-limited tmpfs in a temporary folder of its own, unmounted on drop (before the folder
+/// goes: the fields drop in order).
 pub(super) struct Tmpfs {
-    dir: tempfile::TempDir,
+    pub(super) mount: Mount,
+    _dir: tempfile::TempDir,
 }
 
 impl Tmpfs {
     pub(super) fn mount(size: u64) -> Result<Tmpfs, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let out = support::command("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755")])
-            .arg("ducksafe-reliability")
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -t tmpfs failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Tmpfs { dir })
+        let mount = Mount::tmpfs(dir.path(), size, 0o755)?;
+        Ok(Tmpfs { mount, _dir: dir })
     }
     pub(super) fn path(&self) -> &Path {
-        self.dir.path()
+        self.mount.path()
     }
     fn free(&self) -> u64 {
         ducksafe::files::fs_space(self.path())
@@ -71,22 +63,6 @@ impl Tmpfs {
             if n.starts_with("filler-") {
                 fs::remove_file(self.path().join(n)).unwrap();
             }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let done = support::command("umount")
-            .arg(self.dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !done {
-            // Still busy (a process being torn down): detach it now, the kernel frees it later.
-            let _ = support::command("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
         }
     }
 }

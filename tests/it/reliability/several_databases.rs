@@ -740,12 +740,7 @@ fn restore_from_read_only_media(t: &mut Tally) {
                     fs::remove_file(bk.join(ducksafe::engine::lock::DIR_LOCK_NAME)).unwrap();
                 }
                 change_database(&p.db(), true, 9);
-                let st = support::command("mount")
-                    .args(["-o", "remount,ro"])
-                    .arg(fs_.path())
-                    .status()
-                    .map_err(|e| e.to_string())?;
-                ensure(st.success(), || "remount ro failed".into())?;
+                fs_.mount.remount_read_only()?;
                 let before = support::every_byte(&bk);
                 cli_ok(&finish(p.cmd(&["list"]), None))?;
                 cli_ok(&finish(p.cmd(&["verify"]), None))?;

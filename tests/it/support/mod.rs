@@ -1,8 +1,10 @@
 //! Shared test support: a temporary project with a real DuckDB database and a config, the real
-//! binary, a second process that holds the database open, and the one way to skip a case.
+//! binary, a second process that holds the database open, the one way to skip a case, and
+//! mounts made for a test (`mount`).
 //! `cases` and `runs` are the reliability suite's harness (counted cases, kills at failpoints).
 
 pub mod cases;
+pub mod mount;
 pub mod runs;
 
 use std::io::{BufRead, BufReader, Write};
