@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::support::cases::{ensure, soak_factor, Tally};
 use crate::support::mount::Mount;
-use crate::support::runs::{one_line, request, start, Killed, Running};
+use crate::support::runs::{one_line, paused, request, Running};
 use crate::support::{self, sha256, write_into_wal, Project};
 
 use ducksafe::protocol::{ErrorCode, Response, Status};
@@ -242,13 +241,9 @@ fn disk_full_during_the_wal_copy(t: &mut Tally) {
     ] {
         let earlier = backups_by_sha(&fs.path().join("backups"));
         t.case(label, || {
-            let (run, go) = paused_at(&p, "snapshot.copied");
-            ensure(
-                run.wait_for_line("waiting for", Duration::from_secs(120)),
-                || "the run never reached `snapshot.copied`".into(),
-            )?;
+            let run = paused_pre_run(&p, "snapshot.copied")?;
             fs.fill(leave);
-            let out = release(run, &go);
+            let out = run.release();
             let r = one_line(&out.stdout, out.status)?;
             let result = clean_space_error(&r)
                 .and_then(|()| earlier_backups_intact(&fs.path().join("backups"), &earlier))
@@ -268,26 +263,11 @@ fn disk_full_during_the_wal_copy(t: &mut Tally) {
     }
 }
 
-/// A pre_run paused at `point` until the returned file exists (`POINT:wait=GO`): the test acts
-/// at exactly that moment, whatever the load on the machine, then [`release`]s it.
-pub(super) fn paused_at(p: &Project, point: &str) -> (Running, PathBuf) {
+/// A pre_run paused at `point` until it is released ([`paused`]).
+fn paused_pre_run(p: &Project, point: &str) -> Result<Running, String> {
     let go = p.path(&format!("go-{point}"));
-    let _ = fs::remove_file(&go);
-    let mut c = p.cmd(&["hook"]);
-    c.env(
-        "DUCKSAFE_FAILPOINT",
-        format!("{point}:wait={}", go.display()),
-    );
-    (
-        start(c, Some(request("pre_run", &p.config(), "").as_bytes())),
-        go,
-    )
-}
-
-/// Lets a run paused by [`paused_at`] go on, and waits for it to end.
-pub(super) fn release(run: Running, go: &Path) -> Killed {
-    fs::write(go, b"").unwrap();
-    run.finish(None)
+    let input = request("pre_run", &p.config(), "");
+    paused(p.cmd(&["hook"]), Some(input.as_bytes()), point, &go)
 }
 
 /// The disk fills while the main file is being copied: the run pauses at the failpoint after
@@ -305,22 +285,18 @@ fn disk_full_during_the_main_copy(t: &mut Tally) {
     let dir = fs.path().join("backups");
     for round in 0..2 {
         let earlier = backups_by_sha(&dir);
-        let (run, go) = paused_at(&p, "snapshot.copying");
-        let paused = run.wait_for_line("waiting for", Duration::from_secs(120));
-        let temp = names(&dir)
-            .into_iter()
-            .find(|n| n.starts_with(&format!("{}backup-", ducksafe::files::TEMP_PREFIX)));
-        let partial = temp
-            .as_ref()
-            .map(|n| fs::metadata(dir.join(n)).map_or(0, |m| m.len()));
-        if paused {
-            fs.fill(0);
-        }
-        let out = release(run, &go);
         t.case(
             format!("disk fills during the copy of the main file ({round})"),
             || {
-                ensure(paused, || "the run never reached `snapshot.copying`".into())?;
+                let run = paused_pre_run(&p, "snapshot.copying")?;
+                let temp = names(&dir)
+                    .into_iter()
+                    .find(|n| n.starts_with(&format!("{}backup-", ducksafe::files::TEMP_PREFIX)));
+                let partial = temp
+                    .as_ref()
+                    .map(|n| fs::metadata(dir.join(n)).map_or(0, |m| m.len()));
+                fs.fill(0);
+                let out = run.release();
                 ensure(partial.is_some_and(|n| n < db_len), || {
                     format!("the copy was not midway: {partial:?} of {db_len} bytes")
                 })?;
@@ -361,13 +337,9 @@ fn disk_full_at_every_later_step(t: &mut Tally) {
         }
         let earlier = backups_by_sha(&dir);
         t.case(format!("disk fills while paused at `{point}`"), || {
-            let (run, go) = paused_at(&p, point);
-            ensure(
-                run.wait_for_line("waiting for", Duration::from_secs(120)),
-                || format!("never reached `{point}`"),
-            )?;
+            let run = paused_pre_run(&p, point)?;
             fs.fill(0);
-            let out = release(run, &go);
+            let out = run.release();
             let r = one_line(&out.stdout, out.status)?;
             let result = if r.exit_code == 0 {
                 every_backup_is_complete(&dir)

@@ -6,10 +6,9 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use crate::support::cases::{ensure, soak_factor, Tally};
-use crate::support::runs::{jstr, one_line, request, start};
+use crate::support::runs::{jstr, one_line, paused, request, start};
 use crate::support::{self, bin, fingerprints, write_into_wal, Project};
 
 use ducksafe::engine::store::{Store, LATEST};
@@ -17,7 +16,6 @@ use ducksafe::protocol::{ErrorCode, Response};
 use serde_json::json;
 
 use super::crash::change_database;
-use super::disk_full::release;
 use super::{every_backup_is_complete, latest_is_verified, source_state};
 
 /// Files outside every backup directory that planted symlinks point to.
@@ -158,17 +156,14 @@ fn hostile_filesystem_symlinks() {
 fn planted_temp(p: &Project, victims: &Victims, minute: u32, wal: bool) -> Result<(), String> {
     let dir = p.backups();
     let now = format!("2025-08-18T{:02}:{:02}:00Z", 10 + minute / 60, minute % 60);
-    let go = p.path("go-planted");
-    let _ = fs::remove_file(&go);
     let mut c = p.cmd(&["hook"]);
-    c.env("DUCKSAFE_NOW", &now).env(
-        "DUCKSAFE_FAILPOINT",
-        format!("backup.locked:wait={}", go.display()),
-    );
-    let run = start(c, Some(request("pre_run", &p.config(), "").as_bytes()));
-    ensure(
-        run.wait_for_line("waiting for", Duration::from_secs(120)),
-        || "never reached `backup.locked`".into(),
+    c.env("DUCKSAFE_NOW", &now);
+    let input = request("pre_run", &p.config(), "");
+    let run = paused(
+        c,
+        Some(input.as_bytes()),
+        "backup.locked",
+        &p.path("go-planted"),
     )?;
     let store = Store::open(&dir, false).map_err(|e| e.to_string())?;
     let id = store
@@ -194,7 +189,7 @@ fn planted_temp(p: &Project, victims: &Victims, minute: u32, wal: bool) -> Resul
         &link,
         &victims.path(if wal { "victim.wal" } else { "victim.duckdb" }),
     );
-    let out = release(run, &go);
+    let out = run.release();
     let r = one_line(&out.stdout, out.status)?;
     victims
         .untouched()

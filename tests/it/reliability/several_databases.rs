@@ -5,11 +5,10 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use crate::support::cases::{ensure, soak_factor, Tally};
 use crate::support::runs::{
-    killed_where_meant, one_line, request, run_killed, start, Kill, Killed,
+    killed_where_meant, one_line, paused, request, run_killed, start, Kill, Killed,
 };
 use crate::support::{self, bin, fingerprints, sha256, Project};
 
@@ -442,25 +441,12 @@ fn cleanup_spares_other_databases_and_live_restores(t: &mut Tally) {
                 let expected = fingerprints(&path);
                 change_database(&db, true, 6);
                 let go = mach.path(&format!("go-{point}"));
-                let mut c = cli(&sim, &["restore", &id]);
-                c.env(
-                    "DUCKSAFE_FAILPOINT",
-                    format!("{point}:wait={}", go.display()),
-                );
-                let run = start(c, None);
-                ensure(
-                    run.wait_for_line(
-                        &format!("failpoint `{point}`: waiting"),
-                        Duration::from_secs(60),
-                    ),
-                    || "the restore did not reach the failpoint".into(),
-                )?;
+                let run = paused(cli(&sim, &["restore", &id]), None, point, &go)?;
                 let staged = staged_copies(&mach.path("data"));
                 ensure(staged.len() == 1, || format!("staged copies: {staged:?}"))?;
                 let r = hook_at(&other, &request("pre_run", &other, ""), &[])?;
                 let kept = staged_copies(&mach.path("data")) == staged;
-                fs::write(&go, "").unwrap();
-                let out = run.finish(None);
+                let out = run.release();
                 ensure(r.exit_code == 0, || format!("{r:?}"))?;
                 ensure(kept, || {
                     "the other database's backup removed the staged copy".into()
