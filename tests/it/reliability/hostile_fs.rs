@@ -445,10 +445,11 @@ fn hostile_filesystem_unsafe_backup_dir() {
             set_mode(d, 0o755);
             chown_nobody(d);
         }),
-        ("a symlink to a world-writable directory", false, |d| {
+        // A private target (0700): only the refusal of the link itself can refuse it.
+        ("a symlink to a private directory", false, |d| {
             let real = d.with_file_name("real_backups");
             fs::rename(d, &real).unwrap();
-            set_mode(&real, 0o777);
+            set_mode(&real, 0o700);
             std::os::unix::fs::symlink(&real, d).unwrap();
         }),
         ("a regular file", false, |d| {
