@@ -136,13 +136,7 @@ fn eight_runs_with_keep_last_three_leave_three_private_backups_and_latest_on_the
     let mut ids = Vec::new();
     for i in 0..8 {
         let now = format!("2025-08-18T14:{:02}:00Z", 10 + i);
-        let (r, code) = p.hook_env(
-            &format!(
-                r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-                p.config().display()
-            ),
-            &[("DUCKSAFE_NOW", &now)],
-        );
+        let (r, code) = p.pre_run_env(&[("DUCKSAFE_NOW", &now)]);
         assert_eq!(code, 0, "{r:?}");
         let rot = r.rotation.unwrap();
         if i >= 3 {
@@ -182,12 +176,8 @@ fn eight_runs_with_keep_last_three_leave_three_private_backups_and_latest_on_the
 fn two_backups_in_one_second_get_distinct_names() {
     let p = Project::new("");
     let env = [("DUCKSAFE_NOW", "2025-08-18T14:30:22Z")];
-    let req = format!(
-        r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-        p.config().display()
-    );
-    let (a, _) = p.hook_env(&req, &env);
-    let (b, _) = p.hook_env(&req, &env);
+    let (a, _) = p.pre_run_env(&env);
+    let (b, _) = p.pre_run_env(&env);
     assert_eq!(a.backup.unwrap().id, "simulation_20250818_143022");
     assert_eq!(b.backup.unwrap().id, "simulation_20250818_143022_2");
 }
@@ -607,13 +597,8 @@ fn a_manifest_whose_file_was_moved_away_is_never_swept() {
     let p = Project::new("BACKUP_KEEP_LAST: 10\n");
     let mut ids = Vec::new();
     for minute in 0..3 {
-        let (r, code) = p.hook_env(
-            &format!(
-                r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-                p.config().display()
-            ),
-            &[("DUCKSAFE_NOW", &format!("2026-12-01T10:0{minute}:00Z"))],
-        );
+        let now = format!("2026-12-01T10:0{minute}:00Z");
+        let (r, code) = p.pre_run_env(&[("DUCKSAFE_NOW", &now)]);
         assert_eq!(code, 0, "{r:?}");
         ids.push(r.backup.unwrap().id);
     }

@@ -249,13 +249,7 @@ fn usage_errors_exit_64() {
 fn a_panic_is_answered_with_internal_on_one_line() {
     for point in ["backup.locked", "snapshot.copied", "backup.verified"] {
         let p = Project::new("");
-        let (r, code) = p.hook_env(
-            &format!(
-                r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-                p.config().display()
-            ),
-            &[("DUCKSAFE_FAILPOINT", &format!("{point}:panic"))],
-        );
+        let (r, code) = p.pre_run_env(&[("DUCKSAFE_FAILPOINT", &format!("{point}:panic"))]);
         assert_eq!(code, 70, "{point}: {r:?}");
         assert_eq!(r.errors[0].code, ErrorCode::Internal, "{point}");
         // The panic answered is the failpoint's, not one from elsewhere.

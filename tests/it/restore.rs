@@ -299,13 +299,7 @@ fn pinned_backups_survive_prune_and_do_not_count() {
     let mut ids = Vec::new();
     for i in 0..3 {
         let now = format!("2025-08-18T14:0{i}:00Z");
-        let (r, _) = p.hook_env(
-            &format!(
-                r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-                p.config().display()
-            ),
-            &[("DUCKSAFE_NOW", &now)],
-        );
+        let (r, _) = p.pre_run_env(&[("DUCKSAFE_NOW", &now)]);
         ids.push(r.backup.unwrap().id);
         if i == 0 {
             assert!(p.run(&["pin", &ids[0]]).status.success());
@@ -337,13 +331,7 @@ fn age_and_size_limits_never_delete_the_pinned_or_the_newest_backup() {
     let ids: Vec<String> = (1..=3)
         .map(|day| {
             let now = format!("2025-08-0{day}T12:00:00Z");
-            let (r, code) = p.hook_env(
-                &format!(
-                    r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-                    p.config().display()
-                ),
-                &[("DUCKSAFE_NOW", &now)],
-            );
+            let (r, code) = p.pre_run_env(&[("DUCKSAFE_NOW", &now)]);
             assert_eq!(code, 0, "{r:?}");
             r.backup.unwrap().id
         })
@@ -495,13 +483,9 @@ fn a_backup_directory_is_never_shared_between_databases() {
 #[test]
 fn the_backup_just_made_is_kept_when_the_clock_went_back() {
     let p = Project::new("BACKUP_KEEP_LAST: 1\n");
-    let req = format!(
-        r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-        p.config().display()
-    );
-    let (_, code) = p.hook_env(&req, &[("DUCKSAFE_NOW", "2026-01-02T00:00:00Z")]);
+    let (_, code) = p.pre_run_env(&[("DUCKSAFE_NOW", "2026-01-02T00:00:00Z")]);
     assert_eq!(code, 0);
-    let (r, code) = p.hook_env(&req, &[("DUCKSAFE_NOW", "2026-01-01T00:00:00Z")]);
+    let (r, code) = p.pre_run_env(&[("DUCKSAFE_NOW", "2026-01-01T00:00:00Z")]);
     assert_eq!(code, 0, "{r:?}");
     let id = r.backup.unwrap().id;
     assert!(

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::cases::{ensure, scaled, soak_factor, Rng, Tally};
-use crate::support::runs::{killed_where_meant, one_line, request, run_killed, start, Kill};
-use crate::support::{fingerprints, sha256, write_into_wal, Project};
+use crate::support::runs::{killed_where_meant, one_line, run_killed, start, Kill};
+use crate::support::{fingerprints, request, sha256, write_into_wal, Project};
 
 use ducksafe::duck::{Db, Limits};
 use ducksafe::engine::journal::INTENT;

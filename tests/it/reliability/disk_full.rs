@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use crate::support::cases::{ensure, soak_factor, Tally};
 use crate::support::mount::Mount;
-use crate::support::runs::{one_line, paused, request, Running};
-use crate::support::{self, sha256, write_into_wal, Project};
+use crate::support::runs::{one_line, paused, Running};
+use crate::support::{self, request, sha256, write_into_wal, Project};
 
 use ducksafe::protocol::{ErrorCode, Response, Status};
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::support::cases::{ensure, soak_factor, Tally};
-use crate::support::runs::{jstr, one_line, paused, request, start};
-use crate::support::{self, bin, fingerprints, write_into_wal, Project};
+use crate::support::runs::{one_line, paused, start};
+use crate::support::{self, bin, fingerprints, jstr, request, write_into_wal, Project};
 
 use ducksafe::engine::store::{Store, LATEST};
 use ducksafe::protocol::{ErrorCode, Response};
@@ -72,10 +72,7 @@ pub(super) fn is_link_to(link: &Path, target: &Path) -> bool {
 /// A pre_run at a fixed instant (so that the backup's id is known in advance).
 fn pre_run_at(p: &Project, minute: u32) -> (Response, i32) {
     let now = format!("2025-08-18T{:02}:{:02}:00Z", 10 + minute / 60, minute % 60);
-    p.hook_env(
-        &request("pre_run", &p.config(), ""),
-        &[("DUCKSAFE_NOW", &now)],
-    )
+    p.pre_run_env(&[("DUCKSAFE_NOW", &now)])
 }
 
 fn id_at(minute: u32) -> String {

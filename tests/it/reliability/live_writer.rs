@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::support::cases::{ensure, scaled, Tally};
-use crate::support::runs::{one_line, request, start};
-use crate::support::{self, hold, write_into_wal, Project};
+use crate::support::runs::{one_line, start};
+use crate::support::{self, hold, request, write_into_wal, Project};
 
 use ducksafe::protocol::{Decision, ErrorCode, Response, Status};
 

@@ -7,10 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::support::cases::{ensure, soak_factor, Tally};
-use crate::support::runs::{
-    killed_where_meant, one_line, paused, request, run_killed, start, Kill, Killed,
-};
-use crate::support::{self, bin, fingerprints, sha256, Project};
+use crate::support::runs::{killed_where_meant, one_line, paused, run_killed, start, Kill, Killed};
+use crate::support::{self, bin, fingerprints, request, sha256, Project};
 
 use ducksafe::duck::{Db, Limits};
 use ducksafe::engine::store::LATEST;

@@ -163,11 +163,14 @@ impl Project {
         (one_response(&out), out.status.code().unwrap_or(-1))
     }
 
+    /// A pre_run request for the project's configuration, answered.
     pub fn pre_run(&self) -> (Response, i32) {
-        self.hook(&format!(
-            r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-            self.config().display()
-        ))
+        self.pre_run_env(&[])
+    }
+
+    /// [`Project::pre_run`] with `env` set for the hook (`DUCKSAFE_NOW`, a failpoint).
+    pub fn pre_run_env(&self, env: &[(&str, &str)]) -> (Response, i32) {
+        self.hook_env(&request("pre_run", &self.config(), ""), env)
     }
 
     /// Backup files (`*.duckdb`, not `latest`) in the backup directory, sorted.
@@ -182,6 +185,19 @@ impl Project {
     pub fn backup_dir_entries(&self) -> Vec<String> {
         dir_names(&self.backups())
     }
+}
+
+/// A JSON string literal for a path.
+pub fn jstr(p: &Path) -> String {
+    serde_json::to_string(&p.display().to_string()).unwrap()
+}
+
+/// A hook request for `event` with the configuration file `config` and extra fields.
+pub fn request(event: &str, config: &Path, extra: &str) -> String {
+    format!(
+        r#"{{"protocol_version":1,"event":"{event}","config":{{"path":{}}}{extra}}}"#,
+        jstr(config)
+    )
 }
 
 /// The names in a directory, sorted (empty when it does not exist).

@@ -16,19 +16,6 @@ use crate::support::cases::ensure;
 use ducksafe::config::{self, Settings, Source};
 use ducksafe::protocol::Response;
 
-/// A JSON string literal for a path.
-pub fn jstr(p: &Path) -> String {
-    serde_json::to_string(&p.display().to_string()).unwrap()
-}
-
-/// A hook request for `event` with the configuration file `config` and extra fields.
-pub fn request(event: &str, config: &Path, extra: &str) -> String {
-    format!(
-        r#"{{"protocol_version":1,"event":"{event}","config":{{"path":{}}}{extra}}}"#,
-        jstr(config)
-    )
-}
-
 /// The validated configuration of a project, loaded in-process (no environment overrides).
 pub fn settings_of(config: &Path) -> Settings {
     config::load(&Source::File(config.to_path_buf()), &|_| None).unwrap()
