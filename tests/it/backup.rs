@@ -3,7 +3,9 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::support::{self, fingerprints, hold, sha256, write_into_wal, Project};
+use crate::support::{
+    self, assert_exit, assert_ok, fingerprints, hold, sha256, write_into_wal, Project,
+};
 use ducksafe::engine::manifest::Manifest;
 use ducksafe::protocol::{Decision, ErrorCode, Status};
 
@@ -393,7 +395,7 @@ fn human_backup_command_prints_a_summary_and_json_on_request() {
     assert!(text.contains("backed up"), "{text}");
     assert!(text.contains("to roll back:"), "{text}");
     let out = p.run(&["backup", "--json"]);
-    assert_eq!(out.status.code(), Some(0));
+    assert_ok(&out);
     let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r.decision, Decision::Proceed);
     assert_eq!(r.exit_code, 0);
@@ -511,12 +513,7 @@ fn a_reader_lets_a_backup_in_and_keeps_a_restore_out() {
     let (r, code) = p.pre_run();
     assert_eq!(code, 0, "a backup beside a reader: {r:?}");
     let out = p.run(&["restore", &id]);
-    assert_eq!(
-        out.status.code(),
-        Some(75),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 75);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("PID {}", reader.pid())), "{err}");
     assert_eq!(sha256(&p.db()), before, "the database changed");
@@ -627,11 +624,7 @@ fn a_manifest_whose_file_was_moved_away_is_never_swept() {
         }
     }
     let out = p.run(&["verify", "--all"]);
-    assert_eq!(
-        out.status.code(),
-        Some(74),
-        "verify --all reports the missing file"
-    );
+    assert_exit(&out, 74); // verify --all reports the missing file
     fs::rename(&aside, &file).unwrap();
     let out = p.run(&["verify", moved]);
     assert!(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::support::mount::{mounted, Mount};
-use crate::support::{self, assert_ok, bin, but_the_lock, Project};
+use crate::support::{self, assert_exit, assert_ok, bin, but_the_lock, stderr, Project};
 use ducksafe::duck::{Db, Limits};
 use ducksafe::protocol::{ErrorCode, Response};
 
@@ -36,22 +36,18 @@ fn damage(path: &Path) {
     f.write_all(b"XXXX").unwrap();
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 // 1. A closed stdout never turns a failure into a success.
 #[test]
 fn a_failed_command_keeps_its_exit_code_when_stdout_is_closed() {
     let (p, id) = backed_up();
     // A success whose reader has gone ends quietly with 0.
     let out = with_closed_stdout(p.cmd(&["list"]));
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("error"), "{}", stderr(&out));
+    let said = assert_ok(&out);
+    assert!(!said.contains("error"), "{said}");
 
     damage(&p.backups().join(format!("{id}.duckdb")));
     let out = with_closed_stdout(p.cmd(&["verify", "--all"]));
-    assert_eq!(out.status.code(), Some(74), "{}", stderr(&out));
+    assert_exit(&out, 74);
     assert!(
         stderr(&out).contains("verification failed"),
         "the failure is still said: {}",
@@ -60,12 +56,12 @@ fn a_failed_command_keeps_its_exit_code_when_stdout_is_closed() {
     assert!(!stderr(&out).contains("stdout"), "{}", stderr(&out));
 
     let out = with_closed_stdout(p.cmd(&["--json", "restore", &id]));
-    assert_eq!(out.status.code(), Some(74), "{}", stderr(&out));
+    assert_exit(&out, 74);
 
     let mut c = p.cmd(&["--json", "backup"]);
     c.env("DUCKSAFE_BACKUP_MIN_FREE_BYTES", "999999999999999");
     let out = with_closed_stdout(c);
-    assert_eq!(out.status.code(), Some(73), "{}", stderr(&out));
+    assert_exit(&out, 73);
 }
 
 /// The uid commands run as in the cases about another user: `nobody`.
@@ -121,7 +117,7 @@ fn dry_runs_refuse_like_the_backup(p: &Project, backup_dir: &str, who: Option<(&
     let set = format!("BACKUP_DIR={backup_dir}");
     let before = support::every_byte(p.dir.path());
     let real = ducksafe_in(p, who, &["--set", &set, "backup"], "");
-    assert_eq!(real.status.code(), Some(74), "{}", stderr(&real));
+    assert_exit(&real, 74);
     assert_eq!(support::every_byte(p.dir.path()), before);
     for args in [
         vec!["--set", &set, "validate"],
@@ -247,18 +243,14 @@ fn restore_dry_runs_refuse_when_the_staged_copy_cannot_fit() {
     let before = support::every_byte(p.dir.path());
 
     let dry = p.run(&["restore", "--dry-run"]);
-    assert_eq!(dry.status.code(), Some(73), "{}", stderr(&dry));
-    assert!(
-        stderr(&dry).contains("not enough free space in"),
-        "{}",
-        stderr(&dry)
-    );
+    let said = assert_exit(&dry, 73);
+    assert!(said.contains("not enough free space in"), "{said}");
     let (r, code) = post_run_dry_run(&p);
     assert_eq!(code, 73, "{r:?}");
     assert_eq!(r.errors[0].code, ErrorCode::InsufficientSpace);
     assert_eq!(support::every_byte(p.dir.path()), before, "nothing written");
     let real = p.run(&["restore"]);
-    assert_eq!(real.status.code(), Some(73), "{}", stderr(&real));
+    assert_exit(&real, 73);
     assert_eq!(
         but_the_lock(support::every_byte(p.dir.path())),
         but_the_lock(before),
@@ -286,12 +278,8 @@ fn restore_dry_runs_refuse_when_the_database_folder_cannot_be_written() {
     let before = support::every_byte(p.dir.path());
 
     let dry = ducksafe_in(&p, as_nobody, &["restore", "--dry-run"], "");
-    assert_eq!(dry.status.code(), Some(74), "{}", stderr(&dry));
-    assert!(
-        stderr(&dry).contains("Permission denied"),
-        "{}",
-        stderr(&dry)
-    );
+    let said = assert_exit(&dry, 74);
+    assert!(said.contains("Permission denied"), "{said}");
     let request = format!(
         r#"{{"protocol_version":1,"event":"post_run","dry_run":true,"run":{{"outcome":"failure"}},"on_failure":"restore","config":{{"path":{:?}}}}}"#,
         p.config().display().to_string()
@@ -300,7 +288,7 @@ fn restore_dry_runs_refuse_when_the_database_folder_cannot_be_written() {
     assert_eq!(r.errors[0].code, ErrorCode::IoError, "{r:?}");
     assert_eq!(support::every_byte(p.dir.path()), before, "nothing written");
     let real = ducksafe_in(&p, as_nobody, &["restore"], "");
-    assert_eq!(real.status.code(), Some(74), "{}", stderr(&real));
+    assert_exit(&real, 74);
     assert_eq!(
         but_the_lock(support::every_byte(p.dir.path())),
         but_the_lock(before),
@@ -467,13 +455,13 @@ fn a_refused_backup_says_it_tightened_the_folder() {
 
     loosen();
     let out = p.run(&["backup"]);
-    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert_exit(&out, 75);
     assert_eq!(mode(), 0o700);
     assert!(stderr(&out).contains(&tightened), "{}", stderr(&out));
 
     loosen();
     let out = p.run(&["--json", "backup"]);
-    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert_exit(&out, 75);
     let r: Response = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r.errors[0].code, ErrorCode::DatabaseLocked);
     assert!(r.warnings.iter().any(|w| w.contains(&tightened)), "{r:?}");
@@ -517,8 +505,7 @@ fn an_empty_ducksafe_config_is_refused_naming_the_variable() {
 fn an_invalid_configuration_is_named_in_text() {
     let p = Project::new("");
     let named = |out: &Output, source: &str, problems: &str| {
-        let said = stderr(out);
-        assert_eq!(out.status.code(), Some(78), "{said}");
+        let said = assert_exit(out, 78);
         assert!(
             said.trim_end().ends_with(&format!(
                 "ducksafe: error: configuration `{source}` is invalid: {problems}"
@@ -611,8 +598,7 @@ fn deleting_the_latest_backup_is_refused_with_the_way_out() {
         stderr(&out)
     );
     let out = p.run(&["delete", &future]);
-    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
-    let said = stderr(&out);
+    let said = assert_exit(&out, 64);
     assert!(
         said.contains(&format!(
             "cannot delete backup `{future}`: it is the one `latest.duckdb` names"
@@ -633,7 +619,7 @@ fn deleting_the_latest_backup_is_refused_with_the_way_out() {
 fn a_failed_restore_dry_run_prints_a_full_response() {
     let (p, _) = backed_up();
     let out = p.run(&["--json", "restore", "--dry-run", "nosuch_20250101_000000"]);
-    assert_eq!(out.status.code(), Some(66), "{}", stderr(&out));
+    assert_exit(&out, 66);
     let r: Response = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("not a full response ({e}): {}", stdout(&out));
     });

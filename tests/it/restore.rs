@@ -5,7 +5,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::support::mount::{mounted, Mount};
-use crate::support::{self, every_byte, fingerprints, hold, sha256, write_into_wal, Project};
+use crate::support::{
+    self, assert_exit, assert_ok, every_byte, fingerprints, hold, sha256, write_into_wal, Project,
+};
 use ducksafe::duck::{Db, Limits};
 use ducksafe::protocol::{Decision, ErrorCode};
 
@@ -150,12 +152,12 @@ fn a_corrupted_backup_fails_verify_and_is_refused_by_restore() {
     fs::write(&backup_path, &bytes).unwrap();
 
     let out = p.run(&["verify", &id]);
-    assert_eq!(out.status.code(), Some(74));
+    assert_exit(&out, 74);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("FAILED") && text.contains(&id), "{text}");
 
     let out = p.run(&["restore", &id]);
-    assert_eq!(out.status.code(), Some(74));
+    assert_exit(&out, 74);
     assert_eq!(sha256(&p.db()), before, "the database is untouched");
     assert!(!p.backups().join("quarantine").exists());
 }
@@ -165,12 +167,7 @@ fn verify_all_reports_truncation_and_orphans() {
     let p = Project::new("");
     let (id, backup_path) = backup(&p);
     let out = p.run(&["verify", "--all"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_ok(&out);
     let f = fs::OpenOptions::new()
         .write(true)
         .open(&backup_path)
@@ -182,7 +179,7 @@ fn verify_all_reports_truncation_and_orphans() {
     )
     .unwrap();
     let out = p.run(&["--json", "verify", "--all"]);
-    assert_eq!(out.status.code(), Some(74));
+    assert_exit(&out, 74);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false);
     assert_eq!(v["backups"][0]["id"], id.as_str());
@@ -475,7 +472,7 @@ fn a_backup_directory_is_never_shared_between_databases() {
         .args(["--config", "other.yaml", "restore", &id])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(73));
+    assert_exit(&out, 73);
     assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to the database"));
     assert_eq!(sha256(&p.path("other.duckdb")), before);
 }
@@ -1021,7 +1018,7 @@ fn a_restore_onto_a_full_disk_is_refused_as_the_runbook_says() {
     let filler = vec![0u8; usize::try_from(free - db_bytes / 2).unwrap()];
     fs::write(p.path("filler"), filler).unwrap();
     let out = p.run(&["--json", "restore", &id]);
-    assert_eq!(out.status.code(), Some(73), "{}", said(&out));
+    assert_exit(&out, 73);
     let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r.errors[0].code, ErrorCode::InsufficientSpace);
     assert!(
@@ -1101,7 +1098,7 @@ fn messages_say_what_happened() {
     // Somebody has the database open: not said to be "a run still writing".
     let holder = hold(&p.db());
     let out = p.run(&["restore"]);
-    assert_eq!(out.status.code(), Some(75));
+    assert_exit(&out, 75);
     let text = said(&out);
     assert!(
         !text.contains("still writing") && text.contains("has the database open"),
@@ -1199,12 +1196,7 @@ fn an_interrupted_restore_is_found_from_beside_the_database() {
         "the staged copy was swept"
     );
     let out = p.run(&["restore", &id]);
-    assert_eq!(
-        out.status.code(),
-        Some(74),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 74);
     // With the configuration it started with, the restore completes.
     let out = p
         .cmd(&["restore", &id])

@@ -228,15 +228,29 @@ pub fn pipe(mut c: Command, input: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// Asserts that a command succeeded, showing its stderr when it did not.
+/// A command's stderr, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts that a command exited with `code`, showing its stderr and stdout when it did not;
+/// returns its stderr.
 #[track_caller]
-pub fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
+pub fn assert_exit(out: &Output, code: i32) -> String {
+    let said = stderr(out);
+    assert_eq!(
         out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
+        Some(code),
+        "the exit status; stderr: {said}\nstdout: {}",
+        String::from_utf8_lossy(&out.stdout)
     );
+    said
+}
+
+/// Asserts that a command succeeded ([`assert_exit`] with 0); returns its stderr.
+#[track_caller]
+pub fn assert_ok(out: &Output) -> String {
+    assert_exit(out, 0)
 }
 
 /// Runs `c` with `DUCKSAFE_FAILPOINT=<point>` and asserts that it died there: of SIGABRT, its
