@@ -5,19 +5,14 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::support::mount::{mounted, Mount};
-use crate::support::{self, assert_exit, assert_ok, bin, but_the_lock, stderr, Project};
+use crate::support::{
+    self, assert_exit, assert_ok, bin, but_the_lock, request, stderr, with_closed_stdout, Project,
+};
 use ducksafe::duck::{Db, Limits};
 use ducksafe::protocol::{ErrorCode, Response};
-
-/// Runs `c` with a stdout whose reader has already gone (`ducksafe … | head -c0`).
-fn with_closed_stdout(mut c: Command) -> Output {
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    c.stdout(writer).output().unwrap()
-}
 
 /// A project with one backup; returns its id.
 fn backed_up() -> (Project, String) {
@@ -62,6 +57,19 @@ fn a_failed_command_keeps_its_exit_code_when_stdout_is_closed() {
     c.env("DUCKSAFE_BACKUP_MIN_FREE_BYTES", "999999999999999");
     let out = with_closed_stdout(c);
     assert_exit(&out, 73);
+
+    // The hook's answer line is no exception: a refused pre-run, and the same refusal through
+    // `ducksafe hook`, keep their exit code.
+    let mut c = p.cmd(&["pre-run"]);
+    c.env("DUCKSAFE_BACKUP_MIN_FREE_BYTES", "999999999999999");
+    assert_exit(&with_closed_stdout(c), 73);
+    fs::write(p.path("request.json"), request("pre_run", &p.config(), "")).unwrap();
+    let mut c = bin();
+    c.current_dir(p.dir.path())
+        .arg("hook")
+        .env("DUCKSAFE_BACKUP_MIN_FREE_BYTES", "999999999999999")
+        .stdin(fs::File::open(p.path("request.json")).unwrap());
+    assert_exit(&with_closed_stdout(c), 73);
 }
 
 /// The uid commands run as in the cases about another user: `nobody`.

@@ -1,6 +1,8 @@
 //! Hook protocol v1 on bad input: one JSON line and the documented code, every time.
 
-use crate::support::{self, assert_exit, assert_ok, bin, one_response, pipe, Project};
+use crate::support::{
+    self, assert_exit, assert_ok, bin, one_response, pipe, with_closed_stdout, Project,
+};
 use ducksafe::protocol::{Decision, ErrorCode, Status};
 
 fn hook_raw(input: &[u8]) -> ducksafe::protocol::Response {
@@ -375,14 +377,7 @@ fn a_closed_stdout_ends_quietly_with_success() {
         vec!["validate"],
         vec!["schema", "config"],
     ] {
-        let (reader, writer) = std::io::pipe().unwrap();
-        drop(reader);
-        let out = p
-            .cmd(&args)
-            .stdout(writer)
-            .stderr(std::process::Stdio::piped())
-            .output()
-            .unwrap();
+        let out = with_closed_stdout(p.cmd(&args));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");

@@ -228,6 +228,14 @@ pub fn pipe(mut c: Command, input: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Runs `c` with a stdout whose reader has already gone (`ducksafe … | head -c0`): the read end
+/// is closed before the process starts, so every write fails, whatever the timing.
+pub fn with_closed_stdout(mut c: Command) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    c.stdout(writer).output().unwrap()
+}
+
 /// A command's stderr, as text.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
