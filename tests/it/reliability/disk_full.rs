@@ -11,11 +11,11 @@ use crate::support::mount::Mount;
 use crate::support::runs::{one_line, paused, Running};
 use crate::support::{self, request, sha256, write_into_wal, Project};
 
+use ducksafe::failpoint;
 use ducksafe::protocol::{ErrorCode, Response, Status};
 
 use super::{
     backup_ids, every_backup_is_complete, latest_is_verified, leftovers, names, source_state,
-    BACKUP_POINTS,
 };
 
 /// A size-limited tmpfs in a temporary folder of its own, unmounted on drop (before the folder
@@ -331,7 +331,11 @@ fn disk_full_at_every_later_step(t: &mut Tally) {
     assert_eq!(code, 0, "{r:?}");
     let source = source_state(&p.db());
     let dir = fs.path().join("backups");
-    for point in &BACKUP_POINTS[3..] {
+    // From the WAL's fold on (the copies were filled above).
+    for point in failpoint::BACKUP
+        .iter()
+        .skip_while(|p| **p != "snapshot.folded")
+    {
         if *point == "snapshot.folded" {
             continue;
         }

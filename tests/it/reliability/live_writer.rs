@@ -10,9 +10,10 @@ use crate::support::cases::{ensure, scaled, Tally};
 use crate::support::runs::{one_line, start};
 use crate::support::{self, hold, request, write_into_wal, Project};
 
+use ducksafe::failpoint;
 use ducksafe::protocol::{Decision, ErrorCode, Response, Status};
 
-use super::{names, BACKUP_POINTS};
+use super::names;
 
 fn locked_error(r: &Response, pid: u32) -> Result<(), String> {
     ensure(r.exit_code == 75 && r.status == Status::Error, || {
@@ -186,7 +187,11 @@ fn writer_cannot_start_during_a_backup(t: &mut Tally) {
                 (f, bytes)
             })
             .collect();
-        for point in &BACKUP_POINTS[..7] {
+        // From the lock through the manifest's publication.
+        for point in failpoint::BACKUP
+            .iter()
+            .take_while(|p| **p != "publish.sidecar")
+        {
             if *point == "snapshot.folded" && !wal {
                 continue;
             }

@@ -152,41 +152,6 @@ fn leftovers(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The failpoints a backup passes, in order.
-const BACKUP_POINTS: &[&str] = &[
-    "backup.locked",
-    "snapshot.copying",
-    "snapshot.copied",
-    "snapshot.folded",
-    "snapshot.synced",
-    "backup.verified",
-    "publish.manifest",
-    "publish.sidecar",
-    "publish.renamed",
-    "backup.latest",
-    "rotation.deleting",
-    "rotation.done",
-];
-
-/// The failpoints a restore passes, in order.
-const RESTORE_POINTS: &[&str] = &[
-    "restore.staged",
-    "restore.intent",
-    "restore.quarantined",
-    "restore.renamed",
-];
-
-#[test]
-fn every_failpoint_is_exercised() {
-    let mine: BTreeSet<&str> = BACKUP_POINTS
-        .iter()
-        .chain(RESTORE_POINTS)
-        .copied()
-        .collect();
-    let all: BTreeSet<&str> = ducksafe::failpoint::ALL.iter().copied().collect();
-    assert_eq!(mine, all, "the crash scenarios must cover every failpoint");
-}
-
 /// Every scenario the report lists is a test of this binary under the path it gives, so that the
 /// report's rerun commands (`cargo test --test it -- --exact PATH`) run it.
 #[test]
