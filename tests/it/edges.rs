@@ -1,23 +1,18 @@
 //! What an outside attack on the build found, each kept fixed: the real binary, as an operator
 //! or a caller would run it, one case per finding.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use crate::support::{self, assert_ok, bin, Project};
+use crate::support::mount::{mounted, Mount};
+use crate::support::{
+    self, assert_exit, assert_ok, bin, but_the_lock, request, stderr, with_closed_stdout, Project,
+};
 use ducksafe::duck::{Db, Limits};
 use ducksafe::protocol::{ErrorCode, Response};
-
-/// Runs `c` with a stdout whose reader has already gone (`ducksafe … | head -c0`).
-fn with_closed_stdout(mut c: Command) -> Output {
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    c.stdout(writer).output().unwrap()
-}
 
 /// A project with one backup; returns its id.
 fn backed_up() -> (Project, String) {
@@ -36,22 +31,18 @@ fn damage(path: &Path) {
     f.write_all(b"XXXX").unwrap();
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 // 1. A closed stdout never turns a failure into a success.
 #[test]
 fn a_failed_command_keeps_its_exit_code_when_stdout_is_closed() {
     let (p, id) = backed_up();
     // A success whose reader has gone ends quietly with 0.
     let out = with_closed_stdout(p.cmd(&["list"]));
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("error"), "{}", stderr(&out));
+    let said = assert_ok(&out);
+    assert!(!said.contains("error"), "{said}");
 
     damage(&p.backups().join(format!("{id}.duckdb")));
     let out = with_closed_stdout(p.cmd(&["verify", "--all"]));
-    assert_eq!(out.status.code(), Some(74), "{}", stderr(&out));
+    assert_exit(&out, 74);
     assert!(
         stderr(&out).contains("verification failed"),
         "the failure is still said: {}",
@@ -60,78 +51,25 @@ fn a_failed_command_keeps_its_exit_code_when_stdout_is_closed() {
     assert!(!stderr(&out).contains("stdout"), "{}", stderr(&out));
 
     let out = with_closed_stdout(p.cmd(&["--json", "restore", &id]));
-    assert_eq!(out.status.code(), Some(74), "{}", stderr(&out));
+    assert_exit(&out, 74);
 
     let mut c = p.cmd(&["--json", "backup"]);
     c.env("DUCKSAFE_BACKUP_MIN_FREE_BYTES", "999999999999999");
     let out = with_closed_stdout(c);
-    assert_eq!(out.status.code(), Some(73), "{}", stderr(&out));
-}
+    assert_exit(&out, 73);
 
-/// A mount made for a test (a read-only bind mount, a small tmpfs), undone on drop.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn run(args: &[&str], at: &Path) -> Result<(), String> {
-        let out = Command::new("mount")
-            .args(args)
-            .arg(at)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "mount {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-    fn tmpfs(dir: &Path, size: u64) -> Result<Mount, String> {
-        Mount::run(
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0755"),
-                "tmpfs",
-            ],
-            dir,
-        )?;
-        Ok(Mount(dir.to_path_buf()))
-    }
-    /// `dir` becomes read-only in place.
-    fn read_only(dir: &Path) -> Result<Mount, String> {
-        let d = dir.display().to_string();
-        Mount::run(&["--bind", &d], dir)?;
-        let m = Mount(dir.to_path_buf());
-        Mount::run(&["-o", "remount,ro,bind"], dir)?;
-        Ok(m)
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
-/// The mount, or `None` after saying the case is skipped (mounting needs root).
-fn mounted(case: &str, m: Result<Mount, String>) -> Option<Mount> {
-    match m {
-        Ok(m) => Some(m),
-        Err(e) => {
-            support::skip(case, &e);
-            None
-        }
-    }
+    // The hook's answer line is no exception: a refused pre-run, and the same refusal through
+    // `ducksafe hook`, keep their exit code.
+    let mut c = p.cmd(&["pre-run"]);
+    c.env("DUCKSAFE_BACKUP_MIN_FREE_BYTES", "999999999999999");
+    assert_exit(&with_closed_stdout(c), 73);
+    fs::write(p.path("request.json"), request("pre_run", &p.config(), "")).unwrap();
+    let mut c = bin();
+    c.current_dir(p.dir.path())
+        .arg("hook")
+        .env("DUCKSAFE_BACKUP_MIN_FREE_BYTES", "999999999999999")
+        .stdin(fs::File::open(p.path("request.json")).unwrap());
+    assert_exit(&with_closed_stdout(c), 73);
 }
 
 /// The uid commands run as in the cases about another user: `nobody`.
@@ -166,7 +104,7 @@ fn give_to_nobody(p: &Project) {
 fn ducksafe_in(p: &Project, who: Option<(&Path, u32)>, args: &[&str], input: &str) -> Output {
     let mut c = match who {
         Some((exe, uid)) => {
-            let mut c = Command::new(exe);
+            let mut c = support::command(exe);
             c.uid(uid).gid(uid).env_remove("DUCKSAFE_CONFIG");
             c
         }
@@ -187,7 +125,7 @@ fn dry_runs_refuse_like_the_backup(p: &Project, backup_dir: &str, who: Option<(&
     let set = format!("BACKUP_DIR={backup_dir}");
     let before = support::every_byte(p.dir.path());
     let real = ducksafe_in(p, who, &["--set", &set, "backup"], "");
-    assert_eq!(real.status.code(), Some(74), "{}", stderr(&real));
+    assert_exit(&real, 74);
     assert_eq!(support::every_byte(p.dir.path()), before);
     for args in [
         vec!["--set", &set, "validate"],
@@ -278,16 +216,6 @@ fn change(db: &Path) {
     d.close().unwrap();
 }
 
-/// Every byte of the project but the directory lock, whose PID a real run rewrites.
-fn but_the_lock(p: &Project) -> BTreeMap<String, String> {
-    but_the_lock_of(support::every_byte(p.dir.path()))
-}
-
-fn but_the_lock_of(mut bytes: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    bytes.remove("backups/.ducksafe.lock");
-    bytes
-}
-
 /// The post_run dry run that would restore `latest`.
 fn post_run_dry_run(p: &Project) -> (Response, i32) {
     p.hook(&format!(
@@ -304,7 +232,10 @@ fn restore_dry_runs_refuse_when_the_staged_copy_cannot_fit() {
     let bytes = fs::metadata(p.db()).unwrap().len();
     fs::create_dir(p.path("fs")).unwrap();
     let case = "restore_dry_runs_refuse_when_the_staged_copy_cannot_fit";
-    let Some(_fs) = mounted(case, Mount::tmpfs(&p.path("fs"), 2 * bytes + (4 << 20))) else {
+    let Some(_fs) = mounted(
+        case,
+        Mount::tmpfs(&p.path("fs"), 2 * bytes + (4 << 20), 0o755),
+    ) else {
         return;
     };
     fs::copy(p.db(), p.path("fs/simulation.duckdb")).unwrap();
@@ -320,19 +251,19 @@ fn restore_dry_runs_refuse_when_the_staged_copy_cannot_fit() {
     let before = support::every_byte(p.dir.path());
 
     let dry = p.run(&["restore", "--dry-run"]);
-    assert_eq!(dry.status.code(), Some(73), "{}", stderr(&dry));
-    assert!(
-        stderr(&dry).contains("not enough free space in"),
-        "{}",
-        stderr(&dry)
-    );
+    let said = assert_exit(&dry, 73);
+    assert!(said.contains("not enough free space in"), "{said}");
     let (r, code) = post_run_dry_run(&p);
     assert_eq!(code, 73, "{r:?}");
     assert_eq!(r.errors[0].code, ErrorCode::InsufficientSpace);
     assert_eq!(support::every_byte(p.dir.path()), before, "nothing written");
     let real = p.run(&["restore"]);
-    assert_eq!(real.status.code(), Some(73), "{}", stderr(&real));
-    assert_eq!(but_the_lock(&p), but_the_lock_of(before), "nothing changed");
+    assert_exit(&real, 73);
+    assert_eq!(
+        but_the_lock(support::every_byte(p.dir.path())),
+        but_the_lock(before),
+        "nothing changed"
+    );
 }
 
 #[test]
@@ -355,12 +286,8 @@ fn restore_dry_runs_refuse_when_the_database_folder_cannot_be_written() {
     let before = support::every_byte(p.dir.path());
 
     let dry = ducksafe_in(&p, as_nobody, &["restore", "--dry-run"], "");
-    assert_eq!(dry.status.code(), Some(74), "{}", stderr(&dry));
-    assert!(
-        stderr(&dry).contains("Permission denied"),
-        "{}",
-        stderr(&dry)
-    );
+    let said = assert_exit(&dry, 74);
+    assert!(said.contains("Permission denied"), "{said}");
     let request = format!(
         r#"{{"protocol_version":1,"event":"post_run","dry_run":true,"run":{{"outcome":"failure"}},"on_failure":"restore","config":{{"path":{:?}}}}}"#,
         p.config().display().to_string()
@@ -369,8 +296,12 @@ fn restore_dry_runs_refuse_when_the_database_folder_cannot_be_written() {
     assert_eq!(r.errors[0].code, ErrorCode::IoError, "{r:?}");
     assert_eq!(support::every_byte(p.dir.path()), before, "nothing written");
     let real = ducksafe_in(&p, as_nobody, &["restore"], "");
-    assert_eq!(real.status.code(), Some(74), "{}", stderr(&real));
-    assert_eq!(but_the_lock(&p), but_the_lock_of(before), "nothing changed");
+    assert_exit(&real, 74);
+    assert_eq!(
+        but_the_lock(support::every_byte(p.dir.path())),
+        but_the_lock(before),
+        "nothing changed"
+    );
 }
 
 // 6. `prune`, `delete` and `adopt` dry runs write nothing, not even the directory lock.
@@ -532,13 +463,13 @@ fn a_refused_backup_says_it_tightened_the_folder() {
 
     loosen();
     let out = p.run(&["backup"]);
-    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert_exit(&out, 75);
     assert_eq!(mode(), 0o700);
     assert!(stderr(&out).contains(&tightened), "{}", stderr(&out));
 
     loosen();
     let out = p.run(&["--json", "backup"]);
-    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert_exit(&out, 75);
     let r: Response = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r.errors[0].code, ErrorCode::DatabaseLocked);
     assert!(r.warnings.iter().any(|w| w.contains(&tightened)), "{r:?}");
@@ -582,8 +513,7 @@ fn an_empty_ducksafe_config_is_refused_naming_the_variable() {
 fn an_invalid_configuration_is_named_in_text() {
     let p = Project::new("");
     let named = |out: &Output, source: &str, problems: &str| {
-        let said = stderr(out);
-        assert_eq!(out.status.code(), Some(78), "{said}");
+        let said = assert_exit(out, 78);
         assert!(
             said.trim_end().ends_with(&format!(
                 "ducksafe: error: configuration `{source}` is invalid: {problems}"
@@ -676,8 +606,7 @@ fn deleting_the_latest_backup_is_refused_with_the_way_out() {
         stderr(&out)
     );
     let out = p.run(&["delete", &future]);
-    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
-    let said = stderr(&out);
+    let said = assert_exit(&out, 64);
     assert!(
         said.contains(&format!(
             "cannot delete backup `{future}`: it is the one `latest.duckdb` names"
@@ -698,7 +627,7 @@ fn deleting_the_latest_backup_is_refused_with_the_way_out() {
 fn a_failed_restore_dry_run_prints_a_full_response() {
     let (p, _) = backed_up();
     let out = p.run(&["--json", "restore", "--dry-run", "nosuch_20250101_000000"]);
-    assert_eq!(out.status.code(), Some(66), "{}", stderr(&out));
+    assert_exit(&out, 66);
     let r: Response = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("not a full response ({e}): {}", stdout(&out));
     });
