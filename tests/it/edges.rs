@@ -738,7 +738,9 @@ fn a_protocol_line_that_cannot_be_written_is_no_success() {
         .open("/dev/full")
         .unwrap();
     let mut c = bin();
-    c.arg("hook").stdin(Stdio::piped()).stdout(full);
+    c.arg("hook")
+        .stdin(std::process::Stdio::piped())
+        .stdout(full);
     let mut child = c.spawn().unwrap();
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), request.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
