@@ -137,7 +137,7 @@ w("  next backup, its manifest, its checksum file, its temporary file and WAL, `
 w("  directory lock, a stored backup, the restore's staged copy, a WAL beside the database and the")
 w("  quarantine folder go: nothing outside is ever written, replaced or deleted, and `restore latest`")
 w("  never restores a planted `latest`. A backup directory that is world-writable (with or without")
-w("  the sticky bit), owned by another user (as root only), a symlink to a world-writable directory,")
+w("  the sticky bit), owned by another user (as root only), a symlink (even to a private directory),")
 w("  or a file is refused by every command with `backup_dir_unsafe` (exit 73), nothing written. Paths")
 w("  with `..`, `.`, doubled slashes, `/..`, `..` after a symlink (lexical, as documented), relative")
 w("  configuration paths, inline configurations and environment overrides resolve to the absolute")

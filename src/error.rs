@@ -24,6 +24,17 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// `delete` of a backup that is kept on purpose (pinned, named by `latest`, a running
+    /// run's): a refusal of what was asked, with what to do first. Exit 64, as a command line
+    /// that cannot be done as given.
+    #[error("cannot delete backup `{id}`: {why}")]
+    DeleteRefused {
+        id: String,
+        why: String,
+        /// What to do first.
+        first: String,
+    },
+
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
@@ -121,6 +132,22 @@ pub enum Error {
         required: u64,
     },
 
+    /// A restore refused before it copies a byte: its staged copy of the backup would not fit
+    /// beside the database.
+    #[error(
+        "cannot stage the restore at `{}`: not enough free space in `{}`: {} available, {} required (the backup's size, plus 1 MiB)",
+        staged.display(),
+        dir.display(),
+        human_bytes(*available),
+        human_bytes(*required)
+    )]
+    NoRoomToStage {
+        staged: PathBuf,
+        dir: PathBuf,
+        available: u64,
+        required: u64,
+    },
+
     #[error("cannot back up `{}`: {why}", path.display())]
     BackupFailed { path: PathBuf, why: String },
 
@@ -199,7 +226,7 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         use ErrorCode as C;
         match self {
-            Error::Usage(_) => C::Usage,
+            Error::Usage(_) | Error::DeleteRefused { .. } => C::Usage,
             Error::InvalidRequest(_) | Error::RequestViolations(_) => C::InvalidRequest,
             Error::UnsupportedEvent(_) => C::UnsupportedEvent,
             Error::UnsupportedProtocol(_) => C::UnsupportedProtocolVersion,
@@ -214,7 +241,7 @@ impl Error {
             | Error::UnsafeFolder { .. }
             | Error::SharedBackupDir { .. }
             | Error::OwnerFileDamaged { .. } => C::BackupDirUnsafe,
-            Error::InsufficientSpace { .. } => C::InsufficientSpace,
+            Error::InsufficientSpace { .. } | Error::NoRoomToStage { .. } => C::InsufficientSpace,
             Error::BackupFailed { .. } | Error::BackupDirReadOnly { .. } => C::BackupFailed,
             Error::Io { source, .. } if is_no_space(source) => C::InsufficientSpace,
             Error::Io { .. } => C::IoError,
@@ -235,6 +262,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Usage(_) => Some("run `ducksafe --help` for usage".into()),
+            Error::DeleteRefused { first, .. } => Some(format!("{first}; nothing was deleted")),
             Error::InvalidRequest(_) | Error::RequestViolations(_) => Some(
                 "send one JSON object, e.g. {\"protocol_version\": 1, \"event\": \"pre_run\"}; `ducksafe schema request` prints the schema".into(),
             ),
@@ -288,6 +316,9 @@ impl Error {
             ),
             Error::InsufficientSpace { .. } => Some(
                 "free space on that filesystem (`ducksafe prune` applies a lowered `BACKUP_KEEP_LAST` now), or set `BACKUP_DIR` to a larger disk; no backup was written".into(),
+            ),
+            Error::NoRoomToStage { .. } => Some(
+                "a restore first copies the backup beside the database, which then stays in quarantine on that filesystem: free space there (quarantine folders of earlier restores each hold a full copy; delete those you no longer need), then retry; nothing was changed".into(),
             ),
             Error::Io { source, .. } if is_no_space(source) => Some(
                 "the filesystem filled up; nothing half-written was kept, and earlier backups and the database are as they were".into(),
@@ -367,7 +398,21 @@ impl Error {
 /// What to do about an unsafe folder. A shared system folder (`/tmp`, `/`, `/home`…) is never
 /// to be chmod-ed: the key must point elsewhere instead.
 fn unsafe_folder_hint(key: &str, dir: &Path) -> String {
-    if crate::files::is_shared_system_folder(dir) {
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        let target = std::fs::canonicalize(dir)
+            .or_else(|_| std::fs::read_link(dir))
+            .unwrap_or_default();
+        format!(
+            "set `{key}` to the folder itself (the link points to `{}`), or replace the link by a real directory: ducksafe checks and keeps its own folders private as what they are",
+            target.display()
+        )
+    } else if crate::files::is_read_only_fs(dir) {
+        format!(
+            "`{}` is on a read-only filesystem, where no chmod works: remount it read-write (`mount -o remount,rw MOUNTPOINT`) and make it private to this user (`chmod 700 {}`), or set `{key}` to a folder of its own",
+            dir.display(),
+            crate::engine::shell::quote(dir)
+        )
+    } else if crate::files::is_shared_system_folder(dir) {
         format!(
             "`{}` is a shared system folder: leave its permissions alone and set `{key}` to a folder of its own (ducksafe creates it `0700`), or remove `{key}` to use the default",
             dir.display()

@@ -9,9 +9,9 @@
 //! costs one environment lookup. Aborting is no capability a caller lacks: anyone who can set
 //! the environment can also kill the process.
 
-/// Every failpoint in the order a backup reaches them (with `BACKUP_STORAGE: incremental`, the
-/// block store's among them), then a restore's.
-pub const ALL: &[&str] = &[
+/// The failpoints a backup passes, in the order it reaches them, whatever `BACKUP_STORAGE`
+/// says (`snapshot.folded` only when there is a WAL to fold).
+pub const BACKUP: &[&str] = &[
     "backup.locked",
     "snapshot.copying",
     "snapshot.copied",
@@ -22,22 +22,57 @@ pub const ALL: &[&str] = &[
     "publish.sidecar",
     "publish.renamed",
     "backup.latest",
+    "rotation.deleting",
+    "rotation.done",
+];
+
+/// The block store's failpoints (`BACKUP_STORAGE: incremental`), in the order a backup that
+/// packs and a deletion that collects reach them: after `backup.latest` the pack and the
+/// conversion of the previous backup, within rotation the securing of chunks and the collection
+/// of packs.
+pub const BLOCK_STORE: &[&str] = &[
     "pack.synced",
     "pack.published",
     "convert.packed",
     "convert.proven",
     "convert.manifest",
     "convert.removed",
-    "rotation.deleting",
     "secure.packed",
     "gc.repacked",
     "gc.deleting",
-    "rotation.done",
+];
+
+/// The failpoints a restore passes, in the order it reaches them.
+pub const RESTORE: &[&str] = &[
     "restore.staged",
     "restore.intent",
     "restore.quarantined",
     "restore.renamed",
 ];
+
+/// Every failpoint: [`BACKUP`]'s, [`BLOCK_STORE`]'s, then [`RESTORE`]'s. A unit test holds it
+/// equal to the names the source passes to [`hit`].
+pub const ALL: &[&str] = &ALL_POINTS;
+
+const ALL_POINTS: [&str; BACKUP.len() + BLOCK_STORE.len() + RESTORE.len()] =
+    concat(&[BACKUP, BLOCK_STORE, RESTORE]);
+
+/// The lists one after the other, in an array of their summed length.
+const fn concat<const N: usize>(lists: &[&[&'static str]]) -> [&'static str; N] {
+    let mut all = [""; N];
+    let (mut at, mut l) = (0, 0);
+    while l < lists.len() {
+        let mut i = 0;
+        while i < lists[l].len() {
+            all[at] = lists[l][i];
+            at += 1;
+            i += 1;
+        }
+        l += 1;
+    }
+    assert!(at == N);
+    all
+}
 
 /// Aborts or pauses here when `DUCKSAFE_FAILPOINT` names this point.
 pub fn hit(name: &str) {
@@ -69,5 +104,86 @@ pub fn hit(name: &str) {
     } else {
         eprintln!("ducksafe: failpoint `{name}`: aborting");
         std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names every `failpoint::hit("…")` under `src/` passes, by file (this file aside: it
+    /// only defines `hit`). A call that does not pass a literal, or calls `hit` by another path,
+    /// is an error: the test could not see it.
+    fn hit_in_source() -> Result<Vec<(String, String)>, String> {
+        fn walk(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, files);
+                } else if path.extension().is_some_and(|x| x == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        walk(&src, &mut files);
+        let call = "failpoint::hit(";
+        let mut found = Vec::new();
+        for file in files {
+            let rel = file.strip_prefix(&src).unwrap().display().to_string();
+            if rel == "failpoint.rs" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            if text.contains("failpoint::{") || text.contains("failpoint::hit;") {
+                return Err(format!(
+                    "{rel} imports `hit`: call it as `failpoint::hit(\"…\")`"
+                ));
+            }
+            for (at, _) in text.match_indices(call) {
+                let rest = &text[at + call.len()..];
+                let name = rest
+                    .strip_prefix('"')
+                    .and_then(|r| r.split_once('"'))
+                    .map(|(name, _)| name)
+                    .ok_or_else(|| format!("{rel}: `{call}` without a literal name"))?;
+                found.push((rel.clone(), name.to_owned()));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every failpoint the source hits is in [`ALL`] (so the crash scenarios, which kill a run
+    /// at each of [`BACKUP`] and [`RESTORE`], reach it), and every name in [`ALL`] is hit
+    /// somewhere (a failpoint renamed or removed in the code leaves no dead name behind).
+    #[test]
+    fn all_is_exactly_the_failpoints_the_source_hits() {
+        let hit = hit_in_source().unwrap();
+        assert!(
+            !hit.is_empty(),
+            "no failpoint found under src/: the scan is broken"
+        );
+        for (file, name) in &hit {
+            assert!(
+                ALL.contains(&name.as_str()),
+                "src/{file} hits `{name}`, which failpoint::ALL does not list"
+            );
+        }
+        for name in ALL {
+            assert!(
+                hit.iter().any(|(_, n)| n == name),
+                "failpoint::ALL lists `{name}`, which no file under src/ hits"
+            );
+        }
+        let mut names = ALL.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len(), "a name listed twice: {ALL:?}");
+        assert_eq!(
+            ALL,
+            [BACKUP, BLOCK_STORE, RESTORE].concat(),
+            "ALL is BACKUP, BLOCK_STORE, then RESTORE"
+        );
     }
 }

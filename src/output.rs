@@ -3,9 +3,11 @@
 //! errors and logs for people on stderr.
 //!
 //! stdout carries data only: a report, or the protocol line. A closed stdout (`ducksafe list |
-//! head -1`) ends the command quietly with exit 0, as ripgrep and fd do: whoever closed the pipe
-//! has read all it wanted. Nothing prints JSON unless asked, except the protocol line, which the
-//! hook, `pre-run` and `post-run` always answer.
+//! head -1`) is not an error of its own, as in ripgrep and fd: whoever closed the pipe has read
+//! all it wanted. A command that succeeded ends quietly with exit 0; one that failed keeps its
+//! exit code (a failed `verify --all | head` is still a failure), and still says why on stderr.
+//! Nothing prints JSON unless asked, except the protocol line, which the hook, `pre-run` and
+//! `post-run` always answer.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -14,7 +16,7 @@ use serde::Serialize;
 
 use crate::engine::journal::Pending;
 use crate::error::Error;
-use crate::protocol::{ErrorEntry, Response};
+use crate::protocol::{ErrorCode, ErrorEntry, Response};
 
 /// `12.3 MiB` for people.
 pub use crate::error::human_bytes as size;
@@ -33,6 +35,12 @@ pub trait Report: Serialize {
     /// The problems a complete report ends with (a backup that failed verification, an
     /// invalid configuration), with the exit code they give: said on stderr after the text.
     fn failure(&self) -> Option<(Vec<ErrorEntry>, i32)> {
+        None
+    }
+
+    /// The line said after the failure's problems, when they need one: which configuration
+    /// they are in (see [`print_error`]).
+    fn failure_summary(&self) -> Option<String> {
         None
     }
 }
@@ -66,51 +74,66 @@ impl From<Error> for Failure {
 /// the exit code.
 pub fn finish<R: Report>(json: bool, outcome: Result<R, Failure>) -> i32 {
     match outcome {
-        Ok(report) => ended(write_report(json, &report)),
+        Ok(report) => {
+            let (written, code) = write_report(json, &report);
+            ended(written, code)
+        }
         Err(failure) => fail(json, failure),
     }
 }
 
 /// Ends a command that stopped on an error (see [`finish`]).
 pub fn fail(json: bool, failure: impl Into<Failure>) -> i32 {
-    ended(write_failure(json, &failure.into()))
+    let failure = failure.into();
+    ended(write_failure(json, &failure), failure.error.exit_code())
 }
 
-/// The exit code once stdout was written: a closed stdout ends quietly.
-fn ended(written: io::Result<i32>) -> i32 {
+/// The exit code once stdout was written: the command's own `code`, whatever became of stdout.
+/// A closed stdout ends quietly (the reader read all it wanted; a failure was said on stderr
+/// anyway); another write error is said, and fails a command that had succeeded.
+fn ended(written: io::Result<()>, code: i32) -> i32 {
     match written {
-        Ok(code) => code,
-        // The reader has gone: it read all it wanted.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+        Ok(()) => code,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => code,
         Err(e) => {
             let err = Error::io("write", Path::new("stdout"), e);
             print_error(&err);
-            err.exit_code()
+            if code == 0 {
+                err.exit_code()
+            } else {
+                code
+            }
         }
     }
 }
 
-fn write_report<R: Report>(json: bool, report: &R) -> io::Result<i32> {
-    let mut out = io::stdout().lock();
-    if json {
-        write_json_pretty(&mut out, report)?;
-    } else {
-        report.text(&mut out)?;
-        out.flush()?;
+/// Writes a report and says its warnings and failure: what stdout took, and the exit code.
+fn write_report<R: Report>(json: bool, report: &R) -> (io::Result<()>, i32) {
+    let written = {
+        let mut out = io::stdout().lock();
+        if json {
+            write_json_pretty(&mut out, report)
+        } else {
+            report.text(&mut out).and_then(|()| out.flush())
+        }
+    };
+    if !json {
         print_warnings(report.warnings());
     }
-    match report.failure() {
+    // The failure is said, and decides the exit code, whatever became of stdout.
+    let code = match report.failure() {
         Some((entries, code)) => {
             if !json {
-                print_entries(&entries);
+                print_problems(&entries, report.failure_summary().as_deref());
             }
-            Ok(code)
+            code
         }
-        None => Ok(0),
-    }
+        None => 0,
+    };
+    (written, code)
 }
 
-fn write_failure(json: bool, f: &Failure) -> io::Result<i32> {
+fn write_failure(json: bool, f: &Failure) -> io::Result<()> {
     let mut out = io::stdout().lock();
     let written = if json {
         match &f.response {
@@ -127,10 +150,11 @@ fn write_failure(json: bool, f: &Failure) -> io::Result<i32> {
     } else {
         out.write_all(&f.preface).and_then(|()| out.flush())
     };
+    drop(out);
     // The error is said whatever became of stdout.
     print_error(&f.error);
     print_warnings(&f.warnings);
-    written.map(|()| f.error.exit_code())
+    written
 }
 
 fn write_json_pretty(out: &mut dyn Write, v: &impl Serialize) -> io::Result<()> {
@@ -139,19 +163,44 @@ fn write_json_pretty(out: &mut dyn Write, v: &impl Serialize) -> io::Result<()> 
     out.flush()
 }
 
-/// Writes the protocol response as one line on stdout and returns its exit code. A caller that
-/// closed its end of the pipe does not turn a finished backup into a failure.
+/// Writes the protocol response as one line on stdout and returns its exit code, by the rule
+/// of every report ([`ended`]): a caller that closed its end of the pipe does not turn a
+/// finished backup into a failure, but a line that could not be written (a full disk under
+/// `> pre_run.json`) fails an answer that was a success.
 pub fn protocol_line(response: &Response) -> i32 {
     let line = serde_json::to_string(response).unwrap_or_else(|_| "{}".to_owned());
-    let mut out = io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-    response.exit_code
+    let written = {
+        let mut out = io::stdout().lock();
+        writeln!(out, "{line}").and_then(|()| out.flush())
+    };
+    ended(written, response.exit_code)
 }
 
-/// Says a failure for people on stderr: `ducksafe: error: …` then `hint: …` lines.
+/// Says a failure for people on stderr: `ducksafe: error: …` then `hint: …` lines. The
+/// problems of an invalid configuration point into it (`at /KEY`) without saying which file or
+/// variable it is: a closing line names it, and counts them.
 pub fn print_error(err: &Error) {
-    print_entries(&err.entries());
+    let summary = matches!(err, Error::ConfigInvalid { .. }).then(|| err.to_string());
+    print_problems(&err.entries(), summary.as_deref());
+}
+
+/// Says a response's errors for people on stderr, as [`print_error`] does: an invalid
+/// configuration's closed by its `reason`, which names it.
+pub fn print_response_errors(r: &Response) {
+    let summary = r
+        .errors
+        .first()
+        .is_some_and(|e| e.code == ErrorCode::ConfigInvalid)
+        .then_some(r.reason.as_str());
+    print_problems(&r.errors, summary);
+}
+
+/// The entries, then `summary` (if any) as a closing error line.
+fn print_problems(entries: &[ErrorEntry], summary: Option<&str>) {
+    print_entries(entries);
+    if let Some(s) = summary {
+        let _ = writeln!(io::stderr().lock(), "ducksafe: error: {s}");
+    }
 }
 
 /// Says protocol error entries for people on stderr.

@@ -10,12 +10,13 @@ use super::Global;
 use crate::cli::AdoptArgs;
 use crate::engine::identity::{self, Adoption};
 use crate::engine::store::Store;
-use crate::output::{self, Report};
+use crate::output::{self, Failure, Report};
 
 #[derive(Serialize)]
 struct Adopted {
     adoption: Adoption,
     dry_run: bool,
+    warnings: Vec<String>,
 }
 
 impl Report for Adopted {
@@ -48,22 +49,43 @@ impl Report for Adopted {
             ),
         }
     }
+
+    fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
 }
 
 pub fn run(g: &Global, a: &AdoptArgs) -> i32 {
+    let settings = match g.settings() {
+        Ok(s) => s,
+        Err(e) => return output::fail(g.json, e),
+    };
     let adopted = (|| {
-        let settings = g.settings()?;
         // Not `super::open_store`: the directory is not this database's yet; adopting makes it.
         let store = Store::open(&settings.backup_dir, false)?;
-        let _lock = store.lock_only()?;
+        // A dry run writes nothing, not even the lock file.
+        let _lock = if a.dry_run {
+            crate::engine::lock::DirLock::acquire_without_writing(store.dir())?
+        } else {
+            Some(store.lock_only()?)
+        };
         // A restore left open before the move must be finished where it started: its journal
         // names the old paths.
         crate::engine::journal::check_marker(&settings)?;
         identity::adopt(&store, &settings, a.dry_run)
     })();
-    let adopted = adopted.map(|adoption| Adopted {
-        dry_run: a.dry_run,
-        adoption,
-    });
-    output::finish(g.json, adopted.map_err(Into::into))
+    // What every response says: an interrupted restore, ducksafe's folders left open.
+    let warnings = crate::engine::standing_warnings(&settings);
+    let adopted = match adopted {
+        Ok(adoption) => Ok(Adopted {
+            dry_run: a.dry_run,
+            adoption,
+            warnings,
+        }),
+        Err(error) => Err(Failure {
+            warnings: warnings.into(),
+            ..error.into()
+        }),
+    };
+    output::finish(g.json, adopted)
 }

@@ -11,7 +11,7 @@ use crate::cli::BackupArgs;
 use crate::engine::backup;
 use crate::hook::response::{self, Ctx};
 use crate::output::{self, size, Failure, Report};
-use crate::protocol::{generated_request_id, Decision, Response};
+use crate::protocol::{generated_request_id, Response};
 
 /// A backup taken: the pre_run response, and for people what the backup holds.
 #[derive(Serialize)]
@@ -124,13 +124,15 @@ pub fn run(g: &Global, a: &BackupArgs) -> i32 {
     let mut ctx = Ctx::new(generated_request_id(), Some("pre_run"));
     ctx.set_paths(&settings);
     let now = crate::clock::now();
-    // An interrupted restore the backup could not finish is why it failed, or worse.
-    let failed = |mut ctx: Ctx, error: crate::error::Error| {
-        ctx.warnings = response::pending_warnings(&settings);
+    // An interrupted restore the backup could not finish is why it failed, or worse; then
+    // what the backup had said and changed before it failed.
+    let failed = |mut ctx: Ctx, refused: backup::Refused| {
+        ctx.warnings = crate::engine::standing_warnings(&settings);
+        let response = response::backup_refused(&ctx, &refused);
         Failure {
-            response: Some(Box::new(ctx.fail(Decision::Abort, &error))),
-            warnings: ctx.warnings.into(),
-            ..error.into()
+            warnings: response.warnings.clone().into(),
+            response: Some(Box::new(response)),
+            ..refused.error.into()
         }
     };
     if a.dry_run {
@@ -144,7 +146,7 @@ pub fn run(g: &Global, a: &BackupArgs) -> i32 {
                 };
                 output::finish(g.json, Ok(planned))
             }
-            Err(e) => output::fail(g.json, failed(ctx, e)),
+            Err(e) => output::fail(g.json, failed(ctx, e.into())),
         };
     }
     match backup::run(&settings, now, None, false) {

@@ -38,34 +38,49 @@ impl Report for DeleteReport {
 
 pub fn run(g: &Global, a: &DeleteArgs) -> i32 {
     let deleted = (|| {
-        let settings = g.settings()?;
-        let opened = super::open_store(&settings, Access::Change { dry_run: a.dry_run })?;
-        let store = &opened.store;
         if a.id == "latest" || a.id == crate::engine::store::LATEST {
             return Err(Error::Usage(
                 "`delete` takes a backup id, never `latest`: `ducksafe list` shows the ids".into(),
             ));
         }
+        let settings = g.settings()?;
+        super::warn_pending(&settings);
+        let opened = super::open_store(&settings, Access::Change { dry_run: a.dry_run })?;
+        let store = &opened.store;
         let entry = store.resolve(&a.id)?;
+        let refuse = |why: String, first: String| Error::DeleteRefused {
+            id: entry.id.clone(),
+            why,
+            first,
+        };
         if entry.manifest.pinned {
-            return Err(Error::Usage(format!(
-                "backup `{}` is pinned; unpin it first (`ducksafe unpin {}`) if it really should go",
-                entry.id, entry.id
-            )));
+            return Err(refuse(
+                "it is pinned".into(),
+                format!(
+                    "unpin it first (`ducksafe unpin {}`) if it really should go",
+                    entry.id
+                ),
+            ));
         }
         if store.latest_id().as_deref() == Some(entry.id.as_str()) {
-            return Err(Error::Usage(format!(
-                "backup `{}` is the one `latest.duckdb` names; take a new backup first (`ducksafe backup`), then `latest` names that one",
-                entry.id
-            )));
+            return Err(refuse(
+                "it is the one `latest.duckdb` names, kept for as long as it does".into(),
+                format!(
+                    "take a new backup first (`ducksafe backup`): `latest` then names that one, and `ducksafe delete {}` deletes this one",
+                    entry.id
+                ),
+            ));
         }
         if let Some(run) =
             crate::engine::lease::live(store.dir()).filter(|l| l.backup_id == entry.id)
         {
-            return Err(Error::Usage(format!(
-                "backup `{}` is the one a guarded run in progress (PID {}) may restore; delete it once that run's post_run has ended it",
-                entry.id, run.pid
-            )));
+            return Err(refuse(
+                format!(
+                    "it is the one a guarded run in progress (PID {}) may restore",
+                    run.pid
+                ),
+                "delete it once that run's post_run has ended it".into(),
+            ));
         }
         if !a.dry_run {
             store.delete(&entry.id)?;

@@ -4,13 +4,14 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use serde::Serialize;
 
 use super::Global;
 use crate::cli::InitArgs;
+use crate::engine::folders::{self, Kind};
 use crate::error::{Error, Result};
 use crate::files;
 use crate::output::{self, Report};
@@ -61,21 +62,16 @@ fn init(dir: &Path, force: bool, demo: bool) -> Result<Vec<String>> {
     let mut done = Vec::new();
     fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
 
+    // ducksafe's own folder rules (engine::folders): a symlink or a folder of someone else is
+    // refused, never followed; one open to group or others is tightened, with its note.
     let backups = dir.join("backups");
-    if fs::metadata(&backups).is_ok() {
-        done.push(format!("`{}` exists; left as it is", backups.display()));
-    } else {
-        files::create_private_dir(&backups).map_err(|e| Error::io("create", &backups, e))?;
-        done.push(format!("created `{}` (0700)", backups.display()));
-    }
-    // Tighten a pre-existing backups/ that is readable by others: it holds compensation data.
-    if let Ok(m) = fs::metadata(&backups) {
-        if m.is_dir() && m.permissions().mode() & 0o077 != 0 {
-            fs::set_permissions(&backups, fs::Permissions::from_mode(0o700))
-                .map_err(|e| Error::io("chmod", &backups, e))?;
-            done.push(format!("made `{}` private (0700)", backups.display()));
-        }
-    }
+    let existed = fs::symlink_metadata(&backups).is_ok();
+    let tightened = folders::ensure(&backups, Kind::BackupDir)?;
+    done.push(match (existed, tightened) {
+        (false, _) => format!("created `{}` (0700)", backups.display()),
+        (true, None) => format!("`{}` exists; left as it is", backups.display()),
+        (true, Some(note)) => note,
+    });
     let logs = dir.join("logs");
     if fs::metadata(&logs).is_err() {
         fs::create_dir(&logs).map_err(|e| Error::io("create", &logs, e))?;
@@ -95,16 +91,20 @@ fn init(dir: &Path, force: bool, demo: bool) -> Result<Vec<String>> {
     }
 
     let gitignore = dir.join(".gitignore");
-    let existing = fs::read_to_string(&gitignore).unwrap_or_default();
+    let existing = files::open_read_nofollow(&gitignore)
+        .and_then(io::read_to_string)
+        .unwrap_or_default();
     let has = existing
         .lines()
         .any(|l| matches!(l.trim(), "backups/" | "backups" | "/backups" | "/backups/"));
     if has {
         done.push("`.gitignore` already ignores `backups/`".into());
     } else {
+        // Appended in place, never through a link (`O_NOFOLLOW`: a symlink is refused).
         let mut f = fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&gitignore)
             .map_err(|e| Error::io("update", &gitignore, e))?;
         let sep = if existing.is_empty() || existing.ends_with('\n') {

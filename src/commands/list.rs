@@ -200,7 +200,10 @@ fn list(g: &Global) -> Result<ListReport, Failure> {
             })
             .collect(),
         backups: rows,
-        warnings: store.warnings(&inv, now),
+        warnings: crate::engine::loose_folders(&settings)
+            .into_iter()
+            .chain(store.inventory_warnings(&inv, now))
+            .collect(),
         marker_trouble,
     }))
 }

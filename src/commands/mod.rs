@@ -74,7 +74,7 @@ impl Global {
 /// Says on stderr, before anything else, that a restore of this database was interrupted and is
 /// unfinished (for the commands that neither finish it nor report it themselves).
 pub fn warn_pending(settings: &Settings) {
-    output::print_warnings(&crate::hook::response::pending_warnings(settings));
+    output::print_warnings(&crate::engine::standing_warnings(settings));
 }
 
 /// How a command uses the backup directory.
@@ -82,8 +82,10 @@ pub fn warn_pending(settings: &Settings) {
 pub enum Access {
     /// It only reads: no lock, nothing swept (`list`, `verify`).
     Read,
-    /// It changes the directory: the directory lock, then a sweep of what an interrupted run
-    /// left (none on a dry run, which writes nothing).
+    /// It changes the directory: the directory lock (a dry run takes it without writing, not
+    /// even the lock file). What an interrupted run left is for the next backup to remove and
+    /// name (the runbook says so): an operator command, and one that then fails above all,
+    /// removes nothing it was not asked to.
     Change { dry_run: bool },
 }
 
@@ -96,18 +98,17 @@ pub struct Opened {
 
 /// Opens the backup directory the way every operator command does: it must exist and be
 /// private; for a change, take its lock; check that its backups are this database's (another
-/// database's leave the inventory); for a change that is no dry run, sweep what an interrupted
-/// run left.
+/// database's leave the inventory).
 pub fn open_store(settings: &Settings, access: Access) -> Result<Opened> {
     let store = Store::open(&settings.backup_dir, false)?;
     let lock = match access {
         Access::Read => None,
-        Access::Change { .. } => Some(store.lock_only()?),
+        Access::Change { dry_run: true } => DirLock::acquire_without_writing(store.dir())?,
+        Access::Change { dry_run: false } => Some(store.lock_only()?),
     };
     let owner = crate::engine::identity::check(store.dir(), settings)?;
-    let store = store.owned_by(owner);
-    if access == (Access::Change { dry_run: false }) {
-        store.clean_leftovers(false)?;
-    }
-    Ok(Opened { store, _lock: lock })
+    Ok(Opened {
+        store: store.owned_by(owner),
+        _lock: lock,
+    })
 }

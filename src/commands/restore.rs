@@ -93,7 +93,13 @@ struct Planned {
     quarantine: PathBuf,
     /// False when finishing the interrupted restore of the same backup is the whole restore.
     restores_again: bool,
+    /// The database already is the backup, byte for byte, with no WAL beside it: the restore
+    /// would move nothing (and `moves` is empty).
+    unchanged: bool,
     unfinished_restores: Vec<Pending>,
+    /// What every response says besides the interrupted restores (listed above): a restore
+    /// marker in trouble, ducksafe's folders left open to others.
+    warnings: Vec<String>,
 }
 
 impl Report for Planned {
@@ -115,6 +121,14 @@ impl Report for Planned {
                 self.database.display()
             );
         }
+        if self.unchanged {
+            return writeln!(
+                out,
+                "dry run: `{}` already is backup `{}` byte for byte, with no WAL beside it: the restore would move nothing",
+                self.database.display(),
+                self.backup_id
+            );
+        }
         writeln!(
             out,
             "dry run: would restore `{}` over `{}`",
@@ -130,6 +144,10 @@ impl Report for Planned {
             )?;
         }
         Ok(())
+    }
+
+    fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 }
 
@@ -148,8 +166,11 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
     match restore::run(&settings, &a.backup, a.expect_sha256.as_deref(), now) {
         Ok((manifest, outcome, notes)) => {
             ctx.warnings.extend(notes);
+            let mut response = response::restore_done(&ctx, &settings, &manifest, &outcome);
+            // As the hook's post_run answers: what every response says, first.
+            response::surface_pending(&mut response, &settings);
             let restored = Restored {
-                response: response::restore_done(&ctx, &settings, &manifest, &outcome),
+                response,
                 db_path: &settings.db_path,
                 manifest: &manifest,
                 outcome: &outcome,
@@ -157,7 +178,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
             output::finish(g.json, Ok(restored))
         }
         Err(error) => {
-            ctx.warnings = response::pending_warnings(&settings);
+            ctx.warnings = crate::engine::standing_warnings(&settings);
             let failure = Failure {
                 response: Some(Box::new(ctx.fail(Decision::RestoreFailed, &error))),
                 warnings: ctx.warnings.into(),
@@ -177,23 +198,38 @@ fn dry_run(
 ) -> Result<Planned, Failure> {
     let pending = crate::engine::journal::pending(settings);
     match restore::dry_run(settings, selector, expect_sha256, crate::clock::now()) {
-        Ok(p) => {
+        Ok(o) => {
+            let p = o.plan;
             // Finishing the interrupted restore of the same backup is the whole restore.
             let restores_again = !pending.iter().any(|q| q.backup_id == p.backup_id);
             Ok(Planned {
                 backup_id: p.backup_id,
                 database: p.database,
                 dry_run: true,
-                moves: if restores_again { p.moves } else { Vec::new() },
+                moves: if restores_again && !o.unchanged {
+                    p.moves
+                } else {
+                    Vec::new()
+                },
                 quarantine: p.quarantine,
                 restores_again,
+                unchanged: o.unchanged,
                 unfinished_restores: pending,
+                warnings: crate::engine::standing_remarks(settings),
             })
         }
         Err(error) => {
             let mut preface = Vec::new();
             let _ = output::pending_text(&mut preface, &pending);
+            // `--json` prints the response a post_run dry run answers, as every operation's
+            // failure does: `skipped`, with the standing warnings.
+            let mut ctx = Ctx::new(generated_request_id(), Some("post_run"));
+            ctx.set_paths(settings);
+            ctx.warnings = crate::engine::standing_warnings(settings);
             Err(Failure {
+                response: Some(Box::new(ctx.fail(Decision::Skipped, &error))),
+                // In text, the interrupted restores are the preface: the rest is said after.
+                warnings: crate::engine::standing_remarks(settings).into(),
                 preface: preface.into(),
                 ..error.into()
             })

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::Global;
 use crate::output::{self, Failure, Report};
-use crate::protocol::{ErrorEntry, Event, Response};
+use crate::protocol::{ErrorCode, ErrorEntry, Event, Response};
 
 /// The hook's answer, read by people.
 #[derive(Serialize)]
@@ -31,13 +31,22 @@ impl Report for Verdict {
     fn failure(&self) -> Option<(Vec<ErrorEntry>, i32)> {
         (self.0.exit_code != 0).then(|| (self.0.errors.clone(), self.0.exit_code))
     }
+
+    /// An invalid configuration's problems are closed by the line that names it.
+    fn failure_summary(&self) -> Option<String> {
+        self.0
+            .errors
+            .first()
+            .is_some_and(|e| e.code == ErrorCode::ConfigInvalid)
+            .then(|| self.0.reason.clone())
+    }
 }
 
 pub fn run(g: &Global) -> i32 {
     let response = crate::hook::answer_request(&g.request(Event::Validate, None));
     if g.json {
         // As every operator command: the report on stdout, its problems on stderr too.
-        output::print_entries(&response.errors);
+        output::print_response_errors(&response);
         return output::protocol_line(&response);
     }
     output::finish(false, Ok::<_, Failure>(Verdict(response)))

@@ -34,6 +34,10 @@ struct VerifyReport {
     ok: bool,
     backups: Vec<Checked>,
     problems: Vec<Problem>,
+    /// What an operator must know besides (a publication cut short, a backup dated in the
+    /// future): no failure.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 impl Report for VerifyReport {
@@ -57,6 +61,10 @@ impl Report for VerifyReport {
             writeln!(out, "no backups to verify")?;
         }
         Ok(())
+    }
+
+    fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     fn failure(&self) -> Option<(Vec<ErrorEntry>, i32)> {
@@ -122,10 +130,14 @@ pub fn run(g: &Global, a: &VerifyArgs) -> i32 {
             }
         }
         let ok = checked.iter().all(|c| c.ok) && problems.is_empty();
+        let warnings = inv.as_ref().map_or_else(Vec::new, |inv| {
+            store.inventory_warnings(inv, crate::clock::now())
+        });
         Ok::<_, Error>(VerifyReport {
             ok,
             backups: checked,
             problems,
+            warnings,
         })
     })();
     output::finish(g.json, verified.map_err(Into::into))

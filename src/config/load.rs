@@ -33,14 +33,6 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The database's file name (`simulation.duckdb`): how backups name what they were taken
-    /// of.
-    pub fn db_file_name(&self) -> String {
-        self.db_path
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-    }
-
     /// The database file's stem, which names its backups (`simulation` for `simulation.duckdb`).
     pub fn db_stem(&self) -> String {
         self.db_path.file_stem().map_or_else(
@@ -182,13 +174,74 @@ pub fn parse_text(text: &str, path: &Path) -> Result<Value> {
         serde_yaml_ng::from_str(text).map_err(|e| invalid(format!("not valid YAML: {e}")))?
     };
     match value {
-        Value::Object(_) => Ok(value),
+        Value::Object(_) => match duplicate_key(text, is_json) {
+            // The reader kept the last value: refused rather than silently guessed.
+            Some(key) => Err(Error::ConfigInvalid {
+                source_name: path.display().to_string(),
+                violations: vec![Violation {
+                    pointer: format!("/{}", key.replace('~', "~0").replace('/', "~1")),
+                    message: format!(
+                        "`{}` is given twice: ducksafe does not guess which value you meant",
+                        redact_text(&key)
+                    ),
+                    hint: Some("keep one line for each key".into()),
+                }],
+            }),
+            None => Ok(value),
+        },
         Value::Null => Err(invalid("the file is empty".into())),
         other => Err(invalid(format!(
             "expected a mapping of keys to values, found {}",
             type_name(&other)
         ))),
     }
+}
+
+/// The first key given twice at the top of a configuration document (both readers keep the last
+/// value silently). `None` when there is none, or when the document is no mapping.
+fn duplicate_key(text: &str, is_json: bool) -> Option<String> {
+    use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    /// The first key seen twice in a mapping, read key by key.
+    struct FirstTwice(Option<String>);
+
+    impl<'de> Deserialize<'de> for FirstTwice {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            d.deserialize_map(KeysVisitor)
+        }
+    }
+
+    struct KeysVisitor;
+
+    impl<'de> Visitor<'de> for KeysVisitor {
+        type Value = FirstTwice;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a mapping")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<FirstTwice, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut twice = None;
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(key.clone()) && twice.is_none() {
+                    twice = Some(key);
+                }
+            }
+            Ok(FirstTwice(twice))
+        }
+    }
+
+    let read = if is_json {
+        serde_json::from_str::<FirstTwice>(text).ok()
+    } else {
+        serde_yaml_ng::from_str::<FirstTwice>(text).ok()
+    };
+    read.and_then(|f| f.0)
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -250,6 +303,30 @@ mod tests {
         assert_eq!(s.config.backup_keep_last, 7);
         assert_eq!(s.config.backup_retention_days, Some(7));
         assert_eq!(s.config.verify_level, VerifyLevel::Full);
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_not_guessed() {
+        for (text, name) in [
+            (
+                "DB_PATH: a.duckdb\nLOG_LEVEL: INFO\nDB_PATH: b.duckdb\n",
+                "config.yaml",
+            ),
+            (
+                r#"{"DB_PATH": "a.duckdb", "LOG_LEVEL": "INFO", "DB_PATH": "b.duckdb"}"#,
+                "config.json",
+            ),
+        ] {
+            let Err(Error::ConfigInvalid { violations, .. }) = parse_text(text, Path::new(name))
+            else {
+                panic!("{name}: a duplicate key was accepted");
+            };
+            assert_eq!(violations[0].pointer, "/DB_PATH", "{name}");
+            assert!(violations[0].message.contains("given twice"), "{name}");
+        }
+        // Keys that differ only in nesting or case are no duplicates.
+        let text = "DB_PATH: a.duckdb\nLOG_LEVEL: INFO\ndb_path: b\n";
+        assert!(parse_text(text, Path::new("config.yaml")).is_ok());
     }
 
     #[test]

@@ -2,16 +2,16 @@
 //! (`--config`) and the hook (a request's `config`) alike.
 //!
 //! A named file (`--config PATH`, `config.path`) or an inline object (`config.inline`) is used as
-//! given. Otherwise: the file `$DUCKSAFE_CONFIG` names, else `./config.yaml`, else, when there is
-//! no such file and `DUCKSAFE_DB_PATH` (or `--set DB_PATH=…`) names the database, the environment
-//! alone.
+//! given. Otherwise: the file `$DUCKSAFE_CONFIG` names (set but empty is refused, as every empty
+//! `DUCKSAFE_` value), else `./config.yaml`, else, when there is no such file and
+//! `DUCKSAFE_DB_PATH` (or `--set DB_PATH=…`) names the database, the environment alone.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
 use super::env::{ENV_CONFIG, ENV_PREFIX};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Violation};
 
 /// What the caller named: the command line's `--config`, or a request's `config`.
 #[derive(Debug, Clone)]
@@ -52,6 +52,20 @@ pub fn locate(asked: Asked, env: &dyn Fn(&str) -> Option<String>) -> Result<Sour
             base: cwd()?,
         },
         Asked::Nothing => match env(ENV_CONFIG) {
+            // An empty value is an invalid value, not "unset", as for every `DUCKSAFE_` variable
+            // (read as a path, it would name the working directory).
+            Some(path) if path.is_empty() => {
+                return Err(Error::ConfigInvalid {
+                    source_name: format!("${ENV_CONFIG}"),
+                    violations: vec![Violation {
+                        pointer: String::new(),
+                        message: format!("`{ENV_CONFIG}` is set but empty: it names no configuration file"),
+                        hint: Some(format!(
+                            "set `{ENV_CONFIG}` to the configuration file's path, or unset it (`unset {ENV_CONFIG}`) to read `./{DEFAULT_FILE}`"
+                        )),
+                    }],
+                })
+            }
             Some(path) => Source::File(path.into()),
             None if !Path::new(DEFAULT_FILE).exists()
                 && env(&format!("{ENV_PREFIX}DB_PATH")).is_some() =>

@@ -16,15 +16,17 @@
 //!    no-replace rename, directory fsync), then swap `latest`;
 //! 8. [`retention`](super::retention): only now, rotate old backups.
 //!
-//! Invariant: a failure at any step before 7 leaves the backup directory as it was (the
-//! temporary file is removed by its guard) and never touches `latest` or an earlier backup.
+//! Invariant: a failure at any step before 7 leaves the backups as they were (the temporary
+//! file is removed by its guard) and never touches `latest` or an earlier backup. What steps 2
+//! and 3 changed (the directory tightened, leftovers swept, an interrupted restore finished) is
+//! said by the failure too ([`Refused`]).
 //!
 //! A dry run is steps 1 to 4 with `dry_run` set, the same refusals under the same locks and
 //! nothing written, then the copy's block checks read in place ([`snapshot::check_source`]) and
 //! the rotation planned as if the backup had been published. What only the copy itself can
 //! show (a WAL whose fold fails, a copy that reads back wrong) is not foreseen.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
@@ -33,7 +35,7 @@ use super::lock::{DirLock, SourceLock};
 use super::manifest::{Manifest, SourceInfo, Verification};
 use super::retention::{self, Candidate};
 use super::store::{self, Inventory, Store};
-use super::{identity, journal, lease, shell, snapshot, space, verify};
+use super::{folders, identity, journal, lease, quarantine, shell, snapshot, space, verify};
 use crate::config::{BackupStorage, Settings, VerifyLevel};
 use crate::duck::{self, DuckError};
 use crate::error::{Error, Result};
@@ -48,11 +50,36 @@ pub struct Outcome {
     pub path: PathBuf,
     pub rotation: RotationReport,
     pub space: SpaceReport,
+    /// What it said and changed besides the backup itself.
+    pub notes: Notes,
+}
+
+/// What a backup has said so far: remarks, and what it changed before its copy (a folder
+/// tightened, leftovers swept, an interrupted restore finished). A refused backup says them too
+/// ([`Refused`]): those changes were made.
+#[derive(Debug, Clone, Default)]
+pub struct Notes {
     pub warnings: Vec<String>,
-    /// Leftovers of interrupted backups that were removed first (file names).
+    /// Leftovers of interrupted backups that were removed (file names).
     pub cleaned: Vec<String>,
-    /// Interrupted restores that were completed first (one line each).
+    /// Interrupted restores that were completed (one line each).
     pub recovered: Vec<String>,
+}
+
+/// A backup that failed: why, and what it had said (and changed) before.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: Error,
+    pub notes: Box<Notes>,
+}
+
+impl From<Error> for Refused {
+    fn from(error: Error) -> Self {
+        Refused {
+            error,
+            notes: Box::default(),
+        }
+    }
 }
 
 /// What a dry run found: nothing was written.
@@ -81,37 +108,40 @@ struct Ready {
     /// directory lock keeps other ducksafe runs out meanwhile).
     inv: Inventory,
     id: String,
-    warnings: Vec<String>,
-    cleaned: Vec<String>,
-    recovered: Vec<String>,
 }
 
 /// Steps 1 to 4, for a backup and its dry run alike: a dry run makes every check and takes
 /// every lock, and writes nothing (it neither creates nor tightens the directory, sweeps
-/// nothing and finishes no interrupted restore).
+/// nothing and finishes no interrupted restore). What it says and changes goes to `notes` as
+/// it goes, so that a refusal later still says it.
 fn prepare(
     settings: &Settings,
     now: DateTime<Utc>,
     guards_a_run: bool,
     dry_run: bool,
+    notes: &mut Notes,
 ) -> Result<Ready> {
     database::check(settings)?;
     let dir = &settings.backup_dir;
-    let mut warnings = Vec::new();
-    let store = if !dry_run {
+    let warnings = &mut notes.warnings;
+    // Where a directory that does not exist yet would be created: its free space decides.
+    let mut creatable_under = None;
+    let store = if dry_run {
+        match check_dir(dir)? {
+            Dir::Exists(store) => Some(store),
+            Dir::Creatable { under } => {
+                creatable_under = Some(under);
+                warnings.push(format!(
+                    "`{}` does not exist yet; the backup would create it (0700)",
+                    dir.display()
+                ));
+                None
+            }
+        }
+    } else {
         let store = Store::open(dir, true)?;
         warnings.extend(store.tighten());
         Some(store)
-    } else if std::fs::symlink_metadata(dir).is_ok() {
-        let store = Store::open(dir, false)?;
-        store.check_writable()?;
-        Some(store)
-    } else {
-        warnings.push(format!(
-            "`{}` does not exist yet; the backup would create it (0700)",
-            dir.display()
-        ));
-        None
     };
     let dir_lock = match &store {
         Some(s) if dry_run => DirLock::acquire_without_writing(s.dir())?,
@@ -134,17 +164,23 @@ fn prepare(
     if let (Some(s), true) = (&store, guards_a_run) {
         lease::check(s.dir())?;
     }
-    let mut cleaned = match &store {
-        Some(s) if !dry_run => s.clean_leftovers(true)?,
-        _ => Vec::new(),
-    };
-    let recovered = journal::recover(settings, dry_run)?.notes;
+    if let Some(s) = store.as_ref().filter(|_| !dry_run) {
+        notes.cleaned = s.clean_leftovers(true)?;
+    }
+    notes.recovered = journal::recover(settings, dry_run)?.all_notes();
+    if !dry_run {
+        // The quarantine root (checked by the recovery) holds compensation data too: a backup
+        // tightens it as it tightens its own directory.
+        notes
+            .warnings
+            .extend(folders::tighten(&quarantine::root(settings)));
+    }
     let inv = match &store {
         Some(s) if !dry_run => {
             // What an interrupted conversion or collection left (see `incremental`).
             let inv = s.inventory()?;
             let swept = s.sweep_packed(&inv).unwrap_or_else(|e| {
-                warnings.push(format!(
+                notes.warnings.push(format!(
                     "what an interrupted conversion left was not removed ({e}); the next backup tries again"
                 ));
                 Vec::new()
@@ -152,11 +188,11 @@ fn prepare(
             let inv = if swept.is_empty() {
                 inv
             } else {
-                cleaned.extend(swept);
+                notes.cleaned.extend(swept);
                 s.inventory()?
             };
             if let Err(e) = s.collect_packs(&inv) {
-                warnings.push(format!(
+                notes.warnings.push(format!(
                     "packs no backup needs were not deleted ({e}); the next backup tries again"
                 ));
             }
@@ -174,7 +210,7 @@ fn prepare(
     let (space_dir, id) = match &store {
         Some(s) => (s.dir(), s.next_id(&settings.db_stem(), now)?),
         None => (
-            files::parent_of(dir),
+            creatable_under.as_deref().unwrap_or(dir),
             store::base_id(&settings.db_stem(), now),
         ),
     };
@@ -189,10 +225,33 @@ fn prepare(
         space,
         inv,
         id,
-        warnings,
-        cleaned,
-        recovered,
     })
+}
+
+/// The backup directory as a backup would find it, checked without writing anything (for a
+/// dry run and `validate`).
+pub enum Dir {
+    /// It is there: a private directory of this user, writable (`access(2)`; a read-only
+    /// filesystem is refused as such, not as a permission problem).
+    Exists(Store),
+    /// It is not there yet, and the backup could create it, missing parents too: `under` is the
+    /// nearest existing folder, on whose filesystem it would land.
+    Creatable { under: PathBuf },
+}
+
+/// Checks the backup directory as [`run`] would use it, changing nothing: the one rule a dry
+/// run and `validate` share, so that neither approves what the backup then refuses.
+pub fn check_dir(dir: &Path) -> Result<Dir> {
+    // A symlink, even a dangling one, is there: `Store::open` refuses it.
+    if std::fs::symlink_metadata(dir).is_ok() {
+        let store = Store::open(dir, false)?;
+        store.check_writable()?;
+        Ok(Dir::Exists(store))
+    } else {
+        Ok(Dir::Creatable {
+            under: Store::check_creatable(dir)?,
+        })
+    }
 }
 
 /// Main file (its locked descriptor) plus WAL files: an upper bound on the backup's size.
@@ -205,8 +264,9 @@ fn source_bytes(source: &SourceLock, wals: &[(PathBuf, u64)]) -> u64 {
 /// [`prepare`]), the copy's block checks read in place, and the rotation the new backup would
 /// cause.
 pub fn dry_run(settings: &Settings, now: DateTime<Utc>, guards_a_run: bool) -> Result<DryRun> {
-    let ready = prepare(settings, now, guards_a_run, true)?;
-    let mut warnings = ready.warnings;
+    let mut notes = Notes::default();
+    let ready = prepare(settings, now, guards_a_run, true, &mut notes)?;
+    let mut warnings = notes.warnings;
     warnings.extend(snapshot::check_source(
         &ready.source,
         &database::limits(settings),
@@ -254,11 +314,32 @@ pub fn dry_run(settings: &Settings, now: DateTime<Utc>, guards_a_run: bool) -> R
 /// `guards_a_run` (the hook's pre_run): a run follows that writes the database until its
 /// post_run, so another guarded run still in progress refuses this one (`lease`), and this one
 /// is recorded once its backup is published.
+///
+/// A refusal carries what the backup had said and changed before it ([`Refused`]).
 pub fn run(
     settings: &Settings,
     now: DateTime<Utc>,
     request_id: Option<&str>,
     guards_a_run: bool,
+) -> Result<Outcome, Refused> {
+    let mut notes = Notes::default();
+    match run_noting(settings, now, request_id, guards_a_run, &mut notes) {
+        Ok(outcome) => Ok(Outcome { notes, ..outcome }),
+        Err(error) => Err(Refused {
+            error,
+            notes: Box::new(notes),
+        }),
+    }
+}
+
+/// [`run`]'s work, which says and records its changes in `notes` as it goes: the outcome it
+/// returns leaves them to [`run`].
+fn run_noting(
+    settings: &Settings,
+    now: DateTime<Utc>,
+    request_id: Option<&str>,
+    guards_a_run: bool,
+    notes: &mut Notes,
 ) -> Result<Outcome> {
     let t = std::time::Instant::now();
     let phase = |name: &str| tracing::debug!("{name}: {} ms", t.elapsed().as_millis());
@@ -271,11 +352,9 @@ pub fn run(
         space,
         mut inv,
         id,
-        mut warnings,
-        cleaned,
-        recovered,
         ..
-    } = prepare(settings, now, guards_a_run, false)?;
+    } = prepare(settings, now, guards_a_run, false, notes)?;
+    let warnings = &mut notes.warnings;
     let Some(store) = store else {
         return Err(Error::Internal(
             "the backup directory was not opened".into(),
@@ -331,7 +410,7 @@ pub fn run(
     );
     warnings.extend(plan.warnings.iter().cloned());
     warnings.extend(store.inventory_warnings(&inv, now));
-    let rotation = store.rotate(&plan, &mut warnings);
+    let rotation = store.rotate(&plan, warnings);
     failpoint::hit("rotation.done");
     phase("rotated");
     let deleted: u64 = rotation.deleted.iter().map(|d| d.bytes).sum();
@@ -349,9 +428,7 @@ pub fn run(
                 Store::used_bytes(&inv).saturating_sub(deleted)
             },
         },
-        warnings,
-        cleaned,
-        recovered,
+        notes: Notes::default(),
     })
 }
 

@@ -61,7 +61,10 @@ pub fn check(dir: &Path, kind: Kind) -> Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_symlink() => Err(kind.refuse(
             dir,
-            "it is a symlink; ducksafe never follows links for its own folders".into(),
+            format!(
+                "it is a symlink (to `{}`); ducksafe never follows links for its own folders",
+                fs::read_link(dir).unwrap_or_default().display()
+            ),
         )),
         Ok(m) => {
             files::unsafe_folder_reason(dir, &m).map_or(Ok(()), |why| Err(kind.refuse(dir, why)))
@@ -146,8 +149,14 @@ fn may_tighten(dir: &Path, meta: &fs::Metadata) -> std::result::Result<(), Strin
 }
 
 fn cannot(dir: &Path, mode: u32, why: &str) -> String {
+    // No chmod works on a read-only filesystem: the advice starts with the remount.
+    let fix = if files::is_read_only_fs(dir) {
+        "no chmod works on a read-only filesystem: remount it read-write (`mount -o remount,rw MOUNTPOINT`), then run"
+    } else {
+        "run"
+    };
     format!(
-        "`{}` is {mode:04o}, open to group and others, and ducksafe cannot make it {PRIVATE:04o} ({why}): it holds compensation data; run `chmod 700 {}`",
+        "`{}` is {mode:04o}, open to group and others, and ducksafe cannot make it {PRIVATE:04o} ({why}): it holds compensation data; {fix} `chmod 700 {}`",
         dir.display(),
         super::shell::quote(dir)
     )

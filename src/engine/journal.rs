@@ -567,14 +567,29 @@ pub struct Finished {
     pub journal: PathBuf,
     /// The files it quarantined (in a dry run: those it has quarantined so far).
     pub quarantined: Vec<PathBuf>,
+    /// What was done, in a line (`completed an interrupted restore …`): said by the caller,
+    /// unless finishing it was the caller's own restore, which says so in its own words.
+    pub note: String,
 }
 
 /// What [`recover`] did (or would do).
 #[derive(Debug, Clone, Default)]
 pub struct Recovery {
     pub finished: Vec<Finished>,
-    /// One line per action taken.
+    /// One line per other action taken (a rollback, a staged copy swept); the restores
+    /// completed say theirs in [`Finished::note`].
     pub notes: Vec<String>,
+}
+
+impl Recovery {
+    /// Every line of what was done: the restores completed, then the other actions.
+    pub fn all_notes(self) -> Vec<String> {
+        self.finished
+            .into_iter()
+            .map(|f| f.note)
+            .chain(self.notes)
+            .collect()
+    }
 }
 
 /// Finishes the restores of this database that a crash interrupted: completes them, or rolls
@@ -642,7 +657,7 @@ pub fn recover(settings: &Settings, dry_run: bool) -> Result<Recovery> {
             quarantined
         };
         let undo = shell::put_back(&intent.database, &intent.moves, &quarantined);
-        recovery.notes.push(format!(
+        let note = format!(
             "{} an interrupted restore of backup `{}` (journal `{}`); the database it replaced is in `{}`{}",
             if dry_run { "would complete" } else { "completed" },
             intent.backup_id,
@@ -653,11 +668,12 @@ pub fn recover(settings: &Settings, dry_run: bool) -> Result<Recovery> {
             } else {
                 format!(" (undo: {})", undo.join(" && "))
             }
-        ));
+        );
         recovery.finished.push(Finished {
             intent,
             journal,
             quarantined,
+            note,
         });
     }
     // A journal of this database that the scan above could not reach: stop here, before the

@@ -46,8 +46,24 @@ pub fn standing_warnings(settings: &Settings) -> Vec<String> {
     journal::pending(settings)
         .iter()
         .map(journal::Pending::line)
-        .chain(journal::marker_trouble(settings))
-        .chain(folders::loose(&settings.backup_dir))
+        .chain(standing_remarks(settings))
+        .collect()
+}
+
+/// [`standing_warnings`] but the interrupted restores, for a report that lists those itself
+/// (`restore --dry-run`): a marker in trouble and ducksafe's folders left open. Reads only.
+pub fn standing_remarks(settings: &Settings) -> Vec<String> {
+    journal::marker_trouble(settings)
+        .into_iter()
+        .chain(loose_folders(settings))
+        .collect()
+}
+
+/// ducksafe's folders of this database left open to group or others (the backup directory,
+/// the quarantine root), as [`folders::loose`] says them. Reads only.
+pub fn loose_folders(settings: &Settings) -> Vec<String> {
+    folders::loose(&settings.backup_dir)
+        .into_iter()
         .chain(folders::loose(&quarantine::root(settings)))
         .collect()
 }

@@ -7,7 +7,9 @@
 //!    than the one asked for (`--expect-sha256`); finish an interrupted restore first
 //!    ([`journal::recover`]);
 //! 2. check the backup's size against its manifest;
-//! 3. take an exclusive lock on the database: nobody, reader or writer, has it open;
+//! 3. take an exclusive lock on the database: nobody, reader or writer, has it open; refuse
+//!    when the writes to come could not be made (the database's folder or the quarantine not
+//!    writable, no room for the staged copy);
 //! 4. stage: copy the backup beside the database ([`staging`]), fsync, read it back: its
 //!    SHA-256 must be the manifest's, and DuckDB must open it with the manifest's tables. A bad
 //!    backup is refused here, before anything of the database moves;
@@ -36,7 +38,7 @@ use super::lock::{DatabaseLock, DirLock};
 use super::manifest::{Manifest, Storage};
 use super::staging::{self, Staged};
 use super::store::{Entry, Store};
-use super::{database, identity, lease, quarantine, shell, verify};
+use super::{database, identity, lease, quarantine, shell, space, verify};
 use crate::config::{Settings, VerifyLevel};
 use crate::duck::{self, Limits};
 use crate::error::{Error, Result};
@@ -91,14 +93,15 @@ pub fn run(
     restore(settings, selector, expect_sha256, now, false)
 }
 
-/// [`run`] as a dry run: the same refusals, nothing written. Returns the plan.
+/// [`run`] as a dry run: the same refusals, nothing written. Returns what the restore would
+/// do: its plan, or, when the database already is the backup (`unchanged`), nothing.
 pub fn dry_run(
     settings: &Settings,
     selector: &str,
     expect_sha256: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<Plan> {
-    restore(settings, selector, expect_sha256, now, true).map(|(_, o, _)| o.plan)
+) -> Result<Outcome> {
+    restore(settings, selector, expect_sha256, now, true).map(|(_, o, _)| o)
 }
 
 /// The one restore path; `dry_run` skips every write and nothing else.
@@ -112,7 +115,8 @@ fn restore(
     let started = std::time::Instant::now();
     database::path(settings)?;
     let store = Store::open(&settings.backup_dir, false)?;
-    let lock = if dry_run {
+    // Held to the end: no other ducksafe run changes the directory meanwhile.
+    let _lock = if dry_run {
         DirLock::acquire_without_writing(store.dir())?
     } else {
         DirLock::acquire_for_restore(store.dir())?
@@ -124,20 +128,23 @@ fn restore(
     // caller may restore now. Another restore (an older run's rollback, an operator's command)
     // would erase its work (`lease`).
     lease::check(store.dir())?;
-    if lock.is_some() && !dry_run {
-        // Sweep what an interrupted run left (nothing to sweep on read-only media).
-        store.clean_leftovers(false)?;
-    }
     let recovery = journal::recover(settings, dry_run)?;
-    let mut notes = recovery.notes;
     let entry = store.resolve(selector)?;
     check_expected(settings, &entry, expect_sha256)?;
-    if let Some(f) = recovery
+    let mine = recovery
         .finished
         .iter()
-        .rev()
-        .find(|f| f.intent.backup_id == entry.id)
-    {
+        .rposition(|f| f.intent.backup_id == entry.id);
+    // The completion of this very restore is said by the outcome, not as a note besides.
+    let mut notes: Vec<String> = recovery
+        .finished
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| Some(i) != mine)
+        .map(|(_, f)| f.note.clone())
+        .chain(recovery.notes.iter().cloned())
+        .collect();
+    if let Some(f) = mine.map(|i| &recovery.finished[i]) {
         let plan = Plan {
             backup: store.backup_path(&entry.id),
             backup_id: entry.id.clone(),
@@ -162,10 +169,6 @@ fn restore(
             unchanged: false,
             finished_journal: Some(f.journal.clone()),
         };
-        notes.retain(|n| {
-            !n.starts_with("completed an interrupted restore")
-                && !n.starts_with("would complete an interrupted restore")
-        });
         return Ok((entry.manifest, outcome, notes));
     }
     let plan = plan(settings, &store, &entry, now);
@@ -261,6 +264,8 @@ fn apply(
         return Ok(outcome(Vec::new(), &["size", "sha256"], true));
     }
     let checks = ["size", "sha256", "open", "tables"];
+    // What staging and the quarantine will need, checked before anything is copied.
+    check_room(plan, entry)?;
 
     // 4. The backup's bytes must be the manifest's (this is the backup's verification), and
     //    DuckDB must open them with the manifest's tables: on the staged copy beside the
@@ -352,6 +357,24 @@ fn apply(
         ),
     })?;
     Ok(outcome(quarantined, &checks, false))
+}
+
+/// What the writes of a restore need, checked without writing (a dry run and the restore make
+/// the same refusals): this user may write in the database's folder (the staged copy) and where
+/// the quarantine folder goes, and the database's filesystem has room for the staged copy. Each
+/// refusal is the one the write itself would end in; nothing has changed yet.
+fn check_room(plan: &Plan, entry: &Entry) -> Result<()> {
+    let db_dir = files::parent_of(&plan.database);
+    files::access_write(db_dir).map_err(|e| Error::io("stage the restore at", &plan.staged, e))?;
+    // The quarantine root is created (without parents) when missing, then a folder in it.
+    let root = files::parent_of(&plan.quarantine);
+    let (dir, action, made) = if fs::symlink_metadata(root).is_ok() {
+        (root, "create quarantine folder", plan.quarantine.as_path())
+    } else {
+        (files::parent_of(root), "create", root)
+    };
+    files::access_write(dir).map_err(|e| Error::io(action, made, e))?;
+    space::check_staging(&plan.staged, entry.manifest.bytes)
 }
 
 /// Whether the database already is the backup: no WAL file beside it, and its bytes and the

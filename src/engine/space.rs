@@ -1,8 +1,11 @@
-//! The free-space check made before a byte of a backup is written.
+//! The free-space checks made before a byte of a backup, or of a restore's staged copy, is
+//! written.
 //!
-//! Invariant: a backup starts only when the backup filesystem can hold the whole database (main
+//! Invariants: a backup starts only when the backup filesystem can hold the whole database (main
 //! file and WAL: an upper bound on the backup's size) and still keep `BACKUP_MIN_FREE_BYTES`
-//! free. The decision is [`decide`], a pure function; [`check`] adds the `statvfs` call.
+//! free ([`check`]); a restore stages its copy only when the database's filesystem can hold the
+//! backup plus [`STAGING_SLACK`] ([`check_staging`]), a dry run and the restore alike. The
+//! decision is [`decide`], a pure function; the checks add the `statvfs` call.
 
 use std::path::Path;
 
@@ -38,6 +41,28 @@ pub fn check(dir: &Path, needed: u64, margin: u64) -> Result<Space> {
         available: s.available,
         required: s.required,
     })
+}
+
+/// Room a restore needs beside its staged copy: the journal, the marker, the quarantine folder,
+/// and the copy's last partial block.
+pub const STAGING_SLACK: u64 = 1 << 20;
+
+/// Whether a restore's staged copy of `bytes`, to be written at `staged`, fits in its folder
+/// (the database's), with [`STAGING_SLACK`].
+pub fn check_staging(staged: &Path, bytes: u64) -> Result<()> {
+    match check(files::parent_of(staged), bytes, STAGING_SLACK) {
+        Err(Error::InsufficientSpace {
+            dir,
+            available,
+            required,
+        }) => Err(Error::NoRoomToStage {
+            staged: staged.to_path_buf(),
+            dir,
+            available,
+            required,
+        }),
+        checked => checked.map(|_| ()),
+    }
 }
 
 #[cfg(test)]

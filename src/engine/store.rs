@@ -35,10 +35,11 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 
 use super::database::Owner;
+use super::folders::{self, Kind};
+use super::lease;
 use super::lock::{DirLock, Section};
 use super::manifest::{self, Manifest, Storage};
 use super::retention::{self, Candidate, Plan};
-use super::{folders, lease};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::files;
@@ -76,14 +77,20 @@ pub struct Inventory {
     pub backups: Vec<Entry>,
     /// Files that look like backups but have no (readable) ducksafe manifest; never deleted.
     pub unmanaged: Vec<(String, String)>,
-    /// Manifests whose backup file is missing or not a regular file.
+    /// Manifests whose backup file is missing or not a regular file (deleted or moved by hand).
     pub incomplete: Vec<String>,
+    /// Manifests of backups whose publication was cut short (their temporary file is still
+    /// there): no backups, and no problem either; the next backup removes what they left.
+    pub interrupted: Vec<String>,
 }
 
 impl Store {
     /// Opens the backup directory, creating it (`0700`, missing parents too) when `create` is
-    /// set, and refuses one that is not private.
+    /// set, and refuses one that is not private or is a symlink (see [`super::folders`]: a link
+    /// is never followed to ducksafe's own folder, which must be checked and kept private as
+    /// what it is).
     pub fn open(dir: &Path, create: bool) -> Result<Store> {
+        folders::check(dir, Kind::BackupDir)?;
         match fs::metadata(dir) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
@@ -132,6 +139,47 @@ impl Store {
         })
     }
 
+    /// What creating the missing directory `dir` (with its missing parents, as [`Store::open`]
+    /// does) needs, checked without creating anything (a dry run's and `validate`'s check): its
+    /// nearest existing ancestor is a directory this user may write in (`access(W_OK)`, which
+    /// root passes except on a read-only filesystem). Returns that ancestor: the filesystem the
+    /// backups would land on. The refusal is the `io_error` the creation itself would end in.
+    pub fn check_creatable(dir: &Path) -> Result<PathBuf> {
+        let cannot = |why: std::io::Error| Error::io("create backup directory", dir, why);
+        for at in dir.ancestors().skip(1) {
+            let at = if at.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                at
+            };
+            match fs::metadata(at) {
+                Ok(m) if m.is_dir() => {
+                    files::access_write(at).map_err(|e| {
+                        cannot(std::io::Error::new(
+                            e.kind(),
+                            format!("`{}` cannot be written in: {e}", at.display()),
+                        ))
+                    })?;
+                    return Ok(at.to_path_buf());
+                }
+                Ok(_) => {
+                    return Err(cannot(std::io::Error::other(format!(
+                        "`{}` is not a directory",
+                        at.display()
+                    ))))
+                }
+                // Missing too: created along with it, so what decides is further up.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) => {}
+                Err(e) => return Err(Error::io("create backup directory", at, e)),
+            }
+        }
+        Err(cannot(std::io::Error::other("no folder above it exists")))
+    }
+
     /// What [`Store::open`] refuses of a directory it cannot write into, without writing
     /// anything (a dry run's check): `access(W_OK)`, which root passes except on a read-only
     /// filesystem.
@@ -158,9 +206,9 @@ impl Store {
         folders::tighten(&self.dir)
     }
 
-    /// Takes the directory's lock (see [`DirLock`]). Every command that takes it, once it has
+    /// Takes the directory's lock (see [`DirLock`]). A backup that takes it, once it has
     /// checked that the directory is its database's ([`super::identity`]), sweeps what an
-    /// interrupted run left with [`Store::clean_leftovers`]; dry runs sweep nothing.
+    /// interrupted run left with [`Store::clean_leftovers`] and names it; no other command does.
     pub fn lock_only(&self) -> Result<DirLock> {
         DirLock::acquire(&self.dir)
     }
@@ -339,6 +387,9 @@ impl Store {
                         manifest,
                         file_bytes: None,
                     }),
+                    _ if names.iter().any(|n| is_temp_backup_of(n, id)) => {
+                        inv.interrupted.push(id.to_owned());
+                    }
                     _ => inv.incomplete.push(id.to_owned()),
                 }
             }
@@ -666,22 +717,29 @@ impl Store {
         report
     }
 
-    /// What an operator must know about this directory: its permissions (see
-    /// [`super::folders::loose`]), then its inventory ([`Store::inventory_warnings`]).
-    pub fn warnings(&self, inv: &Inventory, now: DateTime<Utc>) -> Vec<String> {
-        let mut warnings: Vec<String> = folders::loose(&self.dir).into_iter().collect();
-        warnings.extend(self.inventory_warnings(inv, now));
-        warnings
-    }
-
     /// What an operator must know about the backups before trusting their order: backups dated
     /// in the future (a clock that was wrong), and a `latest.duckdb` that names no backup.
     pub fn inventory_warnings(&self, inv: &Inventory, now: DateTime<Utc>) -> Vec<String> {
-        let mut warnings = Vec::new();
+        let mut warnings: Vec<String> = inv
+            .interrupted
+            .iter()
+            .map(|id| {
+                format!(
+                    "backup `{id}` was interrupted while it was being published: it is no backup; the next backup removes what it left"
+                )
+            })
+            .collect();
+        let latest = self.latest_id();
         for b in &inv.backups {
             if b.manifest.created_at > now + chrono::Duration::minutes(5) {
+                // `delete` keeps the backup `latest` names: the way out then starts with a backup.
+                let first = if latest.as_deref() == Some(b.id.as_str()) {
+                    "take a new backup (`ducksafe backup`, so that `latest` names that one), then "
+                } else {
+                    ""
+                };
                 warnings.push(format!(
-                    "backup `{}` is dated {}, in the future: the clock was wrong when it was taken (or is wrong now). Rotation orders backups by date, so it counts as newer than every backup made since and outlives them; if it is not a state you need, delete it with `ducksafe delete {}`",
+                    "backup `{}` is dated {}, in the future: the clock was wrong when it was taken (or is wrong now). Rotation orders backups by date, so it counts as newer than every backup made since and outlives them; if it is not a state you need, {first}delete it with `ducksafe delete {}`",
                     b.id,
                     b.manifest.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
                     b.id

@@ -485,13 +485,8 @@ pub fn set_dir_mode(dir: &Path, mode: u32) -> io::Result<()> {
     }
 }
 
-/// Whether this process may write in `dir` (`access(W_OK)`: false on a read-only filesystem,
-/// even for root). Creates nothing.
-pub fn writable(dir: &Path) -> bool {
-    access_write(dir).is_ok()
-}
-
-/// [`writable`], with why not (`EROFS` for a read-only filesystem).
+/// Whether this process may write in `dir` (`access(W_OK)`, which root fails only on a
+/// read-only filesystem), with why not (`EROFS` for a read-only filesystem). Creates nothing.
 pub fn access_write(dir: &Path) -> io::Result<()> {
     let c = cstring(dir)?;
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.

@@ -128,11 +128,25 @@ pub fn backup_done(ctx: &Ctx, settings: &Settings, o: &backup::Outcome) -> Respo
     ));
     r.rotation = Some(o.rotation.clone());
     r.space = Some(o.space.clone());
-    r.warnings.extend(o.warnings.iter().cloned());
-    r.warnings
-        .extend(o.cleaned.iter().map(|n| cleaned_note(n, &o.cleaned)));
-    r.warnings.extend(o.recovered.iter().cloned());
+    say(&mut r, &o.notes);
     r
+}
+
+/// A pre_run response for a backup that failed: why, then what it had said and changed before
+/// (a folder tightened, leftovers swept, an interrupted restore finished).
+pub fn backup_refused(ctx: &Ctx, refused: &backup::Refused) -> Response {
+    let mut r = ctx.fail(Decision::Abort, &refused.error);
+    say(&mut r, &refused.notes);
+    r
+}
+
+/// Adds a backup's remarks, the leftovers it swept and the restores it finished to `r`'s
+/// warnings.
+fn say(r: &mut Response, n: &backup::Notes) {
+    r.warnings.extend(n.warnings.iter().cloned());
+    r.warnings
+        .extend(n.cleaned.iter().map(|name| cleaned_note(name, &n.cleaned)));
+    r.warnings.extend(n.recovered.iter().cloned());
 }
 
 /// Why a file was removed from the backup directory: a temporary file is what an interrupted
@@ -204,15 +218,13 @@ pub fn restore_done(
     r
 }
 
-/// Warnings every command reports first (see [`crate::engine::standing_warnings`]): interrupted
-/// restores of this database, a restore marker in trouble, ducksafe's folders left open.
-pub fn pending_warnings(settings: &Settings) -> Vec<String> {
-    crate::engine::standing_warnings(settings)
-}
-
-/// Puts the interrupted restores of this database first among a response's warnings.
+/// Puts the warnings every command reports first ([`crate::engine::standing_warnings`]:
+/// interrupted restores of this database, a restore marker in trouble, ducksafe's folders left
+/// open) first among a response's warnings, once: one the response already says (a folder
+/// that could not be tightened) is not said twice.
 pub fn surface_pending(r: &mut Response, settings: &Settings) {
-    let mut warnings = pending_warnings(settings);
+    let mut warnings = crate::engine::standing_warnings(settings);
+    warnings.retain(|w| !r.warnings.contains(w));
     if !warnings.is_empty() {
         warnings.append(&mut r.warnings);
         r.warnings = warnings;

@@ -54,9 +54,9 @@ fn serve(request: &Request, mut ctx: Ctx) -> Response {
                 tracing::info!("backup {} created and verified", o.manifest.id);
                 response::backup_done(&ctx, &settings, &o)
             }
-            Err(e) => {
-                tracing::error!("{e}");
-                ctx.fail(Decision::Abort, &e)
+            Err(refused) => {
+                tracing::error!("{}", refused.error);
+                response::backup_refused(&ctx, &refused)
             }
         },
         Event::PostRun => {
@@ -71,8 +71,15 @@ fn serve(request: &Request, mut ctx: Ctx) -> Response {
         }
     };
     // An interrupted restore that this request did not finish is said first, whatever the
-    // event: the database may be the old file without its WAL.
-    response::surface_pending(&mut response, &settings);
+    // event: the database may be the old file without its WAL. A backup made leaves none to
+    // say (it finished or refused every one, checked the marker and tightened both folders,
+    // saying what it could not): the journals are not read a second time on that path.
+    let backed_up = request.event == Event::PreRun
+        && !request.dry_run
+        && response.status == crate::protocol::Status::Ok;
+    if !backed_up {
+        response::surface_pending(&mut response, &settings);
+    }
     response
 }
 
@@ -108,28 +115,18 @@ fn validate(mut ctx: Ctx, settings: &Settings) -> Response {
     if let Err(e) = crate::engine::quarantine::check(settings) {
         return ctx.fail(Decision::Invalid, &e);
     }
-    if settings.backup_dir.exists() {
-        let checked = crate::engine::store::Store::open(&settings.backup_dir, false)
-            // The owner a backup would claim: claiming writes nothing.
-            .and_then(|store| crate::engine::identity::claim(&store, settings))
-            .and_then(|_| {
-                if crate::files::writable(&settings.backup_dir) {
-                    Ok(())
-                } else {
-                    Err(Error::BackupDirUnsafe {
-                        dir: settings.backup_dir.clone(),
-                        why: "it is not writable (read-only filesystem or permissions): backups would fail; restores from it still work".into(),
-                    })
-                }
-            });
-        if let Err(e) = checked {
-            return ctx.fail(Decision::Invalid, &e);
+    match backup::check_dir(&settings.backup_dir) {
+        // The owner a backup would claim: claiming writes nothing.
+        Ok(backup::Dir::Exists(store)) => {
+            if let Err(e) = crate::engine::identity::claim(&store, settings) {
+                return ctx.fail(Decision::Invalid, &e);
+            }
         }
-    } else {
-        ctx.warnings.push(format!(
+        Ok(backup::Dir::Creatable { .. }) => ctx.warnings.push(format!(
             "`{}` does not exist yet; the first backup creates it (0700)",
             settings.backup_dir.display()
-        ));
+        )),
+        Err(e) => return ctx.fail(Decision::Invalid, &e),
     }
     let pending = crate::engine::journal::pending(settings);
     let reason = match pending.first() {
@@ -201,12 +198,20 @@ fn post_run(request: &Request, mut ctx: Ctx, settings: &Settings, now: DateTime<
     if request.dry_run {
         // The same refusals as the restore itself, nothing written.
         return match restore::dry_run(settings, &selector, request.backup_sha256.as_deref(), now) {
-            Ok(plan) => ctx.ok(
+            Ok(o) if o.unchanged => ctx.ok(
+                Decision::Skipped,
+                format!(
+                    "dry run: `{}` already is backup `{}` byte for byte, with no WAL beside it: the restore would move nothing; nothing was changed",
+                    o.plan.database.display(),
+                    o.plan.backup_id
+                ),
+            ),
+            Ok(o) => ctx.ok(
                 Decision::Skipped,
                 format!(
                     "dry run: backup `{}` would be restored over `{}`; nothing was changed",
-                    plan.backup_id,
-                    plan.database.display()
+                    o.plan.backup_id,
+                    o.plan.database.display()
                 ),
             ),
             Err(e) => ctx.fail(Decision::Skipped, &e),

@@ -3,7 +3,9 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::support::{self, fingerprints, hold, sha256, write_into_wal, Project};
+use crate::support::{
+    self, assert_exit, assert_ok, fingerprints, hold, sha256, write_into_wal, Project,
+};
 use ducksafe::engine::manifest::Manifest;
 use ducksafe::protocol::{Decision, ErrorCode, Status};
 
@@ -136,13 +138,7 @@ fn eight_runs_with_keep_last_three_leave_three_private_backups_and_latest_on_the
     let mut ids = Vec::new();
     for i in 0..8 {
         let now = format!("2025-08-18T14:{:02}:00Z", 10 + i);
-        let (r, code) = p.hook_env(
-            &format!(
-                r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-                p.config().display()
-            ),
-            &[("DUCKSAFE_NOW", &now)],
-        );
+        let (r, code) = p.pre_run_env(&[("DUCKSAFE_NOW", &now)]);
         assert_eq!(code, 0, "{r:?}");
         let rot = r.rotation.unwrap();
         if i >= 3 {
@@ -182,12 +178,8 @@ fn eight_runs_with_keep_last_three_leave_three_private_backups_and_latest_on_the
 fn two_backups_in_one_second_get_distinct_names() {
     let p = Project::new("");
     let env = [("DUCKSAFE_NOW", "2025-08-18T14:30:22Z")];
-    let req = format!(
-        r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-        p.config().display()
-    );
-    let (a, _) = p.hook_env(&req, &env);
-    let (b, _) = p.hook_env(&req, &env);
+    let (a, _) = p.pre_run_env(&env);
+    let (b, _) = p.pre_run_env(&env);
     assert_eq!(a.backup.unwrap().id, "simulation_20250818_143022");
     assert_eq!(b.backup.unwrap().id, "simulation_20250818_143022_2");
 }
@@ -322,32 +314,6 @@ fn dry_run_writes_nothing() {
     );
 }
 
-/// Every file under `dir` (links by target, files by SHA-256), the directory lock excepted
-/// (taking the lock writes the holder's PID into it).
-fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
-    let mut m = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().map(Result::unwrap) {
-            let path = e.path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let rel = path.strip_prefix(dir).unwrap().display().to_string();
-            let v = if meta.is_dir() {
-                stack.push(path.clone());
-                "dir".to_owned()
-            } else if meta.file_type().is_symlink() {
-                format!("-> {}", fs::read_link(&path).unwrap().display())
-            } else if rel.ends_with(ducksafe::engine::lock::DIR_LOCK_NAME) {
-                "lock".to_owned()
-            } else {
-                sha256(&path)
-            };
-            m.insert(rel, v);
-        }
-    }
-    m
-}
-
 /// Every dry run (backup, restore, prune, delete, pre_run, post_run with a restore asked for)
 /// changes nothing: not the database, not its WAL, not one file of the backup directory, not
 /// even leftovers of an interrupted run. Each has something to do: a WAL to fold or to move
@@ -368,7 +334,7 @@ fn every_dry_run_changes_nothing() {
         b"leftover",
     )
     .unwrap();
-    let before = tree(p.dir.path());
+    let before = support::every_byte(p.dir.path());
     let cfg = p.config().display().to_string();
     for args in [
         vec!["backup", "--dry-run"],
@@ -391,7 +357,11 @@ fn every_dry_run_changes_nothing() {
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(tree(p.dir.path()), before, "{args:?} changed files");
+        assert_eq!(
+            support::every_byte(p.dir.path()),
+            before,
+            "{args:?} changed files"
+        );
     }
     for req in [
         format!(
@@ -403,13 +373,17 @@ fn every_dry_run_changes_nothing() {
     ] {
         let (r, code) = p.hook(&req);
         assert_eq!(code, 0, "{r:?}");
-        assert_eq!(tree(p.dir.path()), before, "{req} changed files");
+        assert_eq!(
+            support::every_byte(p.dir.path()),
+            before,
+            "{req} changed files"
+        );
     }
     // The dry runs had work to skip: the real prune deletes a backup.
     let out = p.run(&["prune"]);
     support::assert_ok(&out);
     assert_eq!(p.backup_files().len(), 1, "{:?}", p.backup_dir_entries());
-    assert_ne!(tree(p.dir.path()), before);
+    assert_ne!(support::every_byte(p.dir.path()), before);
 }
 
 #[test]
@@ -421,7 +395,7 @@ fn human_backup_command_prints_a_summary_and_json_on_request() {
     assert!(text.contains("backed up"), "{text}");
     assert!(text.contains("to roll back:"), "{text}");
     let out = p.run(&["backup", "--json"]);
-    assert_eq!(out.status.code(), Some(0));
+    assert_ok(&out);
     let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r.decision, Decision::Proceed);
     assert_eq!(r.exit_code, 0);
@@ -539,12 +513,7 @@ fn a_reader_lets_a_backup_in_and_keeps_a_restore_out() {
     let (r, code) = p.pre_run();
     assert_eq!(code, 0, "a backup beside a reader: {r:?}");
     let out = p.run(&["restore", &id]);
-    assert_eq!(
-        out.status.code(),
-        Some(75),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 75);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("PID {}", reader.pid())), "{err}");
     assert_eq!(sha256(&p.db()), before, "the database changed");
@@ -625,13 +594,8 @@ fn a_manifest_whose_file_was_moved_away_is_never_swept() {
     let p = Project::new("BACKUP_KEEP_LAST: 10\n");
     let mut ids = Vec::new();
     for minute in 0..3 {
-        let (r, code) = p.hook_env(
-            &format!(
-                r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-                p.config().display()
-            ),
-            &[("DUCKSAFE_NOW", &format!("2026-12-01T10:0{minute}:00Z"))],
-        );
+        let now = format!("2026-12-01T10:0{minute}:00Z");
+        let (r, code) = p.pre_run_env(&[("DUCKSAFE_NOW", &now)]);
         assert_eq!(code, 0, "{r:?}");
         ids.push(r.backup.unwrap().id);
     }
@@ -660,11 +624,7 @@ fn a_manifest_whose_file_was_moved_away_is_never_swept() {
         }
     }
     let out = p.run(&["verify", "--all"]);
-    assert_eq!(
-        out.status.code(),
-        Some(74),
-        "verify --all reports the missing file"
-    );
+    assert_exit(&out, 74); // verify --all reports the missing file
     fs::rename(&aside, &file).unwrap();
     let out = p.run(&["verify", moved]);
     assert!(
@@ -704,6 +664,48 @@ fn a_backup_dir_made_by_hand_is_tightened_with_a_note() {
     let (r, _) = p.pre_run();
     assert!(
         !r.warnings.iter().any(|w| w.contains("0755")),
+        "said once: {:?}",
+        r.warnings
+    );
+}
+
+/// The quarantine root holds the databases restores moved aside: one made by hand open to
+/// others is said by `list` (changing nothing) and tightened by the next backup, with its note,
+/// as the backup directory is.
+#[test]
+fn a_quarantine_folder_made_by_hand_is_tightened_by_the_next_backup() {
+    let p = Project::new("");
+    let quarantine = p.backups().join("quarantine");
+    fs::create_dir_all(&quarantine).unwrap();
+    fs::set_permissions(p.backups(), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(&quarantine, fs::Permissions::from_mode(0o755)).unwrap();
+    let mode = || fs::metadata(&quarantine).unwrap().permissions().mode() & 0o7777;
+    let out = p.run(&["--json", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let quarantine_said = |w: &serde_json::Value| {
+        w.as_str()
+            .is_some_and(|w| w.contains(&quarantine.display().to_string()) && w.contains("is 0755"))
+    };
+    assert!(
+        listed["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(quarantine_said),
+        "{listed}"
+    );
+    assert_eq!(mode(), 0o755, "list changes no mode");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    assert_eq!(mode(), 0o700);
+    let note = format!(
+        "tightened `{}` from 0755 to 0700: it holds compensation data",
+        quarantine.display()
+    );
+    assert_eq!(
+        r.warnings.iter().filter(|w| **w == note).count(),
+        1,
         "said once: {:?}",
         r.warnings
     );

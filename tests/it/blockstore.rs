@@ -17,21 +17,6 @@ use serde_json::Value;
 const EMPLOYEES: u32 = 9_016;
 const EVENTS: u32 = 42_331;
 
-/// The block store's failpoints (`pack.*`, `convert.*`, `secure.*`, `gc.*`), each killed at in
-/// [`a_crash_at_every_block_store_step`]; `reliability::every_failpoint_is_exercised` counts them
-/// as exercised here.
-pub fn blockstore_points() -> Vec<&'static str> {
-    ducksafe::failpoint::ALL
-        .iter()
-        .copied()
-        .filter(|p| {
-            ["pack.", "convert.", "secure.", "gc."]
-                .iter()
-                .any(|s| p.starts_with(s))
-        })
-        .collect()
-}
-
 fn project(extra: &str) -> Project {
     let p = Project::new(&format!("BACKUP_STORAGE: incremental\n{extra}"));
     fs::remove_file(p.db()).unwrap();
@@ -256,9 +241,9 @@ fn a_crash_at_every_block_store_step() {
     let template = PathBuf::from(format!("{}.template", p.dir.path().display()));
     save(&p, &template);
     let mut cases = 0;
-    let points = blockstore_points();
+    let points = ducksafe::failpoint::BLOCK_STORE;
     assert_eq!(points.len(), 9, "{points:?}");
-    for point in &points {
+    for point in points {
         // Which command reaches the point, and the backup it may legitimately remove.
         let (args, leaving): (&[&str], &str) = if *point == "secure.packed" {
             (&["delete", &ids[2]], &ids[2])

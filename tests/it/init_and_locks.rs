@@ -3,9 +3,8 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
+use crate::support::runs::{paused, Running};
 use crate::support::{self, bin, Project};
 use ducksafe::duck::{Db, DuckError, Limits};
 use ducksafe::protocol::{ErrorCode, Response};
@@ -33,6 +32,47 @@ fn init_writes_the_quick_start_layout_once() {
         !dir.path().join("simulation.duckdb").exists(),
         "no database without --demo"
     );
+}
+
+/// `init` keeps ducksafe's own folder rules: a `backups` that is a symlink is refused, and the
+/// folder it points to keeps its mode; a `.gitignore` that is a symlink is not appended through.
+#[test]
+fn init_follows_no_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("elsewhere");
+    fs::create_dir(&target).unwrap();
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).unwrap();
+    let project = dir.path().join("project");
+    fs::create_dir(&project).unwrap();
+    std::os::unix::fs::symlink(&target, project.join("backups")).unwrap();
+    let out = bin()
+        .arg("init")
+        .arg("--dir")
+        .arg(&project)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(73), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("symlink"),
+        "{out:?}"
+    );
+    assert_eq!(
+        fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+
+    fs::remove_file(project.join("backups")).unwrap();
+    let outside = dir.path().join("outside.txt");
+    fs::write(&outside, "mine\n").unwrap();
+    std::os::unix::fs::symlink(&outside, project.join(".gitignore")).unwrap();
+    let out = bin()
+        .arg("init")
+        .arg("--dir")
+        .arg(&project)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "mine\n");
 }
 
 fn init_demo(dir: &std::path::Path) {
@@ -75,73 +115,20 @@ fn init_demo_creates_a_simulation_shaped_database_and_never_overwrites_one() {
     assert_eq!(r.exit_code, 0, "{r:?}");
 }
 
-/// A `ducksafe pre-run` paused at a failpoint until [`Paused::finish`] lets it go on: it waits
-/// there (`POINT:wait=GO`) however long the test takes, so nothing depends on timing.
-struct Paused {
-    child: std::process::Child,
-    go: std::path::PathBuf,
+/// A `ducksafe pre-run` paused at `point` until [`finish`] lets it go on ([`paused`]).
+fn paused_backup(p: &Project, point: &str) -> Running {
+    paused(p.cmd(&["pre-run"]), None, point, &p.path("go")).unwrap()
 }
 
-impl Paused {
-    fn id(&self) -> u32 {
-        self.child.id()
-    }
-    /// Lets the backup go on and returns its answer.
-    fn finish(mut self) -> Response {
-        fs::write(&self.go, b"").unwrap();
-        let mut stdout = Vec::new();
-        if let Some(mut s) = self.child.stdout.take() {
-            std::io::Read::read_to_end(&mut s, &mut stdout).unwrap();
-        }
-        self.child.wait().unwrap();
-        serde_json::from_slice(&stdout).unwrap()
-    }
-}
-
-/// However the test ends (a failed assertion included), the paused backup is let go and
-/// reaped: no process stays waiting.
-impl Drop for Paused {
-    fn drop(&mut self) {
-        let _ = fs::write(&self.go, b"");
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `ducksafe pre-run` paused at a failpoint, and waits until it is there.
-fn paused_backup(p: &Project, point: &str) -> Paused {
-    let go = p.path("go");
-    let reached = p.path("go.reached");
-    let mut child = p
-        .cmd(&["pre-run"])
-        .env(
-            "DUCKSAFE_FAILPOINT",
-            format!("{point}:wait={}", go.display()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // The failpoint writes `go.reached` when the run is there; the bound only keeps a broken
-    // run from hanging the suite.
-    let start = Instant::now();
-    while !reached.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the backup ended before `{point}`"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "never reached `{point}`"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Paused { child, go }
+/// Lets a paused backup go on and returns its answer.
+fn finish(run: Running) -> Response {
+    serde_json::from_slice(&run.release().stdout).unwrap()
 }
 
 #[test]
 fn no_writer_can_open_the_database_while_a_backup_runs() {
     let p = Project::new("");
-    let child = paused_backup(&p, "snapshot.copied");
+    let backup = paused_backup(&p, "snapshot.copied");
     match Db::open_read_write(&p.db(), &Limits::default()) {
         Err(DuckError::Locked { .. }) => {}
         Err(e) => panic!("expected a lock conflict, got {e}"),
@@ -152,7 +139,7 @@ fn no_writer_can_open_the_database_while_a_backup_runs() {
         .unwrap()
         .close()
         .unwrap();
-    let r = child.finish();
+    let r = finish(backup);
     assert_eq!(r.exit_code, 0, "{r:?}");
 }
 
@@ -166,13 +153,13 @@ fn prune_pin_and_restore_wait_for_a_running_backup() {
     let id = r.backup.unwrap().id;
     let manifest = p.backups().join(format!("{id}.manifest.json"));
     let before = (fs::read(&manifest).unwrap(), support::sha256(&p.db()));
-    let child = paused_backup(&p, "snapshot.copied");
+    let backup = paused_backup(&p, "snapshot.copied");
     for args in [vec!["prune"], vec!["pin", &id], vec!["restore", &id]] {
         let out = p.run(&args);
         assert_eq!(out.status.code(), Some(75), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains(&format!("PID {}", child.id())),
+            err.contains(&format!("PID {}", backup.child.id())),
             "{args:?}: {err}"
         );
     }
@@ -180,24 +167,26 @@ fn prune_pin_and_restore_wait_for_a_running_backup() {
         (fs::read(&manifest).unwrap(), support::sha256(&p.db())),
         before
     );
-    let r = child.finish();
+    let r = finish(backup);
     assert_eq!(r.exit_code, 0, "{r:?}");
 }
 
 #[test]
 fn a_second_ducksafe_on_the_same_backup_directory_gets_lock_busy() {
     let p = Project::new("");
-    let child = paused_backup(&p, "snapshot.copied");
+    let backup = paused_backup(&p, "snapshot.copied");
     let (r, code) = p.pre_run();
     assert_eq!(code, 75, "{r:?}");
     assert_eq!(r.errors[0].code, ErrorCode::LockBusy);
     assert!(r.errors[0].retryable);
     assert!(
-        r.errors[0].message.contains(&format!("PID {}", child.id())),
+        r.errors[0]
+            .message
+            .contains(&format!("PID {}", backup.child.id())),
         "{}",
         r.errors[0].message
     );
-    let first = child.finish();
+    let first = finish(backup);
     assert_eq!(first.exit_code, 0);
     assert_eq!(p.backup_files().len(), 1);
 }

@@ -1,6 +1,8 @@
 //! Hook protocol v1 on bad input: one JSON line and the documented code, every time.
 
-use crate::support::{self, bin, one_response, pipe, Project};
+use crate::support::{
+    self, assert_exit, assert_ok, bin, one_response, pipe, with_closed_stdout, Project,
+};
 use ducksafe::protocol::{Decision, ErrorCode, Status};
 
 fn hook_raw(input: &[u8]) -> ducksafe::protocol::Response {
@@ -209,14 +211,14 @@ fn the_validate_command_prints_json_only_when_asked() {
     let p = Project::new("");
     let out = p.run(&["validate"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_ok(&out);
     assert_eq!(
         stdout.trim_end(),
         "configuration is valid and the database is readable"
     );
     p.write_config("DB_PATH: simulation.duckdb\nLOG_LEVEL: LOUD\n");
     let out = p.run(&["validate"]);
-    assert_eq!(out.status.code(), Some(78));
+    assert_exit(&out, 78);
     assert!(
         out.stdout.is_empty(),
         "{:?}",
@@ -232,11 +234,11 @@ fn the_validate_command_prints_json_only_when_asked() {
 #[test]
 fn usage_errors_exit_64() {
     let out = bin().arg("frobnicate").output().unwrap();
-    assert_eq!(out.status.code(), Some(64));
+    assert_exit(&out, 64);
     assert!(out.stdout.is_empty(), "no JSON for an unknown command");
     // The hook's flag form still answers its one JSON line on a usage error.
     let out = bin().args(["post-run"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(64));
+    assert_exit(&out, 64);
     let r = one_response(&out);
     assert_eq!(r.decision, Decision::Skipped);
     assert_eq!(r.errors[0].code, ErrorCode::Usage);
@@ -249,13 +251,7 @@ fn usage_errors_exit_64() {
 fn a_panic_is_answered_with_internal_on_one_line() {
     for point in ["backup.locked", "snapshot.copied", "backup.verified"] {
         let p = Project::new("");
-        let (r, code) = p.hook_env(
-            &format!(
-                r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-                p.config().display()
-            ),
-            &[("DUCKSAFE_FAILPOINT", &format!("{point}:panic"))],
-        );
+        let (r, code) = p.pre_run_env(&[("DUCKSAFE_FAILPOINT", &format!("{point}:panic"))]);
         assert_eq!(code, 70, "{point}: {r:?}");
         assert_eq!(r.errors[0].code, ErrorCode::Internal, "{point}");
         // The panic answered is the failpoint's, not one from elsewhere.
@@ -381,14 +377,7 @@ fn a_closed_stdout_ends_quietly_with_success() {
         vec!["validate"],
         vec!["schema", "config"],
     ] {
-        let (reader, writer) = std::io::pipe().unwrap();
-        drop(reader);
-        let out = p
-            .cmd(&args)
-            .stdout(writer)
-            .stderr(std::process::Stdio::piped())
-            .output()
-            .unwrap();
+        let out = with_closed_stdout(p.cmd(&args));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
@@ -437,12 +426,7 @@ fn a_guarded_runs_lease_counts_only_while_its_process_lives() {
             // operator's command. Nor can `delete` take the backup that run may restore.
             let before = std::fs::read(p.db()).unwrap();
             let out = p.run(&["restore", &id]);
-            assert_eq!(
-                out.status.code(),
-                Some(75),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert_exit(&out, 75);
             let (r, code) = p.hook(&format!(
                 r#"{{"protocol_version":1,"event":"post_run","backup_id":"{id}","run":{{"outcome":"failure"}},"on_failure":"restore","config":{{"path":"{}"}}}}"#,
                 p.config().display()
@@ -454,12 +438,7 @@ fn a_guarded_runs_lease_counts_only_while_its_process_lives() {
                 "the database changed"
             );
             let out = p.run(&["delete", &id]);
-            assert_eq!(
-                out.status.code(),
-                Some(64),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert_exit(&out, 64);
             assert!(p.backups().join(format!("{id}.duckdb")).exists());
         }
         let (r, code) = p.pre_run();

@@ -4,27 +4,17 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::support::mount::Mount;
 use crate::support::{self, bin, fingerprints, sha256};
 use ducksafe::duck::{Db, Limits};
 use ducksafe::engine::manifest::Manifest;
 use ducksafe::files::CopyMethod;
 
+/// A loop-mounted XFS image, unmounted on drop (before its folder goes: the fields drop in
+/// order).
 struct Mounted {
-    dir: PathBuf,
+    mount: Mount,
     _tmp: tempfile::TempDir,
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let done = support::command("umount")
-            .arg(&self.dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !done {
-            // Still busy: detach it now; the kernel frees it (and its loop device) later.
-            let _ = support::command("umount").arg("-l").arg(&self.dir).status();
-        }
-    }
 }
 
 /// Mounts a fresh 512 MiB XFS image with reflinks; `None` (after saying why) when this
@@ -55,14 +45,8 @@ fn mount_xfs() -> Option<Mounted> {
         .status()
         .unwrap();
     assert!(ok.success(), "mkfs.xfs");
-    let ok = support::command("mount")
-        .args(["-o", "loop"])
-        .arg(&img)
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "mount -o loop");
-    Some(Mounted { dir, _tmp: tmp })
+    let mount = Mount::image(&img, &dir).unwrap();
+    Some(Mounted { mount, _tmp: tmp })
 }
 
 fn shared_extents(path: &Path) -> bool {
@@ -77,15 +61,16 @@ fn shared_extents(path: &Path) -> bool {
 #[test]
 fn a_reflinked_backup_is_verified_and_independent_of_the_source() {
     let Some(m) = mount_xfs() else { return };
-    let db = m.dir.join("simulation.duckdb");
+    let dir = m.mount.path();
+    let db = dir.join("simulation.duckdb");
     ducksafe::demo::create_sized(&db, 2_000, 20_000).unwrap();
     std::fs::write(
-        m.dir.join("config.yaml"),
+        dir.join("config.yaml"),
         "DB_PATH: simulation.duckdb\nLOG_LEVEL: INFO\nBACKUP_MIN_FREE_BYTES: 0\n",
     )
     .unwrap();
     let out = bin()
-        .current_dir(&m.dir)
+        .current_dir(dir)
         .args(["--config", "config.yaml", "backup", "--json"])
         .output()
         .unwrap();
@@ -93,7 +78,7 @@ fn a_reflinked_backup_is_verified_and_independent_of_the_source() {
     let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
     let b = r.backup.unwrap();
     let backup = PathBuf::from(&b.path);
-    let manifest = Manifest::read(&m.dir.join(format!("backups/{}.manifest.json", b.id))).unwrap();
+    let manifest = Manifest::read(&dir.join(format!("backups/{}.manifest.json", b.id))).unwrap();
     assert_eq!(manifest.source.copy_method, Some(CopyMethod::Reflink));
     assert!(
         shared_extents(&backup),
@@ -122,7 +107,7 @@ fn a_reflinked_backup_is_verified_and_independent_of_the_source() {
     assert_eq!(fingerprints(&backup), before);
     assert_eq!(sha256(&backup), b.sha256);
     let out = bin()
-        .current_dir(&m.dir)
+        .current_dir(dir)
         .args(["--config", "config.yaml", "verify", "--all"])
         .output()
         .unwrap();

@@ -4,7 +4,10 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::support::{self, every_byte, fingerprints, hold, sha256, write_into_wal, Project};
+use crate::support::mount::{mounted, Mount};
+use crate::support::{
+    self, assert_exit, assert_ok, every_byte, fingerprints, hold, sha256, write_into_wal, Project,
+};
 use ducksafe::duck::{Db, Limits};
 use ducksafe::protocol::{Decision, ErrorCode};
 
@@ -149,12 +152,12 @@ fn a_corrupted_backup_fails_verify_and_is_refused_by_restore() {
     fs::write(&backup_path, &bytes).unwrap();
 
     let out = p.run(&["verify", &id]);
-    assert_eq!(out.status.code(), Some(74));
+    assert_exit(&out, 74);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("FAILED") && text.contains(&id), "{text}");
 
     let out = p.run(&["restore", &id]);
-    assert_eq!(out.status.code(), Some(74));
+    assert_exit(&out, 74);
     assert_eq!(sha256(&p.db()), before, "the database is untouched");
     assert!(!p.backups().join("quarantine").exists());
 }
@@ -164,12 +167,7 @@ fn verify_all_reports_truncation_and_orphans() {
     let p = Project::new("");
     let (id, backup_path) = backup(&p);
     let out = p.run(&["verify", "--all"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_ok(&out);
     let f = fs::OpenOptions::new()
         .write(true)
         .open(&backup_path)
@@ -181,7 +179,7 @@ fn verify_all_reports_truncation_and_orphans() {
     )
     .unwrap();
     let out = p.run(&["--json", "verify", "--all"]);
-    assert_eq!(out.status.code(), Some(74));
+    assert_exit(&out, 74);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false);
     assert_eq!(v["backups"][0]["id"], id.as_str());
@@ -298,13 +296,7 @@ fn pinned_backups_survive_prune_and_do_not_count() {
     let mut ids = Vec::new();
     for i in 0..3 {
         let now = format!("2025-08-18T14:0{i}:00Z");
-        let (r, _) = p.hook_env(
-            &format!(
-                r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-                p.config().display()
-            ),
-            &[("DUCKSAFE_NOW", &now)],
-        );
+        let (r, _) = p.pre_run_env(&[("DUCKSAFE_NOW", &now)]);
         ids.push(r.backup.unwrap().id);
         if i == 0 {
             assert!(p.run(&["pin", &ids[0]]).status.success());
@@ -336,13 +328,7 @@ fn age_and_size_limits_never_delete_the_pinned_or_the_newest_backup() {
     let ids: Vec<String> = (1..=3)
         .map(|day| {
             let now = format!("2025-08-0{day}T12:00:00Z");
-            let (r, code) = p.hook_env(
-                &format!(
-                    r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-                    p.config().display()
-                ),
-                &[("DUCKSAFE_NOW", &now)],
-            );
+            let (r, code) = p.pre_run_env(&[("DUCKSAFE_NOW", &now)]);
             assert_eq!(code, 0, "{r:?}");
             r.backup.unwrap().id
         })
@@ -486,7 +472,7 @@ fn a_backup_directory_is_never_shared_between_databases() {
         .args(["--config", "other.yaml", "restore", &id])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(73));
+    assert_exit(&out, 73);
     assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to the database"));
     assert_eq!(sha256(&p.path("other.duckdb")), before);
 }
@@ -494,13 +480,9 @@ fn a_backup_directory_is_never_shared_between_databases() {
 #[test]
 fn the_backup_just_made_is_kept_when_the_clock_went_back() {
     let p = Project::new("BACKUP_KEEP_LAST: 1\n");
-    let req = format!(
-        r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-        p.config().display()
-    );
-    let (_, code) = p.hook_env(&req, &[("DUCKSAFE_NOW", "2026-01-02T00:00:00Z")]);
+    let (_, code) = p.pre_run_env(&[("DUCKSAFE_NOW", "2026-01-02T00:00:00Z")]);
     assert_eq!(code, 0);
-    let (r, code) = p.hook_env(&req, &[("DUCKSAFE_NOW", "2026-01-01T00:00:00Z")]);
+    let (r, code) = p.pre_run_env(&[("DUCKSAFE_NOW", "2026-01-01T00:00:00Z")]);
     assert_eq!(code, 0, "{r:?}");
     let id = r.backup.unwrap().id;
     assert!(
@@ -680,79 +662,6 @@ fn journal_states(p: &Project) -> Vec<String> {
     v
 }
 
-/// A mount made for a test (a read-only bind mount, a small tmpfs), undone on drop.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn run(args: &[&str], at: &Path) -> Result<(), String> {
-        let out = support::command("mount")
-            .args(args)
-            .arg(at)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "mount {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-    /// `dir` becomes read-only in place (a bind mount keeps its device number, as a remount of
-    /// the filesystem would).
-    fn read_only(dir: &Path) -> Result<Mount, String> {
-        let d = dir.display().to_string();
-        Mount::run(&["--bind", &d], dir)?;
-        let m = Mount(dir.to_path_buf());
-        Mount::run(&["-o", "remount,ro,bind"], dir)?;
-        Ok(m)
-    }
-    fn tmpfs(dir: &Path, size: u64) -> Result<Mount, String> {
-        Mount::run(
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ],
-            dir,
-        )?;
-        Ok(Mount(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let ok = support::command("umount")
-            .arg(&self.0)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = support::command("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
-/// Mounting needs root: CI runs as root and must run these (a failure there fails the test);
-/// elsewhere they are skipped through [`support::skip`], which counts them.
-fn mounted(what: &str, m: Result<Mount, String>) -> Option<Mount> {
-    match m {
-        Ok(m) => Some(m),
-        Err(e) => {
-            let who = if ducksafe::files::euid() == 0 {
-                "root, but mounting is not allowed here"
-            } else {
-                "not root"
-            };
-            support::skip(what, &format!("{who} ({e}); CI runs it as root"));
-            None
-        }
-    }
-}
-
 /// The hand restore, as the runbook gives it and as every pre_run prints it, over a crashed
 /// run's WAL: the backup is in place, the crashed WAL is not beside it, and the replaced files
 /// are in the `_manual` folder.
@@ -916,7 +825,12 @@ fn runbook_interrupted_restore_drill_at_every_restore_failpoint() {
                 String::from_utf8_lossy(&v.stderr).contains("UNFINISHED RESTORE"),
                 "{point}"
             );
-            for args in [&["verify"][..], &["prune", "--dry-run"], &["pin", &id]] {
+            for args in [
+                &["verify"][..],
+                &["prune", "--dry-run"],
+                &["pin", &id],
+                &["delete", "--dry-run", &id],
+            ] {
                 let o = p.run(args);
                 assert!(
                     String::from_utf8_lossy(&o.stderr)
@@ -1093,7 +1007,7 @@ fn a_restore_onto_a_full_disk_is_refused_as_the_runbook_says() {
     let root = tempfile::tempdir().unwrap();
     let Some(_fs) = mounted(
         "restore onto a full disk",
-        Mount::tmpfs(root.path(), 64 << 20),
+        Mount::tmpfs(root.path(), 64 << 20, 0o700),
     ) else {
         return;
     };
@@ -1109,7 +1023,7 @@ fn a_restore_onto_a_full_disk_is_refused_as_the_runbook_says() {
     let filler = vec![0u8; usize::try_from(free - db_bytes / 2).unwrap()];
     fs::write(p.path("filler"), filler).unwrap();
     let out = p.run(&["--json", "restore", &id]);
-    assert_eq!(out.status.code(), Some(73), "{}", said(&out));
+    assert_exit(&out, 73);
     let r: ducksafe::protocol::Response = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r.errors[0].code, ErrorCode::InsufficientSpace);
     assert!(
@@ -1189,7 +1103,7 @@ fn messages_say_what_happened() {
     // Somebody has the database open: not said to be "a run still writing".
     let holder = hold(&p.db());
     let out = p.run(&["restore"]);
-    assert_eq!(out.status.code(), Some(75));
+    assert_exit(&out, 75);
     let text = said(&out);
     assert!(
         !text.contains("still writing") && text.contains("has the database open"),
@@ -1287,12 +1201,7 @@ fn an_interrupted_restore_is_found_from_beside_the_database() {
         "the staged copy was swept"
     );
     let out = p.run(&["restore", &id]);
-    assert_eq!(
-        out.status.code(),
-        Some(74),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 74);
     // With the configuration it started with, the restore completes.
     let out = p
         .cmd(&["restore", &id])

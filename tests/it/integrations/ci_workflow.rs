@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::Path;
 
-use crate::support::{self, fingerprints, hold, Project};
+use crate::support::{self, assert_exit, fingerprints, hold, Project};
 
 use ducksafe::protocol::Decision;
 
@@ -302,7 +302,7 @@ fn ci_workflow_steps_run_for_real() {
     let holder = hold(&p.db());
     let out = script("backup", "pre_run", &[]);
     drop(holder);
-    assert_eq!(out.status.code(), Some(75));
+    assert_exit(&out, 75);
     assert_eq!(outputs()["verified"], "false");
 
     // The backup job: a verified backup, its id handed to the next job.

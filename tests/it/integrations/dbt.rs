@@ -7,7 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::support::{fingerprints, hold, sha256};
+use crate::support::{assert_exit, assert_ok, fingerprints, hold, sha256};
 
 use ducksafe::protocol::{Decision, ErrorCode, Outcome, Response};
 
@@ -78,7 +78,7 @@ fn dbt_build_through_the_wrapper_leaves_a_verified_backup_and_the_runs_changes()
             "st",
         ],
     );
-    assert_eq!(out.status.code(), Some(0));
+    assert_ok(&out);
     let st = dir.path().join("st");
     let pre = saved(&st, "pre_run").unwrap();
     assert_eq!(pre.decision, Decision::Proceed);
@@ -131,7 +131,7 @@ fn dbt_run_that_dies_after_changes_is_rolled_back_and_the_restored_file_opens_in
             "st",
         ],
     );
-    assert_eq!(out.status.code(), Some(3), "dbt's own exit code");
+    assert_exit(&out, 3); // dbt's own exit code
     assert!(text(&out.stderr).contains("run_results.json is from an earlier invocation"));
     let st = dir.path().join("st");
     let backup = saved(&st, "pre_run").unwrap().backup.unwrap();
@@ -189,7 +189,7 @@ fn dbt_failed_model_is_judged_from_run_results_and_rolled_back_by_the_configurat
         ],
         &[("DBT_PROFILES_DIR", dir.path())],
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_exit(&out, 1);
     assert!(
         text(&out.stderr).contains("1 node(s) failed: model.dbt_workforce.fct_yearly_events"),
         "judged from run_results.json"
@@ -216,7 +216,7 @@ fn dbt_is_not_started_while_a_writer_holds_the_database() {
     let holder = hold(&db);
     let out = dbt_wrapper(dir.path(), &["run", "--ducksafe-state-dir", "st"]);
     drop(holder);
-    assert_eq!(out.status.code(), Some(75));
+    assert_exit(&out, 75);
     assert!(text(&out.stderr).contains("dbt was not started"));
     let st = dir.path().join("st");
     let pre = saved(&st, "pre_run").unwrap();
@@ -357,7 +357,7 @@ fn dbt_wrapper_refuses_a_profile_path_it_cannot_resolve_even_with_a_configuratio
         ],
         &[],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_exit(&out, 2);
     assert!(seen.is_empty(), "dbt was started");
     assert!(
         !f.path("backups").exists(),
@@ -387,7 +387,7 @@ fn dbt_wrapper_judges_the_run_by_exit_code_and_this_invocations_run_results() {
         seen, "run\n--vars\n{simulation_year: 2030}\n--full-refresh\n",
         "every other argument untouched"
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_exit(&out, 1);
     assert!(text(&out.stderr).contains("run_results.json is missing"));
     assert_eq!(f.saved("post_run").decision, Decision::Restored);
 
@@ -402,7 +402,7 @@ fn dbt_wrapper_judges_the_run_by_exit_code_and_this_invocations_run_results() {
         ],
         &[("FAKE_DBT_STATUS", "error")],
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_exit(&out, 1);
     assert!(text(&out.stderr).contains("1 node(s) failed: model.dbt_workforce.x"));
     assert_eq!(f.saved("post_run").decision, Decision::Kept);
 
@@ -411,7 +411,7 @@ fn dbt_wrapper_judges_the_run_by_exit_code_and_this_invocations_run_results() {
         &["seed", "--ducksafe-state-dir", "st"],
         &[("FAKE_DBT_STATUS", "success")],
     );
-    assert_eq!(out.status.code(), Some(0));
+    assert_ok(&out);
     assert_eq!(f.saved("post_run").decision, Decision::Kept);
 
     // ...but results of another command are not this run's. (`json` is an option's value, not
@@ -427,13 +427,13 @@ fn dbt_wrapper_judges_the_run_by_exit_code_and_this_invocations_run_results() {
         &[("FAKE_DBT_STATUS", "success"), ("FAKE_DBT_WHICH", "run")],
     );
     assert_eq!(seen, "--log-format\njson\nsnapshot\n");
-    assert_eq!(out.status.code(), Some(1));
+    assert_exit(&out, 1);
     assert!(text(&out.stderr).contains("is from `dbt run`, not `dbt snapshot`"));
     assert_eq!(f.saved("pre_run").decision, Decision::Proceed);
 
     // dbt's exit code wins when it is not 0.
     let (out, _) = f.run(&["run"], &[("FAKE_DBT_EXIT", "2")]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_exit(&out, 2);
 }
 
 #[test]
@@ -452,13 +452,13 @@ fn dbt_wrapper_finds_the_targets_database_and_passes_other_commands_through() {
         ],
         &[],
     );
-    assert_eq!(out.status.code(), Some(0));
+    assert_ok(&out);
     assert_eq!(seen, "test\n--select\nstg_census\n");
     assert!(!f.path("backups").exists());
 
     // The selected target: `ci` writes a file that does not exist yet, so no backup.
     let (out, seen) = f.run(&["run", "-t", "ci"], &[]);
-    assert_eq!(out.status.code(), Some(0));
+    assert_ok(&out);
     assert_eq!(seen, "run\n-t\nci\n");
     assert!(text(&out.stderr).contains("ci_workforce.duckdb` does not exist yet"));
     assert!(!f.path("backups").exists());
@@ -472,7 +472,7 @@ fn dbt_wrapper_finds_the_targets_database_and_passes_other_commands_through() {
             ("FAKE_DBT_STATUS", "success"),
         ],
     );
-    assert_eq!(out.status.code(), Some(0));
+    assert_ok(&out);
     assert_eq!(
         f.saved("pre_run").paths["db_path"],
         f.path("other.duckdb").display().to_string()
@@ -485,18 +485,18 @@ fn dbt_wrapper_finds_the_targets_database_and_passes_other_commands_through() {
     )
     .unwrap();
     let (out, seen) = f.run(&["--ducksafe-config", "config.other.yaml", "run"], &[]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_exit(&out, 2);
     assert!(seen.is_empty(), "dbt did not run");
     assert!(text(&out.stderr).contains("protects"));
 
     // A profile that is not there: refused, with the path in the message.
     let (out, _) = f.run(&["run", "--profile", "nope"], &[]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_exit(&out, 2);
     assert!(text(&out.stderr).contains("has no profile `nope`"));
 
     // Bad usage of the wrapper itself.
     let (out, seen) = f.run(&["run", "--ducksafe-on-failure", "maybe"], &[]);
-    assert_eq!(out.status.code(), Some(64));
+    assert_exit(&out, 64);
     assert!(seen.is_empty());
 }
 
@@ -603,7 +603,7 @@ fn dbt_wrapper_under_timeout_restores_then_exits_124() {
     // its process group, exit 124).
     send_signal("ALRM", &job.pid().to_string());
     let out = job.finish();
-    assert_eq!(out.status.code(), Some(124));
+    assert_exit(&out, 124);
     dbt_interrupted(dir.path(), &db, dbt_pid, &out);
     assert!(text(&out.stderr).contains("interrupted by SIGTERM"));
 }
@@ -648,7 +648,7 @@ fn dbt_wrapper_judges_a_run_told_not_to_write_run_results_by_its_exit_code() {
         ])
         .collect::<Vec<_>>(),
     );
-    assert_eq!(out.status.code(), Some(0), "a good run, not restored");
+    assert_ok(&out); // a good run, not restored
     assert!(text(&out.stderr).contains("(--no-write-json): judged by its exit code alone"));
     assert_eq!(saved(&st, "post_run").unwrap().decision, Decision::Kept);
     let after_2026 = fingerprints(&db);
@@ -671,7 +671,7 @@ fn dbt_wrapper_judges_a_run_told_not_to_write_run_results_by_its_exit_code() {
         ])
         .args(["--vars", "{simulation_year: 2027, fail_simulation: true}"]);
     let out = run(&mut c);
-    assert_eq!(out.status.code(), Some(1), "dbt's exit code");
+    assert_exit(&out, 1); // dbt's exit code
     assert!(text(&out.stderr).contains("(DBT_WRITE_JSON=false): judged by its exit code alone"));
     assert_eq!(saved(&st, "post_run").unwrap().decision, Decision::Restored);
     assert_eq!(fingerprints(&db), after_2026);
@@ -694,7 +694,7 @@ fn dbt_wrapper_protects_retry_and_finds_build_after_indirect_selection() {
             "st",
         ],
     );
-    assert_eq!(out.status.code(), Some(0));
+    assert_ok(&out);
     assert_eq!(saved(&st, "pre_run").unwrap().decision, Decision::Proceed);
     assert_eq!(saved(&st, "post_run").unwrap().decision, Decision::Kept);
 
@@ -713,7 +713,7 @@ fn dbt_wrapper_protects_retry_and_finds_build_after_indirect_selection() {
         .chain(["--vars", "{simulation_year: 2027, fail_simulation: true}"])
         .collect::<Vec<_>>(),
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_exit(&out, 1);
     assert_eq!(saved(&st, "post_run").unwrap().decision, Decision::Kept);
     let out = dbt_wrapper(
         dir.path(),
@@ -725,7 +725,7 @@ fn dbt_wrapper_protects_retry_and_finds_build_after_indirect_selection() {
             "st",
         ],
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_exit(&out, 1);
     assert!(
         text(&out.stderr).contains("node(s) failed"),
         "judged from retry's results"
@@ -763,7 +763,7 @@ fn dbt_wrapper_refuses_a_subcommand_it_cannot_tell_and_says_137_for_a_kill() {
         ],
         &[("FAKE_DBT_STATUS", "success"), ("FAKE_DBT_WHICH", "build")],
     );
-    assert_eq!(out.status.code(), Some(0));
+    assert_ok(&out);
     assert_eq!(seen, "--indirect-selection\neager\nbuild\n");
     assert_eq!(f.saved("pre_run").decision, Decision::Proceed);
     // `dbt -- build` builds (dbt takes the word after `--` as the subcommand): protected too,
@@ -772,7 +772,7 @@ fn dbt_wrapper_refuses_a_subcommand_it_cannot_tell_and_says_137_for_a_kill() {
         &["--", "build", "--ducksafe-state-dir", "st2"],
         &[("FAKE_DBT_STATUS", "success"), ("FAKE_DBT_WHICH", "build")],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_ok(&out);
     assert_eq!(seen, "--\nbuild\n");
     assert!(
         text(&out.stderr).contains("created and verified"),
@@ -780,7 +780,7 @@ fn dbt_wrapper_refuses_a_subcommand_it_cannot_tell_and_says_137_for_a_kill() {
         text(&out.stderr)
     );
     let (out, seen) = f.run(&["--", "frobnicate"], &[]);
-    assert_eq!(out.status.code(), Some(64));
+    assert_exit(&out, 64);
     assert!(seen.is_empty(), "dbt was not started");
 
     // dbt killed (SIGKILL, as the OOM killer does): 128 + 9, as shells say.
@@ -794,7 +794,7 @@ fn dbt_wrapper_refuses_a_subcommand_it_cannot_tell_and_says_137_for_a_kill() {
         ],
         &[("FAKE_DBT_SIGNAL", "KILL")],
     );
-    assert_eq!(out.status.code(), Some(137));
+    assert_exit(&out, 137);
     let post = f.saved("post_run");
     assert_eq!(post.decision, Decision::Restored);
     assert_eq!(post.run.unwrap().exit_code, Some(137));

@@ -7,7 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::{self, fingerprints, hold, Project};
+use crate::support::{self, assert_exit, assert_ok, fingerprints, hold, Project};
 
 use ducksafe::protocol::{Decision, Outcome, Response};
 
@@ -56,7 +56,7 @@ fn ducksafe_run_interrupted_by(sig: &str) {
 
     let n = signal_number(sig);
     if sig == "QUIT" {
-        assert_eq!(out.status.code(), Some(131), "128 + SIGQUIT, no core dump");
+        assert_exit(&out, 131); // 128 + SIGQUIT, no core dump
     } else {
         assert_eq!(out.status.signal(), Some(n), "ended by the same signal");
     }
@@ -170,7 +170,7 @@ fn ducksafe_run_prints_backslashes_as_they_are() {
         .current_dir(p.dir.path())
         .args(["--config", "config.yaml", "--request-id", r"job\new", "--"])
         .args(["printf", r"%s\n", r"C:\cache\x"]));
-    assert_eq!(out.status.code(), Some(0));
+    assert_ok(&out);
     assert_eq!(text(&out.stdout), "C:\\cache\\x\n", "the command's output");
     let stderr = text(&out.stderr);
     assert!(
@@ -318,7 +318,7 @@ fn guarded_runs_of_one_database_take_turns() {
             .arg(&second_marker))
     };
     let out = second();
-    assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
+    assert_exit(&out, 75);
     assert!(
         !second_marker.exists(),
         "the second command ran during the first run"
@@ -337,7 +337,7 @@ fn guarded_runs_of_one_database_take_turns() {
     assert_eq!(fingerprints(&p.db()), before);
     // Its turn is over: the next guarded run starts.
     let out = second();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_ok(&out);
     assert!(second_marker.exists());
 }
 
@@ -353,7 +353,7 @@ fn ducksafe_run_tells_the_commands_exit_code_from_the_hooks() {
             .args(["sh", "-c", cmd]))
     };
     let out = guarded("exit 75");
-    assert_eq!(out.status.code(), Some(75));
+    assert_exit(&out, 75);
     assert_eq!(
         saved(&state(&p), "pre_run").unwrap().decision,
         Decision::Proceed
@@ -365,7 +365,7 @@ fn ducksafe_run_tells_the_commands_exit_code_from_the_hooks() {
     let holder = hold(&p.db());
     let out = guarded("exit 0");
     drop(holder);
-    assert_eq!(out.status.code(), Some(75));
+    assert_exit(&out, 75);
     let pre = saved(&state(&p), "pre_run").unwrap();
     assert_eq!(pre.decision, Decision::Abort);
     assert!(pre.errors[0].retryable);

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::support::{self, fingerprints, hold, sha256, Project};
+use crate::support::{self, assert_exit, assert_ok, fingerprints, hold, sha256, Project};
 
 use ducksafe::protocol::{Decision, ErrorCode};
 
@@ -39,7 +39,7 @@ fn make_state(p: &Project) -> PathBuf {
 /// and the run's changes in the database.
 fn succeeds(p: &Project, st: &Path, out: &Output) {
     let before_rows = 1500; // Project::new's events
-    assert_eq!(out.status.code(), Some(0), "the run succeeds");
+    assert_ok(out); // the run succeeds
     let pre = saved(st, "pre_run").expect("pre_run.json");
     assert_eq!(pre.decision, Decision::Proceed);
     let backup = pre.backup.expect("a backup");
@@ -75,7 +75,7 @@ fn succeeds(p: &Project, st: &Path, out: &Output) {
 /// A run that committed changes and died: non-zero exit, database equal to the pre-run backup,
 /// its WAL (with the run's committed changes) in quarantine and none beside the database.
 fn rolled_back(p: &Project, st: &Path, out: &Output, exit: i32) {
-    assert_eq!(out.status.code(), Some(exit), "the failed run's exit code");
+    assert_exit(out, exit); // the failed run's exit code
     assert!(
         text(&out.stdout).contains("dying without closing the database"),
         "the run died after committing"
@@ -105,7 +105,7 @@ fn rolled_back(p: &Project, st: &Path, out: &Output, exit: i32) {
 
 /// A writer holds the database: the hook answers 75 / `database_locked` before anything runs.
 fn blocked(p: &Project, st: &Path, out: &Output, exit: i32, before: &str) {
-    assert_eq!(out.status.code(), Some(exit));
+    assert_exit(out, exit);
     let pre = saved(st, "pre_run").expect("pre_run.json");
     assert_eq!(pre.decision, Decision::Abort);
     assert_eq!(pre.exit_code, 75);
@@ -439,7 +439,7 @@ fn make_j2_keeps_each_targets_responses_apart() {
     let out = run(command(&make, p.dir.path())
         .current_dir(p.dir.path())
         .args(["--no-print-directory", "-j2", "-k", "first", "second"]));
-    assert_eq!(out.status.code(), Some(2), "`second` failed");
+    assert_exit(&out, 2); // `second` failed
     for (target, db, decision, code) in [
         ("first", "simulation.duckdb", Decision::Kept, 0),
         ("second", "other.duckdb", Decision::Restored, 3),

@@ -6,7 +6,6 @@ use std::fs;
 use std::path::Path;
 
 use crate::support::cases::{ensure, scaled, Tally};
-use crate::support::runs::request;
 use crate::support::{self, fingerprints, Project};
 
 use ducksafe::protocol::{Decision, Response};
@@ -24,10 +23,7 @@ pub(super) fn backup_now(p: &Project, now: &str) {
 }
 
 pub(super) fn pre_run_now(p: &Project, now: &str) -> Result<Response, String> {
-    let (r, code) = p.hook_env(
-        &request("pre_run", &p.config(), ""),
-        &[("DUCKSAFE_NOW", now)],
-    );
+    let (r, code) = p.pre_run_env(&[("DUCKSAFE_NOW", now)]);
     ensure(code == 0, || format!("pre_run at {now}: {:?}", r.errors))?;
     Ok(r)
 }

@@ -4,8 +4,8 @@ use std::io::Write;
 use std::process::{Child, Stdio};
 
 use crate::support::cases::{ensure, scaled, Tally};
-use crate::support::runs::{one_line, request};
-use crate::support::{write_into_wal, Project};
+use crate::support::runs::one_line;
+use crate::support::{request, write_into_wal, Project};
 
 use ducksafe::engine::manifest::Manifest;
 use ducksafe::engine::store::Store;

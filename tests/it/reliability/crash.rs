@@ -8,18 +8,19 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::cases::{ensure, scaled, soak_factor, Rng, Tally};
-use crate::support::runs::{killed_where_meant, one_line, request, run_killed, start, Kill};
-use crate::support::{fingerprints, sha256, write_into_wal, Project};
+use crate::support::runs::{killed_where_meant, one_line, run_killed, start, Kill};
+use crate::support::{fingerprints, request, sha256, write_into_wal, Project};
 
 use ducksafe::duck::{Db, Limits};
 use ducksafe::engine::journal::INTENT;
 use ducksafe::engine::store::Store;
+use ducksafe::failpoint;
 use ducksafe::protocol::Decision;
 use serde_json::Value;
 
 use super::{
     backup_ids, every_backup_is_complete, latest_is_verified, leftovers, names, source_state,
-    SourceState, BACKUP_POINTS, RESTORE_POINTS,
+    SourceState,
 };
 
 const CRASH_KEEP_LAST: usize = 2;
@@ -160,7 +161,7 @@ fn crash_anywhere_during_backup() {
         let label = if wal { "with WAL" } else { "no WAL" };
         // Every failpoint, by abort and by SIGKILL while paused there.
         for _ in 0..soak_factor() {
-            for point in BACKUP_POINTS {
+            for point in failpoint::BACKUP {
                 if *point == "snapshot.folded" && !wal {
                     continue; // only reached when there is a WAL to fold
                 }
@@ -424,7 +425,7 @@ fn crash_anywhere_during_restore() {
     };
     for _ in 0..soak_factor() {
         for wal in [false, true] {
-            for point in RESTORE_POINTS {
+            for point in failpoint::RESTORE {
                 case(&mut t, wal, Kill::Abort(point), &mut states);
                 case(&mut t, wal, Kill::SleepThenSigkill(point), &mut states);
             }

@@ -5,12 +5,11 @@ use std::fs;
 use std::path::Path;
 
 use crate::support::cases::{ensure, scaled, Rng, Tally};
-use crate::support::{write_into_wal, Project};
+use crate::support::{self, write_into_wal, Project};
 
 use ducksafe::protocol::{Decision, ErrorCode};
 
 use super::corruption::{flip, fragmented_database, regions_of};
-use super::tree_state;
 
 /// Zeroes `len` bytes of `path` from `off` (a block a failing disk or a trim returned as zeros).
 fn zero(path: &Path, off: u64, len: u64) {
@@ -22,9 +21,9 @@ fn zero(path: &Path, off: u64, len: u64) {
 
 /// A pre_run on a damaged database: refused with `database_damaged`, the way out named, and not
 /// one file of the backup directory changed (no backup published, nothing rotated, `latest`
-/// where it was).
+/// where it was) but the PID in the directory lock, which the refused run took.
 fn refused_as_damaged(p: &Project, good: &str) -> Result<String, String> {
-    let before = tree_state(&p.backups());
+    let before = support::but_the_lock(support::every_byte(&p.backups()));
     let (r, code) = p.pre_run();
     ensure(code == 74 && r.decision == Decision::Abort, || {
         format!("exit {code}, {:?}: {:?}", r.decision, r.errors)
@@ -41,9 +40,10 @@ fn refused_as_damaged(p: &Project, good: &str) -> Result<String, String> {
             && hint.contains(&format!("restore {good} --expect-sha256 ")),
         || format!("the hint does not name `{good}` and its restore command: {hint}"),
     )?;
-    ensure(tree_state(&p.backups()) == before, || {
-        "the backup directory changed".into()
-    })?;
+    ensure(
+        support::but_the_lock(support::every_byte(&p.backups())) == before,
+        || "the backup directory changed".into(),
+    )?;
     Ok(e.message.clone())
 }
 

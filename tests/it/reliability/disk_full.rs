@@ -5,43 +5,34 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::support::cases::{ensure, soak_factor, Tally};
-use crate::support::runs::{one_line, request, start, Killed, Running};
-use crate::support::{self, sha256, write_into_wal, Project};
+use crate::support::mount::Mount;
+use crate::support::runs::{one_line, paused, Running};
+use crate::support::{self, request, sha256, write_into_wal, Project};
 
+use ducksafe::failpoint;
 use ducksafe::protocol::{ErrorCode, Response, Status};
 
 use super::{
     backup_ids, every_backup_is_complete, latest_is_verified, leftovers, names, source_state,
-    BACKUP_POINTS,
 };
 
-/// A size-limited tmpfs, unmounted on drop.
+/// A size-limited tmpfs in a temporary folder of its own, unmounted on drop (before the folder
+/// goes: the fields drop in order).
 pub(super) struct Tmpfs {
-    dir: tempfile::TempDir,
+    pub(super) mount: Mount,
+    _dir: tempfile::TempDir,
 }
 
 impl Tmpfs {
     pub(super) fn mount(size: u64) -> Result<Tmpfs, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let out = support::command("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755")])
-            .arg("ducksafe-reliability")
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -t tmpfs failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Tmpfs { dir })
+        let mount = Mount::tmpfs(dir.path(), size, 0o755)?;
+        Ok(Tmpfs { mount, _dir: dir })
     }
     pub(super) fn path(&self) -> &Path {
-        self.dir.path()
+        self.mount.path()
     }
     fn free(&self) -> u64 {
         ducksafe::files::fs_space(self.path())
@@ -71,22 +62,6 @@ impl Tmpfs {
             if n.starts_with("filler-") {
                 fs::remove_file(self.path().join(n)).unwrap();
             }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let done = support::command("umount")
-            .arg(self.dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !done {
-            // Still busy (a process being torn down): detach it now, the kernel frees it later.
-            let _ = support::command("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
         }
     }
 }
@@ -266,13 +241,9 @@ fn disk_full_during_the_wal_copy(t: &mut Tally) {
     ] {
         let earlier = backups_by_sha(&fs.path().join("backups"));
         t.case(label, || {
-            let (run, go) = paused_at(&p, "snapshot.copied");
-            ensure(
-                run.wait_for_line("waiting for", Duration::from_secs(120)),
-                || "the run never reached `snapshot.copied`".into(),
-            )?;
+            let run = paused_pre_run(&p, "snapshot.copied")?;
             fs.fill(leave);
-            let out = release(run, &go);
+            let out = run.release();
             let r = one_line(&out.stdout, out.status)?;
             let result = clean_space_error(&r)
                 .and_then(|()| earlier_backups_intact(&fs.path().join("backups"), &earlier))
@@ -292,26 +263,11 @@ fn disk_full_during_the_wal_copy(t: &mut Tally) {
     }
 }
 
-/// A pre_run paused at `point` until the returned file exists (`POINT:wait=GO`): the test acts
-/// at exactly that moment, whatever the load on the machine, then [`release`]s it.
-pub(super) fn paused_at(p: &Project, point: &str) -> (Running, PathBuf) {
+/// A pre_run paused at `point` until it is released ([`paused`]).
+fn paused_pre_run(p: &Project, point: &str) -> Result<Running, String> {
     let go = p.path(&format!("go-{point}"));
-    let _ = fs::remove_file(&go);
-    let mut c = p.cmd(&["hook"]);
-    c.env(
-        "DUCKSAFE_FAILPOINT",
-        format!("{point}:wait={}", go.display()),
-    );
-    (
-        start(c, Some(request("pre_run", &p.config(), "").as_bytes())),
-        go,
-    )
-}
-
-/// Lets a run paused by [`paused_at`] go on, and waits for it to end.
-pub(super) fn release(run: Running, go: &Path) -> Killed {
-    fs::write(go, b"").unwrap();
-    run.finish(None)
+    let input = request("pre_run", &p.config(), "");
+    paused(p.cmd(&["hook"]), Some(input.as_bytes()), point, &go)
 }
 
 /// The disk fills while the main file is being copied: the run pauses at the failpoint after
@@ -329,22 +285,18 @@ fn disk_full_during_the_main_copy(t: &mut Tally) {
     let dir = fs.path().join("backups");
     for round in 0..2 {
         let earlier = backups_by_sha(&dir);
-        let (run, go) = paused_at(&p, "snapshot.copying");
-        let paused = run.wait_for_line("waiting for", Duration::from_secs(120));
-        let temp = names(&dir)
-            .into_iter()
-            .find(|n| n.starts_with(&format!("{}backup-", ducksafe::files::TEMP_PREFIX)));
-        let partial = temp
-            .as_ref()
-            .map(|n| fs::metadata(dir.join(n)).map_or(0, |m| m.len()));
-        if paused {
-            fs.fill(0);
-        }
-        let out = release(run, &go);
         t.case(
             format!("disk fills during the copy of the main file ({round})"),
             || {
-                ensure(paused, || "the run never reached `snapshot.copying`".into())?;
+                let run = paused_pre_run(&p, "snapshot.copying")?;
+                let temp = names(&dir)
+                    .into_iter()
+                    .find(|n| n.starts_with(&format!("{}backup-", ducksafe::files::TEMP_PREFIX)));
+                let partial = temp
+                    .as_ref()
+                    .map(|n| fs::metadata(dir.join(n)).map_or(0, |m| m.len()));
+                fs.fill(0);
+                let out = run.release();
                 ensure(partial.is_some_and(|n| n < db_len), || {
                     format!("the copy was not midway: {partial:?} of {db_len} bytes")
                 })?;
@@ -379,19 +331,19 @@ fn disk_full_at_every_later_step(t: &mut Tally) {
     assert_eq!(code, 0, "{r:?}");
     let source = source_state(&p.db());
     let dir = fs.path().join("backups");
-    for point in &BACKUP_POINTS[3..] {
+    // From the WAL's fold on (the copies were filled above).
+    for point in failpoint::BACKUP
+        .iter()
+        .skip_while(|p| **p != "snapshot.folded")
+    {
         if *point == "snapshot.folded" {
             continue;
         }
         let earlier = backups_by_sha(&dir);
         t.case(format!("disk fills while paused at `{point}`"), || {
-            let (run, go) = paused_at(&p, point);
-            ensure(
-                run.wait_for_line("waiting for", Duration::from_secs(120)),
-                || format!("never reached `{point}`"),
-            )?;
+            let run = paused_pre_run(&p, point)?;
             fs.fill(0);
-            let out = release(run, &go);
+            let out = run.release();
             let r = one_line(&out.stdout, out.status)?;
             let result = if r.exit_code == 0 {
                 every_backup_is_complete(&dir)

@@ -6,19 +6,17 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use crate::support::cases::{ensure, soak_factor, Tally};
-use crate::support::runs::{jstr, one_line, request, start};
-use crate::support::{self, bin, fingerprints, write_into_wal, Project};
+use crate::support::runs::{one_line, paused, start};
+use crate::support::{self, bin, fingerprints, jstr, request, write_into_wal, Project};
 
 use ducksafe::engine::store::{Store, LATEST};
 use ducksafe::protocol::{ErrorCode, Response};
 use serde_json::json;
 
 use super::crash::change_database;
-use super::disk_full::release;
-use super::{every_backup_is_complete, latest_is_verified, source_state, tree_state};
+use super::{every_backup_is_complete, latest_is_verified, source_state};
 
 /// Files outside every backup directory that planted symlinks point to.
 struct Victims {
@@ -37,14 +35,14 @@ impl Victims {
         fs::create_dir(d.join("victim_dir")).unwrap();
         fs::write(d.join("victim_dir/a.txt"), "a\n").unwrap();
         fs::create_dir(d.join("quarantine_elsewhere")).unwrap();
-        let before = tree_state(d);
+        let before = support::every_byte(d);
         Victims { dir, before }
     }
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
     fn untouched(&self) -> Result<(), String> {
-        let now = tree_state(self.dir.path());
+        let now = support::every_byte(self.dir.path());
         ensure(now == self.before, || {
             let changed: Vec<_> = now
                 .iter()
@@ -74,10 +72,7 @@ pub(super) fn is_link_to(link: &Path, target: &Path) -> bool {
 /// A pre_run at a fixed instant (so that the backup's id is known in advance).
 fn pre_run_at(p: &Project, minute: u32) -> (Response, i32) {
     let now = format!("2025-08-18T{:02}:{:02}:00Z", 10 + minute / 60, minute % 60);
-    p.hook_env(
-        &request("pre_run", &p.config(), ""),
-        &[("DUCKSAFE_NOW", &now)],
-    )
+    p.pre_run_env(&[("DUCKSAFE_NOW", &now)])
 }
 
 fn id_at(minute: u32) -> String {
@@ -158,17 +153,14 @@ fn hostile_filesystem_symlinks() {
 fn planted_temp(p: &Project, victims: &Victims, minute: u32, wal: bool) -> Result<(), String> {
     let dir = p.backups();
     let now = format!("2025-08-18T{:02}:{:02}:00Z", 10 + minute / 60, minute % 60);
-    let go = p.path("go-planted");
-    let _ = fs::remove_file(&go);
     let mut c = p.cmd(&["hook"]);
-    c.env("DUCKSAFE_NOW", &now).env(
-        "DUCKSAFE_FAILPOINT",
-        format!("backup.locked:wait={}", go.display()),
-    );
-    let run = start(c, Some(request("pre_run", &p.config(), "").as_bytes()));
-    ensure(
-        run.wait_for_line("waiting for", Duration::from_secs(120)),
-        || "never reached `backup.locked`".into(),
+    c.env("DUCKSAFE_NOW", &now);
+    let input = request("pre_run", &p.config(), "");
+    let run = paused(
+        c,
+        Some(input.as_bytes()),
+        "backup.locked",
+        &p.path("go-planted"),
     )?;
     let store = Store::open(&dir, false).map_err(|e| e.to_string())?;
     let id = store
@@ -194,7 +186,7 @@ fn planted_temp(p: &Project, victims: &Victims, minute: u32, wal: bool) -> Resul
         &link,
         &victims.path(if wal { "victim.wal" } else { "victim.duckdb" }),
     );
-    let out = release(run, &go);
+    let out = run.release();
     let r = one_line(&out.stdout, out.status)?;
     victims
         .untouched()
@@ -450,10 +442,11 @@ fn hostile_filesystem_unsafe_backup_dir() {
             set_mode(d, 0o755);
             chown_nobody(d);
         }),
-        ("a symlink to a world-writable directory", false, |d| {
+        // A private target (0700): only the refusal of the link itself can refuse it.
+        ("a symlink to a private directory", false, |d| {
             let real = d.with_file_name("real_backups");
             fs::rename(d, &real).unwrap();
-            set_mode(&real, 0o777);
+            set_mode(&real, 0o700);
             std::os::unix::fs::symlink(&real, d).unwrap();
         }),
         ("a regular file", false, |d| {
@@ -471,7 +464,7 @@ fn hostile_filesystem_unsafe_backup_dir() {
             let (r, code) = p.pre_run();
             assert_eq!(code, 0, "{r:?}");
             setup(&p.backups());
-            let before = tree_state(p.dir.path());
+            let before = support::every_byte(p.dir.path());
             for (cmd_label, cmd, input) in unsafe_dir_commands(&p) {
                 t.case(format!("backup directory {label}: {cmd_label}"), || {
                     let out = start(cmd, input.as_deref().map(str::as_bytes)).finish(None);
@@ -486,7 +479,7 @@ fn hostile_filesystem_unsafe_backup_dir() {
                     } else {
                         ensure(out.stderr.contains("is unsafe"), || out.stderr.clone())?;
                     }
-                    ensure(tree_state(p.dir.path()) == before, || {
+                    ensure(support::every_byte(p.dir.path()) == before, || {
                         "files changed in the project".into()
                     })
                 });

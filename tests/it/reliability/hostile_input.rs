@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::cases::{ensure, scaled, silence_in_process_logs, Rng, Tally};
-use crate::support::runs::{jstr, one_line, request, start};
-use crate::support::{self, bin};
+use crate::support::runs::{one_line, start};
+use crate::support::{self, bin, jstr, request};
 
 use ducksafe::protocol::{Decision, ErrorCode, Response, Status, MAX_REQUEST_BYTES};
 use serde_json::json;

@@ -1,17 +1,19 @@
 //! A live writer: every command that would back up or restore is refused while another
 //! process holds the database for writing, and no writer gets in while a backup runs.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::support::cases::{ensure, scaled, Tally};
-use crate::support::runs::{one_line, request, start};
-use crate::support::{hold, write_into_wal, Project};
+use crate::support::runs::{one_line, start};
+use crate::support::{self, hold, request, write_into_wal, Project};
 
+use ducksafe::failpoint;
 use ducksafe::protocol::{Decision, ErrorCode, Response, Status};
 
-use super::{names, tree_state, BACKUP_POINTS};
+use super::names;
 
 fn locked_error(r: &Response, pid: u32) -> Result<(), String> {
     ensure(r.exit_code == 75 && r.status == Status::Error, || {
@@ -50,8 +52,30 @@ fn live_writer_is_refused() {
     t.finish();
 }
 
+/// No file of the project changed since `before` ([`support::every_byte`]), taken just before
+/// the case `what`. A refused real run has taken the directory lock (`takes_lock`: its PID is
+/// written there) and changed nothing else; a dry run and a validate do not even take the lock.
+fn nothing_written(
+    p: &Project,
+    what: &str,
+    takes_lock: bool,
+    before: BTreeMap<String, String>,
+) -> Result<(), String> {
+    let now = support::every_byte(p.dir.path());
+    let (now_, before) = if takes_lock {
+        (
+            support::but_the_lock(now.clone()),
+            support::but_the_lock(before),
+        )
+    } else {
+        (now.clone(), before)
+    };
+    ensure(now_ == before, || format!("{what} changed files: {now:?}"))
+}
+
 /// Every command that would back up or restore, while another process holds the database for
-/// writing: `database_locked`, the writer's PID, exit 75, and not a file changed.
+/// writing: `database_locked`, the writer's PID, exit 75, and not a file changed (but the PID in
+/// the directory lock, by a real run).
 fn refused_while_a_writer_holds_it(t: &mut Tally, with_wal: bool) {
     {
         let p = Project::new("");
@@ -62,42 +86,40 @@ fn refused_while_a_writer_holds_it(t: &mut Tally, with_wal: bool) {
         }
         let holder = hold(&p.db());
         let pid = holder.pid();
-        let before = tree_state(p.dir.path());
         let wal = if with_wal { "with WAL" } else { "no WAL" };
-        let nothing_written = |what: &str| {
-            ensure(tree_state(p.dir.path()) == before, || {
-                format!("{what} changed files: {:?}", tree_state(p.dir.path()))
-            })
-        };
         let post_run = format!(
             r#","backup_id":"{}","run":{{"outcome":"failure"}},"on_failure":"restore""#,
             r.backup.as_ref().unwrap().id
         );
-        let hooks: [(&str, String, Decision); 3] = [
+        let hooks: [(&str, String, Decision, bool); 3] = [
             (
                 "pre_run",
                 request("pre_run", &p.config(), ""),
                 Decision::Abort,
+                true,
             ),
             (
                 "pre_run dry_run",
                 request("pre_run", &p.config(), r#","dry_run":true"#),
                 Decision::Abort,
+                false,
             ),
             (
                 "post_run restore",
                 request("post_run", &p.config(), &post_run),
                 Decision::RestoreFailed,
+                true,
             ),
         ];
-        for (what, req, decision) in hooks {
+        for (what, req, decision, takes_lock) in hooks {
             t.case(format!("{wal}: hook {what}"), || {
+                let before = support::every_byte(p.dir.path());
                 let (r, _) = p.hook(&req);
                 locked_error(&r, pid)?;
                 ensure(r.decision == decision, || {
                     format!("decision {:?}", r.decision)
                 })?;
-                nothing_written(what)
+                nothing_written(&p, what, takes_lock, before)
             });
         }
         for args in [
@@ -105,24 +127,27 @@ fn refused_while_a_writer_holds_it(t: &mut Tally, with_wal: bool) {
             &["post-run", "--exit-code", "1", "--on-failure", "restore"],
         ] {
             t.case(format!("{wal}: ducksafe {}", args[0]), || {
+                let before = support::every_byte(p.dir.path());
                 let out = p.run(args);
                 let r = one_line(&out.stdout, out.status)?;
                 locked_error(&r, pid)?;
-                nothing_written(args[0])
+                nothing_written(&p, args[0], true, before)
             });
         }
         for args in [&["backup"][..], &["restore"]] {
             t.case(format!("{wal}: ducksafe {}", args[0]), || {
+                let before = support::every_byte(p.dir.path());
                 let out = p.run(args);
                 ensure(out.status.code() == Some(75), || {
                     format!("exit {:?}", out.status.code())
                 })?;
                 let err = String::from_utf8_lossy(&out.stderr);
                 ensure(err.contains(&format!("PID {pid}")), || err.to_string())?;
-                nothing_written(args[0])
+                nothing_written(&p, args[0], true, before)
             });
         }
         t.case(format!("{wal}: hook validate warns"), || {
+            let before = support::every_byte(p.dir.path());
             let (r, code) = p.hook(&request("validate", &p.config(), ""));
             ensure(code == 0 && r.decision == Decision::Valid, || {
                 format!("{r:?}")
@@ -131,7 +156,7 @@ fn refused_while_a_writer_holds_it(t: &mut Tally, with_wal: bool) {
                 r.warnings.iter().any(|w| w.contains(&format!("PID {pid}"))),
                 || format!("no warning names the writer: {:?}", r.warnings),
             )?;
-            nothing_written("validate")
+            nothing_written(&p, "validate", false, before)
         });
         drop(holder);
         t.case(
@@ -162,7 +187,11 @@ fn writer_cannot_start_during_a_backup(t: &mut Tally) {
                 (f, bytes)
             })
             .collect();
-        for point in &BACKUP_POINTS[..7] {
+        // From the lock through the manifest's publication.
+        for point in failpoint::BACKUP
+            .iter()
+            .take_while(|p| **p != "publish.sidecar")
+        {
             if *point == "snapshot.folded" && !wal {
                 continue;
             }

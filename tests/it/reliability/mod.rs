@@ -34,7 +34,7 @@ mod readers;
 mod secrets;
 mod several_databases;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
@@ -152,44 +152,6 @@ fn leftovers(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The failpoints a backup passes, in order.
-const BACKUP_POINTS: &[&str] = &[
-    "backup.locked",
-    "snapshot.copying",
-    "snapshot.copied",
-    "snapshot.folded",
-    "snapshot.synced",
-    "backup.verified",
-    "publish.manifest",
-    "publish.sidecar",
-    "publish.renamed",
-    "backup.latest",
-    "rotation.deleting",
-    "rotation.done",
-];
-
-/// The failpoints a restore passes, in order.
-const RESTORE_POINTS: &[&str] = &[
-    "restore.staged",
-    "restore.intent",
-    "restore.quarantined",
-    "restore.renamed",
-];
-
-#[test]
-fn every_failpoint_is_exercised() {
-    let mine: BTreeSet<&str> = BACKUP_POINTS
-        .iter()
-        .chain(RESTORE_POINTS)
-        .copied()
-        // The block store's (`BACKUP_STORAGE: incremental`), killed at in
-        // `blockstore::a_crash_at_every_block_store_step`.
-        .chain(crate::blockstore::blockstore_points())
-        .collect();
-    let all: BTreeSet<&str> = ducksafe::failpoint::ALL.iter().copied().collect();
-    assert_eq!(mine, all, "the crash scenarios must cover every failpoint");
-}
-
 /// Every scenario the report lists is a test of this binary under the path it gives, so that the
 /// report's rerun commands (`cargo test --test it -- --exact PATH`) run it.
 #[test]
@@ -206,30 +168,4 @@ fn every_scenario_is_listed_under_its_test_path() {
     for (path, scenario) in crate::support::cases::SCENARIOS {
         assert!(tests.contains(path), "{scenario}: no test `{path}`");
     }
-}
-
-/// Everything in a directory tree that a refused run must not change: names, and the content of
-/// every regular file (the directory lock file excepted: taking the lock writes its PID there).
-fn tree_state(dir: &Path) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for n in names(&d) {
-            let path = d.join(&n);
-            let rel = path.strip_prefix(dir).unwrap().display().to_string();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let v = if meta.is_dir() {
-                stack.push(path.clone());
-                "dir".to_owned()
-            } else if meta.file_type().is_symlink() {
-                format!("-> {}", fs::read_link(&path).unwrap().display())
-            } else if n == ducksafe::engine::lock::DIR_LOCK_NAME {
-                "lock".to_owned()
-            } else {
-                sha256(&path)
-            };
-            m.insert(rel, v);
-        }
-    }
-    m
 }

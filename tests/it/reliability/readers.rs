@@ -3,12 +3,13 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::support::cases::{ensure, scaled, Tally};
+use crate::support::runs::{paused, Running};
 use crate::support::{self, bin, Project};
 
 use ducksafe::engine::store::LATEST;
@@ -18,58 +19,16 @@ use serde_json::Value;
 use super::backup_ids::{backup_now, pre_run_now};
 use super::{backup_ids, every_backup_is_complete, source_state};
 
-/// A backup started with `DUCKSAFE_FAILPOINT=<point>:wait=<go>`, paused there until `go` exists.
-struct Paused {
-    child: Child,
-    go: PathBuf,
+/// A backup at `now` paused at `point` until it is released ([`paused`]).
+fn paused_backup(p: &Project, point: &str, now: &str) -> Result<Running, String> {
+    let mut c = p.cmd(&["backup"]);
+    c.env("DUCKSAFE_NOW", now);
+    paused(c, None, point, &p.path(&format!("go-{point}")))
 }
 
-impl Paused {
-    fn start(p: &Project, point: &str, now: &str) -> Paused {
-        let go = p.path(&format!("go-{point}"));
-        let _ = fs::remove_file(&go);
-        let reached = PathBuf::from(format!("{}.reached", go.display()));
-        let _ = fs::remove_file(&reached);
-        let child = p
-            .cmd(&["backup"])
-            .env(
-                "DUCKSAFE_FAILPOINT",
-                format!("{point}:wait={}", go.display()),
-            )
-            .env("DUCKSAFE_NOW", now)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut paused = Paused { child, go };
-        // The failpoint says when it is reached; the bound only stops a broken run from hanging
-        // the suite.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !reached.exists() {
-            if let Ok(Some(status)) = paused.child.try_wait() {
-                panic!("the backup ended ({status}) before reaching {point}");
-            }
-            assert!(Instant::now() < deadline, "{point} never reached");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        paused.child.stdout.take();
-        paused
-    }
-
-    /// Lets the backup go on and returns its exit code.
-    fn finish(mut self) -> i32 {
-        fs::write(&self.go, b"").unwrap();
-        self.child.wait().unwrap().code().unwrap_or(-1)
-    }
-}
-
-/// However the case ends (a failed assertion included), the paused backup is let go and
-/// reaped: no process stays waiting.
-impl Drop for Paused {
-    fn drop(&mut self) {
-        let _ = fs::write(&self.go, b"");
-        let _ = self.child.wait();
-    }
+/// Lets a paused backup go on; its exit code.
+fn finish(run: Running) -> i32 {
+    run.release().status.code().unwrap_or(-1)
 }
 
 /// Starts `ducksafe ARGS` and waits until its stderr says it is waiting for the publication
@@ -122,9 +81,9 @@ fn readers_wait_for_a_publication(t: &mut Tally) {
             t.case(
                 format!("`{}` while a backup is paused at {point}", args.join(" ")),
                 || {
-                    let paused = Paused::start(&p, point, "2026-12-01T10:00:01Z");
+                    let backup = paused_backup(&p, point, "2026-12-01T10:00:01Z")?;
                     let (reader, _) = start_reader_waiting(&p, args)?;
-                    let code = paused.finish();
+                    let code = finish(backup);
                     ensure(code == 0, || format!("the backup failed: exit {code}"))?;
                     let out = reader.wait_with_output().map_err(|e| e.to_string())?;
                     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -149,9 +108,9 @@ fn readers_wait_for_a_publication(t: &mut Tally) {
         let p = Project::new("BACKUP_KEEP_LAST: 1\nVERIFY_LEVEL: quick\n");
         backup_now(&p, "2026-12-01T10:00:00Z");
         t.case("`verify --all` during rotation", || {
-            let paused = Paused::start(&p, "rotation.deleting", "2026-12-01T10:00:01Z");
+            let backup = paused_backup(&p, "rotation.deleting", "2026-12-01T10:00:01Z")?;
             let out = p.run(&["verify", "--all"]);
-            let code = paused.finish();
+            let code = finish(backup);
             ensure(code == 0, || format!("the backup failed: exit {code}"))?;
             ensure(out.status.success(), || {
                 String::from_utf8_lossy(&out.stdout).to_string()
@@ -231,7 +190,7 @@ fn lock_file_deleted_while_held(t: &mut Tally) {
         let p = Project::new("BACKUP_KEEP_LAST: 2\nVERIFY_LEVEL: quick\n");
         backup_now(&p, "2026-12-01T10:00:00Z");
         t.case("the lock file deleted while held", || {
-            let paused = Paused::start(&p, "snapshot.copied", "2026-12-01T10:00:01Z");
+            let backup = paused_backup(&p, "snapshot.copied", "2026-12-01T10:00:01Z")?;
             fs::remove_file(p.backups().join(ducksafe::engine::lock::DIR_LOCK_NAME))
                 .map_err(|e| e.to_string())?;
             let (r, code) = p.pre_run();
@@ -239,7 +198,7 @@ fn lock_file_deleted_while_held(t: &mut Tally) {
                 code == 75 && r.errors[0].code == ErrorCode::LockBusy,
                 || format!("a second run got in: exit {code} {:?}", r.errors),
             )?;
-            let code = paused.finish();
+            let code = finish(backup);
             ensure(code == 0, || {
                 format!("the first backup failed: exit {code}")
             })?;

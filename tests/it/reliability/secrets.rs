@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use crate::support::cases::{ensure, Tally};
-use crate::support::runs::{request, start};
-use crate::support::{bin, Project};
+use crate::support::runs::start;
+use crate::support::{bin, request, Project};
 
 use serde_json::{json, Value};
 

@@ -5,13 +5,10 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use crate::support::cases::{ensure, soak_factor, Tally};
-use crate::support::runs::{
-    killed_where_meant, one_line, request, run_killed, start, Kill, Killed,
-};
-use crate::support::{self, bin, fingerprints, sha256, Project};
+use crate::support::runs::{killed_where_meant, one_line, paused, run_killed, start, Kill, Killed};
+use crate::support::{self, bin, fingerprints, request, sha256, Project};
 
 use ducksafe::duck::{Db, Limits};
 use ducksafe::engine::store::LATEST;
@@ -21,7 +18,7 @@ use serde_json::{json, Value};
 use super::crash::{change_database, journals};
 use super::disk_full::{project_on, Tmpfs};
 use super::hostile_fs::{plant, set_mode};
-use super::{backup_ids, names, source_state, tree_state};
+use super::{backup_ids, names, source_state};
 
 /// A folder with several databases and their configurations: `name.duckdb` beside
 /// `name.yaml`, each database a little different (`k` rows in a table of its own).
@@ -442,25 +439,12 @@ fn cleanup_spares_other_databases_and_live_restores(t: &mut Tally) {
                 let expected = fingerprints(&path);
                 change_database(&db, true, 6);
                 let go = mach.path(&format!("go-{point}"));
-                let mut c = cli(&sim, &["restore", &id]);
-                c.env(
-                    "DUCKSAFE_FAILPOINT",
-                    format!("{point}:wait={}", go.display()),
-                );
-                let run = start(c, None);
-                ensure(
-                    run.wait_for_line(
-                        &format!("failpoint `{point}`: waiting"),
-                        Duration::from_secs(60),
-                    ),
-                    || "the restore did not reach the failpoint".into(),
-                )?;
+                let run = paused(cli(&sim, &["restore", &id]), None, point, &go)?;
                 let staged = staged_copies(&mach.path("data"));
                 ensure(staged.len() == 1, || format!("staged copies: {staged:?}"))?;
                 let r = hook_at(&other, &request("pre_run", &other, ""), &[])?;
                 let kept = staged_copies(&mach.path("data")) == staged;
-                fs::write(&go, "").unwrap();
-                let out = run.finish(None);
+                let out = run.release();
                 ensure(r.exit_code == 0, || format!("{r:?}"))?;
                 ensure(kept, || {
                     "the other database's backup removed the staged copy".into()
@@ -553,7 +537,7 @@ fn a_symlinked_db_path_is_refused_everywhere(t: &mut Tally) {
     let id = r.backup.unwrap().id;
     fs::rename(p.db(), p.path("real.duckdb")).unwrap();
     std::os::unix::fs::symlink("real.duckdb", p.db()).unwrap();
-    let before = tree_state(p.dir.path());
+    let before = support::every_byte(p.dir.path());
     let hooks = [
         ("validate", request("validate", &p.config(), "")),
         ("pre_run", request("pre_run", &p.config(), "")),
@@ -566,7 +550,7 @@ fn a_symlinked_db_path_is_refused_everywhere(t: &mut Tally) {
         t.case(format!("symlinked DB_PATH: hook {what}"), || {
             let r = hook_at(&p.config(), &req, &[])?;
             refused(&r, ErrorCode::DatabaseInvalid, &["symlink", "DB_PATH"])?;
-            ensure(tree_state(p.dir.path()) == before, || {
+            ensure(support::every_byte(p.dir.path()) == before, || {
                 "files changed".into()
             })
         });
@@ -580,7 +564,7 @@ fn a_symlinked_db_path_is_refused_everywhere(t: &mut Tally) {
             format!("symlinked DB_PATH: ducksafe {}", args.join(" ")),
             || {
                 cli_refused(&finish(p.cmd(args), None), 74, &["symlink", "DB_PATH"])?;
-                ensure(tree_state(p.dir.path()) == before, || {
+                ensure(support::every_byte(p.dir.path()) == before, || {
                     "files changed".into()
                 })
             },
@@ -740,13 +724,8 @@ fn restore_from_read_only_media(t: &mut Tally) {
                     fs::remove_file(bk.join(ducksafe::engine::lock::DIR_LOCK_NAME)).unwrap();
                 }
                 change_database(&p.db(), true, 9);
-                let st = support::command("mount")
-                    .args(["-o", "remount,ro"])
-                    .arg(fs_.path())
-                    .status()
-                    .map_err(|e| e.to_string())?;
-                ensure(st.success(), || "remount ro failed".into())?;
-                let before = tree_state(&bk);
+                fs_.mount.remount_read_only()?;
+                let before = support::every_byte(&bk);
                 cli_ok(&finish(p.cmd(&["list"]), None))?;
                 cli_ok(&finish(p.cmd(&["verify"]), None))?;
                 let out = cli_ok(&finish(p.cmd(&["restore"]), None))?;
@@ -754,12 +733,19 @@ fn restore_from_read_only_media(t: &mut Tally) {
                 ensure(!p.path("simulation.duckdb.wal").exists(), || {
                     "a WAL stayed".into()
                 })?;
-                ensure(tree_state(&bk) == before, || {
+                ensure(support::every_byte(&bk) == before, || {
                     "the read-only media changed".into()
                 })?;
-                // validate says backups cannot go there.
+                // validate says backups cannot go there, as the backup itself does: a
+                // read-only filesystem (backup_failed, 73), with no chmod advice.
                 let r = hook_at(&p.config(), &request("validate", &p.config(), ""), &[])?;
-                refused(&r, ErrorCode::BackupDirUnsafe, &["not writable"])
+                refused(&r, ErrorCode::BackupFailed, &["read-only filesystem"])?;
+                ensure(
+                    r.errors
+                        .iter()
+                        .all(|e| e.hint.as_deref().is_some_and(|h| h.contains("no chmod"))),
+                    || format!("a hint suggests a chmod on read-only media: {:?}", r.errors),
+                )
             },
         );
     }

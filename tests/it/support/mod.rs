@@ -1,8 +1,10 @@
 //! Shared test support: a temporary project with a real DuckDB database and a config, the real
-//! binary, a second process that holds the database open, and the one way to skip a case.
+//! binary, a second process that holds the database open, the one way to skip a case, and
+//! mounts made for a test (`mount`).
 //! `cases` and `runs` are the reliability suite's harness (counted cases, kills at failpoints).
 
 pub mod cases;
+pub mod mount;
 pub mod runs;
 
 use std::io::{BufRead, BufReader, Write};
@@ -161,11 +163,14 @@ impl Project {
         (one_response(&out), out.status.code().unwrap_or(-1))
     }
 
+    /// A pre_run request for the project's configuration, answered.
     pub fn pre_run(&self) -> (Response, i32) {
-        self.hook(&format!(
-            r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-            self.config().display()
-        ))
+        self.pre_run_env(&[])
+    }
+
+    /// [`Project::pre_run`] with `env` set for the hook (`DUCKSAFE_NOW`, a failpoint).
+    pub fn pre_run_env(&self, env: &[(&str, &str)]) -> (Response, i32) {
+        self.hook_env(&request("pre_run", &self.config(), ""), env)
     }
 
     /// Backup files (`*.duckdb`, not `latest`) in the backup directory, sorted.
@@ -180,6 +185,19 @@ impl Project {
     pub fn backup_dir_entries(&self) -> Vec<String> {
         dir_names(&self.backups())
     }
+}
+
+/// A JSON string literal for a path.
+pub fn jstr(p: &Path) -> String {
+    serde_json::to_string(&p.display().to_string()).unwrap()
+}
+
+/// A hook request for `event` with the configuration file `config` and extra fields.
+pub fn request(event: &str, config: &Path, extra: &str) -> String {
+    format!(
+        r#"{{"protocol_version":1,"event":"{event}","config":{{"path":{}}}{extra}}}"#,
+        jstr(config)
+    )
 }
 
 /// The names in a directory, sorted (empty when it does not exist).
@@ -210,15 +228,37 @@ pub fn pipe(mut c: Command, input: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// Asserts that a command succeeded, showing its stderr when it did not.
+/// Runs `c` with a stdout whose reader has already gone (`ducksafe … | head -c0`): the read end
+/// is closed before the process starts, so every write fails, whatever the timing.
+pub fn with_closed_stdout(mut c: Command) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    c.stdout(writer).output().unwrap()
+}
+
+/// A command's stderr, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts that a command exited with `code`, showing its stderr and stdout when it did not;
+/// returns its stderr.
 #[track_caller]
-pub fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
+pub fn assert_exit(out: &Output, code: i32) -> String {
+    let said = stderr(out);
+    assert_eq!(
         out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
+        Some(code),
+        "the exit status; stderr: {said}\nstdout: {}",
+        String::from_utf8_lossy(&out.stdout)
     );
+    said
+}
+
+/// Asserts that a command succeeded ([`assert_exit`] with 0); returns its stderr.
+#[track_caller]
+pub fn assert_ok(out: &Output) -> String {
+    assert_exit(out, 0)
 }
 
 /// Runs `c` with `DUCKSAFE_FAILPOINT=<point>` and asserts that it died there: of SIGABRT, its
@@ -397,8 +437,8 @@ pub fn hold_database_child() {
 }
 
 /// Every file under `dir`, byte for byte (directories with their mode, links by target): what
-/// "a dry run wrote nothing" compares. The directory lock included: a dry run does not even
-/// write its PID there.
+/// "a dry run wrote nothing" or "a refused run changed nothing" compares. The directory lock
+/// included: a dry run does not even write its PID there (see [`but_the_lock`] for a real run).
 pub fn every_byte(dir: &Path) -> std::collections::BTreeMap<String, String> {
     use std::os::unix::fs::PermissionsExt;
     let mut m = std::collections::BTreeMap::new();
@@ -420,4 +460,21 @@ pub fn every_byte(dir: &Path) -> std::collections::BTreeMap<String, String> {
         }
     }
     m
+}
+
+/// [`every_byte`] with the content of every directory lock file (`.ducksafe.lock`) left out, its
+/// name kept: a real run takes the lock and writes its PID there, which changes nothing else.
+/// Only for a real run; a dry run must not even write the lock, so compare all of
+/// [`every_byte`] there.
+pub fn but_the_lock(
+    mut bytes: std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    for (path, v) in &mut bytes {
+        if Path::new(path).file_name()
+            == Some(std::ffi::OsStr::new(ducksafe::engine::lock::DIR_LOCK_NAME))
+        {
+            "lock (its PID left out)".clone_into(v);
+        }
+    }
+    bytes
 }

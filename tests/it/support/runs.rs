@@ -1,11 +1,12 @@
 //! Running the binary the way the reliability scenarios need: started with its stderr read
-//! line by line, killed at a failpoint or at a random moment ([`run_killed`]), and its one JSON
-//! line parsed with a reason when it is not one ([`one_line`]).
+//! line by line, paused at a failpoint until the test lets it go ([`paused`]), killed at a
+//! failpoint or at a random moment ([`run_killed`]), and its one JSON line parsed with a reason
+//! when it is not one ([`one_line`]).
 
 use std::fmt::Display;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -14,19 +15,6 @@ use crate::support::cases::ensure;
 
 use ducksafe::config::{self, Settings, Source};
 use ducksafe::protocol::Response;
-
-/// A JSON string literal for a path.
-pub fn jstr(p: &Path) -> String {
-    serde_json::to_string(&p.display().to_string()).unwrap()
-}
-
-/// A hook request for `event` with the configuration file `config` and extra fields.
-pub fn request(event: &str, config: &Path, extra: &str) -> String {
-    format!(
-        r#"{{"protocol_version":1,"event":"{event}","config":{{"path":{}}}{extra}}}"#,
-        jstr(config)
-    )
-}
 
 /// The validated configuration of a project, loaded in-process (no environment overrides).
 pub fn settings_of(config: &Path) -> Settings {
@@ -67,8 +55,10 @@ pub struct Killed {
 pub struct Running {
     pub child: Child,
     pub lines: mpsc::Receiver<String>,
-    pub stderr: std::thread::JoinHandle<String>,
-    pub stdout: std::thread::JoinHandle<Vec<u8>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
+    /// The file that lets a run [`paused`] at a failpoint go on.
+    go: Option<PathBuf>,
 }
 
 pub fn start(mut cmd: Command, stdin: Option<&[u8]>) -> Running {
@@ -105,8 +95,45 @@ pub fn start(mut cmd: Command, stdin: Option<&[u8]>) -> Running {
     Running {
         child,
         lines,
-        stderr,
-        stdout,
+        stderr: Some(stderr),
+        stdout: Some(stdout),
+        go: None,
+    }
+}
+
+/// Starts `cmd` (with `stdin`, if any) with `DUCKSAFE_FAILPOINT=<point>:wait=<go>` and waits until
+/// it is paused at `point`: it stays there, however long the test takes, until
+/// [`Running::release`] (or the drop of the run) creates `go`. The test acts at exactly that
+/// moment, whatever the load on the machine. An error (with the run's stderr) when the run
+/// ended before it got there.
+pub fn paused(
+    mut cmd: Command,
+    stdin: Option<&[u8]>,
+    point: &str,
+    go: &Path,
+) -> Result<Running, String> {
+    let _ = std::fs::remove_file(go);
+    let _ = std::fs::remove_file(format!("{}.reached", go.display()));
+    cmd.env(
+        "DUCKSAFE_FAILPOINT",
+        format!("{point}:wait={}", go.display()),
+    );
+    let mut run = start(cmd, stdin);
+    run.go = Some(go.to_path_buf());
+    // Waits until the failpoint says it waits, or the run ends (its stderr closes); the bound
+    // only keeps a broken run from hanging the suite.
+    if run.wait_for_line(
+        &format!("failpoint `{point}`: waiting"),
+        Duration::from_secs(300),
+    ) {
+        Ok(run)
+    } else {
+        let out = run.release();
+        Err(format!(
+            "the run never reached `{point}` (exit {:?}): {}",
+            out.status.code(),
+            out.stderr
+        ))
     }
 }
 
@@ -128,8 +155,27 @@ impl Running {
         Killed {
             died: killed_by.is_some() && status.signal() == killed_by,
             status,
-            stdout: self.stdout.join().unwrap(),
-            stderr: self.stderr.join().unwrap(),
+            stdout: self.stdout.take().unwrap().join().unwrap(),
+            stderr: self.stderr.take().unwrap().join().unwrap(),
+        }
+    }
+
+    /// Lets a run [`paused`] at a failpoint go on, and waits for it to end.
+    pub fn release(mut self) -> Killed {
+        if let Some(go) = self.go.take() {
+            std::fs::write(go, b"").unwrap();
+        }
+        self.finish(None)
+    }
+}
+
+/// However the test ends (a failed assertion included), a paused run is let go and reaped: no
+/// process stays waiting at its failpoint.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(go) = self.go.take() {
+            let _ = std::fs::write(go, b"");
+            let _ = self.child.wait();
         }
     }
 }
