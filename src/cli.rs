@@ -35,6 +35,14 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "KEY=VALUE", value_parser = parse_set)]
     pub set: Vec<(String, String)>,
 
+    /// Log errors only (LOG_LEVEL=ERROR) and draw no progress bar
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Log more: -v is LOG_LEVEL=DEBUG (each step's timing), -vv is TRACE
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -71,6 +79,24 @@ pub enum Command {
     PreRun(PreRunArgs),
     /// The hook's post_run event from flags (for make and just); answers one JSON line
     PostRun(PostRunArgs),
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell)
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), or write one page per command into a folder
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell: e.g. `ducksafe completions bash > ~/.local/share/bash-completion/completions/ducksafe`
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write ducksafe.1 and ducksafe-COMMAND.1 here instead of printing ducksafe.1
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -225,10 +251,16 @@ pub fn main() -> i32 {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
-            let _ = e.print();
             return match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
-                _ => Error::Usage(e.to_string()).exit_code(),
+                ErrorKind::DisplayVersion => commands::version::run(),
+                ErrorKind::DisplayHelp => {
+                    let _ = e.print();
+                    0
+                }
+                _ => {
+                    let _ = e.print();
+                    Error::Usage(e.to_string()).exit_code()
+                }
             };
         }
     };
@@ -237,10 +269,17 @@ pub fn main() -> i32 {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> i32 {
+    let mut set = Vec::with_capacity(cli.set.len() + 1);
+    // Before the `--set` pairs, so that an explicit `--set LOG_LEVEL=…` still has the last word.
+    if let Some(level) = log_level(cli.quiet, cli.verbose) {
+        set.push(("LOG_LEVEL".to_owned(), level.to_owned()));
+    }
+    set.extend(cli.set);
     let g = commands::Global {
         config: cli.config,
         json: cli.json,
-        set: cli.set,
+        set,
+        quiet: cli.quiet,
     };
     match cli.command {
         Command::Init(a) => commands::init::run(&g, &a),
@@ -258,6 +297,18 @@ pub fn run(cli: Cli) -> i32 {
         Command::Hook => commands::hook::run(),
         Command::PreRun(a) => commands::pre_run::run(&g, &a),
         Command::PostRun(a) => commands::post_run::run(&g, &a),
+        Command::Completions(a) => commands::completions::run(&a),
+        Command::Man(a) => commands::man::run(g.json, &a),
+    }
+}
+
+/// The `LOG_LEVEL` that `--quiet` or `--verbose` stand for.
+fn log_level(quiet: bool, verbose: u8) -> Option<&'static str> {
+    match (quiet, verbose) {
+        (true, _) => Some("ERROR"),
+        (false, 0) => None,
+        (false, 1) => Some("DEBUG"),
+        (false, _) => Some("TRACE"),
     }
 }
 

@@ -26,6 +26,7 @@ pub mod failpoint;
 pub mod files;
 pub mod hook;
 pub mod output;
+pub mod progress;
 pub mod protocol;
 pub mod rollback;
 pub mod schemas;

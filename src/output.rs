@@ -251,10 +251,17 @@ pub fn pending_text(out: &mut dyn Write, pending: &[Pending]) -> io::Result<()> 
 /// Starts the log on stderr, never stdout (stdout carries data and the hook's JSON line).
 pub fn start_logging(level: tracing::Level) {
     let _ = tracing_subscriber::fmt()
-        .with_writer(io::stderr)
-        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .with_writer(|| crate::progress::Suspending)
+        .with_ansi(colour())
         .with_max_level(level)
         .with_target(false)
         .without_time()
         .try_init();
+}
+
+/// Whether the log may colour its levels: stderr is a terminal and `NO_COLOR` is unset or empty
+/// (<https://no-color.org>).
+fn colour() -> bool {
+    io::IsTerminal::is_terminal(&io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -117,6 +117,7 @@ impl Report for Planned<'_> {
 }
 
 pub fn run(g: &Global, a: &BackupArgs) -> i32 {
+    g.show_progress();
     let settings = match g.settings() {
         Ok(s) => s,
         Err(e) => return output::fail(g.json, e),

@@ -6,10 +6,12 @@
 
 pub mod adopt;
 pub mod backup;
+pub mod completions;
 pub mod delete;
 pub mod hook;
 pub mod init;
 pub mod list;
+pub mod man;
 pub mod pin;
 pub mod post_run;
 pub mod pre_run;
@@ -18,6 +20,7 @@ pub mod restore;
 pub mod schema;
 pub mod validate;
 pub mod verify;
+pub mod version;
 
 use std::path::PathBuf;
 
@@ -35,6 +38,8 @@ pub struct Global {
     pub json: bool,
     /// `--set KEY=VALUE`, in order: over the configuration and the environment.
     pub set: Vec<(String, String)>,
+    /// `--quiet`: no progress bar (its `LOG_LEVEL` is already among `set`).
+    pub quiet: bool,
 }
 
 impl Global {
@@ -48,6 +53,12 @@ impl Global {
             tracing::debug!("{n}");
         }
         Ok(settings)
+    }
+
+    /// Draws a progress bar on stderr for this command's long work, when stderr is a terminal
+    /// and `--quiet` was not given (the commands that copy, hash or rebuild call it).
+    pub fn show_progress(&self) {
+        crate::progress::enable(self.quiet);
     }
 
     /// The request the flag forms (`pre-run`, `post-run`, `validate`) stand for: `event` with

@@ -152,6 +152,7 @@ impl Report for Planned {
 }
 
 pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
+    g.show_progress();
     let settings = match g.settings() {
         Ok(s) => s,
         Err(e) => return output::fail(g.json, e),

@@ -74,6 +74,7 @@ impl Report for VerifyReport {
 }
 
 pub fn run(g: &Global, a: &VerifyArgs) -> i32 {
+    g.show_progress();
     let verified = (|| {
         let settings = g.settings()?;
         super::warn_pending(&settings);

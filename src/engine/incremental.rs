@@ -320,6 +320,10 @@ impl Store {
         let plain: Vec<Plain> = all.iter().map(|(p, m)| Plain { path: p, map: m }).collect();
         let sources =
             blockstore::Sources::new(&index, &plain).map_err(|f| failure(self.dir(), &f))?;
+        let _shown = crate::progress::step(
+            &format!("rebuilding {}", entry.id),
+            Some(entry.manifest.bytes),
+        );
         let done = match into {
             Some((out, out_path)) => {
                 blockstore::rebuild::rebuild_to_file(map, &sources, out, out_path)

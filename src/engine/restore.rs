@@ -282,13 +282,7 @@ fn apply(
         return Ok(outcome(Vec::new(), &["size", "sha256", "blocks"], false));
     }
     if dry_run {
-        let hashed = files::hash_file(&plan.backup)
-            .map_err(|e| bad_backup(format!("cannot read it: {e}")))?;
-        staging::check_sha256(
-            &plan.backup,
-            &files::hex(&hashed.sha256),
-            &entry.manifest.sha256,
-        )?;
+        staging::check_in_place(&plan.backup, entry.manifest.bytes, &entry.manifest.sha256)?;
         opens(&plan.backup, "it")?;
         return Ok(outcome(Vec::new(), &checks, false));
     }

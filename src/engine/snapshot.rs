@@ -28,6 +28,7 @@ use super::lock::SourceLock;
 use crate::duck::{self, Db, DuckError, Limits};
 use crate::error::{Error, Result};
 use crate::files;
+use crate::progress;
 
 /// A temporary backup file, deleted on drop unless it was published.
 #[derive(Debug)]
@@ -152,12 +153,15 @@ pub fn take<V>(
             crate::failpoint::hit("snapshot.copying");
         }
     };
+    let shown = progress::step(&format!("copying {}", name_of(src_path)), Some(expected));
     let copied = files::copy_verified_inspecting(&source.file, &out, &mut inspect, || {
         if !wal_folded {
+            let _checking = progress::step("checking the copy", None);
             early = verify.take().map(|f| f(&temp_path, false));
         }
     })
     .map_err(|e| Error::io("copy database to", temp.path(), e))?;
+    drop(shown);
     judge(&copied, expected, src_path, temp.path())?;
     let blocks_checked = match checker {
         Some(c) => Some(c.finish().map_err(refuse)?),
@@ -167,7 +171,9 @@ pub fn take<V>(
 
     let mut blocks = chunker.map(Chunker::finish);
     let (bytes, sha256) = if wal_folded {
+        let folding = progress::step("folding the WAL into the copy", None);
         fold_wal(wals, src_path, temp.path(), limits)?;
+        drop(folding);
         crate::failpoint::hit("snapshot.folded");
         out.sync_all()
             .map_err(|e| Error::io("fsync", temp.path(), e))?;
@@ -194,7 +200,10 @@ pub fn take<V>(
     crate::failpoint::hit("snapshot.synced");
     let verified = match (early, verify) {
         (Some(v), _) => v?,
-        (None, Some(f)) => f(temp.path(), wal_folded)?,
+        (None, Some(f)) => {
+            let _checking = progress::step("checking the copy", None);
+            f(temp.path(), wal_folded)?
+        }
         (None, None) => return Err(Error::Internal("the copy was never verified".into())),
     };
     let snap = Snapshot {
@@ -302,6 +311,14 @@ type Checked = (
     Option<BlockMap>,
 );
 
+/// A file's name, for the progress bar.
+fn name_of(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
 /// Reads a file once: its length and SHA-256, DuckDB's checksum of every header and block it
 /// uses (`Ok(None)` when it is encrypted and cannot be checked), and, with `want_blocks`, its
 /// block map.
@@ -326,6 +343,7 @@ fn hash_and_check(path: &Path, want_blocks: bool, warnings: &mut Vec<String>) ->
     } else {
         None
     };
+    let _shown = progress::step("reading the copy back", Some(len));
     let back = files::hash_file_inspecting(path, &mut |piece| {
         if let Some(c) = checker.as_mut() {
             c.feed(piece);

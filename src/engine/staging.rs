@@ -50,6 +50,17 @@ pub fn check_sha256(backup: &Path, got: &str, manifest_sha256: &str) -> Result<(
     })
 }
 
+/// Reads the backup file at `backup` (`bytes` long, as its manifest says) whole and checks its
+/// SHA-256 against the manifest's: a dry run's proof, without a staged copy.
+pub fn check_in_place(backup: &Path, bytes: u64, manifest_sha256: &str) -> Result<()> {
+    let _shown = crate::progress::step("checking the backup", Some(bytes));
+    let hashed = files::hash_file(backup).map_err(|e| Error::VerificationFailed {
+        path: backup.to_path_buf(),
+        why: format!("cannot read it: {e}"),
+    })?;
+    check_sha256(backup, &files::hex(&hashed.sha256), manifest_sha256)
+}
+
 /// The staged copy; removed on drop unless kept. It holds the lock the module documentation
 /// describes.
 pub struct Staged<'a> {
@@ -64,6 +75,7 @@ impl<'a> Staged<'a> {
     pub fn create(backup: &Path, staged: &'a Path, bytes: u64, sha256: &str) -> Result<Staged<'a>> {
         let from =
             files::open_read_nofollow(backup).map_err(|e| Error::io("read backup", backup, e))?;
+        let _shown = crate::progress::step("staging the backup", Some(bytes));
         Self::fill(staged, |to| {
             let copied = files::copy_verified(&from, to, || {})
                 .map_err(|e| Error::io("stage the restore at", staged, e))?;

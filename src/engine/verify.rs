@@ -312,6 +312,14 @@ pub fn stored(
     // The SHA-256 pass and DuckDB's scan read the same file: run them side by side. A hash
     // mismatch is reported first, whatever DuckDB made of the damaged file.
     let duck_err = |e: DuckError| fail(format!("DuckDB cannot read it: {e}"));
+    let _shown = crate::progress::step(
+        &format!(
+            "checking {}",
+            path.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        ),
+        Some(manifest.bytes),
+    );
     let (hashed, contents) = std::thread::scope(|scope| {
         let hashing = scope.spawn(|| files::hash_file(path));
         let contents = inspect(path, level, limits, &duck_err);

@@ -272,6 +272,7 @@ fn copy_and_compare(
         }
         inspect(&buf[..n]);
         offset += n as u64;
+        crate::progress::advance(n as u64);
         if win.room() == 0 {
             send(hasher, window.take())?;
         }
@@ -495,6 +496,7 @@ fn hash_reader_inspecting(f: &mut impl Read, inspect: &mut dyn FnMut(&[u8])) -> 
         hasher.update(&buf[..n]);
         inspect(&buf[..n]);
         bytes += n as u64;
+        crate::progress::advance(n as u64);
     }
     Ok(Copied {
         bytes,

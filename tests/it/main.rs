@@ -8,6 +8,7 @@ mod support;
 
 mod backup;
 mod blockstore;
+mod cli;
 mod edges;
 mod init_and_locks;
 mod integrations;

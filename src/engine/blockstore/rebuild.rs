@@ -331,6 +331,7 @@ fn step(
         Origin::Plain => done.from_plain += len,
     }
     done.bytes += len;
+    crate::progress::advance(len);
     Ok(())
 }
 
