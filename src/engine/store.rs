@@ -597,7 +597,24 @@ impl Store {
     /// Finds a backup by `latest`, by id, by file name, or by a path inside this directory.
     pub fn resolve(&self, selector: &str) -> Result<Entry> {
         let inv = self.inventory()?;
-        let wanted = if selector == "latest" || selector == LATEST {
+        let name = Path::new(selector)
+            .file_name()
+            .map_or_else(|| selector.to_owned(), |n| n.to_string_lossy().into_owned());
+        if selector.contains('/') {
+            // A path: it must be inside this backup directory.
+            let p = Path::new(selector);
+            let parent = fs::canonicalize(files::parent_of(p)).ok();
+            let ours = fs::canonicalize(&self.dir).ok();
+            if parent.is_none() || parent != ours {
+                return Err(Error::BackupNotFound {
+                    id: selector.to_owned(),
+                    dir: self.dir.clone(),
+                });
+            }
+        }
+        // `latest`, `latest.duckdb`, or the link's path (`backups/latest.duckdb`, as the seed's
+        // recovery names it).
+        let wanted = if selector == "latest" || name == LATEST {
             if let Some(target) = self.dangling_latest(&inv) {
                 // Never a silent substitute: the operator decides which backup to put back.
                 return Err(Error::DanglingLatest {
@@ -621,26 +638,11 @@ impl Store {
                 }
             }
         } else {
-            let name = Path::new(selector)
-                .file_name()
-                .map_or_else(|| selector.to_owned(), |n| n.to_string_lossy().into_owned());
             companion_of(&name)
                 .or_else(|| name.strip_suffix(BACKUP_EXT))
                 .unwrap_or(&name)
                 .to_owned()
         };
-        if selector.contains('/') {
-            // A path: it must be inside this backup directory.
-            let p = Path::new(selector);
-            let parent = fs::canonicalize(files::parent_of(p)).ok();
-            let ours = fs::canonicalize(&self.dir).ok();
-            if parent.is_none() || parent != ours {
-                return Err(Error::BackupNotFound {
-                    id: selector.to_owned(),
-                    dir: self.dir.clone(),
-                });
-            }
-        }
         inv.backups
             .into_iter()
             .find(|b| b.id == wanted)

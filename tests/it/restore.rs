@@ -118,6 +118,39 @@ fn restore_latest_by_default_and_undo_puts_the_old_database_back() {
     );
 }
 
+/// A backup named by its path, as the seed's recovery names the link (`backups/latest.duckdb`)
+/// or as a shell completes a file name; a path outside the backup directory is refused.
+#[test]
+fn restore_takes_the_path_of_a_backup_or_of_the_latest_link() {
+    let p = Project::new("");
+    let (older, older_path) = backup(&p);
+    change_rows(&p.db());
+    let (_, newest_path) = backup(&p);
+    assert_ne!(fingerprints(&older_path), fingerprints(&newest_path));
+    let restored = |selector: &str, expected: &Path| {
+        change_rows(&p.db());
+        let out = p.run(&["restore", selector]);
+        assert_ok(&out);
+        assert_eq!(fingerprints(&p.db()), fingerprints(expected), "{selector}");
+    };
+    restored("backups/latest.duckdb", &newest_path);
+    restored(&format!("backups/{older}.duckdb"), &older_path);
+    restored(
+        &p.backups().join("latest.duckdb").display().to_string(),
+        &newest_path,
+    );
+    restored(&format!("./backups/{older}.manifest.json"), &older_path);
+    let elsewhere = tempfile::tempdir().unwrap();
+    fs::copy(&newest_path, elsewhere.path().join("latest.duckdb")).unwrap();
+    let before = sha256(&p.db());
+    let out = p.run(&[
+        "restore",
+        &elsewhere.path().join("latest.duckdb").display().to_string(),
+    ]);
+    assert_exit(&out, 66);
+    assert_eq!(sha256(&p.db()), before, "nothing restored");
+}
+
 #[test]
 fn restore_while_another_process_holds_the_database_is_refused_and_nothing_moves() {
     let p = Project::new("");
