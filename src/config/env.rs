@@ -35,10 +35,18 @@ pub(super) fn apply(
             | "BACKUP_RETENTION_DAYS"
             | "BACKUP_MAX_TOTAL_BYTES"
             | "BACKUP_MIN_FREE_BYTES"
-            | "DUCKDB_THREADS" => raw
-                .trim()
-                .parse::<u64>()
-                .map_or_else(|_| Value::String(raw.clone()), Value::from),
+            | "DUCKDB_THREADS" => {
+                // A negative number stays a number, so that the schema says it is below the
+                // minimum rather than "not an integer".
+                let n = raw.trim();
+                n.parse::<i64>().map_or_else(
+                    |_| {
+                        n.parse::<u64>()
+                            .map_or_else(|_| Value::String(raw.clone()), Value::from)
+                    },
+                    Value::from,
+                )
+            }
             "RESTORE_ON_FAILURE" => match raw.trim().to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => Value::Bool(true),
                 "0" | "false" | "no" | "off" => Value::Bool(false),

@@ -78,7 +78,7 @@ pub fn load(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<Set
         violations.extend(unknown_keys(map));
     }
     violations.extend(schema_violations(&object));
-    reject(violations)?;
+    reject(from_overrides(violations, &overridden))?;
     let config: Config = serde_json::from_value(object).map_err(|e| Error::ConfigInvalid {
         source_name: name.clone(),
         violations: vec![Violation {
@@ -106,6 +106,21 @@ pub fn load(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<Set
         notes,
         overridden,
     })
+}
+
+/// Says, of each problem with a key set over the file, where its value came from: the file
+/// the summary line names is not where to look.
+fn from_overrides(mut violations: Vec<Violation>, overridden: &[&str]) -> Vec<Violation> {
+    for v in &mut violations {
+        let key = v.pointer.trim_start_matches('/');
+        if let Some(key) = overridden.iter().find(|k| **k == key) {
+            v.message = format!(
+                "{} (the value comes from `--set {key}=…` or `$DUCKSAFE_{key}`, not from the file)",
+                v.message
+            );
+        }
+    }
+    violations
 }
 
 /// The largest configuration file read; a real one is well under 4 KiB.
@@ -140,7 +155,15 @@ fn read_file(path: &Path) -> Result<Value> {
         .metadata()
         .map_err(|e| Error::io("read configuration", path, e))?;
     if !meta.is_file() {
-        return Err(invalid("it is not a regular file".into()));
+        let what = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(invalid(format!(
+            "`{}` is {what}: name the configuration file itself",
+            path.display()
+        )));
     }
     let mut bytes = Vec::new();
     file.take(MAX_CONFIG_BYTES + 1)
@@ -148,10 +171,12 @@ fn read_file(path: &Path) -> Result<Value> {
         .map_err(|e| Error::io("read configuration", path, e))?;
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
         return Err(invalid(format!(
-            "it is larger than {MAX_CONFIG_BYTES} bytes"
+            "`{}` is larger than {MAX_CONFIG_BYTES} bytes",
+            path.display()
         )));
     }
-    let text = String::from_utf8(bytes).map_err(|_| invalid("it is not UTF-8 text".into()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| invalid(format!("`{}` is not UTF-8 text", path.display())))?;
     parse_text(&text, path)
 }
 
@@ -434,5 +459,41 @@ mod tests {
         };
         let all = serde_json::to_string(&e.entries()).unwrap();
         assert!(!all.contains("hunter"), "{all}");
+    }
+
+    #[test]
+    fn a_bad_value_set_over_the_file_says_so_and_a_negative_number_is_a_number() {
+        let v = serde_json::json!({"DB_PATH": "a.duckdb", "LOG_LEVEL": "INFO"});
+        let env = |var: &str| (var == "DUCKSAFE_BACKUP_KEEP_LAST").then(|| "-1".to_owned());
+        let Err(Error::ConfigInvalid { violations, .. }) = load(&inline(v.clone()), &env) else {
+            panic!("expected invalid")
+        };
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        let m = &violations[0].message;
+        assert!(m.contains("minimum") && !m.contains("integer"), "{m}");
+        assert!(
+            m.contains("`--set BACKUP_KEEP_LAST=…` or `$DUCKSAFE_BACKUP_KEEP_LAST`"),
+            "{m}"
+        );
+        // The same mistake in the file itself names no override.
+        let mut in_file = v;
+        in_file["BACKUP_KEEP_LAST"] = serde_json::json!(-1);
+        let Err(Error::ConfigInvalid { violations, .. }) = load(&inline(in_file), &no_env) else {
+            panic!("expected invalid")
+        };
+        assert!(!violations[0].message.contains("--set"), "{violations:?}");
+    }
+
+    #[test]
+    fn a_folder_given_as_the_configuration_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let Err(Error::ConfigInvalid { violations, .. }) = read_file(dir.path()) else {
+            panic!("expected invalid")
+        };
+        let m = &violations[0].message;
+        assert!(
+            m.starts_with(&format!("`{}` is a directory", dir.path().display())),
+            "{m}"
+        );
     }
 }
