@@ -176,28 +176,7 @@ fn prepare(
             .extend(folders::tighten(&quarantine::root(settings)));
     }
     let inv = match &store {
-        Some(s) if !dry_run => {
-            // What an interrupted conversion or collection left (see `incremental`).
-            let inv = s.inventory()?;
-            let swept = s.sweep_packed(&inv).unwrap_or_else(|e| {
-                notes.warnings.push(format!(
-                    "what an interrupted conversion left was not removed ({e}); the next backup tries again"
-                ));
-                Vec::new()
-            });
-            let inv = if swept.is_empty() {
-                inv
-            } else {
-                notes.cleaned.extend(swept);
-                s.inventory()?
-            };
-            if let Err(e) = s.collect_packs(&inv) {
-                notes.warnings.push(format!(
-                    "packs no backup needs were not deleted ({e}); the next backup tries again"
-                ));
-            }
-            inv
-        }
+        Some(s) if !dry_run => swept_inventory(s, notes)?,
         Some(s) => s.inventory()?,
         None => Inventory::default(),
     };
@@ -226,6 +205,31 @@ fn prepare(
         inv,
         id,
     })
+}
+
+/// The inventory of a backup about to be taken, after removing what an interrupted conversion
+/// or collection left (see `incremental`) and the packs no backup needs: neither can fail the
+/// backup, only warn.
+fn swept_inventory(s: &Store, notes: &mut Notes) -> Result<Inventory> {
+    let inv = s.inventory()?;
+    let swept = s.sweep_packed(&inv).unwrap_or_else(|e| {
+        notes.warnings.push(format!(
+            "what an interrupted conversion left was not removed ({e}); the next backup tries again"
+        ));
+        Vec::new()
+    });
+    let inv = if swept.is_empty() {
+        inv
+    } else {
+        notes.cleaned.extend(swept);
+        s.inventory()?
+    };
+    if let Err(e) = s.collect_packs(&inv) {
+        notes.warnings.push(format!(
+            "packs no backup needs were not deleted ({e}); the next backup tries again"
+        ));
+    }
+    Ok(inv)
 }
 
 /// The backup directory as a backup would find it, checked without writing anything (for a
