@@ -97,6 +97,8 @@ struct Ready {
     store: Option<Store>,
     owner: Owner,
     _dir_lock: Option<DirLock>,
+    /// A guarded run's turn on the database, held from its check to its record.
+    turn: Option<lease::Turn>,
     source: SourceLock,
     /// The WAL files beside the database, read once under the lock: they decide the space
     /// needed, whether the copy will be byte-exact, and what gets folded in.
@@ -161,9 +163,13 @@ fn prepare(
         };
         (None, owner)
     };
-    if let (Some(s), true) = (&store, guards_a_run) {
-        lease::check(s.dir())?;
-    }
+    let turn = take_turn(
+        guards_a_run,
+        dry_run,
+        &owner.database,
+        dir,
+        &mut notes.warnings,
+    )?;
     if let Some(s) = store.as_ref().filter(|_| !dry_run) {
         notes.cleaned = s.clean_leftovers(true)?;
     }
@@ -198,6 +204,7 @@ fn prepare(
         store,
         owner,
         _dir_lock: dir_lock,
+        turn,
         source,
         wals,
         needed,
@@ -230,6 +237,29 @@ fn swept_inventory(s: &Store, notes: &mut Notes) -> Result<Inventory> {
         ));
     }
     Ok(inv)
+}
+
+/// A guarded run's turn on the database `db`: refused while another guarded run of it is in
+/// progress, through whichever backup directory; held until this run is recorded
+/// ([`lease`]). A dry run checks the same and holds nothing; a backup that guards no run
+/// neither.
+fn take_turn(
+    guards_a_run: bool,
+    dry_run: bool,
+    db: &Path,
+    dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Option<lease::Turn>> {
+    if !guards_a_run {
+        return Ok(None);
+    }
+    if dry_run {
+        lease::check(db, dir)?;
+        return Ok(None);
+    }
+    let turn = lease::Turn::take(db, dir)?;
+    warnings.extend(turn.note.clone());
+    Ok(Some(turn))
 }
 
 /// The backup directory as a backup would find it, checked without writing anything (for a
@@ -351,6 +381,7 @@ fn run_noting(
         store,
         owner,
         _dir_lock,
+        mut turn,
         source,
         wals,
         space,
@@ -387,13 +418,15 @@ fn run_noting(
         warnings.push(w);
     }
     failpoint::hit("backup.latest");
-    if guards_a_run {
-        if let Err(e) = lease::record(store.dir(), &id, request_id) {
+    if let Some(turn) = &mut turn {
+        if let Err(e) = turn.record(&id, request_id) {
             warnings.push(format!(
                 "the run that follows could not be recorded ({e}): another guarded run of this database will not wait for it"
             ));
         }
     }
+    // Recorded: from here on another pre_run finds the lease, and says whose it is.
+    drop(turn);
 
     inv.backups.push(store::Entry {
         id: id.clone(),
