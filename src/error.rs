@@ -80,9 +80,12 @@ pub enum Error {
         holder: Option<String>,
     },
 
+    /// `dir`: the backup directory the run's backup is in (through whichever configuration
+    /// it was started).
     #[error(
-        "another guarded run of this database is in progress: PID {pid}, since {}, after backup `{backup_id}`",
-        since.format("%Y-%m-%d %H:%M:%S UTC")
+        "another guarded run of this database is in progress: PID {pid}, since {}, after backup `{backup_id}` in `{}`",
+        since.format("%Y-%m-%d %H:%M:%S UTC"),
+        dir.display()
     )]
     RunInProgress {
         dir: PathBuf,
@@ -90,6 +93,11 @@ pub enum Error {
         backup_id: String,
         since: chrono::DateTime<chrono::Utc>,
     },
+
+    /// Another ducksafe holds the database's lease file for a moment: a pre_run between its
+    /// check and its record, a restore, a post_run ending its run.
+    #[error("another ducksafe is starting, restoring or ending a guarded run of database `{}`", database.display())]
+    RunTurnBusy { database: PathBuf, lease: PathBuf },
 
     #[error("another ducksafe is working in `{}`{}", dir.display(), holder_text(*pid, None))]
     LockBusy { dir: PathBuf, pid: Option<i32> },
@@ -236,7 +244,9 @@ impl Error {
             Error::DatabaseInvalid { .. } => C::DatabaseInvalid,
             Error::DatabaseDamaged { .. } => C::DatabaseDamaged,
             Error::DatabaseLocked { .. } => C::DatabaseLocked,
-            Error::LockBusy { .. } | Error::RunInProgress { .. } => C::LockBusy,
+            Error::LockBusy { .. } | Error::RunInProgress { .. } | Error::RunTurnBusy { .. } => {
+                C::LockBusy
+            }
             Error::BackupDirUnsafe { .. }
             | Error::UnsafeFolder { .. }
             | Error::SharedBackupDir { .. }
@@ -296,8 +306,12 @@ impl Error {
                 Some("another backup or restore is running; retry when it has finished".into())
             }
             Error::RunInProgress { .. } => Some(
-                "guarded runs of one database take turns: retry when that run's post_run has ended it (a run whose process is gone no longer counts)".into(),
+                "guarded runs of one database take turns, whatever configuration or backup directory they use: retry when that run's post_run has ended it (a run whose process is gone no longer counts)".into(),
             ),
+            Error::RunTurnBusy { lease, .. } => Some(format!(
+                "it holds `{}` while it checks and records a guarded run, or restores: retry in a moment",
+                lease.display()
+            )),
             Error::BackupDirUnsafe { dir, .. } => Some(unsafe_folder_hint("BACKUP_DIR", dir)),
             Error::BackupDirReadOnly { .. } => Some(
                 "no chmod fixes this: remount that filesystem read-write (`mount -o remount,rw MOUNTPOINT`), or set `BACKUP_DIR` to a writable disk; nothing was written, and `list` and `verify` still read the backups there".into(),

@@ -71,8 +71,10 @@ pub fn run(g: &Global, a: &DeleteArgs) -> i32 {
                 ),
             ));
         }
-        if let Some(run) =
-            crate::engine::lease::live(store.dir()).filter(|l| l.backup_id == entry.id)
+        let db = crate::engine::database::path(&settings)?;
+        if let Some(run) = crate::engine::lease::in_use(Some(&db), store.dir())
+            .into_iter()
+            .find(|l| l.backup_id == entry.id)
         {
             return Err(refuse(
                 format!(

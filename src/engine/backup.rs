@@ -97,6 +97,8 @@ struct Ready {
     store: Option<Store>,
     owner: Owner,
     _dir_lock: Option<DirLock>,
+    /// A guarded run's turn on the database, held from its check to its record.
+    turn: Option<lease::Turn>,
     source: SourceLock,
     /// The WAL files beside the database, read once under the lock: they decide the space
     /// needed, whether the copy will be byte-exact, and what gets folded in.
@@ -161,9 +163,13 @@ fn prepare(
         };
         (None, owner)
     };
-    if let (Some(s), true) = (&store, guards_a_run) {
-        lease::check(s.dir())?;
-    }
+    let turn = take_turn(
+        guards_a_run,
+        dry_run,
+        &owner.database,
+        dir,
+        &mut notes.warnings,
+    )?;
     if let Some(s) = store.as_ref().filter(|_| !dry_run) {
         notes.cleaned = s.clean_leftovers(true)?;
     }
@@ -176,28 +182,7 @@ fn prepare(
             .extend(folders::tighten(&quarantine::root(settings)));
     }
     let inv = match &store {
-        Some(s) if !dry_run => {
-            // What an interrupted conversion or collection left (see `incremental`).
-            let inv = s.inventory()?;
-            let swept = s.sweep_packed(&inv).unwrap_or_else(|e| {
-                notes.warnings.push(format!(
-                    "what an interrupted conversion left was not removed ({e}); the next backup tries again"
-                ));
-                Vec::new()
-            });
-            let inv = if swept.is_empty() {
-                inv
-            } else {
-                notes.cleaned.extend(swept);
-                s.inventory()?
-            };
-            if let Err(e) = s.collect_packs(&inv) {
-                notes.warnings.push(format!(
-                    "packs no backup needs were not deleted ({e}); the next backup tries again"
-                ));
-            }
-            inv
-        }
+        Some(s) if !dry_run => swept_inventory(s, notes)?,
         Some(s) => s.inventory()?,
         None => Inventory::default(),
     };
@@ -219,6 +204,7 @@ fn prepare(
         store,
         owner,
         _dir_lock: dir_lock,
+        turn,
         source,
         wals,
         needed,
@@ -226,6 +212,54 @@ fn prepare(
         inv,
         id,
     })
+}
+
+/// The inventory of a backup about to be taken, after removing what an interrupted conversion
+/// or collection left (see `incremental`) and the packs no backup needs: neither can fail the
+/// backup, only warn.
+fn swept_inventory(s: &Store, notes: &mut Notes) -> Result<Inventory> {
+    let inv = s.inventory()?;
+    let swept = s.sweep_packed(&inv).unwrap_or_else(|e| {
+        notes.warnings.push(format!(
+            "what an interrupted conversion left was not removed ({e}); the next backup tries again"
+        ));
+        Vec::new()
+    });
+    let inv = if swept.is_empty() {
+        inv
+    } else {
+        notes.cleaned.extend(swept);
+        s.inventory()?
+    };
+    if let Err(e) = s.collect_packs(&inv) {
+        notes.warnings.push(format!(
+            "packs no backup needs were not deleted ({e}); the next backup tries again"
+        ));
+    }
+    Ok(inv)
+}
+
+/// A guarded run's turn on the database `db`: refused while another guarded run of it is in
+/// progress, through whichever backup directory; held until this run is recorded
+/// ([`lease`]). A dry run checks the same and holds nothing; a backup that guards no run
+/// neither.
+fn take_turn(
+    guards_a_run: bool,
+    dry_run: bool,
+    db: &Path,
+    dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Option<lease::Turn>> {
+    if !guards_a_run {
+        return Ok(None);
+    }
+    if dry_run {
+        lease::check(db, dir)?;
+        return Ok(None);
+    }
+    let turn = lease::Turn::take(db, dir)?;
+    warnings.extend(turn.note.clone());
+    Ok(Some(turn))
 }
 
 /// The backup directory as a backup would find it, checked without writing anything (for a
@@ -347,6 +381,7 @@ fn run_noting(
         store,
         owner,
         _dir_lock,
+        mut turn,
         source,
         wals,
         space,
@@ -383,13 +418,15 @@ fn run_noting(
         warnings.push(w);
     }
     failpoint::hit("backup.latest");
-    if guards_a_run {
-        if let Err(e) = lease::record(store.dir(), &id, request_id) {
+    if let Some(turn) = &mut turn {
+        if let Err(e) = turn.record(&id, request_id) {
             warnings.push(format!(
                 "the run that follows could not be recorded ({e}): another guarded run of this database will not wait for it"
             ));
         }
     }
+    // Recorded: from here on another pre_run finds the lease, and says whose it is.
+    drop(turn);
 
     inv.backups.push(store::Entry {
         id: id.clone(),

@@ -61,7 +61,7 @@ fn open_lock_file(path: &Path) -> std::io::Result<File> {
 }
 
 /// True while `file` is still the file at `path` (not deleted or replaced since it was opened).
-fn still_at(file: &File, path: &Path) -> bool {
+pub fn still_at(file: &File, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (file.metadata(), std::fs::symlink_metadata(path)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),

@@ -126,8 +126,15 @@ fn restore(
     let store = store.owned_by(owner);
     // A guarded run in progress writes the database until its own post_run: only that run's
     // caller may restore now. Another restore (an older run's rollback, an operator's command)
-    // would erase its work (`lease`).
-    lease::check(store.dir())?;
+    // would erase its work (`lease`), through whichever backup directory. The database's turn
+    // is held to the end: no guarded run starts meanwhile through another one.
+    let db = database::path(settings)?;
+    let _turn = if dry_run {
+        lease::check(&db, store.dir())?;
+        None
+    } else {
+        Some(lease::Turn::take(&db, store.dir())?)
+    };
     let recovery = journal::recover(settings, dry_run)?;
     let entry = store.resolve(selector)?;
     check_expected(settings, &entry, expect_sha256)?;

@@ -13,7 +13,10 @@
 //!   .ducksafe-ids                            0600  every id ever issued here, in order
 //!   .ducksafe-database.json                  0600  the one database these backups belong to
 //!                                                  (see super::identity)
-//!   .ducksafe-run.json                       0600  the guarded run in progress (super::lease)
+//!   .ducksafe-run.json                       0600  a guarded run in progress, recorded here
+//!                                                  by earlier versions or when the database's
+//!                                                  folder is read-only; otherwise the lease is
+//!                                                  beside the database (super::lease)
 //!   .ducksafe-tmp-…                                in-flight files; never a backup name
 //!   quarantine/                              0700  databases moved aside by restores
 //! ```
@@ -666,7 +669,11 @@ impl Store {
             Some(id) => Some(id.to_owned()),
             None => self.last_made(inv)?,
         };
-        let in_use = lease::live(&self.dir).map(|l| l.backup_id);
+        let in_use: Vec<String> =
+            lease::in_use(self.owner.as_ref().map(|o| o.database.as_path()), &self.dir)
+                .into_iter()
+                .map(|l| l.backup_id)
+                .collect();
         // A packed backup weighs its share of the packs, a plain one its file: the budget
         // compares what the backups really take on disk.
         let usage = if inv
@@ -696,7 +703,7 @@ impl Store {
                 proven: b.manifest.verification.fully_verified(),
                 latest: latest.as_deref() == Some(b.id.as_str()),
                 last_made: last_made.as_deref() == Some(b.id.as_str()),
-                in_use: in_use.as_deref() == Some(b.id.as_str()),
+                in_use: in_use.contains(&b.id),
             })
             .collect())
     }

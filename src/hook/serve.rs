@@ -65,7 +65,11 @@ fn serve(request: &Request, mut ctx: Ctx) -> Response {
                 // The run this post_run reports on is over (kept or restored): the next guarded
                 // run may start. A refused post_run changes nothing, the lease included: it
                 // goes when its caller retries successfully, or stale when the caller exits.
-                crate::engine::lease::release(&settings.backup_dir, request.backup_id.as_deref());
+                crate::engine::lease::release(
+                    &crate::engine::database::resolve(&settings.db_path),
+                    &settings.backup_dir,
+                    request.backup_id.as_deref(),
+                );
             }
             response
         }

@@ -10,6 +10,7 @@ mod backup;
 mod blockstore;
 mod cli;
 mod edges;
+mod guarded_runs;
 mod init_and_locks;
 mod integrations;
 mod protocol;
