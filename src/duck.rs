@@ -307,6 +307,7 @@ impl Db {
     }
 
     fn open(path: &Path, mode: AccessMode, limits: &Limits) -> Result<Db, DuckError> {
+        let started = std::time::Instant::now();
         let mut config = Config::default()
             .access_mode(mode)
             .and_then(|c| c.enable_autoload_extension(false))
@@ -328,6 +329,7 @@ impl Db {
             }
             other => other,
         })?;
+        crate::timing::took(&format!("DuckDB open `{}`", path.display()), started);
         Ok(Db { conn })
     }
 
@@ -461,7 +463,10 @@ impl Db {
 
     /// Closes the database, reporting an error DuckDB raises while closing.
     pub fn close(self) -> Result<(), DuckError> {
-        self.conn.close().map_err(|(_, e)| classify(&e))
+        let started = std::time::Instant::now();
+        let closed = self.conn.close().map_err(|(_, e)| classify(&e));
+        crate::timing::took("DuckDB close", started);
+        closed
     }
 }
 

@@ -122,6 +122,7 @@ fn prepare(
     notes: &mut Notes,
 ) -> Result<Ready> {
     database::check(settings)?;
+    crate::timing::phase("database checked");
     let dir = &settings.backup_dir;
     let warnings = &mut notes.warnings;
     // Where a directory that does not exist yet would be created: its free space decides.
@@ -164,6 +165,7 @@ fn prepare(
     if let (Some(s), true) = (&store, guards_a_run) {
         lease::check(s.dir())?;
     }
+    crate::timing::phase("backup directory opened, locked and claimed");
     if let Some(s) = store.as_ref().filter(|_| !dry_run) {
         notes.cleaned = s.clean_leftovers(true)?;
     }
@@ -176,31 +178,11 @@ fn prepare(
             .extend(folders::tighten(&quarantine::root(settings)));
     }
     let inv = match &store {
-        Some(s) if !dry_run => {
-            // What an interrupted conversion or collection left (see `incremental`).
-            let inv = s.inventory()?;
-            let swept = s.sweep_packed(&inv).unwrap_or_else(|e| {
-                notes.warnings.push(format!(
-                    "what an interrupted conversion left was not removed ({e}); the next backup tries again"
-                ));
-                Vec::new()
-            });
-            let inv = if swept.is_empty() {
-                inv
-            } else {
-                notes.cleaned.extend(swept);
-                s.inventory()?
-            };
-            if let Err(e) = s.collect_packs(&inv) {
-                notes.warnings.push(format!(
-                    "packs no backup needs were not deleted ({e}); the next backup tries again"
-                ));
-            }
-            inv
-        }
+        Some(s) if !dry_run => swept_inventory(s, notes)?,
         Some(s) => s.inventory()?,
         None => Inventory::default(),
     };
+    crate::timing::phase("leftovers, interrupted restores and inventory");
     let source = SourceLock::acquire(&settings.db_path)?;
     if !dry_run {
         failpoint::hit("backup.locked");
@@ -215,6 +197,7 @@ fn prepare(
         ),
     };
     let space = space::check(space_dir, needed, settings.config.backup_min_free_bytes)?;
+    crate::timing::phase("database locked, next id, space checked");
     Ok(Ready {
         store,
         owner,
@@ -226,6 +209,30 @@ fn prepare(
         inv,
         id,
     })
+}
+
+/// The inventory of `store` once what an interrupted conversion or collection left is swept
+/// (see `incremental`); what could not be swept or collected is a warning in `notes`.
+fn swept_inventory(s: &Store, notes: &mut Notes) -> Result<Inventory> {
+    let inv = s.inventory()?;
+    let swept = s.sweep_packed(&inv).unwrap_or_else(|e| {
+        notes.warnings.push(format!(
+            "what an interrupted conversion left was not removed ({e}); the next backup tries again"
+        ));
+        Vec::new()
+    });
+    let inv = if swept.is_empty() {
+        inv
+    } else {
+        notes.cleaned.extend(swept);
+        s.inventory()?
+    };
+    if let Err(e) = s.collect_packs(&inv) {
+        notes.warnings.push(format!(
+            "packs no backup needs were not deleted ({e}); the next backup tries again"
+        ));
+    }
+    Ok(inv)
 }
 
 /// The backup directory as a backup would find it, checked without writing anything (for a
@@ -341,8 +348,7 @@ fn run_noting(
     guards_a_run: bool,
     notes: &mut Notes,
 ) -> Result<Outcome> {
-    let t = std::time::Instant::now();
-    let phase = |name: &str| tracing::debug!("{name}: {} ms", t.elapsed().as_millis());
+    let phase = crate::timing::phase;
     let Ready {
         store,
         owner,
@@ -360,7 +366,6 @@ fn run_noting(
             "the backup directory was not opened".into(),
         ));
     };
-    phase("locked");
 
     let limits = database::limits(settings);
     let (snap, verified) = copy_and_verify(settings, &source, &wals, store.temp_path(&id), &limits)
@@ -371,12 +376,13 @@ fn run_noting(
     // The first backup of this database in this directory records it as the owner, before the
     // manifest that names the same id is published.
     identity::record(store.dir(), &owner)?;
+    phase("identity recorded");
     let manifest = manifest_for(settings, &owner, &id, now, &snap, verified, request_id);
     let path = store.publish(snap.temp.path(), &manifest)?;
     snap.temp.disarm();
     drop(source);
     failpoint::hit("publish.renamed");
-    phase("published");
+    phase("published (manifest, sidecar, rename, directory fsync)");
 
     warnings.extend(snap.warnings.iter().cloned());
     if let Some(w) = store.point_latest(&id)? {
@@ -390,6 +396,7 @@ fn run_noting(
             ));
         }
     }
+    phase("latest swapped, run recorded");
 
     inv.backups.push(store::Entry {
         id: id.clone(),
@@ -414,7 +421,7 @@ fn run_noting(
     failpoint::hit("rotation.done");
     phase("rotated");
     let deleted: u64 = rotation.deleted.iter().map(|d| d.bytes).sum();
-    Ok(Outcome {
+    let outcome = Ok(Outcome {
         manifest,
         path,
         rotation,
@@ -429,7 +436,9 @@ fn run_noting(
             },
         },
         notes: Notes::default(),
-    })
+    });
+    phase("space reported");
+    outcome
 }
 
 /// A damaged database: names the newest backup to restore, and the command that does it.

@@ -83,9 +83,11 @@ fn read(
     limits: &Limits,
 ) -> std::result::Result<Contents, DuckError> {
     let (db, header) = Db::open_read_only_with_header(path, limits)?;
+    let started = std::time::Instant::now();
     let duckdb_version = db.library_version()?;
     let names = db.tables()?;
     let (views, sequences) = db.object_counts()?;
+    crate::timing::took(&format!("catalog of `{}`", path.display()), started);
     let mut tables = Vec::with_capacity(names.len());
     for t in &names {
         let (rows, fingerprint) = match level {

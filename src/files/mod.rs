@@ -80,7 +80,10 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
         .open(dir)?;
-    d.sync_all()
+    let started = std::time::Instant::now();
+    let synced = d.sync_all();
+    crate::timing::took(&format!("fsync of folder `{}`", dir.display()), started);
+    synced
 }
 
 /// Renames `from` to `to`, replacing `to` atomically if it exists, then syncs `to`'s directory.
@@ -119,7 +122,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let result = (|| {
         let mut f = create_private(&tmp)?;
         f.write_all(bytes)?;
+        let started = std::time::Instant::now();
         f.sync_all()?;
+        crate::timing::took(&format!("fsync of `{}`", path.display()), started);
         rename_durable(&tmp, path)
     })();
     if result.is_err() {
