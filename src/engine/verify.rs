@@ -96,12 +96,14 @@ fn read(
             VerifyLevel::Full => {
                 let started = std::time::Instant::now();
                 let fp = db.fingerprint(t).map_err(|e| in_table(t, e))?;
-                tracing::debug!(
-                    "scanned `{}` in `{}` ({} rows) in {} ms",
-                    t.display(),
-                    path.display(),
-                    fp.rows,
-                    started.elapsed().as_millis()
+                crate::timing::took(
+                    &format!(
+                        "scan of `{}` in `{}` ({} rows)",
+                        t.display(),
+                        path.display(),
+                        fp.rows
+                    ),
+                    started,
                 );
                 (Some(fp.rows), Some(fp))
             }
