@@ -480,12 +480,16 @@ fn with_way_out(e: Error, settings: &Settings, store: &Store, inv: &Inventory) -
     Error::DatabaseDamaged { path, why, restore }
 }
 
-/// Copies the locked source and verifies the copy at the configured level.
+/// Copies the locked source and verifies the copy at the configured level, with one DuckDB
+/// instance for both databases.
 ///
-/// Without a WAL the copy will be byte-identical to the source (the read-back proves it), so
-/// the source's scan is the copy's scan: it runs alongside the copy instead of after it, and the
-/// copy itself is opened by DuckDB (catalog) while it is fsynced. After a WAL fold the folded
-/// copy is scanned and compared with the source table by table.
+/// DuckDB starts on a thread of its own as soon as the copy does, and creates its built-in
+/// catalog there ([`duck::Instance::warm`]), so that its start-up overlaps the copy, the hash
+/// and the fsync instead of following them. Without a WAL the copy will be byte-identical to
+/// the source (the read-back proves it), so the source's scan is the copy's scan: that thread
+/// runs it alongside the copy, and the copy itself is attached to the same instance (catalog)
+/// while it is fsynced. After a WAL fold the folded copy is scanned and compared with the
+/// source table by table, both attached to that instance.
 fn copy_and_verify(
     settings: &Settings,
     source: &SourceLock,
@@ -495,10 +499,24 @@ fn copy_and_verify(
 ) -> Result<(snapshot::Snapshot, verify::Outcome)> {
     let level = settings.config.verify_level;
     let byte_exact = wals.is_empty();
+    let scan_source = byte_exact && level > VerifyLevel::Quick;
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
-        let source_scan = (byte_exact && level > VerifyLevel::Quick).then(|| {
-            scope.spawn(|| {
-                verify::inspect(&settings.db_path, level, limits, &|e| match e {
+        let duck_thread = scope.spawn(move || {
+            let duck = verify::started_for(&settings.db_path, limits).and_then(|d| {
+                d.warm()?;
+                Ok(d)
+            });
+            let duck = match duck {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                    return None;
+                }
+            };
+            let _ = started_tx.send(duck.connect());
+            scan_source.then(|| {
+                verify::inspect_in(&duck, &settings.db_path, level, limits, &|e| match e {
                     DuckError::Corrupt(why) => Error::DatabaseDamaged {
                         path: settings.db_path.clone(),
                         why,
@@ -519,21 +537,26 @@ fn copy_and_verify(
             limits,
             want_blocks,
             |temp, folded| {
-                let copy_level = if source_scan.is_some() && !folded {
+                let duck = started_rx
+                    .recv()
+                    .map_err(|_| Error::Internal("DuckDB's thread ended without a word".into()))?
+                    .map_err(|e| Error::VerificationFailed {
+                        path: temp.to_path_buf(),
+                        why: format!("DuckDB cannot start: {e}"),
+                    })?;
+                let copy_level = if scan_source && !folded {
                     VerifyLevel::Quick
                 } else {
                     level
                 };
-                verify::fresh(temp, folded, &settings.db_path, copy_level, limits)
+                verify::fresh(&duck, temp, folded, &settings.db_path, copy_level, limits)
             },
         );
-        let scanned = source_scan.map(|h| {
-            h.join()
-                .map_err(|_| Error::Internal("the scanning thread panicked".into()))
-                .and_then(|r| r)
-        });
+        let scanned = duck_thread
+            .join()
+            .map_err(|_| Error::Internal("DuckDB's thread panicked".into()));
         let (snap, mut verified) = taken?;
-        if let Some(scanned) = scanned {
+        if let Some(scanned) = scanned? {
             verify::adopt_source_scan(&mut verified, scanned?, level, snap.temp.path())?;
         }
         Ok((snap, verified))
