@@ -378,25 +378,44 @@ fn run_noting(
     identity::record(store.dir(), &owner)?;
     phase("identity recorded");
     let manifest = manifest_for(settings, &owner, &id, now, &snap, verified, request_id);
-    let path = store.publish(snap.temp.path(), &manifest)?;
+    // The record of the run that follows is written and fsynced under a temporary name while
+    // the backup is published (its fsync shares their journal commits); it is put in place
+    // only after `latest`, as before.
+    let (published, lease) = std::thread::scope(|s| {
+        let staging = guards_a_run.then(|| s.spawn(|| lease::stage(store.dir(), &id, request_id)));
+        let published = store.publish(snap.temp.path(), &manifest);
+        let lease = staging.map(|h| {
+            h.join()
+                .map_err(|_| Error::Internal("the staging thread panicked".into()))
+                .and_then(|r| r)
+        });
+        (published, lease)
+    });
+    let path = published?;
     snap.temp.disarm();
     drop(source);
     failpoint::hit("publish.renamed");
     phase("published (manifest, sidecar, rename, directory fsync)");
 
     warnings.extend(snap.warnings.iter().cloned());
-    if let Some(w) = store.point_latest(&id)? {
+    if let Some(w) = store.swap_latest(&id)? {
         warnings.push(w);
     }
     failpoint::hit("backup.latest");
-    if guards_a_run {
-        if let Err(e) = lease::record(store.dir(), &id, request_id) {
-            warnings.push(format!(
-                "the run that follows could not be recorded ({e}): another guarded run of this database will not wait for it"
-            ));
-        }
+    let recorded = lease.map(|staged| {
+        staged.and_then(|s| {
+            s.put()
+                .map_err(|e| Error::io("record the run in", &lease::path(store.dir()), e))
+        })
+    });
+    // One fsync of the folder for `latest` and the run's record.
+    files::sync_dir(store.dir()).map_err(|e| Error::io("sync", store.dir(), e))?;
+    if let Some(Err(e)) = recorded {
+        warnings.push(format!(
+            "the run that follows could not be recorded ({e}): another guarded run of this database will not wait for it"
+        ));
     }
-    phase("latest swapped, run recorded");
+    phase("latest swapped, run recorded (one folder fsync)");
 
     inv.backups.push(store::Entry {
         id: id.clone(),

@@ -56,7 +56,8 @@ impl Lease {
     }
 }
 
-fn path(dir: &Path) -> PathBuf {
+/// Where the record of a guarded run lives in the backup directory `dir`.
+pub fn path(dir: &Path) -> PathBuf {
     dir.join(NAME)
 }
 
@@ -87,6 +88,16 @@ pub fn check(dir: &Path) -> Result<()> {
 
 /// Records the run that the backup `backup_id` guards: the calling process's.
 pub fn record(dir: &Path, backup_id: &str, request_id: Option<&str>) -> Result<()> {
+    let p = path(dir);
+    stage(dir, backup_id, request_id)?
+        .put()
+        .and_then(|()| files::sync_dir(dir))
+        .map_err(|e| Error::io("record the run in", &p, e))
+}
+
+/// [`record`]'s file written under a temporary name and fsynced, for the caller to put in
+/// place and sync the directory ([`files::Staged`]).
+pub fn stage(dir: &Path, backup_id: &str, request_id: Option<&str>) -> Result<files::Staged> {
     let pid = files::parent_pid();
     let lease = Lease {
         pid,
@@ -96,7 +107,7 @@ pub fn record(dir: &Path, backup_id: &str, request_id: Option<&str>) -> Result<(
         since: Utc::now(),
     };
     let p = path(dir);
-    files::write_json_atomic(&p, &lease).map_err(|e| Error::io("record the run in", &p, e))
+    files::stage_json(&p, &lease).map_err(|e| Error::io("record the run in", &p, e))
 }
 
 /// Ends the run a post_run reports on: the lease goes when it names `backup_id` or the calling

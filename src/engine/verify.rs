@@ -69,9 +69,15 @@ pub fn inspect_in(
 }
 
 /// Starts the instance [`inspect_in`] reads `path` through: with the small scan pool when it
-/// applies ([`Limits::scan_pool`]), else with `limits`.
+/// applies ([`Limits::scan_pool`]), else with `limits`, and on one thread until a scan sets
+/// its own: DuckDB creates its built-in catalog about twice as fast on one thread as with a
+/// second one waiting for work (measured: 8.8 against 17.4 ms).
 pub fn started_for(path: &Path, limits: &Limits) -> std::result::Result<Instance, DuckError> {
-    Instance::start(limits.scan_pool(path).as_ref().unwrap_or(limits))
+    let pool = limits.scan_pool(path);
+    Instance::start(&Limits {
+        threads: Some(1),
+        ..pool.unwrap_or_else(|| limits.clone())
+    })
 }
 
 /// Reads with `pool` first when there is one, then with `limits` if that ran out of memory.
@@ -84,12 +90,12 @@ fn read_with_fallback(
     pool: Option<&Limits>,
     limits: &Limits,
 ) -> std::result::Result<Contents, DuckError> {
+    // Before the attachment: a WAL is replayed into memory as the database is attached.
+    duck.set_limits(pool.unwrap_or(limits))?;
     let (db, header) = duck.attach_read_only(path)?;
     let Some(pool) = pool else {
-        duck.set_limits(limits)?;
         return read(&db, header, path, level).and_then(|c| db.close().map(|()| c));
     };
-    duck.set_limits(pool)?;
     let contents = match read(&db, header.clone(), path, level) {
         Err(DuckError::OutOfMemory(m)) => {
             tracing::warn!(
