@@ -4,7 +4,13 @@
 //! ```sh
 //! cargo run --example bench                      # seed size, ~100 MB and ~1 GB
 //! cargo run --example bench -- --sizes seed --reps 9
+//! cargo run --example bench -- --sizes seed --baseline OLD/ducksafe   # an older build beside
+//! cargo run --example bench -- --phases 15 --baseline OLD/ducksafe    # the hook's DEBUG phase log
 //! ```
+//! The seed's manager runs twice: under `python3` from PATH, and under the Python of an isolated
+//! venv made once beside the databases (`python3 -m venv --without-pip`), which starts faster.
+//! `--baseline BIN` adds the hook and backups of another ducksafe binary to the same interleaved
+//! run, so before and after are measured side by side.
 //! Databases are generated once into `--dir` (default `$CARGO_TARGET_DIR/bench` or
 //! `target/bench`) and reused by later runs. Every measured operation is a separate process,
 //! timed from spawn to exit; its peak memory is the child's `ru_maxrss` from `wait4`. Caches
@@ -57,6 +63,8 @@ const SIZES: [Size; 3] = [
 
 struct Sample {
     secs: f64,
+    /// User plus system CPU time of the child.
+    cpu_secs: f64,
     max_rss_kib: i64,
 }
 
@@ -85,6 +93,8 @@ fn main() {
         .map_or_else(|| PathBuf::from("target"), PathBuf::from)
         .join("bench");
     let mut storage_scales: Option<Vec<storage::Scale>> = None;
+    let mut baseline: Option<PathBuf> = None;
+    let mut phases: Option<usize> = None;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
@@ -118,6 +128,14 @@ fn main() {
                 dir = PathBuf::from(&args[i + 1]);
                 i += 1;
             }
+            "--baseline" => {
+                baseline = Some(fs::canonicalize(&args[i + 1]).unwrap());
+                i += 1;
+            }
+            "--phases" => {
+                phases = Some(args[i + 1].parse().unwrap());
+                i += 1;
+            }
             other => panic!("unknown argument {other}; see the header of examples/bench.rs"),
         }
         i += 1;
@@ -126,6 +144,11 @@ fn main() {
     let dir = fs::canonicalize(&dir).unwrap();
     let bin = ducksafe_bin();
     let seed_manager = seed_manager();
+    if let Some(runs) = phases {
+        phase_log(&dir, &bin, baseline.as_deref(), runs);
+        return;
+    }
+    let seed_python = seed_manager.as_ref().map(|_| isolated_python(&dir));
     println!("# ducksafe benchmark");
     println!();
     println!("machine: {}", machine());
@@ -147,7 +170,14 @@ fn main() {
     let mut report = Vec::new();
     for size in sizes {
         let reps = reps_override.unwrap_or(size.reps);
-        let rows = bench_size(&dir, size, reps, &bin, seed_manager.as_deref());
+        let rows = bench_size(
+            &dir,
+            size,
+            reps,
+            &bin,
+            baseline.as_deref(),
+            seed_manager.as_deref().zip(seed_python.as_deref()),
+        );
         report.push(rows);
     }
     fs::write(
@@ -158,13 +188,8 @@ fn main() {
     println!("saved {}", dir.join("report.json").display());
 }
 
-fn bench_size(
-    root: &Path,
-    size: Size,
-    reps: usize,
-    bin: &Path,
-    seed_manager: Option<&Path>,
-) -> serde_json::Value {
+/// The project folder of `size`, with its database generated once.
+fn project_for(root: &Path, size: Size) -> PathBuf {
     let project = root.join(size.name);
     fs::create_dir_all(&project).unwrap();
     let db = project.join("simulation.duckdb");
@@ -183,6 +208,19 @@ fn bench_size(
             t.elapsed().as_secs_f64()
         );
     }
+    project
+}
+
+fn bench_size(
+    root: &Path,
+    size: Size,
+    reps: usize,
+    bin: &Path,
+    baseline: Option<&Path>,
+    seed: Option<(&Path, &Path)>,
+) -> serde_json::Value {
+    let project = project_for(root, size);
+    let db = project.join("simulation.duckdb");
     let bytes = fs::metadata(&db).unwrap().len();
     // DuckDB's own default pool is 80% of RAM: the baseline for ducksafe's small scan pool.
     let duckdb_default = format!("DUCKDB_MEMORY_LIMIT: {}MB\n", ram_mb() * 4 / 5);
@@ -202,12 +240,21 @@ fn bench_size(
         .unwrap();
     }
     let cfg = |level: &str| project.join(format!("config.{level}.yaml"));
-    // `ducksafe --config config.NAME.yaml ARGS…` in the project, measured.
-    let ducksafe = |name: &str, args: &[&str]| {
+    // `BIN --config config.NAME.yaml ARGS…` in the project, measured.
+    let ducksafe_of = |bin: &Path, name: &str, args: &[&str]| {
         run(
             Command::new(bin).arg("--config").arg(cfg(name)).args(args),
             &project,
         )
+    };
+    let ducksafe = |name: &str, args: &[&str]| ducksafe_of(bin, name, args);
+    // The hook's pre_run at `level`, from process start to exit.
+    let hook_of = |bin: &Path, level: &str| {
+        let req = format!(
+            r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
+            cfg(level).display()
+        );
+        run_stdin(Command::new(bin).arg("hook"), &project, req.as_bytes())
     };
     // One backup to verify and restore from.
     ducksafe("full", &["backup"]);
@@ -263,14 +310,12 @@ fn bench_size(
             Box::new(|| ducksafe("full-duckdb-pool", &["backup"])),
         ),
         (
-            "ducksafe hook pre_run, full (process start to JSON answer)",
-            Box::new(|| {
-                let req = format!(
-                    r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
-                    cfg("full").display()
-                );
-                run_stdin(Command::new(bin).arg("hook"), &project, req.as_bytes())
-            }),
+            "ducksafe hook pre_run, quick (process start to exit)",
+            Box::new(|| hook_of(bin, "quick")),
+        ),
+        (
+            "ducksafe hook pre_run, full (process start to exit)",
+            Box::new(|| hook_of(bin, "full")),
         ),
         (
             "ducksafe verify latest",
@@ -301,20 +346,49 @@ fn bench_size(
             }),
         ),
     ];
-    if let Some(seed) = seed_manager {
-        let seed_dir = scratch.join("seed_backups");
-        let (db, project) = (db.clone(), project.clone());
+    if let Some(old) = baseline {
         methods.push((
-            "seed BackupManager (python, no fsync, no read-back)",
-            Box::new(move || {
-                let s = run(
-                    Command::new("python3").arg(seed).arg(&db).arg(&seed_dir),
-                    &project,
-                );
-                let _ = fs::remove_dir_all(&seed_dir);
-                s
-            }),
+            "baseline: ducksafe hook pre_run, quick",
+            Box::new(move || hook_of(old, "quick")),
         ));
+        methods.push((
+            "baseline: ducksafe hook pre_run, full",
+            Box::new(move || hook_of(old, "full")),
+        ));
+        methods.push((
+            "baseline: ducksafe backup, quick",
+            Box::new(move || ducksafe_of(old, "quick", &["backup"])),
+        ));
+        methods.push((
+            "baseline: ducksafe backup, full",
+            Box::new(move || ducksafe_of(old, "full", &["backup"])),
+        ));
+    }
+    // The row the paired ratios divide by: the seed's manager under the isolated venv.
+    let mut seed_row = None;
+    if let Some((seed, venv_python)) = seed {
+        for (name, python) in [
+            (
+                "seed BackupManager (python3 from PATH, no fsync, no read-back)",
+                Path::new("python3"),
+            ),
+            ("seed BackupManager (isolated venv's python)", venv_python),
+        ] {
+            let seed_dir = scratch.join("seed_backups");
+            let (db, project) = (db.clone(), project.clone());
+            methods.push((
+                name,
+                Box::new(move || {
+                    let s = run(
+                        Command::new(python).arg(seed).arg(&db).arg(&seed_dir),
+                        &project,
+                    );
+                    let _ = fs::remove_dir_all(&seed_dir);
+                    s
+                }),
+            ));
+        }
+        seed_row = Some(methods.len() - 1);
     }
 
     let mut samples: Vec<Vec<Sample>> = methods.iter().map(|_| Vec::new()).collect();
@@ -338,8 +412,10 @@ fn bench_size(
         reps
     );
     println!();
-    println!("| operation | median s | vs floor | peak RSS MiB |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| operation | median s | vs floor | median CPU s | peak RSS MiB | vs seed (venv), paired |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
     for (i, (name, _)) in methods.iter().enumerate() {
         let m = median(&samples[i]);
@@ -348,11 +424,28 @@ fn bench_size(
         } else {
             floor
         };
+        let cpu = median_of(samples[i].iter().map(|s| s.cpu_secs).collect());
         let rss = samples[i].iter().map(|s| s.max_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
-        println!("| {name} | {m:.3} | {:.2}x | {rss:.1} |", m / base);
+        // The median of this row's sample divided by the seed's sample of the same repetition.
+        let paired = seed_row.map(|k| {
+            median_of(
+                samples[i]
+                    .iter()
+                    .zip(&samples[k])
+                    .map(|(a, b)| a.secs / b.secs)
+                    .collect(),
+            )
+        });
+        let paired_text = paired.map_or_else(String::new, |r| format!("{r:.2}x"));
+        println!(
+            "| {name} | {m:.3} | {:.2}x | {cpu:.3} | {rss:.1} | {paired_text} |",
+            m / base
+        );
         rows.push(serde_json::json!({
-            "operation": name, "median_s": m, "ratio": m / base, "peak_rss_mib": rss,
+            "operation": name, "median_s": m, "ratio": m / base, "median_cpu_s": cpu,
+            "peak_rss_mib": rss, "paired_vs_seed_venv": paired,
             "samples_s": samples[i].iter().map(|s| s.secs).collect::<Vec<_>>(),
+            "samples_cpu_s": samples[i].iter().map(|s| s.cpu_secs).collect::<Vec<_>>(),
         }));
     }
     println!();
@@ -361,7 +454,10 @@ fn bench_size(
 }
 
 fn median(v: &[Sample]) -> f64 {
-    let mut s: Vec<f64> = v.iter().map(|x| x.secs).collect();
+    median_of(v.iter().map(|x| x.secs).collect())
+}
+
+fn median_of(mut s: Vec<f64>) -> f64 {
     s.sort_by(f64::total_cmp);
     s[s.len() / 2]
 }
@@ -400,8 +496,10 @@ fn run_stdin(cmd: &mut Command, cwd: &Path, input: &[u8]) -> Sample {
         }
         panic!("{cmd:?} failed (status {status}): {err}");
     }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Sample {
         secs,
+        cpu_secs: tv(usage.ru_utime) + tv(usage.ru_stime),
         max_rss_kib: usage.ru_maxrss,
     }
 }
@@ -521,4 +619,194 @@ fn machine() -> String {
 
 fn human(n: u64) -> String {
     ducksafe::error::human_bytes(n)
+}
+
+/// The Python of an isolated venv beside the databases, made once (`python3 -m venv
+/// --without-pip`): the seed's manager with the fastest start-up a user would give it.
+fn isolated_python(root: &Path) -> PathBuf {
+    let venv = root.join("seed-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let made = Command::new("python3")
+            .args(["-m", "venv", "--without-pip"])
+            .arg(&venv)
+            .status()
+            .unwrap();
+        assert!(made.success(), "python3 -m venv failed");
+    }
+    python
+}
+
+/// The hook's own `DEBUG` phase log at seed size, `runs` times per level after one unmeasured
+/// run, for this build and for `baseline`: the median of each line, the wall time from spawn to
+/// exit, and what lies outside the log (process start and exit).
+fn phase_log(root: &Path, bin: &Path, baseline: Option<&Path>, runs: usize) {
+    let project = project_for(root, SIZES[0]);
+    let mut bins = vec![("this build", bin)];
+    if let Some(b) = baseline {
+        bins.push(("baseline", b));
+    }
+    for level in ["quick", "full"] {
+        let cfg = project.join(format!("config.phases.{level}.yaml"));
+        fs::write(
+            &cfg,
+            format!("DB_PATH: simulation.duckdb\nLOG_LEVEL: DEBUG\nBACKUP_DIR: backups\nBACKUP_KEEP_LAST: 1\nBACKUP_MIN_FREE_BYTES: 0\nVERIFY_LEVEL: {level}\n"),
+        )
+        .unwrap();
+        let req = format!(
+            r#"{{"protocol_version":1,"event":"pre_run","config":{{"path":"{}"}}}}"#,
+            cfg.display()
+        );
+        // Per binary: line → one list of (sum of its durations, times it appeared) per run.
+        let mut logs: Vec<PhaseRuns> = bins.iter().map(|_| PhaseRuns::default()).collect();
+        for rep in 0..=runs {
+            for (k, (_, b)) in bins.iter().enumerate() {
+                let start = Instant::now();
+                let out = Command::new(b)
+                    .arg("hook")
+                    .current_dir(&project)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .and_then(|mut c| {
+                        c.stdin.take().unwrap().write_all(req.as_bytes())?;
+                        c.wait_with_output()
+                    })
+                    .unwrap();
+                let wall = start.elapsed().as_secs_f64() * 1000.0;
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                if rep > 0 {
+                    logs[k].add(&String::from_utf8_lossy(&out.stderr), wall);
+                }
+            }
+        }
+        println!("## The hook's phase log at seed size, VERIFY_LEVEL {level} ({runs} runs, medians in ms)");
+        println!();
+        let header: Vec<String> = bins.iter().map(|(n, _)| format!("{n} ms | n")).collect();
+        println!("| line of the log | {} |", header.join(" | "));
+        println!("|---|{}", "---:|---:|".repeat(bins.len()));
+        let mut keys: Vec<String> = Vec::new();
+        for l in &logs {
+            for key in &l.order {
+                if !keys.contains(key) {
+                    keys.push(key.clone());
+                }
+            }
+        }
+        for key in keys {
+            let cells: Vec<String> = logs
+                .iter()
+                .map(|l| match l.lines.get(&key) {
+                    Some(v) if v.len() == runs => format!(
+                        "{:.1} | {}",
+                        median_of(v.iter().map(|(d, _)| *d).collect()),
+                        median_of(v.iter().map(|(_, n)| f64::from(*n)).collect())
+                    ),
+                    Some(v) => format!(
+                        "{:.1} | in {} of {runs} runs",
+                        median_of(v.iter().map(|(d, _)| *d).collect()),
+                        v.len()
+                    ),
+                    None => " | ".to_owned(),
+                })
+                .collect();
+            println!("| {key} | {} |", cells.join(" | "));
+        }
+        println!();
+    }
+}
+
+/// The parsed `DEBUG` logs of several runs of one binary.
+#[derive(Default)]
+struct PhaseRuns {
+    order: Vec<String>,
+    lines: std::collections::HashMap<String, Vec<(f64, u32)>>,
+}
+
+impl PhaseRuns {
+    /// Adds one run's log: `phase NAME: D ms (at T ms)` and `NAME: D ms (from S to T ms)`
+    /// lines, with paths replaced by what they are, durations of a line summed over the run.
+    fn add(&mut self, log: &str, wall_ms: f64) {
+        let mut run: Vec<(String, f64, u32)> = Vec::new();
+        let mut last_at = 0.0;
+        for line in log.lines() {
+            let Some(rest) = line.trim_start().strip_prefix("DEBUG ") else {
+                continue;
+            };
+            let Some((name, tail)) = rest.rsplit_once(": ") else {
+                continue;
+            };
+            let Some(ms) = tail
+                .split_once(" ms")
+                .and_then(|(d, _)| d.parse::<f64>().ok())
+            else {
+                continue;
+            };
+            if let Some(at) = tail
+                .split_once("(at ")
+                .and_then(|(_, t)| t.trim_end_matches(" ms)").parse::<f64>().ok())
+            {
+                last_at = at;
+            }
+            let key = generic(name);
+            match run.iter_mut().find(|(k, _, _)| *k == key) {
+                Some(e) => {
+                    e.1 += ms;
+                    e.2 += 1;
+                }
+                None => run.push((key, ms, 1)),
+            }
+        }
+        run.push((
+            "process start and exit (wall from spawn to exit, minus the last phase's end)".into(),
+            wall_ms - last_at,
+            1,
+        ));
+        run.push(("wall, spawn to exit".into(), wall_ms, 1));
+        for (key, ms, n) in run {
+            if !self.order.contains(&key) {
+                self.order.push(key.clone());
+            }
+            self.lines.entry(key).or_default().push((ms, n));
+        }
+    }
+}
+
+/// A log line's name with its paths replaced by what they name, so runs compare.
+fn generic(name: &str) -> String {
+    let mut out = String::new();
+    let mut parts = name.split('`');
+    out.push_str(parts.next().unwrap_or(""));
+    let mut inside = true;
+    for p in parts {
+        if inside {
+            let what = if p.contains(".ducksafe-tmp-backup") {
+                "the copy"
+            } else if p.ends_with("simulation.duckdb") {
+                "the database"
+            } else if p.ends_with(".manifest.json") {
+                "a manifest"
+            } else if p.ends_with(".sha256") {
+                "a sidecar"
+            } else if p.ends_with(".ducksafe-run.json") {
+                "the run record"
+            } else if p.ends_with("backups") {
+                "the backup folder"
+            } else {
+                p
+            };
+            out.push('`');
+            out.push_str(what);
+            out.push('`');
+        } else {
+            out.push_str(p);
+        }
+        inside = !inside;
+    }
+    out
 }

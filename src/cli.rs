@@ -247,6 +247,7 @@ pub struct PostRunArgs {
 
 /// Parses the command line, runs the command, and returns the process exit code.
 pub fn main() -> i32 {
+    crate::timing::start();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -10,7 +10,7 @@
 //! file per step of a backup); [`duck`] alone talks to DuckDB; [`files`] alone does low-level
 //! file work. [`output`] writes every report (text, or `--json`) and the protocol line;
 //! [`error`] maps every failure to its protocol code and exit code; [`protocol`] holds the
-//! types behind the JSON Schemas; [`rollback`] says how to undo a run.
+//! types behind the JSON Schemas; [`rollback`] says how to undo a run; [`timing`] is the `DEBUG` phase log.
 
 #![warn(clippy::print_stdout)]
 
@@ -30,4 +30,5 @@ pub mod progress;
 pub mod protocol;
 pub mod rollback;
 pub mod schemas;
+pub mod timing;
 pub mod workload;

@@ -257,6 +257,7 @@ pub fn start_logging(level: tracing::Level) {
         .with_target(false)
         .without_time()
         .try_init();
+    crate::timing::phase("request read, configuration loaded, logging started");
 }
 
 /// Whether the log may colour its levels: stderr is a terminal and `NO_COLOR` is unset or empty

@@ -16,5 +16,7 @@ pub fn run() -> i32 {
         Ok(_) => crate::hook::answer(&buf),
         Err(e) => crate::hook::unreadable(&e),
     };
-    crate::output::protocol_line(&response)
+    let code = crate::output::protocol_line(&response);
+    crate::timing::phase("answer written");
+    code
 }

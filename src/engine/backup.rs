@@ -124,6 +124,7 @@ fn prepare(
     notes: &mut Notes,
 ) -> Result<Ready> {
     database::check(settings)?;
+    crate::timing::phase("database checked");
     let dir = &settings.backup_dir;
     let warnings = &mut notes.warnings;
     // Where a directory that does not exist yet would be created: its free space decides.
@@ -170,6 +171,7 @@ fn prepare(
         dir,
         &mut notes.warnings,
     )?;
+    crate::timing::phase("backup directory opened, locked and claimed");
     if let Some(s) = store.as_ref().filter(|_| !dry_run) {
         notes.cleaned = s.clean_leftovers(true)?;
     }
@@ -186,6 +188,7 @@ fn prepare(
         Some(s) => s.inventory()?,
         None => Inventory::default(),
     };
+    crate::timing::phase("leftovers, interrupted restores and inventory");
     let source = SourceLock::acquire(&settings.db_path)?;
     if !dry_run {
         failpoint::hit("backup.locked");
@@ -200,6 +203,7 @@ fn prepare(
         ),
     };
     let space = space::check(space_dir, needed, settings.config.backup_min_free_bytes)?;
+    crate::timing::phase("database locked, next id, space checked");
     Ok(Ready {
         store,
         owner,
@@ -375,8 +379,7 @@ fn run_noting(
     guards_a_run: bool,
     notes: &mut Notes,
 ) -> Result<Outcome> {
-    let t = std::time::Instant::now();
-    let phase = |name: &str| tracing::debug!("{name}: {} ms", t.elapsed().as_millis());
+    let phase = crate::timing::phase;
     let Ready {
         store,
         owner,
@@ -395,7 +398,6 @@ fn run_noting(
             "the backup directory was not opened".into(),
         ));
     };
-    phase("locked");
 
     let limits = database::limits(settings);
     let (snap, verified) = copy_and_verify(settings, &source, &wals, store.temp_path(&id), &limits)
@@ -406,18 +408,21 @@ fn run_noting(
     // The first backup of this database in this directory records it as the owner, before the
     // manifest that names the same id is published.
     identity::record(store.dir(), &owner)?;
+    phase("identity recorded");
     let manifest = manifest_for(settings, &owner, &id, now, &snap, verified, request_id);
     let path = store.publish(snap.temp.path(), &manifest)?;
     snap.temp.disarm();
     drop(source);
     failpoint::hit("publish.renamed");
-    phase("published");
+    phase("published (manifest, sidecar, rename, directory fsync)");
 
     warnings.extend(snap.warnings.iter().cloned());
-    if let Some(w) = store.point_latest(&id)? {
+    if let Some(w) = store.swap_latest(&id)? {
         warnings.push(w);
     }
     failpoint::hit("backup.latest");
+    // `latest` swapped: one folder fsync (the swap leaves it to its caller).
+    files::sync_dir(store.dir()).map_err(|e| Error::io("sync", store.dir(), e))?;
     if let Some(turn) = &mut turn {
         if let Err(e) = turn.record(&id, request_id) {
             warnings.push(format!(
@@ -427,6 +432,7 @@ fn run_noting(
     }
     // Recorded: from here on another pre_run finds the lease, and says whose it is.
     drop(turn);
+    phase("latest swapped and synced, run recorded");
 
     inv.backups.push(store::Entry {
         id: id.clone(),
@@ -451,7 +457,7 @@ fn run_noting(
     failpoint::hit("rotation.done");
     phase("rotated");
     let deleted: u64 = rotation.deleted.iter().map(|d| d.bytes).sum();
-    Ok(Outcome {
+    let outcome = Ok(Outcome {
         manifest,
         path,
         rotation,
@@ -466,7 +472,9 @@ fn run_noting(
             },
         },
         notes: Notes::default(),
-    })
+    });
+    phase("space reported");
+    outcome
 }
 
 /// A damaged database: names the newest backup to restore, and the command that does it.
@@ -508,12 +516,16 @@ fn with_way_out(e: Error, settings: &Settings, store: &Store, inv: &Inventory) -
     Error::DatabaseDamaged { path, why, restore }
 }
 
-/// Copies the locked source and verifies the copy at the configured level.
+/// Copies the locked source and verifies the copy at the configured level, with one DuckDB
+/// instance for both databases.
 ///
-/// Without a WAL the copy will be byte-identical to the source (the read-back proves it), so
-/// the source's scan is the copy's scan: it runs alongside the copy instead of after it, and the
-/// copy itself is opened by DuckDB (catalog) while it is fsynced. After a WAL fold the folded
-/// copy is scanned and compared with the source table by table.
+/// DuckDB starts on a thread of its own as soon as the copy does, and creates its built-in
+/// catalog there ([`duck::Instance::warm`]), so that its start-up overlaps the copy, the hash
+/// and the fsync instead of following them. Without a WAL the copy will be byte-identical to
+/// the source (the read-back proves it), so the source's scan is the copy's scan: that thread
+/// runs it alongside the copy, and the copy itself is attached to the same instance (catalog)
+/// while it is fsynced. After a WAL fold the folded copy is scanned and compared with the
+/// source table by table, both attached to that instance.
 fn copy_and_verify(
     settings: &Settings,
     source: &SourceLock,
@@ -523,10 +535,24 @@ fn copy_and_verify(
 ) -> Result<(snapshot::Snapshot, verify::Outcome)> {
     let level = settings.config.verify_level;
     let byte_exact = wals.is_empty();
+    let scan_source = byte_exact && level > VerifyLevel::Quick;
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
-        let source_scan = (byte_exact && level > VerifyLevel::Quick).then(|| {
-            scope.spawn(|| {
-                verify::inspect(&settings.db_path, level, limits, &|e| match e {
+        let duck_thread = scope.spawn(move || {
+            let duck = verify::started_for(&settings.db_path, limits).and_then(|d| {
+                d.warm()?;
+                Ok(d)
+            });
+            let duck = match duck {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                    return None;
+                }
+            };
+            let _ = started_tx.send(duck.connect());
+            scan_source.then(|| {
+                verify::inspect_in(&duck, &settings.db_path, level, limits, &|e| match e {
                     DuckError::Corrupt(why) => Error::DatabaseDamaged {
                         path: settings.db_path.clone(),
                         why,
@@ -547,21 +573,26 @@ fn copy_and_verify(
             limits,
             want_blocks,
             |temp, folded| {
-                let copy_level = if source_scan.is_some() && !folded {
+                let duck = started_rx
+                    .recv()
+                    .map_err(|_| Error::Internal("DuckDB's thread ended without a word".into()))?
+                    .map_err(|e| Error::VerificationFailed {
+                        path: temp.to_path_buf(),
+                        why: format!("DuckDB cannot start: {e}"),
+                    })?;
+                let copy_level = if scan_source && !folded {
                     VerifyLevel::Quick
                 } else {
                     level
                 };
-                verify::fresh(temp, folded, &settings.db_path, copy_level, limits)
+                verify::fresh(&duck, temp, folded, &settings.db_path, copy_level, limits)
             },
         );
-        let scanned = source_scan.map(|h| {
-            h.join()
-                .map_err(|_| Error::Internal("the scanning thread panicked".into()))
-                .and_then(|r| r)
-        });
+        let scanned = duck_thread
+            .join()
+            .map_err(|_| Error::Internal("DuckDB's thread panicked".into()));
         let (snap, mut verified) = taken?;
-        if let Some(scanned) = scanned {
+        if let Some(scanned) = scanned? {
             verify::adopt_source_scan(&mut verified, scanned?, level, snap.temp.path())?;
         }
         Ok((snap, verified))

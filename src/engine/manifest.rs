@@ -171,6 +171,15 @@ impl Manifest {
     /// store's: its map is what rebuilds the backup) is written as format 2, with its digest; one
     /// without stays format 1, as earlier versions wrote it.
     pub fn write(&self, path: &Path) -> Result<()> {
+        let staged = self.stage(path)?;
+        let fail = |e: std::io::Error| Error::io("write manifest", path, e);
+        staged.put().map_err(fail)?;
+        files::sync_dir(files::parent_of(path)).map_err(fail)
+    }
+
+    /// The manifest written under a temporary name beside `path` and fsynced, for the caller
+    /// to put in place ([`files::Staged`]).
+    pub fn stage(&self, path: &Path) -> Result<files::Staged> {
         let fail = |e: std::io::Error| Error::io("write manifest", path, e);
         let mut value = serde_json::to_value(self).map_err(|e| fail(std::io::Error::other(e)))?;
         if self.blocks.is_some() || self.format >= 2 {
@@ -185,7 +194,7 @@ impl Manifest {
                 o.insert("digest".into(), serde_json::Value::String(digest));
             }
         }
-        files::write_json_atomic(path, &value).map_err(fail)
+        files::stage_json(path, &value).map_err(fail)
     }
 
     /// Reads a manifest, refusing symlinks and oversized files.

@@ -477,18 +477,37 @@ impl Store {
         let final_path = self.backup_path(id);
         let sidecar = self.sidecar_path(id);
         // The id is recorded before anything appears under it, so it is never issued again
-        // (a crash after this burns it, harmlessly).
-        self.record_id(id)?;
+        // (a crash after this burns it, harmlessly). The manifest and the sidecar are written
+        // and fsynced under temporary names meanwhile: three fsyncs at once share the
+        // filesystem's journal commits.
+        let sidecar_line = manifest::sidecar_line(&manifest.sha256, &backup_file_name(id));
+        let (recorded, staged_manifest, staged_sidecar) = std::thread::scope(|s| {
+            let staging_sidecar = s.spawn(|| {
+                files::stage(&sidecar, sidecar_line.as_bytes())
+                    .map_err(|e| Error::io("write checksum file", &sidecar, e))
+            });
+            let staging_manifest = s.spawn(|| manifest.stage(&self.manifest_path(id)));
+            let recorded = self.record_id(id);
+            let joined = |h: std::thread::ScopedJoinHandle<'_, Result<files::Staged>>| {
+                h.join()
+                    .map_err(|_| Error::Internal("a staging thread panicked".into()))
+                    .and_then(|r| r)
+            };
+            (recorded, joined(staging_manifest), joined(staging_sidecar))
+        });
+        recorded?;
+        let (staged_manifest, staged_sidecar) = (staged_manifest?, staged_sidecar?);
         let _section = Section::exclusive(&self.dir)?;
         let result = (|| {
-            manifest.write(&self.manifest_path(id))?;
+            let put =
+                |s: files::Staged, path: &Path| s.put().map_err(|e| Error::io("write", path, e));
+            put(staged_manifest, &self.manifest_path(id))?;
             failpoint::hit("publish.manifest");
-            files::write_atomic(
-                &sidecar,
-                manifest::sidecar_line(&manifest.sha256, &backup_file_name(id)).as_bytes(),
-            )
-            .map_err(|e| Error::io("write checksum file", &sidecar, e))?;
+            put(staged_sidecar, &sidecar)?;
             failpoint::hit("publish.sidecar");
+            // One fsync for both names, before the backup's: a backup never stands durably
+            // without its manifest and sidecar (either of those alone is a leftover).
+            files::sync_dir(&self.dir).map_err(|e| Error::io("sync", &self.dir, e))?;
             files::rename_noreplace(temp, &final_path)
                 .map_err(|e| Error::io("publish backup", &final_path, e))
         })();
@@ -504,9 +523,17 @@ impl Store {
         Ok(final_path)
     }
 
-    /// Points `latest.duckdb` at a backup, atomically. Returns a warning instead when the name
-    /// is taken by something that is not a symlink (ducksafe never replaces a user's file).
+    /// Points `latest.duckdb` at a backup, atomically and durably. Returns a warning instead
+    /// when the name is taken by something that is not a symlink (ducksafe never replaces a
+    /// user's file).
     pub fn point_latest(&self, id: &str) -> Result<Option<String>> {
+        let said = self.swap_latest(id)?;
+        files::sync_dir(&self.dir).map_err(|e| Error::io("sync", &self.dir, e))?;
+        Ok(said)
+    }
+
+    /// [`Store::point_latest`] without the directory's fsync: the caller syncs the directory.
+    pub fn swap_latest(&self, id: &str) -> Result<Option<String>> {
         let link = self.latest_path();
         if let Ok(meta) = fs::symlink_metadata(&link) {
             if !meta.file_type().is_symlink() {
@@ -517,7 +544,7 @@ impl Store {
             }
         }
         let target = PathBuf::from(backup_file_name(id));
-        files::symlink_atomic(&target, &link).map_err(|e| Error::io("update", &link, e))?;
+        files::symlink_swap(&target, &link).map_err(|e| Error::io("update", &link, e))?;
         Ok(None)
     }
 

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use super::manifest::{Manifest, TableEntry};
 use crate::config::VerifyLevel;
-use crate::duck::{Db, DuckError, Fingerprint, Header, Limits, TableName};
+use crate::duck::{Db, DuckError, Fingerprint, Header, Instance, Limits, TableName};
 use crate::error::{Error, Result};
 use crate::files;
 
@@ -51,41 +51,80 @@ pub fn inspect(
     limits: &Limits,
     on_error: &dyn Fn(DuckError) -> Error,
 ) -> Result<Contents> {
-    read_with_fallback(path, level, limits.scan_pool(path), limits).map_err(on_error)
+    let pool = limits.scan_pool(path);
+    Instance::start(pool.as_ref().unwrap_or(limits))
+        .and_then(|duck| read_with_fallback(&duck, path, level, pool.as_ref(), limits))
+        .map_err(on_error)
+}
+
+/// [`inspect`] through a running instance (see [`started_for`]), which it leaves running.
+pub fn inspect_in(
+    duck: &Instance,
+    path: &Path,
+    level: VerifyLevel,
+    limits: &Limits,
+    on_error: &dyn Fn(DuckError) -> Error,
+) -> Result<Contents> {
+    read_with_fallback(duck, path, level, limits.scan_pool(path).as_ref(), limits).map_err(on_error)
+}
+
+/// Starts the instance [`inspect_in`] reads `path` through: with the small scan pool when it
+/// applies ([`Limits::scan_pool`]), else with `limits`, and on one thread until a scan sets
+/// its own: DuckDB creates its built-in catalog about twice as fast on one thread as with a
+/// second one waiting for work (measured: 8.8 against 17.4 ms).
+pub fn started_for(path: &Path, limits: &Limits) -> std::result::Result<Instance, DuckError> {
+    let pool = limits.scan_pool(path);
+    Instance::start(&Limits {
+        threads: Some(1),
+        ..pool.unwrap_or_else(|| limits.clone())
+    })
 }
 
 /// Reads with `pool` first when there is one, then with `limits` if that ran out of memory.
+/// The instance is set to the limits of each read (the caller may have started it with
+/// others).
 fn read_with_fallback(
+    duck: &Instance,
     path: &Path,
     level: VerifyLevel,
-    pool: Option<Limits>,
+    pool: Option<&Limits>,
     limits: &Limits,
 ) -> std::result::Result<Contents, DuckError> {
+    // Before the attachment: a WAL is replayed into memory as the database is attached.
+    duck.set_limits(pool.unwrap_or(limits))?;
+    let (db, header) = duck.attach_read_only(path)?;
     let Some(pool) = pool else {
-        return read(path, level, limits);
+        return read(&db, header, path, level).and_then(|c| db.close().map(|()| c));
     };
-    match read(path, level, &pool) {
+    let contents = match read(&db, header.clone(), path, level) {
         Err(DuckError::OutOfMemory(m)) => {
             tracing::warn!(
                 "scanning `{}` needs more than ducksafe's default pool of {} ({m}); scanning again with DuckDB's default pool (set DUCKDB_MEMORY_LIMIT to choose)",
                 path.display(),
                 pool.memory_limit.as_deref().unwrap_or("?"),
             );
-            read(path, level, limits)
+            duck.set_limits(limits)?;
+            read(&db, header, path, level)
         }
         other => other,
-    }
+    }?;
+    db.close()?;
+    Ok(contents)
 }
 
+/// Reads the catalog of the attached `db` and, depending on `level`, its row counts or
+/// fingerprints.
 fn read(
+    db: &Db,
+    header: Header,
     path: &Path,
     level: VerifyLevel,
-    limits: &Limits,
 ) -> std::result::Result<Contents, DuckError> {
-    let (db, header) = Db::open_read_only_with_header(path, limits)?;
+    let started = std::time::Instant::now();
     let duckdb_version = db.library_version()?;
     let names = db.tables()?;
     let (views, sequences) = db.object_counts()?;
+    crate::timing::took(&format!("catalog of `{}`", path.display()), started);
     let mut tables = Vec::with_capacity(names.len());
     for t in &names {
         let (rows, fingerprint) = match level {
@@ -94,12 +133,14 @@ fn read(
             VerifyLevel::Full => {
                 let started = std::time::Instant::now();
                 let fp = db.fingerprint(t).map_err(|e| in_table(t, e))?;
-                tracing::debug!(
-                    "scanned `{}` in `{}` ({} rows) in {} ms",
-                    t.display(),
-                    path.display(),
-                    fp.rows,
-                    started.elapsed().as_millis()
+                crate::timing::took(
+                    &format!(
+                        "scan of `{}` in `{}` ({} rows)",
+                        t.display(),
+                        path.display(),
+                        fp.rows
+                    ),
+                    started,
                 );
                 (Some(fp.rows), Some(fp))
             }
@@ -111,7 +152,6 @@ fn read(
             fingerprint,
         });
     }
-    db.close()?;
     Ok(Contents {
         duckdb_version,
         header,
@@ -136,10 +176,12 @@ fn checks_for(level: VerifyLevel) -> Vec<String> {
     c.into_iter().map(str::to_owned).collect()
 }
 
-/// Verifies a fresh copy at `level`: opens the copy and, for a folded WAL, compares it with the
-/// source table by table. The size and SHA-256 read-back are [`super::snapshot::take`]'s;
-/// for a byte-exact copy it runs this while the copy is being fsynced and read back.
+/// Verifies a fresh copy at `level` through the running instance `duck`: attaches the copy and,
+/// for a folded WAL, compares it with the source table by table. The size and SHA-256
+/// read-back are [`super::snapshot::take`]'s; for a byte-exact copy it runs this while the copy
+/// is being fsynced and read back. Both are detached when it returns.
 pub fn fresh(
+    duck: &Instance,
     temp: &Path,
     wal_folded: bool,
     source: &Path,
@@ -150,7 +192,7 @@ pub fn fresh(
         path: temp.to_path_buf(),
         why: format!("DuckDB cannot read the copy: {e}"),
     };
-    let backup = inspect(temp, level, limits, &backup_err)?;
+    let backup = inspect_in(duck, temp, level, limits, &backup_err)?;
     if wal_folded && level > VerifyLevel::Quick {
         let source_err = |e: DuckError| match e {
             DuckError::Locked { pid, holder } => Error::DatabaseLocked {
@@ -163,7 +205,7 @@ pub fn fresh(
                 why: other.to_string(),
             },
         };
-        let src = inspect(source, level, limits, &source_err)?;
+        let src = inspect_in(duck, source, level, limits, &source_err)?;
         compare_tables(&src.tables, &backup.tables).map_err(|why| Error::VerificationFailed {
             path: temp.to_path_buf(),
             why: format!("the copy differs from the source after folding its WAL: {why}"),
@@ -392,12 +434,21 @@ mod tests {
     fn a_table_too_wide_for_the_small_pool_is_scanned_again_with_the_default_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = wide_database(dir.path());
-        let got =
-            read_with_fallback(&path, VerifyLevel::Full, Some(tiny()), &Limits::default()).unwrap();
+        let duck = Instance::start(&tiny()).unwrap();
+        let got = read_with_fallback(
+            &duck,
+            &path,
+            VerifyLevel::Full,
+            Some(&tiny()),
+            &Limits::default(),
+        )
+        .unwrap();
         assert_eq!(got.tables.len(), 1);
         assert_eq!(got.tables[0].rows, Some(70_000));
         // The same scan gives the same fingerprint whatever the pool.
-        let direct = read(&path, VerifyLevel::Full, &Limits::default()).unwrap();
+        let fresh = Instance::start(&Limits::default()).unwrap();
+        let direct =
+            read_with_fallback(&fresh, &path, VerifyLevel::Full, None, &Limits::default()).unwrap();
         assert_eq!(got.tables[0].fingerprint, direct.tables[0].fingerprint);
     }
 
@@ -405,7 +456,8 @@ mod tests {
     fn a_configured_limit_that_is_too_small_is_reported_not_retried() {
         let dir = tempfile::tempdir().unwrap();
         let path = wide_database(dir.path());
-        let e = read_with_fallback(&path, VerifyLevel::Full, None, &tiny()).unwrap_err();
+        let duck = Instance::start(&tiny()).unwrap();
+        let e = read_with_fallback(&duck, &path, VerifyLevel::Full, None, &tiny()).unwrap_err();
         assert!(matches!(e, DuckError::OutOfMemory(_)), "{e:?}");
         let msg = e.to_string();
         assert!(msg.contains("table `main.w`"), "{msg}");

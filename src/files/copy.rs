@@ -147,19 +147,28 @@ fn copy_with(
     let (to_hash, windows) = mpsc::sync_channel::<Window>(WINDOWS_IN_FLIGHT);
     std::thread::scope(|scope| {
         let hasher = scope.spawn(move || {
+            let started = std::time::Instant::now();
             let mut sha = Sha256::new();
             let mut bytes = 0u64;
             for window in windows {
                 sha.update(window.bytes());
                 bytes += window.bytes().len() as u64;
             }
+            crate::timing::took("SHA-256 of the copy", started);
             (bytes, <[u8; 32]>::from(sha.finalize()))
         });
+        let started = std::time::Instant::now();
         let copied = copy_and_compare(src, dst, ways, inspect, &to_hash);
         drop(to_hash);
+        crate::timing::took("copy and byte comparison", started);
         let synced = match copied {
             Ok(c) if c.first_difference.is_none() => {
-                let sync = scope.spawn(move || dst.sync_all());
+                let sync = scope.spawn(move || {
+                    let started = std::time::Instant::now();
+                    let synced = dst.sync_all();
+                    crate::timing::took("fsync of the copy", started);
+                    synced
+                });
                 meanwhile();
                 sync.join()
                     .map_err(|_| io::Error::other("the fsync thread panicked"))

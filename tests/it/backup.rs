@@ -710,3 +710,71 @@ fn a_quarantine_folder_made_by_hand_is_tightened_by_the_next_backup() {
         r.warnings
     );
 }
+
+/// How many times the hook's `DEBUG` log says a line starting with `what`.
+fn log_lines(log: &str, what: &str) -> usize {
+    log.lines()
+        .filter(|l| {
+            l.trim_start()
+                .strip_prefix("DEBUG ")
+                .is_some_and(|l| l.starts_with(what))
+        })
+        .count()
+}
+
+#[test]
+fn a_backup_starts_duckdb_once_and_reads_source_and_copy_through_it() {
+    for level in ["quick", "standard", "full"] {
+        let p = Project::new(&format!("VERIFY_LEVEL: {level}\n"));
+        p.write_config(&format!(
+            "DB_PATH: simulation.duckdb\nLOG_LEVEL: DEBUG\nBACKUP_MIN_FREE_BYTES: 0\nVERIFY_LEVEL: {level}\n"
+        ));
+        let mut c = support::bin();
+        c.current_dir(p.dir.path()).arg("hook");
+        let out = support::pipe(c, support::request("pre_run", &p.config(), "").as_bytes());
+        let r = support::one_response(&out);
+        assert_eq!(r.status, Status::Ok, "{r:?}");
+        let log = support::stderr(&out);
+        assert_eq!(
+            log_lines(&log, "DuckDB started (in memory)"),
+            1,
+            "{level}: {log}"
+        );
+        assert_eq!(log_lines(&log, "DuckDB open"), 0, "{level}: {log}");
+        // The copy is attached at every level; the source too when it is scanned.
+        assert_eq!(
+            log_lines(&log, "DuckDB attach"),
+            if level == "quick" { 1 } else { 2 },
+            "{level}: {log}"
+        );
+        assert_eq!(
+            log_lines(&log, "DuckDB detach"),
+            log_lines(&log, "DuckDB attach"),
+            "{level}: {log}"
+        );
+        // One scan per table, of the source (the copy is byte-identical).
+        let scans = if level == "full" { 3 } else { 0 };
+        assert_eq!(log_lines(&log, "scan of "), scans, "{level}: {log}");
+    }
+    // A WAL to fold: the fold opens the private copy read-write, and the comparison of the
+    // folded copy with the source still reads both through the one instance.
+    let p = Project::new("");
+    p.write_config("DB_PATH: simulation.duckdb\nLOG_LEVEL: DEBUG\nBACKUP_MIN_FREE_BYTES: 0\n");
+    write_into_wal(
+        &p.db(),
+        "INSERT INTO employees SELECT * FROM employees LIMIT 5",
+    );
+    let mut c = support::bin();
+    c.current_dir(p.dir.path()).arg("hook");
+    let out = support::pipe(c, support::request("pre_run", &p.config(), "").as_bytes());
+    assert_eq!(support::one_response(&out).status, Status::Ok);
+    let log = support::stderr(&out);
+    assert_eq!(log_lines(&log, "DuckDB started (in memory)"), 1, "{log}");
+    assert_eq!(
+        log_lines(&log, "DuckDB open"),
+        1,
+        "the fold's read-write open: {log}"
+    );
+    assert_eq!(log_lines(&log, "DuckDB attach"), 2, "{log}");
+    assert_eq!(log_lines(&log, "DuckDB detach"), 2, "{log}");
+}
