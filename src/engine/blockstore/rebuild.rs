@@ -127,6 +127,16 @@ impl<'a> Sources<'a> {
                     .read_exact_at(out, start)
                     .map_err(|e| Failure::io(&p.path, e))?;
                 if blockmap::hash(out) != *h {
+                    // A pack holding the same chunk is as good: an `independent` store keeps
+                    // every chunk in a pack for exactly this (the plain file's damage is for
+                    // its own verification to report).
+                    if let Some((pack, entry)) = self.index.get(h) {
+                        if u64::from(entry.raw) == len
+                            && matches!(pack.read_chunk(entry, frame, out), Ok(Ok(())))
+                        {
+                            return Ok(Origin::Pack);
+                        }
+                    }
                     return Err(Failure::Damaged(format!(
                         "`{}` changed after it was backed up: its bytes {start} to {} no longer have the hash its manifest records",
                         p.path.display(),
@@ -432,5 +442,34 @@ mod tests {
             err.to_string().contains("changed after it was backed up"),
             "{err}"
         );
+    }
+
+    /// A plain file's chunk that fails its hash is read from a pack that holds it too (an
+    /// `independent` store packs every chunk): the rebuild stays exact.
+    #[test]
+    fn a_damaged_plain_chunk_is_read_from_a_pack_that_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = testdb::two_runs(dir.path());
+        let ma = testdb::map(&a);
+        let want = std::fs::read(&a).unwrap();
+        let packs = Packs::of(dir.path());
+        packs.ensure().unwrap();
+        let index = packs.index().unwrap();
+        super::super::secure(&packs, &index, &[&ma], &[], &[Plain { path: &a, map: &ma }]).unwrap();
+        let index = packs.index().unwrap();
+        testdb::flip(&a, 300_000);
+        let sources = Sources::new(&index, &[Plain { path: &a, map: &ma }]).unwrap();
+        let mut out = Vec::new();
+        let r = rebuild(&ma, &sources, true, &mut |c| {
+            out.extend_from_slice(c);
+            Ok(())
+        })
+        .unwrap();
+        assert!(
+            out == want,
+            "the rebuild is the original, not the damaged file"
+        );
+        assert_eq!(r.sha256.unwrap(), <[u8; 32]>::from(Sha256::digest(&want)));
+        assert!(r.from_packs > 0, "{r:?}");
     }
 }
