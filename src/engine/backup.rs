@@ -430,8 +430,6 @@ fn run_noting(
             ));
         }
     }
-    // Recorded: from here on another pre_run finds the lease, and says whose it is.
-    drop(turn);
     phase("latest swapped and synced, run recorded");
 
     inv.backups.push(store::Entry {
@@ -456,6 +454,12 @@ fn run_noting(
     let rotation = store.rotate(&plan, warnings);
     failpoint::hit("rotation.done");
     phase("rotated");
+    // Nothing is left that could fail this pre_run: the record stays (until here, a panic in
+    // the conversion or the rotation answers `abort`, and the turn's drop removes the record:
+    // no run follows). The turn's lock kept other guarded runs out meanwhile.
+    if let Some(turn) = turn {
+        turn.commit();
+    }
     let deleted: u64 = rotation.deleted.iter().map(|d| d.bytes).sum();
     let outcome = Ok(Outcome {
         manifest,
@@ -464,7 +468,11 @@ fn run_noting(
         space: SpaceReport {
             available_bytes: space.available,
             required_bytes: space.required,
-            backups_bytes: if store.packs().names().is_ok_and(|n| !n.is_empty()) {
+            // Real bytes whenever a block store is or was in use: a rotation that emptied the
+            // packs folder leaves files whose manifests still count shares of packs.
+            backups_bytes: if settings.config.backup_storage.blocks()
+                || store.packs().dir().exists()
+            {
                 // Plain files and packs, as they are on disk after the rotation.
                 store.inventory().map_or(0, |i| store.real_bytes(&i))
             } else {

@@ -140,6 +140,17 @@ fn read_in_dir(dir: &Path) -> Option<Lease> {
     Some(lease)
 }
 
+/// The backup the last guarded run of `db` through `dir` took, as its record says (live, or
+/// left by a run whose post_run has not come yet: a recipe whose lines run in separate
+/// shells): what a post_run that names no backup restores.
+pub fn recorded_backup(db: &Path, dir: &Path) -> Option<String> {
+    [read_beside(db), read_in_dir(dir)]
+        .into_iter()
+        .flatten()
+        .find(|l| l.names_dir(dir))
+        .map(|l| l.backup_id)
+}
+
 /// The live leases that concern a run of `db` through `dir`: the database's, and the one in
 /// the directory. Call with the directory lock held (the directory's lease is read under it).
 fn live(db: &Path, dir: &Path) -> impl Iterator<Item = Lease> {
@@ -191,6 +202,8 @@ pub struct Turn {
     db: PathBuf,
     dir: PathBuf,
     recorded: bool,
+    /// Set by [`Turn::commit`]: the pre_run that recorded the run answers `proceed`.
+    committed: bool,
     /// Why the lease is kept in the backup directory, when it is and that matters.
     pub note: Option<String>,
 }
@@ -207,6 +220,7 @@ impl Turn {
             db: db.to_path_buf(),
             dir: dir.to_path_buf(),
             recorded: false,
+            committed: false,
             note: None,
         };
         let file = match lock_lease(&path, true) {
@@ -281,10 +295,30 @@ impl Turn {
     }
 }
 
+impl Turn {
+    /// The pre_run that recorded the run is answering `proceed`: the record stays.
+    pub fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
 impl Drop for Turn {
     /// A lease file that records no run in progress (created for this turn and left empty, a
-    /// stale one, a record that failed half-way) is removed while it is still locked.
+    /// stale one, a record that failed half-way) is removed while it is still locked; so is a
+    /// record whose pre_run failed after it (a panic in the conversion or the rotation: it
+    /// answers `abort`, and no run follows).
     fn drop(&mut self) {
+        if self.recorded && !self.committed {
+            let path = match &self.file {
+                Some(_) => path_of(&self.db),
+                // Kept in the backup directory, whose lock the backup still holds.
+                None => self.dir.join(NAME),
+            };
+            if fs::remove_file(&path).is_ok() {
+                let _ = files::sync_dir(files::parent_of(&path));
+            }
+            return;
+        }
         let Some(file) = &self.file else { return };
         if self.recorded {
             return;

@@ -194,9 +194,20 @@ fn post_run(request: &Request, mut ctx: Ctx, settings: &Settings, now: DateTime<
     }
     let selector = if let Some(id) = &request.backup_id {
         id.clone()
+    } else if let Some(id) = crate::engine::lease::recorded_backup(
+        &crate::engine::database::path(settings).unwrap_or_else(|_| settings.db_path.clone()),
+        &settings.backup_dir,
+    ) {
+        // Not `latest`: an operator's backup taken during the run would hold its half-done work.
+        ctx.warnings.push(format!(
+            "no `backup_id` in the request: restoring `{id}`, the backup the run's pre_run took (its record beside the database)"
+        ));
+        id
     } else {
-        ctx.warnings
-            .push("no `backup_id` in the request: restoring `latest`".into());
+        ctx.warnings.push(
+            "no `backup_id` in the request and no record of the run's backup: restoring `latest`"
+                .into(),
+        );
         "latest".to_owned()
     };
     if request.dry_run {

@@ -425,3 +425,66 @@ fn the_lease_is_beside_the_database() {
         Path::new("/srv/sim/.simulation.duckdb.ducksafe-run")
     );
 }
+
+/// A post_run that names no backup (`ducksafe post-run --exit-code 1` in a recipe) restores the
+/// backup its run's pre_run took, as the run's record says, not `latest`: an operator's backup
+/// taken during the run holds the run's half-done work.
+#[test]
+fn a_post_run_naming_no_backup_restores_the_runs_own_backup() {
+    let p = Project::new("RESTORE_ON_FAILURE: true\n");
+    let (r, code) = p.pre_run();
+    assert_eq!(code, 0, "{r:?}");
+    let taken = r.backup.unwrap();
+    write_rows(&p.db(), 1);
+    let out = p.run(&["backup"]);
+    support::assert_ok(&out);
+    write_rows(&p.db(), 2);
+    let out = p.run(&["post-run", "--exit-code", "1"]);
+    let r = one_response(&out);
+    assert_eq!(
+        (out.status.code(), r.decision),
+        (Some(0), Decision::Restored),
+        "{r:?}"
+    );
+    assert_eq!(
+        support::sha256(&p.db()),
+        taken.sha256,
+        "the run's own backup is back"
+    );
+    assert!(
+        r.warnings.iter().any(|w| w.contains(&format!(
+            "restoring `{}`, the backup the run's pre_run took",
+            taken.id
+        ))),
+        "{:?}",
+        r.warnings
+    );
+}
+
+/// A pre_run that answers `abort` after its backup was published (a panic in the conversion
+/// or the rotation) records no run: nothing is left to block the next run or a restore.
+#[test]
+fn a_pre_run_that_aborts_after_publishing_records_no_run() {
+    let p = Project::new("");
+    let (r, code) = p.pre_run_env(&[("DUCKSAFE_FAILPOINT", "rotation.done:panic")]);
+    assert_eq!((code, r.decision), (70, Decision::Abort), "{r:?}");
+    assert!(p.backup_files().len() == 1, "the backup was published");
+    let beside = lease::path_of(&p.db());
+    let recorded = fs::read(&beside).unwrap_or_default();
+    assert!(
+        recorded.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&recorded)
+    );
+    assert!(!p.backups().join(".ducksafe-run.json").exists());
+}
+
+/// Rows a run writes (checkpointed): the database differs from every earlier state.
+fn write_rows(db: &Path, run: i32) {
+    let d = ducksafe::duck::Db::open_read_write(db, &ducksafe::duck::Limits::default()).unwrap();
+    d.execute_batch(&format!(
+        "UPDATE employees SET current_compensation = current_compensation + {run};"
+    ))
+    .unwrap();
+    d.close().unwrap();
+}
