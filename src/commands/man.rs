@@ -51,7 +51,16 @@ fn page(cmd: &clap::Command) -> Result<String, Error> {
 
 /// ducksafe.1, then ducksafe-COMMAND.1 for every command, into `dir`.
 fn write_pages(cmd: &clap::Command, dir: &Path) -> Result<Written, Error> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => {
+            return Err(Error::Usage(format!(
+                "`{}` is not a directory: --dir names the folder the pages go into",
+                dir.display()
+            )))
+        }
+        Ok(_) => {}
+        Err(_) => std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?,
+    }
     let mut pages = vec![("ducksafe.1".to_owned(), page(cmd)?)];
     for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
         // A subcommand's page is named and titled after the whole command line.
@@ -64,10 +73,25 @@ fn write_pages(cmd: &clap::Command, dir: &Path) -> Result<Written, Error> {
     }
     for (name, roff) in &pages {
         let path = dir.join(name);
-        std::fs::write(&path, roff).map_err(|e| Error::io("write", &path, e))?;
+        write_page(&path, roff).map_err(|e| Error::io("write", &path, e))?;
     }
     Ok(Written {
         dir: dir.display().to_string(),
         pages: pages.into_iter().map(|(n, _)| n).collect(),
     })
+}
+
+/// Writes a page in place, never through a symlink planted where it goes (`O_NOFOLLOW`: the
+/// write fails instead).
+fn write_page(path: &Path, roff: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    f.write_all(roff.as_bytes())
 }

@@ -177,6 +177,17 @@ fn the_man_pages_render_and_name_every_command() {
         std::fs::read(pages.join("ducksafe.1")).unwrap(),
         std::fs::read(&main).unwrap()
     );
+    // A symlink planted where a page goes is not written through; a file as --dir is refused.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    let trap = dir.path().join("trap");
+    std::fs::create_dir(&trap).unwrap();
+    std::os::unix::fs::symlink(&victim, trap.join("ducksafe-list.1")).unwrap();
+    let out = bin().args(["man", "--dir"]).arg(&trap).output().unwrap();
+    assert_exit(&out, 74);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    let out = bin().args(["man", "--dir"]).arg(&victim).output().unwrap();
+    assert!(assert_exit(&out, 64).contains("is not a directory"));
     for name in commands() {
         let page = pages.join(format!("ducksafe-{name}.1"));
         assert!(listed.contains(&page.display().to_string()), "{listed}");
@@ -215,7 +226,7 @@ fn version_names_the_bundled_duckdb_that_manifests_record() {
 #[test]
 fn quiet_and_verbose_are_log_levels() {
     let p = Project::new("");
-    let phases = |out: &Output| stderr(out).contains("published:");
+    let phases = |out: &Output| stderr(out).contains("DEBUG phase");
     let out = p.run(&["-v", "backup"]);
     assert!(phases(&out), "{}", assert_exit(&out, 0));
     let out = p.run(&["backup"]);
