@@ -55,7 +55,9 @@ pub(super) fn apply(
             _ => Value::String(raw.clone()),
         };
         map.insert(key.to_owned(), value);
-        notes.push(format!("`{key}` set from `{var}`"));
+        notes.push(format!(
+            "`{key}` set over the configuration (by `--set {key}=…`, `-q`/`-v`, or `{var}`)"
+        ));
         overridden.push(key);
     }
     overridden

@@ -53,6 +53,11 @@ pub fn pinned_keys(settings: &Settings) -> Vec<(String, String)> {
         if settings.config_path.is_some() && !settings.overridden.contains(&key) {
             continue;
         }
+        // How much the restore logs decides nothing about what it restores: `-v` on the
+        // pre-run is not carried into its rollback.
+        if settings.config_path.is_some() && key == "LOG_LEVEL" {
+            continue;
+        }
         let value = if key == "QUARANTINE_DIR" {
             Some(settings.quarantine_dir.display().to_string())
         } else {
