@@ -1,5 +1,6 @@
-//! The Python module `hooks/ducksafe_hook.py` alone: typed answers and errors, `protected_run`
-//! under Python's exit rules and signals, and a hook timeout.
+//! The Python module `hooks/ducksafe_hook.py` (now a layer over the `ducksafe` package in
+//! hooks/python): typed answers and errors, `protected_run` under Python's exit rules and
+//! signals, and a hook timeout.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -46,7 +47,7 @@ print(json.dumps(out))
     assert_eq!(
         v["invalid"],
         serde_json::json!([
-            "DucksafeError",
+            "ConfigError",
             ["config_invalid", "config_invalid"],
             78,
             false,
