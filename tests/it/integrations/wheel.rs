@@ -60,18 +60,25 @@ fn target_of(bin: &Path) -> (PathBuf, &'static str) {
 /// this bound only stops a build that went wrong in an unexpected way.
 const BUILD_BOUND: Duration = Duration::from_secs(600);
 
-/// `maturin build` into `out`, with the profile and target directory of the binary under test.
-/// The build must compile nothing: the first `Compiling` line stops it (its whole process
-/// group: maturin, cargo, rustc, the C++ compiler) and fails the test, long before DuckDB would
-/// be compiled a second time. Returns the wheel and the seconds the build took.
-fn build_wheel(maturin: &Path, out: &Path) -> (PathBuf, f64) {
+/// `maturin build` into `out`, from what this `cargo test` compiled: the same profile, and the
+/// target directory of the binary under test as cargo's *build* directory
+/// (`CARGO_BUILD_BUILD_DIR`: dependencies, DuckDB, fingerprints), all Fresh. Its *target*
+/// directory (where cargo puts the finished binary, a hard link to the same file) is a folder
+/// of its own under `out`: while it writes the wheel, maturin moves the binary out of
+/// `TARGET/debug/` into `TARGET/maturin/` and back (measured: `target/debug/ducksafe` missing
+/// for seconds), which in the shared folder would pull the binary from under the tests running
+/// meanwhile. The build must compile nothing: the first `Compiling` line stops it (its whole
+/// process group: maturin, cargo, rustc, the C++ compiler) and fails the test, long before
+/// DuckDB would be compiled a second time. Returns the wheel and the seconds the build took.
+pub(super) fn build_wheel(maturin: &Path, out: &Path) -> (PathBuf, f64) {
     let (target_dir, profile) = target_of(&ducksafe_bin());
     let log = out.join("maturin.log");
     let mut c = support::command(maturin);
     c.current_dir(repo())
         .args(["build", "--locked", "--profile", profile, "--out"])
         .arg(out)
-        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("CARGO_BUILD_BUILD_DIR", &target_dir)
+        .env("CARGO_TARGET_DIR", out.join("target"))
         .env("CARGO_TERM_COLOR", "never")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -92,7 +99,7 @@ fn build_wheel(maturin: &Path, out: &Path) -> (PathBuf, f64) {
             let _ = child.wait();
             panic!(
                 "`maturin build` started compiling (`{}`): the wheel must pack the binary this \
-                 `cargo test` built, with the same profile and target directory `{}` (see the \
+                 `cargo test` built, with the same profile and build directory `{}` (see the \
                  bitflags note in Cargo.toml: the tests and `cargo build` must resolve the same \
                  features)\n{so_far}",
                 line.trim(),
@@ -112,6 +119,10 @@ fn build_wheel(maturin: &Path, out: &Path) -> (PathBuf, f64) {
     let so_far = fs::read_to_string(&log).unwrap_or_default();
     eprintln!("--- maturin build: {status} in {secs:.1} s\n{so_far}");
     assert!(status.success(), "maturin build failed");
+    assert!(
+        ducksafe_bin().exists(),
+        "the binary under test is where it was"
+    );
     let wheels: Vec<PathBuf> = fs::read_dir(out)
         .unwrap()
         .map(|e| e.unwrap().path())
