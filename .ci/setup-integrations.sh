@@ -3,11 +3,13 @@
 #   - dbt-core, dbt-duckdb, duckdb (= the DuckDB ducksafe bundles) and rust-just (the `just`
 #     binary) into a virtual environment at ${DUCKSAFE_TOOLS:-$HOME/.cache/ducksafe-tools},
 #     from .ci/integrations-requirements.txt (every package pinned);
+#   - maturin and mypy (the Python package's build and type check) into a second one at
+#     ${DUCKSAFE_PYTOOLS:-$HOME/.cache/ducksafe-pytools}, from .ci/python-requirements.txt;
 #   - make from Debian, only when it is missing.
 #
 #   bash .ci/setup-integrations.sh
 #
-# Idempotent: when the environment already matches the requirements file and this Python, it
+# Idempotent: when an environment already matches its requirements file and this Python, it
 # only prints the versions (well under a second). The tests look in $DUCKSAFE_TOOLS/bin first,
 # then PATH; outside CI they skip, with a message, what they cannot find.
 set -euo pipefail
@@ -48,3 +50,20 @@ say "$("$tools/bin/just" --version), $(make --version | head -n 1)"
 # Python's own error, rather than as integration tests that cannot find a working tool.
 "$tools/bin/python" -c 'import duckdb, yaml, dbt.cli.main; duckdb.connect().execute("SELECT 1").fetchone()'
 say "python imports duckdb, yaml and dbt"
+
+# The Python package's own tools, in an environment of their own (see the requirements file).
+pytools="${DUCKSAFE_PYTOOLS:-$HOME/.cache/ducksafe-pytools}"
+pyreqs=.ci/python-requirements.txt
+pystamp="$pytools/.ducksafe-requirements"
+pywant="$(python3 -c 'import sys; print(sys.version.split()[0])') $(sha256sum "$pyreqs" | cut -d' ' -f1)"
+if [ -x "$pytools/bin/maturin" ] && [ -x "$pytools/bin/mypy" ] && [ -f "$pystamp" ] \
+  && [ "$(cat "$pystamp")" = "$pywant" ]; then
+  say "up to date in $pytools"
+else
+  say "installing into $pytools (pinned in $pyreqs)"
+  mkdir -p "$(dirname "$pytools")"
+  python3 -m venv --clear "$pytools"
+  "$pytools/bin/python" -m pip install --disable-pip-version-check --no-input --quiet -r "$pyreqs"
+  echo "$pywant" >"$pystamp"
+fi
+say "$("$pytools/bin/maturin" --version), $("$pytools/bin/mypy" --version)"

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .backup_manager import BackupManager, ducksafe_hook
+import ducksafe
+
+from .backup_manager import BackupManager
 from .pipeline import PipelineOrchestrator
 
 
@@ -41,13 +43,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     orchestrator = PipelineOrchestrator(backups, fail_in_year=a.fail_in_year)
     try:
         result = orchestrator.run_multi_year_simulation(a.years, a.request_id)
-    except ducksafe_hook.DucksafeBusy as e:
+    except ducksafe.DucksafeBusy as e:
         print(
             f"orchestrator: not started, the database is busy ({', '.join(e.codes)}); retry later",
             file=sys.stderr,
         )
         return e.exit_code
-    except ducksafe_hook.DucksafeError as e:
+    except ducksafe.DucksafeError as e:
         print(f"orchestrator: not started: {e}", file=sys.stderr)
         return e.exit_code
     return result.exit_code

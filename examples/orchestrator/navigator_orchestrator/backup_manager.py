@@ -5,23 +5,21 @@ consistently (no writer can start meanwhile, data still in the WAL included), ve
 and rotates old ones; this class keeps the seed's `create_backup() -> Path` and adds the other
 half: `finish(exit_code)` reports the run's outcome, which restores the backup after a failed
 run when asked to.
+
+The calls go through the `ducksafe` package (`pip install ducksafe`, which also installs the
+binary it runs); from a checkout of ducksafe, `PYTHONPATH=hooks/python` gives the same package.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-try:
-    import ducksafe_hook
-except ImportError:  # running from a checkout of ducksafe: the module lives in hooks/
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "hooks"))
-    import ducksafe_hook
+import ducksafe
 
-__all__ = ["BackupManager", "ducksafe_hook"]
+__all__ = ["BackupManager"]
 
 
 class BackupManager:
@@ -39,22 +37,22 @@ class BackupManager:
         self.retries = retries
         self.retry_delay = retry_delay
         self.state_dir = state_dir
-        self.pre: Optional[ducksafe_hook.Response] = None
-        self.post: Optional[ducksafe_hook.Response] = None
+        self.pre: Optional[ducksafe.Response] = None
+        self.post: Optional[ducksafe.Response] = None
 
     def create_backup(self, request_id: Optional[str] = None) -> Path:
         """Backs up and verifies the database; returns the backup's path.
 
-        Raises ducksafe_hook.DucksafeBusy when the database is still held by a writer after
-        `retries` more attempts, ducksafe_hook.DucksafeError for anything else: do not run.
+        Raises ducksafe.DucksafeBusy when the database is still held by a writer after
+        `retries` more attempts, ducksafe.DucksafeError for anything else: do not run.
         """
         self._forget("pre_run", "post_run")
         attempt = 0
         while True:
             try:
-                self.pre = ducksafe_hook.pre_run(self.config_path, request_id=request_id)
+                self.pre = ducksafe.pre_run(self.config_path, request_id=request_id)
                 break
-            except ducksafe_hook.DucksafeBusy as e:
+            except ducksafe.DucksafeBusy as e:
                 self._save("pre_run", e.response)
                 if attempt >= self.retries:
                     raise
@@ -64,7 +62,7 @@ class BackupManager:
                     f"{attempt}/{self.retries} in {self.retry_delay:g}s"
                 )
                 time.sleep(self.retry_delay)
-            except ducksafe_hook.DucksafeError as e:
+            except ducksafe.DucksafeError as e:
                 self._save("pre_run", e.response)
                 raise
         self._save("pre_run", self.pre)
@@ -77,24 +75,24 @@ class BackupManager:
         assert self.pre is not None, "create_backup() first"
         return Path(self.pre.paths["db_path"])
 
-    def finish(self, exit_code: int) -> ducksafe_hook.Response:
+    def finish(self, exit_code: int) -> ducksafe.Response:
         """Reports the run's exit code; on failure the backup is restored when configured."""
         assert self.pre is not None, "create_backup() first"
         try:
-            self.post = ducksafe_hook.post_run(
+            self.post = ducksafe.post_run(
                 self.pre.backup_id,
                 exit_code=exit_code,
                 on_failure=self.on_failure,
                 config=self.config_path,
                 request_id=self.pre.request_id,
             )
-        except ducksafe_hook.DucksafeError as e:
+        except ducksafe.DucksafeError as e:
             self._save("post_run", e.response)
             raise
         self._save("post_run", self.post)
         return self.post
 
-    def _save(self, name: str, response: Optional[ducksafe_hook.Response]) -> None:
+    def _save(self, name: str, response: Optional[ducksafe.Response]) -> None:
         if self.state_dir is None or response is None:
             return
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .backup_manager import BackupManager, ducksafe_hook
+import ducksafe
+
+from .backup_manager import BackupManager
 
 #: The per-year workload: the examples' stand-in simulation (the real orchestrator runs dbt).
 WORKLOAD = Path(__file__).resolve().parents[2] / "workload" / "simulate.py"
@@ -59,7 +61,7 @@ class PipelineOrchestrator:
         # 3. post_run: kept after success; after a failure, restored when configured.
         try:
             post = self.backups.finish(result.exit_code)
-        except ducksafe_hook.DucksafeError as e:
+        except ducksafe.DucksafeError as e:
             print(f"orchestrator: ROLLBACK FAILED ({', '.join(e.codes)}): {e}; see docs/runbook.md")
             result.decision = e.decision
             return result

@@ -1,19 +1,34 @@
-//! The CI workflow example (`examples/ci/github-actions.yml`): it parses, every command it runs
-//! exists, and its scripts run for real.
+//! The CI workflow example (`examples/ci/github-actions.yml`) and the composite action it uses
+//! (`examples/ci/action.yml`: install the wheel, gate the job on pre_run): they parse, every
+//! command and expression in them names something that exists, and their scripts run for real,
+//! the action's with the wheel built from this checkout.
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use crate::support::{self, assert_exit, fingerprints, hold, Project};
 
-use ducksafe::protocol::Decision;
+use ducksafe::protocol::{Decision, ErrorCode};
 
-use super::{command, ducksafe_bin, python_with_duckdb, repo, run, saved, text, tool};
+use super::{python_with_duckdb, repo, run, saved, text, tool};
 
-fn workflow() -> serde_json::Value {
-    let path = repo().join("examples/ci/github-actions.yml");
+fn yaml(rel: &str) -> serde_json::Value {
+    let path = repo().join(rel);
     let text = fs::read_to_string(&path).unwrap();
     ducksafe::config::parse_text(&text, &path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn workflow() -> serde_json::Value {
+    yaml("examples/ci/github-actions.yml")
+}
+
+/// The local action the workflow uses, and the path a step names it by.
+const ACTION: &str = "./examples/ci";
+
+fn action() -> serde_json::Value {
+    yaml("examples/ci/action.yml")
 }
 
 /// The steps of a job, by their `id` (or `name`), and the run scripts in it.
@@ -130,9 +145,10 @@ fn check_expressions(
 }
 
 /// Checks one `run:` script: repository paths exist, and every ducksafe it runs comes from this
-/// job (release build or downloaded artifact) and accepts its subcommand and flags. Returns the
-/// number of ducksafe calls.
-fn check_script(name: &str, script: &str, steps: &[serde_json::Value]) -> usize {
+/// job (a release build, a downloaded artifact, or the local action, which puts the installed
+/// wheel's binary on PATH, in an earlier step) and accepts its subcommand and flags. Returns
+/// the number of ducksafe calls.
+fn check_script(name: &str, script: &str, steps: &[serde_json::Value], index: usize) -> usize {
     assert!(
         !script.contains("${{"),
         "{name}: expressions go through env, not into scripts"
@@ -151,6 +167,7 @@ fn check_script(name: &str, script: &str, steps: &[serde_json::Value]) -> usize 
             .as_str()
             .is_some_and(|r| r.contains("cargo build") && r.contains("--release"))
     });
+    let installed = steps[..index].iter().any(|s| s["uses"] == ACTION);
     let mut calls = 0;
     for line in script_lines(script) {
         let words = shell_words(&line);
@@ -170,8 +187,9 @@ fn check_script(name: &str, script: &str, steps: &[serde_json::Value]) -> usize 
         let downloaded = downloads
             .iter()
             .any(|d| Path::new(first).parent() == Some(Path::new(d)));
+        let on_path = first == "ducksafe" && installed;
         assert!(
-            built || downloaded,
+            built || downloaded || on_path,
             "{name}: where does `{first}` come from?"
         );
         // The real binary accepts the subcommand and flags as written; a shell variable stands
@@ -199,6 +217,33 @@ fn check_script(name: &str, script: &str, steps: &[serde_json::Value]) -> usize 
     calls
 }
 
+/// A step that uses the local action gives every required input and no unknown one.
+fn check_action_use(name: &str, step: &serde_json::Value) {
+    let action = action();
+    let inputs = action["inputs"].as_object().unwrap();
+    let with = step["with"].as_object().cloned().unwrap_or_default();
+    for key in with.keys() {
+        assert!(
+            inputs.contains_key(key),
+            "{name}: the action has no input `{key}`"
+        );
+    }
+    for (key, input) in inputs {
+        if input["required"] == true {
+            assert!(with.contains_key(key), "{name}: input `{key}` is required");
+        }
+    }
+}
+
+/// The maturin version pinned for CI (.ci/python-requirements.txt).
+fn pinned_maturin() -> String {
+    let reqs = fs::read_to_string(repo().join(".ci/python-requirements.txt")).unwrap();
+    reqs.lines()
+        .find(|l| l.starts_with("maturin=="))
+        .expect("maturin is pinned")
+        .to_owned()
+}
+
 #[test]
 fn ci_workflow_parses_and_every_command_it_runs_exists() {
     let wf = workflow();
@@ -209,19 +254,20 @@ fn ci_workflow_parses_and_every_command_it_runs_exists() {
         "actions/cache@v4",
         "actions/upload-artifact@v4",
         "actions/download-artifact@v4",
+        ACTION,
     ];
     let mut ducksafe_calls = 0;
     for (name, job) in jobs {
         assert!(job.get("runs-on").is_some(), "{name}: runs-on");
         check_expressions(name, job, jobs);
         let steps = job["steps"].as_array().expect("steps");
-        for s in steps {
+        for (i, s) in steps.iter().enumerate() {
             assert!(
                 s.get("uses").is_some() != s.get("run").is_some(),
                 "{name}: a step uses an action or runs a script: {s}"
             );
             if let Some(script) = s["run"].as_str() {
-                ducksafe_calls += check_script(name, script, steps);
+                ducksafe_calls += check_script(name, script, steps, i);
                 continue;
             }
             let uses = s["uses"].as_str().unwrap();
@@ -229,6 +275,15 @@ fn ci_workflow_parses_and_every_command_it_runs_exists() {
                 known_actions.contains(&uses),
                 "{name}: unexpected action `{uses}`"
             );
+            if uses == ACTION {
+                check_action_use(name, s);
+                assert!(
+                    steps[..i]
+                        .iter()
+                        .any(|s| s["uses"] == "actions/checkout@v4"),
+                    "{name}: a local action needs the checkout first"
+                );
+            }
             if uses.contains("upload-artifact")
                 && s["with"]["name"]
                     .as_str()
@@ -241,95 +296,354 @@ fn ci_workflow_parses_and_every_command_it_runs_exists() {
             }
         }
     }
-    assert_eq!(ducksafe_calls, 2, "pre-run and post-run");
-    // The gate: the simulation job needs the backup job and runs only on a verified backup.
+    assert_eq!(ducksafe_calls, 1, "post-run (pre_run is the action's)");
+    // The gate: the backup job's outputs are the action's; the simulation job needs them and
+    // runs only on a verified backup.
+    let gate = step(&wf, "backup", "gate");
+    assert_eq!(gate["uses"], ACTION);
+    assert!(
+        gate["with"].get("pre-run").is_none(),
+        "the gate runs pre_run"
+    );
+    assert_eq!(
+        wf["jobs"]["backup"]["outputs"]["verified"],
+        "${{ steps.gate.outputs.verified }}"
+    );
     assert_eq!(
         wf["jobs"]["simulate"]["if"],
         "needs.backup.outputs.verified == 'true'"
     );
-    assert!(step(&wf, "backup", "build ducksafe")["run"]
+    let install = step(&wf, "simulate", "install ducksafe");
+    assert_eq!(install["with"]["pre-run"], "false");
+    // The wheel is built with the maturin CI pins, from Cargo.lock as committed.
+    let build = step(&wf, "backup", "build the wheel")["run"]
         .as_str()
         .unwrap()
-        .contains("--locked"));
-    assert!(repo().join("Cargo.lock").exists());
+        .to_owned();
+    assert!(build.contains(&pinned_maturin()), "{build}");
+    assert!(build.contains("maturin\" build --locked --release --out dist"));
+    assert!(repo().join("Cargo.lock").exists() && repo().join("pyproject.toml").exists());
 }
 
-/// The workflow's own scripts, run as a runner would (bash -eo pipefail) in a workspace laid
-/// out like the checkout, against a real simulation folder.
+/// The action: composite, bash steps whose scripts take every input through `env:`, outputs and
+/// expressions that name steps and inputs that exist, and every input used.
+#[test]
+fn ci_action_parses_and_names_only_what_exists() {
+    let a = action();
+    assert!(a["name"].is_string() && a["description"].is_string());
+    assert_eq!(a["runs"]["using"], "composite");
+    let inputs = a["inputs"].as_object().unwrap();
+    let steps = a["runs"]["steps"].as_array().unwrap();
+    let ids: Vec<&str> = steps.iter().filter_map(|s| s["id"].as_str()).collect();
+    let mut used = std::collections::BTreeSet::new();
+    let mut expressions = Vec::new();
+    for s in steps {
+        assert_eq!(s["shell"], "bash", "{s}");
+        let script = s["run"].as_str().expect("a script");
+        assert!(!script.contains("${{"), "inputs go through env: {script}");
+        for (_, v) in s["env"].as_object().into_iter().flatten() {
+            expressions.push(v.as_str().unwrap().to_owned());
+        }
+        if let Some(cond) = s["if"].as_str() {
+            expressions.push(format!("${{{{ {cond} }}}}"));
+        }
+    }
+    for (_, o) in a["outputs"].as_object().unwrap() {
+        expressions.push(o["value"].as_str().unwrap().to_owned());
+    }
+    for e in &expressions {
+        for part in e.split("inputs.").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            assert!(inputs.contains_key(&name), "unknown input `{name}` in {e}");
+            used.insert(name);
+        }
+        for part in e.split("steps.").skip(1) {
+            let id: String = part
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            assert!(ids.contains(&id.as_str()), "unknown step `{id}` in {e}");
+        }
+    }
+    for name in inputs.keys() {
+        assert!(used.contains(name), "input `{name}` is never used");
+    }
+}
+
+/// The action's steps run as a runner runs a composite action: each script by `bash --noprofile
+/// --norc -eo pipefail`, its `env:` evaluated (`inputs.X` with their defaults, `steps.ID.outputs.
+/// KEY`), a step skipped when its `if` (`inputs.X == 'V'`) is false, outputs from
+/// $GITHUB_OUTPUT, PATH additions from $GITHUB_PATH.
+struct ActionRun {
+    /// The last step's output (what failed, or the gate).
+    last: Output,
+    outputs: BTreeMap<String, String>,
+    path: Vec<PathBuf>,
+}
+
+fn run_action(
+    with: &[(&str, &str)],
+    environ: &dyn Fn() -> Command,
+    ws: &Path,
+    shell: &Path,
+) -> ActionRun {
+    let a = action();
+    let mut inputs: BTreeMap<String, String> = a["inputs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v["default"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    for (k, v) in with {
+        inputs.insert((*k).to_owned(), (*v).to_owned());
+    }
+    let mut steps: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let eval = |e: &str, steps: &BTreeMap<String, BTreeMap<String, String>>| -> String {
+        let Some(inner) = e.strip_prefix("${{").and_then(|e| e.strip_suffix("}}")) else {
+            assert!(!e.contains("${{"), "only whole expressions: {e}");
+            return e.to_owned();
+        };
+        let inner = inner.trim();
+        if let Some(name) = inner.strip_prefix("inputs.") {
+            return inputs[name].clone();
+        }
+        let parts: Vec<&str> = inner.split('.').collect();
+        assert!(
+            parts.len() == 4 && parts[0] == "steps" && parts[2] == "outputs",
+            "an expression this runner does not know: {e}"
+        );
+        steps
+            .get(parts[1])
+            .and_then(|o| o.get(parts[3]))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut path = Vec::new();
+    let mut last = None;
+    for s in a["runs"]["steps"].as_array().unwrap() {
+        if let Some(cond) = s["if"].as_str() {
+            let (lhs, rhs) = cond.split_once(" == ").expect("`inputs.X == 'V'`");
+            let lhs = eval(&format!("${{{{ {lhs} }}}}"), &steps);
+            if lhs != rhs.trim_matches('\'') {
+                continue;
+            }
+        }
+        let out_file = ws.join("github_output");
+        let path_file = ws.join("github_path");
+        let _ = fs::remove_file(&out_file);
+        let _ = fs::remove_file(&path_file);
+        let mut c = environ();
+        c.arg(shell)
+            .args(["--noprofile", "--norc", "-eo", "pipefail", "-c"])
+            .arg(s["run"].as_str().unwrap())
+            .env("GITHUB_OUTPUT", &out_file)
+            .env("GITHUB_PATH", &path_file);
+        for (k, v) in s["env"].as_object().into_iter().flatten() {
+            c.env(k, eval(v.as_str().unwrap(), &steps));
+        }
+        let out = run(&mut c);
+        let produced: BTreeMap<String, String> = fs::read_to_string(&out_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        path.extend(
+            fs::read_to_string(&path_file)
+                .unwrap_or_default()
+                .lines()
+                .map(PathBuf::from),
+        );
+        if let Some(id) = s["id"].as_str() {
+            steps.insert(id.to_owned(), produced);
+        }
+        let failed = !out.status.success();
+        last = Some(out);
+        if failed {
+            break;
+        }
+    }
+    let outputs = a["outputs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, o)| (k.clone(), eval(o["value"].as_str().unwrap(), &steps)))
+        .collect();
+    ActionRun {
+        last: last.expect("a step ran"),
+        outputs,
+        path,
+    }
+}
+
+/// A workspace laid out like the checkout, a runner's temporary folder, and the simulation
+/// folder the workflow's env names.
+struct Workspace {
+    ws: tempfile::TempDir,
+    p: Project,
+    python: PathBuf,
+    bash: PathBuf,
+}
+
+/// The PATH of the runner: the system's, nothing of ducksafe's.
+const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+impl Workspace {
+    fn path(&self) -> &Path {
+        self.ws.path()
+    }
+
+    /// A step's command line: the workflow's env, a runner's variables, `path` as PATH.
+    fn command(&self, path: &str) -> Command {
+        let mut c = support::command("env");
+        c.env_clear()
+            .current_dir(self.path())
+            .env("PATH", path)
+            .env("HOME", self.path())
+            .env("RUNNER_TEMP", self.path().join("runner_temp"))
+            .env("SIM_DIR", self.p.dir.path())
+            .env("DUCKSAFE_CONFIG", self.p.config())
+            .env("PYTHON", &self.python)
+            .env("REQUEST_ID", "gh-1-1")
+            .env("GITHUB_RUN_ID", "1")
+            .env("GITHUB_RUN_ATTEMPT", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        c
+    }
+
+    /// The local action, with what the workflow step gives it (`${{ env.X }}` resolved).
+    fn run_action(&self, step: &serde_json::Value) -> ActionRun {
+        let with: Vec<(String, String)> = step["with"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                let v = match v.as_str().unwrap() {
+                    "${{ env.DUCKSAFE_CONFIG }}" => self.p.config().display().to_string(),
+                    "${{ env.REQUEST_ID }}" => "gh-1-1".to_owned(),
+                    v => {
+                        assert!(!v.contains("${{"), "{v}");
+                        v.to_owned()
+                    }
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        let with: Vec<(&str, &str)> = with.iter().map(|(k, v)| (&**k, &**v)).collect();
+        run_action(
+            &with,
+            &|| self.command(SYSTEM_PATH),
+            self.path(),
+            &self.bash,
+        )
+    }
+}
+
+/// The gate, as the backup job runs it: refused while a writer holds the database, then a
+/// verified backup. Returns its id.
+fn gate_for_real(w: &Workspace, wf: &serde_json::Value) -> String {
+    let gate = step(wf, "backup", "gate");
+    let holder = hold(&w.p.db());
+    let r = w.run_action(gate);
+    drop(holder);
+    assert_exit(&r.last, 75);
+    assert_eq!(r.outputs["verified"], "false");
+    assert_eq!(r.outputs["backup_id"], "");
+    assert_eq!(r.outputs["exit-code"], "75");
+    assert!(
+        text(&r.last.stdout).contains("::error::pre_run refused the run (database_locked: busy")
+    );
+    let refused = saved(w.path(), "pre_run").expect("pre_run.json, also when refused");
+    assert_eq!(refused.errors[0].code, ErrorCode::DatabaseLocked);
+
+    let r = w.run_action(gate);
+    assert!(r.last.status.success());
+    assert_eq!(r.outputs["verified"], "true");
+    assert_eq!(r.outputs["decision"], "proceed");
+    let pre = saved(w.path(), "pre_run").unwrap();
+    assert_eq!(r.outputs["backup_id"], pre.backup.as_ref().unwrap().id);
+    assert_eq!(pre.request_id, "gh-1-1");
+    r.outputs["backup_id"].clone()
+}
+
+/// The workflow as a runner runs it, against a real simulation folder: the action (with the
+/// wheel built from this checkout: the workflow's own build step would compile DuckDB in
+/// release mode) gates on pre_run, then the simulation job installs the same wheel with the
+/// action and runs its script, whose `ducksafe` is the one the action put on PATH (nothing
+/// else of ducksafe's is on it).
 #[test]
 fn ci_workflow_steps_run_for_real() {
     let python = need!(python_with_duckdb());
     let bash = need!(tool("bash"));
+    let Some(maturin) = super::wheel::py_tool("maturin") else {
+        return;
+    };
     let wf = workflow();
-    let p = Project::new("RESTORE_ON_FAILURE: true\n");
-    let ws = tempfile::tempdir().unwrap();
-    for d in ["examples", "hooks"] {
-        std::os::unix::fs::symlink(repo().join(d), ws.path().join(d)).unwrap();
-    }
-    for d in ["target/release", "bin"] {
-        fs::create_dir_all(ws.path().join(d)).unwrap();
-        std::os::unix::fs::symlink(ducksafe_bin(), ws.path().join(d).join("ducksafe")).unwrap();
-    }
-    let github_output = ws.path().join("github_output");
     for key in ["SIM_DIR", "DUCKSAFE_CONFIG", "PYTHON", "REQUEST_ID"] {
         assert!(wf["env"].get(key).is_some(), "the workflow sets {key}");
     }
-    let script = |job: &str, id: &str, env: &[(&str, &str)]| {
-        let mut c = command(&bash, ws.path());
-        c.current_dir(ws.path())
-            .args(["--noprofile", "--norc", "-eo", "pipefail", "-c"])
-            .arg(step(&wf, job, id)["run"].as_str().unwrap())
-            .env("SIM_DIR", p.dir.path())
-            .env("DUCKSAFE_CONFIG", p.config())
-            .env("PYTHON", &python)
-            .env("REQUEST_ID", "gh-1-1")
-            .env("GITHUB_OUTPUT", &github_output);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        run(&mut c)
+    let w = Workspace {
+        ws: tempfile::tempdir().unwrap(),
+        p: Project::new("RESTORE_ON_FAILURE: true\n"),
+        python,
+        bash,
     };
-    let outputs = || -> std::collections::BTreeMap<String, String> {
-        let s = fs::read_to_string(&github_output).unwrap_or_default();
-        let _ = fs::remove_file(&github_output);
-        s.lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
-    };
+    for d in ["examples", "hooks"] {
+        std::os::unix::fs::symlink(repo().join(d), w.path().join(d)).unwrap();
+    }
+    for d in ["dist", "runner_temp"] {
+        fs::create_dir(w.path().join(d)).unwrap();
+    }
+    super::wheel::build_wheel(&maturin, &w.path().join("dist"));
 
-    // A writer holds the database: the backup job fails with 75 and the gate stays closed.
-    let holder = hold(&p.db());
-    let out = script("backup", "pre_run", &[]);
-    drop(holder);
-    assert_exit(&out, 75);
-    assert_eq!(outputs()["verified"], "false");
+    let backup_id = gate_for_real(&w, &wf);
+    let before = fingerprints(&w.p.db());
 
-    // The backup job: a verified backup, its id handed to the next job.
-    let out = script("backup", "pre_run", &[]);
-    assert!(out.status.success());
-    let o = outputs();
-    assert_eq!(o["verified"], "true");
-    let pre = saved(ws.path(), "pre_run").unwrap();
-    assert_eq!(o["backup_id"], pre.backup.as_ref().unwrap().id);
-    assert_eq!(pre.request_id, "gh-1-1");
-    let before = fingerprints(&p.db());
-
-    // The simulation job: the workload, then post_run with its exit code.
+    // The simulation job: the action installs (no pre_run), then the script; a year that dies
+    // after committing is rolled back by post_run (RESTORE_ON_FAILURE).
     for key in ["BACKUP_ID", "YEARS"] {
         assert!(
             wf["jobs"]["simulate"]["env"].get(key).is_some(),
             "the job sets {key}"
         );
     }
-    let out = script(
-        "simulate",
-        "run the simulation, then post_run",
-        &[("BACKUP_ID", &o["backup_id"]), ("YEARS", "2025 2026")],
-    );
+    let r = w.run_action(step(&wf, "simulate", "install ducksafe"));
+    assert!(r.last.status.success());
+    assert_eq!(r.outputs["verified"], "", "install only: no pre_run");
+    assert_eq!(r.path.len(), 1, "the venv's bin on PATH");
+    let path = format!("{}:{SYSTEM_PATH}", r.path[0].display());
+    let script = |years: &str| {
+        let mut c = w.command(&path);
+        c.arg(&w.bash)
+            .args(["--noprofile", "--norc", "-eo", "pipefail", "-c"])
+            .arg(
+                step(&wf, "simulate", "run the simulation, then post_run")["run"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .env("BACKUP_ID", &backup_id)
+            .env("YEARS", years);
+        run(&mut c)
+    };
+    let out = script("2025 2026");
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("simulate: year 2026"));
-    let post = saved(ws.path(), "post_run").unwrap();
+    let post = saved(w.path(), "post_run").unwrap();
     assert_eq!(post.decision, Decision::Kept);
-    assert_ne!(fingerprints(&p.db()), before, "the run's changes are kept");
+    assert_ne!(
+        fingerprints(&w.p.db()),
+        before,
+        "the run's changes are kept"
+    );
+
+    // A failed run (YEARS is split into words by the script: the workload's own flag rides
+    // along): post_run restores the backup the gate took.
+    let out = script("2027 --fail-in-year 2027");
+    assert_eq!(out.status.code(), Some(1));
+    let post = saved(w.path(), "post_run").unwrap();
+    assert_eq!(post.decision, Decision::Restored);
+    assert_eq!(fingerprints(&w.p.db()), before, "back to the gate's backup");
 }

@@ -7,7 +7,8 @@
 //! before it starts, with the retryable code. This file finds the tools and runs them.
 //!
 //! The tools come from `bash .ci/setup-integrations.sh` ($DUCKSAFE_TOOLS/bin, default
-//! ~/.cache/ducksafe-tools/bin), else PATH. A missing tool fails the test under CI
+//! ~/.cache/ducksafe-tools/bin; maturin and mypy from $DUCKSAFE_PYTOOLS/bin, see `wheel`), else
+//! PATH. A missing tool fails the test under CI
 //! ([`support::in_ci`]) and skips it, with a message ([`support::skip`]), elsewhere.
 
 /// The value, or (after [`missing`] said why) the end of the test.
@@ -25,6 +26,7 @@ mod dbt;
 mod ducksafe_run;
 mod python;
 mod runners;
+mod wheel;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

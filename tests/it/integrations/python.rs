@@ -1,5 +1,8 @@
-//! The Python module `hooks/ducksafe_hook.py` alone: typed answers and errors, `protected_run`
-//! under Python's exit rules and signals, and a hook timeout.
+//! The Python package `ducksafe` (hooks/python/ducksafe) from the checkout: its unit tests
+//! against a fake binary (tests/python), `mypy --strict`, and, through `hooks/ducksafe_hook.py`
+//! (the single-file module it grew from, now a layer over it, kept for code written against
+//! it), the real binary: typed answers and errors, `protected_run` (= `guarded_run`) under
+//! Python's exit rules and signals, and a hook timeout. The installed wheel: `wheel`.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -7,6 +10,47 @@ use std::path::Path;
 use crate::support::{self, fingerprints, hold, Project};
 
 use super::{command, python_json, python_with_duckdb, repo, run, text, tool};
+
+/// The package's unit tests (tests/python/test_api.py): the protocol's edge cases against a
+/// fake binary (non-JSON stdout, two lines, an exit code without JSON, a signal, busy, every
+/// error class), the binary lookup and guarded_run's outcomes. Standard library only.
+#[test]
+fn python_package_unit_tests_with_a_fake_binary() {
+    let python = need!(tool("python3"));
+    let out = run(command(&python, &std::env::temp_dir())
+        .current_dir(repo())
+        .args(["-m", "unittest", "discover", "-v", "-s", "tests/python"]));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "the unit tests failed");
+    let ran: usize = err
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Ran ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("unittest's `Ran N tests`");
+    assert!(ran >= 39, "all of them ran: {ran}");
+    assert!(!err.contains("skipped"), "none skipped");
+}
+
+/// `mypy --strict` (pinned, .ci/python-requirements.txt) on what pyproject.toml's [tool.mypy]
+/// names: the package, the legacy module, the unit tests and the orchestrator example.
+#[test]
+fn python_package_is_mypy_strict_clean() {
+    let Some(mypy) = super::wheel::py_tool("mypy") else {
+        return;
+    };
+    let out = run(support::command(mypy).current_dir(repo()).args([
+        "--no-incremental",
+        "--config-file",
+        "pyproject.toml",
+    ]));
+    assert!(out.status.success(), "mypy --strict");
+    assert!(text(&out.stdout).contains("Success: no issues found"));
+}
 
 /// The module alone (standard library only): typed answers, typed errors with their codes.
 #[test]
@@ -46,7 +90,7 @@ print(json.dumps(out))
     assert_eq!(
         v["invalid"],
         serde_json::json!([
-            "DucksafeError",
+            "ConfigError",
             ["config_invalid", "config_invalid"],
             78,
             false,

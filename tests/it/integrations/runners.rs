@@ -267,13 +267,15 @@ const MAKE: Runner = Runner {
     },
 };
 
-/// `python examples/orchestrator/run_simulation.py --years …`, which calls the hook through
-/// hooks/ducksafe_hook.py; the failure and restore come as options.
+/// `python examples/orchestrator/run_simulation.py --years …`, which calls the hook through the
+/// `ducksafe` package (the checkout's, on PYTHONPATH; `wheel` runs it with the installed
+/// wheel); the failure and restore come as options.
 const ORCHESTRATOR: Runner = Runner {
     program: None,
     invoke: |python, _, p, r, restore| {
         let mut c = command(python, p.dir.path());
         c.current_dir(p.dir.path())
+            .env("PYTHONPATH", repo().join("hooks/python"))
             .arg(repo().join("examples/orchestrator/run_simulation.py"))
             .args([
                 "--config",

@@ -1,0 +1,180 @@
+"""``guarded_run``: a backup before a block of work, the run's outcome reported after it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Mapping, Optional
+
+from ._client import PathArg, post_run, pre_run
+from ._types import BackupRef, ConfigArg, Response
+
+
+@dataclass
+class GuardedRun:
+    """What :func:`guarded_run` yields: the pre_run answer on entry, the post_run answer
+    after the block.
+
+    Set ``exit_code`` (or call :meth:`fail`) inside the block when the work failed without an
+    exception, e.g. to the exit status of a subprocess: the block then counts as a failed run
+    with that code, and the backup is restored when the configuration (or ``on_failure``) says
+    so. No exception is raised for it: read ``post.decision`` (``kept`` or ``restored``).
+    """
+
+    pre: Response
+    post: Optional[Response] = None
+    #: The run's exit status as the caller saw it; None or 0 is a success.
+    exit_code: Optional[int] = None
+
+    @property
+    def backup_id(self) -> str:
+        """The id of the verified backup taken on entry."""
+        return self.pre.backup_id
+
+    @property
+    def backup(self) -> BackupRef:
+        """The verified backup taken on entry."""
+        if self.pre.backup is None:
+            raise ValueError("the pre_run answer names no backup (dry run)")
+        return self.pre.backup
+
+    @property
+    def failed(self) -> bool:
+        """Whether the run counts as failed so far (an exit status other than 0 was set)."""
+        return bool(self.exit_code)
+
+    @property
+    def restored(self) -> bool:
+        """Whether post_run put the backup back."""
+        return self.post is not None and self.post.decision == "restored"
+
+    def fail(self, exit_code: int = 1) -> None:
+        """Marks the run failed with ``exit_code`` (not 0)."""
+        if exit_code == 0:
+            raise ValueError("a failed run needs an exit code other than 0")
+        self.exit_code = exit_code
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived during a guarded block (a `timeout`, a closed terminal, a
+    scheduler stopping the job): the block ends here, the run counts as failed with 128 + N,
+    post_run runs (restoring when asked), and then the process ends by that signal, as it would
+    have without the block."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+def exit_code_of(e: BaseException) -> int:
+    """The exit code Python itself would end with for this exception."""
+    if isinstance(e, SystemExit):
+        if e.code is None:
+            return 0
+        # bool is an int too: sys.exit(True) exits 1. The status is the low 8 bits, as the
+        # process's own exit status would be: sys.exit(256) succeeds, sys.exit(-1) is 255.
+        return int(e.code) % 256 if isinstance(e.code, int) else 1
+    if isinstance(e, KeyboardInterrupt):
+        return 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+    if isinstance(e, Terminated):
+        return 128 + e.signum
+    return 1
+
+
+_STOPS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals(handler: Any) -> Iterator[None]:
+    """SIGTERM and SIGHUP handled by `handler` for the block (main thread only: Python takes
+    signals there alone), the previous handlers back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in _STOPS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def guarded_run(
+    config: ConfigArg = None,
+    *,
+    on_failure: Optional[str] = None,
+    request_id: Optional[str] = None,
+    binary: Optional[str] = None,
+    cwd: PathArg = None,
+    env: Optional[Mapping[str, str]] = None,
+    timeout: Optional[float] = None,
+) -> Iterator[GuardedRun]:
+    """A verified backup on entry; the run's outcome to post_run on exit.
+
+        with ducksafe.guarded_run(config="config.yaml") as run:
+            run.exit_code = subprocess.run(["dbt", "build"]).returncode
+
+    On entry, pre_run backs the database up and verifies it; when it does not answer
+    ``proceed`` the block does not run (:class:`DucksafeBusy`, exit 75: retry later; another
+    :class:`DucksafeError` otherwise). On exit, post_run gets the outcome: a success when the
+    block returns with ``run.exit_code`` None or 0; a failure with ``run.exit_code`` when the
+    caller set another one; and when the block raises, a failure with the exit code Python
+    would end with: ``SystemExit(N)`` is N (``sys.exit()`` and ``sys.exit(0)`` succeed, a
+    message is 1), Ctrl-C 130, SIGTERM or SIGHUP 128 + N (the process then ends by that signal,
+    after post_run), any other exception 1. After a failure post_run restores the backup when
+    ``on_failure="restore"`` or the configuration says RESTORE_ON_FAILURE (``on_failure="keep"``
+    keeps the failed run's database); the replaced files go to quarantine. Then the exception
+    propagates. A post_run that fails raises :class:`RestoreFailed` (or another error), chained
+    to the block's exception.
+
+    Close every DuckDB connection to the database inside the block: a restore needs the
+    database to itself. ``timeout`` applies to pre_run only: a restore is never cut short.
+    """
+    pre = pre_run(
+        config, request_id=request_id, binary=binary, cwd=cwd, env=env, timeout=timeout
+    )
+    run = GuardedRun(pre)
+    kw: Dict[str, Any] = dict(
+        config=config, request_id=pre.request_id, binary=binary, cwd=cwd, env=env
+    )
+    try:
+        with _signals(_terminate):
+            yield run
+    except BaseException as e:
+        code = exit_code_of(e)
+        if code == 0 and run.exit_code:
+            code = run.exit_code
+        # Nothing may cut the restore short: a second SIGTERM or SIGHUP is ignored meanwhile,
+        # and ducksafe inherits that.
+        with _signals(signal.SIG_IGN):
+            if code == 0:
+                run.post = post_run(pre.backup_id, exit_code=0, **kw)
+            else:
+                run.exit_code = code
+                run.post = post_run(pre.backup_id, exit_code=code, on_failure=on_failure, **kw)
+        if isinstance(e, Terminated):
+            # End as the signal would have ended the process: the caller (a shell, `timeout`)
+            # sees 128 + N.
+            signal.signal(e.signum, signal.SIG_DFL)
+            os.kill(os.getpid(), e.signum)
+        raise
+    code = run.exit_code or 0
+    with _signals(signal.SIG_IGN):
+        if code == 0:
+            run.post = post_run(pre.backup_id, exit_code=0, **kw)
+        else:
+            run.post = post_run(pre.backup_id, exit_code=code, on_failure=on_failure, **kw)
+
+
+#: The name ``hooks/ducksafe_hook.py`` gave the context manager; the same function.
+protected_run = guarded_run
+#: The name ``hooks/ducksafe_hook.py`` gave the yielded object; the same class.
+ProtectedRun = GuardedRun

@@ -1,0 +1,529 @@
+"""Unit tests of the `ducksafe` Python package against a fake binary (fake_ducksafe.py): the
+protocol's edge cases, the typed errors, the binary lookup and guarded_run's outcomes.
+
+    python3 -m unittest discover -s tests/python -v
+
+The package is the checkout's (hooks/python) unless DUCKSAFE_TEST_INSTALLED=1, which tests the
+one installed in this Python (the wheel test does). Standard library only. Run by
+tests/it/integrations/python.rs (`cargo test`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+from unittest import mock
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+if os.environ.get("DUCKSAFE_TEST_INSTALLED") != "1":
+    sys.path.insert(0, str(REPO / "hooks" / "python"))
+
+import ducksafe  # noqa: E402
+from ducksafe import _binary  # noqa: E402
+
+
+def answer(event: Optional[str], decision: str, exit_code: int, **extra: Any) -> Dict[str, Any]:
+    """A protocol v1 response, as ducksafe writes it."""
+    r: Dict[str, Any] = {
+        "protocol_version": 1,
+        "request_id": "req-1",
+        "event": event,
+        "status": "ok" if exit_code == 0 else "error",
+        "decision": decision,
+        "reason": f"{decision} for the test",
+        "warnings": [],
+        "errors": [],
+        "exit_code": exit_code,
+        "duration_ms": 3,
+    }
+    r.update(extra)
+    return r
+
+
+def error(code: str, *, retryable: bool = False, path: Optional[str] = None) -> Dict[str, Any]:
+    e: Dict[str, Any] = {"code": code, "message": f"`{code}` for the test", "retryable": retryable}
+    if path is not None:
+        e["path"] = path
+    return e
+
+
+BACKUP = {
+    "id": "simulation_20261201_120000",
+    "path": "/srv/sim/backups/simulation_20261201_120000.duckdb",
+    "bytes": 2109440,
+    "sha256": "7d331ed1023e47492e78c36f063b697dc73e535b69d69c6139a8a584407a9e63",
+    "created_at": "2026-12-01T12:00:00Z",
+    "verified": True,
+    "verification": ["size", "sha256", "block_checksums", "open", "row_counts", "fingerprints"],
+}
+PROCEED = answer(
+    "pre_run",
+    "proceed",
+    0,
+    backup=BACKUP,
+    rollback={
+        "strategy": "restore_backup",
+        "backup_id": BACKUP["id"],
+        "command": ["ducksafe", "restore", BACKUP["id"]],
+        "request": {"event": "post_run"},
+        "manual": ["# 1. stop every process"],
+    },
+    rotation={"kept": [BACKUP["id"]], "deleted": [{"id": "old", "bytes": 1, "reason": "number 8"}]},
+    space={"available_bytes": 10, "required_bytes": 5, "backups_bytes": 3},
+    paths={"db_path": "/srv/sim/simulation.duckdb"},
+    future_field={"kept": "in raw"},
+)
+RESTORE: Dict[str, Any] = {
+    "backup_id": BACKUP["id"],
+    "database": "/srv/sim/simulation.duckdb",
+    "quarantine": "/srv/sim/backups/quarantine/x_restore",
+    "quarantined_files": ["/srv/sim/backups/quarantine/x_restore/simulation.duckdb"],
+    "undo": ["mv -f a b"],
+    "duration_ms": 7,
+}
+LOCKED = answer(
+    "pre_run",
+    "abort",
+    75,
+    errors=[error("database_locked", retryable=True)],
+)
+
+
+def line(v: Any) -> str:
+    return json.dumps(v) + "\n"
+
+
+class Fake:
+    """A fake ducksafe in a temporary folder: a launcher, its script and its log."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.dir = tmp
+        self.binary = tmp / "ducksafe"
+        self.binary.write_text(
+            f"#!/bin/sh\nexec {sys.executable} {HERE / 'fake_ducksafe.py'} \"$@\"\n"
+        )
+        self.binary.chmod(self.binary.stat().st_mode | stat.S_IXUSR)
+        self.script = tmp / "script.json"
+        self.log = tmp / "log.jsonl"
+        self.env = dict(
+            os.environ,
+            FAKE_DUCKSAFE_SCRIPT=str(self.script),
+            FAKE_DUCKSAFE_LOG=str(self.log),
+        )
+
+    def acts(self, **by_event: Dict[str, Any]) -> None:
+        self.script.write_text(json.dumps({k.replace("any", "*"): v for k, v in by_event.items()}))
+
+    def calls(self) -> List[Dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(x) for x in self.log.read_text().splitlines()]
+
+    def requests(self) -> List[Dict[str, Any]]:
+        return [json.loads(c["stdin"]) for c in self.calls() if c["argv"][:1] == ["hook"]]
+
+    @property
+    def kw(self) -> Dict[str, Any]:
+        return {"binary": str(self.binary), "env": self.env}
+
+
+class FakeCase(unittest.TestCase):
+    def setUp(self) -> None:
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.fake = Fake(Path(tmp.name))
+
+
+class ProtocolEdges(FakeCase):
+    """What comes back is one JSON line of protocol v1, or HookUnavailable: never a guess."""
+
+    def unavailable(self, act: Dict[str, Any], exit_code: int, says: str) -> None:
+        self.fake.acts(any=act)
+        with self.assertRaises(ducksafe.HookUnavailable) as cm:
+            ducksafe.pre_run("config.yaml", **self.fake.kw)
+        e = cm.exception
+        self.assertIs(type(e), ducksafe.HookUnavailable)
+        self.assertEqual(e.exit_code, exit_code)
+        self.assertIsNone(e.response)
+        self.assertEqual(e.codes, ())
+        self.assertIsNone(e.code)
+        self.assertFalse(e.retryable)
+        self.assertIn(says, str(e))
+
+    def test_non_json_stdout(self) -> None:
+        self.unavailable({"stdout": "Segmentation fault\n", "exit": 0}, 70, "exit 0")
+
+    def test_non_json_keeps_a_failing_exit_code(self) -> None:
+        self.unavailable({"stdout": "not json\n", "exit": 74}, 74, "exit 74")
+
+    def test_two_lines(self) -> None:
+        self.unavailable({"stdout": line(PROCEED) + line(PROCEED)}, 70, "got 2")
+
+    def test_a_log_line_before_the_answer(self) -> None:
+        self.unavailable({"stdout": "INFO starting\n" + line(PROCEED)}, 70, "got 2")
+
+    def test_exit_code_without_json(self) -> None:
+        # 75 without an answer is not "busy": only the answer says what happened.
+        self.unavailable({"stdout": "", "exit": 75}, 75, "got 0")
+
+    def test_killed_by_a_signal(self) -> None:
+        self.unavailable({"signal": int(signal.SIGKILL)}, 128 + 9, "killed by SIGKILL")
+
+    def test_not_utf8(self) -> None:
+        self.unavailable({"stdout_hex": "ff fe 0a"}, 70, "utf-8")
+
+    def test_json_that_is_not_an_object(self) -> None:
+        self.unavailable({"stdout": "[1, 2]\n"}, 70, "JSON object")
+
+    def test_an_answer_missing_a_field(self) -> None:
+        broken = dict(PROCEED)
+        del broken["decision"]
+        self.unavailable({"stdout": line(broken)}, 70, "decision")
+
+    def test_another_protocol_version(self) -> None:
+        self.unavailable({"stdout": line(dict(PROCEED, protocol_version=2))}, 70, "protocol_version 2")
+
+    def test_exit_code_that_contradicts_the_answer(self) -> None:
+        self.unavailable({"stdout": line(PROCEED), "exit": 1}, 1, "exit_code 0")
+
+    def test_a_bool_is_no_exit_code(self) -> None:
+        self.unavailable({"stdout": line(dict(PROCEED, exit_code=False))}, 70, "integer")
+
+    def test_timeout(self) -> None:
+        self.fake.acts(any={"sleep": 30, "stdout": line(PROCEED)})
+        with self.assertRaises(ducksafe.HookTimeout) as cm:
+            ducksafe.pre_run("config.yaml", timeout=0.5, **self.fake.kw)
+        self.assertEqual(cm.exception.exit_code, ducksafe.EXIT_TIMEOUT)
+        self.assertNotIsInstance(cm.exception, ducksafe.HookUnavailable)
+        self.assertIsInstance(cm.exception, ducksafe.DucksafeError)
+
+    def test_a_binary_that_cannot_run(self) -> None:
+        with self.assertRaises(ducksafe.HookUnavailable) as cm:
+            ducksafe.pre_run("config.yaml", binary=str(self.fake.dir / "missing"))
+        self.assertEqual(cm.exception.exit_code, 127)
+
+
+class Answers(FakeCase):
+    def test_proceed_parses_into_dataclasses(self) -> None:
+        self.fake.acts(pre_run={"stdout": line(PROCEED)})
+        pre = ducksafe.pre_run("config.yaml", request_id="req-1", **self.fake.kw)
+        self.assertIsInstance(pre, ducksafe.Response)
+        self.assertEqual(pre.decision, "proceed")
+        self.assertEqual(pre.backup_id, BACKUP["id"])
+        assert pre.backup is not None and pre.rollback is not None and pre.rotation is not None
+        self.assertEqual(pre.backup.verification[-1], "fingerprints")
+        self.assertEqual(pre.rollback.command[1], "restore")
+        self.assertEqual(pre.rotation.deleted, (ducksafe.Deleted("old", 1, "number 8"),))
+        self.assertEqual(pre.paths["db_path"], "/srv/sim/simulation.duckdb")
+        self.assertEqual(pre.raw["future_field"], {"kept": "in raw"})
+        self.assertTrue(pre.ok)
+        self.assertFalse(pre.retryable)
+        (req,) = self.fake.requests()
+        self.assertEqual(
+            req,
+            {
+                "protocol_version": 1,
+                "event": "pre_run",
+                "request_id": "req-1",
+                "config": {"path": "config.yaml"},
+            },
+        )
+
+    def test_inline_configuration_is_sent_inline(self) -> None:
+        self.fake.acts(validate={"stdout": line(answer("validate", "valid", 0))})
+        ducksafe.validate({"DB_PATH": "sim.duckdb", "LOG_LEVEL": "INFO"}, **self.fake.kw)
+        (req,) = self.fake.requests()
+        self.assertEqual(req["config"], {"inline": {"DB_PATH": "sim.duckdb", "LOG_LEVEL": "INFO"}})
+
+    def test_retryable_busy(self) -> None:
+        self.fake.acts(pre_run={"stdout": line(LOCKED), "exit": 75})
+        with self.assertRaises(ducksafe.DucksafeBusy) as cm:
+            ducksafe.pre_run(**self.fake.kw)
+        e = cm.exception
+        self.assertEqual((e.code, e.exit_code, e.retryable, e.decision), ("database_locked", 75, True, "abort"))
+        self.assertTrue(e.errors[0].retryable)
+
+    def test_busy_held_by_this_very_process_is_not_retryable(self) -> None:
+        own = dict(LOCKED, reason=f"held by `python3` (PID {os.getpid()})")
+        self.fake.acts(pre_run={"stdout": line(own), "exit": 75})
+        with self.assertRaises(ducksafe.DucksafeError) as cm:
+            ducksafe.pre_run(**self.fake.kw)
+        self.assertNotIsInstance(cm.exception, ducksafe.DucksafeBusy)
+        self.assertFalse(cm.exception.retryable)
+        self.assertIn("open in this very process", str(cm.exception))
+
+    def test_abort_with_errors_raises_the_class_of_its_exit_code(self) -> None:
+        cases = [
+            (64, "usage", ducksafe.UsageError),
+            (65, "invalid_request", ducksafe.UsageError),
+            (66, "database_not_found", ducksafe.NotFound),
+            (70, "internal", ducksafe.InternalError),
+            (73, "insufficient_space", ducksafe.BackupFailed),
+            (74, "database_damaged", ducksafe.IntegrityError),
+            (76, "unsupported_protocol_version", ducksafe.UsageError),
+            (78, "config_invalid", ducksafe.ConfigError),
+        ]
+        for exit_code, code, kind in cases:
+            with self.subTest(code=code):
+                self.fake.acts(
+                    pre_run={
+                        "stdout": line(answer("pre_run", "abort", exit_code, errors=[error(code)])),
+                        "exit": exit_code,
+                    }
+                )
+                with self.assertRaises(ducksafe.DucksafeError) as cm:
+                    ducksafe.pre_run(**self.fake.kw)
+                self.assertIs(type(cm.exception), kind)
+                self.assertEqual((cm.exception.code, cm.exception.exit_code), (code, exit_code))
+                self.assertFalse(cm.exception.retryable)
+                self.assertIn(code, str(cm.exception))
+
+    def test_every_violation_of_an_invalid_configuration(self) -> None:
+        invalid = answer(
+            "validate",
+            "invalid",
+            78,
+            errors=[
+                error("config_invalid", path="/BACKUP_KEEP_LAST"),
+                error("config_invalid", path="/LOG_LEVEL"),
+            ],
+        )
+        self.fake.acts(validate={"stdout": line(invalid), "exit": 78})
+        with self.assertRaises(ducksafe.ConfigError) as cm:
+            ducksafe.validate("config.yaml", **self.fake.kw)
+        self.assertEqual(cm.exception.codes, ("config_invalid", "config_invalid"))
+        self.assertEqual([x.path for x in cm.exception.errors], ["/BACKUP_KEEP_LAST", "/LOG_LEVEL"])
+
+    def test_restore_failed_after_a_run(self) -> None:
+        failed = answer("post_run", "restore_failed", 74, errors=[error("restore_failed")])
+        self.fake.acts(post_run={"stdout": line(failed), "exit": 74})
+        with self.assertRaises(ducksafe.RestoreFailed) as cm:
+            ducksafe.post_run("b1", exit_code=1, on_failure="restore", **self.fake.kw)
+        self.assertIsInstance(cm.exception, ducksafe.IntegrityError)
+        self.assertEqual(cm.exception.decision, "restore_failed")
+
+    def test_post_run_says_how_the_run_ended(self) -> None:
+        restored = answer("post_run", "restored", 0, backup=BACKUP, restore=RESTORE, run={"outcome": "failure", "exit_code": 3})
+        self.fake.acts(post_run={"stdout": line(restored)})
+        post = ducksafe.post_run("b1", exit_code=3, on_failure="restore", config="c.yaml", **self.fake.kw)
+        assert post.restore is not None and post.run is not None
+        self.assertEqual(post.restore.quarantined_files, (RESTORE["quarantined_files"][0],))
+        self.assertEqual(post.run, ducksafe.RunInfo("failure", 3))
+        (req,) = self.fake.requests()
+        self.assertEqual(req["run"], {"outcome": "failure", "exit_code": 3})
+        self.assertEqual((req["backup_id"], req["on_failure"]), ("b1", "restore"))
+        with self.assertRaises(ValueError):
+            ducksafe.post_run("b1", **self.fake.kw)
+
+
+class OperatorCommands(FakeCase):
+    LISTING = {
+        "backup_dir": "/srv/sim/backups",
+        "unfinished_restores": [],
+        "backups": [
+            {
+                "id": "b2", "created_at": "2026-12-01T12:00:00Z", "age_seconds": 5, "bytes": 10,
+                "tables": 3, "rows": 94341, "verified": True, "verification_level": "full",
+                "pinned": False, "latest": True, "newest_fully_verified": True,
+                "wal_folded": False, "storage": "plain", "own_bytes": 10, "shared_bytes": 0,
+            },
+            {
+                "id": "b1", "created_at": "2026-12-01T11:00:00Z", "age_seconds": 3605, "bytes": 9,
+                "tables": 3, "rows": None, "verified": True, "verification_level": "quick",
+                "pinned": True, "latest": False, "newest_fully_verified": False,
+                "wal_folded": True, "storage": "packed", "own_bytes": 2, "shared_bytes": 7,
+            },
+        ],
+        "unmanaged": [{"file": "x.duckdb", "why": "no manifest"}],
+        "total_bytes": 19,
+        "available_bytes": 1000,
+        "warnings": [],
+    }
+
+    def test_list_backups(self) -> None:
+        self.fake.acts(list={"stdout": json.dumps(self.LISTING, indent=2) + "\n"})
+        listing = ducksafe.list_backups("config.yaml", **self.fake.kw)
+        self.assertEqual([b.id for b in listing.backups], ["b2", "b1"])
+        assert listing.latest is not None
+        self.assertEqual(listing.latest.id, "b2")
+        self.assertIsNone(listing.backups[1].rows)
+        self.assertEqual(listing.unmanaged, (("x.duckdb", "no manifest"),))
+        (call,) = self.fake.calls()
+        self.assertEqual(call["argv"], ["--config", "config.yaml", "list", "--json"])
+
+    def test_list_before_the_first_backup(self) -> None:
+        empty = {"backup_dir": "/srv/sim/backups", "backups": [], "total_bytes": 0,
+                 "unfinished_restores": [], "unmanaged": []}
+        self.fake.acts(list={"stdout": json.dumps(empty)})
+        listing = ducksafe.list_backups(**self.fake.kw)
+        self.assertEqual((listing.backups, listing.latest, listing.available_bytes), ((), None, None))
+
+    def test_list_failure(self) -> None:
+        failed = {"errors": [error("config_not_found")], "exit_code": 66, "status": "error"}
+        self.fake.acts(list={"stdout": json.dumps(failed, indent=2), "exit": 66})
+        with self.assertRaises(ducksafe.NotFound) as cm:
+            ducksafe.list_backups("missing.yaml", **self.fake.kw)
+        self.assertEqual(cm.exception.code, "config_not_found")
+
+    def test_restore(self) -> None:
+        done = answer("post_run", "restored", 0, backup=BACKUP, restore=dict(RESTORE, unchanged=False))
+        self.fake.acts(restore={"stdout": json.dumps(done, indent=2)})
+        r = ducksafe.restore("b1", config="c.yaml", expect_sha256="ab" * 32, **self.fake.kw)
+        assert r.restore is not None
+        self.assertEqual(r.restore.quarantine, RESTORE["quarantine"])
+        (call,) = self.fake.calls()
+        self.assertEqual(
+            call["argv"],
+            ["--config", "c.yaml", "restore", "b1", "--expect-sha256", "ab" * 32, "--json"],
+        )
+
+    def test_restore_of_an_unknown_backup(self) -> None:
+        missing = answer("post_run", "restore_failed", 66, errors=[error("backup_not_found")])
+        self.fake.acts(restore={"stdout": json.dumps(missing, indent=2), "exit": 66})
+        with self.assertRaises(ducksafe.NotFound) as cm:
+            ducksafe.restore("nope", **self.fake.kw)
+        self.assertEqual(cm.exception.code, "backup_not_found")
+
+    def test_operator_commands_take_a_file(self) -> None:
+        with self.assertRaises(TypeError):
+            ducksafe.list_backups({"DB_PATH": "x"}, **self.fake.kw)  # type: ignore[arg-type]
+
+
+class GuardedRun(FakeCase):
+    def setUp(self) -> None:
+        super().setUp()
+        kept = answer("post_run", "kept", 0)
+        restored = answer("post_run", "restored", 0, backup=BACKUP, restore=RESTORE)
+        self.kept, self.restored = kept, restored
+        self.fake.acts(pre_run={"stdout": line(PROCEED)}, post_run={"stdout": line(kept)})
+
+    def posts(self) -> List[Dict[str, Any]]:
+        return [r for r in self.fake.requests() if r["event"] == "post_run"]
+
+    def test_a_body_that_returns_is_a_success(self) -> None:
+        with ducksafe.guarded_run("c.yaml", on_failure="restore", **self.fake.kw) as run:
+            self.assertEqual(run.backup_id, BACKUP["id"])
+            self.assertIsNone(run.post)
+        assert run.post is not None
+        self.assertEqual(run.post.decision, "kept")
+        (post,) = self.posts()
+        self.assertEqual(post["run"], {"outcome": "success", "exit_code": 0})
+        self.assertNotIn("on_failure", post)
+        self.assertEqual(post["backup_id"], BACKUP["id"])
+        self.assertEqual(post["request_id"], "req-1")
+
+    def test_a_body_that_raises_is_a_failure_and_the_exception_goes_on(self) -> None:
+        self.fake.acts(pre_run={"stdout": line(PROCEED)}, post_run={"stdout": line(self.restored)})
+        with self.assertRaisesRegex(RuntimeError, "the simulation broke"):
+            with ducksafe.guarded_run("c.yaml", on_failure="restore", **self.fake.kw) as run:
+                raise RuntimeError("the simulation broke")
+        self.assertTrue(run.restored)
+        self.assertEqual(run.exit_code, 1)
+        (post,) = self.posts()
+        self.assertEqual(post["run"], {"outcome": "failure", "exit_code": 1})
+        self.assertEqual(post["on_failure"], "restore")
+
+    def test_a_failed_exit_status_set_by_the_caller(self) -> None:
+        with ducksafe.guarded_run("c.yaml", **self.fake.kw) as run:
+            run.exit_code = 3
+        (post,) = self.posts()
+        self.assertEqual(post["run"], {"outcome": "failure", "exit_code": 3})
+        # No on_failure given: the configuration's RESTORE_ON_FAILURE decides.
+        self.assertNotIn("on_failure", post)
+        with ducksafe.guarded_run("c.yaml", on_failure="keep", **self.fake.kw) as run:
+            run.fail()
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "failure", "exit_code": 1})
+        self.assertEqual(self.posts()[-1]["on_failure"], "keep")
+
+    def test_sys_exit_follows_pythons_rules(self) -> None:
+        for code, reported in [(None, 0), (0, 0), (4, 4), ("message", 1)]:
+            with self.subTest(code=code):
+                with self.assertRaises(SystemExit):
+                    with ducksafe.guarded_run("c.yaml", **self.fake.kw):
+                        sys.exit(code)
+                self.assertEqual(self.posts()[-1]["run"]["exit_code"], reported)
+
+    def test_no_proceed_no_body(self) -> None:
+        self.fake.acts(pre_run={"stdout": line(LOCKED), "exit": 75})
+        ran = []
+        with self.assertRaises(ducksafe.DucksafeBusy):
+            with ducksafe.guarded_run("c.yaml", **self.fake.kw):
+                ran.append(True)
+        self.assertEqual(ran, [])
+        self.assertEqual(self.posts(), [])
+
+    def test_a_failed_restore_is_raised_chained_to_the_bodys_exception(self) -> None:
+        failed = answer("post_run", "restore_failed", 74, errors=[error("restore_failed")])
+        self.fake.acts(pre_run={"stdout": line(PROCEED)}, post_run={"stdout": line(failed), "exit": 74})
+        with self.assertRaises(ducksafe.RestoreFailed) as cm:
+            with ducksafe.guarded_run("c.yaml", on_failure="restore", **self.fake.kw):
+                raise RuntimeError("the simulation broke")
+        self.assertIsInstance(cm.exception.__context__, RuntimeError)
+
+    def test_the_legacy_names(self) -> None:
+        self.assertIs(ducksafe.protected_run, ducksafe.guarded_run)
+        self.assertIs(ducksafe.ProtectedRun, ducksafe.GuardedRun)
+
+
+class BinaryLookup(unittest.TestCase):
+    def setUp(self) -> None:
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.dir = Path(tmp.name)
+        self.on_path = self.dir / "path" / "ducksafe"
+        self.on_path.parent.mkdir()
+        self.on_path.write_text("#!/bin/sh\n")
+        self.on_path.chmod(0o755)
+
+    def lookup(self, env: Dict[str, str], installed: Optional[str]) -> str:
+        with mock.patch.dict(os.environ, env, clear=True), mock.patch.object(
+            _binary, "installed_binary", return_value=installed
+        ):
+            return ducksafe.find_binary()
+
+    def test_order(self) -> None:
+        path = {"PATH": str(self.on_path.parent)}
+        self.assertEqual(self.lookup(dict(path, DUCKSAFE_BIN="/b", DUCKSAFE="/d"), "/venv/bin/ducksafe"), "/venv/bin/ducksafe")
+        self.assertEqual(self.lookup(dict(path, DUCKSAFE_BIN="/b", DUCKSAFE="/d"), None), "/b")
+        self.assertEqual(self.lookup(dict(path, DUCKSAFE="/d"), None), "/d")
+        self.assertEqual(self.lookup(path, None), str(self.on_path))
+        self.assertEqual(ducksafe.find_binary("/explicit"), "/explicit")
+
+    def test_none_at_all(self) -> None:
+        with self.assertRaises(ducksafe.BinaryNotFound) as cm:
+            self.lookup({"PATH": str(self.dir)}, None)
+        self.assertEqual(cm.exception.exit_code, 127)
+        self.assertIsInstance(cm.exception, ducksafe.HookUnavailable)
+
+    def test_installed_is_what_the_distribution_installed(self) -> None:
+        # Where the wheel is installed, the binary is the one beside this interpreter's
+        # scripts; from a checkout there is none (unless a wheel is installed too).
+        found = ducksafe.installed_binary()
+        if os.environ.get("DUCKSAFE_TEST_INSTALLED") == "1":
+            self.assertIsNotNone(found)
+            assert found is not None
+            self.assertEqual(Path(found).parent, Path(sys.executable).parent)
+
+
+class LegacyModule(unittest.TestCase):
+    def test_ducksafe_hook_is_the_package(self) -> None:
+        sys.path.insert(0, str(REPO / "hooks"))
+        try:
+            import ducksafe_hook
+        finally:
+            sys.path.remove(str(REPO / "hooks"))
+        for name in ducksafe_hook.__all__:
+            self.assertIs(getattr(ducksafe_hook, name), getattr(ducksafe, name), name)
+        self.assertIs(ducksafe_hook.protected_run, ducksafe.guarded_run)
+
+
+if __name__ == "__main__":
+    unittest.main()
