@@ -26,7 +26,7 @@ def main() -> None:
     argv = sys.argv[1:]
     stdin = sys.stdin.read()
     with open(os.environ["FAKE_DUCKSAFE_LOG"], "a", encoding="utf-8") as log:
-        log.write(json.dumps({"argv": argv, "stdin": stdin}) + "\n")
+        log.write(json.dumps({"argv": argv, "stdin": stdin, "cwd": os.getcwd()}) + "\n")
     with open(os.environ["FAKE_DUCKSAFE_SCRIPT"], encoding="utf-8") as f:
         script = json.load(f)
     key = "*"

@@ -310,6 +310,22 @@ class Answers(FakeCase):
         self.assertIsInstance(cm.exception, ducksafe.IntegrityError)
         self.assertEqual(cm.exception.decision, "restore_failed")
 
+    def test_a_restore_failed_while_the_database_was_held_is_not_busy(self) -> None:
+        # Exit 75 (a process held the database): retrying the run would back up the failed
+        # run's database, so this is RestoreFailed, never a retryable DucksafeBusy.
+        failed = answer(
+            "post_run",
+            "restore_failed",
+            75,
+            errors=[error("database_locked", retryable=True)],
+        )
+        self.fake.acts(post_run={"stdout": line(failed), "exit": 75})
+        with self.assertRaises(ducksafe.RestoreFailed) as cm:
+            ducksafe.post_run("b1", exit_code=1, on_failure="restore", **self.fake.kw)
+        self.assertFalse(cm.exception.retryable)
+        self.assertNotIsInstance(cm.exception, ducksafe.DucksafeBusy)
+        self.assertIn("`database_locked` for the test", str(cm.exception))
+
     def test_post_run_says_how_the_run_ended(self) -> None:
         restored = answer("post_run", "restored", 0, backup=BACKUP, restore=RESTORE, run={"outcome": "failure", "exit_code": 3})
         self.fake.acts(post_run={"stdout": line(restored)})
@@ -419,6 +435,34 @@ class GuardedRun(FakeCase):
         self.assertNotIn("on_failure", post)
         self.assertEqual(post["backup_id"], BACKUP["id"])
         self.assertEqual(post["request_id"], "req-1")
+
+    def test_post_run_finds_the_same_project_after_a_chdir(self) -> None:
+        # Relative paths are resolved where the block started, and the backup's SHA-256 goes
+        # with its id: an os.chdir in the block cannot make post_run restore another project.
+        start = os.getcwd()
+        self.addCleanup(os.chdir, start)
+        elsewhere = tempfile.mkdtemp()
+        with ducksafe.guarded_run("c.yaml", **self.fake.kw):
+            os.chdir(elsewhere)
+        pre, post = self.fake.requests()
+        want = os.path.join(start, "c.yaml")
+        self.assertEqual(pre["config"], {"path": want})
+        self.assertEqual(post["config"], {"path": want})
+        self.assertEqual(post["backup_sha256"], BACKUP["sha256"])
+        (pre_call, post_call) = [c for c in self.fake.calls() if c["argv"][:1] == ["hook"]]
+        self.assertEqual(pre_call.get("cwd"), post_call.get("cwd"))
+
+    def test_a_guarded_run_inside_another_of_the_same_configuration_is_refused(self) -> None:
+        with ducksafe.guarded_run("c.yaml", **self.fake.kw):
+            with self.assertRaises(ducksafe.UsageError) as cm:
+                with ducksafe.guarded_run("c.yaml", **self.fake.kw):
+                    self.fail("the inner body ran")
+            self.assertIn("already in progress in this process", str(cm.exception))
+        # One pre_run and one post_run: the inner one never reached ducksafe.
+        self.assertEqual([r["event"] for r in self.fake.requests()], ["pre_run", "post_run"])
+        # Ended: the same configuration may be guarded again.
+        with ducksafe.guarded_run("c.yaml", **self.fake.kw):
+            pass
 
     def test_a_body_that_raises_is_a_failure_and_the_exception_goes_on(self) -> None:
         self.fake.acts(pre_run={"stdout": line(PROCEED)}, post_run={"stdout": line(self.restored)})

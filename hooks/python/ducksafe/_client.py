@@ -173,6 +173,7 @@ def post_run(
     cwd: PathArg = None,
     env: Optional[Mapping[str, str]] = None,
     timeout: Optional[float] = None,
+    backup_sha256: Optional[str] = None,
 ) -> Response:
     """Reports how the run ended.
 
@@ -181,6 +182,8 @@ def post_run(
     RESTORE_ON_FAILURE and ``on_failure`` is not ``"keep"``. Returns the response (``kept``,
     ``restored`` with ``.restore``, ``skipped``); raises :class:`RestoreFailed` when the restore
     failed (see docs/runbook.md) and another :class:`DucksafeError` for other errors.
+    ``backup_sha256`` (the pre_run answer's ``backup.sha256``) makes ducksafe refuse to restore
+    any other content under that id.
     """
     if outcome is None:
         if exit_code is None:
@@ -195,6 +198,7 @@ def post_run(
             backup_id=backup_id,
             run=RunInfo(outcome, exit_code),
             on_failure=on_failure,
+            backup_sha256=backup_sha256,
         ),
         binary=binary,
         cwd=cwd,

@@ -146,9 +146,11 @@ def error_for(response: Response, what: str) -> DucksafeError:
         f"ducksafe {what} answered `{response.decision}` (exit {response.exit_code}: "
         f"{codes}): {response.reason}"
     )
+    details = [e.message for e in response.errors if e.message and e.message not in message]
+    if details:
+        # The problems themselves, not only their count: what an operator reads first.
+        message += "; " + "; ".join(details)
     kind = _BY_EXIT.get(response.exit_code, DucksafeError)
-    if "restore_failed" in response.codes or response.decision == "restore_failed":
-        kind = RestoreFailed if kind in (IntegrityError, DucksafeError) else kind
     retryable = response.retryable
     own = f"(PID {os.getpid()})"
     if retryable and own in message:
@@ -156,9 +158,19 @@ def error_for(response: Response, what: str) -> DucksafeError:
         # keeps alive): retrying unchanged can never succeed, so this is no DucksafeBusy.
         message += (
             f"; the database is open in this very process {own}: close every DuckDB connection"
-            " before the guarded block ends (`with duckdb.connect(...) as con:`), then restore"
-            " with the rollback command of the pre_run answer"
+            " (`with duckdb.connect(...) as con:`)"
         )
+        if what == "post_run":
+            message += ", then restore with the rollback command of the pre_run answer"
         kind = DucksafeError
         retryable = False
+    restore_failed = "restore_failed" in response.codes or response.decision == "restore_failed"
+    if restore_failed and what == "post_run":
+        # Whatever the exit code (75 when a process held the database, 66 for a backup not
+        # found): the failed run's database is still in place, and retrying the run would back
+        # that up. An operator acts first (docs/runbook.md, "Restore failed").
+        kind = RestoreFailed
+        retryable = False
+    elif restore_failed:
+        kind = RestoreFailed if kind in (IntegrityError, DucksafeError) else kind
     return kind(message, response.exit_code, response, retryable=retryable)

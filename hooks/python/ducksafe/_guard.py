@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import os
 import signal
 import threading
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional, Set
 
 from ._client import PathArg, post_run, pre_run
+from ._errors import UsageError
 from ._types import BackupRef, ConfigArg, Response
 
 
@@ -138,13 +140,55 @@ def guarded_run(
     Close every DuckDB connection to the database inside the block: a restore needs the
     database to itself. ``timeout`` applies to pre_run only: a restore is never cut short.
     """
-    pre = pre_run(
-        config, request_id=request_id, binary=binary, cwd=cwd, env=env, timeout=timeout
-    )
+    # Both calls resolve a relative configuration path (or `./config.yaml`, or an inline
+    # configuration's relative DB_PATH) from the folder the block started in: an `os.chdir`
+    # inside the block must not make post_run restore another project.
+    cwd = os.path.abspath(os.fspath(cwd) if cwd is not None else os.getcwd())
+    if config is not None and not isinstance(config, collections.abc.Mapping):
+        config = os.path.join(cwd, os.fspath(config))
+    key = config if isinstance(config, str) else f"{cwd}:{id(config)}"
+    with _ACTIVE_LOCK:
+        if isinstance(config, str) and config in _ACTIVE:
+            raise UsageError(
+                f"a guarded run of `{config}` is already in progress in this process (nested,"
+                " or on another thread): runs of one database take turns, and the inner run's"
+                " post_run would end the outer one's turn",
+                64,
+                None,
+            )
+        _ACTIVE.add(key)
+    try:
+        pre = pre_run(
+            config, request_id=request_id, binary=binary, cwd=cwd, env=env, timeout=timeout
+        )
+    except BaseException:
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(key)
+        raise
     run = GuardedRun(pre)
     kw: Dict[str, Any] = dict(
-        config=config, request_id=pre.request_id, binary=binary, cwd=cwd, env=env
+        config=config,
+        request_id=pre.request_id,
+        binary=binary,
+        cwd=cwd,
+        env=env,
+        backup_sha256=pre.backup.sha256 if pre.backup is not None else None,
     )
+    try:
+        yield from _guarded(run, pre, kw, on_failure)
+    finally:
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(key)
+
+
+#: The configurations with a guarded run in progress in this process.
+_ACTIVE: Set[str] = set()
+_ACTIVE_LOCK = threading.Lock()
+
+
+def _guarded(
+    run: "GuardedRun", pre: Any, kw: Dict[str, Any], on_failure: Optional[str]
+) -> Iterator["GuardedRun"]:
     try:
         with _signals(_terminate):
             yield run

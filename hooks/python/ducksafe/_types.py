@@ -84,6 +84,8 @@ class Request:
     backup_id: Optional[str] = None
     run: Optional[RunInfo] = None
     on_failure: Optional[str] = None  # "restore" | "keep"
+    #: The backup's SHA-256 from the pre_run answer: a post_run restores nothing else.
+    backup_sha256: Optional[str] = None
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"protocol_version": PROTOCOL_VERSION, "event": self.event}
@@ -98,6 +100,8 @@ class Request:
             out["dry_run"] = True
         if self.backup_id is not None:
             out["backup_id"] = self.backup_id
+        if self.backup_sha256 is not None:
+            out["backup_sha256"] = self.backup_sha256
         if self.run is not None:
             out["run"] = self.run.to_json()
         if self.on_failure is not None:
