@@ -54,8 +54,9 @@ try:
     )
 except ImportError as e:  # pragma: no cover - said to the person who copied this file alone
     raise ImportError(
-        "ducksafe_hook is now a thin layer over the `ducksafe` package: `pip install ducksafe`,"
-        " or keep hooks/python/ beside this file"
+        "ducksafe_hook is now a thin layer over the `ducksafe` package: install the wheel built"
+        " from the checkout (`pip install dist/ducksafe-*.whl`, see README.md, Install), or keep"
+        " hooks/python/ beside this file"
     ) from e
 
 __all__ = [

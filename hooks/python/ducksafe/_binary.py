@@ -82,7 +82,8 @@ def find_binary(binary: Optional[str] = None) -> str:
     if on_path is not None:
         return on_path
     raise BinaryNotFound(
-        "no ducksafe binary: not installed with the `ducksafe` package (`pip install ducksafe`),"
-        " $DUCKSAFE_BIN not set, and no `ducksafe` on PATH",
+        "no ducksafe binary: not installed with the `ducksafe` package (install the wheel built"
+        " from the checkout: `maturin build --locked --release --out dist && pip install"
+        " dist/ducksafe-*.whl`), $DUCKSAFE_BIN not set, and no `ducksafe` on PATH",
         EXIT_NOT_FOUND,
     )
