@@ -112,7 +112,10 @@ impl<'a> Sources<'a> {
         frame: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) -> Result<Origin, Failure> {
-        // A plain file first: no decompression.
+        // A plain file first: no decompression. A chunk there that fails its hash is read from
+        // a pack that holds it too (an `independent` store packs every chunk for exactly this;
+        // the plain file's damage is for its own verification to report), else refused.
+        let mut damaged = None;
         for p in &self.plains {
             if let Some(&at) = p.positions.get(h) {
                 let (start, plen) = p.map.range(at);
@@ -126,39 +129,35 @@ impl<'a> Sources<'a> {
                 p.file
                     .read_exact_at(out, start)
                     .map_err(|e| Failure::io(&p.path, e))?;
-                if blockmap::hash(out) != *h {
-                    // A pack holding the same chunk is as good: an `independent` store keeps
-                    // every chunk in a pack for exactly this (the plain file's damage is for
-                    // its own verification to report).
-                    if let Some((pack, entry)) = self.index.get(h) {
-                        if u64::from(entry.raw) == len
-                            && matches!(pack.read_chunk(entry, frame, out), Ok(Ok(())))
-                        {
-                            return Ok(Origin::Pack);
-                        }
-                    }
-                    return Err(Failure::Damaged(format!(
-                        "`{}` changed after it was backed up: its bytes {start} to {} no longer have the hash its manifest records",
-                        p.path.display(),
-                        start + len - 1
-                    )));
+                if blockmap::hash(out) == *h {
+                    return Ok(Origin::Plain);
                 }
-                return Ok(Origin::Plain);
+                damaged = Some(Failure::Damaged(format!(
+                    "`{}` changed after it was backed up: its bytes {start} to {} no longer have the hash its manifest records",
+                    p.path.display(),
+                    start + len - 1
+                )));
+                break;
             }
         }
         let Some((pack, entry)) = self.index.get(h) else {
-            return Err(Failure::Missing { index, hash: *h });
+            return Err(damaged.unwrap_or(Failure::Missing { index, hash: *h }));
         };
         if u64::from(entry.raw) != len {
-            return Err(Failure::Damaged(format!(
-                "chunk {index} is {len} bytes long, but pack `{}` holds it in {} bytes",
-                pack.name, entry.raw
-            )));
+            return Err(damaged.unwrap_or_else(|| {
+                Failure::Damaged(format!(
+                    "chunk {index} is {len} bytes long, but pack `{}` holds it in {} bytes",
+                    pack.name, entry.raw
+                ))
+            }));
         }
-        pack.read_chunk(entry, frame, out)
-            .map_err(|e| Failure::io(&pack.path, e))?
-            .map_err(|d| Failure::Damaged(d.to_string()))?;
-        Ok(Origin::Pack)
+        match (pack.read_chunk(entry, frame, out), damaged) {
+            (Ok(Ok(())), _) => Ok(Origin::Pack),
+            // The plain file's damage is what was asked about; the pack could not stand in.
+            (_, Some(d)) => Err(d),
+            (Err(e), None) => Err(Failure::io(&pack.path, e)),
+            (Ok(Err(d)), None) => Err(Failure::Damaged(d.to_string())),
+        }
     }
 }
 
