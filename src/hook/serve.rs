@@ -195,7 +195,7 @@ fn post_run(request: &Request, mut ctx: Ctx, settings: &Settings, now: DateTime<
     let selector = if let Some(id) = &request.backup_id {
         id.clone()
     } else if let Some(id) = crate::engine::lease::recorded_backup(
-        &crate::engine::database::path(settings).unwrap_or_else(|_| settings.db_path.clone()),
+        &crate::engine::database::resolve(&settings.db_path),
         &settings.backup_dir,
     ) {
         // Not `latest`: an operator's backup taken during the run would hold its half-done work.
