@@ -146,9 +146,32 @@ def guarded_run(
     cwd = os.path.abspath(os.fspath(cwd) if cwd is not None else os.getcwd())
     if config is not None and not isinstance(config, collections.abc.Mapping):
         config = os.path.join(cwd, os.fspath(config))
-    key = config if isinstance(config, str) else f"{cwd}:{id(config)}"
+    # An inline configuration is not recognised as the same one twice: only a path is.
+    with _one_at_a_time(config if isinstance(config, str) else None):
+        pre = pre_run(
+            config, request_id=request_id, binary=binary, cwd=cwd, env=env, timeout=timeout
+        )
+        run = GuardedRun(pre)
+        kw: Dict[str, Any] = dict(
+            config=config,
+            request_id=pre.request_id,
+            binary=binary,
+            cwd=cwd,
+            env=env,
+            backup_sha256=pre.backup.sha256 if pre.backup is not None else None,
+        )
+        yield from _guarded(run, pre, kw, on_failure)
+
+
+@contextlib.contextmanager
+def _one_at_a_time(config: Optional[str]) -> Iterator[None]:
+    """Refuses a guarded run of ``config`` while another is in progress in this process (nested,
+    or on another thread): the inner run's post_run would end the outer run's turn."""
+    if config is None:
+        yield
+        return
     with _ACTIVE_LOCK:
-        if isinstance(config, str) and config in _ACTIVE:
+        if config in _ACTIVE:
             raise UsageError(
                 f"a guarded run of `{config}` is already in progress in this process (nested,"
                 " or on another thread): runs of one database take turns, and the inner run's"
@@ -156,29 +179,12 @@ def guarded_run(
                 64,
                 None,
             )
-        _ACTIVE.add(key)
+        _ACTIVE.add(config)
     try:
-        pre = pre_run(
-            config, request_id=request_id, binary=binary, cwd=cwd, env=env, timeout=timeout
-        )
-    except BaseException:
-        with _ACTIVE_LOCK:
-            _ACTIVE.discard(key)
-        raise
-    run = GuardedRun(pre)
-    kw: Dict[str, Any] = dict(
-        config=config,
-        request_id=pre.request_id,
-        binary=binary,
-        cwd=cwd,
-        env=env,
-        backup_sha256=pre.backup.sha256 if pre.backup is not None else None,
-    )
-    try:
-        yield from _guarded(run, pre, kw, on_failure)
+        yield
     finally:
         with _ACTIVE_LOCK:
-            _ACTIVE.discard(key)
+            _ACTIVE.discard(config)
 
 
 #: The configurations with a guarded run in progress in this process.
