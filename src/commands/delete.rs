@@ -20,9 +20,16 @@ struct DeleteReport {
     deleted: bool,
     dry_run: bool,
     id: String,
+    /// Other backups found damaged on the way (a packed backup whose pack went missing).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 impl Report for DeleteReport {
+    fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
     fn text(&self, out: &mut dyn Write) -> io::Result<()> {
         if self.dry_run {
             writeln!(out, "dry run: would delete `{}`", self.id)
@@ -84,14 +91,17 @@ pub fn run(g: &Global, a: &DeleteArgs) -> i32 {
                 "delete it once that run's post_run has ended it".into(),
             ));
         }
-        if !a.dry_run {
-            store.delete(&entry.id)?;
-        }
+        let warnings = if a.dry_run {
+            Vec::new()
+        } else {
+            store.delete(&entry.id)?.into_iter().collect()
+        };
         Ok(DeleteReport {
             id: entry.id,
             deleted: !a.dry_run,
             dry_run: a.dry_run,
             bytes: entry.file_bytes,
+            warnings,
         })
     })();
     output::finish(g.json, deleted.map_err(Into::into))

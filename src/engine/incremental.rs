@@ -79,6 +79,37 @@ fn unknown_manifests(inv: &Inventory) -> Option<String> {
     })
 }
 
+/// What an operator must hear when [`blockstore::secure`] met chunks already lost: the packed
+/// backups that list them cannot be rebuilt any more (their pack went missing or was truncated
+/// behind ducksafe's back), whatever this run does. `None` when nothing is lost.
+fn lost_warning(inv: &Inventory, lost: &HashSet<Hash>) -> Option<String> {
+    if lost.is_empty() {
+        return None;
+    }
+    let hit: Vec<&str> = inv
+        .backups
+        .iter()
+        .filter(|b| b.manifest.storage == Storage::Packed)
+        .filter(|b| {
+            b.manifest
+                .blocks
+                .as_ref()
+                .is_some_and(|m| m.chunks.iter().any(|h| lost.contains(h)))
+        })
+        .map(|b| b.id.as_str())
+        .collect();
+    Some(format!(
+        "{} block{} that packed backup{} `{}` need{} {} in no pack and no backup file (a pack under `packs/` was deleted or cut short): {} cannot be restored. Run `ducksafe verify --all` to see every damaged backup, then `ducksafe delete` each one it names; the other backups are not affected",
+        lost.len(),
+        if lost.len() == 1 { "" } else { "s" },
+        if hit.len() == 1 { "" } else { "s" },
+        hit.join("`, `"),
+        if hit.len() == 1 { "s" } else { "" },
+        if lost.len() == 1 { "is" } else { "are" },
+        if hit.len() == 1 { "it" } else { "they" },
+    ))
+}
+
 /// The packed backups' maps.
 fn packed(inv: &Inventory) -> Vec<&BlockMap> {
     inv.backups
@@ -125,7 +156,8 @@ impl Store {
         ids.reverse();
         for id in ids {
             match self.convert_one(inv, &id, independent) {
-                Ok(()) => {
+                Ok(lost) => {
+                    warnings.extend(lost_warning(inv, &lost));
                     if let Some(b) = inv.backups.iter_mut().find(|b| b.id == id) {
                         b.manifest.storage = Storage::Packed;
                         b.file_bytes = None;
@@ -139,12 +171,14 @@ impl Store {
         warnings
     }
 
-    fn convert_one(&self, inv: &Inventory, id: &str, independent: bool) -> Result<()> {
+    /// Converts one plain backup; returns the chunks other packed backups need that were
+    /// already lost (see [`lost_warning`]).
+    fn convert_one(&self, inv: &Inventory, id: &str, independent: bool) -> Result<HashSet<Hash>> {
         let Some(entry) = inv.backups.iter().find(|b| b.id == id) else {
-            return Ok(());
+            return Ok(HashSet::new());
         };
         let Some(map) = entry.manifest.blocks.as_ref() else {
-            return Ok(());
+            return Ok(HashSet::new());
         };
         let path = self.backup_path(id);
         // The file must still be the one the map describes, in size at least (its chunks are
@@ -165,7 +199,7 @@ impl Store {
             .iter()
             .map(|(p, m)| Plain { path: p, map: m })
             .collect();
-        blockstore::convert(
+        let converted = blockstore::convert(
             &packs,
             Plain { path: &path, map },
             &packed(inv),
@@ -180,7 +214,7 @@ impl Store {
         failpoint::hit("convert.manifest");
         self.remove_plain_file(id)?;
         failpoint::hit("convert.removed");
-        Ok(())
+        Ok(converted.secured.lost)
     }
 
     /// Removes the file and sidecar of a backup whose manifest says packed, then syncs the
@@ -198,15 +232,16 @@ impl Store {
 
     /// Before the plain backup `id` is deleted: the chunks the packed backups need that only
     /// its file holds go into a durable pack. Nothing to do for a packed backup, or when no
-    /// backup is packed.
-    pub fn secure_leaving(&self, inv: &Inventory, id: &str) -> Result<()> {
+    /// backup is packed. Returns a warning when packed backups need chunks that nothing holds
+    /// any more: the deletion goes ahead (it loses nothing more), and those backups are named.
+    pub fn secure_leaving(&self, inv: &Inventory, id: &str) -> Result<Option<String>> {
         let needed = packed(inv);
         let leaving = inv
             .backups
             .iter()
             .find(|b| b.id == id && b.manifest.storage == Storage::Plain);
         let (Some(leaving), false) = (leaving, needed.is_empty()) else {
-            return Ok(());
+            return Ok(None);
         };
         if let Some(why) = unknown_manifests(inv) {
             return Err(Error::VerificationFailed {
@@ -233,10 +268,10 @@ impl Store {
         let index = packs
             .index()
             .map_err(|e| Error::io("read", packs.dir(), e))?;
-        blockstore::secure(&packs, &index, &needed, &staying, &leaving_plain)
+        let secured = blockstore::secure(&packs, &index, &needed, &staying, &leaving_plain)
             .map_err(|f| failure(&path, &f))?;
         failpoint::hit("secure.packed");
-        Ok(())
+        Ok(lost_warning(inv, &secured.lost))
     }
 
     /// Deletes the packs no manifest of `inv` needs, and repacks mostly dead ones. Call with the

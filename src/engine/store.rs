@@ -574,11 +574,12 @@ impl Store {
     ///
     /// In the block store, a plain backup's chunks that packed backups need from its file alone
     /// go into a durable pack first, and packs nothing references any more are collected after
-    /// (see `super::incremental`).
-    pub fn delete(&self, id: &str) -> Result<()> {
+    /// (see `super::incremental`). Returns a warning when other packed backups were found
+    /// already damaged (chunks in no pack): the deletion does not depend on them.
+    pub fn delete(&self, id: &str) -> Result<Option<String>> {
         let backup = self.backup_path(id);
         let before = self.inventory()?;
-        self.secure_leaving(&before, id)?;
+        let damaged = self.secure_leaving(&before, id)?;
         self.delete_files(id, &backup)?;
         if before
             .backups
@@ -591,7 +592,7 @@ impl Store {
                 tracing::warn!("packs not collected after deleting `{id}`: {e}");
             }
         }
-        Ok(())
+        Ok(damaged)
     }
 
     fn delete_files(&self, id: &str, backup: &Path) -> Result<()> {
@@ -743,7 +744,10 @@ impl Store {
         report.deleted.retain(|d| {
             failpoint::hit("rotation.deleting");
             match self.delete(&d.id) {
-                Ok(()) => true,
+                Ok(damaged) => {
+                    warnings.extend(damaged);
+                    true
+                }
                 Err(e) => {
                     warnings.push(format!("could not delete old backup `{}`: {e}", d.id));
                     false

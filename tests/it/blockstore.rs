@@ -421,3 +421,45 @@ fn the_storage_budget_counts_real_bytes() {
     let total = listing["total_bytes"].as_u64().unwrap();
     assert!(total <= budget, "{total} bytes on disk, budget {budget}");
 }
+
+/// A pack deleted behind ducksafe's back damages the packed backups that needed it, and only
+/// those: the next backup still converts the previous one (whose file holds its own blocks),
+/// rotation still deletes what it should, and the warning names the damaged backups, not the
+/// healthy one being converted.
+#[test]
+fn a_lost_pack_blames_only_the_backups_that_needed_it() {
+    let p = project("BACKUP_KEEP_LAST: 3\n");
+    let mut ids = Vec::new();
+    for run in 1..=3 {
+        simulate(&p, run);
+        ids.push(backup(&p));
+    }
+    let packs = p.backups().join("packs");
+    let lost = dir_names(&packs);
+    assert!(!lost.is_empty(), "two packed backups, so packs exist");
+    for n in &lost {
+        fs::remove_file(packs.join(n)).unwrap();
+    }
+    simulate(&p, 4);
+    let out = p.run(&["--json", "backup"]);
+    assert_ok(&out);
+    let report = json(&out);
+    ids.push(report["backup"]["id"].as_str().unwrap().to_owned());
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!("`{}`", ids[1])) && warnings.contains("cannot be restored"),
+        "the damaged backup is named: {warnings}"
+    );
+    assert!(
+        !warnings.contains("stays a full copy"),
+        "the healthy previous backup converts: {warnings}"
+    );
+    let left = listed(&p);
+    let storage = |id: &str| left.iter().find(|(i, _)| i == id).map(|(_, s)| s.clone());
+    assert_eq!(storage(&ids[0]), None, "rotated: {left:?}");
+    assert_eq!(storage(&ids[2]).as_deref(), Some("packed"), "{left:?}");
+    assert_eq!(storage(&ids[3]).as_deref(), Some("plain"), "{left:?}");
+    assert!(restorable(&p, &ids[2]), "the converted backup rebuilds");
+    assert!(restorable(&p, &ids[3]));
+    assert!(!restorable(&p, &ids[1]), "its blocks are gone");
+}

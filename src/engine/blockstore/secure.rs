@@ -33,10 +33,18 @@ pub struct Secured {
     pub chunks: usize,
     /// Raw bytes of the chunks packed.
     pub raw_bytes: u64,
+    /// Chunks the maps in `needed` list that no pack, no plain file staying and no file
+    /// leaving holds: already lost (a pack deleted or truncated behind ducksafe's back) before
+    /// this call, and not made any more lost by it. The backups that list them can no longer
+    /// be rebuilt; the caller names them, and carries on with what it was doing.
+    pub lost: HashSet<Hash>,
 }
 
 /// Packs every chunk the maps in `needed` list that `index` and the plain files `staying` do
-/// not hold, reading it from the plain files `leaving`.
+/// not hold, reading it from the plain files `leaving`. A chunk that none of them holds is
+/// reported in [`Secured::lost`], not an error: the files leaving do not hold it, so letting
+/// them go loses nothing more, and a healthy backup must not be kept (or blamed) for a pack
+/// that went missing elsewhere.
 pub fn secure(
     packs: &Packs,
     index: &Index,
@@ -45,39 +53,46 @@ pub fn secure(
     leaving: &[Plain<'_>],
 ) -> Result<Secured, Failure> {
     let held: HashSet<&Hash> = staying.iter().flat_map(|p| p.map.chunks.iter()).collect();
-    let mut wanted: Vec<(usize, Hash)> = Vec::new();
+    let mut wanted: Vec<Hash> = Vec::new();
     let mut seen: HashSet<Hash> = HashSet::new();
     for m in needed {
         m.well_formed().map_err(Failure::BadMap)?;
-        for (i, h) in m.chunks.iter().enumerate() {
+        for h in &m.chunks {
             if !index.contains(h) && !held.contains(h) && seen.insert(*h) {
-                wanted.push((i, *h));
+                wanted.push(*h);
             }
         }
     }
-    if wanted.is_empty() {
-        return Ok(Secured::default());
-    }
     let leaving_at: Vec<_> = leaving.iter().map(|p| p.map.positions()).collect();
+    let mut out = Secured::default();
+    // Each chunk wanted, with the file leaving that holds it and its position there.
+    let mut found: Vec<(Hash, usize, usize)> = Vec::with_capacity(wanted.len());
+    for h in wanted {
+        match leaving_at
+            .iter()
+            .enumerate()
+            .find_map(|(k, pos)| pos.get(&h).map(|&at| (k, at)))
+        {
+            Some((k, at)) => found.push((h, k, at)),
+            None => {
+                out.lost.insert(h);
+            }
+        }
+    }
+    if found.is_empty() {
+        return Ok(out);
+    }
     let mut opened = Vec::with_capacity(leaving.len());
     for p in leaving {
         opened.push(files::open_read_nofollow(p.path).map_err(|e| io(p.path, e))?);
     }
     let mut writer = PackWriter::create(packs.dir()).map_err(|e| io(packs.dir(), e))?;
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let mut out = Secured::default();
     // Read (and checked) one batch at a time, compressed on every core, appended in order:
     // memory stays at one batch whatever the number of chunks.
-    for batch in wanted.chunks(BATCH) {
+    for batch in found.chunks(BATCH) {
         let mut raws = Vec::with_capacity(batch.len());
-        for &(i, h) in batch {
-            let Some((k, at)) = leaving_at
-                .iter()
-                .enumerate()
-                .find_map(|(k, pos)| pos.get(&h).map(|&at| (k, at)))
-            else {
-                return Err(Failure::Missing { index: i, hash: h });
-            };
+        for &(h, k, at) in batch {
             let (start, len) = leaving[k].map.range(at);
             let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
             opened[k]
@@ -93,7 +108,7 @@ pub fn secure(
             raws.push(buf);
         }
         let frames = pack::compress(&raws, threads).map_err(|e| io(packs.dir(), e))?;
-        for ((&(_, h), raw), frame) in batch.iter().zip(&raws).zip(&frames) {
+        for ((&(h, _, _), raw), frame) in batch.iter().zip(&raws).zip(&frames) {
             writer
                 .add_compressed(h, frame, raw.len())
                 .map_err(|e| io(packs.dir(), e))?;
