@@ -50,23 +50,18 @@ pub fn run(g: &Global, a: &PruneArgs) -> i32 {
         let store = &opened.store;
         let inv = store.inventory()?;
         let now = crate::clock::now();
-        let plan = retention::plan(
-            &store.candidates(&inv, None)?,
-            now,
-            retention::policy(&settings),
-        );
+        let policy = retention::policy(&settings);
+        let mut rotated = Vec::new();
+        let (plan, deleted) = if a.dry_run {
+            let plan = retention::plan(&store.candidates(&inv, None)?, now, policy);
+            (plan, Vec::new())
+        } else {
+            let (plan, report) = store.apply_retention(&inv, None, now, policy, &mut rotated)?;
+            (plan, report.deleted.into_iter().map(|d| d.id).collect())
+        };
         let mut warnings = plan.warnings.clone();
         warnings.extend(store.inventory_warnings(&inv, now));
-        let deleted = if a.dry_run {
-            Vec::new()
-        } else {
-            store
-                .rotate(&plan, &mut warnings)
-                .deleted
-                .into_iter()
-                .map(|d| d.id)
-                .collect()
-        };
+        warnings.extend(rotated);
         Ok::<_, crate::error::Error>(PruneReport {
             dry_run: a.dry_run,
             plan,

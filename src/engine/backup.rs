@@ -444,14 +444,17 @@ fn run_noting(
         warnings.extend(store.convert_older(&mut inv, &id, independent));
         phase("older backups converted");
     }
-    let plan = retention::plan(
-        &store.candidates(&inv, Some(&id))?,
+    let mut rotated = Vec::new();
+    let (plan, rotation) = store.apply_retention(
+        &inv,
+        Some(&id),
         now,
         retention::policy(settings),
-    );
-    warnings.extend(plan.warnings.iter().cloned());
+        &mut rotated,
+    )?;
+    warnings.extend(plan.warnings);
     warnings.extend(store.inventory_warnings(&inv, now));
-    let rotation = store.rotate(&plan, warnings);
+    warnings.extend(rotated);
     failpoint::hit("rotation.done");
     phase("rotated");
     // Nothing is left that could fail this pre_run: the record stays (until here, a panic in

@@ -172,6 +172,39 @@ impl Plan {
         self.decisions.iter().filter(|d| d.keep)
     }
 
+    /// This plan, then `later`: a plan made once this one's deletions were applied. With the
+    /// block store a packed backup weighs a share of chunks other backups also hold, so
+    /// deleting it can free less than it weighed, and the budget is weighed again on the bytes
+    /// really left (see `Store::apply_retention`). Decisions: `later`'s for the backups still
+    /// there, this one's for those it deleted, in this plan's order; warnings: `later`'s, its
+    /// keep-last shortfall weighed again over every backup.
+    #[must_use]
+    pub fn then(self, later: Plan, policy: Policy) -> Plan {
+        let own_shortfall = shortfall(&later.decisions, policy);
+        let decisions: Vec<Decision> = self
+            .decisions
+            .into_iter()
+            .map(|d| {
+                later
+                    .decisions
+                    .iter()
+                    .find(|l| l.id == d.id)
+                    .cloned()
+                    .unwrap_or(d)
+            })
+            .collect();
+        let mut warnings: Vec<String> = later
+            .warnings
+            .into_iter()
+            .filter(|w| Some(w) != own_shortfall.as_ref())
+            .collect();
+        warnings.extend(shortfall(&decisions, policy));
+        Plan {
+            decisions,
+            warnings,
+        }
+    }
+
     /// The plan in the report's shape: what is kept, and what goes and why.
     pub fn report(&self) -> RotationReport {
         RotationReport {
@@ -186,6 +219,30 @@ impl Plan {
                 .collect(),
         }
     }
+}
+
+/// The warning that the budget left fewer unpinned backups than `BACKUP_KEEP_LAST` asks for.
+fn shortfall(decisions: &[Decision], policy: Policy) -> Option<String> {
+    let budget = policy.max_total_bytes?;
+    let unpinned_kept = decisions
+        .iter()
+        .filter(|d| d.keep && d.reason != Reason::Pinned)
+        .count();
+    let unpinned_total = decisions
+        .iter()
+        .filter(|d| d.reason != Reason::Pinned)
+        .count();
+    let wanted = unpinned_total.min(policy.keep_last as usize);
+    (decisions
+        .iter()
+        .any(|d| matches!(d.reason, Reason::OverBudget { .. }))
+        && unpinned_kept < wanted)
+        .then(|| {
+            format!(
+                "BACKUP_MAX_TOTAL_BYTES={budget} leaves {unpinned_kept} backup(s), fewer than BACKUP_KEEP_LAST={}",
+                policy.keep_last
+            )
+        })
 }
 
 /// Decides, for every backup, whether it stays. `backups` may come in any order.
@@ -304,22 +361,7 @@ pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
                 "backups still use {total} bytes after rotation, over BACKUP_MAX_TOTAL_BYTES={budget}: pinned backups, the newest verified, the newest fully verified, the one latest.duckdb names and the last one made are never deleted"
             ));
         }
-        let unpinned_kept = decisions
-            .iter()
-            .filter(|d| d.keep && d.reason != Reason::Pinned)
-            .count();
-        let unpinned_total = sorted.iter().filter(|c| !c.pinned).count();
-        let wanted = unpinned_total.min(policy.keep_last as usize);
-        if decisions
-            .iter()
-            .any(|d| matches!(d.reason, Reason::OverBudget { .. }))
-            && unpinned_kept < wanted
-        {
-            warnings.push(format!(
-                "BACKUP_MAX_TOTAL_BYTES={budget} leaves {unpinned_kept} backup(s), fewer than BACKUP_KEEP_LAST={}",
-                policy.keep_last
-            ));
-        }
+        warnings.extend(shortfall(&decisions, policy));
     }
     Plan {
         decisions,
@@ -402,6 +444,39 @@ mod tests {
         let p = plan(&bs, at(24), policy(1));
         assert!(p.decisions.iter().any(|d| d.id == "now" && d.keep));
         assert!(p.warnings.iter().any(|w| w.contains("clock")));
+    }
+
+    /// A second round (the budget weighed again on the bytes left) keeps the first round's
+    /// deletions in the plan, takes the later decisions for the backups left, and weighs the
+    /// keep-last shortfall over every backup, not only those the later round saw.
+    #[test]
+    fn a_later_round_joins_the_first() {
+        let pol = Policy {
+            keep_last: 3,
+            max_age_days: None,
+            max_total_bytes: Some(25),
+        };
+        let bs: Vec<_> = (0..4).map(|i| c(&format!("b{i}"), i, 10)).collect();
+        let first = plan(&bs, at(10), pol);
+        assert_eq!(deleted(&first), vec!["b1", "b0"]);
+        // On disk the two left take more than their shares said: b2 goes too.
+        let mut left = vec![c("b2", 2, 20), c("b3", 3, 10)];
+        left[1].fresh = true;
+        let later = plan(&left, at(10), pol);
+        assert_eq!(deleted(&later), vec!["b2"]);
+        let both = first.then(later, pol);
+        assert_eq!(deleted(&both), vec!["b2", "b1", "b0"]);
+        assert_eq!(both.decisions.len(), 4);
+        let shortfalls: Vec<_> = both
+            .warnings
+            .iter()
+            .filter(|w| w.contains("fewer than BACKUP_KEEP_LAST"))
+            .collect();
+        assert_eq!(shortfalls.len(), 1, "{:?}", both.warnings);
+        assert!(
+            shortfalls[0].contains("leaves 1 backup(s)"),
+            "{shortfalls:?}"
+        );
     }
 
     #[test]

@@ -757,6 +757,50 @@ impl Store {
         report
     }
 
+    /// Plans retention for `inv` and applies it; returns the plan (every decision, including
+    /// later rounds') and what was deleted. `fresh` names the backup this run just made. Call
+    /// with the directory lock held.
+    ///
+    /// With `BACKUP_MAX_TOTAL_BYTES` and the block store, a packed backup weighs its fair
+    /// share of chunks other backups also hold: deleting it frees its own chunks only, so the
+    /// bytes left can still be over the budget. The bytes really on disk are then weighed
+    /// again and the budget applied once more, until they fit or the budget deletes nothing
+    /// more (each round deletes at least one backup, so this ends).
+    pub fn apply_retention(
+        &self,
+        inv: &Inventory,
+        fresh: Option<&str>,
+        now: DateTime<Utc>,
+        policy: retention::Policy,
+        warnings: &mut Vec<String>,
+    ) -> Result<(Plan, RotationReport)> {
+        let mut plan = retention::plan(&self.candidates(inv, fresh)?, now, policy);
+        let mut report = self.rotate(&plan, warnings);
+        let mut round = (plan.clone(), report.deleted.clone());
+        while let Some(budget) = policy.max_total_bytes {
+            let (last, deleted) = &round;
+            let for_budget = deleted.iter().any(|d| {
+                last.decisions.iter().any(|x| {
+                    x.id == d.id && matches!(x.reason, retention::Reason::OverBudget { .. })
+                })
+            });
+            if !for_budget || !self.packs().dir().exists() {
+                break;
+            }
+            let left = self.inventory()?;
+            if self.real_bytes(&left) <= budget {
+                break;
+            }
+            let again = retention::plan(&self.candidates(&left, fresh)?, now, policy);
+            let more = self.rotate(&again, warnings);
+            report.kept = more.kept;
+            report.deleted.extend(more.deleted.iter().cloned());
+            plan = plan.then(again.clone(), policy);
+            round = (again, more.deleted);
+        }
+        Ok((plan, report))
+    }
+
     /// What an operator must know about the backups before trusting their order: backups dated
     /// in the future (a clock that was wrong), and a `latest.duckdb` that names no backup.
     pub fn inventory_warnings(&self, inv: &Inventory, now: DateTime<Utc>) -> Vec<String> {

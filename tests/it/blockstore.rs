@@ -463,3 +463,48 @@ fn a_lost_pack_blames_only_the_backups_that_needed_it() {
     assert!(restorable(&p, &ids[3]));
     assert!(!restorable(&p, &ids[1]), "its blocks are gone");
 }
+
+/// Deleting a packed backup frees only the chunks no backup staying lists (and a pack goes only
+/// when nothing in it is still needed): less than the fair share of the packs it weighed. A
+/// budget that the plan's shares say fits the two newest backups does not fit them on disk,
+/// where the second newest then holds the chunks it shared with the older ones alone: after
+/// `prune` the bytes really on disk are within `BACKUP_MAX_TOTAL_BYTES`.
+#[test]
+fn the_budget_is_weighed_again_after_packed_backups_go() {
+    let p = project("BACKUP_KEEP_LAST: 10\n");
+    let mut ids = Vec::new();
+    for run in 1..=6 {
+        simulate_as(&p, Shape::Rebuild, run);
+        ids.push(backup(&p));
+    }
+    let weights = p.run(&["--json", "prune", "--dry-run"]);
+    assert_ok(&weights);
+    let weights = json(&weights);
+    let weight = |id: &str| {
+        weights["plan"]["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .unwrap()["bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let budget = weight(&ids[5]) + weight(&ids[4]);
+    let set = format!("BACKUP_MAX_TOTAL_BYTES={budget}");
+    let out = p.run(&["--json", "--set", &set, "prune"]);
+    assert_ok(&out);
+    let pruned = json(&out);
+    let out = p.run(&["--json", "list"]);
+    assert_ok(&out);
+    let after = json(&out)["total_bytes"].as_u64().unwrap();
+    assert!(
+        after <= budget,
+        "{after} bytes on disk after the prune, budget {budget}: {pruned}"
+    );
+    let left = listed(&p);
+    assert!(left.iter().any(|(id, _)| *id == ids[5]), "{left:?}");
+    for (id, _) in &left {
+        assert!(restorable(&p, id), "{id}");
+    }
+}
