@@ -35,10 +35,23 @@ use crate::files;
 /// A failure of the block store, as the error a command reports about `path`.
 pub fn failure(path: &Path, f: &Failure) -> Error {
     match f {
-        Failure::Io { path, source } => Error::io(
-            "read the block store at",
+        Failure::Io {
             path,
-            std::io::Error::new(source.kind(), source.to_string()),
+            source,
+            write,
+        } => Error::io(
+            if *write {
+                "write the block store at"
+            } else {
+                "read the block store at"
+            },
+            path,
+            // The OS error number kept: a full disk is `insufficient_space` (exit 73), not
+            // an I/O error that suggests damage.
+            source.raw_os_error().map_or_else(
+                || std::io::Error::new(source.kind(), source.to_string()),
+                std::io::Error::from_raw_os_error,
+            ),
         ),
         other => Error::VerificationFailed {
             path: path.to_path_buf(),
@@ -531,4 +544,29 @@ fn plains_ref<'a>(store: &Store, inv: &'a Inventory) -> HashSet<&'a Hash> {
         .filter_map(|b| b.manifest.blocks.as_ref())
         .flat_map(|m| m.chunks.iter())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorCode;
+
+    /// A pack that cannot be written on a full disk is `insufficient_space` (exit 73) and says
+    /// "write", not an I/O error about reading the block store; a read failure still says read.
+    #[test]
+    fn a_full_disk_while_packing_is_said_as_such() {
+        let dir = Path::new("/b/packs");
+        let full = failure(
+            dir,
+            &Failure::write(dir, std::io::Error::from_raw_os_error(libc::ENOSPC)),
+        );
+        assert_eq!(full.code(), ErrorCode::InsufficientSpace);
+        assert!(full.to_string().contains("write the block store"), "{full}");
+        let eio = failure(
+            dir,
+            &Failure::io(dir, std::io::Error::from_raw_os_error(libc::EIO)),
+        );
+        assert_eq!(eio.code(), ErrorCode::IoError);
+        assert!(eio.to_string().contains("read the block store"), "{eio}");
+    }
 }

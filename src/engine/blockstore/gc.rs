@@ -91,14 +91,12 @@ pub fn apply(
     referenced: &HashSet<Hash>,
     plan: &Plan,
 ) -> Result<Applied, Failure> {
-    let io = |e: std::io::Error| Failure::Io {
-        path: packs.dir().to_path_buf(),
-        source: e,
-    };
+    let io = |e: std::io::Error| Failure::io(packs.dir(), e);
+    let write = |e: std::io::Error| Failure::write(packs.dir(), e);
     let mut out = Applied::default();
     if !plan.repack.is_empty() {
         let home = homes(index, referenced);
-        let mut writer = PackWriter::create(packs.dir()).map_err(io)?;
+        let mut writer = PackWriter::create(packs.dir()).map_err(write)?;
         let (mut frame, mut raw) = (Vec::new(), Vec::new());
         let mut written = HashSet::new();
         for &k in &plan.repack {
@@ -111,11 +109,11 @@ pub fn apply(
                 p.read_chunk(e, &mut frame, &mut raw)
                     .map_err(io)?
                     .map_err(|d| Failure::Damaged(d.to_string()))?;
-                writer.add_frame(e, &frame).map_err(io)?;
+                writer.add_frame(e, &frame).map_err(write)?;
             }
         }
         if !writer.is_empty() {
-            let published = writer.finish().map_err(io)?;
+            let published = writer.finish().map_err(write)?;
             out.new_pack = Some((published.name, published.bytes));
         }
         crate::failpoint::hit("gc.repacked");
@@ -133,7 +131,7 @@ pub fn apply(
         match std::fs::remove_file(&p.path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
+            Err(e) => return Err(write(e)),
         }
         out.deleted.push(p.name.clone());
         out.freed += p.bytes;
@@ -147,10 +145,7 @@ pub fn apply(
 #[allow(clippy::implicit_hasher)]
 /// Plans and applies in one go: what a prune does after its manifests are gone.
 pub fn collect(packs: &Packs, referenced: &HashSet<Hash>) -> Result<Applied, Failure> {
-    let index = packs.index().map_err(|e| Failure::Io {
-        path: packs.dir().to_path_buf(),
-        source: e,
-    })?;
+    let index = packs.index().map_err(|e| Failure::io(packs.dir(), e))?;
     let plan = plan(&index, referenced);
     apply(packs, &index, referenced, &plan)
 }

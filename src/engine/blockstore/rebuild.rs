@@ -38,8 +38,14 @@ pub enum Failure {
     Damaged(String),
     /// The map itself cannot be rebuilt from (another hash, block size or chunk count).
     BadMap(String),
-    /// Reading a source or writing the sink failed.
-    Io { path: PathBuf, source: io::Error },
+    /// Reading a source (`write` false) or writing a pack or the rebuilt file (`write` true)
+    /// failed: the operator hears which, since a full disk and a damaged one call for different
+    /// acts.
+    Io {
+        path: PathBuf,
+        source: io::Error,
+        write: bool,
+    },
 }
 
 impl std::fmt::Display for Failure {
@@ -52,16 +58,27 @@ impl std::fmt::Display for Failure {
             ),
             Failure::Damaged(why) => f.write_str(why),
             Failure::BadMap(why) => write!(f, "the block map cannot be used: {why}"),
-            Failure::Io { path, source } => write!(f, "`{}`: {source}", path.display()),
+            Failure::Io { path, source, .. } => write!(f, "`{}`: {source}", path.display()),
         }
     }
 }
 
 impl Failure {
-    fn io(path: &Path, source: io::Error) -> Failure {
+    /// Reading `path` failed.
+    pub fn io(path: &Path, source: io::Error) -> Failure {
         Failure::Io {
             path: path.to_path_buf(),
             source,
+            write: false,
+        }
+    }
+
+    /// Writing `path` (a pack, the rebuilt file) failed.
+    pub fn write(path: &Path, source: io::Error) -> Failure {
+        Failure::Io {
+            path: path.to_path_buf(),
+            source,
+            write: true,
         }
     }
 }
@@ -194,7 +211,7 @@ pub fn rebuild(
         let mut done = Rebuilt::default();
         for (i, h) in map.chunks.iter().enumerate() {
             step(map, sources, i, h, &mut frame, &mut buf, &mut done)?;
-            sink(&buf).map_err(|e| Failure::io(Path::new("the rebuilt file"), e))?;
+            sink(&buf).map_err(|e| Failure::write(Path::new("the rebuilt file"), e))?;
         }
         return Ok(done);
     }
@@ -216,7 +233,7 @@ pub fn rebuild(
             for (i, h) in map.chunks.iter().enumerate() {
                 let mut buf = take_back.try_recv().unwrap_or_default();
                 step(map, sources, i, h, &mut frame, &mut buf, &mut done)?;
-                sink(&buf).map_err(|e| Failure::io(Path::new("the rebuilt file"), e))?;
+                sink(&buf).map_err(|e| Failure::write(Path::new("the rebuilt file"), e))?;
                 to_hash
                     .send(buf)
                     .map_err(|_| Failure::Damaged("the hashing thread stopped".into()))?;
@@ -303,7 +320,7 @@ pub fn rebuild_to_file(
                 let at = done.bytes;
                 step(map, sources, i, h, &mut frame, &mut buf, &mut done)?;
                 out.write_all_at(&buf, at)
-                    .map_err(|e| Failure::io(out_path, e))?;
+                    .map_err(|e| Failure::write(out_path, e))?;
                 to_hash
                     .send((at, buf.len() as u64))
                     .map_err(|_| Failure::Damaged("the hashing thread stopped".into()))?;
@@ -320,7 +337,7 @@ pub fn rebuild_to_file(
             .map_err(|_| Failure::Damaged("the hashing thread panicked".into()))?;
         result?;
         done.sha256 = Some(sha.map_err(|e| Failure::io(out_path, e))?);
-        out.sync_all().map_err(|e| Failure::io(out_path, e))?;
+        out.sync_all().map_err(|e| Failure::write(out_path, e))?;
         Ok(done)
     })
 }

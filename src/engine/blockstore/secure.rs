@@ -86,7 +86,7 @@ pub fn secure(
     for p in leaving {
         opened.push(files::open_read_nofollow(p.path).map_err(|e| io(p.path, e))?);
     }
-    let mut writer = PackWriter::create(packs.dir()).map_err(|e| io(packs.dir(), e))?;
+    let mut writer = PackWriter::create(packs.dir()).map_err(|e| Failure::write(packs.dir(), e))?;
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     // Read (and checked) one batch at a time, compressed on every core, appended in order:
     // memory stays at one batch whatever the number of chunks.
@@ -107,24 +107,25 @@ pub fn secure(
             }
             raws.push(buf);
         }
-        let frames = pack::compress(&raws, threads).map_err(|e| io(packs.dir(), e))?;
+        let frames = pack::compress(&raws, threads).map_err(|e| Failure::write(packs.dir(), e))?;
         for ((&(h, _, _), raw), frame) in batch.iter().zip(&raws).zip(&frames) {
             writer
                 .add_compressed(h, frame, raw.len())
-                .map_err(|e| io(packs.dir(), e))?;
+                .map_err(|e| Failure::write(packs.dir(), e))?;
             out.chunks += 1;
             out.raw_bytes += raw.len() as u64;
         }
     }
-    out.pack = Some(writer.finish().map_err(|e| io(packs.dir(), e))?);
+    out.pack = Some(
+        writer
+            .finish()
+            .map_err(|e| Failure::write(packs.dir(), e))?,
+    );
     Ok(out)
 }
 
 fn io(path: &std::path::Path, e: std::io::Error) -> Failure {
-    Failure::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
+    Failure::io(path, e)
 }
 
 /// What a conversion did.
