@@ -104,7 +104,10 @@ pub enum Reason {
     },
     /// Older than `BACKUP_RETENTION_DAYS`.
     TooOld {
+        /// Whole days (floored), and the hours beyond them: a backup 7 days and 3 hours old
+        /// is past a 7-day limit, and says so rather than "7 days old".
         age_days: i64,
+        age_hours: i64,
         max_age_days: u32,
     },
     /// Deleted to fit `BACKUP_MAX_TOTAL_BYTES`.
@@ -136,8 +139,19 @@ impl Reason {
             } => format!("number {position}, beyond BACKUP_KEEP_LAST={keep_last}"),
             Reason::TooOld {
                 age_days,
+                age_hours,
                 max_age_days,
-            } => format!("{age_days} days old, beyond BACKUP_RETENTION_DAYS={max_age_days}"),
+            } => {
+                let age = match (age_days, age_hours) {
+                    (d, 0) => format!("{d} day{}", if *d == 1 { "" } else { "s" }),
+                    (d, h) => format!(
+                        "{d} day{} {h} hour{}",
+                        if *d == 1 { "" } else { "s" },
+                        if *h == 1 { "" } else { "s" }
+                    ),
+                };
+                format!("{age} old, beyond BACKUP_RETENTION_DAYS={max_age_days}")
+            }
             Reason::OverBudget {
                 total_bytes,
                 max_total_bytes,
@@ -297,7 +311,8 @@ pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
             (true, Reason::Pinned)
         } else {
             position += 1;
-            let age_days = (now - c.created_at).num_days();
+            let age = now - c.created_at;
+            let (age_days, age_hours) = (age.num_days(), age.num_hours() % 24);
             let too_old = policy
                 .max_age_days
                 .filter(|d| now - c.created_at > Duration::days(i64::from(*d)));
@@ -314,6 +329,7 @@ pub fn plan(backups: &[Candidate], now: DateTime<Utc>, policy: Policy) -> Plan {
                     protected,
                     Reason::TooOld {
                         age_days,
+                        age_hours,
                         max_age_days,
                     },
                 )
@@ -486,6 +502,34 @@ mod tests {
         bs[0].pinned = true; // the oldest
         let p = plan(&bs, at(10), policy(2));
         assert_eq!(deleted(&p), vec!["b1"]);
+    }
+
+    /// A backup 7 days and 3 hours old is past a 7-day limit: its reason says the hours, never
+    /// "7 days old, beyond BACKUP_RETENTION_DAYS=7".
+    #[test]
+    fn an_age_past_the_limit_by_hours_says_the_hours() {
+        let bs = vec![
+            c("new", 7 * 24 + 3, 10),
+            c("old", 0, 10),
+            c("older", -24, 10),
+        ];
+        let p = plan(
+            &bs,
+            at(7 * 24 + 3),
+            Policy {
+                keep_last: 7,
+                max_age_days: Some(7),
+                max_total_bytes: None,
+            },
+        );
+        let said: Vec<String> = p.deletions().map(|d| d.reason.describe()).collect();
+        assert_eq!(
+            said,
+            vec![
+                "7 days 3 hours old, beyond BACKUP_RETENTION_DAYS=7",
+                "8 days 3 hours old, beyond BACKUP_RETENTION_DAYS=7"
+            ]
+        );
     }
 
     #[test]
