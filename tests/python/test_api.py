@@ -206,9 +206,14 @@ class ProtocolEdges(FakeCase):
         self.assertIsInstance(cm.exception, ducksafe.DucksafeError)
 
     def test_a_binary_that_cannot_run(self) -> None:
-        with self.assertRaises(ducksafe.HookUnavailable) as cm:
-            ducksafe.pre_run("config.yaml", binary=str(self.fake.dir / "missing"))
-        self.assertEqual(cm.exception.exit_code, 127)
+        not_executable = self.fake.dir / "not-executable"
+        not_executable.write_text("#!/bin/sh\n")
+        for binary in [self.fake.dir / "missing", not_executable, self.fake.dir]:
+            with self.subTest(binary=binary.name):
+                with self.assertRaises(ducksafe.BinaryNotFound) as cm:
+                    ducksafe.pre_run("config.yaml", binary=str(binary))
+                self.assertEqual(cm.exception.exit_code, 127)
+                self.assertIn(str(binary), str(cm.exception))
 
 
 class Answers(FakeCase):
@@ -527,6 +532,12 @@ class BinaryLookup(unittest.TestCase):
         self.on_path.write_text("#!/bin/sh\n")
         self.on_path.chmod(0o755)
 
+    def executable(self, name: str) -> str:
+        p = self.dir / name
+        p.write_text("#!/bin/sh\n")
+        p.chmod(0o755)
+        return str(p)
+
     def lookup(self, env: Dict[str, str], installed: Optional[str]) -> str:
         with mock.patch.dict(os.environ, env, clear=True), mock.patch.object(
             _binary, "installed_binary", return_value=installed
@@ -535,11 +546,34 @@ class BinaryLookup(unittest.TestCase):
 
     def test_order(self) -> None:
         path = {"PATH": str(self.on_path.parent)}
-        self.assertEqual(self.lookup(dict(path, DUCKSAFE_BIN="/b", DUCKSAFE="/d"), "/venv/bin/ducksafe"), "/venv/bin/ducksafe")
-        self.assertEqual(self.lookup(dict(path, DUCKSAFE_BIN="/b", DUCKSAFE="/d"), None), "/b")
-        self.assertEqual(self.lookup(dict(path, DUCKSAFE="/d"), None), "/d")
+        b, d = self.executable("b"), self.executable("d")
+        self.assertEqual(self.lookup(dict(path, DUCKSAFE_BIN=b, DUCKSAFE=d), "/venv/bin/ducksafe"), "/venv/bin/ducksafe")
+        self.assertEqual(self.lookup(dict(path, DUCKSAFE_BIN=b, DUCKSAFE=d), None), b)
+        self.assertEqual(self.lookup(dict(path, DUCKSAFE=d), None), d)
         self.assertEqual(self.lookup(path, None), str(self.on_path))
         self.assertEqual(ducksafe.find_binary("/explicit"), "/explicit")
+
+    def test_a_wrong_ducksafe_bin_is_binary_not_found(self) -> None:
+        # A $DUCKSAFE_BIN that names nothing runnable is said as such, with the variable, and
+        # is not skipped for PATH: the caller asked for that binary.
+        not_executable = self.dir / "not-executable"
+        not_executable.write_text("#!/bin/sh\n")
+        path = {"PATH": str(self.on_path.parent)}
+        for named, says in [
+            (str(self.dir / "missing"), "does not exist"),
+            (str(not_executable), "is not executable"),
+            (str(self.dir), "is a directory"),
+            ("no-such-ducksafe", "no `no-such-ducksafe` on PATH"),
+        ]:
+            for var in ("DUCKSAFE_BIN", "DUCKSAFE"):
+                with self.subTest(named=named, var=var):
+                    with self.assertRaises(ducksafe.BinaryNotFound) as cm:
+                        self.lookup(dict(path, **{var: named}), None)
+                    self.assertEqual(cm.exception.exit_code, 127)
+                    self.assertIn(f"${var}", str(cm.exception))
+                    self.assertIn(says, str(cm.exception))
+        # A bare name on PATH is found there.
+        self.assertEqual(self.lookup(dict(path, DUCKSAFE_BIN="ducksafe"), None), str(self.on_path))
 
     def test_none_at_all(self) -> None:
         with self.assertRaises(ducksafe.BinaryNotFound) as cm:

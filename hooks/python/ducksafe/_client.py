@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc
+import errno
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ._binary import find_binary
 from ._errors import (
+    BinaryNotFound,
     DucksafeError,
     HookTimeout,
     HookUnavailable,
@@ -74,7 +76,25 @@ def _run(
             EXIT_TIMEOUT,
         ) from e
     except OSError as e:
+        if cwd is not None and not os.path.isdir(cwd):
+            raise HookUnavailable(
+                f"cannot run `{argv[0]}` in `{os.fspath(cwd)}`: {e.strerror or e}", EXIT_NOT_FOUND
+            ) from e
+        if e.errno in _NO_PROGRAM:
+            # No such program, or no program at that name: there is no ducksafe binary to run.
+            raise BinaryNotFound(
+                f"cannot run `{argv[0]}`: {e.strerror or e}; name the ducksafe binary with"
+                " `binary=` or $DUCKSAFE_BIN, or install the wheel built from the checkout"
+                " (docs/integrations.md, \"A Python orchestrator\")",
+                EXIT_NOT_FOUND,
+            ) from e
         raise HookUnavailable(f"cannot run `{argv[0]}`: {e}", EXIT_NOT_FOUND) from e
+
+
+#: The errors of starting a program that say there is none to run at that name.
+_NO_PROGRAM = frozenset(
+    (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOEXEC)
+)
 
 
 def _unusable(p: "subprocess.CompletedProcess[bytes]", argv0: str, why: str) -> HookUnavailable:
