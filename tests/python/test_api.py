@@ -432,9 +432,11 @@ class GuardedRun(FakeCase):
     def test_a_body_that_returns_is_a_success(self) -> None:
         with ducksafe.guarded_run("c.yaml", on_failure="restore", **self.fake.kw) as run:
             self.assertEqual(run.backup_id, BACKUP["id"])
-            self.assertIsNone(run.post)
-        assert run.post is not None
-        self.assertEqual(run.post.decision, "kept")
+            with self.assertRaisesRegex(RuntimeError, "post_run has not answered yet"):
+                run.post
+        # Typed as the answer itself: no `assert run.post is not None` for mypy --strict.
+        decision: str = run.post.decision
+        self.assertEqual(decision, "kept")
         (post,) = self.posts()
         self.assertEqual(post["run"], {"outcome": "success", "exit_code": 0})
         self.assertNotIn("on_failure", post)
@@ -499,6 +501,40 @@ class GuardedRun(FakeCase):
                     with ducksafe.guarded_run("c.yaml", **self.fake.kw):
                         sys.exit(code)
                 self.assertEqual(self.posts()[-1]["run"]["exit_code"], reported)
+
+    def test_exit_codes_are_checked_when_they_are_set(self) -> None:
+        # At the assignment, with a message, rather than a request ducksafe refuses at the end.
+        with ducksafe.guarded_run("c.yaml", **self.fake.kw) as run:
+            for bad, kind in [(True, TypeError), (False, TypeError), ("3", TypeError),
+                              (3.0, TypeError), (256, ValueError), (-128, ValueError)]:
+                with self.subTest(bad=bad):
+                    with self.assertRaises(kind) as cm:
+                        run.exit_code = bad  # type: ignore[assignment]
+                    self.assertIn("run.exit_code", str(cm.exception))
+                    self.assertIsNone(run.exit_code)
+            with self.assertRaisesRegex(TypeError, "run.fail"):
+                run.fail(True)
+            with self.assertRaisesRegex(ValueError, "other than 0"):
+                run.fail(0)
+            # A subprocess killed by SIGTERM has returncode -15: the shell's 143.
+            run.exit_code = -signal.SIGTERM
+            self.assertEqual(run.exit_code, 143)
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "failure", "exit_code": 143})
+        # post_run() itself refuses a bool, which ducksafe would refuse as an invalid request.
+        with self.assertRaisesRegex(TypeError, "not `True`"):
+            ducksafe.post_run("b1", exit_code=True, **self.fake.kw)
+        self.assertEqual(len(self.posts()), 1, "the refused post_run never reached ducksafe")
+
+    def test_sys_exit_0_after_a_failure_exits_with_the_failure(self) -> None:
+        # run.fail(3) then sys.exit(0): reported as a failure with 3, and the process then ends
+        # with 3, not 0, so that its exit status says what post_run was told.
+        with self.assertRaises(SystemExit) as cm:
+            with ducksafe.guarded_run("c.yaml", **self.fake.kw) as run:
+                run.fail(3)
+                sys.exit(0)
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "failure", "exit_code": 3})
+        self.assertEqual(cm.exception.code, 3)
+        self.assertEqual(run.exit_code, 3)
 
     def test_no_proceed_no_body(self) -> None:
         self.fake.acts(pre_run={"stdout": line(LOCKED), "exit": 75})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections.abc
 import errno
 import json
+import operator
 import os
 import signal
 import subprocess
@@ -205,6 +206,13 @@ def post_run(
     ``backup_sha256`` (the pre_run answer's ``backup.sha256``) makes ducksafe refuse to restore
     any other content under that id.
     """
+    if exit_code is not None:
+        if isinstance(exit_code, bool):
+            # bool is an int to Python, never to the protocol: ducksafe would refuse the request.
+            raise TypeError(
+                f"post_run: `exit_code` is the run's exit status (an int), not `{exit_code!r}`"
+            )
+        exit_code = operator.index(exit_code)  # numpy.int64 and the like; TypeError otherwise
     if outcome is None:
         if exit_code is None:
             raise ValueError("post_run needs `exit_code` or `outcome`")

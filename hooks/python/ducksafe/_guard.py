@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import operator
 import os
 import signal
 import threading
-from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Mapping, Optional, Set
 
 from ._client import PathArg, post_run, pre_run
@@ -15,7 +15,6 @@ from ._errors import UsageError
 from ._types import BackupRef, ConfigArg, Response
 
 
-@dataclass
 class GuardedRun:
     """What :func:`guarded_run` yields: the pre_run answer on entry, the post_run answer
     after the block.
@@ -26,10 +25,44 @@ class GuardedRun:
     so. No exception is raised for it: read ``post.decision`` (``kept`` or ``restored``).
     """
 
-    pre: Response
-    post: Optional[Response] = None
-    #: The run's exit status as the caller saw it; None or 0 is a success.
-    exit_code: Optional[int] = None
+    __slots__ = ("pre", "_post", "_exit_code")
+
+    def __init__(self, pre: Response) -> None:
+        #: The pre_run answer: the verified backup (``backup``) and how to undo the run
+        #: (``rollback``).
+        self.pre = pre
+        self._post: Optional[Response] = None
+        self._exit_code: Optional[int] = None
+
+    @property
+    def post(self) -> Response:
+        """The post_run answer (``decision``: ``kept`` or ``restored``), once the block has
+        ended and post_run answered. Read before that (inside the block), or after a post_run
+        that raised, it raises RuntimeError: there is no answer to read."""
+        if self._post is None:
+            raise RuntimeError(
+                "`run.post` is read after the block: post_run has not answered yet (the block"
+                " is running), or it raised (that exception says why)"
+            )
+        return self._post
+
+    @post.setter
+    def post(self, answer: Response) -> None:
+        self._post = answer
+
+    @property
+    def exit_code(self) -> Optional[int]:
+        """The run's exit status as the caller saw it; None or 0 is a success.
+
+        Assigning checks the value: an int from 0 to 255 is kept; a subprocess's returncode -N
+        (killed by signal N) becomes 128 + N, as a shell reports it; None is "not set". A bool
+        raises TypeError (``True`` is no exit status: call :meth:`fail`), another int
+        ValueError, another type TypeError, at the assignment rather than at post_run."""
+        return self._exit_code
+
+    @exit_code.setter
+    def exit_code(self, value: Optional[int]) -> None:
+        self._exit_code = None if value is None else exit_status(value, "run.exit_code")
 
     @property
     def backup_id(self) -> str:
@@ -46,18 +79,52 @@ class GuardedRun:
     @property
     def failed(self) -> bool:
         """Whether the run counts as failed so far (an exit status other than 0 was set)."""
-        return bool(self.exit_code)
+        return bool(self._exit_code)
 
     @property
     def restored(self) -> bool:
         """Whether post_run put the backup back."""
-        return self.post is not None and self.post.decision == "restored"
+        return self._post is not None and self._post.decision == "restored"
 
     def fail(self, exit_code: int = 1) -> None:
-        """Marks the run failed with ``exit_code`` (not 0)."""
-        if exit_code == 0:
-            raise ValueError("a failed run needs an exit code other than 0")
-        self.exit_code = exit_code
+        """Marks the run failed with ``exit_code`` (not 0; checked as ``exit_code`` is)."""
+        code = exit_status(exit_code, "run.fail()")
+        if code == 0:
+            raise ValueError("run.fail(): a failed run needs an exit code other than 0")
+        self._exit_code = code
+
+    def __repr__(self) -> str:
+        return (
+            f"GuardedRun(backup_id={self.pre.backup.id if self.pre.backup else None!r}, "
+            f"exit_code={self._exit_code!r}, "
+            f"post={self._post.decision if self._post else None!r})"
+        )
+
+
+def exit_status(value: Any, what: str) -> int:
+    """``value`` as a process exit status (0 to 255), or TypeError / ValueError that says why
+    not. A subprocess's returncode -N (killed by signal N) is 128 + N, as a shell says it."""
+    if isinstance(value, bool):
+        # bool is an int to Python, never to an exit status (nor to the protocol).
+        raise TypeError(
+            f"{what} takes an exit status (an int, 0 for success), not `{value!r}`;"
+            " call run.fail() for a failed run"
+        )
+    try:
+        code = operator.index(value)  # an int, or an int-like such as numpy.int64
+    except TypeError:
+        raise TypeError(
+            f"{what} takes an exit status (an int, 0 for success), not"
+            f" {type(value).__name__} `{value!r}`"
+        ) from None
+    if 0 <= code <= 255:
+        return code
+    if -127 <= code < 0:
+        return 128 - code
+    raise ValueError(
+        f"{what}: an exit status is 0 to 255 (or a subprocess's returncode -N, killed by signal"
+        f" N: 128 + N), not {code}"
+    )
 
 
 class Terminated(BaseException):
@@ -201,7 +268,11 @@ def _guarded(
     except BaseException as e:
         code = exit_code_of(e)
         if code == 0 and run.exit_code:
+            # `sys.exit(0)` (or `sys.exit()`) after run.fail(3): the run is reported failed
+            # with 3, and the process must not then end with 0, as if nothing had failed.
             code = run.exit_code
+            if isinstance(e, SystemExit):
+                e.code = code
         # Nothing may cut the restore short: a second SIGTERM or SIGHUP is ignored meanwhile,
         # and ducksafe inherits that.
         with _signals(signal.SIG_IGN):
