@@ -17,8 +17,9 @@ import stat
 import sys
 import tempfile
 import unittest
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Generator, List, Optional
 from unittest import mock
 
 HERE = Path(__file__).resolve().parent
@@ -535,6 +536,60 @@ class GuardedRun(FakeCase):
         self.assertEqual(self.posts()[-1]["run"], {"outcome": "failure", "exit_code": 3})
         self.assertEqual(cm.exception.code, 3)
         self.assertEqual(run.exit_code, 3)
+
+    def guarded_rows(self, runs: List[Any], **kw: Any) -> Generator[int, None, None]:
+        """A generator that yields rows from inside a guarded run, as a streaming job does."""
+        with ducksafe.guarded_run("c.yaml", **self.fake.kw, **kw) as run:
+            runs.append(run)
+            for i in range(3):
+                yield i
+
+    def test_an_abandoned_block_is_a_failed_run_and_says_so(self) -> None:
+        # The consumer stops after one row and closes the generator: the block gets
+        # GeneratorExit, half its work undone. Counted as failed (restored when asked), but
+        # never silently: an AbandonedRun warning names the backup and post_run's decision.
+        self.fake.acts(pre_run={"stdout": line(PROCEED)}, post_run={"stdout": line(self.restored)})
+        runs: List[Any] = []
+        rows = self.guarded_rows(runs, on_failure="restore")
+        self.assertEqual(next(rows), 0)
+        with self.assertWarns(ducksafe.AbandonedRun) as cm:
+            rows.close()
+        self.assertIn(BACKUP["id"], str(cm.warning))
+        self.assertIn("answered `restored`", str(cm.warning))
+        self.assertIn('abandoned="success"', str(cm.warning))
+        (run,) = runs
+        self.assertTrue(run.abandoned)
+        self.assertTrue(run.restored)
+        (post,) = self.posts()
+        self.assertEqual(post["run"], {"outcome": "failure", "exit_code": 1})
+        self.assertEqual(post["on_failure"], "restore")
+
+    def test_an_abandoned_block_may_count_as_a_success_when_asked(self) -> None:
+        runs: List[Any] = []
+        rows = self.guarded_rows(runs, on_failure="restore", abandoned="success")
+        self.assertEqual(next(rows), 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning: the caller said what it means
+            rows.close()
+        self.assertTrue(runs[0].abandoned)
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "success", "exit_code": 0})
+        # A failure the block had set before it was abandoned still counts.
+        rows = self.guarded_rows(runs, abandoned="success")
+        next(rows)
+        runs[-1].fail(4)
+        rows.close()
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "failure", "exit_code": 4})
+        with self.assertRaisesRegex(ValueError, "abandoned"):
+            with ducksafe.guarded_run("c.yaml", abandoned="ignore", **self.fake.kw):
+                pass
+
+    def test_a_block_run_to_its_end_in_a_generator_is_not_abandoned(self) -> None:
+        runs: List[Any] = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            self.assertEqual(list(self.guarded_rows(runs)), [0, 1, 2])
+        self.assertFalse(runs[0].abandoned)
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "success", "exit_code": 0})
 
     def test_no_proceed_no_body(self) -> None:
         self.fake.acts(pre_run={"stdout": line(LOCKED), "exit": 75})

@@ -46,6 +46,7 @@ from ._errors import (
     UsageError,
 )
 from ._guard import (
+    AbandonedRun,
     GuardedRun,
     ProtectedRun,
     Terminated,
@@ -88,6 +89,7 @@ def _version() -> str:
 __version__ = _version()
 
 __all__ = [
+    "AbandonedRun",
     "EXIT_NOT_FOUND",
     "EXIT_RETRYABLE",
     "EXIT_TIMEOUT",

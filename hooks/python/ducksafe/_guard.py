@@ -8,6 +8,7 @@ import operator
 import os
 import signal
 import threading
+import warnings
 from typing import Any, Dict, Iterator, Mapping, Optional, Set
 
 from ._client import PathArg, post_run, pre_run
@@ -25,7 +26,7 @@ class GuardedRun:
     so. No exception is raised for it: read ``post.decision`` (``kept`` or ``restored``).
     """
 
-    __slots__ = ("pre", "_post", "_exit_code")
+    __slots__ = ("pre", "_post", "_exit_code", "abandoned")
 
     def __init__(self, pre: Response) -> None:
         #: The pre_run answer: the verified backup (``backup``) and how to undo the run
@@ -33,6 +34,9 @@ class GuardedRun:
         self.pre = pre
         self._post: Optional[Response] = None
         self._exit_code: Optional[int] = None
+        #: True when the block never ended: the generator it ran in was closed (or collected)
+        #: while suspended inside it (``GeneratorExit``). See :class:`AbandonedRun`.
+        self.abandoned = False
 
     @property
     def post(self) -> Response:
@@ -138,6 +142,24 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+class AbandonedRun(RuntimeWarning):
+    """A guarded block that never ended: it ran inside a generator, and the generator was
+    closed (``close()``, a ``for`` loop left by ``break``, garbage collection) while suspended
+    in the block, which then got ``GeneratorExit``.
+
+    Nothing says whether the block's work was complete: by default (``abandoned="failure"``)
+    the run counts as failed with exit code 1, so post_run restores when ``on_failure`` or
+    the configuration asks for it, and this warning says so, with post_run's decision.
+    ``guarded_run(..., abandoned="success")`` says instead that a consumer stopping early
+    leaves complete work: the run is a success (kept) and nothing is warned. Make it an error
+    with ``warnings.simplefilter("error", ducksafe.AbandonedRun)`` (post_run has run by then;
+    the exception goes to whoever closed the generator)."""
+
+
+#: The values of ``guarded_run``'s ``abandoned``: how a block whose generator was closed counts.
+_ABANDONED = ("failure", "success")
+
+
 def exit_code_of(e: BaseException) -> int:
     """The exit code Python itself would end with for this exception."""
     if isinstance(e, SystemExit):
@@ -185,6 +207,7 @@ def guarded_run(
     cwd: PathArg = None,
     env: Optional[Mapping[str, str]] = None,
     timeout: Optional[float] = None,
+    abandoned: str = "failure",
 ) -> Iterator[GuardedRun]:
     """A verified backup on entry; the run's outcome to post_run on exit.
 
@@ -204,9 +227,19 @@ def guarded_run(
     propagates. A post_run that fails raises :class:`RestoreFailed` (or another error), chained
     to the block's exception.
 
+    A block inside a generator that is closed before the block ends (the consumer stopped
+    iterating) gets ``GeneratorExit``: its work may be half done, so by default
+    (``abandoned="failure"``) it counts as failed with exit code 1, and an
+    :class:`AbandonedRun` warning says so; ``abandoned="success"`` counts it as a success
+    (for a generator whose consumer may stop early without leaving work half done).
+
     Close every DuckDB connection to the database inside the block: a restore needs the
     database to itself. ``timeout`` applies to pre_run only: a restore is never cut short.
     """
+    if abandoned not in _ABANDONED:
+        raise ValueError(
+            f"guarded_run: `abandoned` is \"failure\" or \"success\", not {abandoned!r}"
+        )
     # Both calls resolve a relative configuration path (or `./config.yaml`, or an inline
     # configuration's relative DB_PATH) from the folder the block started in: an `os.chdir`
     # inside the block must not make post_run restore another project.
@@ -227,7 +260,7 @@ def guarded_run(
             env=env,
             backup_sha256=pre.backup.sha256 if pre.backup is not None else None,
         )
-        yield from _guarded(run, pre, kw, on_failure)
+        yield from _guarded(run, pre, kw, on_failure, abandoned)
 
 
 @contextlib.contextmanager
@@ -260,13 +293,23 @@ _ACTIVE_LOCK = threading.Lock()
 
 
 def _guarded(
-    run: "GuardedRun", pre: Any, kw: Dict[str, Any], on_failure: Optional[str]
+    run: "GuardedRun",
+    pre: Any,
+    kw: Dict[str, Any],
+    on_failure: Optional[str],
+    abandoned: str,
 ) -> Iterator["GuardedRun"]:
     try:
         with _signals(_terminate):
             yield run
     except BaseException as e:
         code = exit_code_of(e)
+        if isinstance(e, GeneratorExit):
+            # The block never ended (its generator was closed): no proof of failure, none of
+            # success. The caller's `abandoned` decides, and a failure is said, not silent.
+            run.abandoned = True
+            if abandoned == "success":
+                code = 0
         if code == 0 and run.exit_code:
             # `sys.exit(0)` (or `sys.exit()`) after run.fail(3): the run is reported failed
             # with 3, and the process must not then end with 0, as if nothing had failed.
@@ -281,6 +324,17 @@ def _guarded(
             else:
                 run.exit_code = code
                 run.post = post_run(pre.backup_id, exit_code=code, on_failure=on_failure, **kw)
+        if run.abandoned and code != 0:
+            warnings.warn(
+                AbandonedRun(
+                    f"the guarded run of backup `{pre.backup_id}` was abandoned: the generator"
+                    " it ran in was closed before the block ended (GeneratorExit), so it counts"
+                    f" as a failed run (exit code {code}); post_run answered"
+                    f" `{run.post.decision}`. Pass guarded_run(..., abandoned=\"success\") if"
+                    " stopping early leaves the work complete"
+                ),
+                stacklevel=2,
+            )
         if isinstance(e, Terminated):
             # End as the signal would have ended the process: the caller (a shell, `timeout`)
             # sees 128 + N.
