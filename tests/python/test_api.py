@@ -14,8 +14,10 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 import tempfile
+import textwrap
 import unittest
 import warnings
 from pathlib import Path
@@ -590,6 +592,114 @@ class GuardedRun(FakeCase):
             self.assertEqual(list(self.guarded_rows(runs)), [0, 1, 2])
         self.assertFalse(runs[0].abandoned)
         self.assertEqual(self.posts()[-1]["run"], {"outcome": "success", "exit_code": 0})
+
+    def in_a_child(self, body: str) -> "subprocess.CompletedProcess[str]":
+        """Runs ``body`` in a Python of its own (signals it sends itself end that process, not
+        the test's), with ``ducksafe``, ``kw`` (the fake binary) and ``out`` (printed as JSON
+        at the end) defined."""
+        prelude = (
+            "import json, os, signal, sys\n"
+            "import ducksafe\n"
+            "kw = {'binary': os.environ['TEST_FAKE_BINARY']}\n"
+            "out = {}\n"
+        )
+        env = dict(self.fake.env, TEST_FAKE_BINARY=str(self.fake.binary))
+        if os.environ.get("DUCKSAFE_TEST_INSTALLED") != "1":
+            env["PYTHONPATH"] = str(REPO / "hooks" / "python")
+        return subprocess.run(
+            [sys.executable, "-c", prelude + textwrap.dedent(body) + "\nprint(json.dumps(out))\n"],
+            env=env,
+            cwd=self.fake.dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def test_the_applications_own_signal_handler_still_runs(self) -> None:
+        # An orchestrator's own SIGTERM handler (a graceful stop) is not replaced while the
+        # block runs: it runs, the block goes on as the handler decided, and the handler is
+        # the one in place afterwards.
+        p = self.in_a_child(
+            """
+            calls = []
+            def mine(signum, frame):
+                calls.append(signum)
+            signal.signal(signal.SIGTERM, mine)
+            with ducksafe.guarded_run("c.yaml", **kw) as run:
+                os.kill(os.getpid(), signal.SIGTERM)
+                out["in_block"] = list(calls)
+                out["went_on"] = True
+            out["after_is_mine"] = signal.getsignal(signal.SIGTERM) is mine
+            """
+        )
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(
+            json.loads(p.stdout),
+            {"in_block": [int(signal.SIGTERM)], "went_on": True, "after_is_mine": True},
+        )
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "success", "exit_code": 0})
+
+    def test_an_ignored_signal_stays_ignored(self) -> None:
+        # Under nohup (SIGHUP ignored) a hangup must not end the block.
+        p = self.in_a_child(
+            """
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            with ducksafe.guarded_run("c.yaml", **kw) as run:
+                os.kill(os.getpid(), signal.SIGHUP)
+                out["went_on"] = True
+            out["after_ignored"] = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            """
+        )
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(json.loads(p.stdout), {"went_on": True, "after_ignored": True})
+
+    def test_a_handler_that_raises_terminated_ends_as_without_one(self) -> None:
+        # The application's handler runs first (its clean-up), then raises Terminated: the run
+        # is failed with 128 + N, post_run restores, and the process ends by the signal.
+        self.fake.acts(pre_run={"stdout": line(PROCEED)}, post_run={"stdout": line(self.restored)})
+        p = self.in_a_child(
+            """
+            def mine(signum, frame):
+                print("mine ran", flush=True)
+                raise ducksafe.Terminated(signum)
+            signal.signal(signal.SIGTERM, mine)
+            with ducksafe.guarded_run("c.yaml", on_failure="restore", **kw) as run:
+                os.kill(os.getpid(), signal.SIGTERM)
+                out["went_on"] = True
+            """
+        )
+        self.assertEqual(p.returncode, -signal.SIGTERM, p.stderr)
+        self.assertEqual(p.stdout, "mine ran\n")
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "failure", "exit_code": 143})
+
+    def test_without_a_handler_sigterm_ends_the_block_and_the_process(self) -> None:
+        self.fake.acts(pre_run={"stdout": line(PROCEED)}, post_run={"stdout": line(self.restored)})
+        p = self.in_a_child(
+            """
+            with ducksafe.guarded_run("c.yaml", on_failure="restore", **kw) as run:
+                os.kill(os.getpid(), signal.SIGTERM)
+                out["went_on"] = True
+            """
+        )
+        self.assertEqual(p.returncode, -signal.SIGTERM, p.stderr)
+        self.assertEqual(p.stdout, "")
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "failure", "exit_code": 143})
+
+    def test_a_handler_installed_in_the_block_is_kept(self) -> None:
+        p = self.in_a_child(
+            """
+            def mine(signum, frame):
+                pass
+            with ducksafe.guarded_run("c.yaml", **kw) as run:
+                signal.signal(signal.SIGTERM, mine)
+            out["after_is_mine"] = signal.getsignal(signal.SIGTERM) is mine
+            out["hup_back_to_default"] = signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+            """
+        )
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(json.loads(p.stdout), {"after_is_mine": True, "hup_back_to_default": True})
 
     def test_no_proceed_no_body(self) -> None:
         self.fake.acts(pre_run={"stdout": line(LOCKED), "exit": 75})

@@ -133,9 +133,12 @@ def exit_status(value: Any, what: str) -> int:
 
 class Terminated(BaseException):
     """SIGTERM or SIGHUP arrived during a guarded block (a `timeout`, a closed terminal, a
-    scheduler stopping the job): the block ends here, the run counts as failed with 128 + N,
-    post_run runs (restoring when asked), and then the process ends by that signal, as it would
-    have without the block."""
+    scheduler stopping the job) and the application has no handler of its own for it: the
+    block ends here, the run counts as failed with 128 + N, post_run runs (restoring when
+    asked), and then the process ends by that signal, as it would have without the block.
+
+    An application's own handler runs instead, as it would without the block; it may raise
+    ``Terminated(signum)`` itself for this same ending."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by signal {signum}")
@@ -179,13 +182,44 @@ _STOPS = (signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
-def _signals(handler: Any) -> Iterator[None]:
-    """SIGTERM and SIGHUP handled by `handler` for the block (main thread only: Python takes
-    signals there alone), the previous handlers back afterwards."""
+def _stops_end_the_block() -> Iterator[None]:
+    """For the block: SIGTERM and SIGHUP that would have killed the process (their default
+    action) end the block with :class:`Terminated` instead, so that post_run runs first.
+
+    A handler the application installed before the block is left in place: it runs as it
+    would without the block, and decides (raise from it to end the block: ``sys.exit(143)``,
+    or ``raise ducksafe.Terminated(signum)`` for the same end as without a handler; return to
+    let the block go on). A signal the application ignores (``nohup``) stays ignored. Afterwards
+    each signal gets back the handler it had, unless the block installed one of its own, which
+    is kept. Main thread only: Python takes signals there alone."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, handler) for s in _STOPS}
+    # SIG_DFL only: SIG_IGN is the application's choice, a callable its own handler, and None
+    # a handler installed outside Python, which could not be put back.
+    ours = [s for s in _STOPS if signal.getsignal(s) is signal.SIG_DFL]
+    for s in ours:
+        signal.signal(s, _terminate)
+    try:
+        yield
+    finally:
+        for s in ours:
+            if signal.getsignal(s) is _terminate:
+                signal.signal(s, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _stops_ignored() -> Iterator[None]:
+    """For post_run: SIGTERM and SIGHUP ignored, by this process and by ducksafe, which
+    inherits that (a handler would be reset to the default in it), so that a second signal
+    cannot cut a restore short; each signal's handler, whatever it was, is back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    # None: a handler installed outside Python, which could not be put back: left alone.
+    previous = {s: h for s in _STOPS for h in [signal.getsignal(s)] if h is not None}
+    for s in previous:
+        signal.signal(s, signal.SIG_IGN)
     try:
         yield
     finally:
@@ -300,7 +334,7 @@ def _guarded(
     abandoned: str,
 ) -> Iterator["GuardedRun"]:
     try:
-        with _signals(_terminate):
+        with _stops_end_the_block():
             yield run
     except BaseException as e:
         code = exit_code_of(e)
@@ -318,7 +352,7 @@ def _guarded(
                 e.code = code
         # Nothing may cut the restore short: a second SIGTERM or SIGHUP is ignored meanwhile,
         # and ducksafe inherits that.
-        with _signals(signal.SIG_IGN):
+        with _stops_ignored():
             if code == 0:
                 run.post = post_run(pre.backup_id, exit_code=0, **kw)
             else:
@@ -342,7 +376,7 @@ def _guarded(
             os.kill(os.getpid(), e.signum)
         raise
     code = run.exit_code or 0
-    with _signals(signal.SIG_IGN):
+    with _stops_ignored():
         if code == 0:
             run.post = post_run(pre.backup_id, exit_code=0, **kw)
         else:
