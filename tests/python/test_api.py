@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import unittest
 import warnings
 from pathlib import Path
@@ -201,12 +202,59 @@ class ProtocolEdges(FakeCase):
         self.unavailable({"stdout": line(dict(PROCEED, exit_code=False))}, 70, "integer")
 
     def test_timeout(self) -> None:
-        self.fake.acts(any={"sleep": 30, "stdout": line(PROCEED)})
+        self.fake.acts(
+            pre_run={"sleep": 30, "stdout": line(PROCEED)},
+            post_run={"stdout": line(answer("post_run", "kept", 0))},
+        )
         with self.assertRaises(ducksafe.HookTimeout) as cm:
             ducksafe.pre_run("config.yaml", timeout=0.5, **self.fake.kw)
         self.assertEqual(cm.exception.exit_code, ducksafe.EXIT_TIMEOUT)
         self.assertNotIsInstance(cm.exception, ducksafe.HookUnavailable)
         self.assertIsInstance(cm.exception, ducksafe.DucksafeError)
+
+    def test_a_pre_run_timeout_ends_the_run_it_may_have_recorded(self) -> None:
+        # Killed after it recorded the run (the lease names this process), the pre_run would
+        # keep every other guarded run busy until this process exits: a post_run that keeps
+        # (the run never started) ends it, with this request's configuration and id.
+        self.fake.acts(
+            pre_run={"sleep": 30, "stdout": line(PROCEED)},
+            post_run={"stdout": line(answer("post_run", "kept", 0))},
+        )
+        with self.assertRaises(ducksafe.HookTimeout) as cm:
+            ducksafe.pre_run("config.yaml", request_id="r-7", timeout=0.5, **self.fake.kw)
+        self.assertIn("do not start the run", str(cm.exception))
+        self.assertIn("was ended (post_run answered `kept`", str(cm.exception))
+        pre, post = self.fake.requests()
+        self.assertEqual(pre["event"], "pre_run")
+        self.assertEqual(
+            post,
+            {
+                "protocol_version": 1,
+                "event": "post_run",
+                "request_id": "r-7",
+                "config": {"path": "config.yaml"},
+                "run": {"outcome": "failure"},
+                "on_failure": "keep",
+            },
+        )
+
+    def test_a_pre_run_timeout_says_when_the_run_could_not_be_ended(self) -> None:
+        refused = answer("post_run", "kept", 75, errors=[error("lock_busy", retryable=True)])
+        self.fake.acts(
+            pre_run={"sleep": 30, "stdout": line(PROCEED)},
+            post_run={"stdout": line(refused), "exit": 75},
+        )
+        with self.assertRaises(ducksafe.HookTimeout) as cm:
+            ducksafe.pre_run("config.yaml", timeout=0.5, **self.fake.kw)
+        self.assertEqual(cm.exception.exit_code, ducksafe.EXIT_TIMEOUT)
+        self.assertIn("could not be ended", str(cm.exception))
+        self.assertIn("lock_busy", str(cm.exception))
+
+    def test_a_dry_run_timeout_ends_nothing(self) -> None:
+        self.fake.acts(any={"sleep": 30, "stdout": line(PROCEED)})
+        with self.assertRaises(ducksafe.HookTimeout):
+            ducksafe.pre_run("config.yaml", dry_run=True, timeout=0.5, **self.fake.kw)
+        self.assertEqual([r["event"] for r in self.fake.requests()], ["pre_run"])
 
     def test_a_binary_that_cannot_run(self) -> None:
         not_executable = self.fake.dir / "not-executable"
@@ -721,6 +769,80 @@ class GuardedRun(FakeCase):
     def test_the_legacy_names(self) -> None:
         self.assertIs(ducksafe.protected_run, ducksafe.guarded_run)
         self.assertIs(ducksafe.ProtectedRun, ducksafe.GuardedRun)
+
+
+def real_binary() -> Optional[str]:
+    """A built ducksafe: the installed one, else $DUCKSAFE_BIN or $DUCKSAFE (the Rust
+    integration tests set $DUCKSAFE to the binary they built)."""
+    try:
+        return ducksafe.find_binary()
+    except ducksafe.BinaryNotFound:
+        return None
+
+
+class RealBinary(unittest.TestCase):
+    """Against the real binary, at a moment its failpoints fix (src/failpoint.rs), in a
+    database made by `ducksafe init --demo`: no race, whatever the load."""
+
+    def setUp(self) -> None:
+        binary = real_binary()
+        if binary is None:
+            self.skipTest("no ducksafe binary: set DUCKSAFE_BIN to a built one")
+        self.binary = binary
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.dir = Path(tmp.name)
+        subprocess.run(
+            [binary, "init", "--demo", "--dir", str(self.dir), "-q"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        self.config = str(self.dir / "config.yaml")
+
+    def test_a_pre_run_killed_after_it_recorded_the_run_keeps_no_one_waiting(self) -> None:
+        # pre_run stops at `rotation.done` (the run recorded in the lease, naming this
+        # process) until it is killed; the timeout counts from that moment.
+        go = self.dir / "go"
+        self.addCleanup(go.touch)  # let a failed test's ducksafe go
+        env = dict(os.environ, DUCKSAFE_FAILPOINT=f"rotation.done:wait={go}")
+        real_run = subprocess.run
+
+        def timed_from_the_failpoint(
+            argv: List[str], *, input: bytes, timeout: Optional[float], **kw: Any
+        ) -> "subprocess.CompletedProcess[bytes]":
+            kw.pop("check", None)
+            p = subprocess.Popen(argv, stdin=subprocess.PIPE, **kw)
+            assert p.stdin is not None
+            p.stdin.write(input)
+            p.stdin.close()
+            p.stdin = None
+            deadline = time.monotonic() + 300  # only stops a broken run from hanging the test
+            while not Path(f"{go}.reached").exists() and p.poll() is None:
+                self.assertLess(time.monotonic(), deadline, "ducksafe never reached the failpoint")
+                time.sleep(0.005)
+            try:
+                out, _ = p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                raise
+            return subprocess.CompletedProcess(argv, p.returncode, out, None)
+
+        with mock.patch.object(subprocess, "run", timed_from_the_failpoint):
+            with self.assertRaises(ducksafe.HookTimeout) as cm:
+                ducksafe.pre_run(self.config, binary=self.binary, env=env, timeout=0.5)
+        self.assertTrue(Path(f"{go}.reached").exists(), "killed before the run was recorded")
+        go.touch()
+        # Another runner (another process: a shell between) is not kept waiting.
+        other = real_run(
+            ["sh", "-c", '"$0" --config "$1" -q pre-run; exit $?', self.binary, self.config],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        self.assertEqual(other.returncode, 0, other.stdout)
+        self.assertEqual(json.loads(other.stdout)["decision"], "proceed")
+        self.assertIn("was ended (post_run answered `kept`", str(cm.exception))
 
 
 class BinaryLookup(unittest.TestCase):

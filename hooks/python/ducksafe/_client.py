@@ -168,17 +168,72 @@ def pre_run(
     post_run needs, ``.rollback`` how to undo the run). Raises otherwise, and then the run must
     not start: :class:`DucksafeBusy` (exit 75, retry later), another :class:`DucksafeError`
     subclass for the rest.
+
+    After a ``timeout`` (:class:`HookTimeout`), the killed pre_run may already have recorded
+    the run in the database's lease, naming this process: every other guarded run of the
+    database would answer ``lock_busy`` until this process exits. So the run is ended at once
+    with a post_run that keeps the database (``outcome: failure``, ``on_failure: keep``: the
+    run never started, nothing is restored), and the exception says whether that worked.
     """
-    r = call(
-        Request("pre_run", config=config, request_id=request_id, dry_run=dry_run),
-        binary=binary,
-        cwd=cwd,
-        env=env,
-        timeout=timeout,
-    )
+    request = Request("pre_run", config=config, request_id=request_id, dry_run=dry_run)
+    try:
+        r = call(request, binary=binary, cwd=cwd, env=env, timeout=timeout)
+    except HookTimeout as e:
+        if dry_run:
+            raise  # a dry run records nothing
+        raise _released(e, request, binary=binary, cwd=cwd, env=env, timeout=timeout) from (
+            e.__cause__
+        )
     if r.decision != "proceed" or r.exit_code != 0:
         raise error_for(r, "pre_run")
     return r
+
+
+#: The least time the post_run that ends a timed-out pre_run's run is given: it only keeps.
+_RELEASE_TIMEOUT = 60.0
+
+
+def _released(
+    e: HookTimeout,
+    request: Request,
+    *,
+    binary: Optional[str],
+    cwd: PathArg,
+    env: Optional[Mapping[str, str]],
+    timeout: Optional[float],
+) -> HookTimeout:
+    """The HookTimeout of a pre_run, once the run it may have recorded is ended: a post_run
+    from this process, which the lease names, with no backup id (unknown: the answer never
+    came) and an outcome that restores nothing."""
+    what = (
+        f"`{find_binary(binary)}` did not answer `pre_run` within {timeout} s and was killed: do"
+        " not start the run (a backup it finished stays, harmless; an unfinished one is removed"
+        " by the next backup)"
+    )
+    try:
+        post = post_run(
+            None,
+            outcome="failure",
+            on_failure="keep",
+            config=request.config,
+            request_id=request.request_id,
+            binary=binary,
+            cwd=cwd,
+            env=env,
+            timeout=max(timeout or 0.0, _RELEASE_TIMEOUT),
+        )
+    except DucksafeError as failed:
+        return HookTimeout(
+            f"{what}; the run it may have recorded could not be ended ({failed}): other guarded"
+            " runs of this database answer `lock_busy` until this process exits; retry with"
+            " `ducksafe.post_run(None, outcome=\"failure\", on_failure=\"keep\", ...)`",
+            EXIT_TIMEOUT,
+        )
+    return HookTimeout(
+        f"{what}; the run it may have recorded was ended (post_run answered `{post.decision}`,"
+        " nothing restored): other guarded runs of this database are not kept waiting",
+        EXIT_TIMEOUT,
+    )
 
 
 def post_run(
