@@ -1,7 +1,9 @@
 """ducksafe: verified, atomic backups of a DuckDB database before every run that writes it.
 
-``pip install ducksafe`` installs the ``ducksafe`` binary (on the environment's PATH) and this
-package, which speaks its hook protocol v1 (docs/protocol.md) and its operator commands::
+The wheel built from a checkout (``maturin build --locked --release --out dist``, then
+``pip install dist/ducksafe-*.whl``; it is not on PyPI) installs the ``ducksafe`` binary (on the
+environment's PATH) and this package, which speaks its hook protocol v1 (docs/protocol.md) and
+its operator commands::
 
     import ducksafe
 

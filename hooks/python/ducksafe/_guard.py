@@ -255,7 +255,9 @@ def guarded_run(
     caller set another one; and when the block raises, a failure with the exit code Python
     would end with: ``SystemExit(N)`` is N (``sys.exit()`` and ``sys.exit(0)`` succeed, a
     message is 1), Ctrl-C 130, SIGTERM or SIGHUP 128 + N (the process then ends by that signal,
-    after post_run), any other exception 1. After a failure post_run restores the backup when
+    after post_run; an application's own handler for them runs instead and decides, and an
+    ignored one stays ignored), any other exception 1. ``run.exit_code`` is checked when set
+    (see :class:`GuardedRun`), and a ``sys.exit(0)`` after a failure carries the failure's code. After a failure post_run restores the backup when
     ``on_failure="restore"`` or the configuration says RESTORE_ON_FAILURE (``on_failure="keep"``
     keeps the failed run's database); the replaced files go to quarantine. Then the exception
     propagates. A post_run that fails raises :class:`RestoreFailed` (or another error), chained
