@@ -1,7 +1,8 @@
 """ducksafe_hook: the single-file Python client of ducksafe's hook, now the `ducksafe` package.
 
-The client grew into a package, ``ducksafe`` (``pip install ducksafe`` installs it with the
-binary; the source is ``hooks/python/ducksafe/``). This file stays so that code written
+The client grew into a package, ``ducksafe`` (the wheel built from a checkout,
+``pip install dist/ducksafe-*.whl``, installs it with the binary: README.md, Install; the source
+is ``hooks/python/ducksafe/``). This file stays so that code written
 against it keeps working unchanged: ``import ducksafe_hook`` gives the same names as before
 (``pre_run``, ``post_run``, ``validate``, ``protected_run``, ``call``, ``Request``,
 ``Response``, ``DucksafeError``, ``DucksafeBusy``, ``HookUnavailable``, ``HookTimeout``…),
@@ -9,7 +10,7 @@ each now the package's own, with the same behaviour. New code imports ``ducksafe
 ``guarded_run``, ``restore``, ``list_backups`` and an exception class per kind of failure.
 
 It finds the package in ``python/`` beside this file (a checkout of ducksafe, where the dbt
-wrapper ``hooks/ducksafe-dbt`` imports it), else installed (``pip install ducksafe``). A copy of
+wrapper ``hooks/ducksafe-dbt`` imports it), else installed (the wheel). A copy of
 an earlier version of this file, standard library only, keeps working as it is: the protocol is
 the same v1.
 """

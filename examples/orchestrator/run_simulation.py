@@ -5,8 +5,9 @@
     python3 /path/to/ducksafe/examples/orchestrator/run_simulation.py --years 2025 2026
     python3 .../run_simulation.py --years 2025 2026 --fail-in-year 2026 --on-failure restore
 
-The Python that runs it needs the `ducksafe` package (`pip install ducksafe`, which installs the
-binary with it; from a checkout of ducksafe, `PYTHONPATH=/path/to/ducksafe/hooks/python` with
+The Python that runs it needs the `ducksafe` package (the wheel built from a checkout,
+`pip install dist/ducksafe-*.whl`, which installs the binary with it: README.md, Install; from a
+checkout of ducksafe, `PYTHONPATH=/path/to/ducksafe/hooks/python` with
 the binary on PATH or named by $DUCKSAFE_BIN) and the `duckdb` package (for the workload). Exit codes: 0 done; a failed year's own exit code (after post_run);
 ducksafe's exit code when it refused the run (75: busy, retry later).
 """

@@ -14,11 +14,15 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 import tempfile
+import textwrap
+import time
 import unittest
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Generator, List, Optional
 from unittest import mock
 
 HERE = Path(__file__).resolve().parent
@@ -198,17 +202,69 @@ class ProtocolEdges(FakeCase):
         self.unavailable({"stdout": line(dict(PROCEED, exit_code=False))}, 70, "integer")
 
     def test_timeout(self) -> None:
-        self.fake.acts(any={"sleep": 30, "stdout": line(PROCEED)})
+        self.fake.acts(
+            pre_run={"sleep": 30, "stdout": line(PROCEED)},
+            post_run={"stdout": line(answer("post_run", "kept", 0))},
+        )
         with self.assertRaises(ducksafe.HookTimeout) as cm:
             ducksafe.pre_run("config.yaml", timeout=0.5, **self.fake.kw)
         self.assertEqual(cm.exception.exit_code, ducksafe.EXIT_TIMEOUT)
         self.assertNotIsInstance(cm.exception, ducksafe.HookUnavailable)
         self.assertIsInstance(cm.exception, ducksafe.DucksafeError)
 
+    def test_a_pre_run_timeout_ends_the_run_it_may_have_recorded(self) -> None:
+        # Killed after it recorded the run (the lease names this process), the pre_run would
+        # keep every other guarded run busy until this process exits: a post_run that keeps
+        # (the run never started) ends it, with this request's configuration and id.
+        self.fake.acts(
+            pre_run={"sleep": 30, "stdout": line(PROCEED)},
+            post_run={"stdout": line(answer("post_run", "kept", 0))},
+        )
+        with self.assertRaises(ducksafe.HookTimeout) as cm:
+            ducksafe.pre_run("config.yaml", request_id="r-7", timeout=0.5, **self.fake.kw)
+        self.assertIn("do not start the run", str(cm.exception))
+        self.assertIn("was ended (post_run answered `kept`", str(cm.exception))
+        pre, post = self.fake.requests()
+        self.assertEqual(pre["event"], "pre_run")
+        self.assertEqual(
+            post,
+            {
+                "protocol_version": 1,
+                "event": "post_run",
+                "request_id": "r-7",
+                "config": {"path": "config.yaml"},
+                "run": {"outcome": "failure"},
+                "on_failure": "keep",
+            },
+        )
+
+    def test_a_pre_run_timeout_says_when_the_run_could_not_be_ended(self) -> None:
+        refused = answer("post_run", "kept", 75, errors=[error("lock_busy", retryable=True)])
+        self.fake.acts(
+            pre_run={"sleep": 30, "stdout": line(PROCEED)},
+            post_run={"stdout": line(refused), "exit": 75},
+        )
+        with self.assertRaises(ducksafe.HookTimeout) as cm:
+            ducksafe.pre_run("config.yaml", timeout=0.5, **self.fake.kw)
+        self.assertEqual(cm.exception.exit_code, ducksafe.EXIT_TIMEOUT)
+        self.assertIn("could not be ended", str(cm.exception))
+        self.assertIn("lock_busy", str(cm.exception))
+
+    def test_a_dry_run_timeout_ends_nothing(self) -> None:
+        self.fake.acts(any={"sleep": 30, "stdout": line(PROCEED)})
+        with self.assertRaises(ducksafe.HookTimeout):
+            ducksafe.pre_run("config.yaml", dry_run=True, timeout=0.5, **self.fake.kw)
+        self.assertEqual([r["event"] for r in self.fake.requests()], ["pre_run"])
+
     def test_a_binary_that_cannot_run(self) -> None:
-        with self.assertRaises(ducksafe.HookUnavailable) as cm:
-            ducksafe.pre_run("config.yaml", binary=str(self.fake.dir / "missing"))
-        self.assertEqual(cm.exception.exit_code, 127)
+        not_executable = self.fake.dir / "not-executable"
+        not_executable.write_text("#!/bin/sh\n")
+        for binary in [self.fake.dir / "missing", not_executable, self.fake.dir]:
+            with self.subTest(binary=binary.name):
+                with self.assertRaises(ducksafe.BinaryNotFound) as cm:
+                    ducksafe.pre_run("config.yaml", binary=str(binary))
+                self.assertEqual(cm.exception.exit_code, 127)
+                self.assertIn(str(binary), str(cm.exception))
 
 
 class Answers(FakeCase):
@@ -427,9 +483,11 @@ class GuardedRun(FakeCase):
     def test_a_body_that_returns_is_a_success(self) -> None:
         with ducksafe.guarded_run("c.yaml", on_failure="restore", **self.fake.kw) as run:
             self.assertEqual(run.backup_id, BACKUP["id"])
-            self.assertIsNone(run.post)
-        assert run.post is not None
-        self.assertEqual(run.post.decision, "kept")
+            with self.assertRaisesRegex(RuntimeError, "post_run has not answered yet"):
+                run.post
+        # Typed as the answer itself: no `assert run.post is not None` for mypy --strict.
+        decision: str = run.post.decision
+        self.assertEqual(decision, "kept")
         (post,) = self.posts()
         self.assertEqual(post["run"], {"outcome": "success", "exit_code": 0})
         self.assertNotIn("on_failure", post)
@@ -495,6 +553,202 @@ class GuardedRun(FakeCase):
                         sys.exit(code)
                 self.assertEqual(self.posts()[-1]["run"]["exit_code"], reported)
 
+    def test_exit_codes_are_checked_when_they_are_set(self) -> None:
+        # At the assignment, with a message, rather than a request ducksafe refuses at the end.
+        with ducksafe.guarded_run("c.yaml", **self.fake.kw) as run:
+            for bad, kind in [(True, TypeError), (False, TypeError), ("3", TypeError),
+                              (3.0, TypeError), (256, ValueError), (-128, ValueError)]:
+                with self.subTest(bad=bad):
+                    with self.assertRaises(kind) as cm:
+                        run.exit_code = bad  # type: ignore[assignment]
+                    self.assertIn("run.exit_code", str(cm.exception))
+                    self.assertIsNone(run.exit_code)
+            with self.assertRaisesRegex(TypeError, "run.fail"):
+                run.fail(True)
+            with self.assertRaisesRegex(ValueError, "other than 0"):
+                run.fail(0)
+            # A subprocess killed by SIGTERM has returncode -15: the shell's 143.
+            run.exit_code = -signal.SIGTERM
+            self.assertEqual(run.exit_code, 143)
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "failure", "exit_code": 143})
+        # post_run() itself refuses a bool, which ducksafe would refuse as an invalid request.
+        with self.assertRaisesRegex(TypeError, "not `True`"):
+            ducksafe.post_run("b1", exit_code=True, **self.fake.kw)
+        self.assertEqual(len(self.posts()), 1, "the refused post_run never reached ducksafe")
+
+    def test_sys_exit_0_after_a_failure_exits_with_the_failure(self) -> None:
+        # run.fail(3) then sys.exit(0): reported as a failure with 3, and the process then ends
+        # with 3, not 0, so that its exit status says what post_run was told.
+        with self.assertRaises(SystemExit) as cm:
+            with ducksafe.guarded_run("c.yaml", **self.fake.kw) as run:
+                run.fail(3)
+                sys.exit(0)
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "failure", "exit_code": 3})
+        self.assertEqual(cm.exception.code, 3)
+        self.assertEqual(run.exit_code, 3)
+
+    def guarded_rows(self, runs: List[Any], **kw: Any) -> Generator[int, None, None]:
+        """A generator that yields rows from inside a guarded run, as a streaming job does."""
+        with ducksafe.guarded_run("c.yaml", **self.fake.kw, **kw) as run:
+            runs.append(run)
+            for i in range(3):
+                yield i
+
+    def test_an_abandoned_block_is_a_failed_run_and_says_so(self) -> None:
+        # The consumer stops after one row and closes the generator: the block gets
+        # GeneratorExit, half its work undone. Counted as failed (restored when asked), but
+        # never silently: an AbandonedRun warning names the backup and post_run's decision.
+        self.fake.acts(pre_run={"stdout": line(PROCEED)}, post_run={"stdout": line(self.restored)})
+        runs: List[Any] = []
+        rows = self.guarded_rows(runs, on_failure="restore")
+        self.assertEqual(next(rows), 0)
+        with self.assertWarns(ducksafe.AbandonedRun) as cm:
+            rows.close()
+        self.assertIn(BACKUP["id"], str(cm.warning))
+        self.assertIn("answered `restored`", str(cm.warning))
+        self.assertIn('abandoned="success"', str(cm.warning))
+        (run,) = runs
+        self.assertTrue(run.abandoned)
+        self.assertTrue(run.restored)
+        (post,) = self.posts()
+        self.assertEqual(post["run"], {"outcome": "failure", "exit_code": 1})
+        self.assertEqual(post["on_failure"], "restore")
+
+    def test_an_abandoned_block_may_count_as_a_success_when_asked(self) -> None:
+        runs: List[Any] = []
+        rows = self.guarded_rows(runs, on_failure="restore", abandoned="success")
+        self.assertEqual(next(rows), 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning: the caller said what it means
+            rows.close()
+        self.assertTrue(runs[0].abandoned)
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "success", "exit_code": 0})
+        # A failure the block had set before it was abandoned still counts.
+        rows = self.guarded_rows(runs, abandoned="success")
+        next(rows)
+        runs[-1].fail(4)
+        rows.close()
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "failure", "exit_code": 4})
+        with self.assertRaisesRegex(ValueError, "abandoned"):
+            with ducksafe.guarded_run("c.yaml", abandoned="ignore", **self.fake.kw):
+                pass
+
+    def test_a_block_run_to_its_end_in_a_generator_is_not_abandoned(self) -> None:
+        runs: List[Any] = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            self.assertEqual(list(self.guarded_rows(runs)), [0, 1, 2])
+        self.assertFalse(runs[0].abandoned)
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "success", "exit_code": 0})
+
+    def in_a_child(self, body: str) -> "subprocess.CompletedProcess[str]":
+        """Runs ``body`` in a Python of its own (signals it sends itself end that process, not
+        the test's), with ``ducksafe``, ``kw`` (the fake binary) and ``out`` (printed as JSON
+        at the end) defined."""
+        prelude = (
+            "import json, os, signal, sys\n"
+            "import ducksafe\n"
+            "kw = {'binary': os.environ['TEST_FAKE_BINARY']}\n"
+            "out = {}\n"
+        )
+        env = dict(self.fake.env, TEST_FAKE_BINARY=str(self.fake.binary))
+        if os.environ.get("DUCKSAFE_TEST_INSTALLED") != "1":
+            env["PYTHONPATH"] = str(REPO / "hooks" / "python")
+        return subprocess.run(
+            [sys.executable, "-c", prelude + textwrap.dedent(body) + "\nprint(json.dumps(out))\n"],
+            env=env,
+            cwd=self.fake.dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def test_the_applications_own_signal_handler_still_runs(self) -> None:
+        # An orchestrator's own SIGTERM handler (a graceful stop) is not replaced while the
+        # block runs: it runs, the block goes on as the handler decided, and the handler is
+        # the one in place afterwards.
+        p = self.in_a_child(
+            """
+            calls = []
+            def mine(signum, frame):
+                calls.append(signum)
+            signal.signal(signal.SIGTERM, mine)
+            with ducksafe.guarded_run("c.yaml", **kw) as run:
+                os.kill(os.getpid(), signal.SIGTERM)
+                out["in_block"] = list(calls)
+                out["went_on"] = True
+            out["after_is_mine"] = signal.getsignal(signal.SIGTERM) is mine
+            """
+        )
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(
+            json.loads(p.stdout),
+            {"in_block": [int(signal.SIGTERM)], "went_on": True, "after_is_mine": True},
+        )
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "success", "exit_code": 0})
+
+    def test_an_ignored_signal_stays_ignored(self) -> None:
+        # Under nohup (SIGHUP ignored) a hangup must not end the block.
+        p = self.in_a_child(
+            """
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            with ducksafe.guarded_run("c.yaml", **kw) as run:
+                os.kill(os.getpid(), signal.SIGHUP)
+                out["went_on"] = True
+            out["after_ignored"] = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            """
+        )
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(json.loads(p.stdout), {"went_on": True, "after_ignored": True})
+
+    def test_a_handler_that_raises_terminated_ends_as_without_one(self) -> None:
+        # The application's handler runs first (its clean-up), then raises Terminated: the run
+        # is failed with 128 + N, post_run restores, and the process ends by the signal.
+        self.fake.acts(pre_run={"stdout": line(PROCEED)}, post_run={"stdout": line(self.restored)})
+        p = self.in_a_child(
+            """
+            def mine(signum, frame):
+                print("mine ran", flush=True)
+                raise ducksafe.Terminated(signum)
+            signal.signal(signal.SIGTERM, mine)
+            with ducksafe.guarded_run("c.yaml", on_failure="restore", **kw) as run:
+                os.kill(os.getpid(), signal.SIGTERM)
+                out["went_on"] = True
+            """
+        )
+        self.assertEqual(p.returncode, -signal.SIGTERM, p.stderr)
+        self.assertEqual(p.stdout, "mine ran\n")
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "failure", "exit_code": 143})
+
+    def test_without_a_handler_sigterm_ends_the_block_and_the_process(self) -> None:
+        self.fake.acts(pre_run={"stdout": line(PROCEED)}, post_run={"stdout": line(self.restored)})
+        p = self.in_a_child(
+            """
+            with ducksafe.guarded_run("c.yaml", on_failure="restore", **kw) as run:
+                os.kill(os.getpid(), signal.SIGTERM)
+                out["went_on"] = True
+            """
+        )
+        self.assertEqual(p.returncode, -signal.SIGTERM, p.stderr)
+        self.assertEqual(p.stdout, "")
+        self.assertEqual(self.posts()[-1]["run"], {"outcome": "failure", "exit_code": 143})
+
+    def test_a_handler_installed_in_the_block_is_kept(self) -> None:
+        p = self.in_a_child(
+            """
+            def mine(signum, frame):
+                pass
+            with ducksafe.guarded_run("c.yaml", **kw) as run:
+                signal.signal(signal.SIGTERM, mine)
+            out["after_is_mine"] = signal.getsignal(signal.SIGTERM) is mine
+            out["hup_back_to_default"] = signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+            """
+        )
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(json.loads(p.stdout), {"after_is_mine": True, "hup_back_to_default": True})
+
     def test_no_proceed_no_body(self) -> None:
         self.fake.acts(pre_run={"stdout": line(LOCKED), "exit": 75})
         ran = []
@@ -517,6 +771,80 @@ class GuardedRun(FakeCase):
         self.assertIs(ducksafe.ProtectedRun, ducksafe.GuardedRun)
 
 
+def real_binary() -> Optional[str]:
+    """A built ducksafe: the installed one, else $DUCKSAFE_BIN or $DUCKSAFE (the Rust
+    integration tests set $DUCKSAFE to the binary they built)."""
+    try:
+        return ducksafe.find_binary()
+    except ducksafe.BinaryNotFound:
+        return None
+
+
+class RealBinary(unittest.TestCase):
+    """Against the real binary, at a moment its failpoints fix (src/failpoint.rs), in a
+    database made by `ducksafe init --demo`: no race, whatever the load."""
+
+    def setUp(self) -> None:
+        binary = real_binary()
+        if binary is None:
+            self.skipTest("no ducksafe binary: set DUCKSAFE_BIN to a built one")
+        self.binary = binary
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.dir = Path(tmp.name)
+        subprocess.run(
+            [binary, "init", "--demo", "--dir", str(self.dir), "-q"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        self.config = str(self.dir / "config.yaml")
+
+    def test_a_pre_run_killed_after_it_recorded_the_run_keeps_no_one_waiting(self) -> None:
+        # pre_run stops at `rotation.done` (the run recorded in the lease, naming this
+        # process) until it is killed; the timeout counts from that moment.
+        go = self.dir / "go"
+        self.addCleanup(go.touch)  # let a failed test's ducksafe go
+        env = dict(os.environ, DUCKSAFE_FAILPOINT=f"rotation.done:wait={go}")
+        real_run = subprocess.run
+
+        def timed_from_the_failpoint(
+            argv: List[str], *, input: bytes, timeout: Optional[float], **kw: Any
+        ) -> "subprocess.CompletedProcess[bytes]":
+            kw.pop("check", None)
+            p = subprocess.Popen(argv, stdin=subprocess.PIPE, **kw)
+            assert p.stdin is not None
+            p.stdin.write(input)
+            p.stdin.close()
+            p.stdin = None
+            deadline = time.monotonic() + 300  # only stops a broken run from hanging the test
+            while not Path(f"{go}.reached").exists() and p.poll() is None:
+                self.assertLess(time.monotonic(), deadline, "ducksafe never reached the failpoint")
+                time.sleep(0.005)
+            try:
+                out, _ = p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                raise
+            return subprocess.CompletedProcess(argv, p.returncode, out, None)
+
+        with mock.patch.object(subprocess, "run", timed_from_the_failpoint):
+            with self.assertRaises(ducksafe.HookTimeout) as cm:
+                ducksafe.pre_run(self.config, binary=self.binary, env=env, timeout=0.5)
+        self.assertTrue(Path(f"{go}.reached").exists(), "killed before the run was recorded")
+        go.touch()
+        # Another runner (another process: a shell between) is not kept waiting.
+        other = real_run(
+            ["sh", "-c", '"$0" --config "$1" -q pre-run; exit $?', self.binary, self.config],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        self.assertEqual(other.returncode, 0, other.stdout)
+        self.assertEqual(json.loads(other.stdout)["decision"], "proceed")
+        self.assertIn("was ended (post_run answered `kept`", str(cm.exception))
+
+
 class BinaryLookup(unittest.TestCase):
     def setUp(self) -> None:
         tmp = tempfile.TemporaryDirectory()
@@ -527,6 +855,12 @@ class BinaryLookup(unittest.TestCase):
         self.on_path.write_text("#!/bin/sh\n")
         self.on_path.chmod(0o755)
 
+    def executable(self, name: str) -> str:
+        p = self.dir / name
+        p.write_text("#!/bin/sh\n")
+        p.chmod(0o755)
+        return str(p)
+
     def lookup(self, env: Dict[str, str], installed: Optional[str]) -> str:
         with mock.patch.dict(os.environ, env, clear=True), mock.patch.object(
             _binary, "installed_binary", return_value=installed
@@ -535,11 +869,34 @@ class BinaryLookup(unittest.TestCase):
 
     def test_order(self) -> None:
         path = {"PATH": str(self.on_path.parent)}
-        self.assertEqual(self.lookup(dict(path, DUCKSAFE_BIN="/b", DUCKSAFE="/d"), "/venv/bin/ducksafe"), "/venv/bin/ducksafe")
-        self.assertEqual(self.lookup(dict(path, DUCKSAFE_BIN="/b", DUCKSAFE="/d"), None), "/b")
-        self.assertEqual(self.lookup(dict(path, DUCKSAFE="/d"), None), "/d")
+        b, d = self.executable("b"), self.executable("d")
+        self.assertEqual(self.lookup(dict(path, DUCKSAFE_BIN=b, DUCKSAFE=d), "/venv/bin/ducksafe"), "/venv/bin/ducksafe")
+        self.assertEqual(self.lookup(dict(path, DUCKSAFE_BIN=b, DUCKSAFE=d), None), b)
+        self.assertEqual(self.lookup(dict(path, DUCKSAFE=d), None), d)
         self.assertEqual(self.lookup(path, None), str(self.on_path))
         self.assertEqual(ducksafe.find_binary("/explicit"), "/explicit")
+
+    def test_a_wrong_ducksafe_bin_is_binary_not_found(self) -> None:
+        # A $DUCKSAFE_BIN that names nothing runnable is said as such, with the variable, and
+        # is not skipped for PATH: the caller asked for that binary.
+        not_executable = self.dir / "not-executable"
+        not_executable.write_text("#!/bin/sh\n")
+        path = {"PATH": str(self.on_path.parent)}
+        for named, says in [
+            (str(self.dir / "missing"), "does not exist"),
+            (str(not_executable), "is not executable"),
+            (str(self.dir), "is a directory"),
+            ("no-such-ducksafe", "no `no-such-ducksafe` on PATH"),
+        ]:
+            for var in ("DUCKSAFE_BIN", "DUCKSAFE"):
+                with self.subTest(named=named, var=var):
+                    with self.assertRaises(ducksafe.BinaryNotFound) as cm:
+                        self.lookup(dict(path, **{var: named}), None)
+                    self.assertEqual(cm.exception.exit_code, 127)
+                    self.assertIn(f"${var}", str(cm.exception))
+                    self.assertIn(says, str(cm.exception))
+        # A bare name on PATH is found there.
+        self.assertEqual(self.lookup(dict(path, DUCKSAFE_BIN="ducksafe"), None), str(self.on_path))
 
     def test_none_at_all(self) -> None:
         with self.assertRaises(ducksafe.BinaryNotFound) as cm:

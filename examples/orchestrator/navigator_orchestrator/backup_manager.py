@@ -6,8 +6,9 @@ and rotates old ones; this class keeps the seed's `create_backup() -> Path` and 
 half: `finish(exit_code)` reports the run's outcome, which restores the backup after a failed
 run when asked to.
 
-The calls go through the `ducksafe` package (`pip install ducksafe`, which also installs the
-binary it runs); from a checkout of ducksafe, `PYTHONPATH=hooks/python` gives the same package.
+The calls go through the `ducksafe` package (the wheel built from a checkout,
+`pip install dist/ducksafe-*.whl`, which also installs the binary it runs: README.md, Install);
+from a checkout of ducksafe, `PYTHONPATH=hooks/python` gives the same package.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """ducksafe: verified, atomic backups of a DuckDB database before every run that writes it.
 
-``pip install ducksafe`` installs the ``ducksafe`` binary (on the environment's PATH) and this
-package, which speaks its hook protocol v1 (docs/protocol.md) and its operator commands::
+The wheel built from a checkout (``maturin build --locked --release --out dist``, then
+``pip install dist/ducksafe-*.whl``; it is not on PyPI) installs the ``ducksafe`` binary (on the
+environment's PATH) and this package, which speaks its hook protocol v1 (docs/protocol.md) and
+its operator commands::
 
     import ducksafe
 
@@ -46,6 +48,7 @@ from ._errors import (
     UsageError,
 )
 from ._guard import (
+    AbandonedRun,
     GuardedRun,
     ProtectedRun,
     Terminated,
@@ -88,6 +91,7 @@ def _version() -> str:
 __version__ = _version()
 
 __all__ = [
+    "AbandonedRun",
     "EXIT_NOT_FOUND",
     "EXIT_RETRYABLE",
     "EXIT_TIMEOUT",

@@ -55,7 +55,8 @@ def _installed_candidates() -> Iterator[Path]:
 
 
 def installed_binary() -> Optional[str]:
-    """The binary installed with this package (``pip install ducksafe``), if there is one."""
+    """The binary installed with this package (the wheel built from the checkout, see
+    docs/integrations.md), if there is one."""
     for p in _installed_candidates():
         if _executable(p):
             return str(p)
@@ -67,7 +68,9 @@ def find_binary(binary: Optional[str] = None) -> str:
     package (the environment's scripts folder); else ``$DUCKSAFE_BIN`` (``$DUCKSAFE``, the name
     ``hooks/ducksafe_hook.py`` read, is honoured too); else ``ducksafe`` on PATH.
 
-    Raises :class:`BinaryNotFound` (exit code 127) when there is none.
+    Raises :class:`BinaryNotFound` (exit code 127) when there is none, or when the variable
+    names a file that does not exist or cannot be executed (a wrong ``$DUCKSAFE_BIN`` is said
+    as such, not taken for a broken binary).
     """
     if binary:
         return binary
@@ -77,7 +80,7 @@ def find_binary(binary: Optional[str] = None) -> str:
     for var in ("DUCKSAFE_BIN", "DUCKSAFE"):
         named = os.environ.get(var)
         if named:
-            return named
+            return _named_by(var, named)
     on_path = shutil.which(_NAME)
     if on_path is not None:
         return on_path
@@ -85,5 +88,33 @@ def find_binary(binary: Optional[str] = None) -> str:
         "no ducksafe binary: not installed with the `ducksafe` package (install the wheel built"
         " from the checkout: `maturin build --locked --release --out dist && pip install"
         " dist/ducksafe-*.whl`), $DUCKSAFE_BIN not set, and no `ducksafe` on PATH",
+        EXIT_NOT_FOUND,
+    )
+
+
+def _named_by(var: str, named: str) -> str:
+    """The binary an environment variable names, checked before it is run: a name without a
+    slash is looked up on PATH, as a shell would."""
+    if os.sep not in named and (os.altsep is None or os.altsep not in named):
+        found = shutil.which(named)
+        if found is None:
+            raise BinaryNotFound(
+                f"${var} is `{named}`, and there is no `{named}` on PATH; set ${var} to the"
+                " path of the ducksafe binary, or unset it",
+                EXIT_NOT_FOUND,
+            )
+        return found
+    p = Path(named)
+    if not p.exists():
+        why = "does not exist"
+    elif p.is_dir():
+        why = "is a directory"
+    elif not os.access(p, os.X_OK):
+        why = "is not executable (`chmod +x` it, or name the right file)"
+    else:
+        return named
+    raise BinaryNotFound(
+        f"${var} names `{named}`, which {why}; set ${var} to the path of the ducksafe binary,"
+        " or unset it",
         EXIT_NOT_FOUND,
     )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections.abc
+import errno
 import json
+import operator
 import os
 import signal
 import subprocess
@@ -11,6 +13,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ._binary import find_binary
 from ._errors import (
+    BinaryNotFound,
     DucksafeError,
     HookTimeout,
     HookUnavailable,
@@ -74,7 +77,25 @@ def _run(
             EXIT_TIMEOUT,
         ) from e
     except OSError as e:
+        if cwd is not None and not os.path.isdir(cwd):
+            raise HookUnavailable(
+                f"cannot run `{argv[0]}` in `{os.fspath(cwd)}`: {e.strerror or e}", EXIT_NOT_FOUND
+            ) from e
+        if e.errno in _NO_PROGRAM:
+            # No such program, or no program at that name: there is no ducksafe binary to run.
+            raise BinaryNotFound(
+                f"cannot run `{argv[0]}`: {e.strerror or e}; name the ducksafe binary with"
+                " `binary=` or $DUCKSAFE_BIN, or install the wheel built from the checkout"
+                " (docs/integrations.md, \"A Python orchestrator\")",
+                EXIT_NOT_FOUND,
+            ) from e
         raise HookUnavailable(f"cannot run `{argv[0]}`: {e}", EXIT_NOT_FOUND) from e
+
+
+#: The errors of starting a program that say there is none to run at that name.
+_NO_PROGRAM = frozenset(
+    (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOEXEC)
+)
 
 
 def _unusable(p: "subprocess.CompletedProcess[bytes]", argv0: str, why: str) -> HookUnavailable:
@@ -147,17 +168,72 @@ def pre_run(
     post_run needs, ``.rollback`` how to undo the run). Raises otherwise, and then the run must
     not start: :class:`DucksafeBusy` (exit 75, retry later), another :class:`DucksafeError`
     subclass for the rest.
+
+    After a ``timeout`` (:class:`HookTimeout`), the killed pre_run may already have recorded
+    the run in the database's lease, naming this process: every other guarded run of the
+    database would answer ``lock_busy`` until this process exits. So the run is ended at once
+    with a post_run that keeps the database (``outcome: failure``, ``on_failure: keep``: the
+    run never started, nothing is restored), and the exception says whether that worked.
     """
-    r = call(
-        Request("pre_run", config=config, request_id=request_id, dry_run=dry_run),
-        binary=binary,
-        cwd=cwd,
-        env=env,
-        timeout=timeout,
-    )
+    request = Request("pre_run", config=config, request_id=request_id, dry_run=dry_run)
+    try:
+        r = call(request, binary=binary, cwd=cwd, env=env, timeout=timeout)
+    except HookTimeout as e:
+        if dry_run:
+            raise  # a dry run records nothing
+        raise _released(e, request, binary=binary, cwd=cwd, env=env, timeout=timeout) from (
+            e.__cause__
+        )
     if r.decision != "proceed" or r.exit_code != 0:
         raise error_for(r, "pre_run")
     return r
+
+
+#: The least time the post_run that ends a timed-out pre_run's run is given: it only keeps.
+_RELEASE_TIMEOUT = 60.0
+
+
+def _released(
+    e: HookTimeout,
+    request: Request,
+    *,
+    binary: Optional[str],
+    cwd: PathArg,
+    env: Optional[Mapping[str, str]],
+    timeout: Optional[float],
+) -> HookTimeout:
+    """The HookTimeout of a pre_run, once the run it may have recorded is ended: a post_run
+    from this process, which the lease names, with no backup id (unknown: the answer never
+    came) and an outcome that restores nothing."""
+    what = (
+        f"`{find_binary(binary)}` did not answer `pre_run` within {timeout} s and was killed: do"
+        " not start the run (a backup it finished stays, harmless; an unfinished one is removed"
+        " by the next backup)"
+    )
+    try:
+        post = post_run(
+            None,
+            outcome="failure",
+            on_failure="keep",
+            config=request.config,
+            request_id=request.request_id,
+            binary=binary,
+            cwd=cwd,
+            env=env,
+            timeout=max(timeout or 0.0, _RELEASE_TIMEOUT),
+        )
+    except DucksafeError as failed:
+        return HookTimeout(
+            f"{what}; the run it may have recorded could not be ended ({failed}): other guarded"
+            " runs of this database answer `lock_busy` until this process exits; retry with"
+            " `ducksafe.post_run(None, outcome=\"failure\", on_failure=\"keep\", ...)`",
+            EXIT_TIMEOUT,
+        )
+    return HookTimeout(
+        f"{what}; the run it may have recorded was ended (post_run answered `{post.decision}`,"
+        " nothing restored): other guarded runs of this database are not kept waiting",
+        EXIT_TIMEOUT,
+    )
 
 
 def post_run(
@@ -185,6 +261,13 @@ def post_run(
     ``backup_sha256`` (the pre_run answer's ``backup.sha256``) makes ducksafe refuse to restore
     any other content under that id.
     """
+    if exit_code is not None:
+        if isinstance(exit_code, bool):
+            # bool is an int to Python, never to the protocol: ducksafe would refuse the request.
+            raise TypeError(
+                f"post_run: `exit_code` is the run's exit status (an int), not `{exit_code!r}`"
+            )
+        exit_code = operator.index(exit_code)  # numpy.int64 and the like; TypeError otherwise
     if outcome is None:
         if exit_code is None:
             raise ValueError("post_run needs `exit_code` or `outcome`")

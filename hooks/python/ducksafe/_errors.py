@@ -119,8 +119,9 @@ class BinaryNotFound(HookUnavailable):
 class HookTimeout(DucksafeError):
     """ducksafe did not answer within ``timeout`` seconds and was killed (``exit_code`` 124,
     ``response`` None). Unlike HookUnavailable, ducksafe ran and was doing something: a killed
-    pre_run leaves no backup (its temporary file is removed by the next one), but a killed
-    post_run or restore may have been restoring. Check the database before the next run: the
+    pre_run leaves at most a backup (an unfinished one is removed by the next backup), and
+    ``pre_run()`` ends the run it may have recorded before raising (its message says whether it
+    could); a killed post_run or restore may have been restoring. Check the database before the next run: the
     next ``ducksafe restore`` or backup completes a restore whose journal was written
     (docs/runbook.md, "An interrupted restore"). Do not give a restoring call a timeout you are
     not ready to see hit."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import operator
 import os
 import signal
 import threading
-from dataclasses import dataclass
+import warnings
 from typing import Any, Dict, Iterator, Mapping, Optional, Set
 
 from ._client import PathArg, post_run, pre_run
@@ -15,7 +16,6 @@ from ._errors import UsageError
 from ._types import BackupRef, ConfigArg, Response
 
 
-@dataclass
 class GuardedRun:
     """What :func:`guarded_run` yields: the pre_run answer on entry, the post_run answer
     after the block.
@@ -26,10 +26,47 @@ class GuardedRun:
     so. No exception is raised for it: read ``post.decision`` (``kept`` or ``restored``).
     """
 
-    pre: Response
-    post: Optional[Response] = None
-    #: The run's exit status as the caller saw it; None or 0 is a success.
-    exit_code: Optional[int] = None
+    __slots__ = ("pre", "_post", "_exit_code", "abandoned")
+
+    def __init__(self, pre: Response) -> None:
+        #: The pre_run answer: the verified backup (``backup``) and how to undo the run
+        #: (``rollback``).
+        self.pre = pre
+        self._post: Optional[Response] = None
+        self._exit_code: Optional[int] = None
+        #: True when the block never ended: the generator it ran in was closed (or collected)
+        #: while suspended inside it (``GeneratorExit``). See :class:`AbandonedRun`.
+        self.abandoned = False
+
+    @property
+    def post(self) -> Response:
+        """The post_run answer (``decision``: ``kept`` or ``restored``), once the block has
+        ended and post_run answered. Read before that (inside the block), or after a post_run
+        that raised, it raises RuntimeError: there is no answer to read."""
+        if self._post is None:
+            raise RuntimeError(
+                "`run.post` is read after the block: post_run has not answered yet (the block"
+                " is running), or it raised (that exception says why)"
+            )
+        return self._post
+
+    @post.setter
+    def post(self, answer: Response) -> None:
+        self._post = answer
+
+    @property
+    def exit_code(self) -> Optional[int]:
+        """The run's exit status as the caller saw it; None or 0 is a success.
+
+        Assigning checks the value: an int from 0 to 255 is kept; a subprocess's returncode -N
+        (killed by signal N) becomes 128 + N, as a shell reports it; None is "not set". A bool
+        raises TypeError (``True`` is no exit status: call :meth:`fail`), another int
+        ValueError, another type TypeError, at the assignment rather than at post_run."""
+        return self._exit_code
+
+    @exit_code.setter
+    def exit_code(self, value: Optional[int]) -> None:
+        self._exit_code = None if value is None else exit_status(value, "run.exit_code")
 
     @property
     def backup_id(self) -> str:
@@ -46,29 +83,84 @@ class GuardedRun:
     @property
     def failed(self) -> bool:
         """Whether the run counts as failed so far (an exit status other than 0 was set)."""
-        return bool(self.exit_code)
+        return bool(self._exit_code)
 
     @property
     def restored(self) -> bool:
         """Whether post_run put the backup back."""
-        return self.post is not None and self.post.decision == "restored"
+        return self._post is not None and self._post.decision == "restored"
 
     def fail(self, exit_code: int = 1) -> None:
-        """Marks the run failed with ``exit_code`` (not 0)."""
-        if exit_code == 0:
-            raise ValueError("a failed run needs an exit code other than 0")
-        self.exit_code = exit_code
+        """Marks the run failed with ``exit_code`` (not 0; checked as ``exit_code`` is)."""
+        code = exit_status(exit_code, "run.fail()")
+        if code == 0:
+            raise ValueError("run.fail(): a failed run needs an exit code other than 0")
+        self._exit_code = code
+
+    def __repr__(self) -> str:
+        return (
+            f"GuardedRun(backup_id={self.pre.backup.id if self.pre.backup else None!r}, "
+            f"exit_code={self._exit_code!r}, "
+            f"post={self._post.decision if self._post else None!r})"
+        )
+
+
+def exit_status(value: Any, what: str) -> int:
+    """``value`` as a process exit status (0 to 255), or TypeError / ValueError that says why
+    not. A subprocess's returncode -N (killed by signal N) is 128 + N, as a shell says it."""
+    if isinstance(value, bool):
+        # bool is an int to Python, never to an exit status (nor to the protocol).
+        raise TypeError(
+            f"{what} takes an exit status (an int, 0 for success), not `{value!r}`;"
+            " call run.fail() for a failed run"
+        )
+    try:
+        code = operator.index(value)  # an int, or an int-like such as numpy.int64
+    except TypeError:
+        raise TypeError(
+            f"{what} takes an exit status (an int, 0 for success), not"
+            f" {type(value).__name__} `{value!r}`"
+        ) from None
+    if 0 <= code <= 255:
+        return code
+    if -127 <= code < 0:
+        return 128 - code
+    raise ValueError(
+        f"{what}: an exit status is 0 to 255 (or a subprocess's returncode -N, killed by signal"
+        f" N: 128 + N), not {code}"
+    )
 
 
 class Terminated(BaseException):
     """SIGTERM or SIGHUP arrived during a guarded block (a `timeout`, a closed terminal, a
-    scheduler stopping the job): the block ends here, the run counts as failed with 128 + N,
-    post_run runs (restoring when asked), and then the process ends by that signal, as it would
-    have without the block."""
+    scheduler stopping the job) and the application has no handler of its own for it: the
+    block ends here, the run counts as failed with 128 + N, post_run runs (restoring when
+    asked), and then the process ends by that signal, as it would have without the block.
+
+    An application's own handler runs instead, as it would without the block; it may raise
+    ``Terminated(signum)`` itself for this same ending."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by signal {signum}")
         self.signum = signum
+
+
+class AbandonedRun(RuntimeWarning):
+    """A guarded block that never ended: it ran inside a generator, and the generator was
+    closed (``close()``, a ``for`` loop left by ``break``, garbage collection) while suspended
+    in the block, which then got ``GeneratorExit``.
+
+    Nothing says whether the block's work was complete: by default (``abandoned="failure"``)
+    the run counts as failed with exit code 1, so post_run restores when ``on_failure`` or
+    the configuration asks for it, and this warning says so, with post_run's decision.
+    ``guarded_run(..., abandoned="success")`` says instead that a consumer stopping early
+    leaves complete work: the run is a success (kept) and nothing is warned. Make it an error
+    with ``warnings.simplefilter("error", ducksafe.AbandonedRun)`` (post_run has run by then;
+    the exception goes to whoever closed the generator)."""
+
+
+#: The values of ``guarded_run``'s ``abandoned``: how a block whose generator was closed counts.
+_ABANDONED = ("failure", "success")
 
 
 def exit_code_of(e: BaseException) -> int:
@@ -90,13 +182,44 @@ _STOPS = (signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
-def _signals(handler: Any) -> Iterator[None]:
-    """SIGTERM and SIGHUP handled by `handler` for the block (main thread only: Python takes
-    signals there alone), the previous handlers back afterwards."""
+def _stops_end_the_block() -> Iterator[None]:
+    """For the block: SIGTERM and SIGHUP that would have killed the process (their default
+    action) end the block with :class:`Terminated` instead, so that post_run runs first.
+
+    A handler the application installed before the block is left in place: it runs as it
+    would without the block, and decides (raise from it to end the block: ``sys.exit(143)``,
+    or ``raise ducksafe.Terminated(signum)`` for the same end as without a handler; return to
+    let the block go on). A signal the application ignores (``nohup``) stays ignored. Afterwards
+    each signal gets back the handler it had, unless the block installed one of its own, which
+    is kept. Main thread only: Python takes signals there alone."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, handler) for s in _STOPS}
+    # SIG_DFL only: SIG_IGN is the application's choice, a callable its own handler, and None
+    # a handler installed outside Python, which could not be put back.
+    ours = [s for s in _STOPS if signal.getsignal(s) is signal.SIG_DFL]
+    for s in ours:
+        signal.signal(s, _terminate)
+    try:
+        yield
+    finally:
+        for s in ours:
+            if signal.getsignal(s) is _terminate:
+                signal.signal(s, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _stops_ignored() -> Iterator[None]:
+    """For post_run: SIGTERM and SIGHUP ignored, by this process and by ducksafe, which
+    inherits that (a handler would be reset to the default in it), so that a second signal
+    cannot cut a restore short; each signal's handler, whatever it was, is back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    # None: a handler installed outside Python, which could not be put back: left alone.
+    previous = {s: h for s in _STOPS for h in [signal.getsignal(s)] if h is not None}
+    for s in previous:
+        signal.signal(s, signal.SIG_IGN)
     try:
         yield
     finally:
@@ -118,6 +241,7 @@ def guarded_run(
     cwd: PathArg = None,
     env: Optional[Mapping[str, str]] = None,
     timeout: Optional[float] = None,
+    abandoned: str = "failure",
 ) -> Iterator[GuardedRun]:
     """A verified backup on entry; the run's outcome to post_run on exit.
 
@@ -131,15 +255,27 @@ def guarded_run(
     caller set another one; and when the block raises, a failure with the exit code Python
     would end with: ``SystemExit(N)`` is N (``sys.exit()`` and ``sys.exit(0)`` succeed, a
     message is 1), Ctrl-C 130, SIGTERM or SIGHUP 128 + N (the process then ends by that signal,
-    after post_run), any other exception 1. After a failure post_run restores the backup when
+    after post_run; an application's own handler for them runs instead and decides, and an
+    ignored one stays ignored), any other exception 1. ``run.exit_code`` is checked when set
+    (see :class:`GuardedRun`), and a ``sys.exit(0)`` after a failure carries the failure's code. After a failure post_run restores the backup when
     ``on_failure="restore"`` or the configuration says RESTORE_ON_FAILURE (``on_failure="keep"``
     keeps the failed run's database); the replaced files go to quarantine. Then the exception
     propagates. A post_run that fails raises :class:`RestoreFailed` (or another error), chained
     to the block's exception.
 
+    A block inside a generator that is closed before the block ends (the consumer stopped
+    iterating) gets ``GeneratorExit``: its work may be half done, so by default
+    (``abandoned="failure"``) it counts as failed with exit code 1, and an
+    :class:`AbandonedRun` warning says so; ``abandoned="success"`` counts it as a success
+    (for a generator whose consumer may stop early without leaving work half done).
+
     Close every DuckDB connection to the database inside the block: a restore needs the
     database to itself. ``timeout`` applies to pre_run only: a restore is never cut short.
     """
+    if abandoned not in _ABANDONED:
+        raise ValueError(
+            f"guarded_run: `abandoned` is \"failure\" or \"success\", not {abandoned!r}"
+        )
     # Both calls resolve a relative configuration path (or `./config.yaml`, or an inline
     # configuration's relative DB_PATH) from the folder the block started in: an `os.chdir`
     # inside the block must not make post_run restore another project.
@@ -160,7 +296,7 @@ def guarded_run(
             env=env,
             backup_sha256=pre.backup.sha256 if pre.backup is not None else None,
         )
-        yield from _guarded(run, pre, kw, on_failure)
+        yield from _guarded(run, pre, kw, on_failure, abandoned)
 
 
 @contextlib.contextmanager
@@ -193,23 +329,48 @@ _ACTIVE_LOCK = threading.Lock()
 
 
 def _guarded(
-    run: "GuardedRun", pre: Any, kw: Dict[str, Any], on_failure: Optional[str]
+    run: "GuardedRun",
+    pre: Any,
+    kw: Dict[str, Any],
+    on_failure: Optional[str],
+    abandoned: str,
 ) -> Iterator["GuardedRun"]:
     try:
-        with _signals(_terminate):
+        with _stops_end_the_block():
             yield run
     except BaseException as e:
         code = exit_code_of(e)
+        if isinstance(e, GeneratorExit):
+            # The block never ended (its generator was closed): no proof of failure, none of
+            # success. The caller's `abandoned` decides, and a failure is said, not silent.
+            run.abandoned = True
+            if abandoned == "success":
+                code = 0
         if code == 0 and run.exit_code:
+            # `sys.exit(0)` (or `sys.exit()`) after run.fail(3): the run is reported failed
+            # with 3, and the process must not then end with 0, as if nothing had failed.
             code = run.exit_code
+            if isinstance(e, SystemExit):
+                e.code = code
         # Nothing may cut the restore short: a second SIGTERM or SIGHUP is ignored meanwhile,
         # and ducksafe inherits that.
-        with _signals(signal.SIG_IGN):
+        with _stops_ignored():
             if code == 0:
                 run.post = post_run(pre.backup_id, exit_code=0, **kw)
             else:
                 run.exit_code = code
                 run.post = post_run(pre.backup_id, exit_code=code, on_failure=on_failure, **kw)
+        if run.abandoned and code != 0:
+            warnings.warn(
+                AbandonedRun(
+                    f"the guarded run of backup `{pre.backup_id}` was abandoned: the generator"
+                    " it ran in was closed before the block ended (GeneratorExit), so it counts"
+                    f" as a failed run (exit code {code}); post_run answered"
+                    f" `{run.post.decision}`. Pass guarded_run(..., abandoned=\"success\") if"
+                    " stopping early leaves the work complete"
+                ),
+                stacklevel=2,
+            )
         if isinstance(e, Terminated):
             # End as the signal would have ended the process: the caller (a shell, `timeout`)
             # sees 128 + N.
@@ -217,7 +378,7 @@ def _guarded(
             os.kill(os.getpid(), e.signum)
         raise
     code = run.exit_code or 0
-    with _signals(signal.SIG_IGN):
+    with _stops_ignored():
         if code == 0:
             run.post = post_run(pre.backup_id, exit_code=0, **kw)
         else:

@@ -96,6 +96,97 @@ fn ducksafe_run_restores_a_run_interrupted_by_sigquit() {
     ducksafe_run_interrupted_by("QUIT");
 }
 
+/// A Ctrl-C while post_run restores: ducksafe waits at `restore.staged` (the failpoint writes
+/// its PID to `go.reached`) while the whole group of the wrapper, started in its own session, gets
+/// SIGINT. The restore is not cut short (ducksafe ignores the signal) and runs to its end once
+/// let go, and only then the wrapper ends as interrupted, by SIGINT (a shell reports 130), and
+/// says so, instead of exiting with the command's own 1 as if nothing had happened.
+#[test]
+fn ducksafe_run_reports_a_ctrl_c_during_post_run_once_the_restore_is_done() {
+    let python = need!(python_with_duckdb());
+    let p = Project::new("");
+    let go = p.path("go");
+    let mut c = need!(job_command(
+        &repo().join("hooks/ducksafe-run"),
+        p.dir.path(),
+        true
+    ));
+    c.env(
+        "DUCKSAFE_FAILPOINT",
+        format!("restore.staged:wait={}", go.display()),
+    )
+    .args(["--config", "config.yaml", "--on-failure", "restore"])
+    .args(["--state-dir", STATE_DIR, "--"])
+    .arg(&python)
+    .args([
+        "-c",
+        "import duckdb, sys\n\
+         con = duckdb.connect('simulation.duckdb')\n\
+         con.execute('CREATE TABLE the_run AS SELECT 1 AS x')\n\
+         con.close()\n\
+         sys.exit(1)\n",
+    ]);
+    let job = Job::start(&mut c, p.dir.path());
+    let _let_go = LetGoFile(go.clone());
+    let reached = p.path("go.reached");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let ducksafe = loop {
+        // The failpoint creates the file, then writes its PID: read until the PID is there.
+        if let Some(pid) = fs::read_to_string(&reached)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "post_run never reached `restore.staged`\n{}",
+            job.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    job.assert_session_leader();
+    send_signal("INT", &format!("-{}", job.pid()));
+    assert!(
+        is_running(ducksafe),
+        "the restoring ducksafe died of the Ctrl-C"
+    );
+    fs::write(&go, b"").unwrap();
+    let out = job.finish();
+
+    assert_eq!(
+        out.status.signal(),
+        Some(signal_number("INT")),
+        "ended as interrupted, by SIGINT"
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("interrupted by SIGINT during post_run, which ran to its end (`restored`)"),
+        "{stderr}"
+    );
+    let pre = saved(&state(&p), "pre_run").expect("pre_run.json");
+    let expected = fingerprints(Path::new(&pre.backup.expect("a backup").path));
+    let post = saved(&state(&p), "post_run").expect("post_run.json");
+    assert_eq!(post.decision, Decision::Restored, "{post:?}");
+    let run = post.run.expect("the run, repeated");
+    assert_eq!(
+        (run.outcome, run.exit_code),
+        (Outcome::Failure, Some(1)),
+        "the run itself ended before the Ctrl-C: its own failure"
+    );
+    support::assert_restored(&p, &expected);
+}
+
+/// Creates a go-file however the test ends, so that a failing test leaves no ducksafe waiting
+/// at its failpoint.
+struct LetGoFile(std::path::PathBuf);
+
+impl Drop for LetGoFile {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.0, b"");
+    }
+}
+
 /// A SIGTERM sent to `just` alone (a supervisor's `kill PID`): just passes it on to its child
 /// alone. With dash as the recipe's shell that child is the line's shell, which dies of it, and
 /// just exits: the guard's wrapper notices that its parent is gone. With bash the shell exec'd

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::support::{self, fingerprints, hold, Project};
 
-use super::{command, python_json, python_with_duckdb, repo, run, text, tool};
+use super::{command, job_command, python_json, python_with_duckdb, repo, run, text, tool};
 
 /// The package's unit tests (tests/python/test_api.py): the protocol's edge cases against a
 /// fake binary (non-JSON stdout, two lines, an exit code without JSON, a signal, busy, every
@@ -226,7 +226,10 @@ with d.protected_run("config.yaml", on_failure="restore") as run:
     open("started", "w").close()
     time.sleep(600)
 "#;
-        let mut child = command(&python, p.dir.path())
+        // `env --default-signal`: SIGTERM and SIGHUP at their default in the block's process
+        // even when the tests run under nohup, since the package leaves an ignored signal
+        // ignored.
+        let mut child = need!(job_command(&python, p.dir.path(), false))
             .current_dir(p.dir.path())
             .args(["-c", script])
             .arg(repo().join("hooks"))
