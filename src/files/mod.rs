@@ -71,9 +71,12 @@ pub fn create_private(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Creates a private directory (`0700`) and its missing parents' last component only.
+/// Creates a private directory (`0700`; the last component only), durably: its parent is
+/// fsynced before this returns, so that what is put in it (a restore's journal and the replaced
+/// database, a backup) is not orphaned by a power cut that loses the folder's own name.
 pub fn create_private_dir(path: &Path) -> io::Result<()> {
-    fs::DirBuilder::new().mode(PRIVATE_DIR_MODE).create(path)
+    fs::DirBuilder::new().mode(PRIVATE_DIR_MODE).create(path)?;
+    sync_dir(parent_of(path))
 }
 
 /// `fsync` of a directory, so that renames and unlinks inside it are durable.
