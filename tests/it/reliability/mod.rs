@@ -27,6 +27,7 @@ mod corruption;
 mod crash;
 mod damaged_database;
 mod disk_full;
+mod durability;
 mod hostile_fs;
 mod hostile_input;
 mod live_writer;
