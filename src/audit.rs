@@ -250,14 +250,27 @@ pub fn end(facts: &Facts, exit_code: i32) -> Option<String> {
     }
 }
 
-/// Creates the log folder (`0700`, parents too) when `create`, else requires it.
+/// Creates the log folder (`0700`, parents too) when `create`, else requires it. A folder of
+/// this user's that is open to others (the seed's `mkdir -p backups logs` makes it `0755`) is
+/// made `0700`: the log names databases, backups and runs. A system folder is never changed,
+/// nor one of another user (the file in it is `0600` anyway).
 fn ensure_dir(dir: &Path, create: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     if create && !dir.is_dir() {
-        use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(crate::files::PRIVATE_DIR_MODE)
             .create(dir)?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(dir) {
+        if meta.is_dir()
+            && meta.mode() & 0o077 != 0
+            && meta.uid() == crate::files::euid()
+            && !crate::files::is_system_folder(dir)
+            && !crate::files::is_shared_system_folder(dir)
+        {
+            crate::files::set_dir_mode(dir, crate::files::PRIVATE_DIR_MODE)?;
+        }
     }
     Ok(())
 }

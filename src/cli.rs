@@ -74,8 +74,7 @@ pub enum Command {
     Schema(SchemaArgs),
     /// Check the configuration, the database and the backup directory; write nothing
     Validate,
-    /// Is the safety net healthy? One screen, or a monitoring check (exit 0 ok, 1 warning,
-    /// 2 critical, 3 unknown), `--json`, or Prometheus metrics
+    /// Is the safety net healthy? A monitoring check: exit 0 ok, 1 warning, 2 critical, 3 unknown
     Status(StatusArgs),
     /// Hook protocol v1: read one JSON request on stdin, answer one JSON line on stdout
     Hook,
@@ -149,8 +148,9 @@ pub struct RestoreArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Print the figures in the Prometheus text format instead (node_exporter textfile collector)
-    #[arg(long, conflicts_with = "json")]
+    /// Print the figures in the Prometheus text format instead (node_exporter textfile
+    /// collector); not with --json
+    #[arg(long)]
     pub prometheus: bool,
     /// Also write the Prometheus figures to this file, atomically (e.g.
     /// /var/lib/node_exporter/textfile/ducksafe.prom)

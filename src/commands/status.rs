@@ -78,6 +78,9 @@ pub struct Figures {
     pub quarantine_dir: String,
     pub quarantine_folders: Vec<QuarantineFolder>,
     pub quarantine_bytes: u64,
+    /// What makes the next backup fail however much room there is: a database that is
+    /// missing or not a DuckDB file, an unsafe backup directory (each with its error code).
+    pub next_backup_refused: Vec<String>,
     /// Remarks every command says first (a restore marker in trouble, folders open to others,
     /// backups dated in the future…), and an audit log that cannot be read.
     pub standing_warnings: Vec<String>,
@@ -131,6 +134,12 @@ pub fn assess(f: &Figures, max_age_hours: u32) -> Vec<Finding> {
             ),
         ),
         Some(_) => {}
+    }
+    for why in &f.next_backup_refused {
+        say(
+            CheckState::Critical,
+            format!("the next backup would be refused: {why}"),
+        );
     }
     if let (Some(free), Some(needs)) = (f.free_bytes, f.next_backup_needs_bytes) {
         if free < needs {
@@ -252,7 +261,12 @@ fn gather(settings: &Settings, now: DateTime<Utc>) -> Result<Figures, Error> {
                 .extend(store.inventory_warnings(&inv, now));
         }
         Err(Error::NoBackupDir { .. }) => {}
+        // Known and said: the next backup refuses it, so this is no reason to know nothing.
+        Err(e @ Error::BackupDirUnsafe { .. }) => f.next_backup_refused.push(refusal(&e)),
         Err(e) => return Err(e),
+    }
+    if let Err(e) = crate::engine::database::check(settings) {
+        f.next_backup_refused.push(refusal(&e));
     }
     // Before the first backup, the folder that will hold the backup directory.
     let mut probe = settings.backup_dir.as_path();
@@ -290,6 +304,11 @@ fn gather(settings: &Settings, now: DateTime<Utc>) -> Result<Figures, Error> {
         )),
     }
     Ok(f)
+}
+
+/// An error the next backup would fail with, and its code.
+fn refusal(e: &Error) -> String {
+    format!("{e} (`{}`)", e.code().as_str())
 }
 
 /// The last hook run and the last backup's duration, from this database's records.
@@ -711,6 +730,15 @@ impl Report for Shown {
 }
 
 pub fn run(g: &Global, a: &StatusArgs) -> i32 {
+    // `json` is a global flag: clap cannot say that it conflicts with a subcommand's own.
+    if g.json && a.prometheus {
+        return output::fail(
+            false,
+            Error::Usage(
+                "`--json` and `--prometheus` cannot be used together: pick one format for stdout (`--prometheus-file PATH` writes the metrics beside either)".into(),
+            ),
+        );
+    }
     let now = crate::clock::now();
     let mut report = report(g.settings(), now);
     if let Some(path) = &a.prometheus_file {
@@ -792,6 +820,12 @@ mod tests {
         };
         assert_eq!(verdict(&assess(&space(500), 26)), CheckState::Ok);
         assert_eq!(states(&space(499)), [CheckState::Critical]);
+        // What refuses the next backup whatever the room: critical.
+        let refused = Figures {
+            next_backup_refused: vec!["database `x` does not exist".into()],
+            ..fresh.clone()
+        };
+        assert_eq!(states(&refused), [CheckState::Critical]);
         // A failed last hook and quarantine are warnings; the worst comes first.
         let mut worse = budget(950);
         worse.newest_verified = None;

@@ -108,6 +108,20 @@ fn eight_concurrent_hook_calls_write_eight_whole_lines() {
     );
 }
 
+/// The seed's Quick Start makes `logs` with `mkdir -p backups logs`: `0755`. The first line
+/// written makes it private.
+#[test]
+fn a_log_folder_open_to_others_is_made_private() {
+    let p = Project::new("");
+    let logs = p.path("logs");
+    fs::create_dir(&logs).unwrap();
+    fs::set_permissions(&logs, fs::Permissions::from_mode(0o755)).unwrap();
+    assert_ok(&p.run(&["backup"]));
+    let mode = fs::metadata(&logs).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert_eq!(records(&logs).len(), 1);
+}
+
 #[test]
 fn rotation_by_size_under_racing_writers_keeps_every_line_whole() {
     let p = Project::new("LOG_MAX_BYTES: 4096\n");

@@ -88,6 +88,17 @@ fn exit_codes_follow_the_monitoring_convention_at_each_threshold() {
     );
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("insufficient_space"), "{out}");
+    // What the next backup would refuse, however much room there is: critical, with the code.
+    fs::set_permissions(p.backups(), fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, out) = status(&p, Some("2026-03-01T13:00:00Z"), &[]);
+    fs::set_permissions(p.backups(), fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("backup_dir_unsafe"), "{out}");
+    fs::rename(p.db(), p.path("moved.duckdb")).unwrap();
+    let (code, out) = status(&p, Some("2026-03-01T13:00:00Z"), &[]);
+    fs::rename(p.path("moved.duckdb"), p.db()).unwrap();
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("database_not_found"), "{out}");
     // A configuration that cannot be read: unknown, not 78.
     let (code, out) = status(&p, None, &["--set", "BACKUP_KEEP_LAST=0"]);
     assert_eq!(code, 3, "{out}");
@@ -243,4 +254,8 @@ fn prometheus_file_is_written_atomically_and_readable_by_the_collector() {
     );
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("nowhere/x.prom"), "{out}");
+    // Two formats for one stdout: a usage error, said.
+    let out = p.run(&["status", "--json", "--prometheus"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(support::stderr(&out).contains("cannot be used together"));
 }
