@@ -303,7 +303,33 @@ fn a_full_disk_under_the_log_warns_and_the_backup_is_made() {
     ) else {
         return;
     };
-    // Fill it: the next write gets ENOSPC.
+    // A log that ends 100 bytes before the end of its page, then the rest of the disk filled:
+    // a line appended now fits in part (the page is there), and a write(2) of it is cut short
+    // rather than refused whole. No half line may be left.
+    let line = |id: &str| {
+        let r = Record {
+            time: "2026-01-01T00:00:00.000Z".into(),
+            request_id: id.into(),
+            command: "hook".into(),
+            event: None,
+            status: "ok".into(),
+            decision: None,
+            dry_run: false,
+            backup_id: None,
+            bytes: None,
+            database: None,
+            duration_ms: 0,
+            exit_code: 0,
+            errors: vec![],
+            version: "0".into(),
+            pid: 1,
+        };
+        serde_json::to_string(&r).unwrap() + "\n"
+    };
+    let short = line("x").len();
+    let first = line(&"x".repeat(4096 - 100 - short + 1));
+    assert_eq!(first.len(), 4096 - 100);
+    fs::write(m.path().join("ducksafe.jsonl"), &first).unwrap();
     let filler = m.path().join("filler");
     let _ = fs::write(&filler, vec![0u8; 256 * 1024]);
     let p = Project::new(&format!("LOG_DIR: {}\n", m.path().display()));
@@ -312,8 +338,8 @@ fn a_full_disk_under_the_log_warns_and_the_backup_is_made() {
     let warnings = r["warnings"].to_string();
     assert!(warnings.contains("audit log"), "{warnings}");
     assert_eq!(p.backup_files().len(), 1);
-    // What is there parses (nothing torn): nothing, or whole lines.
-    let _ = records(m.path());
+    // What is there parses (nothing torn): the first line alone.
+    assert_eq!(records(m.path()).len(), 1);
 }
 
 #[test]
