@@ -41,7 +41,7 @@ pub struct Newest {
     pub verification_level: String,
 }
 
-/// The last `pre_run` or `post_run` of this database in the audit log.
+/// The last `pre_run` or `post_run` of this database in the audit log (dry runs left out).
 #[derive(Debug, Clone, Serialize)]
 pub struct LastHook {
     pub time: String,
@@ -320,7 +320,10 @@ fn read_log(f: &mut Figures, records: &[audit::Record], settings: &Settings) {
         .filter(|r| r.database.as_deref() == Some(db.as_str()));
     for r in ours {
         let event = r.event.as_deref().unwrap_or("");
+        // A dry run is no run: a dry pre_run that would proceed says nothing of the last real
+        // one, which may have aborted.
         if f.last_hook.is_none()
+            && !r.dry_run
             && (event == "pre_run" || event == "post_run")
             && r.command != "backup"
             && r.command != "restore"

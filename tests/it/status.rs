@@ -186,6 +186,14 @@ fn a_failed_hook_run_an_unfinished_restore_and_quarantine_are_warnings() {
         .as_str()
         .unwrap()
         .contains("database_locked"));
+    // A dry run that would proceed is no run: the refused one stays the last.
+    let (r, code) = p.hook(&request("pre_run", &p.config(), r#","dry_run":true"#));
+    assert_eq!((code, r.status), (0, ducksafe::protocol::Status::Ok));
+    let (code, j) = status_json(&p, None, &[]);
+    assert_eq!(
+        (code, &j["last_hook"]["decision"]),
+        (1, &Value::from("abort"))
+    );
     // A good run clears it.
     assert_eq!(p.pre_run().1, 0);
     assert_eq!(status(&p, None, &[]).0, 0);
