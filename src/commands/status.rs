@@ -558,7 +558,11 @@ impl StatusReport {
                     format!(", {}", h.errors.join(", "))
                 }
             )?,
-            None => writeln!(out, "{}none in the audit log", field("last hook run:"))?,
+            None => writeln!(
+                out,
+                "{}none in the last MiB of the audit log",
+                field("last hook run:")
+            )?,
         }
         if let Some(d) = f.last_backup_duration_seconds {
             writeln!(out, "{}{d:.1}s", field("last backup took:"))?;
