@@ -42,14 +42,14 @@ fi
 
 "$tools/bin/python" - <<'EOF'
 import importlib.metadata as m
-print("setup-integrations: " + ", ".join(f"{p} {m.version(p)}" for p in ("dbt-core", "dbt-duckdb", "duckdb", "rust-just")))
+print("setup-integrations: " + ", ".join(f"{p} {m.version(p)}" for p in ("dbt-core", "dbt-duckdb", "duckdb", "rust-just", "prometheus-client")))
 EOF
 say "$("$tools/bin/just" --version), $(make --version | head -n 1)"
 
 # Installed is not working: a venv whose `import duckdb` (or dbt's) fails stops CI here, with
 # Python's own error, rather than as integration tests that cannot find a working tool.
-"$tools/bin/python" -c 'import duckdb, yaml, dbt.cli.main; duckdb.connect().execute("SELECT 1").fetchone()'
-say "python imports duckdb, yaml and dbt"
+"$tools/bin/python" -c 'import duckdb, yaml, dbt.cli.main, prometheus_client.parser; duckdb.connect().execute("SELECT 1").fetchone()'
+say "python imports duckdb, yaml, dbt and prometheus_client"
 
 # The Python package's own tools, in an environment of their own (see the requirements file).
 pytools="${DUCKSAFE_PYTOOLS:-$HOME/.cache/ducksafe-pytools}"

@@ -19,6 +19,7 @@ use crate::error::Error;
                   as an operator CLI it backs up, lists, verifies, restores and prunes.",
     after_help = "Exit codes: 0 ok, 64 usage, 65 bad request, 66 not found, 70 internal, 73 cannot create backup,\n\
                   74 I/O or verification failure, 75 busy (retry), 76 unsupported protocol, 78 invalid configuration.\n\
+                  `ducksafe status` alone exits as a monitoring check: 0 ok, 1 warning, 2 critical, 3 unknown.\n\
                   Docs: docs/runbook.md, docs/configuration.md, docs/protocol.md"
 )]
 pub struct Cli {
@@ -73,6 +74,8 @@ pub enum Command {
     Schema(SchemaArgs),
     /// Check the configuration, the database and the backup directory; write nothing
     Validate,
+    /// Is the safety net healthy? A monitoring check: exit 0 ok, 1 warning, 2 critical, 3 unknown
+    Status(StatusArgs),
     /// Hook protocol v1: read one JSON request on stdin, answer one JSON line on stdout
     Hook,
     /// The hook's pre_run event from flags (for make and just); answers one JSON line
@@ -141,6 +144,18 @@ pub struct RestoreArgs {
     /// instructions pass it, so an id can never restore other content)
     #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
     pub expect_sha256: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the figures in the Prometheus text format instead (node_exporter textfile
+    /// collector); not with --json
+    #[arg(long)]
+    pub prometheus: bool,
+    /// Also write the Prometheus figures to this file, atomically (e.g.
+    /// /var/lib/node_exporter/textfile/ducksafe.prom)
+    #[arg(long, value_name = "PATH")]
+    pub prometheus_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -276,6 +291,9 @@ pub fn run(cli: Cli) -> i32 {
         set.push(("LOG_LEVEL".to_owned(), level.to_owned()));
     }
     set.extend(cli.set);
+    if let Some((command, dry_run)) = audited(&cli.command) {
+        crate::audit::begin(command, dry_run);
+    }
     let g = commands::Global {
         config: cli.config,
         json: cli.json,
@@ -295,12 +313,38 @@ pub fn run(cli: Cli) -> i32 {
         Command::Delete(a) => commands::delete::run(&g, &a),
         Command::Schema(a) => commands::schema::run(g.json, &a),
         Command::Validate => commands::validate::run(&g),
+        Command::Status(a) => commands::status::run(&g, &a),
         Command::Hook => commands::hook::run(),
         Command::PreRun(a) => commands::pre_run::run(&g, &a),
         Command::PostRun(a) => commands::post_run::run(&g, &a),
         Command::Completions(a) => commands::completions::run(&a),
         Command::Man(a) => commands::man::run(g.json, &a),
     }
+}
+
+/// The commands the audit log records (every one that changes something, and every hook call),
+/// by name, with their `--dry-run`.
+fn audited(command: &Command) -> Option<(&'static str, bool)> {
+    Some(match command {
+        Command::Backup(a) => ("backup", a.dry_run),
+        Command::Restore(a) => ("restore", a.dry_run),
+        Command::Prune(a) => ("prune", a.dry_run),
+        Command::Adopt(a) => ("adopt", a.dry_run),
+        Command::Pin(_) => ("pin", false),
+        Command::Unpin(_) => ("unpin", false),
+        Command::Delete(a) => ("delete", a.dry_run),
+        Command::Validate => ("validate", false),
+        Command::Hook => ("hook", false),
+        Command::PreRun(a) => ("pre-run", a.dry_run),
+        Command::PostRun(a) => ("post-run", a.dry_run),
+        Command::Init(_)
+        | Command::List
+        | Command::Verify(_)
+        | Command::Status(_)
+        | Command::Schema(_)
+        | Command::Completions(_)
+        | Command::Man(_) => return None,
+    })
 }
 
 /// The `LOG_LEVEL` that `--quiet` or `--verbose` stand for.

@@ -4,6 +4,10 @@
 //! Domain code returns [`Error`]; the CLI and the hook turn it into text or into
 //! [`ErrorEntry`] values with [`Error::entries`]. Messages are lowercase, carry the path or value
 //! in backticks, and end without a period; a `hint` says what to do next.
+//!
+//! One command exits by another table: `ducksafe status` is a monitoring check, and exits with
+//! [`CheckState::exit_code`] (0 ok, 1 warning, 2 critical, 3 unknown, the Nagios/Icinga/Sensu
+//! plugin convention), even when it cannot read its configuration (unknown, not 78).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -200,6 +204,40 @@ fn holder_text(pid: Option<i32>, holder: Option<&str>) -> String {
         (Some(pid), None) => format!(": held by PID {pid}"),
         (None, Some(exe)) => format!(": held by `{exe}`"),
         (None, None) => String::new(),
+    }
+}
+
+/// The verdict of `ducksafe status`, worst last, and its exit code in the convention monitoring
+/// agents use for plugins (Nagios, Icinga, Sensu): deliberately not the sysexits codes of the
+/// other commands, which a monitoring agent would read as "unknown" or worse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckState {
+    Ok,
+    Warning,
+    Critical,
+    /// The check could not be made (an unreadable configuration or backup directory).
+    Unknown,
+}
+
+impl CheckState {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            CheckState::Ok => 0,
+            CheckState::Warning => 1,
+            CheckState::Critical => 2,
+            CheckState::Unknown => 3,
+        }
+    }
+
+    /// `OK`, `WARNING`, `CRITICAL`, `UNKNOWN`: the word a plugin's first line starts with.
+    pub fn label(self) -> &'static str {
+        match self {
+            CheckState::Ok => "OK",
+            CheckState::Warning => "WARNING",
+            CheckState::Critical => "CRITICAL",
+            CheckState::Unknown => "UNKNOWN",
+        }
     }
 }
 
@@ -446,6 +484,20 @@ fn is_no_space(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_exits_by_the_monitoring_plugin_convention() {
+        let codes: Vec<i32> = [
+            CheckState::Ok,
+            CheckState::Warning,
+            CheckState::Critical,
+            CheckState::Unknown,
+        ]
+        .map(CheckState::exit_code)
+        .into();
+        assert_eq!(codes, [0, 1, 2, 3]);
+        assert!(CheckState::Warning < CheckState::Critical);
+    }
 
     #[test]
     fn disk_full_during_io_is_insufficient_space() {

@@ -11,9 +11,12 @@
 //! file work. [`output`] writes every report (text, or `--json`) and the protocol line;
 //! [`error`] maps every failure to its protocol code and exit code; [`protocol`] holds the
 //! types behind the JSON Schemas; [`rollback`] says how to undo a run; [`timing`] is the `DEBUG` phase log.
+//! [`audit`] appends one line per changing command or hook call to the audit log, which
+//! `ducksafe status` reads.
 
 #![warn(clippy::print_stdout)]
 
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod commands;

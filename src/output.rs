@@ -14,6 +14,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::audit;
 use crate::engine::journal::Pending;
 use crate::error::Error;
 use crate::protocol::{ErrorCode, ErrorEntry, Response};
@@ -43,6 +44,15 @@ pub trait Report: Serialize {
     fn failure_summary(&self) -> Option<String> {
         None
     }
+
+    /// What the audit log records of the command (see [`crate::audit`]): by default that it
+    /// did its job; a report that knows a decision or a backup says so.
+    fn audit(&self) -> audit::Facts {
+        audit::Facts {
+            ok: self.failure().is_none(),
+            ..audit::Facts::default()
+        }
+    }
 }
 
 /// A command stopped by an error, with what it has to say besides.
@@ -71,12 +81,14 @@ impl From<Error> for Failure {
 }
 
 /// Ends a command: writes its report (text, or JSON with `--json`) or its failure, and returns
-/// the exit code.
+/// the exit code. A command that changes something ends here: its audit line is written last,
+/// with the exit code (a log it cannot write is said on stderr and changes nothing).
 pub fn finish<R: Report>(json: bool, outcome: Result<R, Failure>) -> i32 {
     match outcome {
         Ok(report) => {
             let (written, code) = write_report(json, &report);
-            ended(written, code)
+            let code = ended(written, code);
+            audited(&report.audit(), code)
         }
         Err(failure) => fail(json, failure),
     }
@@ -85,7 +97,20 @@ pub fn finish<R: Report>(json: bool, outcome: Result<R, Failure>) -> i32 {
 /// Ends a command that stopped on an error (see [`finish`]).
 pub fn fail(json: bool, failure: impl Into<Failure>) -> i32 {
     let failure = failure.into();
-    ended(write_failure(json, &failure), failure.error.exit_code())
+    let code = ended(write_failure(json, &failure), failure.error.exit_code());
+    let facts = failure.response.as_deref().map_or_else(
+        || audit::Facts::failed(&failure.error),
+        audit::Facts::from_response,
+    );
+    audited(&facts, code)
+}
+
+/// Writes the call's audit line (when it is one the log records) and returns `code` as it was.
+fn audited(facts: &audit::Facts, code: i32) -> i32 {
+    if let Some(w) = audit::end(facts, code) {
+        print_warnings(&[w]);
+    }
+    code
 }
 
 /// The exit code once stdout was written: the command's own `code`, whatever became of stdout.
@@ -167,8 +192,16 @@ fn write_json_pretty(out: &mut dyn Write, v: &impl Serialize) -> io::Result<()> 
 /// of every report ([`ended`]): a caller that closed its end of the pipe does not turn a
 /// finished backup into a failure, but a line that could not be written (a full disk under
 /// `> pre_run.json`) fails an answer that was a success.
+///
+/// Every hook call ends here: its audit line is written first, and a log that cannot be written
+/// becomes one more warning in the response (never another status or exit code).
 pub fn protocol_line(response: &Response) -> i32 {
-    let line = serde_json::to_string(response).unwrap_or_else(|_| "{}".to_owned());
+    let mut response = std::borrow::Cow::Borrowed(response);
+    if let Some(w) = audit::end(&audit::Facts::from_response(&response), response.exit_code) {
+        print_warnings(std::slice::from_ref(&w));
+        response.to_mut().warnings.push(w);
+    }
+    let line = serde_json::to_string(&*response).unwrap_or_else(|_| "{}".to_owned());
     let written = {
         let mut out = io::stdout().lock();
         writeln!(out, "{line}").and_then(|()| out.flush())

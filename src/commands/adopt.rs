@@ -53,6 +53,18 @@ impl Report for Adopted {
     fn warnings(&self) -> &[String] {
         &self.warnings
     }
+
+    fn audit(&self) -> crate::audit::Facts {
+        crate::audit::Facts::done(
+            if self.adoption.changed {
+                "adopted"
+            } else {
+                "unchanged"
+            },
+            None,
+            None,
+        )
+    }
 }
 
 pub fn run(g: &Global, a: &AdoptArgs) -> i32 {

@@ -80,6 +80,10 @@ impl Report for BackedUp<'_> {
     fn warnings(&self) -> &[String] {
         &self.response.warnings
     }
+
+    fn audit(&self) -> crate::audit::Facts {
+        crate::audit::Facts::from_response(&self.response)
+    }
 }
 
 /// A backup planned (`--dry-run`): the pre_run dry-run response, and the plan for people.
@@ -113,6 +117,10 @@ impl Report for Planned<'_> {
 
     fn warnings(&self) -> &[String] {
         &self.response.warnings
+    }
+
+    fn audit(&self) -> crate::audit::Facts {
+        crate::audit::Facts::from_response(&self.response)
     }
 }
 

@@ -41,6 +41,14 @@ impl Report for DeleteReport {
             )
         }
     }
+
+    fn audit(&self) -> crate::audit::Facts {
+        crate::audit::Facts::done(
+            if self.deleted { "deleted" } else { "planned" },
+            Some(&self.id),
+            self.bytes,
+        )
+    }
 }
 
 pub fn run(g: &Global, a: &DeleteArgs) -> i32 {

@@ -74,7 +74,8 @@ fn init(dir: &Path, force: bool, demo: bool) -> Result<Vec<String>> {
     });
     let logs = dir.join("logs");
     if fs::metadata(&logs).is_err() {
-        fs::create_dir(&logs).map_err(|e| Error::io("create", &logs, e))?;
+        // Private: the audit log in it names databases, backups and requests.
+        crate::files::create_private_dir(&logs).map_err(|e| Error::io("create", &logs, e))?;
         done.push(format!("created `{}`", logs.display()));
     }
 

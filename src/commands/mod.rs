@@ -18,6 +18,7 @@ pub mod pre_run;
 pub mod prune;
 pub mod restore;
 pub mod schema;
+pub mod status;
 pub mod validate;
 pub mod verify;
 pub mod version;
@@ -48,6 +49,7 @@ impl Global {
     pub fn settings(&self) -> Result<Settings> {
         let asked = self.config.clone().map_or(Asked::Nothing, Asked::Path);
         let settings = config::load_asked(asked, &self.set)?;
+        crate::audit::located(&settings);
         output::start_logging(settings.config.log_level.as_tracing());
         for n in &settings.notes {
             tracing::debug!("{n}");

@@ -23,6 +23,14 @@ impl Report for Pinned {
             writeln!(out, "unpinned `{}`: rotation may delete it again", self.id)
         }
     }
+
+    fn audit(&self) -> crate::audit::Facts {
+        crate::audit::Facts::done(
+            if self.pinned { "pinned" } else { "unpinned" },
+            Some(&self.id),
+            None,
+        )
+    }
 }
 
 pub fn run(g: &Global, a: &PinArgs, pin: bool) -> i32 {

@@ -40,6 +40,10 @@ impl Report for PruneReport {
     fn warnings(&self) -> &[String] {
         &self.warnings
     }
+
+    fn audit(&self) -> crate::audit::Facts {
+        crate::audit::Facts::done(if self.dry_run { "planned" } else { "pruned" }, None, None)
+    }
 }
 
 pub fn run(g: &Global, a: &PruneArgs) -> i32 {

@@ -80,6 +80,10 @@ impl Report for Restored<'_> {
     fn warnings(&self) -> &[String] {
         &self.response.warnings
     }
+
+    fn audit(&self) -> crate::audit::Facts {
+        crate::audit::Facts::from_response(&self.response)
+    }
 }
 
 /// `restore --dry-run`: what the restore would do, an interrupted restore it would finish first
@@ -148,6 +152,10 @@ impl Report for Planned {
 
     fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    fn audit(&self) -> crate::audit::Facts {
+        crate::audit::Facts::done("planned", Some(&self.backup_id), None)
     }
 }
 

@@ -40,6 +40,10 @@ impl Report for Verdict {
             .is_some_and(|e| e.code == ErrorCode::ConfigInvalid)
             .then(|| self.0.reason.clone())
     }
+
+    fn audit(&self) -> crate::audit::Facts {
+        crate::audit::Facts::from_response(&self.0)
+    }
 }
 
 pub fn run(g: &Global) -> i32 {

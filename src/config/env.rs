@@ -35,7 +35,9 @@ pub(super) fn apply(
             | "BACKUP_RETENTION_DAYS"
             | "BACKUP_MAX_TOTAL_BYTES"
             | "BACKUP_MIN_FREE_BYTES"
-            | "DUCKDB_THREADS" => {
+            | "DUCKDB_THREADS"
+            | "LOG_MAX_BYTES"
+            | "STATUS_MAX_AGE_HOURS" => {
                 // A negative number stays a number, so that the schema says it is below the
                 // minimum rather than "not an integer".
                 let n = raw.trim();

@@ -99,6 +99,38 @@ pub struct Config {
     )]
     #[schemars(range(min = 1, max = 1024))]
     pub duckdb_threads: Option<u32>,
+
+    /// Where the audit log `ducksafe.jsonl` is appended (one JSON line per backup, restore,
+    /// prune, pin, delete, adopt and hook call); created `0700` when missing. A log that cannot
+    /// be written is warned about, never a reason to refuse a backup.
+    #[serde(rename = "LOG_DIR", default = "default_log_dir")]
+    #[schemars(length(min = 1))]
+    pub log_dir: String,
+
+    /// Size at which `ducksafe.jsonl` is renamed to `ducksafe.jsonl.1` (the older ones shift up
+    /// to `.5`, the oldest is dropped) and a new one started.
+    #[serde(rename = "LOG_MAX_BYTES", default = "default_log_max_bytes")]
+    #[schemars(range(min = 4096))]
+    pub log_max_bytes: u64,
+
+    /// `ducksafe status`: a newest verified backup older than this many hours is critical
+    /// (exit 2).
+    #[serde(
+        rename = "STATUS_MAX_AGE_HOURS",
+        default = "default_status_max_age_hours"
+    )]
+    #[schemars(range(min = 1, max = 87600))]
+    pub status_max_age_hours: u32,
+}
+
+fn default_log_dir() -> String {
+    "logs".to_owned()
+}
+fn default_log_max_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_status_max_age_hours() -> u32 {
+    26
 }
 
 fn default_backup_dir() -> String {
@@ -201,7 +233,7 @@ impl VerifyLevel {
 }
 
 /// Every key, in the order the documentation lists them.
-pub const KEYS: [&str; 13] = [
+pub const KEYS: [&str; 16] = [
     "DB_PATH",
     "LOG_LEVEL",
     "BACKUP_DIR",
@@ -215,6 +247,9 @@ pub const KEYS: [&str; 13] = [
     "QUARANTINE_DIR",
     "DUCKDB_MEMORY_LIMIT",
     "DUCKDB_THREADS",
+    "LOG_DIR",
+    "LOG_MAX_BYTES",
+    "STATUS_MAX_AGE_HOURS",
 ];
 
 /// The configuration schema as JSON (what `ducksafe schema config` prints).
@@ -247,6 +282,9 @@ pub(super) fn expected_hint(key: &str) -> Option<String> {
             "RESTORE_ON_FAILURE" => "true or false",
             "DUCKDB_MEMORY_LIMIT" => "a size such as `512MB` or `2GB`",
             "DUCKDB_THREADS" => "a whole number of threads, at least 1",
+            "LOG_DIR" => "a folder for the audit log, e.g. `logs`",
+            "LOG_MAX_BYTES" => "a whole number of bytes, at least 4096, e.g. 10485760 for 10 MiB",
+            "STATUS_MAX_AGE_HOURS" => "a whole number of hours, at least 1, e.g. 26",
             "" => "see `ducksafe schema config`",
             _ => return None,
         }

@@ -25,6 +25,8 @@ pub struct Settings {
     pub db_path: PathBuf,
     pub backup_dir: PathBuf,
     pub quarantine_dir: PathBuf,
+    /// The audit log's folder (`LOG_DIR`, resolved).
+    pub log_dir: PathBuf,
     /// Non-fatal remarks made while loading (a key set from the environment, say).
     pub notes: Vec<String>,
     /// Keys whose value came from a `DUCKSAFE_<KEY>` variable (or a `--set`), not from the
@@ -96,6 +98,7 @@ pub fn load(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<Set
         || backup_dir.join("quarantine"),
         |q| normalize(&base.join(q)),
     );
+    let log_dir = normalize(&base.join(&config.log_dir));
     reject(placement_violations(&db_path, &backup_dir))?;
     Ok(Settings {
         config,
@@ -103,9 +106,26 @@ pub fn load(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<Set
         db_path,
         backup_dir,
         quarantine_dir,
+        log_dir,
         notes,
         overridden,
     })
+}
+
+/// `LOG_DIR` as far as it is known without reading `source`: `$DUCKSAFE_LOG_DIR` (or `--set
+/// LOG_DIR=…`), else the default `logs`, resolved against the configuration's base.
+pub fn log_dir_of(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    let base = match source {
+        Source::Inline { base, .. } => base.clone(),
+        Source::File(path) => {
+            let abs = std::env::current_dir().map_or_else(|_| path.clone(), |cwd| cwd.join(path));
+            abs.parent().map_or_else(PathBuf::new, Path::to_path_buf)
+        }
+    };
+    let dir = env("DUCKSAFE_LOG_DIR")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "logs".to_owned());
+    normalize(&base.join(dir))
 }
 
 /// Says, of each problem with a key set over the file, where its value came from: the file

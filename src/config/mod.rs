@@ -33,5 +33,8 @@ use crate::error::Result;
 /// `DUCKSAFE_<KEY>` variables.
 pub fn load_asked(asked: Asked, set: &[(String, String)]) -> Result<Settings> {
     let env = |var: &str| lookup(set, var);
-    load(&locate(asked, &env)?, &env)
+    let source = locate(asked, &env)?;
+    // Where the audit log is when this configuration turns out unreadable: its default place.
+    crate::audit::fallback(load::log_dir_of(&source, &env));
+    load(&source, &env)
 }

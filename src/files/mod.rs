@@ -2,12 +2,16 @@
 //!
 //! Everything here is mechanism, not policy: atomic publication of a file (temporary name →
 //! `fsync` → `rename` → `fsync` of the directory), opens that never follow a symlink, private
-//! creation modes, open-file-description (OFD) locks, free space, and a streaming copy that hashes
-//! what it reads.
+//! creation modes, open-file-description (OFD) locks, free space, a streaming copy that hashes
+//! what it reads, and a log that concurrent processes append whole lines to (`append.rs`).
 //!
 //! Invariants kept here:
 //! - A file created by this module is created with `O_EXCL | O_NOFOLLOW` and mode `0600`: it is
-//!   never a pre-existing file or a planted symlink, and never readable by others.
+//!   never a pre-existing file or a planted symlink, and never readable by others. The one file
+//!   opened to append to whatever is there (the audit log) is opened `O_NOFOLLOW`, created
+//!   `0600` and tightened to it; the one file published readable by others
+//!   ([`write_atomic_mode`], a metrics file) is still written privately, then opened up, then
+//!   renamed into place.
 //! - A rename that publishes a file is followed by an `fsync` of the directory that holds it, so
 //!   a published name survives a power loss. Several renames in one directory may share that
 //!   `fsync` ([`Staged`], [`symlink_swap`]: the caller syncs once after the last): the
@@ -28,7 +32,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+mod append;
 mod copy;
+pub use append::{append_line, rotated_name, Appended};
 pub use copy::{
     copy_verified, copy_verified_inspecting, hash_file, hash_file_inspecting, start_writeback,
     Copied, CopyMethod, VerifiedCopy,
@@ -124,6 +130,16 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 /// mix; a symlink planted at `path` is replaced, never followed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     stage(path, bytes)?.put()?;
+    sync_dir(parent_of(path))
+}
+
+/// [`write_atomic`] for a file that another user must read (the node_exporter textfile
+/// collector reads a `.prom` file as its own user): the temporary file is made `mode` before it
+/// is renamed over `path`, so the name never holds a file of another mode, nor half a file.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let staged = stage(path, bytes)?;
+    fs::set_permissions(&staged.tmp, fs::Permissions::from_mode(mode))?;
+    staged.put()?;
     sync_dir(parent_of(path))
 }
 

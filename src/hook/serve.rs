@@ -40,6 +40,8 @@ fn serve(request: &Request, mut ctx: Ctx) -> Response {
         Ok(s) => s,
         Err(e) => return ctx.fail(decision, &e),
     };
+    crate::audit::located(&settings);
+    crate::audit::dry_run(request.dry_run);
     crate::output::start_logging(settings.config.log_level.as_tracing());
     ctx.set_paths(&settings);
     let now = crate::clock::now();

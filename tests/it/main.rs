@@ -6,6 +6,7 @@
 
 mod support;
 
+mod audit;
 mod backup;
 mod blockstore;
 mod cli;
@@ -18,6 +19,7 @@ mod reflink;
 mod reliability;
 mod restore;
 mod schemas;
+mod status;
 
 /// The second process behind [`support::hold`]: this binary, re-executed with `--exact
 /// hold_database_child --ignored`, opens the database and keeps it open until stdin closes.

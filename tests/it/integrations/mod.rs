@@ -24,6 +24,7 @@ macro_rules! need {
 mod ci_workflow;
 mod dbt;
 mod ducksafe_run;
+mod prometheus;
 mod python;
 mod runners;
 mod wheel;

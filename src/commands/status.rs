@@ -1,0 +1,868 @@
+//! `ducksafe status`: is the safety net healthy? The figures an operator and a monitoring agent
+//! need (the newest verified backup and its age, the backups' count and bytes against
+//! `BACKUP_MAX_TOTAL_BYTES`, free space, the last hook run from the audit log, unfinished
+//! restores, quarantine folders), judged by [`assess`] into a [`CheckState`].
+//!
+//! Three renderings of one [`StatusReport`]: a screen whose first line is a monitoring plugin's
+//! summary (`DUCKSAFE OK - … | perfdata`), `--json`, and `--prometheus` (the text exposition
+//! format, for the node_exporter textfile collector; `--prometheus-file` writes it atomically).
+//! It reads only, takes no lock, and exits by the monitoring convention (0 ok, 1 warning,
+//! 2 critical, 3 unknown: [`CheckState::exit_code`]), whatever went wrong.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use super::{Access, Global};
+use crate::audit;
+use crate::cli::StatusArgs;
+use crate::config::{redact_text, Settings};
+use crate::engine::journal::{self, Pending};
+use crate::engine::quarantine;
+use crate::error::{CheckState, Error};
+use crate::files;
+use crate::output::{self, size, Failure, Report};
+use crate::protocol::ErrorEntry;
+
+/// Share of `BACKUP_MAX_TOTAL_BYTES` from which the backups' bytes are a warning.
+pub const BUDGET_WARNING_PERCENT: u64 = 90;
+
+/// The newest backup that passed verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct Newest {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub age_seconds: i64,
+    pub bytes: u64,
+    pub verification_level: String,
+}
+
+/// The last `pre_run` or `post_run` of this database in the audit log (dry runs left out).
+#[derive(Debug, Clone, Serialize)]
+pub struct LastHook {
+    pub time: String,
+    pub event: String,
+    pub status: String,
+    pub decision: Option<String>,
+    pub request_id: String,
+    pub exit_code: i32,
+    pub errors: Vec<String>,
+}
+
+/// One folder a restore left in quarantine.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineFolder {
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// What status found, before any judgement.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Figures {
+    pub newest_verified: Option<Newest>,
+    pub backups: usize,
+    pub backups_bytes: u64,
+    pub budget_bytes: Option<u64>,
+    /// Free space on the backup directory's filesystem (its parent's, before the first backup).
+    pub free_bytes: Option<u64>,
+    /// What the next backup needs free: the database's size plus `BACKUP_MIN_FREE_BYTES`.
+    pub next_backup_needs_bytes: Option<u64>,
+    pub last_hook: Option<LastHook>,
+    /// How long the last backup took (the audit log's last backup that was made).
+    pub last_backup_duration_seconds: Option<f64>,
+    pub unfinished_restores: Vec<Pending>,
+    pub quarantine_dir: String,
+    pub quarantine_folders: Vec<QuarantineFolder>,
+    pub quarantine_bytes: u64,
+    /// What makes the next backup fail however much room there is: a database that is
+    /// missing or not a DuckDB file, an unsafe backup directory (each with its error code).
+    pub next_backup_refused: Vec<String>,
+    /// Remarks every command says first (a restore marker in trouble, folders open to others,
+    /// backups dated in the future…), and an audit log that cannot be read.
+    pub standing_warnings: Vec<String>,
+}
+
+/// One reason for the verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub state: CheckState,
+    pub message: String,
+}
+
+/// The report: the verdict, why, and the figures.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub state: CheckState,
+    /// The plugin summary line, without its perfdata.
+    pub summary: String,
+    pub checked_at: String,
+    pub database: Option<String>,
+    pub backup_dir: Option<String>,
+    pub max_age_hours: Option<u32>,
+    /// Every reason for the verdict, worst first (empty when ok).
+    pub findings: Vec<Finding>,
+    #[serde(flatten)]
+    pub figures: Figures,
+    /// Why the check could not be made (state unknown).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ErrorEntry>,
+}
+
+/// Judges the figures: critical when there is no verified backup, when the newest is older
+/// than `max_age_hours`, or when the next backup would be refused for space; warning for the
+/// backups' bytes at [`BUDGET_WARNING_PERCENT`] of the budget, an unfinished restore, a last
+/// hook run that failed, folders left in quarantine and every standing warning. Worst first.
+pub fn assess(f: &Figures, max_age_hours: u32) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut say = |state, message: String| out.push(Finding { state, message });
+    let max_age = i64::from(max_age_hours) * 3600;
+    match &f.newest_verified {
+        None => say(
+            CheckState::Critical,
+            "no verified backup: take one with `ducksafe backup`".into(),
+        ),
+        Some(n) if n.age_seconds > max_age => say(
+            CheckState::Critical,
+            format!(
+                "newest verified backup `{}` is {} old, more than STATUS_MAX_AGE_HOURS ({max_age_hours}h)",
+                n.id,
+                age(n.age_seconds)
+            ),
+        ),
+        Some(_) => {}
+    }
+    for why in &f.next_backup_refused {
+        say(
+            CheckState::Critical,
+            format!("the next backup would be refused: {why}"),
+        );
+    }
+    if let (Some(free), Some(needs)) = (f.free_bytes, f.next_backup_needs_bytes) {
+        if free < needs {
+            say(
+                CheckState::Critical,
+                format!(
+                    "{} free on the backup filesystem, the next backup needs about {} (the database and BACKUP_MIN_FREE_BYTES): it would be refused with `insufficient_space`",
+                    size(free),
+                    size(needs)
+                ),
+            );
+        }
+    }
+    if let Some(budget) = f.budget_bytes {
+        if u128::from(f.backups_bytes) * 100
+            >= u128::from(budget) * u128::from(BUDGET_WARNING_PERCENT)
+        {
+            say(
+                CheckState::Warning,
+                format!(
+                    "backups use {} of the {} BACKUP_MAX_TOTAL_BYTES budget ({}%): rotation, not BACKUP_KEEP_LAST, decides how many are kept",
+                    size(f.backups_bytes),
+                    size(budget),
+                    u128::from(f.backups_bytes) * 100 / u128::from(budget)
+                ),
+            );
+        }
+    }
+    for p in &f.unfinished_restores {
+        say(
+            CheckState::Warning,
+            format!(
+                "unfinished restore of backup `{}`: finish it with `{}`",
+                p.backup_id, p.finish
+            ),
+        );
+    }
+    if let Some(h) = f.last_hook.as_ref().filter(|h| h.status != "ok") {
+        say(
+            CheckState::Warning,
+            format!(
+                "the last hook run ({} at {}, request `{}`) ended `{}`{}",
+                h.event,
+                h.time,
+                h.request_id,
+                h.decision.as_deref().unwrap_or("error"),
+                if h.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with {}", h.errors.join(", "))
+                }
+            ),
+        );
+    }
+    if !f.quarantine_folders.is_empty() {
+        say(
+            CheckState::Warning,
+            format!(
+                "{} folder(s) in quarantine `{}` ({}): what restores replaced; delete them once nothing in them is needed",
+                f.quarantine_folders.len(),
+                f.quarantine_dir,
+                size(f.quarantine_bytes)
+            ),
+        );
+    }
+    for w in &f.standing_warnings {
+        say(CheckState::Warning, w.clone());
+    }
+    out.sort_by_key(|f| std::cmp::Reverse(f.state));
+    out
+}
+
+/// The verdict of `findings`.
+pub fn verdict(findings: &[Finding]) -> CheckState {
+    findings
+        .iter()
+        .map(|f| f.state)
+        .max()
+        .unwrap_or(CheckState::Ok)
+}
+
+/// `2h 05m`, `3d 4h`, `45s` for people.
+fn age(secs: i64) -> String {
+    match secs {
+        s if s < 0 => "in the future".into(),
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d {}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// Gathers the figures of `settings`' database. An error is the state unknown.
+fn gather(settings: &Settings, now: DateTime<Utc>) -> Result<Figures, Error> {
+    let mut f = Figures {
+        budget_bytes: settings.config.backup_max_total_bytes,
+        unfinished_restores: journal::pending(settings),
+        standing_warnings: crate::engine::standing_remarks(settings),
+        ..Figures::default()
+    };
+    match super::open_store(settings, Access::Read) {
+        Ok(opened) => {
+            let store = &opened.store;
+            let inv = store.inventory()?;
+            f.backups = inv.backups.len();
+            f.backups_bytes = store.real_bytes(&inv);
+            f.newest_verified = inv
+                .backups
+                .iter()
+                .find(|b| !b.manifest.verification.checks.is_empty())
+                .map(|b| Newest {
+                    id: b.id.clone(),
+                    created_at: b.manifest.created_at,
+                    age_seconds: (now - b.manifest.created_at).num_seconds(),
+                    bytes: b.manifest.bytes,
+                    verification_level: b.manifest.verification.level.clone(),
+                });
+            f.standing_warnings
+                .extend(store.inventory_warnings(&inv, now));
+        }
+        Err(Error::NoBackupDir { .. }) => {}
+        // Known and said: the next backup refuses it, so this is no reason to know nothing.
+        Err(e @ Error::BackupDirUnsafe { .. }) => f.next_backup_refused.push(refusal(&e)),
+        Err(e) => return Err(e),
+    }
+    if let Err(e) = crate::engine::database::check(settings) {
+        f.next_backup_refused.push(refusal(&e));
+    }
+    // Before the first backup, the folder that will hold the backup directory.
+    let mut probe = settings.backup_dir.as_path();
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) => probe = p,
+            None => break,
+        }
+    }
+    f.free_bytes = files::fs_space(probe).ok().map(|s| s.available_bytes);
+    f.next_backup_needs_bytes = fs::metadata(&settings.db_path).ok().map(|m| {
+        m.len()
+            .saturating_add(settings.config.backup_min_free_bytes)
+    });
+    let root = quarantine::root(settings);
+    f.quarantine_dir = root.display().to_string();
+    if let Ok(rd) = fs::read_dir(&root) {
+        let mut folders: Vec<QuarantineFolder> = rd
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| QuarantineFolder {
+                bytes: tree_bytes(&e.path()),
+                path: e.path().display().to_string(),
+            })
+            .collect();
+        folders.sort_by(|a, b| a.path.cmp(&b.path));
+        f.quarantine_bytes = folders.iter().map(|q| q.bytes).sum();
+        f.quarantine_folders = folders;
+    }
+    match audit::recent(&settings.log_dir, 200) {
+        Ok(records) => read_log(&mut f, &records, settings),
+        Err(e) => f.standing_warnings.push(format!(
+            "cannot read the audit log `{}`: {e}; the last hook run is unknown",
+            settings.log_dir.join(audit::LOG_FILE).display()
+        )),
+    }
+    Ok(f)
+}
+
+/// An error the next backup would fail with, and its code.
+fn refusal(e: &Error) -> String {
+    format!("{e} (`{}`)", e.code().as_str())
+}
+
+/// The last hook run and the last backup's duration, from this database's records.
+fn read_log(f: &mut Figures, records: &[audit::Record], settings: &Settings) {
+    let db = redact_text(&settings.db_path.display().to_string());
+    let ours = records
+        .iter()
+        .rev()
+        .filter(|r| r.database.as_deref() == Some(db.as_str()));
+    for r in ours {
+        let event = r.event.as_deref().unwrap_or("");
+        // A dry run is no run: a dry pre_run that would proceed says nothing of the last real
+        // one, which may have aborted.
+        if f.last_hook.is_none()
+            && !r.dry_run
+            && (event == "pre_run" || event == "post_run")
+            && r.command != "backup"
+            && r.command != "restore"
+        {
+            f.last_hook = Some(LastHook {
+                time: r.time.clone(),
+                event: event.to_owned(),
+                status: r.status.clone(),
+                decision: r.decision.clone(),
+                request_id: r.request_id.clone(),
+                exit_code: r.exit_code,
+                errors: r.errors.clone(),
+            });
+        }
+        if f.last_backup_duration_seconds.is_none()
+            && event == "pre_run"
+            && r.status == "ok"
+            && !r.dry_run
+            && r.backup_id.is_some()
+        {
+            #[allow(clippy::cast_precision_loss)] // milliseconds: far below 2^52
+            let secs = r.duration_ms as f64 / 1000.0;
+            f.last_backup_duration_seconds = Some(secs);
+        }
+    }
+}
+
+/// Bytes of the files under `dir` (symlinks not followed).
+fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.filter_map(Result::ok) {
+            let Ok(meta) = fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+/// The report for `settings`, or the unknown one when the configuration or the backup
+/// directory cannot be read.
+fn report(settings: Result<Settings, Error>, now: DateTime<Utc>) -> StatusReport {
+    let checked_at = now.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let (settings, error) = match settings {
+        Ok(s) => match gather(&s, now) {
+            Ok(figures) => {
+                let max_age = s.config.status_max_age_hours;
+                let findings = assess(&figures, max_age);
+                let state = verdict(&findings);
+                return StatusReport {
+                    state,
+                    summary: summary(state, &figures, &findings),
+                    checked_at,
+                    database: Some(s.db_path.display().to_string()),
+                    backup_dir: Some(s.backup_dir.display().to_string()),
+                    max_age_hours: Some(max_age),
+                    findings,
+                    figures,
+                    errors: Vec::new(),
+                };
+            }
+            Err(e) => (Some(s), e),
+        },
+        Err(e) => (None, e),
+    };
+    let message = error.to_string();
+    StatusReport {
+        state: CheckState::Unknown,
+        summary: format!("DUCKSAFE UNKNOWN - {message}"),
+        checked_at,
+        database: settings.as_ref().map(|s| s.db_path.display().to_string()),
+        backup_dir: settings
+            .as_ref()
+            .map(|s| s.backup_dir.display().to_string()),
+        max_age_hours: settings.as_ref().map(|s| s.config.status_max_age_hours),
+        findings: vec![Finding {
+            state: CheckState::Unknown,
+            message,
+        }],
+        figures: Figures::default(),
+        errors: error.entries(),
+    }
+}
+
+/// The plugin's one-line summary: the state, then the worst finding (and how many more), or
+/// the newest backup when all is well.
+fn summary(state: CheckState, f: &Figures, findings: &[Finding]) -> String {
+    let what = match (findings.first(), &f.newest_verified) {
+        (Some(first), _) if findings.len() > 1 => {
+            format!("{} (+{} more)", first.message, findings.len() - 1)
+        }
+        (Some(first), _) => first.message.clone(),
+        (None, Some(n)) => format!(
+            "newest verified backup `{}` is {} old; {} backup(s), {}",
+            n.id,
+            age(n.age_seconds),
+            f.backups,
+            size(f.backups_bytes)
+        ),
+        (None, None) => "no backup".into(),
+    };
+    format!("DUCKSAFE {} - {what}", state.label())
+}
+
+/// Nagios performance data: `'label'=value[UOM];warn;crit;min;max`, space separated.
+fn perfdata(r: &StatusReport) -> String {
+    let f = &r.figures;
+    let mut out = Vec::new();
+    if let Some(n) = &f.newest_verified {
+        let crit = r
+            .max_age_hours
+            .map_or_else(String::new, |h| (u64::from(h) * 3600).to_string());
+        out.push(format!("age={}s;;{crit};0", n.age_seconds.max(0)));
+    }
+    out.push(format!("backups={};;;0", f.backups));
+    let (warn, max) = f.budget_bytes.map_or_else(
+        || (String::new(), String::new()),
+        |b| {
+            (
+                (b / 100 * BUDGET_WARNING_PERCENT).to_string(),
+                b.to_string(),
+            )
+        },
+    );
+    out.push(format!(
+        "backups_bytes={}B;{warn};;0;{max}",
+        f.backups_bytes
+    ));
+    if let Some(free) = f.free_bytes {
+        let crit = f
+            .next_backup_needs_bytes
+            .map_or_else(String::new, |n| format!("{n}:"));
+        out.push(format!("free_bytes={free}B;;{crit};0"));
+    }
+    out.push(format!(
+        "unfinished_restores={};;;0",
+        f.unfinished_restores.len()
+    ));
+    out.push(format!("quarantine_bytes={}B;;;0", f.quarantine_bytes));
+    out.join(" ")
+}
+
+impl StatusReport {
+    fn screen(&self, out: &mut dyn Write) -> io::Result<()> {
+        if self.state == CheckState::Unknown {
+            writeln!(out, "{}", self.summary)?;
+            return Ok(());
+        }
+        writeln!(out, "{} | {}", self.summary, perfdata(self))?;
+        self.figure_lines(out)?;
+        for finding in &self.findings {
+            writeln!(
+                out,
+                "{}: {}",
+                finding.state.label().to_lowercase(),
+                finding.message
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The figures for people, one a line, after the summary.
+    fn figure_lines(&self, out: &mut dyn Write) -> io::Result<()> {
+        let f = &self.figures;
+        let field = |name: &str| format!("{name:<18}");
+        if let Some(db) = &self.database {
+            writeln!(out, "{}`{db}`", field("database:"))?;
+        }
+        match &f.newest_verified {
+            Some(n) => writeln!(
+                out,
+                "{}`{}`, {} ({} ago), {}, verified {}",
+                field("newest backup:"),
+                n.id,
+                n.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                age(n.age_seconds),
+                size(n.bytes),
+                n.verification_level
+            )?,
+            None => writeln!(out, "{}none verified", field("newest backup:"))?,
+        }
+        let budget = f.budget_bytes.map_or_else(
+            || "no BACKUP_MAX_TOTAL_BYTES budget".to_owned(),
+            |b| {
+                format!(
+                    "{}% of the {} budget",
+                    u128::from(f.backups_bytes) * 100 / u128::from(b),
+                    size(b)
+                )
+            },
+        );
+        writeln!(
+            out,
+            "{}{} in `{}`, using {} ({budget})",
+            field("backups:"),
+            f.backups,
+            self.backup_dir.as_deref().unwrap_or(""),
+            size(f.backups_bytes)
+        )?;
+        if let Some(free) = f.free_bytes {
+            let needs = f.next_backup_needs_bytes.map_or_else(String::new, |n| {
+                format!("; the next backup needs about {}", size(n))
+            });
+            writeln!(
+                out,
+                "{}{} on the backup filesystem{needs}",
+                field("free:"),
+                size(free)
+            )?;
+        }
+        match &f.last_hook {
+            Some(h) => writeln!(
+                out,
+                "{}{} → {} at {} (request `{}`, exit {}){}",
+                field("last hook run:"),
+                h.event,
+                h.decision.as_deref().unwrap_or(&h.status),
+                h.time,
+                h.request_id,
+                h.exit_code,
+                if h.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", h.errors.join(", "))
+                }
+            )?,
+            None => writeln!(
+                out,
+                "{}none in the last MiB of the audit log",
+                field("last hook run:")
+            )?,
+        }
+        if let Some(d) = f.last_backup_duration_seconds {
+            writeln!(out, "{}{d:.1}s", field("last backup took:"))?;
+        }
+        writeln!(
+            out,
+            "{}{}",
+            field("restores:"),
+            match f.unfinished_restores.len() {
+                0 => "none unfinished".to_owned(),
+                n => format!("{n} UNFINISHED"),
+            }
+        )?;
+        writeln!(
+            out,
+            "{}{}",
+            field("quarantine:"),
+            if f.quarantine_folders.is_empty() {
+                "empty".to_owned()
+            } else {
+                format!(
+                    "{} folder(s), {} in `{}`",
+                    f.quarantine_folders.len(),
+                    size(f.quarantine_bytes),
+                    f.quarantine_dir
+                )
+            }
+        )
+    }
+
+    /// The figures in the Prometheus text exposition format (version 0.0.4), one gauge family
+    /// each, labelled with the database. A figure that is not known (no backup yet) keeps its
+    /// `# HELP` and `# TYPE` lines and has no sample.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let db = label_value(self.database.as_deref().unwrap_or(""));
+        for (name, help, value) in self.gauges() {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            if let Some(v) = value {
+                let _ = writeln!(out, "{name}{{database=\"{db}\"}} {v}");
+            }
+        }
+        out
+    }
+
+    /// Each gauge: name (base units), help, value. Only the status when the check is unknown.
+    fn gauges(&self) -> Vec<(&'static str, &'static str, Option<String>)> {
+        let status = (
+            "ducksafe_status",
+            "Health of the safety net as ducksafe status judges it: 0 ok, 1 warning, 2 critical, 3 unknown.",
+            Some(self.state.exit_code().to_string()),
+        );
+        if self.state == CheckState::Unknown && self.database.is_none() {
+            return vec![status];
+        }
+        let f = &self.figures;
+        let n = f.newest_verified.as_ref();
+        let hook = f.last_hook.as_ref();
+        let num = |v: u64| Some(v.to_string());
+        vec![
+            status,
+            (
+                "ducksafe_backup_last_success_timestamp_seconds",
+                "When the newest verified backup was taken, in seconds since the Unix epoch.",
+                n.map(|n| n.created_at.timestamp().to_string()),
+            ),
+            (
+                "ducksafe_backup_age_seconds",
+                "Age of the newest verified backup.",
+                n.map(|n| n.age_seconds.to_string()),
+            ),
+            (
+                "ducksafe_backup_max_age_seconds",
+                "STATUS_MAX_AGE_HOURS in seconds: an older newest backup is critical.",
+                self.max_age_hours.map(|h| (u64::from(h) * 3600).to_string()),
+            ),
+            ("ducksafe_backups", "Backups stored.", num(f.backups as u64)),
+            (
+                "ducksafe_backups_bytes",
+                "Bytes the backups take on disk.",
+                num(f.backups_bytes),
+            ),
+            (
+                "ducksafe_backups_budget_bytes",
+                "BACKUP_MAX_TOTAL_BYTES, when set.",
+                f.budget_bytes.and_then(num),
+            ),
+            (
+                "ducksafe_backup_filesystem_free_bytes",
+                "Free bytes on the backup directory's filesystem.",
+                f.free_bytes.and_then(num),
+            ),
+            (
+                "ducksafe_next_backup_needs_bytes",
+                "Free bytes the next backup needs: the database's size plus BACKUP_MIN_FREE_BYTES.",
+                f.next_backup_needs_bytes.and_then(num),
+            ),
+            (
+                "ducksafe_last_backup_duration_seconds",
+                "How long the last backup in the audit log took.",
+                f.last_backup_duration_seconds.map(|d| format!("{d:.3}")),
+            ),
+            (
+                "ducksafe_last_hook_run_timestamp_seconds",
+                "When the last pre_run or post_run in the audit log ended.",
+                hook.and_then(|h| DateTime::parse_from_rfc3339(&h.time).ok())
+                    .map(|t| {
+                        let ms = t.timestamp_millis();
+                        format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000))
+                    }),
+            ),
+            (
+                "ducksafe_last_hook_run_ok",
+                "1 when the last pre_run or post_run in the audit log did its job, 0 when it did not.",
+                hook.map(|h| u8::from(h.status == "ok").to_string()),
+            ),
+            (
+                "ducksafe_unfinished_restores",
+                "Restores that were interrupted and are not finished.",
+                num(f.unfinished_restores.len() as u64),
+            ),
+            (
+                "ducksafe_quarantine_folders",
+                "Folders that restores left in quarantine.",
+                num(f.quarantine_folders.len() as u64),
+            ),
+            (
+                "ducksafe_quarantine_bytes",
+                "Bytes in quarantine folders.",
+                num(f.quarantine_bytes),
+            ),
+            (
+                "ducksafe_findings",
+                "Reasons for a status other than ok.",
+                num(self.findings.len() as u64),
+            ),
+        ]
+    }
+}
+
+/// A label value, escaped as the exposition format asks (backslash, double quote, newline).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// How the report is written on stdout.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Shown {
+    report: StatusReport,
+    #[serde(skip)]
+    prometheus: bool,
+}
+
+impl Report for Shown {
+    fn text(&self, out: &mut dyn Write) -> io::Result<()> {
+        if self.prometheus {
+            out.write_all(self.report.prometheus().as_bytes())
+        } else {
+            self.report.screen(out)
+        }
+    }
+
+    /// The check's exit code (see [`CheckState`]); an unknown state says why on stderr.
+    fn failure(&self) -> Option<(Vec<ErrorEntry>, i32)> {
+        (self.report.state != CheckState::Ok)
+            .then(|| (self.report.errors.clone(), self.report.state.exit_code()))
+    }
+}
+
+pub fn run(g: &Global, a: &StatusArgs) -> i32 {
+    // `json` is a global flag: clap cannot say that it conflicts with a subcommand's own.
+    if g.json && a.prometheus {
+        return output::fail(
+            false,
+            Error::Usage(
+                "`--json` and `--prometheus` cannot be used together: pick one format for stdout (`--prometheus-file PATH` writes the metrics beside either)".into(),
+            ),
+        );
+    }
+    let now = crate::clock::now();
+    let mut report = report(g.settings(), now);
+    if let Some(path) = &a.prometheus_file {
+        // Readable by the collector's own user: the figures are no secret (paths and numbers).
+        if let Err(e) = files::write_atomic_mode(path, report.prometheus().as_bytes(), 0o644) {
+            let e = Error::io("write", path, e);
+            let message = format!("{e}: the textfile collector keeps the previous figures");
+            report.summary = format!("DUCKSAFE UNKNOWN - {message}");
+            report.findings.insert(
+                0,
+                Finding {
+                    state: CheckState::Unknown,
+                    message,
+                },
+            );
+            report.errors.extend(e.entries());
+            report.state = CheckState::Unknown;
+        }
+    }
+    output::finish(
+        g.json,
+        Ok::<_, Failure>(Shown {
+            report,
+            prometheus: a.prometheus,
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn newest(age_seconds: i64) -> Newest {
+        Newest {
+            id: "simulation_20260101_000000".into(),
+            created_at: Utc::now(),
+            age_seconds,
+            bytes: 1,
+            verification_level: "full".into(),
+        }
+    }
+
+    fn states(f: &Figures) -> Vec<CheckState> {
+        assess(f, 26).into_iter().map(|x| x.state).collect()
+    }
+
+    #[test]
+    fn each_threshold_gives_its_state() {
+        let fresh = Figures {
+            newest_verified: Some(newest(3600)),
+            ..Figures::default()
+        };
+        assert_eq!(verdict(&assess(&fresh, 26)), CheckState::Ok);
+        // Age: exactly the limit is still ok, a second more is critical.
+        let at_limit = Figures {
+            newest_verified: Some(newest(26 * 3600)),
+            ..Figures::default()
+        };
+        assert_eq!(verdict(&assess(&at_limit, 26)), CheckState::Ok);
+        let old = Figures {
+            newest_verified: Some(newest(26 * 3600 + 1)),
+            ..Figures::default()
+        };
+        assert_eq!(states(&old), [CheckState::Critical]);
+        assert_eq!(states(&Figures::default()), [CheckState::Critical]);
+        // Budget: 89% ok, 90% warning.
+        let budget = |used| Figures {
+            backups_bytes: used,
+            budget_bytes: Some(1000),
+            ..fresh.clone()
+        };
+        assert_eq!(verdict(&assess(&budget(899), 26)), CheckState::Ok);
+        assert_eq!(states(&budget(900)), [CheckState::Warning]);
+        // Space for the next backup: critical below what it needs.
+        let space = |free| Figures {
+            free_bytes: Some(free),
+            next_backup_needs_bytes: Some(500),
+            ..fresh.clone()
+        };
+        assert_eq!(verdict(&assess(&space(500), 26)), CheckState::Ok);
+        assert_eq!(states(&space(499)), [CheckState::Critical]);
+        // What refuses the next backup whatever the room: critical.
+        let refused = Figures {
+            next_backup_refused: vec!["database `x` does not exist".into()],
+            ..fresh.clone()
+        };
+        assert_eq!(states(&refused), [CheckState::Critical]);
+        // A failed last hook and quarantine are warnings; the worst comes first.
+        let mut worse = budget(950);
+        worse.newest_verified = None;
+        worse.quarantine_folders = vec![QuarantineFolder {
+            path: "q".into(),
+            bytes: 3,
+        }];
+        worse.last_hook = Some(LastHook {
+            time: "t".into(),
+            event: "pre_run".into(),
+            status: "error".into(),
+            decision: Some("abort".into()),
+            request_id: "r".into(),
+            exit_code: 75,
+            errors: vec!["database_locked".into()],
+        });
+        let s = states(&worse);
+        assert_eq!(
+            s,
+            [
+                CheckState::Critical,
+                CheckState::Warning,
+                CheckState::Warning,
+                CheckState::Warning
+            ]
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

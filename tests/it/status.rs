@@ -1,0 +1,269 @@
+//! `ducksafe status`: the check's exit codes at each threshold (the age driven by the injected
+//! clock, never by sleeping), the JSON report's figures against what the other commands say,
+//! and the warnings: a last hook run that failed, an unfinished restore, quarantine folders.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::Value;
+
+use crate::support::{self, abort_at, assert_ok, bin, pipe, request, Project};
+
+/// `status` with `args`, `DUCKSAFE_NOW` set when given: (exit code, stdout).
+fn status(p: &Project, now: Option<&str>, args: &[&str]) -> (i32, String) {
+    let mut c = p.cmd(&[&["status"], args].concat());
+    if let Some(now) = now {
+        c.env("DUCKSAFE_NOW", now);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+    )
+}
+
+fn status_json(p: &Project, now: Option<&str>, args: &[&str]) -> (i32, Value) {
+    let (code, out) = status(p, now, &[&["--json"], args].concat());
+    (code, serde_json::from_str(&out).unwrap())
+}
+
+/// The first line: a plugin summary starting with `DUCKSAFE <STATE> - `.
+fn first_line(out: &str) -> &str {
+    out.lines().next().unwrap_or("")
+}
+
+#[test]
+fn exit_codes_follow_the_monitoring_convention_at_each_threshold() {
+    let p = Project::new("");
+    // No backup at all: critical.
+    let (code, out) = status(&p, None, &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        first_line(&out).starts_with("DUCKSAFE CRITICAL - no verified backup"),
+        "{out}"
+    );
+    // A backup taken at T.
+    let t = "2026-03-01T12:00:00Z";
+    let mut c = p.cmd(&["backup"]);
+    c.env("DUCKSAFE_NOW", t);
+    assert_ok(&c.output().unwrap());
+    // At T + 26h exactly (the default STATUS_MAX_AGE_HOURS): ok, with perfdata.
+    let (code, out) = status(&p, Some("2026-03-02T14:00:00Z"), &[]);
+    assert_eq!(code, 0, "{out}");
+    let line = first_line(&out);
+    assert!(line.starts_with("DUCKSAFE OK - "), "{out}");
+    assert!(
+        line.contains(" | age=93600s;;93600;0 backups=1;;;0 "),
+        "{line}"
+    );
+    // One second later: critical.
+    let (code, out) = status(&p, Some("2026-03-02T14:00:01Z"), &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(first_line(&out).starts_with("DUCKSAFE CRITICAL - newest verified backup"));
+    // The threshold is the configuration's: 1 hour makes T + 2h critical.
+    let (code, _) = status(
+        &p,
+        Some("2026-03-01T14:00:00Z"),
+        &["--set", "STATUS_MAX_AGE_HOURS=1"],
+    );
+    assert_eq!(code, 2);
+    let (code, _) = status(&p, Some("2026-03-01T14:00:00Z"), &[]);
+    assert_eq!(code, 0);
+    // Bytes at the budget: warning.
+    let (_, j) = status_json(&p, Some("2026-03-01T13:00:00Z"), &[]);
+    let used = j["backups_bytes"].as_u64().unwrap();
+    assert!(used > 0);
+    let budget = format!("BACKUP_MAX_TOTAL_BYTES={used}");
+    let (code, out) = status(&p, Some("2026-03-01T13:00:00Z"), &["--set", &budget]);
+    assert_eq!(code, 1, "{out}");
+    assert!(first_line(&out).starts_with("DUCKSAFE WARNING - backups use"));
+    let roomy = format!("BACKUP_MAX_TOTAL_BYTES={}", used * 2);
+    let (code, _) = status(&p, Some("2026-03-01T13:00:00Z"), &["--set", &roomy]);
+    assert_eq!(code, 0);
+    // Not enough free space for the next backup: critical.
+    let (code, out) = status(
+        &p,
+        Some("2026-03-01T13:00:00Z"),
+        &["--set", "BACKUP_MIN_FREE_BYTES=1000000000000000"],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("insufficient_space"), "{out}");
+    // What the next backup would refuse, however much room there is: critical, with the code.
+    fs::set_permissions(p.backups(), fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, out) = status(&p, Some("2026-03-01T13:00:00Z"), &[]);
+    fs::set_permissions(p.backups(), fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("backup_dir_unsafe"), "{out}");
+    fs::rename(p.db(), p.path("moved.duckdb")).unwrap();
+    let (code, out) = status(&p, Some("2026-03-01T13:00:00Z"), &[]);
+    fs::rename(p.path("moved.duckdb"), p.db()).unwrap();
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("database_not_found"), "{out}");
+    // A configuration that cannot be read: unknown, not 78.
+    let (code, out) = status(&p, None, &["--set", "BACKUP_KEEP_LAST=0"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(first_line(&out).starts_with("DUCKSAFE UNKNOWN - "), "{out}");
+    let out = bin()
+        .current_dir(p.dir.path())
+        .args(["status", "--config", "missing.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn the_json_report_says_what_the_other_commands_say() {
+    let p = Project::new("BACKUP_MAX_TOTAL_BYTES: 1000000000\n");
+    assert_eq!(p.pre_run().1, 0);
+    let list: Value = serde_json::from_slice(&p.run(&["list", "--json"]).stdout).unwrap();
+    let newest = &list["backups"][0];
+    let (code, j) = status_json(&p, None, &[]);
+    assert_eq!(code, 0, "{j:#}");
+    assert_eq!(j["state"], "ok");
+    assert!(j["summary"].as_str().unwrap().starts_with("DUCKSAFE OK - "));
+    assert_eq!(j["database"], p.db().display().to_string());
+    assert_eq!(j["newest_verified"]["id"], newest["id"]);
+    assert_eq!(j["newest_verified"]["verification_level"], "full");
+    assert_eq!(j["backups"], 1);
+    assert_eq!(j["backups_bytes"], list["total_bytes"]);
+    assert_eq!(j["budget_bytes"], 1_000_000_000);
+    assert_eq!(j["max_age_hours"], 26);
+    assert!(j["free_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        j["next_backup_needs_bytes"].as_u64().unwrap(),
+        fs::metadata(p.db()).unwrap().len()
+    );
+    assert_eq!(j["last_hook"]["event"], "pre_run");
+    assert_eq!(j["last_hook"]["decision"], "proceed");
+    assert!(j["last_backup_duration_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(j["unfinished_restores"], Value::Array(vec![]));
+    assert_eq!(j["quarantine_folders"], Value::Array(vec![]));
+    assert_eq!(j["findings"], Value::Array(vec![]));
+
+    // A second database whose log is the same folder: its failures are not this one's.
+    fs::copy(p.db(), p.path("other.duckdb")).unwrap();
+    fs::write(
+        p.path("other.yaml"),
+        "DB_PATH: other.duckdb\nLOG_LEVEL: INFO\nBACKUP_DIR: other_backups\nBACKUP_MIN_FREE_BYTES: 0\n",
+    )
+    .unwrap();
+    let holder = support::hold(&p.path("other.duckdb"));
+    let mut c = bin();
+    c.current_dir(p.dir.path()).arg("hook");
+    let out = pipe(c, request("pre_run", &p.path("other.yaml"), "").as_bytes());
+    drop(holder);
+    assert_eq!(out.status.code(), Some(75));
+    let (code, j) = status_json(&p, None, &[]);
+    assert_eq!(
+        (code, &j["last_hook"]["decision"]),
+        (0, &Value::from("proceed"))
+    );
+    let other = bin()
+        .current_dir(p.dir.path())
+        .args(["status", "--json", "--config", "other.yaml"])
+        .output()
+        .unwrap();
+    let o: Value = serde_json::from_slice(&other.stdout).unwrap();
+    assert_eq!(o["last_hook"]["decision"], "abort", "{o:#}");
+    assert_eq!(o["state"], "critical", "no backup of its own: {o:#}");
+}
+
+#[test]
+fn a_failed_hook_run_an_unfinished_restore_and_quarantine_are_warnings() {
+    let p = Project::new("");
+    let (r, _) = p.pre_run();
+    let id = r.backup.unwrap().id;
+    // The last hook run was refused: warning, with its code.
+    let holder = support::hold(&p.db());
+    let (_, code) = p.pre_run();
+    drop(holder);
+    assert_eq!(code, 75);
+    let (code, j) = status_json(&p, None, &[]);
+    assert_eq!(code, 1, "{j:#}");
+    assert_eq!(j["last_hook"]["status"], "error");
+    assert_eq!(j["last_hook"]["errors"][0], "database_locked");
+    assert!(j["findings"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("database_locked"));
+    // A dry run that would proceed is no run: the refused one stays the last.
+    let (r, code) = p.hook(&request("pre_run", &p.config(), r#","dry_run":true"#));
+    assert_eq!((code, r.status), (0, ducksafe::protocol::Status::Ok));
+    let (code, j) = status_json(&p, None, &[]);
+    assert_eq!(
+        (code, &j["last_hook"]["decision"]),
+        (1, &Value::from("abort"))
+    );
+    // A good run clears it.
+    assert_eq!(p.pre_run().1, 0);
+    assert_eq!(status(&p, None, &[]).0, 0);
+    // A restore interrupted after the database went to quarantine: unfinished, warning.
+    support::write_into_wal(&p.db(), "DELETE FROM employees;");
+    let _ = abort_at(p.cmd(&["restore", &id]), "restore.quarantined");
+    let (code, j) = status_json(&p, None, &[]);
+    assert_eq!(code, 1, "{j:#}");
+    assert_eq!(j["unfinished_restores"].as_array().unwrap().len(), 1);
+    assert_eq!(j["unfinished_restores"][0]["backup_id"], id.as_str());
+    // Finished: no longer unfinished, but what it replaced is in quarantine.
+    assert_ok(&p.run(&["restore", &id]));
+    let (code, j) = status_json(&p, None, &[]);
+    assert_eq!(code, 1, "{j:#}");
+    assert_eq!(j["unfinished_restores"].as_array().unwrap().len(), 0);
+    let folders = j["quarantine_folders"].as_array().unwrap();
+    assert!(!folders.is_empty(), "{j:#}");
+    assert!(j["quarantine_bytes"].as_u64().unwrap() > 0);
+    let (_, text) = status(&p, None, &[]);
+    assert!(
+        first_line(&text).starts_with("DUCKSAFE WARNING - "),
+        "{text}"
+    );
+    assert!(text.contains("folder(s) in quarantine"), "{text}");
+    // Once the operator deletes them, all is well again.
+    fs::remove_dir_all(p.backups().join("quarantine")).unwrap();
+    let (code, out) = status(&p, None, &[]);
+    assert_exit_ok(code, &out);
+}
+
+fn assert_exit_ok(code: i32, out: &str) {
+    assert_eq!(code, 0, "{out}");
+    assert!(first_line(out).starts_with("DUCKSAFE OK - "), "{out}");
+}
+
+#[test]
+fn prometheus_file_is_written_atomically_and_readable_by_the_collector() {
+    let p = Project::new("");
+    assert_ok(&p.run(&["backup"]));
+    let dir = p.path("textfile");
+    fs::create_dir(&dir).unwrap();
+    let prom = dir.join("ducksafe.prom");
+    let (code, out) = status(&p, None, &["--prometheus-file", prom.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        first_line(&out).starts_with("DUCKSAFE OK - "),
+        "stdout keeps the screen"
+    );
+    let text = fs::read_to_string(&prom).unwrap();
+    assert!(text.contains("\nducksafe_backups{database="), "{text}");
+    let mode = fs::metadata(&prom).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+    assert_eq!(
+        support::dir_names(&dir),
+        ["ducksafe.prom"],
+        "no temporary file left"
+    );
+    // A folder that does not exist: unknown, said, and nothing else written.
+    let (code, out) = status(
+        &p,
+        None,
+        &[
+            "--prometheus-file",
+            p.path("nowhere/x.prom").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("nowhere/x.prom"), "{out}");
+    // Two formats for one stdout: a usage error, said.
+    let out = p.run(&["status", "--json", "--prometheus"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(support::stderr(&out).contains("cannot be used together"));
+}
