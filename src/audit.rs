@@ -261,6 +261,8 @@ fn ensure_dir(dir: &Path, create: bool) -> std::io::Result<()> {
             .recursive(true)
             .mode(crate::files::PRIVATE_DIR_MODE)
             .create(dir)?;
+        // Like every folder ducksafe makes, durable once made (its name synced in its parent).
+        crate::files::sync_dir(crate::files::parent_of(dir))?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(dir) {
         if meta.is_dir()
