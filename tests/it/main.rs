@@ -17,6 +17,7 @@ mod protocol;
 mod reflink;
 mod reliability;
 mod restore;
+mod restore_table;
 mod schemas;
 
 /// The second process behind [`support::hold`]: this binary, re-executed with `--exact
