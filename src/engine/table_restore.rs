@@ -213,6 +213,7 @@ pub fn run(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Out
     let mut warnings = journal::recover(settings, req.dry_run)?.all_notes();
     // Resolved once, before the undo backup becomes `latest`.
     let entry = store.resolve(req.selector)?;
+    check_not_an_undo(&live_path, req.selector, &entry)?;
     super::restore::check_expected(settings, &entry, req.expect_sha256)?;
     let backup_file = store.backup_path(&entry.id);
     let staged_path = staging::path_for(&live_path, &entry.id);
@@ -258,7 +259,7 @@ pub fn run(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Out
 
     // 4. The undo, with the database's turn held: no guarded run starts meanwhile.
     let turn = lease::Turn::take(&db, store.dir())?;
-    let undo = take_undo(settings, now, &mut warnings)?;
+    let undo = take_undo(settings, now, &entry.id, &mut warnings)?;
 
     // 5. The transaction.
     let tables = transact(&live_path, backup_copy, plans, &limits, &undo)?;
@@ -274,6 +275,39 @@ pub fn run(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Out
         duration_ms: elapsed_ms(started),
         warnings,
     })
+}
+
+/// The `request_id` of an undo backup's manifest: this prefix, then the id of the backup the
+/// table restore put tables back from.
+pub const UNDO_REQUEST_PREFIX: &str = "restore-table-undo-from:";
+
+/// The undo backup of a table restore becomes `latest`, as every backup does. Restoring tables
+/// from `latest` again would then take them from the state just before that restore: a second
+/// table restore "from latest" would silently put back broken rows. Refused when `latest` (not
+/// the undo's id, named on purpose) names an undo backup.
+fn check_not_an_undo(database: &Path, selector: &str, entry: &Entry) -> Result<()> {
+    let via_latest = selector == "latest"
+        || Path::new(selector).file_name() == Some(std::ffi::OsStr::new("latest.duckdb"));
+    let Some(source) = entry
+        .manifest
+        .request_id
+        .as_deref()
+        .and_then(|r| r.strip_prefix(UNDO_REQUEST_PREFIX))
+        .filter(|_| via_latest)
+    else {
+        return Ok(());
+    };
+    Err(refused(
+        database,
+        format!(
+            "`latest` is backup `{}`, the undo backup an earlier table restore took of the database as it was just before it: tables restored from it would be the ones that restore replaced",
+            entry.id
+        ),
+        format!(
+            "name the backup to restore from: that restore used `{source}` (`ducksafe restore --table NAME {source}`; `ducksafe list` shows the others); to undo that restore, name the undo backup itself (`ducksafe restore {}`); nothing was changed",
+            entry.id
+        ),
+    ))
 }
 
 /// The names asked for, each once, in the order given.
@@ -318,10 +352,17 @@ fn stage<'a>(
     .map(Some)
 }
 
-/// Step 4: the undo backup, taken as `ducksafe backup` takes one, then pinned. A failure to pin
-/// is a warning: the backup is there, and the operator is told to pin it.
-fn take_undo(settings: &Settings, now: DateTime<Utc>, warnings: &mut Vec<String>) -> Result<Undo> {
-    let taken = backup::run(settings, now, None, false).map_err(|r| {
+/// Step 4: the undo backup, taken as `ducksafe backup` takes one (its manifest's `request_id`
+/// marks it, [`UNDO_REQUEST_PREFIX`]), then pinned. A failure to pin is a warning: the backup
+/// is there, and the operator is told to pin it.
+fn take_undo(
+    settings: &Settings,
+    now: DateTime<Utc>,
+    source: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Undo> {
+    let marker = format!("{UNDO_REQUEST_PREFIX}{source}");
+    let taken = backup::run(settings, now, Some(&marker), false).map_err(|r| {
         let mut e = r.error;
         if let Error::BackupFailed { why, .. } = &mut e {
             why.push_str("; the undo backup could not be taken, so no table was restored");

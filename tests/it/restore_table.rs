@@ -427,7 +427,7 @@ fn a_dry_run_says_what_would_happen_and_writes_nothing() {
 #[test]
 fn a_crash_between_two_tables_leaves_the_database_unchanged() {
     let p = Project::new("");
-    backup(&p);
+    let id = backup(&p);
     bad_run(&p);
     sql(
         &p.db(),
@@ -445,7 +445,8 @@ fn a_crash_between_two_tables_leaves_the_database_unchanged() {
     // The first table's rows went in, uncommitted, when it died: nothing of them remains.
     assert_eq!(fingerprints(&p.db()), fps);
     assert_eq!(sha256(&p.db()), bytes, "the database file is as it was");
-    // The next run restores both (and sweeps the crashed run's staged copy).
+    // The next run restores both (and sweeps the crashed run's staged copy). The crashed run
+    // took its undo backup, now `latest`: the backup is named.
     let r = report(&p.run(&[
         "--json",
         "restore",
@@ -453,6 +454,7 @@ fn a_crash_between_two_tables_leaves_the_database_unchanged() {
         "employees",
         "--table",
         "fct_compensation_history",
+        &id,
     ]));
     assert!(r.tables.iter().all(|t| t.fingerprint_matches == Some(true)));
     assert!(!std::fs::read_dir(p.dir.path()).unwrap().any(|e| e
@@ -487,4 +489,30 @@ fn a_backup_packed_in_the_block_store_is_rebuilt_and_restored() {
         table(&after, "main.fct_yearly_events"),
         table(&broken, "main.fct_yearly_events")
     );
+}
+
+#[test]
+fn latest_after_a_table_restore_is_the_undo_and_is_refused_as_a_source() {
+    let p = Project::new("");
+    let id = backup(&p);
+    bad_run(&p);
+    let r = report(&p.run(&["--json", "restore", "--table", "employees"]));
+    let undo = r.undo.unwrap().backup_id;
+    let latest = std::fs::read_link(p.backups().join("latest.duckdb")).unwrap();
+    assert!(latest.to_string_lossy().contains(&undo), "{latest:?}");
+    // A second table "from latest" would take it from the undo: refused, naming the source.
+    for latest in ["latest", "backups/latest.duckdb"] {
+        assert_refused(
+            &p,
+            &["restore", "--table", "fct_yearly_events", latest],
+            64,
+            &[
+                &format!("`latest` is backup `{undo}`, the undo backup"),
+                &format!("that restore used `{id}`"),
+            ],
+        );
+    }
+    // Named on purpose, the undo is a source like any other; so is the one the hint names.
+    assert_ok(&p.run(&["restore", "--table", "employees", &undo]));
+    assert_ok(&p.run(&["restore", "--table", "fct_yearly_events", &id]));
 }
