@@ -516,3 +516,40 @@ fn latest_after_a_table_restore_is_the_undo_and_is_refused_as_a_source() {
     assert_ok(&p.run(&["restore", "--table", "employees", &undo]));
     assert_ok(&p.run(&["restore", "--table", "fct_yearly_events", &id]));
 }
+
+/// The runbook's "A run broke one table" commands, verbatim (its example paths and id made the
+/// project's): the dry run, then the restore of one table, which keeps the other's new rows.
+#[test]
+fn the_runbooks_table_restore_commands_work_as_written() {
+    use crate::restore::{localize, run_sh, runbook_block, said};
+    let p = Project::new("");
+    let id = backup(&p);
+    let before = fingerprints(&p.backups().join(format!("{id}.duckdb")));
+    bad_run(&p);
+    let broken = fingerprints(&p.db());
+    let script = localize(&runbook_block("## A run broke one table", 0), &p, &id);
+    assert!(script.contains("--dry-run"), "{script}");
+    let out = run_sh(&p, &script);
+    let text = said(&out);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        format!("dry run: would restore 1 table of `{}`", p.db().display()),
+        format!(
+            "restored 1 table of `{}` from backup `{id}`",
+            p.db().display()
+        ),
+        "fingerprint equals the backup's".to_owned(),
+        "to undo: ".to_owned(),
+    ] {
+        assert!(text.contains(&line), "`{line}` not in {text}");
+    }
+    let after = fingerprints(&p.db());
+    assert_eq!(
+        table(&after, "main.employees"),
+        table(&before, "main.employees")
+    );
+    assert_eq!(
+        table(&after, "main.fct_yearly_events"),
+        table(&broken, "main.fct_yearly_events")
+    );
+}

@@ -46,7 +46,7 @@ impl Report for Outcome {
             };
             writeln!(
                 out,
-                "  {}: {} rows, {} before; {how}; {check}",
+                "  {}: {} rows (was {}); {how}; {check}",
                 t.table, t.rows_after, t.rows_before
             )?;
         }
