@@ -135,6 +135,23 @@ pub struct Outcome {
     pub warnings: Vec<String>,
 }
 
+/// A table restore that failed: why, and what the operator must know besides (no table was
+/// restored; what became of the undo backup).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: Error,
+    pub notes: Vec<String>,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Self {
+        Failed {
+            error,
+            notes: Vec::new(),
+        }
+    }
+}
+
 /// A refusal: nothing was changed.
 fn refused(database: &Path, why: String, hint: String) -> Error {
     Error::TableRestoreRefused {
@@ -197,7 +214,11 @@ fn elapsed_ms(started: std::time::Instant) -> u64 {
 }
 
 /// Runs a table restore (or its dry run): see the module documentation for the order.
-pub fn run(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Outcome> {
+pub fn run(
+    settings: &Settings,
+    req: &Request,
+    now: DateTime<Utc>,
+) -> std::result::Result<Outcome, Failed> {
     let started = std::time::Instant::now();
     let names = parse_names(req.tables)?;
     database::check(settings)?;
@@ -259,10 +280,33 @@ pub fn run(settings: &Settings, req: &Request, now: DateTime<Utc>) -> Result<Out
 
     // 4. The undo, with the database's turn held: no guarded run starts meanwhile.
     let turn = lease::Turn::take(&db, store.dir())?;
-    let undo = take_undo(settings, now, &entry.id, &mut warnings)?;
+    let undo = take_undo(settings, now, &entry.id, &mut warnings).map_err(|error| Failed {
+        error,
+        notes: vec![
+            "no table was restored: the undo backup (of the database as it is) could not be taken; the database is as it was".into(),
+        ],
+    })?;
 
-    // 5. The transaction.
-    let tables = transact(&live_path, backup_copy, plans, &limits, &undo)?;
+    // 5. The transaction. Not committed, the undo is the database as it still is: unpinned,
+    // so that retries on a full disk do not pile up pinned copies.
+    let tables = transact(&live_path, backup_copy, plans, &limits, &undo).map_err(
+        |(error, committed)| {
+            let mut notes = Vec::new();
+            if !committed {
+                notes.push(match pin_as(settings, &undo.backup_id, false) {
+                    Ok(()) => format!(
+                        "no table was restored; the undo backup `{}` was unpinned (it is the database as it still is: rotation may delete it)",
+                        undo.backup_id
+                    ),
+                    Err(e) => format!(
+                        "no table was restored; the undo backup `{}` is still pinned ({e}): `ducksafe unpin {}` when you do not need it",
+                        undo.backup_id, undo.backup_id
+                    ),
+                });
+            }
+            Failed { error, notes }
+        },
+    )?;
     drop(turn);
     drop(staged);
     Ok(Outcome {
@@ -390,12 +434,17 @@ fn take_undo(
 
 /// Pins backup `id` (the undo), under the backup directory's lock.
 fn pin(settings: &Settings, id: &str) -> Result<()> {
+    pin_as(settings, id, true)
+}
+
+/// Pins or unpins backup `id`, under the backup directory's lock.
+fn pin_as(settings: &Settings, id: &str, pinned: bool) -> Result<()> {
     let store = Store::open(&settings.backup_dir, false)?;
     let _lock = store.lock_only()?;
     let owner = identity::check(store.dir(), settings)?;
     let store = store.owned_by(owner);
     let mut entry = store.resolve(id)?;
-    entry.manifest.pinned = true;
+    entry.manifest.pinned = pinned;
     store.rewrite_manifest(&entry.manifest)
 }
 
@@ -1026,29 +1075,36 @@ fn put_back(db: &Db, bak: &str, plans: &mut [TableOutcome]) -> std::result::Resu
     Ok(())
 }
 
-/// Step 5: the one transaction. Every failure before its COMMIT rolls it back.
+/// Step 5: the one transaction. Every failure before its COMMIT rolls it back. An error says
+/// whether the tables were committed (only a failure to close after the COMMIT).
 fn transact(
     live_path: &Path,
     backup_copy: &Path,
     mut plans: Vec<TableOutcome>,
     limits: &duck::Limits,
     undo: &Undo,
-) -> Result<Vec<TableOutcome>> {
+) -> std::result::Result<Vec<TableOutcome>, (Error, bool)> {
     let nothing = |why: String| {
-        Error::RestoreFailed {
-        database: live_path.to_path_buf(),
-        why: format!(
-            "{why}; the transaction was rolled back: no table was restored, the database is as it was (the undo backup `{}` was taken all the same)",
-            undo.backup_id
-        ),
-    }
+        (
+            Error::RestoreFailed {
+                database: live_path.to_path_buf(),
+                why: format!(
+                    "{why}; the transaction was rolled back: no table was restored, the database is as it was (its undo backup `{}` was taken before)",
+                    undo.backup_id
+                ),
+            },
+            false,
+        )
     };
     let locked_or = |e: DuckError| match e {
-        DuckError::Locked { pid, holder } => Error::DatabaseLocked {
-            path: live_path.to_path_buf(),
-            pid,
-            holder,
-        },
+        DuckError::Locked { pid, holder } => (
+            Error::DatabaseLocked {
+                path: live_path.to_path_buf(),
+                pid,
+                holder,
+            },
+            false,
+        ),
         other => nothing(format!(
             "DuckDB cannot open the database read-write: {other}"
         )),
@@ -1071,12 +1127,17 @@ fn transact(
     })?;
     failpoint::hit("restore_table.committed");
     let closed = db.detach_other(&bak).and_then(|()| db.close());
-    closed.map_err(|e| Error::RestoreFailed {
-        database: live_path.to_path_buf(),
-        why: format!(
-            "the tables WERE restored (committed), but DuckDB failed while closing the database ({e}); to undo: {}",
-            undo.command
-        ),
+    closed.map_err(|e| {
+        (
+            Error::RestoreFailed {
+                database: live_path.to_path_buf(),
+                why: format!(
+                    "the tables WERE restored (committed), but DuckDB failed while closing the database ({e}); to undo: {}",
+                    undo.command
+                ),
+            },
+            true,
+        )
     })?;
     Ok(plans)
 }

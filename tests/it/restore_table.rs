@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::support::{
-    abort_at, assert_exit, assert_ok, every_byte, fingerprints, hold, sha256, Project,
+    abort_at, assert_exit, assert_ok, but_the_lock, every_byte, fingerprints, hold, sha256, Project,
 };
 use ducksafe::duck::{Db, Fingerprint, Limits, TableName};
 
@@ -552,4 +552,69 @@ fn the_runbooks_table_restore_commands_work_as_written() {
         table(&after, "main.fct_yearly_events"),
         table(&broken, "main.fct_yearly_events")
     );
+}
+
+/// A writer that opens the database between the undo backup and the transaction: `database
+/// locked` (75), no table restored, and the undo (the database as it still is) unpinned, so
+/// that retries do not pile up pinned copies; the output says both.
+#[test]
+fn a_writer_after_the_undo_backup_restores_nothing_and_unpins_the_undo() {
+    use std::time::{Duration, Instant};
+    let p = Project::new("");
+    let id = backup(&p);
+    bad_run(&p);
+    let fps = fingerprints(&p.db());
+    let go = p.path("go");
+    let reached = p.path("go.reached");
+    let mut cmd = p.cmd(&["--json", "restore", "--table", "employees", &id]);
+    // The undo backup's last point: published, its lock on the database let go.
+    cmd.env(
+        "DUCKSAFE_FAILPOINT",
+        format!("rotation.done:wait={}", go.display()),
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reached.exists() {
+        assert!(Instant::now() < deadline, "rotation.done never reached");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let holder = hold(&p.db());
+    std::fs::write(&go, b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(holder);
+    let text = assert_exit(&out, 75);
+    assert!(text.contains("no table was restored"), "{text}");
+    assert!(text.contains("was unpinned"), "{text}");
+    assert_eq!(fingerprints(&p.db()), fps, "nothing was restored");
+    let undo = std::fs::read_link(p.backups().join("latest.duckdb")).unwrap();
+    let undo = undo.file_stem().unwrap().to_string_lossy().into_owned();
+    assert_ne!(undo, id, "the undo backup was taken");
+    assert_eq!(manifest(&p, &undo)["pinned"], false);
+}
+
+/// The undo backup cannot be taken (no room): exit 73, no table restored, and the output says
+/// so besides the backup's own error; nothing changed but the directory lock's PID.
+#[test]
+fn no_room_for_the_undo_backup_restores_nothing() {
+    let p = Project::new("");
+    let id = backup(&p);
+    bad_run(&p);
+    let before = but_the_lock(every_byte(p.dir.path()));
+    let out = p.run(&[
+        "--set",
+        "BACKUP_MIN_FREE_BYTES=1000000000000000",
+        "restore",
+        "--table",
+        "employees",
+        &id,
+    ]);
+    let text = assert_exit(&out, 73);
+    assert!(text.contains("not enough free space"), "{text}");
+    assert!(
+        text.contains("no table was restored: the undo backup"),
+        "{text}"
+    );
+    assert_eq!(but_the_lock(every_byte(p.dir.path())), before);
 }

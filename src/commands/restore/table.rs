@@ -93,5 +93,11 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
         };
         table_restore::run(&settings, &req, crate::clock::now())
     })();
-    output::finish(g.json, outcome.map_err(Failure::from))
+    output::finish(
+        g.json,
+        outcome.map_err(|f| Failure {
+            warnings: f.notes.into(),
+            ..f.error.into()
+        }),
+    )
 }
