@@ -247,6 +247,7 @@ pub fn run(
     } else {
         &backup_file
     };
+    crate::timing::phase("table restore: backup staged and its SHA-256 checked");
 
     // 3. The refusals, both databases read-only in one DuckDB.
     let plans = {
@@ -264,6 +265,7 @@ pub fn run(
         check(&pair, &entry, &names, req.replace_schema)?
     };
     failpoint::hit("restore_table.checked");
+    crate::timing::phase("table restore: refusals checked");
     if req.dry_run {
         return Ok(Outcome {
             backup_id: entry.id,
@@ -287,6 +289,7 @@ pub fn run(
         ],
     })?;
 
+    crate::timing::phase("table restore: undo backup taken and pinned");
     // 5. The transaction. Not committed, the undo is the database as it still is: unpinned,
     // so that retries on a full disk do not pile up pinned copies.
     let tables = transact(&live_path, backup_copy, plans, &limits, &undo).map_err(
@@ -309,6 +312,7 @@ pub fn run(
     )?;
     drop(turn);
     drop(staged);
+    crate::timing::phase("table restore: committed and closed");
     Ok(Outcome {
         backup_id: entry.id,
         backup_sha256: entry.manifest.sha256,
@@ -1126,6 +1130,7 @@ fn transact(
         nothing(format!("the COMMIT failed: {e}"))
     })?;
     failpoint::hit("restore_table.committed");
+    crate::timing::phase("table restore: rows put back, views and fingerprints checked, committed");
     let closed = db.detach_other(&bak).and_then(|()| db.close());
     closed.map_err(|e| {
         (
