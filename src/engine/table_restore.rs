@@ -34,8 +34,10 @@
 //!
 //! Between the undo backup (4) and the read-write open (5) no ducksafe lock is held on the
 //! database (an OFD lock of this process would conflict with DuckDB's own): a writer that
-//! started in that instant would make the open fail with `database_locked`, the undo backup
-//! taken and nothing restored.
+//! opened it in that instant makes the open fail with `database_locked` (nothing restored, the
+//! undo unpinned); one that also wrote and closed it within that instant would leave changes
+//! the undo does not hold. The transaction checks again that each table's definition is the
+//! one the refusals were made on, and DuckDB enforces the foreign keys itself.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -522,6 +524,7 @@ fn check(
     let m = &entry.manifest;
     let live_tables = pair.live.tables().map_err(|e| pair.live_err(e))?;
     let bak_tables = pair.bak.tables().map_err(|e| pair.bak_err(&e))?;
+    let names = &spelled(names, &live_tables, &bak_tables);
     check_present(pair, names, &live_tables, &bak_tables)?;
     let live_fks = pair.live.foreign_keys().map_err(|e| pair.live_err(e))?;
     let bak_fks = pair.bak.foreign_keys().map_err(|e| pair.bak_err(&e))?;
@@ -601,6 +604,28 @@ fn check(
     }
     check_views(pair, &plans, &live_tables)?;
     Ok(insert_order(plans, &bak_fks))
+}
+
+/// The names as the catalogs spell them: DuckDB's names are case-insensitive, so `Employees`
+/// is `employees` when exactly one table of either database matches it so.
+fn spelled(names: &[TableName], live: &[TableName], bak: &[TableName]) -> Vec<TableName> {
+    let mut out: Vec<TableName> = Vec::new();
+    for n in names {
+        let same = |t: &&TableName| {
+            t.schema.eq_ignore_ascii_case(&n.schema) && t.name.eq_ignore_ascii_case(&n.name)
+        };
+        let mut matches: Vec<&TableName> = bak.iter().chain(live).filter(same).collect();
+        matches.sort();
+        matches.dedup();
+        let name = match matches[..] {
+            [only] if !live.contains(n) && !bak.contains(n) => only.clone(),
+            _ => n.clone(),
+        };
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// Every table asked for is in the backup and in the database.

@@ -160,7 +160,8 @@ fn the_text_output_names_the_undo_and_latest_is_the_default() {
     let p = Project::new("VERIFY_LEVEL: standard\n");
     let id = backup(&p);
     bad_run(&p);
-    let out = p.run(&["restore", "--table", "main.employees"]);
+    // Any case, as DuckDB's names are: the catalog's spelling is reported.
+    let out = p.run(&["restore", "--table", "MAIN.Employees"]);
     assert_ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -171,6 +172,7 @@ fn the_text_output_names_the_undo_and_latest_is_the_default() {
         "{text}"
     );
     assert!(text.contains("to undo: "), "{text}");
+    assert!(text.contains("  main.employees: 300 rows"), "{text}");
     assert!(
         text.contains("fingerprint equals the backup's (from its backup)"),
         "{text}"
