@@ -16,8 +16,9 @@
 //!    rows referencing rows that would not be there, or a referenced row the restore would
 //!    delete: DuckDB refuses to delete a referenced row even in the transaction that also
 //!    deletes what references it); a view that would no longer bind (only a replaced
-//!    definition can break one: checked on a copy of the catalog, no row read); a live writer
-//!    (the database is read under DuckDB's shared lock: `database_locked`);
+//!    definition can break one: checked on a copy of the catalog, no row read); any process
+//!    that has the database open, a reader too, as for a whole-file restore
+//!    (`database_locked`);
 //! 4. the undo: an ordinary verified backup of the live database, through the same path as
 //!    `ducksafe backup` ([`backup::run`]), then pinned, so rotation never deletes it before the
 //!    operator has decided (`ducksafe unpin ID` lets it go);
@@ -46,7 +47,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::lock::DirLock;
+use super::lock::{DatabaseLock, DirLock};
 use super::manifest::Storage;
 use super::staging::{self, Staged};
 use super::store::{Entry, Store};
@@ -241,6 +242,10 @@ pub fn run(
     let backup_file = store.backup_path(&entry.id);
     let staged_path = staging::path_for(&live_path, &entry.id);
     let limits = database::limits(settings);
+    // The transaction needs the database to itself, as a whole-file restore does: a reader (a
+    // notebook, a DuckDB shell) would make its read-write open fail after the undo backup.
+    // Asked now, before anything is written; let go at once (DuckDB takes its own lock).
+    drop(DatabaseLock::acquire(&live_path)?);
 
     // 2. The backup's bytes, proven.
     let staged = stage(&store, &entry, &staged_path, req.dry_run)?;

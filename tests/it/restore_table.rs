@@ -6,7 +6,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::support::{
-    abort_at, assert_exit, assert_ok, but_the_lock, every_byte, fingerprints, hold, sha256, Project,
+    abort_at, assert_exit, assert_ok, but_the_lock, every_byte, fingerprints, hold, hold_reader,
+    sha256, Project,
 };
 use ducksafe::duck::{Db, Fingerprint, Limits, TableName};
 
@@ -396,7 +397,7 @@ fn foreign_keys_that_would_break_are_refused_changing_nothing() {
 }
 
 #[test]
-fn a_live_writer_is_refused_with_database_locked_changing_nothing() {
+fn a_live_writer_or_reader_is_refused_with_database_locked_changing_nothing() {
     let p = Project::new("");
     backup(&p);
     let holder = hold(&p.db());
@@ -407,6 +408,15 @@ fn a_live_writer_is_refused_with_database_locked_changing_nothing() {
         &["is in use", &format!("PID {}", holder.pid())],
     );
     drop(holder);
+    // A reader too: the transaction will need the database to itself.
+    let reader = hold_reader(&p.db());
+    assert_refused(
+        &p,
+        &["restore", "--table", "employees"],
+        75,
+        &["is in use", &format!("PID {}", reader.pid())],
+    );
+    drop(reader);
 }
 
 #[test]
