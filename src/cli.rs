@@ -144,6 +144,14 @@ pub struct RestoreArgs {
     /// instructions pass it, so an id can never restore other content)
     #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
     pub expect_sha256: Option<String>,
+    /// Put back only this table (`schema.table` or `table`; repeatable) into the live
+    /// database, in one transaction, after an undo backup; every other table stays as it is
+    #[arg(long = "table", value_name = "NAME")]
+    pub tables: Vec<String>,
+    /// With --table: recreate a table whose definition differs with the backup's (columns,
+    /// types, defaults, constraints)
+    #[arg(long, requires = "tables")]
+    pub replace_schema: bool,
 }
 
 #[derive(Debug, Args)]

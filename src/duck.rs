@@ -9,7 +9,10 @@
 //! Invariants:
 //! - Every open of a database ducksafe protects (the source, a backup) is read-only, after
 //!   [`check_header`] proved the file exists and starts like a DuckDB file: a mistyped path can
-//!   never create an empty database. An attachment is `READ_ONLY`: DuckDB opens the file
+//!   never create an empty database.
+//!   The one exception is a table restore (`engine::table_restore`), which opens the live
+//!   database read-write ([`Db::open_read_write`], after [`check_header`]) to put tables back in
+//!   one transaction, once its undo backup is taken. An attachment is `READ_ONLY`: DuckDB opens the file
 //!   `O_RDONLY` and refuses every write to it.
 //! - [`Db::close`] (or dropping a [`Db`]) detaches the database: once it returns, DuckDB holds
 //!   no descriptor, mapping or lock of the file, even while the instance lives on for another
@@ -276,7 +279,30 @@ impl TableName {
     }
 }
 
-fn quote_ident(s: &str) -> String {
+/// `"a","b""c"` → `a`, `b"c`: a list of quoted SQL identifiers, separated by commas.
+fn split_quoted(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut chars) = (false, s.chars().peekable());
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    if !s.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// `"name"`, quoted for SQL.
+pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -288,6 +314,44 @@ pub struct Fingerprint {
     pub sum_hash: Option<String>,
     /// `bit_xor(hash(row))`; null for an empty table.
     pub xor_hash: Option<u64>,
+}
+
+/// A column as the catalog describes it (`duckdb_columns()`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ColumnDef {
+    pub name: String,
+    pub data_type: String,
+    pub nullable: bool,
+    /// The default expression as DuckDB prints it (`'x'`, `nextval('s')`), if any.
+    pub default: Option<String>,
+    /// A generated column: computed, never inserted into.
+    pub generated: bool,
+}
+
+/// A table's definition: its columns in order, and its constraints as DuckDB prints them
+/// (`PRIMARY KEY(id)`, `CHECK((n > 0))`, `FOREIGN KEY (pid) REFERENCES p(id)`), in the
+/// catalog's order. Two tables with equal schemas take each other's rows as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TableSchema {
+    pub columns: Vec<ColumnDef>,
+    pub constraints: Vec<String>,
+}
+
+/// A foreign key: `table(columns)` references `referenced(referenced_columns)` (DuckDB keeps
+/// both in one schema).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ForeignKey {
+    pub table: TableName,
+    pub columns: Vec<String>,
+    pub referenced: TableName,
+    pub referenced_columns: Vec<String>,
+}
+
+/// A view and the statement that creates it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ViewDef {
+    pub name: TableName,
+    pub sql: String,
 }
 
 /// Names of attachments: unique in the process, so never two in one instance.
@@ -568,6 +632,188 @@ impl Db {
             .map_err(|e| classify(&e))
     }
 
+    /// The name this database is attached under in its instance, while attached: other
+    /// attachments' connections reach its tables as `"<alias>".schema.table`.
+    pub fn alias(&self) -> Option<&str> {
+        self.attached.as_deref()
+    }
+
+    /// The name of this connection's current database (the file's stem for a database
+    /// opened read-write, the alias of an attachment).
+    pub fn current_database(&self) -> Result<String, DuckError> {
+        self.conn()
+            .query_row("SELECT current_database()", [], |r| r.get::<_, String>(0))
+            .map_err(|e| classify(&e))
+    }
+
+    /// Attaches another database file read-only beside this one, under a unique alias that is
+    /// returned (detached again by [`Db::detach_other`], or when the instance ends). The file is
+    /// checked to be a DuckDB file first.
+    pub fn attach_other(&self, path: &Path) -> Result<String, DuckError> {
+        check_header(path)?;
+        let text = path.to_str().ok_or_else(|| {
+            DuckError::Failed(format!("`{}` is not a UTF-8 path", path.display()))
+        })?;
+        let name = format!(
+            "ducksafe_{}",
+            ATTACHMENTS.fetch_add(1, Ordering::Relaxed) + 1
+        );
+        self.conn()
+            .execute_batch(&format!(
+                "ATTACH '{}' AS {name} (READ_ONLY);",
+                text.replace('\'', "''")
+            ))
+            .map_err(|e| not_a_database(&e))?;
+        Ok(name)
+    }
+
+    /// Detaches what [`Db::attach_other`] attached.
+    pub fn detach_other(&self, alias: &str) -> Result<(), DuckError> {
+        self.execute_batch(&format!("DETACH {}", quote_ident(alias)))
+    }
+
+    /// A query that returns one integer (a count), as a `u64`.
+    pub fn query_u64(&self, sql: &str) -> Result<u64, DuckError> {
+        self.conn()
+            .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+            .map(|n| n.unwrap_or(0).unsigned_abs())
+            .map_err(|e| classify(&e))
+    }
+
+    /// The definition of table `t` in this database, `None` when there is no such table.
+    pub fn table_schema(&self, t: &TableName) -> Result<Option<TableSchema>, DuckError> {
+        let mut stmt = self
+            .conn()
+            .prepare(
+                "SELECT column_name, data_type, is_nullable, column_default, is_generated \
+                 FROM duckdb_columns() \
+                 WHERE database_name = current_database() AND schema_name = ? AND table_name = ? \
+                 ORDER BY column_index",
+            )
+            .map_err(|e| classify(&e))?;
+        let columns = stmt
+            .query_map([&t.schema, &t.name], |r| {
+                Ok(ColumnDef {
+                    name: r.get(0)?,
+                    data_type: r.get(1)?,
+                    nullable: r.get(2)?,
+                    default: r.get(3)?,
+                    generated: r.get::<_, Option<bool>>(4)?.unwrap_or(false),
+                })
+            })
+            .map_err(|e| classify(&e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| classify(&e))?;
+        if columns.is_empty() && !self.tables()?.contains(t) {
+            return Ok(None);
+        }
+        let mut stmt = self
+            .conn()
+            .prepare(
+                "SELECT constraint_text FROM duckdb_constraints() \
+                 WHERE database_name = current_database() AND schema_name = ? AND table_name = ? \
+                 ORDER BY constraint_index",
+            )
+            .map_err(|e| classify(&e))?;
+        let constraints = stmt
+            .query_map([&t.schema, &t.name], |r| r.get::<_, String>(0))
+            .map_err(|e| classify(&e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| classify(&e))?;
+        Ok(Some(TableSchema {
+            columns,
+            constraints,
+        }))
+    }
+
+    /// The `CREATE TABLE` statement DuckDB keeps for table `t` (columns, defaults and
+    /// constraints; schema-qualified unless `main`), `None` when there is no such table.
+    pub fn create_table_sql(&self, t: &TableName) -> Result<Option<String>, DuckError> {
+        let mut stmt = self
+            .conn()
+            .prepare(
+                "SELECT sql FROM duckdb_tables() \
+                 WHERE database_name = current_database() AND schema_name = ? AND table_name = ?",
+            )
+            .map_err(|e| classify(&e))?;
+        let mut rows = stmt
+            .query_map([&t.schema, &t.name], |r| r.get::<_, Option<String>>(0))
+            .map_err(|e| classify(&e))?;
+        rows.next()
+            .transpose()
+            .map(Option::flatten)
+            .map_err(|e| classify(&e))
+    }
+
+    /// Every foreign key of this database.
+    pub fn foreign_keys(&self) -> Result<Vec<ForeignKey>, DuckError> {
+        let mut stmt = self
+            .conn()
+            .prepare(
+                "SELECT schema_name, table_name, \
+                        array_to_string(list_transform(constraint_column_names, lambda x: '\"' || replace(x, '\"', '\"\"') || '\"'), ','), \
+                        referenced_table, \
+                        array_to_string(list_transform(referenced_column_names, lambda x: '\"' || replace(x, '\"', '\"\"') || '\"'), ',') \
+                 FROM duckdb_constraints() \
+                 WHERE database_name = current_database() AND constraint_type = 'FOREIGN KEY' \
+                 ORDER BY schema_name, table_name, constraint_index",
+            )
+            .map_err(|e| classify(&e))?;
+        // Lists come as text, each name quoted (`"a","b"`): no dependence on how the driver
+        // maps a LIST, nor on the json extension.
+        let list = |v: Option<String>| split_quoted(&v.unwrap_or_default());
+        let rows = stmt
+            .query_map([], |r| {
+                let schema: String = r.get(0)?;
+                Ok(ForeignKey {
+                    table: TableName {
+                        schema: schema.clone(),
+                        name: r.get(1)?,
+                    },
+                    columns: list(r.get(2)?),
+                    referenced: TableName {
+                        schema,
+                        name: r.get(3)?,
+                    },
+                    referenced_columns: list(r.get(4)?),
+                })
+            })
+            .map_err(|e| classify(&e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| classify(&e))
+    }
+
+    /// Every user view of this database, with its `CREATE VIEW` statement.
+    pub fn views(&self) -> Result<Vec<ViewDef>, DuckError> {
+        let mut stmt = self
+            .conn()
+            .prepare(
+                "SELECT schema_name, view_name, sql FROM duckdb_views() \
+                 WHERE database_name = current_database() AND NOT internal AND NOT temporary \
+                 ORDER BY schema_name, view_name",
+            )
+            .map_err(|e| classify(&e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(ViewDef {
+                    name: TableName {
+                        schema: r.get(0)?,
+                        name: r.get(1)?,
+                    },
+                    sql: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                })
+            })
+            .map_err(|e| classify(&e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| classify(&e))
+    }
+
+    /// Whether a view (or table) of the current database can be read: DuckDB binds it again
+    /// (`SELECT * … LIMIT 0`), reading no row. The error says why it cannot.
+    pub fn binds(&self, t: &TableName) -> Result<(), DuckError> {
+        self.execute_batch(&format!("SELECT * FROM {} LIMIT 0", t.quoted()))
+    }
+
     /// The content fingerprint of a table: reads every column of every row, in one query. The
     /// row hash is `hash(c1, c2, …)` over the columns in order (20% faster than hashing the row
     /// as a struct, measured on the benchmark's largest table), written `hash(*COLUMNS(*))` so
@@ -817,6 +1063,12 @@ mod tests {
             6,
             "the generated column is hashed too"
         );
+    }
+
+    #[test]
+    fn quoted_name_lists_split_on_commas_outside_quotes() {
+        assert_eq!(split_quoted(r#""a","b""c","d,e""#), ["a", "b\"c", "d,e"]);
+        assert_eq!(split_quoted(""), Vec::<String>::new());
     }
 
     #[test]

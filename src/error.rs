@@ -192,6 +192,17 @@ pub enum Error {
     #[error("restore of `{}` failed: {why}", database.display())]
     RestoreFailed { database: PathBuf, why: String },
 
+    /// `restore --table` refused before it wrote anything (a table missing, a definition that
+    /// differs, a foreign key or a view that would break): a refusal of what was asked, with
+    /// what to do instead. Exit 64, as `DeleteRefused`.
+    #[error("cannot restore tables of `{}`: {why}", database.display())]
+    TableRestoreRefused {
+        database: PathBuf,
+        why: String,
+        /// What to do instead (`--replace-schema`, "also restore table X").
+        hint: String,
+    },
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -272,7 +283,9 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         use ErrorCode as C;
         match self {
-            Error::Usage(_) | Error::DeleteRefused { .. } => C::Usage,
+            Error::Usage(_) | Error::DeleteRefused { .. } | Error::TableRestoreRefused { .. } => {
+                C::Usage
+            }
             Error::InvalidRequest(_) | Error::RequestViolations(_) => C::InvalidRequest,
             Error::UnsupportedEvent(_) => C::UnsupportedEvent,
             Error::UnsupportedProtocol(_) => C::UnsupportedProtocolVersion,
@@ -311,6 +324,7 @@ impl Error {
         match self {
             Error::Usage(_) => Some("run `ducksafe --help` for usage".into()),
             Error::DeleteRefused { first, .. } => Some(format!("{first}; nothing was deleted")),
+            Error::TableRestoreRefused { hint, .. } => Some(hint.clone()),
             Error::InvalidRequest(_) | Error::RequestViolations(_) => Some(
                 "send one JSON object, e.g. {\"protocol_version\": 1, \"event\": \"pre_run\"}; `ducksafe schema request` prints the schema".into(),
             ),

@@ -50,12 +50,20 @@ pub const RESTORE: &[&str] = &[
     "restore.renamed",
 ];
 
-/// Every failpoint: [`BACKUP`]'s, [`BLOCK_STORE`]'s, then [`RESTORE`]'s. A unit test holds it
-/// equal to the names the source passes to [`hit`].
+/// The failpoints a table restore (`restore --table`) passes, in order: its checks done (before
+/// the undo backup), after each table's rows went in (inside the transaction), its COMMIT.
+pub const RESTORE_TABLE: &[&str] = &[
+    "restore_table.checked",
+    "restore_table.inserted",
+    "restore_table.committed",
+];
+
+/// Every failpoint: [`BACKUP`]'s, [`BLOCK_STORE`]'s, [`RESTORE`]'s, then [`RESTORE_TABLE`]'s. A
+/// unit test holds it equal to the names the source passes to [`hit`].
 pub const ALL: &[&str] = &ALL_POINTS;
 
-const ALL_POINTS: [&str; BACKUP.len() + BLOCK_STORE.len() + RESTORE.len()] =
-    concat(&[BACKUP, BLOCK_STORE, RESTORE]);
+const ALL_POINTS: [&str; BACKUP.len() + BLOCK_STORE.len() + RESTORE.len() + RESTORE_TABLE.len()] =
+    concat(&[BACKUP, BLOCK_STORE, RESTORE, RESTORE_TABLE]);
 
 /// The lists one after the other, in an array of their summed length.
 const fn concat<const N: usize>(lists: &[&[&'static str]]) -> [&'static str; N] {
@@ -182,8 +190,8 @@ mod tests {
         assert_eq!(names.len(), ALL.len(), "a name listed twice: {ALL:?}");
         assert_eq!(
             ALL,
-            [BACKUP, BLOCK_STORE, RESTORE].concat(),
-            "ALL is BACKUP, BLOCK_STORE, then RESTORE"
+            [BACKUP, BLOCK_STORE, RESTORE, RESTORE_TABLE].concat(),
+            "ALL is BACKUP, BLOCK_STORE, RESTORE, then RESTORE_TABLE"
         );
     }
 }

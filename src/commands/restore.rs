@@ -1,6 +1,9 @@
-//! `ducksafe restore [latest|ID|PATH]`: puts a verified backup back in place of the database.
+//! `ducksafe restore [latest|ID|PATH]`: puts a verified backup back in place of the database
+//! (with `--table`, only some tables: [`table`]).
 //! The replaced database and its WAL files go to a quarantine folder; the output says where, and
 //! how to undo.
+
+mod table;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -160,6 +163,9 @@ impl Report for Planned {
 }
 
 pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
+    if !a.tables.is_empty() {
+        return table::run(g, a);
+    }
     g.show_progress();
     let settings = match g.settings() {
         Ok(s) => s,

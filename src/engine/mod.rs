@@ -10,7 +10,9 @@
 //! order.
 //!
 //! [`restore`] is the way back: [`staging`] (the staged copy), [`quarantine`] (where the
-//! replaced files go) and [`journal`] (the intent that makes it crash-safe). [`shell`] builds
+//! replaced files go) and [`journal`] (the intent that makes it crash-safe).
+//! [`table_restore`] puts some tables back into the live database in one DuckDB transaction,
+//! after an undo backup taken by [`backup`]. [`shell`] builds
 //! the lines people run by hand. Policy ([`retention`], [`space::decide`], [`restore::plan`],
 //! [`shell`]) is pure; the I/O sits in the steps that apply it.
 //!
@@ -35,6 +37,7 @@ pub mod snapshot;
 pub mod space;
 pub mod staging;
 pub mod store;
+pub mod table_restore;
 pub mod verify;
 
 use crate::config::Settings;

@@ -190,7 +190,11 @@ fn elapsed_ms(started: std::time::Instant) -> u64 {
 
 /// Refuses, changing nothing, a backup whose content is not the one a rollback instruction was
 /// written for (`expected`, its SHA-256): an id that came to name other content.
-fn check_expected(settings: &Settings, entry: &Entry, expected: Option<&str>) -> Result<()> {
+pub(super) fn check_expected(
+    settings: &Settings,
+    entry: &Entry,
+    expected: Option<&str>,
+) -> Result<()> {
     match expected {
         Some(want) if !want.eq_ignore_ascii_case(&entry.manifest.sha256) => {
             Err(Error::RestoreFailed {

@@ -18,6 +18,7 @@ mod protocol;
 mod reflink;
 mod reliability;
 mod restore;
+mod restore_table;
 mod schemas;
 mod status;
 

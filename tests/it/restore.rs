@@ -562,7 +562,7 @@ fn an_interrupted_restore_whose_staged_copy_vanished_is_rolled_back_exactly() {
 // ---------------------------------------------------------------------------------------------
 
 /// stdout and stderr of a run, for messages and searches.
-fn said(out: &std::process::Output) -> String {
+pub(crate) fn said(out: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -572,7 +572,7 @@ fn said(out: &std::process::Output) -> String {
 
 /// Runs `script` with `sh` in the project folder, with `ducksafe` on the PATH (the binary under
 /// test) and no `DUCKSAFE_*` variable inherited.
-fn run_sh(p: &Project, script: &str) -> std::process::Output {
+pub(crate) fn run_sh(p: &Project, script: &str) -> std::process::Output {
     let bin_dir = p.path(".test-bin");
     if !bin_dir.exists() {
         fs::create_dir(&bin_dir).unwrap();
@@ -605,7 +605,7 @@ fn runbook() -> String {
 
 /// The `n`th ```sh block of the runbook's section `heading` (up to the next heading of the same
 /// or a higher level), without its indentation.
-fn runbook_block(heading: &str, n: usize) -> String {
+pub(crate) fn runbook_block(heading: &str, n: usize) -> String {
     let text = runbook();
     let level = heading.chars().take_while(|c| *c == '#').count();
     let mut lines = text.lines();
@@ -644,7 +644,7 @@ fn runbook_block(heading: &str, n: usize) -> String {
 }
 
 /// The runbook's example values replaced by the project's.
-fn localize(block: &str, p: &Project, id: &str) -> String {
+pub(crate) fn localize(block: &str, p: &Project, id: &str) -> String {
     block
         .replace("/srv/sim/config.yaml", &p.config().display().to_string())
         .replace("/srv/sim/simulation.duckdb", &p.db().display().to_string())
