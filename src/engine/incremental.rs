@@ -60,11 +60,13 @@ pub fn failure(path: &Path, f: &Failure) -> Error {
     }
 }
 
-/// The plain backups of `inv` that have a block map and a file: the chunks they hold.
+/// The plain backups of `inv` that have a block map and a file of the size their manifest
+/// records: the chunks they hold. A file cut short (or grown) holds nothing the block store may
+/// count on: its chunks are packed from elsewhere, or reported lost.
 fn plains(store: &Store, inv: &Inventory) -> Vec<(std::path::PathBuf, BlockMap)> {
     inv.backups
         .iter()
-        .filter(|b| b.manifest.storage == Storage::Plain && b.file_bytes.is_some())
+        .filter(|b| b.manifest.storage == Storage::Plain && b.file_bytes == Some(b.manifest.bytes))
         .filter_map(|b| {
             b.manifest
                 .blocks
@@ -112,7 +114,7 @@ fn lost_warning(inv: &Inventory, lost: &HashSet<Hash>) -> Option<String> {
         .map(|b| b.id.as_str())
         .collect();
     Some(format!(
-        "{} block{} that packed backup{} `{}` need{} {} in no pack and no backup file (a pack under `packs/` was deleted or cut short): {} cannot be restored. Run `ducksafe verify --all` to see every damaged backup, then `ducksafe delete` each one it names; the other backups are not affected",
+        "{} block{} that packed backup{} `{}` need{} {} in no pack and no intact backup file (a pack under `packs/`, or the backup file that held them, was deleted, cut short or changed): {} cannot be restored. Run `ducksafe verify --all` to see every damaged backup, then `ducksafe delete` each one it names; the other backups are not affected",
         lost.len(),
         if lost.len() == 1 { "" } else { "s" },
         if hit.len() == 1 { "" } else { "s" },
@@ -269,8 +271,9 @@ impl Store {
             .filter(|(p, _)| *p != path)
             .map(|(p, m)| Plain { path: p, map: m })
             .collect();
+        // A file cut short is not read: what only it held is lost already, and reported.
         let leaving_plain: Vec<Plain> = match (&leaving.manifest.blocks, leaving.file_bytes) {
-            (Some(m), Some(_)) => vec![Plain {
+            (Some(m), Some(n)) if n == leaving.manifest.bytes => vec![Plain {
                 path: &path,
                 map: m,
             }],
@@ -281,7 +284,9 @@ impl Store {
         let index = packs
             .index()
             .map_err(|e| Error::io("read", packs.dir(), e))?;
-        let secured = blockstore::secure(&packs, &index, &needed, &staying, &leaving_plain)
+        // A chunk of the leaving file that fails its hash is lost, not a reason to keep a
+        // damaged backup: the deletion goes ahead and the backups that needed it are named.
+        let secured = blockstore::secure(&packs, &index, &needed, &staying, &leaving_plain, false)
             .map_err(|f| failure(&path, &f))?;
         failpoint::hit("secure.packed");
         Ok(lost_warning(inv, &secured.lost))

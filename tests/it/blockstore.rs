@@ -508,3 +508,52 @@ fn the_budget_is_weighed_again_after_packed_backups_go() {
         assert!(restorable(&p, id), "{id}");
     }
 }
+
+/// The newest backup's file cut short behind ducksafe's back (a full disk during a copy by
+/// hand, a bad sector): it stays a full copy, named in every warning, but the healthy backups
+/// taken after it still convert, rebuild and restore, and rotation deletes it when its turn
+/// comes rather than keeping it at the expense of healthy ones.
+#[test]
+fn a_backup_file_cut_short_stops_nothing_but_itself() {
+    let p = project("BACKUP_KEEP_LAST: 3\n");
+    let mut ids = Vec::new();
+    for run in 1..=4 {
+        simulate(&p, run);
+        ids.push(backup(&p));
+    }
+    let cut = p.backups().join(format!("{}.duckdb", ids[3]));
+    let len = fs::metadata(&cut).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&cut)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let mut warnings = String::new();
+    for run in 5..=7 {
+        simulate(&p, run);
+        let out = p.run(&["--json", "backup"]);
+        assert_ok(&out);
+        let report = json(&out);
+        ids.push(report["backup"]["id"].as_str().unwrap().to_owned());
+        warnings.push_str(&report["warnings"].to_string());
+    }
+    assert!(
+        warnings.contains(&format!("`{}` stays a full copy", ids[3])),
+        "the cut file is named: {warnings}"
+    );
+    for healthy in [&ids[4], &ids[5]] {
+        assert!(
+            !warnings.contains(&format!("`{healthy}` stays a full copy")),
+            "`{healthy}` converts: {warnings}"
+        );
+    }
+    let left = listed(&p);
+    let storage = |id: &str| left.iter().find(|(i, _)| i == id).map(|(_, s)| s.clone());
+    assert_eq!(storage(&ids[3]), None, "the cut backup was rotated away: {left:?}");
+    assert_eq!(storage(&ids[4]).as_deref(), Some("packed"), "{left:?}");
+    assert_eq!(storage(&ids[5]).as_deref(), Some("packed"), "{left:?}");
+    for id in &ids[4..] {
+        assert!(restorable(&p, id), "{id}");
+    }
+}

@@ -129,9 +129,10 @@ impl<'a> Sources<'a> {
         frame: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) -> Result<Origin, Failure> {
-        // A plain file first: no decompression. A chunk there that fails its hash is read from
-        // a pack that holds it too (an `independent` store packs every chunk for exactly this;
-        // the plain file's damage is for its own verification to report), else refused.
+        // A plain file first: no decompression. A chunk there that fails its hash, or that a
+        // file cut short no longer holds, is read from another plain file or a pack that holds
+        // it too (an `independent` store packs every chunk for exactly this; the plain file's
+        // damage is for its own verification to report), else refused.
         let mut damaged = None;
         for p in &self.plains {
             if let Some(&at) = p.positions.get(h) {
@@ -143,18 +144,21 @@ impl<'a> Sources<'a> {
                     )));
                 }
                 out.resize(usize::try_from(len).unwrap_or(0), 0);
-                p.file
-                    .read_exact_at(out, start)
-                    .map_err(|e| Failure::io(&p.path, e))?;
-                if blockmap::hash(out) == *h {
-                    return Ok(Origin::Plain);
-                }
-                damaged = Some(Failure::Damaged(format!(
-                    "`{}` changed after it was backed up: its bytes {start} to {} no longer have the hash its manifest records",
-                    p.path.display(),
-                    start + len - 1
-                )));
-                break;
+                let why = match p.file.read_exact_at(out, start) {
+                    Ok(()) if blockmap::hash(out) == *h => return Ok(Origin::Plain),
+                    Ok(()) => format!(
+                        "`{}` changed after it was backed up: its bytes {start} to {} no longer have the hash its manifest records",
+                        p.path.display(),
+                        start + len - 1
+                    ),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => format!(
+                        "`{}` was cut short after it was backed up: it ends before its bytes {start} to {}",
+                        p.path.display(),
+                        start + len - 1
+                    ),
+                    Err(e) => return Err(Failure::io(&p.path, e)),
+                };
+                damaged.get_or_insert(Failure::Damaged(why));
             }
         }
         let Some((pack, entry)) = self.index.get(h) else {
@@ -381,6 +385,7 @@ mod tests {
             &[&ma],
             &[Plain { path: &b, map: &mb }],
             &[Plain { path: &a, map: &ma }],
+            true,
         )
         .unwrap();
         let index = packs.index().unwrap();
@@ -471,7 +476,15 @@ mod tests {
         let packs = Packs::of(dir.path());
         packs.ensure().unwrap();
         let index = packs.index().unwrap();
-        super::super::secure(&packs, &index, &[&ma], &[], &[Plain { path: &a, map: &ma }]).unwrap();
+        super::super::secure(
+            &packs,
+            &index,
+            &[&ma],
+            &[],
+            &[Plain { path: &a, map: &ma }],
+            true,
+        )
+        .unwrap();
         let index = packs.index().unwrap();
         testdb::flip(&a, 300_000);
         let sources = Sources::new(&index, &[Plain { path: &a, map: &ma }]).unwrap();

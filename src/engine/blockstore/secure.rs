@@ -45,12 +45,18 @@ pub struct Secured {
 /// reported in [`Secured::lost`], not an error: the files leaving do not hold it, so letting
 /// them go loses nothing more, and a healthy backup must not be kept (or blamed) for a pack
 /// that went missing elsewhere.
+///
+/// With `strict`, a chunk of a leaving file that fails its hash (or that the file, cut short,
+/// no longer holds) is an error: a conversion, whose leaving file is the backup being
+/// converted, reports that backup damaged. Without, it is lost like any other: a deletion goes
+/// ahead.
 pub fn secure(
     packs: &Packs,
     index: &Index,
     needed: &[&BlockMap],
     staying: &[Plain<'_>],
     leaving: &[Plain<'_>],
+    strict: bool,
 ) -> Result<Secured, Failure> {
     let held: HashSet<&Hash> = staying.iter().flat_map(|p| p.map.chunks.iter()).collect();
     let mut wanted: Vec<Hash> = Vec::new();
@@ -92,23 +98,37 @@ pub fn secure(
     // memory stays at one batch whatever the number of chunks.
     for batch in found.chunks(BATCH) {
         let mut raws = Vec::with_capacity(batch.len());
+        let mut kept = Vec::with_capacity(batch.len());
         for &(h, k, at) in batch {
             let (start, len) = leaving[k].map.range(at);
             let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
-            opened[k]
-                .read_exact_at(&mut buf, start)
-                .map_err(|e| io(leaving[k].path, e))?;
-            if blockmap::hash(&buf) != h {
-                return Err(Failure::Damaged(format!(
-                    "`{}` changed after it was backed up: its bytes {start} to {} no longer have the hash its manifest records",
-                    leaving[k].path.display(),
-                    start + len - 1
-                )));
+            let damage = match opened[k].read_exact_at(&mut buf, start) {
+                Ok(()) if blockmap::hash(&buf) == h => None,
+                Ok(()) => Some("changed after it was backed up: its bytes"),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    Some("was cut short after it was backed up: it ends before its bytes")
+                }
+                Err(e) => return Err(io(leaving[k].path, e)),
+            };
+            match damage {
+                None => {
+                    raws.push(buf);
+                    kept.push(h);
+                }
+                Some(what) if strict => {
+                    return Err(Failure::Damaged(format!(
+                        "`{}` {what} {start} to {}, which its manifest records",
+                        leaving[k].path.display(),
+                        start + len - 1
+                    )));
+                }
+                Some(_) => {
+                    out.lost.insert(h);
+                }
             }
-            raws.push(buf);
         }
         let frames = pack::compress(&raws, threads).map_err(|e| Failure::write(packs.dir(), e))?;
-        for ((&(h, _, _), raw), frame) in batch.iter().zip(&raws).zip(&frames) {
+        for ((h, raw), frame) in kept.iter().copied().zip(&raws).zip(&frames) {
             writer
                 .add_compressed(h, frame, raw.len())
                 .map_err(|e| Failure::write(packs.dir(), e))?;
@@ -116,11 +136,13 @@ pub fn secure(
             out.raw_bytes += raw.len() as u64;
         }
     }
-    out.pack = Some(
-        writer
-            .finish()
-            .map_err(|e| Failure::write(packs.dir(), e))?,
-    );
+    if out.chunks > 0 {
+        out.pack = Some(
+            writer
+                .finish()
+                .map_err(|e| Failure::write(packs.dir(), e))?,
+        );
+    }
     Ok(out)
 }
 
@@ -155,7 +177,7 @@ pub fn convert(
     let staying = if independent { &[][..] } else { staying };
     let mut needed = vec![old.map];
     needed.extend_from_slice(packed);
-    let secured = secure(packs, &index, &needed, staying, &[old])?;
+    let secured = secure(packs, &index, &needed, staying, &[old], true)?;
     crate::failpoint::hit("convert.packed");
     let index = packs.index().map_err(|e| io(packs.dir(), e))?;
     let sources = Sources::new(&index, staying)?;
