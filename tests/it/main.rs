@@ -16,6 +16,7 @@ mod integrations;
 mod protocol;
 mod reflink;
 mod reliability;
+mod remote;
 mod restore;
 mod schemas;
 
