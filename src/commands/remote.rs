@@ -125,7 +125,7 @@ pub fn push(g: &Global) -> i32 {
             uploaded: o.uploaded,
             cleaned: o.cleaned,
             pruned: o.pruned,
-            warnings: o.skipped,
+            warnings: remote.warning.iter().cloned().chain(o.skipped).collect(),
         })
     })();
     output::finish(g.json, report.map_err(Into::into))
@@ -238,7 +238,12 @@ pub fn list(g: &Global) -> i32 {
                 .iter()
                 .map(|(n, _)| remote.location().key(n))
                 .collect(),
-            warnings: inventory_warnings(&remote, &inv),
+            warnings: remote
+                .warning
+                .iter()
+                .cloned()
+                .chain(inventory_warnings(&remote, &inv))
+                .collect(),
         })
     })();
     output::finish(g.json, report.map_err(Into::into))

@@ -103,12 +103,14 @@ pub struct Config {
     /// Where every verified backup is also copied off this machine: `s3://bucket/prefix`
     /// (one prefix per database). Unset: no remote copies. Credentials come only from the
     /// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+    // Checked by `validate::remote_violations`, not by a schema pattern: a schema message would
+    // repeat the value, which may hold a pasted credential.
     #[serde(
         rename = "REMOTE_URL",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(regex(pattern = r"^s3://"))]
+    #[schemars(length(min = 1))]
     pub remote_url: Option<String>,
 
     /// The S3-compatible server (MinIO, Cloudflare R2, Backblaze B2, Ceph, SeaweedFS):
@@ -118,7 +120,7 @@ pub struct Config {
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(regex(pattern = r"^https?://"))]
+    #[schemars(length(min = 1))]
     pub remote_endpoint: Option<String>,
 
     /// The bucket's region (signing needs it); default `AWS_REGION`, else `us-east-1`.

@@ -99,6 +99,7 @@ fn copy_off_machine(response: &mut Response, settings: &Settings, id: &str) {
         Ok(None) => return,
         Err(e) => return remote_failed(response, settings, id, false, &e),
     };
+    response.warnings.extend(remote.warning.clone());
     match crate::commands::remote::push_backups(settings, &remote, Some(&[id.to_owned()])) {
         Ok(o) => {
             response.remote = o.uploaded.into_iter().next();

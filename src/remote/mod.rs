@@ -104,6 +104,8 @@ pub struct Pruned {
 pub struct Remote {
     client: Client,
     pub required: bool,
+    /// Said with every use: an `http://` endpoint that is not this machine.
+    pub warning: Option<String>,
     keep_last: u32,
     retention_days: Option<u32>,
     record_path: PathBuf,
@@ -129,7 +131,14 @@ impl Remote {
             .transpose()
             .map_err(invalid)?;
         let concurrency = c.remote_concurrency.unwrap_or(4) as usize;
+        let warning = endpoint.as_ref().filter(|e| e.plain_http && !e.loopback).map(|e| {
+            format!(
+                "`REMOTE_ENDPOINT` `{}` is plain http:// to another machine: backups and request signatures cross the network unencrypted; use https:// unless this network is yours",
+                e.url
+            )
+        });
         Ok(Some(Remote {
+            warning,
             client: Client::new(
                 &location,
                 endpoint.as_ref(),
