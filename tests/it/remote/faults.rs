@@ -426,3 +426,64 @@ fn credentials_in_the_configuration_are_refused_and_not_repeated() {
         );
     }
 }
+
+/// Two uploaders of one id at once (two databases misconfigured onto one prefix): the one that
+/// writes its manifest second is refused by the store itself (`If-None-Match: *`), whatever it
+/// read before, and the manifest there stays the first one's.
+#[test]
+fn the_conditional_put_refuses_a_manifest_written_meanwhile() {
+    let case = "remote::faults::the_conditional_put_refuses_a_manifest_written_meanwhile";
+    let Some(s3) = Server::moto(case) else { return };
+    let a = Project::new(&format!("{}REMOTE_REQUIRED: true\n", s3.config("race")));
+    let b = Project::new(&format!("{}REMOTE_REQUIRED: true\n", s3.config("race")));
+    support::write_into_wal(
+        &b.db(),
+        "INSERT INTO employees SELECT * FROM employees LIMIT 3",
+    );
+    let gate = a.path("gate");
+    let spec = format!("remote.uploaded:wait={}", gate.display());
+    let mut env = creds();
+    env.push(("DUCKSAFE_NOW", "2026-12-01T10:00:00Z"));
+    let mut c = support::bin();
+    c.current_dir(a.dir.path())
+        .arg("hook")
+        .envs(env.iter().copied())
+        .env("DUCKSAFE_FAILPOINT", &spec)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(support::request("pre_run", &a.config(), "").as_bytes())
+            .unwrap();
+    }
+    let reached = a.path("gate.reached");
+    let started = std::time::Instant::now();
+    while !reached.exists() {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the failpoint was not reached"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Meanwhile the other database publishes the same id, manifest and all.
+    let (rb, code) = b.pre_run_env(&env);
+    assert_eq!(code, 0, "{rb:?}");
+    let b_sha = rb.remote.unwrap().sha256;
+    std::fs::write(&gate, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let ra = one_response(&out);
+    assert_eq!(out.status.code(), Some(73), "{ra:?}");
+    assert_eq!(ra.errors[0].code.as_str(), "remote_conflict", "{ra:?}");
+    let listed = super::stdout_ok(
+        &b.cmd(&["list", "--remote", "--json"])
+            .envs(creds())
+            .output()
+            .unwrap(),
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["backups"][0]["sha256"], b_sha.as_str(), "{listed}");
+}
