@@ -67,3 +67,6 @@ else
   echo "$pywant" >"$pystamp"
 fi
 say "$("$pytools/bin/maturin" --version), $("$pytools/bin/mypy" --version)"
+
+# The S3-compatible servers of tests/it/remote/, in an environment of their own.
+bash .ci/setup-s3.sh

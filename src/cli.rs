@@ -55,13 +55,15 @@ pub enum Command {
     /// Take a consistent, verified backup now and rotate old ones
     Backup(BackupArgs),
     /// List stored backups with their size, tables, rows and verification
-    List,
+    List(ListArgs),
     /// Re-check stored backups: SHA-256, a read-only open and a scan of every column
     Verify(VerifyArgs),
     /// Put a backup back in place of the database; the replaced files go to quarantine
     Restore(RestoreArgs),
     /// Apply the retention rules now and print each decision
     Prune(PruneArgs),
+    /// Upload every local verified backup the remote (REMOTE_URL) lacks, then apply remote retention
+    Push,
     /// After moving the project folder on purpose: make the backups those of DB_PATH's new path
     Adopt(AdoptArgs),
     /// Protect a backup from rotation
@@ -123,6 +125,13 @@ pub struct BackupArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ListArgs {
+    /// List the backups in the remote (REMOTE_URL) instead of the backup directory
+    #[arg(long)]
+    pub remote: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Backup to check: an id, `latest`, or a path inside the backup directory
     #[arg(value_name = "ID", conflicts_with = "all")]
@@ -130,6 +139,12 @@ pub struct VerifyArgs {
     /// Check every backup, and report files that do not belong
     #[arg(long)]
     pub all: bool,
+    /// Check the remote copies (REMOTE_URL): size and ETag from the store
+    #[arg(long)]
+    pub remote: bool,
+    /// With --remote: download each copy and hash it (costs egress: docs/remote.md)
+    #[arg(long, requires = "remote")]
+    pub read_data: bool,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +167,10 @@ pub struct RestoreArgs {
     /// types, defaults, constraints)
     #[arg(long, requires = "tables")]
     pub replace_schema: bool,
+    /// Restore from the remote (REMOTE_URL): download the backup into the backup directory
+    /// (checked against its manifest), then restore it as a local one
+    #[arg(long, conflicts_with_all = ["dry_run", "tables"])]
+    pub remote: bool,
 }
 
 #[derive(Debug, Args)]
@@ -311,8 +330,13 @@ pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Init(a) => commands::init::run(&g, &a),
         Command::Backup(a) => commands::backup::run(&g, &a),
-        Command::List => commands::list::run(&g),
+        Command::List(a) if a.remote => commands::remote::list(&g),
+        Command::List(_) => commands::list::run(&g),
+        Command::Verify(a) if a.remote => {
+            commands::remote::verify(&g, a.id.as_deref(), a.all, a.read_data)
+        }
         Command::Verify(a) => commands::verify::run(&g, &a),
+        Command::Push => commands::remote::push(&g),
         Command::Restore(a) => commands::restore::run(&g, &a),
         Command::Prune(a) => commands::prune::run(&g, &a),
         Command::Adopt(a) => commands::adopt::run(&g, &a),
@@ -345,8 +369,9 @@ fn audited(command: &Command) -> Option<(&'static str, bool)> {
         Command::Hook => ("hook", false),
         Command::PreRun(a) => ("pre-run", a.dry_run),
         Command::PostRun(a) => ("post-run", a.dry_run),
+        Command::Push => ("push", false),
         Command::Init(_)
-        | Command::List
+        | Command::List(_)
         | Command::Verify(_)
         | Command::Status(_)
         | Command::Schema(_)

@@ -203,8 +203,37 @@ pub enum Error {
         hint: String,
     },
 
+    /// The object store (`REMOTE_URL`) refused or failed: what it means is `failure`.
+    #[error("remote `{url}`: {why}")]
+    Remote {
+        failure: RemoteFailure,
+        url: String,
+        why: String,
+    },
+
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What an object store's failure means for the operator (see [`crate::remote`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteFailure {
+    /// No credentials, or the store refused them (wrong secret, expired token).
+    Auth,
+    /// The credentials are good but may not do this (a bucket policy).
+    Denied,
+    /// The bucket of `REMOTE_URL` does not exist.
+    NoBucket,
+    /// The object (a remote backup) is not there.
+    NotFound,
+    /// The key already holds something else (another database's backup under the prefix).
+    Conflict,
+    /// A remote copy whose size or checksum is not its manifest's.
+    Corrupt,
+    /// The store could not be reached, or kept failing, after bounded retries.
+    Unavailable,
+    /// Any other unexpected answer.
+    Io,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -311,6 +340,15 @@ impl Error {
             | Error::NoBackupDir { .. }
             | Error::DanglingLatest { .. } => C::BackupNotFound,
             Error::RestoreFailed { .. } => C::RestoreFailed,
+            Error::Remote { failure, .. } => match failure {
+                RemoteFailure::Auth | RemoteFailure::Denied => C::RemoteAuth,
+                RemoteFailure::NoBucket => C::RemoteBucketMissing,
+                RemoteFailure::NotFound => C::BackupNotFound,
+                RemoteFailure::Conflict => C::RemoteConflict,
+                RemoteFailure::Corrupt => C::VerificationFailed,
+                RemoteFailure::Unavailable => C::RemoteUnavailable,
+                RemoteFailure::Io => C::RemoteIo,
+            },
             Error::Internal(_) => C::Internal,
         }
     }
@@ -406,6 +444,7 @@ impl Error {
             Error::RestoreFailed { .. } => Some(
                 "the message says whether the database was replaced; see docs/runbook.md, section 'Restore failed'".into(),
             ),
+            Error::Remote { failure, .. } => Some(remote_hint(*failure).into()),
             Error::Internal(_) => Some(
                 "this is a bug in ducksafe; nothing unverified was published. Please report it with the output above".into(),
             ),
@@ -456,8 +495,26 @@ impl Error {
             | Error::SharedBackupDir { .. }
             | Error::OwnerFileDamaged { .. } => Some("BACKUP_DIR"),
             Error::UnsafeFolder { key, .. } => Some(*key),
+            Error::Remote {
+                failure: RemoteFailure::NoBucket | RemoteFailure::Conflict,
+                ..
+            } => Some("REMOTE_URL"),
             _ => None,
         }
+    }
+}
+
+/// What to do about a failure of the object store. The local backups are never touched by one.
+fn remote_hint(failure: RemoteFailure) -> &'static str {
+    match failure {
+        RemoteFailure::Auth => "credentials come only from the environment: check `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN` for temporary ones); the local backups are as they were",
+        RemoteFailure::Denied => "the credentials may not do this: grant the actions docs/remote.md lists on the bucket and prefix; the local backups are as they were",
+        RemoteFailure::NoBucket => "create the bucket, or correct the bucket in `REMOTE_URL` (and `REMOTE_ENDPOINT`, `REMOTE_REGION`); the local backups are as they were",
+        RemoteFailure::NotFound => "`ducksafe list --remote` shows the remote backups",
+        RemoteFailure::Conflict => "give each database its own `REMOTE_URL` prefix; nothing under that key was replaced",
+        RemoteFailure::Corrupt => "do not restore this remote copy; a manifest is never replaced: delete that id's two objects (`<id>.duckdb`, `<id>.manifest.json`) and run `ducksafe push`, which uploads the local backup again if it still exists (docs/remote.md)",
+        RemoteFailure::Unavailable => "the store could not be reached after retries: check the network and `REMOTE_ENDPOINT`, then run `ducksafe push` (the next pre_run catches up too); the local backups are as they were",
+        RemoteFailure::Io => "see docs/remote.md; the local backups are as they were",
     }
 }
 

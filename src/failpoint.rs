@@ -58,12 +58,18 @@ pub const RESTORE_TABLE: &[&str] = &[
     "restore_table.committed",
 ];
 
-/// Every failpoint: [`BACKUP`]'s, [`BLOCK_STORE`]'s, [`RESTORE`]'s, then [`RESTORE_TABLE`]'s. A
-/// unit test holds it equal to the names the source passes to [`hit`].
+/// The failpoints of an upload to the remote (`REMOTE_URL`), in order: after the first part
+/// (or the single PUT's read) and before the upload completes, then after the data is uploaded
+/// and checked and before its manifest is written.
+pub const REMOTE: &[&str] = &["remote.part", "remote.uploaded"];
+
+/// Every failpoint: [`BACKUP`]'s, [`BLOCK_STORE`]'s, [`RESTORE`]'s, [`RESTORE_TABLE`]'s, then
+/// [`REMOTE`]'s. A unit test holds it equal to the names the source passes to [`hit`].
 pub const ALL: &[&str] = &ALL_POINTS;
 
-const ALL_POINTS: [&str; BACKUP.len() + BLOCK_STORE.len() + RESTORE.len() + RESTORE_TABLE.len()] =
-    concat(&[BACKUP, BLOCK_STORE, RESTORE, RESTORE_TABLE]);
+const ALL_POINTS: [&str;
+    BACKUP.len() + BLOCK_STORE.len() + RESTORE.len() + RESTORE_TABLE.len() + REMOTE.len()] =
+    concat(&[BACKUP, BLOCK_STORE, RESTORE, RESTORE_TABLE, REMOTE]);
 
 /// The lists one after the other, in an array of their summed length.
 const fn concat<const N: usize>(lists: &[&[&'static str]]) -> [&'static str; N] {
@@ -190,8 +196,8 @@ mod tests {
         assert_eq!(names.len(), ALL.len(), "a name listed twice: {ALL:?}");
         assert_eq!(
             ALL,
-            [BACKUP, BLOCK_STORE, RESTORE, RESTORE_TABLE].concat(),
-            "ALL is BACKUP, BLOCK_STORE, RESTORE, then RESTORE_TABLE"
+            [BACKUP, BLOCK_STORE, RESTORE, RESTORE_TABLE, REMOTE].concat(),
+            "ALL is BACKUP, BLOCK_STORE, RESTORE, RESTORE_TABLE, then REMOTE"
         );
     }
 }

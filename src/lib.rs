@@ -31,6 +31,7 @@ pub mod hook;
 pub mod output;
 pub mod progress;
 pub mod protocol;
+pub mod remote;
 pub mod rollback;
 pub mod schemas;
 pub mod timing;

@@ -52,6 +52,16 @@ pub enum ErrorCode {
     LockBusy,
     UnsupportedProtocolVersion,
     ConfigInvalid,
+    /// The object store refused the credentials from the environment, or they are missing.
+    RemoteAuth,
+    /// The bucket `REMOTE_URL` names does not exist.
+    RemoteBucketMissing,
+    /// A remote key already holds another backup (two databases under one prefix).
+    RemoteConflict,
+    /// The object store could not be reached after bounded retries.
+    RemoteUnavailable,
+    /// Any other unexpected answer of the object store.
+    RemoteIo,
 }
 
 impl ErrorCode {
@@ -63,15 +73,16 @@ impl ErrorCode {
             E::InvalidRequest | E::UnsupportedEvent => 65,
             E::DatabaseNotFound | E::ConfigNotFound | E::BackupNotFound => 66,
             E::Internal => 70,
-            E::InsufficientSpace | E::BackupDirUnsafe | E::BackupFailed => 73,
+            E::InsufficientSpace | E::BackupDirUnsafe | E::BackupFailed | E::RemoteConflict => 73,
             E::VerificationFailed
             | E::IoError
             | E::RestoreFailed
             | E::DatabaseInvalid
-            | E::DatabaseDamaged => 74,
-            E::DatabaseLocked | E::LockBusy => 75,
+            | E::DatabaseDamaged
+            | E::RemoteIo => 74,
+            E::DatabaseLocked | E::LockBusy | E::RemoteUnavailable => 75,
             E::UnsupportedProtocolVersion => 76,
-            E::ConfigInvalid => 78,
+            E::ConfigInvalid | E::RemoteAuth | E::RemoteBucketMissing => 78,
         }
     }
 
@@ -103,11 +114,16 @@ impl ErrorCode {
             E::LockBusy => "lock_busy",
             E::UnsupportedProtocolVersion => "unsupported_protocol_version",
             E::ConfigInvalid => "config_invalid",
+            E::RemoteAuth => "remote_auth",
+            E::RemoteBucketMissing => "remote_bucket_missing",
+            E::RemoteConflict => "remote_conflict",
+            E::RemoteUnavailable => "remote_unavailable",
+            E::RemoteIo => "remote_io",
         }
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 19] = {
+    pub const ALL: [ErrorCode; 24] = {
         use ErrorCode as E;
         [
             E::Usage,
@@ -129,6 +145,11 @@ impl ErrorCode {
             E::LockBusy,
             E::UnsupportedProtocolVersion,
             E::ConfigInvalid,
+            E::RemoteAuth,
+            E::RemoteBucketMissing,
+            E::RemoteConflict,
+            E::RemoteUnavailable,
+            E::RemoteIo,
         ]
     };
 }
@@ -281,6 +302,26 @@ pub struct BackupRef {
     pub verification: Vec<String>,
 }
 
+/// The off-machine copy of a backup (`REMOTE_URL`): where it is and what was checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RemoteCopy {
+    /// `s3://bucket/prefix/<id>.duckdb`.
+    pub url: String,
+    /// The data object's key.
+    pub key: String,
+    /// The manifest's key: written last, with `If-None-Match: *`; no manifest, no backup.
+    pub manifest_key: String,
+    pub bytes: u64,
+    /// SHA-256 of the bytes uploaded: the backup's, checked again as they were read.
+    pub sha256: String,
+    /// How many parts were uploaded (1: a single PUT), each with its SHA-256 checked by the server.
+    pub parts: u64,
+    /// `uploaded`, or `already_there` when an earlier run or `push` had uploaded it.
+    pub state: String,
+    /// Seconds the upload took.
+    pub seconds: f64,
+}
+
 /// How to undo the run that follows a pre_run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Rollback {
@@ -351,6 +392,9 @@ pub struct Response {
     pub backup: Option<BackupRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<Rollback>,
+    /// pre_run with `REMOTE_URL`: the backup's off-machine copy, once uploaded and checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteCopy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<RotationReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -419,6 +463,11 @@ mod tests {
             ("lock_busy", 75),
             ("unsupported_protocol_version", 76),
             ("config_invalid", 78),
+            ("remote_auth", 78),
+            ("remote_bucket_missing", 78),
+            ("remote_conflict", 73),
+            ("remote_unavailable", 75),
+            ("remote_io", 74),
         ];
         for (name, exit) in table {
             let code: ErrorCode = serde_json::from_value(serde_json::json!(name)).unwrap();

@@ -16,6 +16,7 @@ pub mod pin;
 pub mod post_run;
 pub mod pre_run;
 pub mod prune;
+pub mod remote;
 pub mod restore;
 pub mod schema;
 pub mod status;

@@ -171,6 +171,24 @@ pub fn run(g: &Global, a: &RestoreArgs) -> i32 {
         Ok(s) => s,
         Err(e) => return output::fail(g.json, e),
     };
+    // From the remote: downloaded, proven and published as a local backup first; the restore
+    // below is then the local one, with its staging, verification and quarantine.
+    let selector = if a.remote {
+        match super::remote::fetch_for_restore(&settings, &a.backup, false) {
+            Ok(id) => id,
+            Err(e) => return output::fail(g.json, e),
+        }
+    } else {
+        a.backup.clone()
+    };
+    let a = &RestoreArgs {
+        backup: selector,
+        dry_run: a.dry_run,
+        expect_sha256: a.expect_sha256.clone(),
+        remote: false,
+        tables: Vec::new(),
+        replace_schema: false,
+    };
     if a.dry_run {
         let planned = dry_run(&settings, &a.backup, a.expect_sha256.as_deref());
         return output::finish(g.json, planned);

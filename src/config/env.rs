@@ -37,7 +37,10 @@ pub(super) fn apply(
             | "BACKUP_MIN_FREE_BYTES"
             | "DUCKDB_THREADS"
             | "LOG_MAX_BYTES"
-            | "STATUS_MAX_AGE_HOURS" => {
+            | "STATUS_MAX_AGE_HOURS"
+            | "REMOTE_KEEP_LAST"
+            | "REMOTE_RETENTION_DAYS"
+            | "REMOTE_CONCURRENCY" => {
                 // A negative number stays a number, so that the schema says it is below the
                 // minimum rather than "not an integer".
                 let n = raw.trim();
@@ -49,11 +52,13 @@ pub(super) fn apply(
                     Value::from,
                 )
             }
-            "RESTORE_ON_FAILURE" => match raw.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => Value::Bool(true),
-                "0" | "false" | "no" | "off" => Value::Bool(false),
-                _ => Value::String(raw.clone()),
-            },
+            "RESTORE_ON_FAILURE" | "REMOTE_REQUIRED" => {
+                match raw.trim().to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" | "on" => Value::Bool(true),
+                    "0" | "false" | "no" | "off" => Value::Bool(false),
+                    _ => Value::String(raw.clone()),
+                }
+            }
             _ => Value::String(raw.clone()),
         };
         map.insert(key.to_owned(), value);
@@ -63,4 +68,38 @@ pub(super) fn apply(
         overridden.push(key);
     }
     overridden
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every integer or boolean key of the schema is coerced from its variable's text: a key
+    /// added without its coercion would be refused whenever it is set by `--set` or the
+    /// environment.
+    #[test]
+    fn every_integer_and_boolean_key_is_coerced() {
+        let schema = super::super::schema();
+        for key in KEYS {
+            let ty = schema["properties"][key]["type"].to_string();
+            let raw = if ty.contains("integer") {
+                "3"
+            } else if ty.contains("boolean") {
+                "true"
+            } else {
+                continue;
+            };
+            let mut map = Map::new();
+            let var = format!("{ENV_PREFIX}{key}");
+            apply(
+                &mut map,
+                &|v| (v == var).then(|| raw.to_owned()),
+                &mut Vec::new(),
+            );
+            assert!(
+                !map[key].is_string(),
+                "`{var}={raw}` stays a string for `{key}` ({ty})"
+            );
+        }
+    }
 }

@@ -121,6 +121,71 @@ pub struct Config {
     )]
     #[schemars(range(min = 1, max = 87600))]
     pub status_max_age_hours: u32,
+
+    /// Where every verified backup is also copied off this machine: `s3://bucket/prefix`
+    /// (one prefix per database). Unset: no remote copies. Credentials come only from the
+    /// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+    // Checked by `validate::remote_violations`, not by a schema pattern: a schema message would
+    // repeat the value, which may hold a pasted credential.
+    #[serde(
+        rename = "REMOTE_URL",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(length(min = 1))]
+    pub remote_url: Option<String>,
+
+    /// The S3-compatible server (MinIO, Cloudflare R2, Backblaze B2, Ceph, SeaweedFS):
+    /// `https://host[:port]`; `http://` only when it says so itself. Unset: AWS S3.
+    #[serde(
+        rename = "REMOTE_ENDPOINT",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(length(min = 1))]
+    pub remote_endpoint: Option<String>,
+
+    /// The bucket's region (signing needs it); default `AWS_REGION`, else `us-east-1`.
+    #[serde(
+        rename = "REMOTE_REGION",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(length(min = 1, max = 64))]
+    pub remote_region: Option<String>,
+
+    /// `true`: a backup that cannot be copied off the machine makes pre_run answer `abort`.
+    /// `false` (default): a warning, and the next run (or `ducksafe push`) catches up.
+    #[serde(rename = "REMOTE_REQUIRED", default)]
+    pub remote_required: bool,
+
+    /// How many of the newest remote backups to keep; default `BACKUP_KEEP_LAST`.
+    #[serde(
+        rename = "REMOTE_KEEP_LAST",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 10000))]
+    pub remote_keep_last: Option<u32>,
+
+    /// Remote backups older than this many days are deleted (never the newest); default
+    /// `BACKUP_RETENTION_DAYS`.
+    #[serde(
+        rename = "REMOTE_RETENTION_DAYS",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 36500))]
+    pub remote_retention_days: Option<u32>,
+
+    /// Parts of a large backup uploaded at once (each 8 MiB in memory); default 4.
+    #[serde(
+        rename = "REMOTE_CONCURRENCY",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 64))]
+    pub remote_concurrency: Option<u32>,
 }
 
 fn default_log_dir() -> String {
@@ -233,7 +298,7 @@ impl VerifyLevel {
 }
 
 /// Every key, in the order the documentation lists them.
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 23] = [
     "DB_PATH",
     "LOG_LEVEL",
     "BACKUP_DIR",
@@ -250,6 +315,13 @@ pub const KEYS: [&str; 16] = [
     "LOG_DIR",
     "LOG_MAX_BYTES",
     "STATUS_MAX_AGE_HOURS",
+    "REMOTE_URL",
+    "REMOTE_ENDPOINT",
+    "REMOTE_REGION",
+    "REMOTE_REQUIRED",
+    "REMOTE_KEEP_LAST",
+    "REMOTE_RETENTION_DAYS",
+    "REMOTE_CONCURRENCY",
 ];
 
 /// The configuration schema as JSON (what `ducksafe schema config` prints).
@@ -274,17 +346,26 @@ pub(super) fn expected_hint(key: &str) -> Option<String> {
             "DB_PATH" => "a path to the DuckDB file, e.g. `simulation.duckdb`",
             "LOG_LEVEL" => "one of TRACE, DEBUG, INFO, WARNING, ERROR",
             "BACKUP_KEEP_LAST" => "a whole number of backups, at least 1",
-            "BACKUP_RETENTION_DAYS" => "a whole number of days, at least 1, or leave it out",
+            "BACKUP_RETENTION_DAYS" | "REMOTE_RETENTION_DAYS" => {
+                "a whole number of days, at least 1, or leave it out"
+            }
             "BACKUP_MAX_TOTAL_BYTES" => "a whole number of bytes, e.g. 1073741824 for 1 GiB",
             "BACKUP_MIN_FREE_BYTES" => "a whole number of bytes, e.g. 104857600 for 100 MiB",
             "BACKUP_STORAGE" => "one of full, incremental, independent",
             "VERIFY_LEVEL" => "one of quick, standard, full",
-            "RESTORE_ON_FAILURE" => "true or false",
+            "RESTORE_ON_FAILURE" | "REMOTE_REQUIRED" => "true or false",
             "DUCKDB_MEMORY_LIMIT" => "a size such as `512MB` or `2GB`",
             "DUCKDB_THREADS" => "a whole number of threads, at least 1",
             "LOG_DIR" => "a folder for the audit log, e.g. `logs`",
             "LOG_MAX_BYTES" => "a whole number of bytes, at least 4096, e.g. 10485760 for 10 MiB",
             "STATUS_MAX_AGE_HOURS" => "a whole number of hours, at least 1, e.g. 26",
+            "REMOTE_URL" => "`s3://bucket/prefix`, e.g. `s3://my-backups/ducksafe/simulation`",
+            "REMOTE_ENDPOINT" => {
+                "`https://host[:port]`, or `http://host:port` for a server on a network you trust"
+            }
+            "REMOTE_REGION" => "a region name such as `us-east-1` or `auto` (R2)",
+            "REMOTE_KEEP_LAST" => "a whole number of remote backups, at least 1",
+            "REMOTE_CONCURRENCY" => "a whole number of parts, 1 to 64",
             "" => "see `ducksafe schema config`",
             _ => return None,
         }

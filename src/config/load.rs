@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::redact::redact_text;
 use super::source::Source;
 use super::validate::{
-    path_value_violations, placement_violations, schema_violations, unknown_keys,
+    path_value_violations, placement_violations, remote_violations, schema_violations, unknown_keys,
 };
 use super::{env, Config};
 use crate::error::{Error, Result, Violation};
@@ -91,6 +91,9 @@ pub fn load(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<Set
     })?;
 
     reject(path_value_violations(&config))?;
+    let (remote, remote_notes) = remote_violations(&config);
+    reject(from_overrides(remote, &overridden))?;
+    notes.extend(remote_notes);
 
     let db_path = normalize(&base.join(&config.db_path));
     let backup_dir = normalize(&base.join(&config.backup_dir));

@@ -26,8 +26,8 @@ pub(super) fn unknown_keys(map: &Map<String, Value>) -> Vec<Violation> {
             message: format!("unknown key `{}`", redact_key(k)),
             hint: Some(match did_you_mean(k) {
                 Some(s) => format!("did you mean `{s}`?"),
-                None if looks_secret(k) => {
-                    "credentials do not belong in ducksafe's configuration; see docs/configuration.md".into()
+                None if looks_secret(k) || is_remote_credential(k) => {
+                    "credentials do not belong in ducksafe's configuration: the remote's come only from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`); see docs/configuration.md".into()
                 }
                 None => format!("known keys: {}", KEYS.join(", ")),
             }),
@@ -71,6 +71,52 @@ pub(super) fn schema_violations(instance: &Value) -> Vec<Violation> {
             }
         })
         .collect()
+}
+
+/// Key names that try to put object-store credentials in the configuration.
+fn is_remote_credential(key: &str) -> bool {
+    let k = key.to_ascii_uppercase();
+    k.starts_with("AWS_") || k.contains("ACCESS_KEY") || k.contains("SESSION_TOKEN")
+}
+
+/// `REMOTE_URL` and `REMOTE_ENDPOINT` checked as what they are (values never repeated: they may
+/// hold a pasted credential). Returns the violations and the remarks (`http://` off loopback).
+pub(super) fn remote_violations(config: &Config) -> (Vec<Violation>, Vec<String>) {
+    let mut violations = Vec::new();
+    let mut notes = Vec::new();
+    if let Some(url) = &config.remote_url {
+        if let Err(why) = crate::remote::target::parse_url(url) {
+            violations.push(Violation {
+                pointer: "/REMOTE_URL".into(),
+                message: format!("`REMOTE_URL` {why} (value hidden)"),
+                hint: expected_hint("REMOTE_URL"),
+            });
+        }
+    }
+    if let Some(endpoint) = &config.remote_endpoint {
+        match crate::remote::target::parse_endpoint(endpoint) {
+            Err(why) => violations.push(Violation {
+                pointer: "/REMOTE_ENDPOINT".into(),
+                message: format!("`REMOTE_ENDPOINT` {why} (value hidden)"),
+                hint: expected_hint("REMOTE_ENDPOINT"),
+            }),
+            Ok(e) if e.plain_http && !e.loopback => notes.push(format!(
+                "`REMOTE_ENDPOINT` `{}` is plain http:// to another machine: backups and request signatures cross the network unencrypted; use https:// unless this network is yours",
+                e.url
+            )),
+            Ok(_) => {}
+        }
+        if config.remote_url.is_none() {
+            violations.push(Violation {
+                pointer: "/REMOTE_ENDPOINT".into(),
+                message:
+                    "`REMOTE_ENDPOINT` is set but `REMOTE_URL` is not: nothing would be copied"
+                        .into(),
+                hint: expected_hint("REMOTE_URL"),
+            });
+        }
+    }
+    (violations, notes)
 }
 
 fn pointer_for(key: &str) -> String {

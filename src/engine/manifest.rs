@@ -210,12 +210,23 @@ impl Manifest {
                 why: "the manifest is implausibly large".into(),
             });
         }
+        let value: serde_json::Value =
+            serde_json::from_slice(&buf).map_err(|e| Error::VerificationFailed {
+                path: path.to_path_buf(),
+                why: format!("the manifest does not parse: {e}"),
+            })?;
+        Manifest::from_value(value, path)
+    }
+
+    /// A manifest from its JSON (a remote copy's, see [`crate::remote`]), with the same checks
+    /// as [`Manifest::read`]: a format-2 manifest must carry its digest, and match it. `origin`
+    /// names it in errors.
+    pub fn from_value(value: serde_json::Value, origin: &Path) -> Result<Manifest> {
+        let path = origin;
         let bad = |why: String| Error::VerificationFailed {
             path: path.to_path_buf(),
             why,
         };
-        let value: serde_json::Value = serde_json::from_slice(&buf)
-            .map_err(|e| bad(format!("the manifest does not parse: {e}")))?;
         // From format 2 on, every manifest has its digest: one missing is a change too.
         let digest_required = value
             .get("format")

@@ -62,6 +62,7 @@ impl Ctx {
             reason,
             backup: None,
             rollback: None,
+            remote: None,
             rotation: None,
             space: None,
             restore: None,

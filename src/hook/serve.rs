@@ -54,7 +54,9 @@ fn serve(request: &Request, mut ctx: Ctx) -> Response {
         Event::PreRun => match backup::run(&settings, now, Some(&ctx.request_id), true) {
             Ok(o) => {
                 tracing::info!("backup {} created and verified", o.manifest.id);
-                response::backup_done(&ctx, &settings, &o)
+                let mut response = response::backup_done(&ctx, &settings, &o);
+                copy_off_machine(&mut response, &settings, &o.manifest.id);
+                response
             }
             Err(refused) => {
                 tracing::error!("{}", refused.error);
@@ -87,6 +89,61 @@ fn serve(request: &Request, mut ctx: Ctx) -> Response {
         response::surface_pending(&mut response, &settings);
     }
     response
+}
+
+/// With `REMOTE_URL`: uploads the backup just made (and aborts or deletes what an interrupted
+/// upload left, then applies remote retention), and says so in the response. A failure is a
+/// warning, or, with `REMOTE_REQUIRED: true`, an `abort` (the run's turn released: no run
+/// follows). The local backup stays as it is either way.
+fn copy_off_machine(response: &mut Response, settings: &Settings, id: &str) {
+    let remote = match crate::remote::Remote::of(settings) {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => return remote_failed(response, settings, id, false, &e),
+    };
+    response.warnings.extend(remote.warning.clone());
+    match crate::commands::remote::push_backups(settings, &remote, Some(&[id.to_owned()])) {
+        Ok(o) => {
+            response.remote = o.uploaded.into_iter().next();
+            for p in o.pruned.iter().filter(|p| p.outcome != "deleted") {
+                response.warnings.push(format!(
+                    "remote backup `{}` is {} (Object Lock): {}",
+                    p.id, p.outcome, p.reason
+                ));
+            }
+        }
+        Err(e) => remote_failed(response, settings, id, remote.required, &e),
+    }
+}
+
+fn remote_failed(
+    response: &mut Response,
+    settings: &Settings,
+    id: &str,
+    required: bool,
+    e: &Error,
+) {
+    tracing::error!("{e}");
+    if !required {
+        response.warnings.push(format!(
+            "backup `{id}` was not copied off this machine: {e}; {}; the next run (or `ducksafe push`) catches up",
+            e.hint().unwrap_or_default()
+        ));
+        return;
+    }
+    crate::engine::lease::release(
+        &crate::engine::database::resolve(&settings.db_path),
+        &settings.backup_dir,
+        Some(id),
+    );
+    response.status = crate::protocol::Status::Error;
+    response.decision = Decision::Abort;
+    response.reason = format!(
+        "backup {id} was created and verified here, but REMOTE_REQUIRED is true and it could not be copied off this machine: {e}"
+    );
+    response.rollback = None;
+    response.errors = e.entries();
+    response.exit_code = e.exit_code();
 }
 
 fn validate(mut ctx: Ctx, settings: &Settings) -> Response {

@@ -550,7 +550,11 @@ fn a_backup_file_cut_short_stops_nothing_but_itself() {
     }
     let left = listed(&p);
     let storage = |id: &str| left.iter().find(|(i, _)| i == id).map(|(_, s)| s.clone());
-    assert_eq!(storage(&ids[3]), None, "the cut backup was rotated away: {left:?}");
+    assert_eq!(
+        storage(&ids[3]),
+        None,
+        "the cut backup was rotated away: {left:?}"
+    );
     assert_eq!(storage(&ids[4]).as_deref(), Some("packed"), "{left:?}");
     assert_eq!(storage(&ids[5]).as_deref(), Some("packed"), "{left:?}");
     for id in &ids[4..] {

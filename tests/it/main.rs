@@ -17,6 +17,7 @@ mod integrations;
 mod protocol;
 mod reflink;
 mod reliability;
+mod remote;
 mod restore;
 mod restore_table;
 mod schemas;

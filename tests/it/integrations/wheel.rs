@@ -86,6 +86,23 @@ pub(super) fn build_wheel(maturin: &Path, out: &Path) -> (PathBuf, f64) {
         .stdout(fs::File::create(out.join("maturin.stdout")).unwrap())
         .stderr(fs::File::create(&log).unwrap())
         .process_group(0);
+    // What cargo sets for this test process (`CARGO_PKG_NAME=ducksafe`…) is not the outer
+    // build's environment: ring's build script declares `rerun-if-env-changed` on
+    // `CARGO_PKG_*` and `CARGO_MANIFEST_*`, so inherited they would make maturin rebuild it.
+    for (var, _) in std::env::vars_os() {
+        let name = var.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            c.env_remove(&var);
+        }
+    }
     eprintln!("$ {c:?}");
     let started = Instant::now();
     let mut child = c.spawn().unwrap();

@@ -1,0 +1,414 @@
+//! The operator's commands on the off-machine copies (`REMOTE_URL`): `push`, `list --remote`,
+//! `verify --remote [ID|--all] [--read-data]` and `restore --remote latest|ID`. Each builds one
+//! report; the work is [`crate::remote`]'s, and a restore is the local one
+//! ([`crate::engine::restore`]) once the remote backup is downloaded, proven and published in
+//! the backup directory.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::{Access, Global};
+use crate::config::Settings;
+use crate::engine::store::Store;
+use crate::error::{Error, RemoteFailure, Result};
+use crate::output::{self, Report};
+use crate::protocol::RemoteCopy;
+use crate::remote::{Inventory, Pruned, Remote, RemoteBackup};
+
+fn remote_of(settings: &Settings) -> Result<Remote> {
+    Remote::of(settings)?.ok_or_else(|| {
+        Error::Usage(
+            "no remote is configured: set `REMOTE_URL` (e.g. `s3://my-backups/ducksafe/simulation`) in the configuration or `DUCKSAFE_REMOTE_URL`; see docs/remote.md".into(),
+        )
+    })
+}
+
+/// Uploads what the remote lacks, cleans up after interrupted uploads, applies remote
+/// retention. Shared by `push` and pre_run (with only the new backup).
+pub struct PushOutcome {
+    pub uploaded: Vec<RemoteCopy>,
+    pub skipped: Vec<String>,
+    pub cleaned: Vec<String>,
+    pub pruned: Vec<Pruned>,
+}
+
+/// Uploads the local backups `ids` names (all plain ones when `None`) under the directory lock.
+pub fn push_backups(
+    settings: &Settings,
+    remote: &Remote,
+    ids: Option<&[String]>,
+) -> Result<PushOutcome> {
+    let opened = super::open_store(settings, Access::Change { dry_run: false })?;
+    let store = &opened.store;
+    let mut cleaned: Vec<String> = remote.abort_interrupted()?.into_iter().collect();
+    let inv = store.inventory()?;
+    let mut uploaded = Vec::new();
+    let mut skipped = Vec::new();
+    // Oldest first: an outage's backlog arrives in the order it was made.
+    for entry in inv.backups.iter().rev() {
+        if ids.is_some_and(|ids| !ids.contains(&entry.id)) {
+            continue;
+        }
+        if entry.manifest.storage == crate::engine::manifest::Storage::Packed {
+            skipped.push(format!(
+                "`{}` is packed in the block store: remote copies of packed backups are not made yet",
+                entry.id
+            ));
+            continue;
+        }
+        uploaded.push(remote.upload(store, entry)?);
+    }
+    let remote_inv = remote.inventory()?;
+    cleaned.extend(remote.clean_orphans(&remote_inv)?);
+    let pruned = remote.prune(&remote_inv, crate::clock::now(), false)?;
+    Ok(PushOutcome {
+        uploaded,
+        skipped,
+        cleaned,
+        pruned,
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct PushReport {
+    remote: String,
+    uploaded: Vec<RemoteCopy>,
+    cleaned: Vec<String>,
+    pruned: Vec<Pruned>,
+    #[serde(skip)]
+    warnings: Vec<String>,
+}
+
+impl Report for PushReport {
+    fn text(&self, out: &mut dyn Write) -> io::Result<()> {
+        for u in &self.uploaded {
+            let verb = if u.state == "uploaded" {
+                "uploaded"
+            } else {
+                "already there"
+            };
+            writeln!(
+                out,
+                "{verb:<13} {}  {}  {:.1}s",
+                u.key,
+                output::size(u.bytes),
+                u.seconds
+            )?;
+        }
+        for c in &self.cleaned {
+            writeln!(out, "cleaned       {c}")?;
+        }
+        for p in &self.pruned {
+            writeln!(out, "{:<13} {}  {}", p.outcome, p.id, p.reason)?;
+        }
+        if self.uploaded.is_empty() {
+            writeln!(out, "no local backups to push to {}", self.remote)?;
+        }
+        Ok(())
+    }
+
+    fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+}
+
+/// `ducksafe push`.
+pub fn push(g: &Global) -> i32 {
+    g.show_progress();
+    let report = (|| {
+        let settings = g.settings()?;
+        let remote = remote_of(&settings)?;
+        let o = push_backups(&settings, &remote, None)?;
+        Ok::<_, Error>(PushReport {
+            remote: remote.url(),
+            uploaded: o.uploaded,
+            cleaned: o.cleaned,
+            pruned: o.pruned,
+            warnings: remote.warning.iter().cloned().chain(o.skipped).collect(),
+        })
+    })();
+    output::finish(g.json, report.map_err(Into::into))
+}
+
+#[derive(Debug, Serialize)]
+struct ListedRemote {
+    id: String,
+    created_at: String,
+    bytes: u64,
+    sha256: String,
+    parts: u64,
+    pinned: bool,
+    /// `present`, or `missing` when the data object is gone though its manifest is there.
+    data: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ListReport {
+    remote: String,
+    backups: Vec<ListedRemote>,
+    /// Data objects without a manifest (interrupted uploads): not backups.
+    orphans: Vec<String>,
+    unreadable: Vec<String>,
+    #[serde(skip)]
+    warnings: Vec<String>,
+}
+
+impl Report for ListReport {
+    fn text(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "remote backups in {}:", self.remote)?;
+        for b in &self.backups {
+            writeln!(
+                out,
+                "  {:<36} {}  {:>10}  {}{}",
+                b.id,
+                b.created_at,
+                output::size(b.bytes),
+                if b.data == "present" {
+                    ""
+                } else {
+                    "DATA MISSING"
+                },
+                if b.pinned { " pinned" } else { "" }
+            )?;
+        }
+        if self.backups.is_empty() {
+            writeln!(out, "  none")?;
+        }
+        Ok(())
+    }
+
+    fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+}
+
+fn listed(b: &RemoteBackup) -> ListedRemote {
+    ListedRemote {
+        id: b.id.clone(),
+        created_at: b
+            .manifest
+            .created_at
+            .format("%Y-%m-%d %H:%M:%S UTC")
+            .to_string(),
+        bytes: b.record.bytes,
+        sha256: b.record.sha256.clone(),
+        parts: b.record.parts,
+        pinned: b.manifest.pinned,
+        data: if b.data_size.is_some() {
+            "present"
+        } else {
+            "missing"
+        }
+        .into(),
+    }
+}
+
+fn inventory_warnings(remote: &Remote, inv: &Inventory) -> Vec<String> {
+    inv.orphans
+        .iter()
+        .map(|o| {
+            format!(
+                "`{}` has no manifest: an interrupted upload, not a backup (the next push or pre_run deletes it)",
+                remote.location().key(o)
+            )
+        })
+        .chain(inv.unreadable.iter().map(|(n, why)| {
+            format!("`{}` cannot be trusted: {why}", remote.location().key(n))
+        }))
+        .collect()
+}
+
+/// `ducksafe list --remote`.
+pub fn list(g: &Global) -> i32 {
+    let report = (|| {
+        let settings = g.settings()?;
+        let remote = remote_of(&settings)?;
+        let inv = remote.inventory()?;
+        Ok::<_, Error>(ListReport {
+            remote: remote.url(),
+            backups: inv.backups.iter().map(listed).collect(),
+            orphans: inv
+                .orphans
+                .iter()
+                .map(|o| remote.location().key(o))
+                .collect(),
+            unreadable: inv
+                .unreadable
+                .iter()
+                .map(|(n, _)| remote.location().key(n))
+                .collect(),
+            warnings: remote
+                .warning
+                .iter()
+                .cloned()
+                .chain(inventory_warnings(&remote, &inv))
+                .collect(),
+        })
+    })();
+    output::finish(g.json, report.map_err(Into::into))
+}
+
+#[derive(Debug, Serialize)]
+struct Checked {
+    id: String,
+    ok: bool,
+    checks: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct VerifyReport {
+    remote: String,
+    read_data: bool,
+    backups: Vec<Checked>,
+    #[serde(skip)]
+    warnings: Vec<String>,
+    #[serde(skip)]
+    errors: Vec<Error>,
+}
+
+impl Report for VerifyReport {
+    fn text(&self, out: &mut dyn Write) -> io::Result<()> {
+        for c in &self.backups {
+            if c.ok {
+                writeln!(out, "OK      {:<36} {}", c.id, c.checks.join(", "))?;
+            } else {
+                writeln!(
+                    out,
+                    "FAILED  {:<36} {}",
+                    c.id,
+                    c.error.as_deref().unwrap_or("")
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    fn failure(&self) -> Option<(Vec<crate::protocol::ErrorEntry>, i32)> {
+        let first = self.errors.first()?;
+        Some((
+            self.errors.iter().flat_map(Error::entries).collect(),
+            first.exit_code(),
+        ))
+    }
+}
+
+/// Picks a remote backup: `latest` (the newest) or an id.
+fn pick<'a>(remote: &Remote, inv: &'a Inventory, selector: &str) -> Result<&'a RemoteBackup> {
+    let found = if selector == "latest" {
+        inv.backups.first()
+    } else {
+        inv.backups.iter().find(|b| b.id == selector)
+    };
+    found.ok_or_else(|| Error::Remote {
+        failure: RemoteFailure::NotFound,
+        url: remote.url(),
+        why: if selector == "latest" {
+            "there are no remote backups yet".into()
+        } else {
+            format!("no remote backup `{selector}`")
+        },
+    })
+}
+
+/// `ducksafe verify --remote [ID|--all] [--read-data]`: the size (and ETag) from the store, and
+/// with `--read-data` a download and hash of each. A failure exits 74.
+pub fn verify(g: &Global, id: Option<&str>, all: bool, read_data: bool) -> i32 {
+    g.show_progress();
+    let report = (|| {
+        let settings = g.settings()?;
+        let remote = remote_of(&settings)?;
+        let inv = remote.inventory()?;
+        let chosen: Vec<&RemoteBackup> = if all {
+            inv.backups.iter().collect()
+        } else {
+            vec![pick(&remote, &inv, id.unwrap_or("latest"))?]
+        };
+        let mut backups = Vec::new();
+        let mut errors = Vec::new();
+        for b in chosen {
+            match remote.verify(b, read_data) {
+                Ok(checks) => backups.push(Checked {
+                    id: b.id.clone(),
+                    ok: true,
+                    checks,
+                    error: None,
+                }),
+                Err(e) => {
+                    backups.push(Checked {
+                        id: b.id.clone(),
+                        ok: false,
+                        checks: Vec::new(),
+                        error: Some(e.to_string()),
+                    });
+                    errors.push(e);
+                }
+            }
+        }
+        if all {
+            for (n, why) in &inv.unreadable {
+                errors.push(Error::Remote {
+                    failure: RemoteFailure::Corrupt,
+                    url: remote.url(),
+                    why: format!("`{}` cannot be trusted: {why}", remote.location().key(n)),
+                });
+            }
+        }
+        Ok::<_, Error>(VerifyReport {
+            remote: remote.url(),
+            read_data,
+            backups,
+            warnings: inventory_warnings(&remote, &inv),
+            errors,
+        })
+    })();
+    output::finish(g.json, report.map_err(Into::into))
+}
+
+/// Downloads the remote backup `selector` names into the backup directory (created when
+/// missing; on an empty machine this database becomes its owner, under the backup's database
+/// id), unless it is there already. Returns the backup's id: the local restore takes it from
+/// there.
+pub fn fetch_for_restore(settings: &Settings, selector: &str, dry_run: bool) -> Result<String> {
+    let remote = remote_of(settings)?;
+    let inv = remote.inventory()?;
+    let b = pick(&remote, &inv, selector)?;
+    let store = Store::open(&settings.backup_dir, !dry_run)?;
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(store.lock_only()?)
+    };
+    let owner = crate::engine::identity::check(store.dir(), settings)?;
+    if let (Some(ours), Some(theirs)) = (&owner.id, &b.manifest.source.database_id) {
+        if ours != theirs {
+            return Err(Error::SharedBackupDir {
+                dir: store.dir().to_path_buf(),
+                other: b.manifest.source.path.clone(),
+                ours: owner.database.clone(),
+            });
+        }
+    }
+    if store.backup_path(&b.id).exists() || dry_run {
+        return Ok(b.id.clone());
+    }
+    if !owner.recorded {
+        // An empty machine: this database is now the one these backups belong to.
+        let new_owner = crate::engine::database::Owner {
+            id: b.manifest.source.database_id.clone().or(owner.id.clone()),
+            database: owner.database.clone(),
+            recorded: false,
+        };
+        if new_owner.id.is_some() {
+            crate::engine::identity::record(store.dir(), &new_owner)?;
+        }
+    }
+    remote.fetch(b, &store)?;
+    Ok(b.id.clone())
+}
