@@ -188,11 +188,23 @@ pub enum Error {
     #[error("restore of `{}` failed: {why}", database.display())]
     RestoreFailed { database: PathBuf, why: String },
 
+    /// A file `diff` was asked to compare that does not exist.
+    #[error("no file `{}` to compare", path.display())]
+    CompareFileNotFound { path: PathBuf },
+
+    /// `diff --rows TABLE` of a table that neither state (or only one) has.
+    #[error("no table `{table}` in {missing_in}")]
+    TableNotFound { table: String, missing_in: String },
+
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `diff`'s exit code when the two states differ (as `diff` and `git diff --exit-code`): not
+/// an error, so no protocol code.
+pub const EXIT_DIFFERENCES: i32 = 1;
 
 fn holder_text(pid: Option<i32>, holder: Option<&str>) -> String {
     match (pid, holder) {
@@ -234,13 +246,15 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         use ErrorCode as C;
         match self {
-            Error::Usage(_) | Error::DeleteRefused { .. } => C::Usage,
+            Error::Usage(_) | Error::DeleteRefused { .. } | Error::TableNotFound { .. } => C::Usage,
             Error::InvalidRequest(_) | Error::RequestViolations(_) => C::InvalidRequest,
             Error::UnsupportedEvent(_) => C::UnsupportedEvent,
             Error::UnsupportedProtocol(_) => C::UnsupportedProtocolVersion,
             Error::ConfigNotFound { .. } => C::ConfigNotFound,
             Error::ConfigInvalid { .. } => C::ConfigInvalid,
-            Error::DatabaseNotFound { .. } => C::DatabaseNotFound,
+            Error::DatabaseNotFound { .. } | Error::CompareFileNotFound { .. } => {
+                C::DatabaseNotFound
+            }
             Error::DatabaseInvalid { .. } => C::DatabaseInvalid,
             Error::DatabaseDamaged { .. } => C::DatabaseDamaged,
             Error::DatabaseLocked { .. } => C::DatabaseLocked,
@@ -353,6 +367,12 @@ impl Error {
             ),
             Error::RestoreFailed { .. } => Some(
                 "the message says whether the database was replaced; see docs/runbook.md, section 'Restore failed'".into(),
+            ),
+            Error::CompareFileNotFound { .. } => Some(
+                "name a DuckDB file that exists, `current` for the live database, or a backup (`latest`, or an id `ducksafe list` shows)".into(),
+            ),
+            Error::TableNotFound { .. } => Some(
+                "`ducksafe diff` without `--rows` lists the tables of both states; name one as `schema.table` (default schema `main`)".into(),
             ),
             Error::Internal(_) => Some(
                 "this is a bug in ducksafe; nothing unverified was published. Please report it with the output above".into(),

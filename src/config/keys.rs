@@ -91,6 +91,24 @@ pub struct Config {
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"))]
     pub duckdb_memory_limit: Option<String>,
 
+    /// post_run: add a per-table summary of what the run changed (`changes` in the response),
+    /// computed from the pre-run backup's manifest and a scan of every table of the database.
+    /// Unset: only when the database is at most `REPORT_CHANGES_MAX_BYTES`.
+    #[serde(
+        rename = "REPORT_CHANGES",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub report_changes: Option<bool>,
+
+    /// With `REPORT_CHANGES` unset: the largest database (main file plus WAL, in bytes) whose
+    /// post_run reports the run's changes; the scan costs about a second per GiB.
+    #[serde(
+        rename = "REPORT_CHANGES_MAX_BYTES",
+        default = "default_report_changes_max"
+    )]
+    pub report_changes_max_bytes: u64,
+
     /// DuckDB worker threads for verification scans; default: all cores.
     #[serde(
         rename = "DUCKDB_THREADS",
@@ -109,6 +127,9 @@ fn default_keep_last() -> u32 {
 }
 fn default_min_free() -> u64 {
     100 * 1024 * 1024
+}
+fn default_report_changes_max() -> u64 {
+    1024 * 1024 * 1024
 }
 
 /// Log verbosity; the Python names the seed's users know are accepted too.
@@ -201,7 +222,7 @@ impl VerifyLevel {
 }
 
 /// Every key, in the order the documentation lists them.
-pub const KEYS: [&str; 13] = [
+pub const KEYS: [&str; 15] = [
     "DB_PATH",
     "LOG_LEVEL",
     "BACKUP_DIR",
@@ -215,6 +236,8 @@ pub const KEYS: [&str; 13] = [
     "QUARANTINE_DIR",
     "DUCKDB_MEMORY_LIMIT",
     "DUCKDB_THREADS",
+    "REPORT_CHANGES",
+    "REPORT_CHANGES_MAX_BYTES",
 ];
 
 /// The configuration schema as JSON (what `ducksafe schema config` prints).
@@ -240,13 +263,16 @@ pub(super) fn expected_hint(key: &str) -> Option<String> {
             "LOG_LEVEL" => "one of TRACE, DEBUG, INFO, WARNING, ERROR",
             "BACKUP_KEEP_LAST" => "a whole number of backups, at least 1",
             "BACKUP_RETENTION_DAYS" => "a whole number of days, at least 1, or leave it out",
-            "BACKUP_MAX_TOTAL_BYTES" => "a whole number of bytes, e.g. 1073741824 for 1 GiB",
+            "BACKUP_MAX_TOTAL_BYTES" | "REPORT_CHANGES_MAX_BYTES" => {
+                "a whole number of bytes, e.g. 1073741824 for 1 GiB"
+            }
             "BACKUP_MIN_FREE_BYTES" => "a whole number of bytes, e.g. 104857600 for 100 MiB",
             "BACKUP_STORAGE" => "one of full, incremental, independent",
             "VERIFY_LEVEL" => "one of quick, standard, full",
             "RESTORE_ON_FAILURE" => "true or false",
             "DUCKDB_MEMORY_LIMIT" => "a size such as `512MB` or `2GB`",
             "DUCKDB_THREADS" => "a whole number of threads, at least 1",
+            "REPORT_CHANGES" => "true or false, or leave it out to decide by size",
             "" => "see `ducksafe schema config`",
             _ => return None,
         }

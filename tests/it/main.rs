@@ -9,6 +9,7 @@ mod support;
 mod backup;
 mod blockstore;
 mod cli;
+mod diff;
 mod edges;
 mod guarded_runs;
 mod init_and_locks;
