@@ -403,6 +403,24 @@ impl Instance {
             .map_err(|e| classify(&e))
     }
 
+    /// Where DuckDB writes what does not fit in its memory limit (a large join or sort):
+    /// `dir`, or nowhere (`None`: such work fails with [`DuckError::OutOfMemory`]). An instance
+    /// in memory would otherwise spill into `.tmp` in the current directory.
+    pub fn set_spill_dir(&self, dir: Option<&Path>) -> Result<(), DuckError> {
+        let text = match dir {
+            Some(d) => d.to_str().ok_or_else(|| {
+                DuckError::Failed(format!("`{}` is not a UTF-8 path", d.display()))
+            })?,
+            None => "",
+        };
+        self.conn
+            .execute_batch(&format!(
+                "SET temp_directory = '{}';",
+                text.replace('\'', "''")
+            ))
+            .map_err(|e| classify(&e))
+    }
+
     /// Attaches an existing database read-only (its WAL, if any, is replayed in memory and
     /// left on disk), through a new connection whose current database it is; also gives the
     /// header [`check_header`] read before DuckDB saw the file.
@@ -449,7 +467,21 @@ fn as_text(s: &str, c: &str) -> String {
     format!("CAST({s}.{} AS VARCHAR)", quote_ident(c))
 }
 
+/// `hash(c1, c2, …)` of side `s`'s compared columns: equal rows hash alike.
+fn row_hash(s: &str, columns: &[(String, bool)]) -> String {
+    let cols = columns
+        .iter()
+        .map(|(c, same)| compared(s, c, *same))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("hash({cols})")
+}
+
 /// [`Db::diff_rows`] without a key: whole rows, `EXCEPT ALL` both ways, at most `take` of each.
+/// The rows to compare are first narrowed down to those whose row hash is not as frequent on
+/// both sides (one aggregation of the two tables' hashes): a table of millions of rows with a
+/// few changes then compares a few rows, not millions of whole rows in a hash table. A row is
+/// missed only if another row with the same 64-bit hash took its place, as often.
 fn whole_rows_sql(a: &str, b: &str, columns: &[(String, bool)], take: u64) -> String {
     let list = columns
         .iter()
@@ -461,23 +493,36 @@ fn whole_rows_sql(a: &str, b: &str, columns: &[(String, bool)], take: u64) -> St
         .map(|(c, _)| as_text("d", c))
         .collect::<Vec<_>>()
         .join(", ");
+    let h = row_hash("t", columns);
+    let candidates = |from: &str| {
+        format!("SELECT {list} FROM {from} AS t WHERE {h} IN (SELECT h FROM __ducksafe_hashes)")
+    };
     let side = |change: &str, from: &str, other: &str| {
         format!(
             "(SELECT '{change}' AS __ducksafe_change, {out} FROM \
-             (SELECT {list} FROM {from} AS t EXCEPT ALL SELECT {list} FROM {other} AS t) AS d \
+             (SELECT * FROM {from} EXCEPT ALL SELECT * FROM {other}) AS d \
              ORDER BY ALL LIMIT {take})"
         )
     };
     format!(
-        "{} UNION ALL {}",
-        side("removed", a, b),
-        side("added", b, a)
+        "WITH __ducksafe_hashes AS MATERIALIZED (\
+            SELECT h FROM (SELECT {h} AS h, 1 AS s FROM {a} AS t \
+                           UNION ALL SELECT {h} AS h, -1 AS s FROM {b} AS t) \
+            GROUP BY h HAVING sum(s) <> 0), \
+         __ducksafe_a AS MATERIALIZED ({}), \
+         __ducksafe_b AS MATERIALIZED ({}) \
+         SELECT * FROM ({} UNION ALL {})",
+        candidates(a),
+        candidates(b),
+        side("removed", "__ducksafe_a", "__ducksafe_b"),
+        side("added", "__ducksafe_b", "__ducksafe_a")
     )
 }
 
 /// [`Db::diff_rows`] on a key: a full outer join on it, the rows whose other columns differ
 /// (`IS DISTINCT FROM`: a NULL that became a value differs), at most `take` of each change,
-/// ordered by the key.
+/// ordered by the key. The keys to compare are first narrowed down to those whose row hash
+/// differs (a join of keys and hashes only), so that only their rows are joined whole.
 fn keyed_rows_sql(
     a: &str,
     b: &str,
@@ -486,15 +531,42 @@ fn keyed_rows_sql(
     take: u64,
 ) -> String {
     let same_of = |k: &str| columns.iter().find(|(c, _)| c == k).is_none_or(|(_, s)| *s);
+    let k_at = |s: &str, k: &str| compared(s, k, same_of(k));
+    let kname = |i: usize| format!("__ducksafe_k{i}");
+    let h = row_hash("t", columns);
+    let keyed = |from: &str| {
+        let ks = key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} AS {}", k_at("t", k), kname(i)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("SELECT {ks}, {h} AS __ducksafe_h FROM {from} AS t")
+    };
+    let join_on = |x: &str, y: &str| {
+        (0..key.len())
+            .map(|i| format!("{x}.{} = {y}.{}", kname(i), kname(i)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let coalesced = (0..key.len())
+        .map(|i| format!("coalesce(o.{k}, n.{k}) AS {k}", k = kname(i)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let narrowed = |from: &str, mark: &str| {
+        let on = key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} = d.{}", k_at("t", k), kname(i)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        format!(
+            "SELECT t.*, true AS {mark} FROM {from} AS t SEMI JOIN __ducksafe_keys AS d ON {on}"
+        )
+    };
     let on = key
         .iter()
-        .map(|k| {
-            format!(
-                "{} = {}",
-                compared("o", k, same_of(k)),
-                compared("n", k, same_of(k))
-            )
-        })
+        .map(|k| format!("{} = {}", k_at("o", k), k_at("n", k)))
         .collect::<Vec<_>>()
         .join(" AND ");
     let mut filter = vec![
@@ -525,13 +597,22 @@ fn keyed_rows_sql(
     let per_change = |change: &str, when: &str| {
         format!(
             "(SELECT '{change}' AS __ducksafe_change, {old}, {new} \
-             FROM (SELECT *, true AS __ducksafe_o FROM {a}) AS o \
-             FULL OUTER JOIN (SELECT *, true AS __ducksafe_n FROM {b}) AS n ON {on} \
+             FROM __ducksafe_old AS o FULL OUTER JOIN __ducksafe_new AS n ON {on} \
              WHERE ({filter}) AND {when} ORDER BY {order} LIMIT {take})"
         )
     };
     format!(
-        "{} UNION ALL {} UNION ALL {}",
+        "WITH __ducksafe_keys AS MATERIALIZED (\
+            SELECT {coalesced} FROM ({}) AS o FULL OUTER JOIN ({}) AS n ON {} \
+            WHERE o.__ducksafe_h IS DISTINCT FROM n.__ducksafe_h), \
+         __ducksafe_old AS MATERIALIZED ({}), \
+         __ducksafe_new AS MATERIALIZED ({}) \
+         SELECT * FROM ({} UNION ALL {} UNION ALL {})",
+        keyed(a),
+        keyed(b),
+        join_on("o", "n"),
+        narrowed(a, "__ducksafe_o"),
+        narrowed(b, "__ducksafe_n"),
         per_change("removed", "n.__ducksafe_n IS NULL"),
         per_change("added", "o.__ducksafe_o IS NULL"),
         per_change(

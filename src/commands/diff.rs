@@ -256,7 +256,7 @@ pub fn run(g: &Global, a: &DiffArgs) -> i32 {
             .try_into()
             .map_err(|_| Error::Internal("two states were asked, not two opened".into()))?;
         let limits = crate::engine::database::limits(&settings);
-        let at = diff::attach(&sides, &limits)?;
+        let at = diff::attach(&settings, &sides, &limits)?;
         let mut before = diff::read_catalog(&sides[0], &at.before)?;
         let mut after = diff::read_catalog(&sides[1], &at.after)?;
         let from = sides[0].label.clone();

@@ -35,7 +35,8 @@ pub(super) fn apply(
             | "BACKUP_RETENTION_DAYS"
             | "BACKUP_MAX_TOTAL_BYTES"
             | "BACKUP_MIN_FREE_BYTES"
-            | "DUCKDB_THREADS" => {
+            | "DUCKDB_THREADS"
+            | "REPORT_CHANGES_MAX_BYTES" => {
                 // A negative number stays a number, so that the schema says it is below the
                 // minimum rather than "not an integer".
                 let n = raw.trim();
@@ -47,11 +48,13 @@ pub(super) fn apply(
                     Value::from,
                 )
             }
-            "RESTORE_ON_FAILURE" => match raw.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => Value::Bool(true),
-                "0" | "false" | "no" | "off" => Value::Bool(false),
-                _ => Value::String(raw.clone()),
-            },
+            "RESTORE_ON_FAILURE" | "REPORT_CHANGES" => {
+                match raw.trim().to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" | "on" => Value::Bool(true),
+                    "0" | "false" | "no" | "off" => Value::Bool(false),
+                    _ => Value::String(raw.clone()),
+                }
+            }
             _ => Value::String(raw.clone()),
         };
         map.insert(key.to_owned(), value);

@@ -154,7 +154,7 @@ pub fn open<'a>(
                     ));
                 };
                 let entry = store.resolve(id)?;
-                open_backup(store, &entry, staged_at)?
+                open_backup(store, &entry, &db, staged_at)?
             }
         };
         sides.push(side);
@@ -164,13 +164,23 @@ pub fn open<'a>(
 
 /// A stored backup, its bytes proven to be its manifest's: a plain one hashed in place, a
 /// packed one rebuilt beside the database (every chunk and the whole SHA-256 checked).
-fn open_backup<'a>(store: &Store, entry: &Entry, staged_at: &'a Path) -> Result<Side<'a>> {
+fn open_backup<'a>(
+    store: &Store,
+    entry: &Entry,
+    db: &Path,
+    staged_at: &'a Path,
+) -> Result<Side<'a>> {
     let m = &entry.manifest;
     let (path, staged) = if m.storage == Storage::Plain {
         let path = store.backup_path(&entry.id);
         staging::check_in_place(&path, m.bytes, &m.sha256)?;
         (path, None)
     } else {
+        // A diff or restore killed before it removed its staged copy left it here: no process
+        // holds it any more, so it goes before a new one takes the room.
+        for line in staging::sweep(db, false) {
+            tracing::info!("{line}");
+        }
         space::check(crate::files::parent_of(staged_at), m.bytes, STAGING_SLACK)?;
         let inv = store.inventory()?;
         let staged = Staged::fill(staged_at, |out| {
@@ -393,16 +403,35 @@ pub struct Attached {
     pub before: Db,
     pub after: Db,
     _duck: Instance,
+    _spill: Option<SpillDir>,
+}
+
+/// A private folder beside the database where DuckDB spills what does not fit in its memory
+/// limit, removed with what is in it when the diff ends.
+struct SpillDir(PathBuf);
+
+impl Drop for SpillDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Attaches both sides read-only to one instance, with `limits` (the scan pool when no limit
 /// is configured).
-pub fn attach(sides: &[Side<'_>; 2], limits: &Limits) -> Result<Attached> {
+pub fn attach(settings: &Settings, sides: &[Side<'_>; 2], limits: &Limits) -> Result<Attached> {
     let pool = limits
         .scan_pool(&sides[1].path)
         .or_else(|| limits.scan_pool(&sides[0].path));
     let duck =
         Instance::start(pool.as_ref().unwrap_or(limits)).map_err(|e| duck_error(&sides[0], e))?;
+    // Beside the database, private, never the current directory; none when that folder is
+    // not writable (a comparison too large for memory then fails, saying so).
+    let spill_at = crate::files::temp_sibling(&database::resolve(&settings.db_path), "diff-spill");
+    let spill = crate::files::create_private_dir(&spill_at)
+        .ok()
+        .map(|()| SpillDir(spill_at));
+    duck.set_spill_dir(spill.as_ref().map(|s| s.0.as_path()))
+        .map_err(|e| duck_error(&sides[0], e))?;
     let (before, _) = duck
         .attach_read_only(&sides[0].path)
         .map_err(|e| duck_error(&sides[0], e))?;
@@ -413,6 +442,7 @@ pub fn attach(sides: &[Side<'_>; 2], limits: &Limits) -> Result<Attached> {
         before,
         after,
         _duck: duck,
+        _spill: spill,
     })
 }
 
