@@ -525,20 +525,6 @@ fn post_run_says_what_the_run_changed() {
     assert_eq!((c.tables_changed, c.tables_unchanged), (5, 3));
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
 
-    // Off by the key, or by the size: no summary.
-    for extra in ["REPORT_CHANGES: false\n", "REPORT_CHANGES_MAX_BYTES: 1\n"] {
-        let q = project(extra);
-        let (pre, _) = q.pre_run();
-        let r = post_run(&q, &pre.backup.unwrap().id);
-        assert!(r.changes.is_none(), "{extra}: {r:#?}");
-        assert!(r.warnings.is_empty());
-    }
-    // Forced on above the size.
-    let q = project("REPORT_CHANGES: true\nREPORT_CHANGES_MAX_BYTES: 1\n");
-    let (pre, _) = q.pre_run();
-    let r = post_run(&q, &pre.backup.unwrap().id);
-    assert_eq!(r.changes.unwrap().tables_changed, 0);
-
     // What cannot be summarised is a warning, never a failed post_run: a writer holds the
     // database, or the backup is gone.
     let (pre, _) = p.pre_run();
@@ -562,4 +548,56 @@ fn post_run_says_what_the_run_changed() {
         "{:?}",
         r.warnings
     );
+}
+
+#[test]
+fn post_run_says_it_only_when_asked() {
+    // Off by the key, or by the size: no summary.
+    for extra in ["REPORT_CHANGES: false\n", "REPORT_CHANGES_MAX_BYTES: 1\n"] {
+        let q = project(extra);
+        let (pre, _) = q.pre_run();
+        let r = post_run(&q, &pre.backup.unwrap().id);
+        assert!(r.changes.is_none(), "{extra}: {r:#?}");
+        assert!(r.warnings.is_empty());
+    }
+    // Forced on above the size.
+    let q = project("REPORT_CHANGES: true\nREPORT_CHANGES_MAX_BYTES: 1\n");
+    let (pre, _) = q.pre_run();
+    let r = post_run(&q, &pre.backup.unwrap().id);
+    assert_eq!(r.changes.unwrap().tables_changed, 0);
+    // The same keys from the environment and from `--set`, as words and numbers.
+    let (pre, _) = q.pre_run();
+    let id = pre.backup.unwrap().id;
+    let req = request(
+        "post_run",
+        &q.config(),
+        &format!(r#","backup_id":"{id}","run":{{"outcome":"success"}}"#),
+    );
+    let (r, code) = q.hook_env(&req, &[("DUCKSAFE_REPORT_CHANGES", "off")]);
+    assert_eq!(code, 0, "{r:#?}");
+    assert!(r.changes.is_none());
+    let (pre, _) = q.pre_run();
+    let id = pre.backup.unwrap().id;
+    let out = q.run(&[
+        "post-run",
+        "--outcome",
+        "success",
+        "--backup-id",
+        &id,
+        "--set",
+        "REPORT_CHANGES=no",
+    ]);
+    assert!(support::one_response(&out).changes.is_none());
+    let small = project("REPORT_CHANGES_MAX_BYTES: 1\n");
+    let (pre, _) = small.pre_run();
+    let id = pre.backup.unwrap().id;
+    let (r, _) = small.hook_env(
+        &request(
+            "post_run",
+            &small.config(),
+            &format!(r#","backup_id":"{id}","run":{{"outcome":"success"}}"#),
+        ),
+        &[("DUCKSAFE_REPORT_CHANGES_MAX_BYTES", " 1000000000 ")],
+    );
+    assert!(r.changes.is_some(), "{r:#?}");
 }
