@@ -192,6 +192,10 @@ pub enum Error {
     #[error("no file `{}` to compare", path.display())]
     CompareFileNotFound { path: PathBuf },
 
+    /// A file `diff` was asked to compare that is no DuckDB database this DuckDB can read.
+    #[error("`{}` cannot be compared: {why}", path.display())]
+    CompareFileInvalid { path: PathBuf, why: String },
+
     /// `diff --rows TABLE` of a table that neither state (or only one) has.
     #[error("no table `{table}` in {missing_in}")]
     TableNotFound { table: String, missing_in: String },
@@ -255,7 +259,7 @@ impl Error {
             Error::DatabaseNotFound { .. } | Error::CompareFileNotFound { .. } => {
                 C::DatabaseNotFound
             }
-            Error::DatabaseInvalid { .. } => C::DatabaseInvalid,
+            Error::DatabaseInvalid { .. } | Error::CompareFileInvalid { .. } => C::DatabaseInvalid,
             Error::DatabaseDamaged { .. } => C::DatabaseDamaged,
             Error::DatabaseLocked { .. } => C::DatabaseLocked,
             Error::LockBusy { .. } | Error::RunInProgress { .. } | Error::RunTurnBusy { .. } => {
@@ -370,6 +374,9 @@ impl Error {
             ),
             Error::CompareFileNotFound { .. } => Some(
                 "name a DuckDB file that exists, `current` for the live database, or a backup (`latest`, or an id `ducksafe list` shows)".into(),
+            ),
+            Error::CompareFileInvalid { .. } => Some(
+                "name a DuckDB database file (one this DuckDB can read), `current` for the live database, or a backup (`latest`, or an id `ducksafe list` shows)".into(),
             ),
             Error::TableNotFound { .. } => Some(
                 "`ducksafe diff` without `--rows` lists the tables of both states; name one as `schema.table` (default schema `main`)".into(),

@@ -262,7 +262,7 @@ pub fn run(g: &Global, a: &DiffArgs) -> i32 {
         let from = sides[0].label.clone();
         let to = sides[1].label.clone();
         if let Some(table) = &a.rows {
-            let table = diff::table_name(table);
+            let table = diff::table_name(table)?;
             let rows = diff::rows(&sides, &at, &before, &after, &table, a.limit)?;
             return Ok::<_, Error>(DiffReport {
                 from,

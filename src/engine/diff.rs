@@ -130,7 +130,7 @@ pub fn open<'a>(
                     Error::DatabaseNotFound { path } => Error::CompareFileNotFound { path },
                     other => other,
                 })?;
-                duck::check_header(p).map_err(|e| Error::DatabaseInvalid {
+                duck::check_header(p).map_err(|e| Error::CompareFileInvalid {
                     path: p.clone(),
                     why: e.to_string(),
                 })?;
@@ -221,6 +221,10 @@ fn duck_error(side: &Side<'_>, e: DuckError) -> Error {
         DuckError::Corrupt(why) if side.backup_id.is_some() => {
             Error::VerificationFailed { path, why }
         }
+        other if !side.live && side.backup_id.is_none() => Error::CompareFileInvalid {
+            path,
+            why: other.to_string(),
+        },
         other => Error::DatabaseInvalid {
             path,
             why: other.to_string(),
@@ -513,18 +517,19 @@ pub fn fingerprints(side: &Side<'_>, db: &Db, state: &mut State) -> Result<usize
     Ok(scanned)
 }
 
-/// `schema.name` or `name` (in `main`) as a table name.
-pub fn table_name(arg: &str) -> TableName {
-    match arg.split_once('.') {
-        Some((schema, name)) if !schema.is_empty() && !name.is_empty() => TableName {
-            schema: schema.to_owned(),
-            name: name.to_owned(),
-        },
-        _ => TableName {
-            schema: "main".into(),
-            name: arg.to_owned(),
-        },
+/// `schema.name` or `name` (in `main`) as a table name; an empty schema or name is a usage
+/// error.
+pub fn table_name(arg: &str) -> Result<TableName> {
+    let (schema, name) = arg.split_once('.').unwrap_or(("main", arg));
+    if schema.trim().is_empty() || name.trim().is_empty() {
+        return Err(Error::Usage(format!(
+            "`--rows` takes a table as `TABLE` or `SCHEMA.TABLE`, got `{arg}`"
+        )));
     }
+    Ok(TableName {
+        schema: schema.to_owned(),
+        name: name.to_owned(),
+    })
 }
 
 /// The rows of `table` that differ between the two attached states: matched on the primary
@@ -732,7 +737,7 @@ mod tests {
     }
 
     fn t(name: &str) -> TableName {
-        table_name(name)
+        table_name(name).unwrap()
     }
 
     #[test]
@@ -816,9 +821,12 @@ mod tests {
 
     #[test]
     fn names_default_to_main() {
-        assert_eq!(table_name("events"), t("main.events"));
+        assert_eq!(table_name("events").unwrap(), t("main.events"));
+        for bad in ["", "main.", ".x", " . "] {
+            assert!(table_name(bad).is_err(), "{bad}");
+        }
         assert_eq!(
-            table_name("hr.salaries"),
+            table_name("hr.salaries").unwrap(),
             TableName {
                 schema: "hr".into(),
                 name: "salaries".into()

@@ -400,7 +400,16 @@ fn exit_codes_say_same_different_not_found_and_busy() {
     assert!(said.contains("no table `main.nope` in backup"), "{said}");
     // A file that is no database.
     std::fs::write(p.path("notes.duckdb"), vec![b'x'; 20_000]).unwrap();
-    assert_exit(&p.run(&["diff", "latest", "notes.duckdb"]), 74);
+    let said = assert_exit(&p.run(&["diff", "latest", "notes.duckdb"]), 74);
+    assert!(said.contains("`notes.duckdb` cannot be compared"), "{said}");
+    assert!(
+        !said.contains("DB_PATH"),
+        "a file to compare is not DB_PATH: {said}"
+    );
+    for bad in ["", "main.", ".salaries"] {
+        let said = assert_exit(&p.run(&["diff", "--rows", bad]), 64);
+        assert!(said.contains("`--rows` takes a table"), "{said}");
+    }
     // A writer holds the database: busy, retry, and the JSON says so.
     let before = support::every_byte(&p.backups());
     let holder = support::hold(&p.db());
@@ -448,7 +457,14 @@ fn a_packed_backup_is_rebuilt_and_diffs_correctly() {
     };
     assert_eq!(storage(&older).as_deref(), Some("packed"), "{listed:?}");
     assert_eq!(storage(&newer).as_deref(), Some("plain"));
+    // A staged copy a killed diff left (no process holds it) goes before the rebuild.
+    let left_behind = p.dir.path().join(format!(
+        "{}4194303-diff0.duckdb",
+        ducksafe::engine::staging::prefix(&p.db())
+    ));
+    std::fs::write(&left_behind, b"half a rebuild").unwrap();
     assert_the_run(&diff(&p, &[&older, &newer], 1));
+    assert!(!left_behind.exists(), "the abandoned staged copy was swept");
     assert_the_run(&diff(&p, &[&older, "current"], 1));
     let r = rows(&p, "salaries", &[], 0);
     assert_eq!(r.rows.len(), 0, "the newest backup is the database: {r:#?}");
