@@ -196,6 +196,20 @@ pub enum Error {
     #[error("`{}` cannot be compared: {why}", path.display())]
     CompareFileInvalid { path: PathBuf, why: String },
 
+    /// `diff` of a packed backup whose rebuild would not fit beside the database.
+    #[error(
+        "cannot rebuild backup `{id}` to compare it: not enough free space in `{}`: {} available, {} required (the backup's size, plus 1 MiB)",
+        dir.display(),
+        human_bytes(*available),
+        human_bytes(*required)
+    )]
+    NoRoomToCompare {
+        id: String,
+        dir: PathBuf,
+        available: u64,
+        required: u64,
+    },
+
     /// `diff --rows TABLE` of a table that neither state (or only one) has.
     #[error("no table `{table}` in {missing_in}")]
     TableNotFound { table: String, missing_in: String },
@@ -269,7 +283,9 @@ impl Error {
             | Error::UnsafeFolder { .. }
             | Error::SharedBackupDir { .. }
             | Error::OwnerFileDamaged { .. } => C::BackupDirUnsafe,
-            Error::InsufficientSpace { .. } | Error::NoRoomToStage { .. } => C::InsufficientSpace,
+            Error::InsufficientSpace { .. }
+            | Error::NoRoomToStage { .. }
+            | Error::NoRoomToCompare { .. } => C::InsufficientSpace,
             Error::BackupFailed { .. } | Error::BackupDirReadOnly { .. } => C::BackupFailed,
             Error::Io { source, .. } if is_no_space(source) => C::InsufficientSpace,
             Error::Io { .. } => C::IoError,
@@ -377,6 +393,9 @@ impl Error {
             ),
             Error::CompareFileInvalid { .. } => Some(
                 "name a DuckDB database file (one this DuckDB can read), `current` for the live database, or a backup (`latest`, or an id `ducksafe list` shows)".into(),
+            ),
+            Error::NoRoomToCompare { .. } => Some(
+                "an older backup kept as packs (`BACKUP_STORAGE: incremental`) is rebuilt beside the database before it is compared, and removed after: free that much space there, or compare newer backups (plain files, read in place); nothing was written".into(),
             ),
             Error::TableNotFound { .. } => Some(
                 "`ducksafe diff` without `--rows` lists the tables of both states; name one as `schema.table` (default schema `main`)".into(),

@@ -181,7 +181,21 @@ fn open_backup<'a>(
         for line in staging::sweep(db, false) {
             tracing::info!("{line}");
         }
-        space::check(crate::files::parent_of(staged_at), m.bytes, STAGING_SLACK)?;
+        space::check(crate::files::parent_of(staged_at), m.bytes, STAGING_SLACK).map_err(|e| {
+            match e {
+                Error::InsufficientSpace {
+                    dir,
+                    available,
+                    required,
+                } => Error::NoRoomToCompare {
+                    id: entry.id.clone(),
+                    dir,
+                    available,
+                    required,
+                },
+                other => other,
+            }
+        })?;
         let inv = store.inventory()?;
         let staged = Staged::fill(staged_at, |out| {
             store.rebuild_into(&inv, entry, out, staged_at).map(drop)

@@ -617,3 +617,63 @@ fn post_run_says_it_only_when_asked() {
     );
     assert!(r.changes.is_some(), "{r:#?}");
 }
+
+/// A packed backup is rebuilt beside the database: on a full disk, `insufficient_space` (73)
+/// that says so, and nothing is left behind.
+#[test]
+fn a_packed_backup_on_a_full_disk_is_refused_and_leaves_nothing() {
+    use crate::support::mount::{mounted, Mount};
+    let root = tempfile::tempdir().unwrap();
+    let Some(_fs) = mounted(
+        "diff of a packed backup onto a full disk",
+        Mount::tmpfs(root.path(), 64 << 20, 0o700),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir_in(root.path()).unwrap();
+    ducksafe::demo::create_sized(&dir.path().join("simulation.duckdb"), 300, 1500).unwrap();
+    let p = Project { dir };
+    let backups = tempfile::tempdir().unwrap();
+    p.write_config(&format!(
+        "DB_PATH: simulation.duckdb\nLOG_LEVEL: INFO\nBACKUP_MIN_FREE_BYTES: 0\nBACKUP_STORAGE: incremental\nBACKUP_DIR: {}\n",
+        backups.path().join("b").display()
+    ));
+    let older = backup(&p);
+    sql(
+        &p.db(),
+        "DELETE FROM fct_yearly_events WHERE event_id < 'EVT00000100';",
+    );
+    backup(&p);
+    let db_bytes = std::fs::metadata(p.db()).unwrap().len();
+    let free = ducksafe::files::fs_space(p.dir.path())
+        .unwrap()
+        .available_bytes;
+    std::fs::write(
+        p.path("filler"),
+        vec![0u8; usize::try_from(free - db_bytes / 2).unwrap()],
+    )
+    .unwrap();
+    let before = support::dir_names(p.dir.path());
+    let out = p.run(&["--json", "diff", &older]);
+    assert_exit(&out, 73);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["errors"][0]["code"], "insufficient_space");
+    let message = v["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("cannot rebuild backup `{older}` to compare it")),
+        "{message}"
+    );
+    assert!(v["errors"][0]["hint"]
+        .as_str()
+        .unwrap()
+        .contains("beside the database"));
+    assert_eq!(
+        support::dir_names(p.dir.path()),
+        before,
+        "nothing left behind"
+    );
+    // With room again, the same diff works.
+    std::fs::remove_file(p.path("filler")).unwrap();
+    let r = diff(&p, &[&older], 1);
+    assert_eq!(by_name(&r)["main.fct_yearly_events"].0, "changed");
+}
