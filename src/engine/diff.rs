@@ -434,6 +434,33 @@ impl Drop for SpillDir {
     }
 }
 
+/// What [`SpillDir`]s are called beside the database (`files::temp_sibling` adds the PID).
+const SPILL: &str = "diff-spill";
+
+/// Removes this database's spill folders whose diff is gone (killed: no destructor ran). The
+/// PID in the name says whose it is; a folder of a live process is left alone.
+fn sweep_spills(db: &Path) {
+    let prefix = format!("{}{SPILL}-", crate::files::TEMP_PREFIX);
+    let suffix = format!("-{}", crate::files::file_name(db));
+    let Ok(entries) = std::fs::read_dir(crate::files::parent_of(db)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if !rest.ends_with(&suffix) {
+            continue;
+        }
+        let pid: Option<i32> = rest.split('-').next().and_then(|p| p.parse().ok());
+        let gone = pid.is_some_and(|p| crate::files::process_start(p).is_none());
+        if gone && e.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Attaches both sides read-only to one instance, with `limits` (the scan pool when no limit
 /// is configured).
 pub fn attach(settings: &Settings, sides: &[Side<'_>; 2], limits: &Limits) -> Result<Attached> {
@@ -444,7 +471,9 @@ pub fn attach(settings: &Settings, sides: &[Side<'_>; 2], limits: &Limits) -> Re
         Instance::start(pool.as_ref().unwrap_or(limits)).map_err(|e| duck_error(&sides[0], e))?;
     // Beside the database, private, never the current directory; none when that folder is
     // not writable (a comparison too large for memory then fails, saying so).
-    let spill_at = crate::files::temp_sibling(&database::resolve(&settings.db_path), "diff-spill");
+    let db = database::resolve(&settings.db_path);
+    sweep_spills(&db);
+    let spill_at = crate::files::temp_sibling(&db, SPILL);
     let spill = crate::files::create_private_dir(&spill_at)
         .ok()
         .map(|()| SpillDir(spill_at));

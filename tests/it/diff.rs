@@ -241,6 +241,29 @@ fn diff_of_a_simulated_run_reports_exactly_its_changes() {
     std::fs::copy(p.db(), p.path("copy.duckdb")).unwrap();
     let copy = diff(&p, &["current", "copy.duckdb"], 0);
     assert_eq!(copy.to, format!("file {}", "copy.duckdb"));
+    // Where DuckDB may spill: a private folder beside the database, gone when the diff ends;
+    // one a killed diff left (its process gone) is removed by the next, one of a live process
+    // is not.
+    let dead = p.path(".ducksafe-tmp-diff-spill-4194303-0-simulation.duckdb");
+    let live = p.path(&format!(
+        ".ducksafe-tmp-diff-spill-{}-0-simulation.duckdb",
+        std::process::id()
+    ));
+    std::fs::create_dir(&dead).unwrap();
+    std::fs::write(dead.join("duckdb_temp_block"), b"x").unwrap();
+    std::fs::create_dir(&live).unwrap();
+    diff(&p, &["--rows", "salaries"], 1);
+    assert!(!dead.exists(), "the abandoned spill folder was removed");
+    assert!(
+        live.exists(),
+        "a live process's spill folder was left alone"
+    );
+    std::fs::remove_dir(&live).unwrap();
+    let spills: Vec<String> = support::dir_names(p.dir.path())
+        .into_iter()
+        .filter(|n| n.starts_with(".ducksafe-tmp") || n == ".tmp")
+        .collect();
+    assert!(spills.is_empty(), "{spills:?}");
     // A view redefined is a change of the view.
     sql(
         &p.db(),
