@@ -258,21 +258,22 @@ fn report_changes(
     ctx: &mut Ctx,
     settings: &Settings,
 ) -> Option<crate::protocol::ChangeSummary> {
-    let selector = request
-        .backup_id
-        .clone()
-        .or_else(|| {
-            crate::engine::lease::recorded_backup(
-                &crate::engine::database::resolve(&settings.db_path),
-                &settings.backup_dir,
-            )
-        })
-        .unwrap_or_else(|| "latest".to_owned());
+    let named = request.backup_id.clone().or_else(|| {
+        crate::engine::lease::recorded_backup(
+            &crate::engine::database::resolve(&settings.db_path),
+            &settings.backup_dir,
+        )
+    });
+    let selector = named.clone().unwrap_or_else(|| "latest".to_owned());
     let computed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         diff::after_run(settings, &selector)
     }));
     match computed {
         Ok(Ok(summary)) => summary,
+        // No run's backup named and none at all yet: nothing to compare with, nothing to say.
+        Ok(Err(
+            Error::NoBackupDir { .. } | Error::BackupNotFound { .. } | Error::DanglingLatest { .. },
+        )) if named.is_none() => None,
         Ok(Err(e)) => {
             ctx.warnings.push(format!(
                 "the run's changes could not be summarised against backup `{selector}` (the database was kept all the same): {e}"

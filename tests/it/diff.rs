@@ -591,6 +591,15 @@ fn post_run_says_what_the_run_changed() {
 
 #[test]
 fn post_run_says_it_only_when_asked() {
+    // No backup named and none taken yet: nothing to compare with, and nothing to warn about.
+    let bare = project("");
+    let (r, code) = bare.hook(&request(
+        "post_run",
+        &bare.config(),
+        r#","run":{"outcome":"success"}"#,
+    ));
+    assert_eq!(code, 0, "{r:#?}");
+    assert!(r.changes.is_none() && r.warnings.is_empty(), "{r:#?}");
     // Off by the key, or by the size: no summary.
     for extra in ["REPORT_CHANGES: false\n", "REPORT_CHANGES_MAX_BYTES: 1\n"] {
         let q = project(extra);
