@@ -72,6 +72,8 @@ pub enum Command {
     Unpin(PinArgs),
     /// Delete one backup now (e.g. one dated in the future by a wrong clock)
     Delete(DeleteArgs),
+    /// What changed between two states of the database (default: latest backup -> current); exit 1 when they differ
+    Diff(DiffArgs),
     /// Print a committed JSON Schema: config, request, response or manifest
     Schema(SchemaArgs),
     /// Check the configuration, the database and the backup directory; write nothing
@@ -183,6 +185,27 @@ pub struct StatusArgs {
     /// /var/lib/node_exporter/textfile/ducksafe.prom)
     #[arg(long, value_name = "PATH")]
     pub prometheus_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The older state: a backup id, `latest`, `current` (the live database) or a path to a
+    /// DuckDB file
+    #[arg(value_name = "FROM", default_value = "latest")]
+    pub from: String,
+    /// The newer state, as FROM
+    #[arg(value_name = "TO", default_value = "current")]
+    pub to: String,
+    /// List unchanged tables and views too
+    #[arg(long, conflicts_with = "rows")]
+    pub all: bool,
+    /// Show the rows of this table that differ (`schema.table`; default schema `main`)
+    #[arg(long, value_name = "TABLE")]
+    pub rows: Option<String>,
+    /// With --rows: at most this many rows of each change (removed, added, changed)
+    #[arg(long, value_name = "N", default_value_t = 100, requires = "rows",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: u64,
 }
 
 #[derive(Debug, Args)]
@@ -343,6 +366,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Pin(a) => commands::pin::run(&g, &a, true),
         Command::Unpin(a) => commands::pin::run(&g, &a, false),
         Command::Delete(a) => commands::delete::run(&g, &a),
+        Command::Diff(a) => commands::diff::run(&g, &a),
         Command::Schema(a) => commands::schema::run(g.json, &a),
         Command::Validate => commands::validate::run(&g),
         Command::Status(a) => commands::status::run(&g, &a),
@@ -372,6 +396,7 @@ fn audited(command: &Command) -> Option<(&'static str, bool)> {
         Command::Push => ("push", false),
         Command::Init(_)
         | Command::List(_)
+        | Command::Diff(_)
         | Command::Verify(_)
         | Command::Status(_)
         | Command::Schema(_)

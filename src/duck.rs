@@ -354,6 +354,42 @@ pub struct ViewDef {
     pub sql: String,
 }
 
+/// How a row differs between two states of a table ([`Db::diff_rows`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RowChange {
+    /// Only in the old state.
+    Removed,
+    /// Only in the new state.
+    Added,
+    /// The same key on both sides, other values (keyed comparison only).
+    Changed,
+}
+
+/// One row that differs: its values as DuckDB prints them (`NULL` is `None`), in the order of
+/// [`RowDiff::columns`]; `old` for a removed or changed row, `new` for an added or changed one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DiffRow {
+    pub change: RowChange,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old: Option<Vec<Option<String>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new: Option<Vec<Option<String>>>,
+}
+
+/// The rows of one table that differ between two states, at most `limit` of each change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RowDiff {
+    /// The columns compared: those both states have, in the new state's order.
+    pub columns: Vec<String>,
+    /// The primary key the rows were matched on; empty for a comparison of whole rows
+    /// (`EXCEPT ALL` both ways), where a changed row is one removed and one added.
+    pub key: Vec<String>,
+    pub rows: Vec<DiffRow>,
+    /// More rows differ than were returned.
+    pub more: bool,
+}
+
 /// Names of attachments: unique in the process, so never two in one instance.
 static ATTACHMENTS: AtomicU64 = AtomicU64::new(0);
 
@@ -413,6 +449,24 @@ impl Instance {
             .map_err(|e| classify(&e))
     }
 
+    /// Where DuckDB writes what does not fit in its memory limit (a large join or sort):
+    /// `dir`, or nowhere (`None`: such work fails with [`DuckError::OutOfMemory`]). An instance
+    /// in memory would otherwise spill into `.tmp` in the current directory.
+    pub fn set_spill_dir(&self, dir: Option<&Path>) -> Result<(), DuckError> {
+        let text = match dir {
+            Some(d) => d.to_str().ok_or_else(|| {
+                DuckError::Failed(format!("`{}` is not a UTF-8 path", d.display()))
+            })?,
+            None => "",
+        };
+        self.conn
+            .execute_batch(&format!(
+                "SET temp_directory = '{}';",
+                text.replace('\'', "''")
+            ))
+            .map_err(|e| classify(&e))
+    }
+
     /// Attaches an existing database read-only (its WAL, if any, is replayed in memory and
     /// left on disk), through a new connection whose current database it is; also gives the
     /// header [`check_header`] read before DuckDB saw the file.
@@ -441,6 +495,177 @@ impl Instance {
             header,
         ))
     }
+}
+
+/// The expression column `c` of side `s` is compared on: itself, or its text when its type
+/// differs between the two states (`same` false).
+fn compared(s: &str, c: &str, same: bool) -> String {
+    let e = format!("{s}.{}", quote_ident(c));
+    if same {
+        e
+    } else {
+        format!("CAST({e} AS VARCHAR)")
+    }
+}
+
+/// Column `c` of side `s` as text, as the rows are returned.
+fn as_text(s: &str, c: &str) -> String {
+    format!("CAST({s}.{} AS VARCHAR)", quote_ident(c))
+}
+
+/// `hash(c1, c2, …)` of side `s`'s compared columns: equal rows hash alike.
+fn row_hash(s: &str, columns: &[(String, bool)]) -> String {
+    let cols = columns
+        .iter()
+        .map(|(c, same)| compared(s, c, *same))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("hash({cols})")
+}
+
+/// [`Db::diff_rows`] without a key: whole rows, `EXCEPT ALL` both ways, at most `take` of each.
+/// The rows to compare are first narrowed down to those whose row hash is not as frequent on
+/// both sides (one aggregation of the two tables' hashes): a table of millions of rows with a
+/// few changes then compares a few rows, not millions of whole rows in a hash table. A row is
+/// missed only if another row with the same 64-bit hash took its place, as often.
+fn whole_rows_sql(a: &str, b: &str, columns: &[(String, bool)], take: u64) -> String {
+    let list = columns
+        .iter()
+        .map(|(c, same)| format!("{} AS {}", compared("t", c, *same), quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let out = columns
+        .iter()
+        .map(|(c, _)| as_text("d", c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let h = row_hash("t", columns);
+    let candidates = |from: &str| {
+        format!("SELECT {list} FROM {from} AS t WHERE {h} IN (SELECT h FROM __ducksafe_hashes)")
+    };
+    let side = |change: &str, from: &str, other: &str| {
+        format!(
+            "(SELECT '{change}' AS __ducksafe_change, {out} FROM \
+             (SELECT * FROM {from} EXCEPT ALL SELECT * FROM {other}) AS d \
+             ORDER BY ALL LIMIT {take})"
+        )
+    };
+    format!(
+        "WITH __ducksafe_hashes AS MATERIALIZED (\
+            SELECT h FROM (SELECT {h} AS h, 1 AS s FROM {a} AS t \
+                           UNION ALL SELECT {h} AS h, -1 AS s FROM {b} AS t) \
+            GROUP BY h HAVING sum(s) <> 0), \
+         __ducksafe_a AS MATERIALIZED ({}), \
+         __ducksafe_b AS MATERIALIZED ({}) \
+         SELECT * FROM ({} UNION ALL {})",
+        candidates(a),
+        candidates(b),
+        side("removed", "__ducksafe_a", "__ducksafe_b"),
+        side("added", "__ducksafe_b", "__ducksafe_a")
+    )
+}
+
+/// [`Db::diff_rows`] on a key: a full outer join on it, the rows whose other columns differ
+/// (`IS DISTINCT FROM`: a NULL that became a value differs), at most `take` of each change,
+/// ordered by the key. The keys to compare are first narrowed down to those whose row hash
+/// differs (a join of keys and hashes only), so that only their rows are joined whole.
+fn keyed_rows_sql(
+    a: &str,
+    b: &str,
+    columns: &[(String, bool)],
+    key: &[String],
+    take: u64,
+) -> String {
+    let same_of = |k: &str| columns.iter().find(|(c, _)| c == k).is_none_or(|(_, s)| *s);
+    let k_at = |s: &str, k: &str| compared(s, k, same_of(k));
+    let kname = |i: usize| format!("__ducksafe_k{i}");
+    let h = row_hash("t", columns);
+    let keyed = |from: &str| {
+        let ks = key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} AS {}", k_at("t", k), kname(i)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("SELECT {ks}, {h} AS __ducksafe_h FROM {from} AS t")
+    };
+    let join_on = |x: &str, y: &str| {
+        (0..key.len())
+            .map(|i| format!("{x}.{} = {y}.{}", kname(i), kname(i)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let coalesced = (0..key.len())
+        .map(|i| format!("coalesce(o.{k}, n.{k}) AS {k}", k = kname(i)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let narrowed = |from: &str, mark: &str| {
+        let on = key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} = d.{}", k_at("t", k), kname(i)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        format!(
+            "SELECT t.*, true AS {mark} FROM {from} AS t SEMI JOIN __ducksafe_keys AS d ON {on}"
+        )
+    };
+    let on = key
+        .iter()
+        .map(|k| format!("{} = {}", k_at("o", k), k_at("n", k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let mut filter = vec![
+        "o.__ducksafe_o IS NULL".to_owned(),
+        "n.__ducksafe_n IS NULL".to_owned(),
+    ];
+    filter.extend(columns.iter().map(|(c, same)| {
+        format!(
+            "{} IS DISTINCT FROM {}",
+            compared("o", c, *same),
+            compared("n", c, *same)
+        )
+    }));
+    let filter = filter.join(" OR ");
+    let values = |s: &str| {
+        columns
+            .iter()
+            .map(|(c, _)| as_text(s, c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (old, new) = (values("o"), values("n"));
+    let order = key
+        .iter()
+        .map(|k| format!("coalesce({}, {})", as_text("o", k), as_text("n", k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let per_change = |change: &str, when: &str| {
+        format!(
+            "(SELECT '{change}' AS __ducksafe_change, {old}, {new} \
+             FROM __ducksafe_old AS o FULL OUTER JOIN __ducksafe_new AS n ON {on} \
+             WHERE ({filter}) AND {when} ORDER BY {order} LIMIT {take})"
+        )
+    };
+    format!(
+        "WITH __ducksafe_keys AS MATERIALIZED (\
+            SELECT {coalesced} FROM ({}) AS o FULL OUTER JOIN ({}) AS n ON {} \
+            WHERE o.__ducksafe_h IS DISTINCT FROM n.__ducksafe_h), \
+         __ducksafe_old AS MATERIALIZED ({}), \
+         __ducksafe_new AS MATERIALIZED ({}) \
+         SELECT * FROM ({} UNION ALL {} UNION ALL {})",
+        keyed(a),
+        keyed(b),
+        join_on("o", "n"),
+        narrowed(a, "__ducksafe_o"),
+        narrowed(b, "__ducksafe_n"),
+        per_change("removed", "n.__ducksafe_n IS NULL"),
+        per_change("added", "o.__ducksafe_o IS NULL"),
+        per_change(
+            "changed",
+            "o.__ducksafe_o IS NOT NULL AND n.__ducksafe_n IS NOT NULL"
+        ),
+    )
 }
 
 /// ducksafe's DuckDB configuration on top of `config`.
@@ -838,6 +1063,111 @@ impl Db {
                 },
             )
             .map_err(|e| classify(&e))
+    }
+
+    /// The columns of a table's primary key, in key order; empty when it has none.
+    pub fn primary_key(&self, t: &TableName) -> Result<Vec<String>, DuckError> {
+        let mut stmt = self
+            .conn()
+            .prepare(
+                "SELECT constraint_column_names FROM duckdb_constraints() \
+                 WHERE database_name = current_database() AND schema_name = ? AND table_name = ? \
+                 AND constraint_type = 'PRIMARY KEY'",
+            )
+            .map_err(|e| classify(&e))?;
+        let mut rows = stmt
+            .query_map([&t.schema, &t.name], |r| {
+                r.get::<_, duckdb::types::Value>(0)
+            })
+            .map_err(|e| classify(&e))?;
+        let Some(first) = rows.next() else {
+            return Ok(Vec::new());
+        };
+        match first.map_err(|e| classify(&e))? {
+            duckdb::types::Value::List(items) => Ok(items
+                .into_iter()
+                .filter_map(|v| match v {
+                    duckdb::types::Value::Text(s) => Some(s),
+                    _ => None,
+                })
+                .collect()),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// `"attachment"."schema"."name"`: the table as another connection of the same instance
+    /// names it.
+    fn qualified(&self, t: &TableName) -> Result<String, DuckError> {
+        let at = self
+            .attached
+            .as_deref()
+            .ok_or_else(|| DuckError::Failed("the database is not attached".into()))?;
+        Ok(format!("{}.{}", quote_ident(at), t.quoted()))
+    }
+
+    /// The rows of table `t` that differ between `self` (the old state) and `new`, both
+    /// attached to the same [`Instance`], computed by DuckDB in one query: matched on `key`
+    /// (the primary key, which both must have) with a full outer join, or, with no key, as
+    /// whole rows, `EXCEPT ALL` both ways (duplicates count). `columns` are compared: a column
+    /// whose type differs between the states is compared as text. At most `limit` rows of each
+    /// change are returned, ordered by key (or by every column), so that the answer is the same
+    /// every time; memory stays within the instance's limit (DuckDB spills joins and sorts).
+    pub fn diff_rows(
+        &self,
+        new: &Db,
+        t: &TableName,
+        columns: &[(String, bool)],
+        key: &[String],
+        limit: u64,
+    ) -> Result<RowDiff, DuckError> {
+        let (a, b) = (self.qualified(t)?, new.qualified(t)?);
+        let n = columns.len();
+        let take = limit.saturating_add(1);
+        let sql = if key.is_empty() {
+            whole_rows_sql(&a, &b, columns, take)
+        } else {
+            keyed_rows_sql(&a, &b, columns, key, take)
+        };
+        let started = std::time::Instant::now();
+        let mut stmt = self.conn().prepare(&sql).map_err(|e| classify(&e))?;
+        let keyed = !key.is_empty();
+        let rows = stmt
+            .query_map([], |r| {
+                let change: String = r.get(0)?;
+                let read = |from: usize| -> duckdb::Result<Vec<Option<String>>> {
+                    (from..from + n)
+                        .map(|i| r.get::<_, Option<String>>(i))
+                        .collect()
+                };
+                let (change, old, new) = match (change.as_str(), keyed) {
+                    ("removed", _) => (RowChange::Removed, Some(read(1)?), None),
+                    ("added", false) => (RowChange::Added, None, Some(read(1)?)),
+                    ("added", true) => (RowChange::Added, None, Some(read(1 + n)?)),
+                    _ => (RowChange::Changed, Some(read(1)?), Some(read(1 + n)?)),
+                };
+                Ok(DiffRow { change, old, new })
+            })
+            .map_err(|e| classify(&e))?;
+        let all = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| classify(&e))?;
+        crate::timing::took(&format!("rows of {} compared", t.display()), started);
+        let mut more = false;
+        let mut kept = Vec::with_capacity(all.len());
+        for change in [RowChange::Removed, RowChange::Added, RowChange::Changed] {
+            let of: Vec<DiffRow> = all.iter().filter(|r| r.change == change).cloned().collect();
+            more |= of.len() as u64 > limit;
+            kept.extend(
+                of.into_iter()
+                    .take(usize::try_from(limit).unwrap_or(usize::MAX)),
+            );
+        }
+        Ok(RowDiff {
+            columns: columns.iter().map(|(c, _)| c.clone()).collect(),
+            key: key.to_vec(),
+            rows: kept,
+            more,
+        })
     }
 
     /// Folds the WAL into the database file (only ever on ducksafe's own temporary copy).

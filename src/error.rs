@@ -211,6 +211,32 @@ pub enum Error {
         why: String,
     },
 
+    /// A file `diff` was asked to compare that does not exist.
+    #[error("no file `{}` to compare", path.display())]
+    CompareFileNotFound { path: PathBuf },
+
+    /// A file `diff` was asked to compare that is no DuckDB database this DuckDB can read.
+    #[error("`{}` cannot be compared: {why}", path.display())]
+    CompareFileInvalid { path: PathBuf, why: String },
+
+    /// `diff` of a packed backup whose rebuild would not fit beside the database.
+    #[error(
+        "cannot rebuild backup `{id}` to compare it: not enough free space in `{}`: {} available, {} required (the backup's size, plus 1 MiB)",
+        dir.display(),
+        human_bytes(*available),
+        human_bytes(*required)
+    )]
+    NoRoomToCompare {
+        id: String,
+        dir: PathBuf,
+        available: u64,
+        required: u64,
+    },
+
+    /// `diff --rows TABLE` of a table that neither state (or only one) has.
+    #[error("no table `{table}` in {missing_in}")]
+    TableNotFound { table: String, missing_in: String },
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -237,6 +263,10 @@ pub enum RemoteFailure {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `diff`'s exit code when the two states differ (as `diff` and `git diff --exit-code`): not
+/// an error, so no protocol code.
+pub const EXIT_DIFFERENCES: i32 = 1;
 
 fn holder_text(pid: Option<i32>, holder: Option<&str>) -> String {
     match (pid, holder) {
@@ -312,16 +342,19 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         use ErrorCode as C;
         match self {
-            Error::Usage(_) | Error::DeleteRefused { .. } | Error::TableRestoreRefused { .. } => {
-                C::Usage
-            }
+            Error::Usage(_)
+            | Error::DeleteRefused { .. }
+            | Error::TableRestoreRefused { .. }
+            | Error::TableNotFound { .. } => C::Usage,
             Error::InvalidRequest(_) | Error::RequestViolations(_) => C::InvalidRequest,
             Error::UnsupportedEvent(_) => C::UnsupportedEvent,
             Error::UnsupportedProtocol(_) => C::UnsupportedProtocolVersion,
             Error::ConfigNotFound { .. } => C::ConfigNotFound,
             Error::ConfigInvalid { .. } => C::ConfigInvalid,
-            Error::DatabaseNotFound { .. } => C::DatabaseNotFound,
-            Error::DatabaseInvalid { .. } => C::DatabaseInvalid,
+            Error::DatabaseNotFound { .. } | Error::CompareFileNotFound { .. } => {
+                C::DatabaseNotFound
+            }
+            Error::DatabaseInvalid { .. } | Error::CompareFileInvalid { .. } => C::DatabaseInvalid,
             Error::DatabaseDamaged { .. } => C::DatabaseDamaged,
             Error::DatabaseLocked { .. } => C::DatabaseLocked,
             Error::LockBusy { .. } | Error::RunInProgress { .. } | Error::RunTurnBusy { .. } => {
@@ -331,7 +364,9 @@ impl Error {
             | Error::UnsafeFolder { .. }
             | Error::SharedBackupDir { .. }
             | Error::OwnerFileDamaged { .. } => C::BackupDirUnsafe,
-            Error::InsufficientSpace { .. } | Error::NoRoomToStage { .. } => C::InsufficientSpace,
+            Error::InsufficientSpace { .. }
+            | Error::NoRoomToStage { .. }
+            | Error::NoRoomToCompare { .. } => C::InsufficientSpace,
             Error::BackupFailed { .. } | Error::BackupDirReadOnly { .. } => C::BackupFailed,
             Error::Io { source, .. } if is_no_space(source) => C::InsufficientSpace,
             Error::Io { .. } => C::IoError,
@@ -445,6 +480,18 @@ impl Error {
                 "the message says whether the database was replaced; see docs/runbook.md, section 'Restore failed'".into(),
             ),
             Error::Remote { failure, .. } => Some(remote_hint(*failure).into()),
+            Error::CompareFileNotFound { .. } => Some(
+                "name a DuckDB file that exists, `current` for the live database, or a backup (`latest`, or an id `ducksafe list` shows)".into(),
+            ),
+            Error::CompareFileInvalid { .. } => Some(
+                "name a DuckDB database file (one this DuckDB can read), `current` for the live database, or a backup (`latest`, or an id `ducksafe list` shows)".into(),
+            ),
+            Error::NoRoomToCompare { .. } => Some(
+                "an older backup kept as packs (`BACKUP_STORAGE: incremental`) is rebuilt beside the database before it is compared, and removed after: free that much space there, or compare newer backups (plain files, read in place); nothing was written".into(),
+            ),
+            Error::TableNotFound { .. } => Some(
+                "`ducksafe diff` without `--rows` lists the tables of both states; name one as `schema.table` (default schema `main`)".into(),
+            ),
             Error::Internal(_) => Some(
                 "this is a bug in ducksafe; nothing unverified was published. Please report it with the output above".into(),
             ),

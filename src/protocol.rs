@@ -405,6 +405,11 @@ pub struct Response {
     /// repeated so that a saved response tells whose exit code a caller saw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunInfo>,
+    /// post_run, with `REPORT_CHANGES`: what the run changed, per table (see
+    /// docs/protocol.md). Absent when it was not asked for or could not be computed (then a
+    /// warning says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<ChangeSummary>,
     /// The resolved configuration paths (absolute), for the caller's logs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub paths: BTreeMap<String, String>,
@@ -415,6 +420,57 @@ pub struct Response {
     pub errors: Vec<ErrorEntry>,
     pub exit_code: i32,
     pub duration_ms: u64,
+}
+
+/// How a table (or view) differs between two states of the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// Only in the newer state.
+    Added,
+    /// Only in the older state.
+    Dropped,
+    /// Its columns (names, types, nullability or defaults) differ.
+    SchemaChanged,
+    /// Same columns, other rows (fingerprints or row counts differ).
+    Changed,
+    /// Same columns and same fingerprint.
+    Unchanged,
+    /// Same row count, but no fingerprint to compare the rows with (a backup verified below
+    /// `VERIFY_LEVEL: full`).
+    Unknown,
+}
+
+/// post_run, with `REPORT_CHANGES`: what the run changed, the database after the run against
+/// the manifest of the backup its pre_run took (row counts and fingerprints).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ChangeSummary {
+    /// The backup the database was compared with.
+    pub against_backup: String,
+    /// Tables added, dropped or changed (or whose change is unknown): those listed in `tables`.
+    pub tables_changed: u64,
+    /// Tables whose rows are the backup's, fingerprint for fingerprint.
+    pub tables_unchanged: u64,
+    pub tables: Vec<TableChangeSummary>,
+    /// What computing the summary cost (a scan of every table of the database).
+    pub duration_ms: u64,
+}
+
+/// One table the run touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TableChangeSummary {
+    /// `schema.name`.
+    pub table: String,
+    pub change: ChangeKind,
+    /// Rows in the backup; absent for a table the run added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_before: Option<u64>,
+    /// Rows after the run; absent for a table the run dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_after: Option<u64>,
+    /// `rows_after - rows_before` (a missing side counts as 0 rows): rows added (positive) or
+    /// removed (negative), net.
+    pub rows_delta: i64,
 }
 
 #[cfg(test)]

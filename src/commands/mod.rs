@@ -8,6 +8,7 @@ pub mod adopt;
 pub mod backup;
 pub mod completions;
 pub mod delete;
+pub mod diff;
 pub mod hook;
 pub mod init;
 pub mod list;

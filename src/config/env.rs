@@ -40,7 +40,8 @@ pub(super) fn apply(
             | "STATUS_MAX_AGE_HOURS"
             | "REMOTE_KEEP_LAST"
             | "REMOTE_RETENTION_DAYS"
-            | "REMOTE_CONCURRENCY" => {
+            | "REMOTE_CONCURRENCY"
+            | "REPORT_CHANGES_MAX_BYTES" => {
                 // A negative number stays a number, so that the schema says it is below the
                 // minimum rather than "not an integer".
                 let n = raw.trim();
@@ -52,7 +53,7 @@ pub(super) fn apply(
                     Value::from,
                 )
             }
-            "RESTORE_ON_FAILURE" | "REMOTE_REQUIRED" => {
+            "RESTORE_ON_FAILURE" | "REMOTE_REQUIRED" | "REPORT_CHANGES" => {
                 match raw.trim().to_ascii_lowercase().as_str() {
                     "1" | "true" | "yes" | "on" => Value::Bool(true),
                     "0" | "false" | "no" | "off" => Value::Bool(false),

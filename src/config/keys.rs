@@ -91,6 +91,24 @@ pub struct Config {
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"))]
     pub duckdb_memory_limit: Option<String>,
 
+    /// post_run: add a per-table summary of what the run changed (`changes` in the response),
+    /// computed from the pre-run backup's manifest and a scan of every table of the database.
+    /// Unset: only when the database is at most `REPORT_CHANGES_MAX_BYTES`.
+    #[serde(
+        rename = "REPORT_CHANGES",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub report_changes: Option<bool>,
+
+    /// With `REPORT_CHANGES` unset: the largest database (main file plus WAL, in bytes) whose
+    /// post_run reports the run's changes; the scan costs about a second per GiB.
+    #[serde(
+        rename = "REPORT_CHANGES_MAX_BYTES",
+        default = "default_report_changes_max"
+    )]
+    pub report_changes_max_bytes: u64,
+
     /// DuckDB worker threads for verification scans; default: all cores.
     #[serde(
         rename = "DUCKDB_THREADS",
@@ -207,6 +225,9 @@ fn default_keep_last() -> u32 {
 fn default_min_free() -> u64 {
     100 * 1024 * 1024
 }
+fn default_report_changes_max() -> u64 {
+    1024 * 1024 * 1024
+}
 
 /// Log verbosity; the Python names the seed's users know are accepted too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -298,7 +319,7 @@ impl VerifyLevel {
 }
 
 /// Every key, in the order the documentation lists them.
-pub const KEYS: [&str; 23] = [
+pub const KEYS: [&str; 25] = [
     "DB_PATH",
     "LOG_LEVEL",
     "BACKUP_DIR",
@@ -322,6 +343,8 @@ pub const KEYS: [&str; 23] = [
     "REMOTE_KEEP_LAST",
     "REMOTE_RETENTION_DAYS",
     "REMOTE_CONCURRENCY",
+    "REPORT_CHANGES",
+    "REPORT_CHANGES_MAX_BYTES",
 ];
 
 /// The configuration schema as JSON (what `ducksafe schema config` prints).
@@ -349,7 +372,9 @@ pub(super) fn expected_hint(key: &str) -> Option<String> {
             "BACKUP_RETENTION_DAYS" | "REMOTE_RETENTION_DAYS" => {
                 "a whole number of days, at least 1, or leave it out"
             }
-            "BACKUP_MAX_TOTAL_BYTES" => "a whole number of bytes, e.g. 1073741824 for 1 GiB",
+            "BACKUP_MAX_TOTAL_BYTES" | "REPORT_CHANGES_MAX_BYTES" => {
+                "a whole number of bytes, e.g. 1073741824 for 1 GiB"
+            }
             "BACKUP_MIN_FREE_BYTES" => "a whole number of bytes, e.g. 104857600 for 100 MiB",
             "BACKUP_STORAGE" => "one of full, incremental, independent",
             "VERIFY_LEVEL" => "one of quick, standard, full",
@@ -366,6 +391,7 @@ pub(super) fn expected_hint(key: &str) -> Option<String> {
             "REMOTE_REGION" => "a region name such as `us-east-1` or `auto` (R2)",
             "REMOTE_KEEP_LAST" => "a whole number of remote backups, at least 1",
             "REMOTE_CONCURRENCY" => "a whole number of parts, 1 to 64",
+            "REPORT_CHANGES" => "true or false, or leave it out to decide by size",
             "" => "see `ducksafe schema config`",
             _ => return None,
         }

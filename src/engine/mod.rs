@@ -21,6 +21,7 @@
 pub mod backup;
 pub mod blockstore;
 pub mod database;
+pub mod diff;
 pub mod folders;
 pub mod identity;
 pub mod incremental;

@@ -67,6 +67,7 @@ impl Ctx {
             space: None,
             restore: None,
             run: None,
+            changes: None,
             paths: self.paths.clone(),
             supported_versions: None,
             warnings: self.warnings.clone(),

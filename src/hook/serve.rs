@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use super::request::{decision_on_error, set_pairs};
 use super::response::{self, Ctx};
 use crate::config::{self, Asked, Settings};
-use crate::engine::{backup, restore};
+use crate::engine::{backup, diff, restore};
 use crate::error::Error;
 use crate::protocol::{ConfigSource, Decision, Event, OnFailure, Outcome, Request, Response};
 
@@ -249,7 +249,10 @@ fn post_run(request: &Request, mut ctx: Ctx, settings: &Settings, now: DateTime<
         request.on_failure,
         settings.config.restore_on_failure,
     ) {
-        return ctx.ok(Decision::Kept, reason);
+        let changes = report_changes(request, &mut ctx, settings);
+        let mut r = ctx.ok(Decision::Kept, reason);
+        r.changes = changes;
+        return r;
     }
     let selector = if let Some(id) = &request.backup_id {
         id.clone()
@@ -301,6 +304,46 @@ fn post_run(request: &Request, mut ctx: Ctx, settings: &Settings, now: DateTime<
             let mut r = ctx.fail(Decision::RestoreFailed, &e);
             r.reason = format!("restore failed: {e}");
             r
+        }
+    }
+}
+
+/// With `REPORT_CHANGES` (see [`diff::after_run`]): what the kept run changed, against the
+/// backup its pre_run took (the request's `backup_id`, else the run's record, else `latest`).
+/// Never fails the post_run: a summary that cannot be computed, even one that panics, is a
+/// warning.
+fn report_changes(
+    request: &Request,
+    ctx: &mut Ctx,
+    settings: &Settings,
+) -> Option<crate::protocol::ChangeSummary> {
+    let named = request.backup_id.clone().or_else(|| {
+        crate::engine::lease::recorded_backup(
+            &crate::engine::database::resolve(&settings.db_path),
+            &settings.backup_dir,
+        )
+    });
+    let selector = named.clone().unwrap_or_else(|| "latest".to_owned());
+    let computed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        diff::after_run(settings, &selector)
+    }));
+    match computed {
+        Ok(Ok(summary)) => summary,
+        // No run's backup named and none at all yet: nothing to compare with, nothing to say.
+        Ok(Err(
+            Error::NoBackupDir { .. } | Error::BackupNotFound { .. } | Error::DanglingLatest { .. },
+        )) if named.is_none() => None,
+        Ok(Err(e)) => {
+            ctx.warnings.push(format!(
+                "the run's changes could not be summarised against backup `{selector}` (the database was kept all the same): {e}"
+            ));
+            None
+        }
+        Err(_) => {
+            ctx.warnings.push(format!(
+                "the run's changes could not be summarised against backup `{selector}`: an internal error (the database was kept all the same)"
+            ));
+            None
         }
     }
 }

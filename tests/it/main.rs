@@ -10,6 +10,7 @@ mod audit;
 mod backup;
 mod blockstore;
 mod cli;
+mod diff;
 mod edges;
 mod guarded_runs;
 mod init_and_locks;
