@@ -361,7 +361,28 @@ pub fn run(
     guards_a_run: bool,
 ) -> Result<Outcome, Refused> {
     let mut notes = Notes::default();
-    match run_noting(settings, now, request_id, guards_a_run, &mut notes) {
+    match run_noting(settings, now, request_id, guards_a_run, false, &mut notes) {
+        Ok(outcome) => Ok(Outcome { notes, ..outcome }),
+        Err(error) => Err(Refused {
+            error,
+            notes: Box::new(notes),
+        }),
+    }
+}
+
+/// The undo backup a table restore takes before it writes (`restore --table`): taken and
+/// verified like any other, but published pinned, never named by `latest.duckdb` and rotating
+/// nothing. It is the database as it is before the restore, a state to go back to, not a
+/// restore point to replace the others: it must not push the backup being restored from (or
+/// any other) out of `BACKUP_KEEP_LAST` or the budget, and `latest` (what `restore latest` and
+/// the seed's `cp backups/latest.duckdb` put back) keeps naming the last ordinary backup.
+pub fn run_undo(
+    settings: &Settings,
+    now: DateTime<Utc>,
+    request_id: &str,
+) -> Result<Outcome, Refused> {
+    let mut notes = Notes::default();
+    match run_noting(settings, now, Some(request_id), false, true, &mut notes) {
         Ok(outcome) => Ok(Outcome { notes, ..outcome }),
         Err(error) => Err(Refused {
             error,
@@ -377,6 +398,7 @@ fn run_noting(
     now: DateTime<Utc>,
     request_id: Option<&str>,
     guards_a_run: bool,
+    undo: bool,
     notes: &mut Notes,
 ) -> Result<Outcome> {
     let phase = crate::timing::phase;
@@ -409,7 +431,8 @@ fn run_noting(
     // manifest that names the same id is published.
     identity::record(store.dir(), &owner)?;
     phase("identity recorded");
-    let manifest = manifest_for(settings, &owner, &id, now, &snap, verified, request_id);
+    let mut manifest = manifest_for(settings, &owner, &id, now, &snap, verified, request_id);
+    manifest.pinned = undo;
     let path = store.publish(snap.temp.path(), &manifest)?;
     snap.temp.disarm();
     drop(source);
@@ -417,12 +440,14 @@ fn run_noting(
     phase("published (manifest, sidecar, rename, directory fsync)");
 
     warnings.extend(snap.warnings.iter().cloned());
-    if let Some(w) = store.swap_latest(&id)? {
-        warnings.push(w);
+    if !undo {
+        if let Some(w) = store.swap_latest(&id)? {
+            warnings.push(w);
+        }
+        failpoint::hit("backup.latest");
+        // `latest` swapped: one folder fsync (the swap leaves it to its caller).
+        files::sync_dir(store.dir()).map_err(|e| Error::io("sync", store.dir(), e))?;
     }
-    failpoint::hit("backup.latest");
-    // `latest` swapped: one folder fsync (the swap leaves it to its caller).
-    files::sync_dir(store.dir()).map_err(|e| Error::io("sync", store.dir(), e))?;
     if let Some(turn) = &mut turn {
         if let Err(e) = turn.record(&id, request_id) {
             warnings.push(format!(
@@ -445,14 +470,23 @@ fn run_noting(
         phase("older backups converted");
     }
     let mut rotated = Vec::new();
-    let (plan, rotation) = store.apply_retention(
-        &inv,
-        Some(&id),
-        now,
-        retention::policy(settings),
-        &mut rotated,
-    )?;
-    warnings.extend(plan.warnings);
+    let rotation = if undo {
+        // An undo rotates nothing: the next ordinary backup applies retention.
+        RotationReport {
+            kept: inv.backups.iter().map(|b| b.id.clone()).collect(),
+            deleted: Vec::new(),
+        }
+    } else {
+        let (plan, rotation) = store.apply_retention(
+            &inv,
+            Some(&id),
+            now,
+            retention::policy(settings),
+            &mut rotated,
+        )?;
+        warnings.extend(plan.warnings);
+        rotation
+    };
     warnings.extend(store.inventory_warnings(&inv, now));
     warnings.extend(rotated);
     failpoint::hit("rotation.done");

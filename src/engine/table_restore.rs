@@ -19,9 +19,10 @@
 //!    definition can break one: checked on a copy of the catalog, no row read); any process
 //!    that has the database open, a reader too, as for a whole-file restore
 //!    (`database_locked`);
-//! 4. the undo: an ordinary verified backup of the live database, through the same path as
-//!    `ducksafe backup` ([`backup::run`]), then pinned, so rotation never deletes it before the
-//!    operator has decided (`ducksafe unpin ID` lets it go);
+//! 4. the undo: a verified backup of the live database, through the same path as `ducksafe
+//!    backup` ([`backup::run_undo`]), published pinned (rotation never deletes it before the
+//!    operator has decided; `ducksafe unpin ID` lets it go), never named by `latest` and
+//!    rotating nothing: it never pushes the backup being restored from out of the retention;
 //! 5. one transaction on the live database opened read-write, the staged copy attached
 //!    read-only: deletes (tables that reference others first), then inserts (referenced tables
 //!    first); a view that bound before must still bind; every restored table's fingerprint
@@ -417,7 +418,7 @@ fn take_undo(
     warnings: &mut Vec<String>,
 ) -> Result<Undo> {
     let marker = format!("{UNDO_REQUEST_PREFIX}{source}");
-    let taken = backup::run(settings, now, Some(&marker), false).map_err(|r| {
+    let taken = backup::run_undo(settings, now, &marker).map_err(|r| {
         let mut e = r.error;
         if let Error::BackupFailed { why, .. } = &mut e {
             why.push_str("; the undo backup could not be taken, so no table was restored");
@@ -426,26 +427,14 @@ fn take_undo(
     })?;
     warnings.extend(taken.notes.warnings.iter().cloned());
     let id = taken.manifest.id.clone();
-    let pinned = match pin(settings, &id) {
-        Ok(()) => true,
-        Err(e) => {
-            warnings.push(format!(
-                "the undo backup `{id}` could not be pinned ({e}): pin it now (`ducksafe pin {id}`) or rotation may delete it"
-            ));
-            false
-        }
-    };
+    // Published pinned, rotating nothing and leaving `latest` alone (`backup::run_undo`).
+    let pinned = taken.manifest.pinned;
     Ok(Undo {
         command: shell::restore_line(settings, &id, &taken.manifest.sha256),
         backup_id: id,
         sha256: taken.manifest.sha256,
         pinned,
     })
-}
-
-/// Pins backup `id` (the undo), under the backup directory's lock.
-fn pin(settings: &Settings, id: &str) -> Result<()> {
-    pin_as(settings, id, true)
 }
 
 /// Pins or unpins backup `id`, under the backup directory's lock.

@@ -457,8 +457,7 @@ fn a_crash_between_two_tables_leaves_the_database_unchanged() {
     // The first table's rows went in, uncommitted, when it died: nothing of them remains.
     assert_eq!(fingerprints(&p.db()), fps);
     assert_eq!(sha256(&p.db()), bytes, "the database file is as it was");
-    // The next run restores both (and sweeps the crashed run's staged copy). The crashed run
-    // took its undo backup, now `latest`: the backup is named.
+    // The next run restores both (and sweeps the crashed run's staged copy).
     let r = report(&p.run(&[
         "--json",
         "restore",
@@ -503,30 +502,32 @@ fn a_backup_packed_in_the_block_store_is_rebuilt_and_restored() {
     );
 }
 
+/// The undo backup is published pinned, never named by `latest` and rotating nothing: with
+/// `BACKUP_KEEP_LAST: 1`, the backup restored from survives it, `latest` still names it, and a
+/// second table restore "from latest" takes its rows from it too.
 #[test]
-fn latest_after_a_table_restore_is_the_undo_and_is_refused_as_a_source() {
-    let p = Project::new("");
+fn the_undo_backup_leaves_latest_and_the_retention_alone() {
+    let p = Project::new("BACKUP_KEEP_LAST: 1\n");
     let id = backup(&p);
+    let before = fingerprints(&p.backups().join(format!("{id}.duckdb")));
     bad_run(&p);
     let r = report(&p.run(&["--json", "restore", "--table", "employees"]));
     let undo = r.undo.unwrap().backup_id;
+    assert_eq!(manifest(&p, &undo)["pinned"], true);
     let latest = std::fs::read_link(p.backups().join("latest.duckdb")).unwrap();
-    assert!(latest.to_string_lossy().contains(&undo), "{latest:?}");
-    // A second table "from latest" would take it from the undo: refused, naming the source.
-    for latest in ["latest", "backups/latest.duckdb"] {
-        assert_refused(
-            &p,
-            &["restore", "--table", "fct_yearly_events", latest],
-            64,
-            &[
-                &format!("`latest` is backup `{undo}`, the undo backup"),
-                &format!("that restore used `{id}`"),
-            ],
-        );
-    }
-    // Named on purpose, the undo is a source like any other; so is the one the hint names.
+    assert!(latest.to_string_lossy().contains(&id), "{latest:?}");
+    assert!(
+        p.backups().join(format!("{id}.duckdb")).exists(),
+        "the backup restored from was kept"
+    );
+    assert_ok(&p.run(&["restore", "--table", "fct_yearly_events"]));
+    let after = fingerprints(&p.db());
+    assert_eq!(
+        table(&after, "main.fct_yearly_events"),
+        table(&before, "main.fct_yearly_events")
+    );
+    // Named on purpose, the undo is a source like any other.
     assert_ok(&p.run(&["restore", "--table", "employees", &undo]));
-    assert_ok(&p.run(&["restore", "--table", "fct_yearly_events", &id]));
 }
 
 /// The runbook's "A run broke one table" commands, verbatim (its example paths and id made the
@@ -600,9 +601,12 @@ fn a_writer_after_the_undo_backup_restores_nothing_and_unpins_the_undo() {
     assert!(text.contains("no table was restored"), "{text}");
     assert!(text.contains("was unpinned"), "{text}");
     assert_eq!(fingerprints(&p.db()), fps, "nothing was restored");
-    let undo = std::fs::read_link(p.backups().join("latest.duckdb")).unwrap();
-    let undo = undo.file_stem().unwrap().to_string_lossy().into_owned();
-    assert_ne!(undo, id, "the undo backup was taken");
+    let undo = p
+        .backup_files()
+        .into_iter()
+        .map(|f| f.trim_end_matches(".duckdb").to_owned())
+        .find(|b| *b != id)
+        .expect("the undo backup was taken");
     assert_eq!(manifest(&p, &undo)["pinned"], false);
 }
 
