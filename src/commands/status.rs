@@ -9,6 +9,7 @@
 //! It reads only, takes no lock, and exits by the monitoring convention (0 ok, 1 warning,
 //! 2 critical, 3 unknown: [`CheckState::exit_code`]), whatever went wrong.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Write};
@@ -21,8 +22,11 @@ use super::{Access, Global};
 use crate::audit;
 use crate::cli::StatusArgs;
 use crate::config::{redact_text, Settings};
+use crate::engine::blockstore::Hash;
 use crate::engine::journal::{self, Pending};
+use crate::engine::manifest::{Manifest, Storage};
 use crate::engine::quarantine;
+use crate::engine::store::{Inventory, Store, MANIFEST_EXT};
 use crate::error::{CheckState, Error};
 use crate::files;
 use crate::output::{self, size, Failure, Report};
@@ -53,6 +57,14 @@ pub struct LastHook {
     pub errors: Vec<String>,
 }
 
+/// A backup that cannot be restored as it stands on disk (sizes and presence, not content).
+#[derive(Debug, Clone, Serialize)]
+pub struct Damaged {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub why: String,
+}
+
 /// One folder a restore left in quarantine.
 #[derive(Debug, Clone, Serialize)]
 pub struct QuarantineFolder {
@@ -63,7 +75,11 @@ pub struct QuarantineFolder {
 /// What status found, before any judgement.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Figures {
+    /// The newest backup that passed verification and is intact on disk.
     pub newest_verified: Option<Newest>,
+    /// Backups whose file is missing or of another size than their manifest records, or
+    /// (packed) whose chunks are not all in a pack or a plain backup on disk. Newest first.
+    pub damaged_backups: Vec<Damaged>,
     pub backups: usize,
     pub backups_bytes: u64,
     pub budget_bytes: Option<u64>,
@@ -121,6 +137,7 @@ pub fn assess(f: &Figures, max_age_hours: u32) -> Vec<Finding> {
     let mut say = |state, message: String| out.push(Finding { state, message });
     let max_age = i64::from(max_age_hours) * 3600;
     match &f.newest_verified {
+        None if !f.damaged_backups.is_empty() => say(CheckState::Critical, no_restorable(f)),
         None => say(
             CheckState::Critical,
             "no verified backup: take one with `ducksafe backup`".into(),
@@ -135,6 +152,7 @@ pub fn assess(f: &Figures, max_age_hours: u32) -> Vec<Finding> {
         ),
         Some(_) => {}
     }
+    damage_findings(f, &mut say);
     for why in &f.next_backup_refused {
         say(
             CheckState::Critical,
@@ -212,6 +230,43 @@ pub fn assess(f: &Figures, max_age_hours: u32) -> Vec<Finding> {
     out
 }
 
+/// Every backup is damaged: say which and why.
+fn no_restorable(f: &Figures) -> String {
+    format!(
+        "no restorable backup: {} damaged ({}): take a new one with `ducksafe backup` now",
+        f.damaged_backups.len(),
+        f.damaged_backups
+            .iter()
+            .map(|d| format!("`{}` {}", d.id, d.why))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )
+}
+
+/// A warning for each damaged backup when an intact one remains (none is critical, in
+/// [`assess`]), naming the newest restorable one when the newest backup is damaged.
+fn damage_findings(f: &Figures, say: &mut impl FnMut(CheckState, String)) {
+    if let Some(n) = &f.newest_verified {
+        for d in &f.damaged_backups {
+            let newer = d.created_at > n.created_at;
+            say(
+            CheckState::Warning,
+            format!(
+                "{}backup `{}` cannot be restored: {}; {}check the others' content with `ducksafe verify --all`",
+                if newer { "the newest " } else { "" },
+                d.id,
+                d.why,
+                if newer {
+                    format!("the newest restorable one is `{}`; take a new backup with `ducksafe backup` and ", n.id)
+                } else {
+                    String::new()
+                }
+            ),
+        );
+        }
+    }
+}
+
 /// The verdict of `findings`.
 pub fn verdict(findings: &[Finding]) -> CheckState {
     findings
@@ -241,25 +296,7 @@ fn gather(settings: &Settings, now: DateTime<Utc>) -> Result<Figures, Error> {
         ..Figures::default()
     };
     match super::open_store(settings, Access::Read) {
-        Ok(opened) => {
-            let store = &opened.store;
-            let inv = store.inventory()?;
-            f.backups = inv.backups.len();
-            f.backups_bytes = store.real_bytes(&inv);
-            f.newest_verified = inv
-                .backups
-                .iter()
-                .find(|b| !b.manifest.verification.checks.is_empty())
-                .map(|b| Newest {
-                    id: b.id.clone(),
-                    created_at: b.manifest.created_at,
-                    age_seconds: (now - b.manifest.created_at).num_seconds(),
-                    bytes: b.manifest.bytes,
-                    verification_level: b.manifest.verification.level.clone(),
-                });
-            f.standing_warnings
-                .extend(store.inventory_warnings(&inv, now));
-        }
+        Ok(opened) => backups(&mut f, &opened.store, now)?,
         Err(Error::NoBackupDir { .. }) => {}
         // Known and said: the next backup refuses it, so this is no reason to know nothing.
         Err(e @ Error::BackupDirUnsafe { .. }) => f.next_backup_refused.push(refusal(&e)),
@@ -304,6 +341,134 @@ fn gather(settings: &Settings, now: DateTime<Utc>) -> Result<Figures, Error> {
         )),
     }
     Ok(f)
+}
+
+/// Why each backup of `inv` (in its order) cannot be restored as it stands on disk, or `None`
+/// when it is intact. Cheap checks only, no hashing (`verify --all` checks content): a plain
+/// backup is intact when its file has the size its manifest records; a packed one when every
+/// chunk its block map lists is in a pack on disk or in an intact plain backup's file. The
+/// packs' index is read from their trailers (48 bytes a chunk), only when a backup is packed.
+fn damage(store: &Store, inv: &Inventory) -> Vec<Option<String>> {
+    let mut out: Vec<Option<String>> = inv
+        .backups
+        .iter()
+        .map(|b| match (b.manifest.storage, b.file_bytes) {
+            (Storage::Packed, _) => None,
+            (_, Some(n)) if n == b.manifest.bytes => None,
+            (_, Some(n)) => Some(format!(
+                "its file `{}` is {n} bytes, its manifest records {}",
+                store.backup_path(&b.id).display(),
+                b.manifest.bytes
+            )),
+            (_, None) => Some(format!(
+                "its file `{}` is missing",
+                store.backup_path(&b.id).display()
+            )),
+        })
+        .collect();
+    if !inv
+        .backups
+        .iter()
+        .any(|b| b.manifest.storage == Storage::Packed)
+    {
+        return out;
+    }
+    let index = store.packs().index();
+    let mut in_plain: HashSet<&Hash> = HashSet::new();
+    for (b, d) in inv.backups.iter().zip(&out) {
+        if b.manifest.storage != Storage::Packed && d.is_none() {
+            if let Some(map) = &b.manifest.blocks {
+                in_plain.extend(map.chunks.iter());
+            }
+        }
+    }
+    for (b, d) in inv.backups.iter().zip(out.iter_mut()) {
+        if b.manifest.storage != Storage::Packed {
+            continue;
+        }
+        *d = match (&index, &b.manifest.blocks) {
+            (Err(e), _) => Some(format!(
+                "the packs in `{}` cannot be read: {e}",
+                store.packs().dir().display()
+            )),
+            (Ok(_), None) => Some("it is packed but its manifest has no block map".into()),
+            (Ok(index), Some(map)) => {
+                let missing = map
+                    .chunks
+                    .iter()
+                    .filter(|h| !index.contains(h) && !in_plain.contains(h))
+                    .count();
+                (missing > 0).then(|| {
+                    format!(
+                        "{missing} of its {} chunks are in no pack in `{}` and no intact plain backup (a pack or a backup file deleted or cut short?)",
+                        map.chunks.len(),
+                        store.packs().dir().display()
+                    )
+                })
+            }
+        };
+    }
+    out
+}
+
+/// The backups' figures: counts, bytes, the newest intact verified backup, damaged backups,
+/// unreadable manifests and the inventory's warnings.
+fn backups(f: &mut Figures, store: &Store, now: DateTime<Utc>) -> Result<(), Error> {
+    let inv = store.inventory()?;
+    f.backups = inv.backups.len();
+    f.backups_bytes = store.real_bytes(&inv);
+    let damage = damage(store, &inv);
+    f.newest_verified = inv
+        .backups
+        .iter()
+        .zip(&damage)
+        .filter(|(_, d)| d.is_none())
+        .map(|(b, _)| b)
+        .find(|b| !b.manifest.verification.checks.is_empty())
+        .map(|b| Newest {
+            id: b.id.clone(),
+            created_at: b.manifest.created_at,
+            age_seconds: (now - b.manifest.created_at).num_seconds(),
+            bytes: b.manifest.bytes,
+            verification_level: b.manifest.verification.level.clone(),
+        });
+    f.damaged_backups = inv
+        .backups
+        .iter()
+        .zip(damage)
+        .filter_map(|(b, why)| {
+            why.map(|why| Damaged {
+                id: b.id.clone(),
+                created_at: b.manifest.created_at,
+                why,
+            })
+        })
+        .collect();
+    // A manifest without its file (deleted by hand) is a backup that cannot be restored.
+    for id in &inv.incomplete {
+        if let Ok(m) = Manifest::read(&store.manifest_path(id)) {
+            f.damaged_backups.push(Damaged {
+                id: id.clone(),
+                created_at: m.created_at,
+                why: format!("its file `{}` is missing", store.backup_path(id).display()),
+            });
+        }
+    }
+    f.damaged_backups
+        .sort_by_key(|d| std::cmp::Reverse(d.created_at));
+    // A manifest that cannot be read drops its backup out of every count: say so.
+    for (name, why) in &inv.unmanaged {
+        let path = store.dir().join(name);
+        if name.ends_with(MANIFEST_EXT) && Manifest::read(&path).is_err() {
+            f.standing_warnings.push(format!(
+                "the manifest `{}` cannot be read ({why}): its backup is neither counted nor restorable; `ducksafe verify --all` says more",
+                path.display()
+            ));
+        }
+    }
+    f.standing_warnings
+        .extend(store.inventory_warnings(&inv, now));
+    Ok(())
 }
 
 /// An error the next backup would fail with, and its code.
@@ -641,6 +806,11 @@ impl StatusReport {
                 self.max_age_hours.map(|h| (u64::from(h) * 3600).to_string()),
             ),
             ("ducksafe_backups", "Backups stored.", num(f.backups as u64)),
+            (
+                "ducksafe_backups_damaged",
+                "Backups whose file is missing or cut short, or whose chunks are not all on disk (sizes and presence; verify --all checks content).",
+                num(f.damaged_backups.len() as u64),
+            ),
             (
                 "ducksafe_backups_bytes",
                 "Bytes the backups take on disk.",

@@ -267,3 +267,126 @@ fn prometheus_file_is_written_atomically_and_readable_by_the_collector() {
     assert_eq!(out.status.code(), Some(64));
     assert!(support::stderr(&out).contains("cannot be used together"));
 }
+
+/// A backup taken at `now`; returns its id.
+fn backup_at(p: &Project, now: &str) -> String {
+    let mut c = p.cmd(&["--json", "backup"]);
+    c.env("DUCKSAFE_NOW", now);
+    let out = c.output().unwrap();
+    assert_ok(&out);
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    j["backup"]["id"].as_str().unwrap().to_owned()
+}
+
+fn cut_short(p: &Project, id: &str) {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(p.path(&format!("backups/{id}.duckdb")))
+        .unwrap();
+    f.set_len(100_000).unwrap();
+}
+
+#[test]
+fn a_backup_cut_short_or_deleted_is_not_restorable() {
+    let later = Some("2026-03-01T15:00:00Z");
+    for how in ["truncated", "deleted"] {
+        let p = Project::new("");
+        let old = backup_at(&p, "2026-03-01T12:00:00Z");
+        let new = backup_at(&p, "2026-03-01T13:00:00Z");
+        let damage = |id: &str| match how {
+            "truncated" => cut_short(&p, id),
+            _ => fs::remove_file(p.path(&format!("backups/{id}.duckdb"))).unwrap(),
+        };
+        damage(&new);
+        // The newest is damaged, an older one is intact: a warning naming both.
+        let (code, out) = status(&p, later, &[]);
+        assert_eq!(code, 1, "{how}: {out}");
+        assert!(
+            first_line(&out).starts_with(&format!(
+                "DUCKSAFE WARNING - the newest backup `{new}` cannot be restored"
+            )),
+            "{how}: {out}"
+        );
+        let (_, j) = status_json(&p, later, &[]);
+        assert_eq!(j["newest_verified"]["id"], old.as_str(), "{how}: {j}");
+        assert_eq!(j["damaged_backups"][0]["id"], new.as_str(), "{how}: {j}");
+        // None intact: critical.
+        damage(&old);
+        let (code, out) = status(&p, later, &[]);
+        assert_eq!(code, 2, "{how}: {out}");
+        assert!(
+            first_line(&out).starts_with("DUCKSAFE CRITICAL - no restorable backup: 2 damaged"),
+            "{how}: {out}"
+        );
+        let (_, prom) = status(&p, later, &["--prometheus"]);
+        assert!(prom.contains("ducksafe_backups_damaged{"), "{prom}");
+    }
+}
+
+#[test]
+fn an_unreadable_manifest_is_a_warning() {
+    let p = Project::new("");
+    let old = backup_at(&p, "2026-03-01T12:00:00Z");
+    backup_at(&p, "2026-03-01T13:00:00Z");
+    fs::write(
+        p.path(&format!("backups/{old}.manifest.json")),
+        "{garbage\n",
+    )
+    .unwrap();
+    let (code, out) = status(&p, Some("2026-03-01T15:00:00Z"), &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "warning: the manifest `{}",
+            p.path("backups").display()
+        )) && out.contains(&format!("{old}.manifest.json` cannot be read")),
+        "{out}"
+    );
+}
+
+#[test]
+fn packed_backups_need_their_packs_and_the_newest_file() {
+    let p = Project::new("BACKUP_STORAGE: incremental\n");
+    fs::remove_file(p.db()).unwrap();
+    ducksafe::demo::create_sized(&p.db(), 9_016, 42_331).unwrap();
+    let later = Some("2026-03-01T15:00:00Z");
+    let old = backup_at(&p, "2026-03-01T12:00:00Z");
+    ducksafe::workload::run(&p.db(), ducksafe::workload::Shape::Append, 1, 9_016, 42_331).unwrap();
+    let new = backup_at(&p, "2026-03-01T13:00:00Z");
+    let (code, out) = status(&p, later, &[]);
+    assert_eq!(code, 0, "{out}");
+    let (_, j) = status_json(&p, later, &[]);
+    assert!(j["damaged_backups"].as_array().unwrap().is_empty(), "{j}");
+    // The older backup is packed; its packs deleted, it cannot be rebuilt.
+    let packs: Vec<_> = fs::read_dir(p.path("backups/packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!packs.is_empty());
+    let kept: Vec<_> = packs
+        .iter()
+        .map(|f| (f.clone(), fs::read(f).unwrap()))
+        .collect();
+    for f in &packs {
+        fs::remove_file(f).unwrap();
+    }
+    let (code, out) = status(&p, later, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        first_line(&out).starts_with(&format!(
+            "DUCKSAFE WARNING - backup `{old}` cannot be restored"
+        )),
+        "{out}"
+    );
+    // Packs back, the newest file cut short: every backup is built from it.
+    for (f, bytes) in kept {
+        fs::write(f, bytes).unwrap();
+    }
+    cut_short(&p, &new);
+    let (code, out) = status(&p, later, &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        first_line(&out).starts_with("DUCKSAFE CRITICAL - no restorable backup: 2 damaged"),
+        "{out}"
+    );
+}
