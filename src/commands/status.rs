@@ -601,6 +601,31 @@ fn summary(state: CheckState, f: &Figures, findings: &[Finding]) -> String {
     format!("DUCKSAFE {} - {what}", state.label())
 }
 
+/// `s` with every control character (and the invisible ones that reorder text) escaped as
+/// `\n`, `\u{1b}`…: a request id, a path or a message from the audit log (which any process
+/// of this user can write) can neither split a line nor reach the terminal as a control
+/// sequence.
+fn shown(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else if matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The plugin's first line: [`shown`], and no `|`, which starts the performance data there
+/// (a `|` in a request id would forge figures): it becomes `¦`.
+fn summary_line(s: &str) -> String {
+    shown(s).replace('|', "\u{a6}")
+}
+
 /// Nagios performance data: `'label'=value[UOM];warn;crit;min;max`, space separated.
 fn perfdata(r: &StatusReport) -> String {
     let f = &r.figures;
@@ -641,18 +666,19 @@ fn perfdata(r: &StatusReport) -> String {
 
 impl StatusReport {
     fn screen(&self, out: &mut dyn Write) -> io::Result<()> {
+        let summary = summary_line(&self.summary);
         if self.state == CheckState::Unknown {
-            writeln!(out, "{}", self.summary)?;
+            writeln!(out, "{summary}")?;
             return Ok(());
         }
-        writeln!(out, "{} | {}", self.summary, perfdata(self))?;
+        writeln!(out, "{summary} | {}", perfdata(self))?;
         self.figure_lines(out)?;
         for finding in &self.findings {
             writeln!(
                 out,
                 "{}: {}",
                 finding.state.label().to_lowercase(),
-                finding.message
+                shown(&finding.message)
             )?;
         }
         Ok(())
@@ -663,14 +689,14 @@ impl StatusReport {
         let f = &self.figures;
         let field = |name: &str| format!("{name:<18}");
         if let Some(db) = &self.database {
-            writeln!(out, "{}`{db}`", field("database:"))?;
+            writeln!(out, "{}`{}`", field("database:"), shown(db))?;
         }
         match &f.newest_verified {
             Some(n) => writeln!(
                 out,
                 "{}`{}`, {} ({} ago), {}, verified {}",
                 field("newest backup:"),
-                n.id,
+                shown(&n.id),
                 n.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
                 age(n.age_seconds),
                 size(n.bytes),
@@ -693,7 +719,7 @@ impl StatusReport {
             "{}{} in `{}`, using {} ({budget})",
             field("backups:"),
             f.backups,
-            self.backup_dir.as_deref().unwrap_or(""),
+            shown(self.backup_dir.as_deref().unwrap_or("")),
             size(f.backups_bytes)
         )?;
         if let Some(free) = f.free_bytes {
@@ -712,15 +738,15 @@ impl StatusReport {
                 out,
                 "{}{} → {} at {} (request `{}`, exit {}){}",
                 field("last hook run:"),
-                h.event,
-                h.decision.as_deref().unwrap_or(&h.status),
-                h.time,
-                h.request_id,
+                shown(&h.event),
+                shown(h.decision.as_deref().unwrap_or(&h.status)),
+                shown(&h.time),
+                shown(&h.request_id),
                 h.exit_code,
                 if h.errors.is_empty() {
                     String::new()
                 } else {
-                    format!(", {}", h.errors.join(", "))
+                    format!(", {}", shown(&h.errors.join(", ")))
                 }
             )?,
             None => writeln!(
@@ -752,7 +778,7 @@ impl StatusReport {
                     "{} folder(s), {} in `{}`",
                     f.quarantine_folders.len(),
                     size(f.quarantine_bytes),
-                    f.quarantine_dir
+                    shown(&f.quarantine_dir)
                 )
             }
         )

@@ -390,3 +390,42 @@ fn packed_backups_need_their_packs_and_the_newest_file() {
         "{out}"
     );
 }
+
+/// A request id (or anything else the audit log says) cannot forge perfdata, a status line or
+/// a terminal control sequence: control characters are escaped, `|` is kept off line 1.
+#[test]
+fn untrusted_strings_cannot_forge_lines_perfdata_or_escapes() {
+    let p = Project::new("");
+    assert_eq!(p.pre_run().1, 0);
+    let holder = support::hold(&p.db());
+    assert_eq!(p.pre_run().1, 75);
+    drop(holder);
+    // The log's last line, its request id replaced by an attacker's.
+    let log = p.path("logs/ducksafe.jsonl");
+    let text = fs::read_to_string(&log).unwrap();
+    let mut last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    last["request_id"] = "evil | fake=1;;;0\nDUCKSAFE OK - all fine\u{1b}[2J\u{7}".into();
+    fs::write(&log, format!("{text}{last}\n")).unwrap();
+    let (code, out) = status(&p, None, &[]);
+    assert_eq!(code, 1, "{out}");
+    let first = first_line(&out);
+    assert!(
+        first.starts_with("DUCKSAFE WARNING - the last hook run"),
+        "{out}"
+    );
+    assert_eq!(first.matches('|').count(), 1, "{first}");
+    assert!(first.contains("evil ¦ fake=1;;;0\\nDUCKSAFE OK"), "{first}");
+    assert!(
+        !out.lines().skip(1).any(|l| l.starts_with("DUCKSAFE")),
+        "{out}"
+    );
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(out.contains("\\u{1b}[2J\\u{7}"), "{out}");
+    // A database path with a newline: the backups are another database's, unknown, and the
+    // one line says so with the path escaped.
+    p.write_config("DB_PATH: \"sim\\nDUCKSAFE OK - x.duckdb\"\nLOG_LEVEL: INFO\n");
+    let (code, out) = status(&p, None, &[]);
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("sim\\nDUCKSAFE OK - x.duckdb`"), "{out}");
+}
