@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::{Access, Global};
 use crate::audit;
 use crate::cli::StatusArgs;
-use crate::config::{redact_text, Settings};
+use crate::config::{self, redact_text, Settings};
 use crate::engine::blockstore::Hash;
 use crate::engine::journal::{self, Pending};
 use crate::engine::manifest::{Manifest, Storage};
@@ -123,6 +123,10 @@ pub struct StatusReport {
     pub findings: Vec<Finding>,
     #[serde(flatten)]
     pub figures: Figures,
+    /// Whether the figures were gathered: when not (the configuration or the backup directory
+    /// could not be read), `--json` has them null and `--prometheus` has only the status.
+    #[serde(skip)]
+    pub figures_known: bool,
     /// Why the check could not be made (state unknown).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<ErrorEntry>,
@@ -538,7 +542,12 @@ fn tree_bytes(dir: &Path) -> u64 {
 
 /// The report for `settings`, or the unknown one when the configuration or the backup
 /// directory cannot be read.
-fn report(settings: Result<Settings, Error>, now: DateTime<Utc>) -> StatusReport {
+/// `guess` names the database when the configuration does not load.
+fn report(
+    settings: Result<Settings, Error>,
+    guess: impl FnOnce() -> Option<String>,
+    now: DateTime<Utc>,
+) -> StatusReport {
     let checked_at = now.to_rfc3339_opts(SecondsFormat::Secs, true);
     let (settings, error) = match settings {
         Ok(s) => match gather(&s, now) {
@@ -555,6 +564,7 @@ fn report(settings: Result<Settings, Error>, now: DateTime<Utc>) -> StatusReport
                     max_age_hours: Some(max_age),
                     findings,
                     figures,
+                    figures_known: true,
                     errors: Vec::new(),
                 };
             }
@@ -567,7 +577,10 @@ fn report(settings: Result<Settings, Error>, now: DateTime<Utc>) -> StatusReport
         state: CheckState::Unknown,
         summary: format!("DUCKSAFE UNKNOWN - {message}"),
         checked_at,
-        database: settings.as_ref().map(|s| s.db_path.display().to_string()),
+        database: settings
+            .as_ref()
+            .map(|s| s.db_path.display().to_string())
+            .or_else(guess),
         backup_dir: settings
             .as_ref()
             .map(|s| s.backup_dir.display().to_string()),
@@ -577,6 +590,7 @@ fn report(settings: Result<Settings, Error>, now: DateTime<Utc>) -> StatusReport
             message,
         }],
         figures: Figures::default(),
+        figures_known: false,
         errors: error.entries(),
     }
 }
@@ -807,7 +821,7 @@ impl StatusReport {
             "Health of the safety net as ducksafe status judges it: 0 ok, 1 warning, 2 critical, 3 unknown.",
             Some(self.state.exit_code().to_string()),
         );
-        if self.state == CheckState::Unknown && self.database.is_none() {
+        if !self.figures_known {
             return vec![status];
         }
         let f = &self.figures;
@@ -908,12 +922,26 @@ fn label_value(v: &str) -> String {
 }
 
 /// How the report is written on stdout.
-#[derive(Serialize)]
-#[serde(transparent)]
 struct Shown {
     report: StatusReport,
-    #[serde(skip)]
     prometheus: bool,
+}
+
+/// The report; figures that were not gathered are null, never a 0 that reads as a fact.
+impl Serialize for Shown {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut v = serde_json::to_value(&self.report).map_err(serde::ser::Error::custom)?;
+        if !self.report.figures_known {
+            let figures =
+                serde_json::to_value(Figures::default()).map_err(serde::ser::Error::custom)?;
+            if let (Some(out), Some(keys)) = (v.as_object_mut(), figures.as_object()) {
+                for k in keys.keys() {
+                    out.insert(k.clone(), serde_json::Value::Null);
+                }
+            }
+        }
+        v.serialize(s)
+    }
 }
 
 impl Report for Shown {
@@ -943,7 +971,18 @@ pub fn run(g: &Global, a: &StatusArgs) -> i32 {
         );
     }
     let now = crate::clock::now();
-    let mut report = report(g.settings(), now);
+    let asked = g
+        .config
+        .clone()
+        .map_or(config::Asked::Nothing, config::Asked::Path);
+    let mut report = report(
+        g.settings(),
+        || {
+            config::db_path_guess(asked, &g.set)
+                .or_else(|| g.config.as_ref().map(|c| c.display().to_string()))
+        },
+        now,
+    );
     if let Some(path) = &a.prometheus_file {
         // Readable by the collector's own user: the figures are no secret (paths and numbers).
         if let Err(e) = files::write_atomic_mode(path, report.prometheus().as_bytes(), 0o644) {

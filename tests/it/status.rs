@@ -429,3 +429,38 @@ fn untrusted_strings_cannot_forge_lines_perfdata_or_escapes() {
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(out.contains("sim\\nDUCKSAFE OK - x.duckdb`"), "{out}");
 }
+
+/// An invalid configuration: the one series is labelled with its database (DB_PATH from the
+/// file), or the file itself when even that cannot be read, so two broken checks stay two
+/// series; `--json` has the figures it could not gather null, never 0.
+#[test]
+fn an_invalid_configuration_is_labelled_and_its_figures_are_null() {
+    let p = Project::new("");
+    assert_ok(&p.run(&["backup"]));
+    p.write_config("DB_PATH: simulation.duckdb\nLOG_LEVEL: INFO\nBOGUS: 1\n");
+    let (code, prom) = status(&p, None, &["--prometheus"]);
+    assert_eq!(code, 3, "{prom}");
+    let samples: Vec<&str> = prom.lines().filter(|l| !l.starts_with('#')).collect();
+    let db = p.db().display().to_string();
+    assert_eq!(samples, [format!("ducksafe_status{{database=\"{db}\"}} 3")]);
+    let (code, j) = status_json(&p, None, &[]);
+    assert_eq!(code, 3);
+    assert_eq!(j["database"], db.as_str());
+    for k in [
+        "backups",
+        "backups_bytes",
+        "free_bytes",
+        "newest_verified",
+        "quarantine_bytes",
+    ] {
+        assert!(j[k].is_null(), "{k}: {j:#}");
+    }
+    // Not even YAML: the file's path.
+    fs::write(p.config(), "{garbage").unwrap();
+    let (_, prom) = status(&p, None, &["--prometheus"]);
+    let config = p.config().display().to_string();
+    assert!(
+        prom.contains(&format!("ducksafe_status{{database=\"{config}\"}} 3")),
+        "{prom}"
+    );
+}
