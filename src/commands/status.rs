@@ -35,6 +35,14 @@ use crate::protocol::ErrorEntry;
 /// Share of `BACKUP_MAX_TOTAL_BYTES` from which the backups' bytes are a warning.
 pub const BUDGET_WARNING_PERCENT: u64 = 90;
 
+/// The fewest bytes of backups that are a warning under `budget`: [`BUDGET_WARNING_PERCENT`] of
+/// it, rounded up, in integers (a float rounds 90 % of 2,343,823 to the wrong byte). The state
+/// and the perfdata threshold both come from it.
+pub fn budget_warning_bytes(budget: u64) -> u64 {
+    let share = u128::from(budget) * u128::from(BUDGET_WARNING_PERCENT);
+    u64::try_from(share.div_ceil(100)).unwrap_or(u64::MAX)
+}
+
 /// The newest backup that passed verification.
 #[derive(Debug, Clone, Serialize)]
 pub struct Newest {
@@ -176,9 +184,7 @@ pub fn assess(f: &Figures, max_age_hours: u32) -> Vec<Finding> {
         }
     }
     if let Some(budget) = f.budget_bytes {
-        if u128::from(f.backups_bytes) * 100
-            >= u128::from(budget) * u128::from(BUDGET_WARNING_PERCENT)
-        {
+        if f.backups_bytes >= budget_warning_bytes(budget) {
             say(
                 CheckState::Warning,
                 format!(
@@ -654,8 +660,9 @@ fn perfdata(r: &StatusReport) -> String {
     let (warn, max) = f.budget_bytes.map_or_else(
         || (String::new(), String::new()),
         |b| {
+            // A plugin threshold alerts above its value: the byte before the first that warns.
             (
-                (b / 100 * BUDGET_WARNING_PERCENT).to_string(),
+                budget_warning_bytes(b).saturating_sub(1).to_string(),
                 b.to_string(),
             )
         },
@@ -1094,6 +1101,48 @@ mod tests {
                 CheckState::Warning
             ]
         );
+    }
+
+    #[test]
+    fn the_perfdata_warning_is_where_the_state_turns_warning() {
+        for budget in [1000, 1001, 2_343_823, 1_073_741_824, 7, u64::MAX] {
+            let report = StatusReport {
+                state: CheckState::Ok,
+                summary: String::new(),
+                checked_at: String::new(),
+                database: None,
+                backup_dir: None,
+                max_age_hours: None,
+                findings: Vec::new(),
+                figures: Figures {
+                    budget_bytes: Some(budget),
+                    ..Figures::default()
+                },
+                figures_known: true,
+                errors: Vec::new(),
+            };
+            let data = perfdata(&report);
+            let warn: u64 = data
+                .split("backups_bytes=0B;")
+                .nth(1)
+                .and_then(|r| r.split(';').next())
+                .and_then(|w| w.parse().ok())
+                .unwrap_or_else(|| panic!("{data}"));
+            // The plugin alerts above `warn`: exactly where assess turns warning.
+            let state_at = |used| {
+                let f = Figures {
+                    newest_verified: Some(newest(1)),
+                    backups_bytes: used,
+                    budget_bytes: Some(budget),
+                    ..Figures::default()
+                };
+                verdict(&assess(&f, 26))
+            };
+            assert_eq!(state_at(warn), CheckState::Ok, "{budget}: {data}");
+            assert_eq!(state_at(warn + 1), CheckState::Warning, "{budget}: {data}");
+        }
+        // 90 % of 2,343,823 is 2,109,440.7: 2,109,441 bytes warn.
+        assert_eq!(budget_warning_bytes(2_343_823), 2_109_441);
     }
 
     #[test]
