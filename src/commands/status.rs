@@ -9,7 +9,7 @@
 //! It reads only, takes no lock, and exits by the monitoring convention (0 ok, 1 warning,
 //! 2 critical, 3 unknown: [`CheckState::exit_code`]), whatever went wrong.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Write};
@@ -343,6 +343,7 @@ fn gather(settings: &Settings, now: DateTime<Utc>) -> Result<Figures, Error> {
         f.quarantine_bytes = folders.iter().map(|q| q.bytes).sum();
         f.quarantine_folders = folders;
     }
+    f.standing_warnings.extend(log_distrust(&settings.log_dir));
     match audit::recent(&settings.log_dir, 200) {
         Ok(records) => read_log(&mut f, &records, settings),
         Err(e) => f.standing_warnings.push(format!(
@@ -486,13 +487,62 @@ fn refusal(e: &Error) -> String {
     format!("{e} (`{}`)", e.code().as_str())
 }
 
+/// Why the audit log's lines could be another user's forgeries, if they could: its folder
+/// (through a symlink too) writable by others, or a log file another user owns. Status reports
+/// the last hook run from it, so it says when that report is not to be trusted.
+fn log_distrust(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut out = Vec::new();
+    if let Ok(meta) = fs::metadata(dir) {
+        let mode = meta.permissions().mode();
+        let why = files::unsafe_folder_reason(dir, &meta).or_else(|| {
+            (mode & 0o020 != 0).then(|| {
+                format!(
+                    "it is group-writable (mode {:04o}): the group's users could write in it",
+                    mode & 0o7777
+                )
+            })
+        });
+        if let Some(why) = why {
+            out.push(format!(
+                "the audit log folder `{}` is not safe: {why}; the last hook run status reports from it could be forged: give LOG_DIR a folder of this user's, mode 0700",
+                dir.display()
+            ));
+        }
+    }
+    let log = dir.join(audit::LOG_FILE);
+    for path in [files::rotated_name(&log, 1), log] {
+        if let Ok(m) = fs::symlink_metadata(&path) {
+            if m.uid() != files::euid() {
+                out.push(format!(
+                    "the audit log `{}` is owned by uid {}, not by this user (uid {}): the last hook run status reports from it could be forged; move it away",
+                    path.display(),
+                    m.uid(),
+                    files::euid()
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The last hook run and the last backup's duration, from this database's records.
 fn read_log(f: &mut Figures, records: &[audit::Record], settings: &Settings) {
     let db = redact_text(&settings.db_path.display().to_string());
+    // The same database reached through another path (a symlinked project folder) is ours too.
+    let real = fs::canonicalize(&settings.db_path).ok();
+    let mut resolved: HashMap<String, bool> = HashMap::new();
+    let mut is_ours = |named: &str| {
+        named == db
+            || real.is_some()
+                && *resolved
+                    .entry(named.to_owned())
+                    .or_insert_with(|| fs::canonicalize(named).ok() == real)
+    };
     let ours = records
         .iter()
         .rev()
-        .filter(|r| r.database.as_deref() == Some(db.as_str()));
+        .filter(|r| r.database.as_deref().is_some_and(&mut is_ours));
     for r in ours {
         let event = r.event.as_deref().unwrap_or("");
         // A dry run is no run: a dry pre_run that would proceed says nothing of the last real

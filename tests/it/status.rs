@@ -464,3 +464,56 @@ fn an_invalid_configuration_is_labelled_and_its_figures_are_null() {
         "{prom}"
     );
 }
+
+/// A log others could have written is said to be untrusted: its folder open to others' writes
+/// (through a symlink too), or a log file another user owns.
+#[test]
+fn an_audit_log_others_could_write_is_a_warning() {
+    use std::os::unix::fs::MetadataExt;
+    let p = Project::new("");
+    assert_eq!(p.pre_run().1, 0);
+    let (code, out) = status(&p, None, &[]);
+    assert_exit_ok(code, &out);
+    // LOG_DIR a symlink to a world-writable folder.
+    let open = p.path("open-logs");
+    fs::rename(p.path("logs"), &open).unwrap();
+    std::os::unix::fs::symlink(&open, p.path("logs")).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, out) = status(&p, None, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("warning: the audit log folder"), "{out}");
+    assert!(out.contains("could be forged"), "{out}");
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o700)).unwrap();
+    let (code, out) = status(&p, None, &[]);
+    assert_exit_ok(code, &out);
+    // A log file another user owns (only root can make one).
+    let log = open.join("ducksafe.jsonl");
+    if fs::metadata(&open).unwrap().uid() != 0 {
+        support::skip("a log owned by another user", "chown needs root");
+        return;
+    }
+    std::os::unix::fs::chown(&log, Some(65534), None).unwrap();
+    let (code, out) = status(&p, None, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is owned by uid 65534"), "{out}");
+}
+
+/// The hook ran through a symlinked project path: its record names the database by that path,
+/// and status, given the real one, still finds its last run.
+#[test]
+fn the_last_hook_run_is_found_through_a_symlinked_project_path() {
+    let p = Project::new("");
+    let link = p.path("../").join(format!(
+        "{}-link",
+        p.dir.path().file_name().unwrap().to_string_lossy()
+    ));
+    std::os::unix::fs::symlink(p.dir.path(), &link).unwrap();
+    let holder = support::hold(&p.db());
+    let (_, code) = p.hook(&request("pre_run", &link.join("config.yaml"), ""));
+    drop(holder);
+    assert_eq!(code, 75);
+    let (code, j) = status_json(&p, None, &[]);
+    fs::remove_file(&link).unwrap();
+    assert_eq!(j["last_hook"]["errors"][0], "database_locked", "{j:#}");
+    assert_eq!(code, 2, "{j:#}");
+}
