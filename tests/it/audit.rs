@@ -393,7 +393,7 @@ fn no_secret_reaches_the_log() {
 
 /// `cmd`'s output, or a failure (the child killed) when it has not ended after a minute: a
 /// guard so that a hang fails the test instead of hanging the suite.
-fn within_a_minute(mut cmd: std::process::Command) -> std::process::Output {
+pub fn within_a_minute(mut cmd: std::process::Command) -> std::process::Output {
     use std::process::Stdio;
     let mut child = cmd
         .stdin(Stdio::null())
@@ -412,7 +412,7 @@ fn within_a_minute(mut cmd: std::process::Command) -> std::process::Output {
     panic!("still running after a minute: it waits on the FIFO");
 }
 
-fn mkfifo(path: &Path) {
+pub fn mkfifo(path: &Path) {
     assert!(std::process::Command::new("mkfifo")
         .arg(path)
         .status()

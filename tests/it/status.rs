@@ -517,3 +517,17 @@ fn the_last_hook_run_is_found_through_a_symlinked_project_path() {
     assert_eq!(j["last_hook"]["errors"][0], "database_locked", "{j:#}");
     assert_eq!(code, 2, "{j:#}");
 }
+
+/// A FIFO planted at a manifest's name is no manifest: status (and every command listing the
+/// backups) says it cannot be read instead of waiting on it forever.
+#[test]
+fn a_fifo_at_a_manifest_name_hangs_nothing() {
+    let p = Project::new("");
+    assert_ok(&p.run(&["backup"]));
+    crate::audit::mkfifo(&p.path("backups/simulation_20990101_000000.manifest.json"));
+    let out = crate::audit::within_a_minute(p.cmd(&["status"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("not a regular file"), "{text}");
+    assert_ok(&crate::audit::within_a_minute(p.cmd(&["list"])));
+}
