@@ -9,6 +9,7 @@
 //! It reads only, takes no lock, and exits by the monitoring convention (0 ok, 1 warning,
 //! 2 critical, 3 unknown: [`CheckState::exit_code`]), whatever went wrong.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Write};
@@ -20,9 +21,12 @@ use serde::Serialize;
 use super::{Access, Global};
 use crate::audit;
 use crate::cli::StatusArgs;
-use crate::config::{redact_text, Settings};
+use crate::config::{self, redact_text, Settings};
+use crate::engine::blockstore::Hash;
 use crate::engine::journal::{self, Pending};
+use crate::engine::manifest::{Manifest, Storage};
 use crate::engine::quarantine;
+use crate::engine::store::{Inventory, Store, MANIFEST_EXT};
 use crate::error::{CheckState, Error};
 use crate::files;
 use crate::output::{self, size, Failure, Report};
@@ -30,6 +34,14 @@ use crate::protocol::ErrorEntry;
 
 /// Share of `BACKUP_MAX_TOTAL_BYTES` from which the backups' bytes are a warning.
 pub const BUDGET_WARNING_PERCENT: u64 = 90;
+
+/// The fewest bytes of backups that are a warning under `budget`: [`BUDGET_WARNING_PERCENT`] of
+/// it, rounded up, in integers (a float rounds 90 % of 2,343,823 to the wrong byte). The state
+/// and the perfdata threshold both come from it.
+pub fn budget_warning_bytes(budget: u64) -> u64 {
+    let share = u128::from(budget) * u128::from(BUDGET_WARNING_PERCENT);
+    u64::try_from(share.div_ceil(100)).unwrap_or(u64::MAX)
+}
 
 /// The newest backup that passed verification.
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +65,14 @@ pub struct LastHook {
     pub errors: Vec<String>,
 }
 
+/// A backup that cannot be restored as it stands on disk (sizes and presence, not content).
+#[derive(Debug, Clone, Serialize)]
+pub struct Damaged {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub why: String,
+}
+
 /// One folder a restore left in quarantine.
 #[derive(Debug, Clone, Serialize)]
 pub struct QuarantineFolder {
@@ -63,7 +83,11 @@ pub struct QuarantineFolder {
 /// What status found, before any judgement.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Figures {
+    /// The newest backup that passed verification and is intact on disk.
     pub newest_verified: Option<Newest>,
+    /// Backups whose file is missing or of another size than their manifest records, or
+    /// (packed) whose chunks are not all in a pack or a plain backup on disk. Newest first.
+    pub damaged_backups: Vec<Damaged>,
     pub backups: usize,
     pub backups_bytes: u64,
     pub budget_bytes: Option<u64>,
@@ -107,6 +131,10 @@ pub struct StatusReport {
     pub findings: Vec<Finding>,
     #[serde(flatten)]
     pub figures: Figures,
+    /// Whether the figures were gathered: when not (the configuration or the backup directory
+    /// could not be read), `--json` has them null and `--prometheus` has only the status.
+    #[serde(skip)]
+    pub figures_known: bool,
     /// Why the check could not be made (state unknown).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<ErrorEntry>,
@@ -121,6 +149,7 @@ pub fn assess(f: &Figures, max_age_hours: u32) -> Vec<Finding> {
     let mut say = |state, message: String| out.push(Finding { state, message });
     let max_age = i64::from(max_age_hours) * 3600;
     match &f.newest_verified {
+        None if !f.damaged_backups.is_empty() => say(CheckState::Critical, no_restorable(f)),
         None => say(
             CheckState::Critical,
             "no verified backup: take one with `ducksafe backup`".into(),
@@ -135,6 +164,7 @@ pub fn assess(f: &Figures, max_age_hours: u32) -> Vec<Finding> {
         ),
         Some(_) => {}
     }
+    damage_findings(f, &mut say);
     for why in &f.next_backup_refused {
         say(
             CheckState::Critical,
@@ -154,9 +184,7 @@ pub fn assess(f: &Figures, max_age_hours: u32) -> Vec<Finding> {
         }
     }
     if let Some(budget) = f.budget_bytes {
-        if u128::from(f.backups_bytes) * 100
-            >= u128::from(budget) * u128::from(BUDGET_WARNING_PERCENT)
-        {
+        if f.backups_bytes >= budget_warning_bytes(budget) {
             say(
                 CheckState::Warning,
                 format!(
@@ -212,6 +240,43 @@ pub fn assess(f: &Figures, max_age_hours: u32) -> Vec<Finding> {
     out
 }
 
+/// Every backup is damaged: say which and why.
+fn no_restorable(f: &Figures) -> String {
+    format!(
+        "no restorable backup: {} damaged ({}): take a new one with `ducksafe backup` now",
+        f.damaged_backups.len(),
+        f.damaged_backups
+            .iter()
+            .map(|d| format!("`{}` {}", d.id, d.why))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )
+}
+
+/// A warning for each damaged backup when an intact one remains (none is critical, in
+/// [`assess`]), naming the newest restorable one when the newest backup is damaged.
+fn damage_findings(f: &Figures, say: &mut impl FnMut(CheckState, String)) {
+    if let Some(n) = &f.newest_verified {
+        for d in &f.damaged_backups {
+            let newer = d.created_at > n.created_at;
+            say(
+            CheckState::Warning,
+            format!(
+                "{}backup `{}` cannot be restored: {}; {}check the others' content with `ducksafe verify --all`",
+                if newer { "the newest " } else { "" },
+                d.id,
+                d.why,
+                if newer {
+                    format!("the newest restorable one is `{}`; take a new backup with `ducksafe backup` and ", n.id)
+                } else {
+                    String::new()
+                }
+            ),
+        );
+        }
+    }
+}
+
 /// The verdict of `findings`.
 pub fn verdict(findings: &[Finding]) -> CheckState {
     findings
@@ -241,25 +306,7 @@ fn gather(settings: &Settings, now: DateTime<Utc>) -> Result<Figures, Error> {
         ..Figures::default()
     };
     match super::open_store(settings, Access::Read) {
-        Ok(opened) => {
-            let store = &opened.store;
-            let inv = store.inventory()?;
-            f.backups = inv.backups.len();
-            f.backups_bytes = store.real_bytes(&inv);
-            f.newest_verified = inv
-                .backups
-                .iter()
-                .find(|b| !b.manifest.verification.checks.is_empty())
-                .map(|b| Newest {
-                    id: b.id.clone(),
-                    created_at: b.manifest.created_at,
-                    age_seconds: (now - b.manifest.created_at).num_seconds(),
-                    bytes: b.manifest.bytes,
-                    verification_level: b.manifest.verification.level.clone(),
-                });
-            f.standing_warnings
-                .extend(store.inventory_warnings(&inv, now));
-        }
+        Ok(opened) => backups(&mut f, &opened.store, now)?,
         Err(Error::NoBackupDir { .. }) => {}
         // Known and said: the next backup refuses it, so this is no reason to know nothing.
         Err(e @ Error::BackupDirUnsafe { .. }) => f.next_backup_refused.push(refusal(&e)),
@@ -296,6 +343,7 @@ fn gather(settings: &Settings, now: DateTime<Utc>) -> Result<Figures, Error> {
         f.quarantine_bytes = folders.iter().map(|q| q.bytes).sum();
         f.quarantine_folders = folders;
     }
+    f.standing_warnings.extend(log_distrust(&settings.log_dir));
     match audit::recent(&settings.log_dir, 200) {
         Ok(records) => read_log(&mut f, &records, settings),
         Err(e) => f.standing_warnings.push(format!(
@@ -306,18 +354,195 @@ fn gather(settings: &Settings, now: DateTime<Utc>) -> Result<Figures, Error> {
     Ok(f)
 }
 
+/// Why each backup of `inv` (in its order) cannot be restored as it stands on disk, or `None`
+/// when it is intact. Cheap checks only, no hashing (`verify --all` checks content): a plain
+/// backup is intact when its file has the size its manifest records; a packed one when every
+/// chunk its block map lists is in a pack on disk or in an intact plain backup's file. The
+/// packs' index is read from their trailers (48 bytes a chunk), only when a backup is packed.
+fn damage(store: &Store, inv: &Inventory) -> Vec<Option<String>> {
+    let mut out: Vec<Option<String>> = inv
+        .backups
+        .iter()
+        .map(|b| match (b.manifest.storage, b.file_bytes) {
+            (Storage::Packed, _) => None,
+            (_, Some(n)) if n == b.manifest.bytes => None,
+            (_, Some(n)) => Some(format!(
+                "its file `{}` is {n} bytes, its manifest records {}",
+                store.backup_path(&b.id).display(),
+                b.manifest.bytes
+            )),
+            (_, None) => Some(format!(
+                "its file `{}` is missing",
+                store.backup_path(&b.id).display()
+            )),
+        })
+        .collect();
+    if !inv
+        .backups
+        .iter()
+        .any(|b| b.manifest.storage == Storage::Packed)
+    {
+        return out;
+    }
+    let index = store.packs().index();
+    let mut in_plain: HashSet<&Hash> = HashSet::new();
+    for (b, d) in inv.backups.iter().zip(&out) {
+        if b.manifest.storage != Storage::Packed && d.is_none() {
+            if let Some(map) = &b.manifest.blocks {
+                in_plain.extend(map.chunks.iter());
+            }
+        }
+    }
+    for (b, d) in inv.backups.iter().zip(out.iter_mut()) {
+        if b.manifest.storage != Storage::Packed {
+            continue;
+        }
+        *d = match (&index, &b.manifest.blocks) {
+            (Err(e), _) => Some(format!(
+                "the packs in `{}` cannot be read: {e}",
+                store.packs().dir().display()
+            )),
+            (Ok(_), None) => Some("it is packed but its manifest has no block map".into()),
+            (Ok(index), Some(map)) => {
+                let missing = map
+                    .chunks
+                    .iter()
+                    .filter(|h| !index.contains(h) && !in_plain.contains(h))
+                    .count();
+                (missing > 0).then(|| {
+                    format!(
+                        "{missing} of its {} chunks are in no pack in `{}` and no intact plain backup (a pack or a backup file deleted or cut short?)",
+                        map.chunks.len(),
+                        store.packs().dir().display()
+                    )
+                })
+            }
+        };
+    }
+    out
+}
+
+/// The backups' figures: counts, bytes, the newest intact verified backup, damaged backups,
+/// unreadable manifests and the inventory's warnings.
+fn backups(f: &mut Figures, store: &Store, now: DateTime<Utc>) -> Result<(), Error> {
+    let inv = store.inventory()?;
+    f.backups = inv.backups.len();
+    f.backups_bytes = store.real_bytes(&inv);
+    let damage = damage(store, &inv);
+    f.newest_verified = inv
+        .backups
+        .iter()
+        .zip(&damage)
+        .filter(|(_, d)| d.is_none())
+        .map(|(b, _)| b)
+        .find(|b| !b.manifest.verification.checks.is_empty())
+        .map(|b| Newest {
+            id: b.id.clone(),
+            created_at: b.manifest.created_at,
+            age_seconds: (now - b.manifest.created_at).num_seconds(),
+            bytes: b.manifest.bytes,
+            verification_level: b.manifest.verification.level.clone(),
+        });
+    f.damaged_backups = inv
+        .backups
+        .iter()
+        .zip(damage)
+        .filter_map(|(b, why)| {
+            why.map(|why| Damaged {
+                id: b.id.clone(),
+                created_at: b.manifest.created_at,
+                why,
+            })
+        })
+        .collect();
+    // A manifest without its file (deleted by hand) is a backup that cannot be restored.
+    for id in &inv.incomplete {
+        if let Ok(m) = Manifest::read(&store.manifest_path(id)) {
+            f.damaged_backups.push(Damaged {
+                id: id.clone(),
+                created_at: m.created_at,
+                why: format!("its file `{}` is missing", store.backup_path(id).display()),
+            });
+        }
+    }
+    f.damaged_backups
+        .sort_by_key(|d| std::cmp::Reverse(d.created_at));
+    // A manifest that cannot be read drops its backup out of every count: say so.
+    for (name, why) in &inv.unmanaged {
+        let path = store.dir().join(name);
+        if name.ends_with(MANIFEST_EXT) && Manifest::read(&path).is_err() {
+            f.standing_warnings.push(format!(
+                "the manifest `{}` cannot be read ({why}): its backup is neither counted nor restorable; `ducksafe verify --all` says more",
+                path.display()
+            ));
+        }
+    }
+    f.standing_warnings
+        .extend(store.inventory_warnings(&inv, now));
+    Ok(())
+}
+
 /// An error the next backup would fail with, and its code.
 fn refusal(e: &Error) -> String {
     format!("{e} (`{}`)", e.code().as_str())
 }
 
+/// Why the audit log's lines could be another user's forgeries, if they could: its folder
+/// (through a symlink too) writable by others, or a log file another user owns. Status reports
+/// the last hook run from it, so it says when that report is not to be trusted.
+fn log_distrust(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut out = Vec::new();
+    if let Ok(meta) = fs::metadata(dir) {
+        let mode = meta.permissions().mode();
+        let why = files::unsafe_folder_reason(dir, &meta).or_else(|| {
+            (mode & 0o020 != 0).then(|| {
+                format!(
+                    "it is group-writable (mode {:04o}): the group's users could write in it",
+                    mode & 0o7777
+                )
+            })
+        });
+        if let Some(why) = why {
+            out.push(format!(
+                "the audit log folder `{}` is not safe: {why}; the last hook run status reports from it could be forged: give LOG_DIR a folder of this user's, mode 0700",
+                dir.display()
+            ));
+        }
+    }
+    let log = dir.join(audit::LOG_FILE);
+    for path in [files::rotated_name(&log, 1), log] {
+        if let Ok(m) = fs::symlink_metadata(&path) {
+            if m.uid() != files::euid() {
+                out.push(format!(
+                    "the audit log `{}` is owned by uid {}, not by this user (uid {}): the last hook run status reports from it could be forged; move it away",
+                    path.display(),
+                    m.uid(),
+                    files::euid()
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The last hook run and the last backup's duration, from this database's records.
 fn read_log(f: &mut Figures, records: &[audit::Record], settings: &Settings) {
     let db = redact_text(&settings.db_path.display().to_string());
+    // The same database reached through another path (a symlinked project folder) is ours too.
+    let real = fs::canonicalize(&settings.db_path).ok();
+    let mut resolved: HashMap<String, bool> = HashMap::new();
+    let mut is_ours = |named: &str| {
+        named == db
+            || real.is_some()
+                && *resolved
+                    .entry(named.to_owned())
+                    .or_insert_with(|| fs::canonicalize(named).ok() == real)
+    };
     let ours = records
         .iter()
         .rev()
-        .filter(|r| r.database.as_deref() == Some(db.as_str()));
+        .filter(|r| r.database.as_deref().is_some_and(&mut is_ours));
     for r in ours {
         let event = r.event.as_deref().unwrap_or("");
         // A dry run is no run: a dry pre_run that would proceed says nothing of the last real
@@ -373,7 +598,12 @@ fn tree_bytes(dir: &Path) -> u64 {
 
 /// The report for `settings`, or the unknown one when the configuration or the backup
 /// directory cannot be read.
-fn report(settings: Result<Settings, Error>, now: DateTime<Utc>) -> StatusReport {
+/// `guess` names the database when the configuration does not load.
+fn report(
+    settings: Result<Settings, Error>,
+    guess: impl FnOnce() -> Option<String>,
+    now: DateTime<Utc>,
+) -> StatusReport {
     let checked_at = now.to_rfc3339_opts(SecondsFormat::Secs, true);
     let (settings, error) = match settings {
         Ok(s) => match gather(&s, now) {
@@ -390,6 +620,7 @@ fn report(settings: Result<Settings, Error>, now: DateTime<Utc>) -> StatusReport
                     max_age_hours: Some(max_age),
                     findings,
                     figures,
+                    figures_known: true,
                     errors: Vec::new(),
                 };
             }
@@ -402,7 +633,10 @@ fn report(settings: Result<Settings, Error>, now: DateTime<Utc>) -> StatusReport
         state: CheckState::Unknown,
         summary: format!("DUCKSAFE UNKNOWN - {message}"),
         checked_at,
-        database: settings.as_ref().map(|s| s.db_path.display().to_string()),
+        database: settings
+            .as_ref()
+            .map(|s| s.db_path.display().to_string())
+            .or_else(guess),
         backup_dir: settings
             .as_ref()
             .map(|s| s.backup_dir.display().to_string()),
@@ -412,6 +646,7 @@ fn report(settings: Result<Settings, Error>, now: DateTime<Utc>) -> StatusReport
             message,
         }],
         figures: Figures::default(),
+        figures_known: false,
         errors: error.entries(),
     }
 }
@@ -436,6 +671,31 @@ fn summary(state: CheckState, f: &Figures, findings: &[Finding]) -> String {
     format!("DUCKSAFE {} - {what}", state.label())
 }
 
+/// `s` with every control character (and the invisible ones that reorder text) escaped as
+/// `\n`, `\u{1b}`…: a request id, a path or a message from the audit log (which any process
+/// of this user can write) can neither split a line nor reach the terminal as a control
+/// sequence.
+fn shown(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else if matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The plugin's first line: [`shown`], and no `|`, which starts the performance data there
+/// (a `|` in a request id would forge figures): it becomes `¦`.
+fn summary_line(s: &str) -> String {
+    shown(s).replace('|', "\u{a6}")
+}
+
 /// Nagios performance data: `'label'=value[UOM];warn;crit;min;max`, space separated.
 fn perfdata(r: &StatusReport) -> String {
     let f = &r.figures;
@@ -450,8 +710,9 @@ fn perfdata(r: &StatusReport) -> String {
     let (warn, max) = f.budget_bytes.map_or_else(
         || (String::new(), String::new()),
         |b| {
+            // A plugin threshold alerts above its value: the byte before the first that warns.
             (
-                (b / 100 * BUDGET_WARNING_PERCENT).to_string(),
+                budget_warning_bytes(b).saturating_sub(1).to_string(),
                 b.to_string(),
             )
         },
@@ -476,18 +737,19 @@ fn perfdata(r: &StatusReport) -> String {
 
 impl StatusReport {
     fn screen(&self, out: &mut dyn Write) -> io::Result<()> {
+        let summary = summary_line(&self.summary);
         if self.state == CheckState::Unknown {
-            writeln!(out, "{}", self.summary)?;
+            writeln!(out, "{summary}")?;
             return Ok(());
         }
-        writeln!(out, "{} | {}", self.summary, perfdata(self))?;
+        writeln!(out, "{summary} | {}", perfdata(self))?;
         self.figure_lines(out)?;
         for finding in &self.findings {
             writeln!(
                 out,
                 "{}: {}",
                 finding.state.label().to_lowercase(),
-                finding.message
+                shown(&finding.message)
             )?;
         }
         Ok(())
@@ -498,14 +760,14 @@ impl StatusReport {
         let f = &self.figures;
         let field = |name: &str| format!("{name:<18}");
         if let Some(db) = &self.database {
-            writeln!(out, "{}`{db}`", field("database:"))?;
+            writeln!(out, "{}`{}`", field("database:"), shown(db))?;
         }
         match &f.newest_verified {
             Some(n) => writeln!(
                 out,
                 "{}`{}`, {} ({} ago), {}, verified {}",
                 field("newest backup:"),
-                n.id,
+                shown(&n.id),
                 n.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
                 age(n.age_seconds),
                 size(n.bytes),
@@ -528,7 +790,7 @@ impl StatusReport {
             "{}{} in `{}`, using {} ({budget})",
             field("backups:"),
             f.backups,
-            self.backup_dir.as_deref().unwrap_or(""),
+            shown(self.backup_dir.as_deref().unwrap_or("")),
             size(f.backups_bytes)
         )?;
         if let Some(free) = f.free_bytes {
@@ -547,15 +809,15 @@ impl StatusReport {
                 out,
                 "{}{} → {} at {} (request `{}`, exit {}){}",
                 field("last hook run:"),
-                h.event,
-                h.decision.as_deref().unwrap_or(&h.status),
-                h.time,
-                h.request_id,
+                shown(&h.event),
+                shown(h.decision.as_deref().unwrap_or(&h.status)),
+                shown(&h.time),
+                shown(&h.request_id),
                 h.exit_code,
                 if h.errors.is_empty() {
                     String::new()
                 } else {
-                    format!(", {}", h.errors.join(", "))
+                    format!(", {}", shown(&h.errors.join(", ")))
                 }
             )?,
             None => writeln!(
@@ -587,7 +849,7 @@ impl StatusReport {
                     "{} folder(s), {} in `{}`",
                     f.quarantine_folders.len(),
                     size(f.quarantine_bytes),
-                    f.quarantine_dir
+                    shown(&f.quarantine_dir)
                 )
             }
         )
@@ -616,7 +878,7 @@ impl StatusReport {
             "Health of the safety net as ducksafe status judges it: 0 ok, 1 warning, 2 critical, 3 unknown.",
             Some(self.state.exit_code().to_string()),
         );
-        if self.state == CheckState::Unknown && self.database.is_none() {
+        if !self.figures_known {
             return vec![status];
         }
         let f = &self.figures;
@@ -641,6 +903,11 @@ impl StatusReport {
                 self.max_age_hours.map(|h| (u64::from(h) * 3600).to_string()),
             ),
             ("ducksafe_backups", "Backups stored.", num(f.backups as u64)),
+            (
+                "ducksafe_backups_damaged",
+                "Backups whose file is missing or cut short, or whose chunks are not all on disk (sizes and presence; verify --all checks content).",
+                num(f.damaged_backups.len() as u64),
+            ),
             (
                 "ducksafe_backups_bytes",
                 "Bytes the backups take on disk.",
@@ -712,12 +979,26 @@ fn label_value(v: &str) -> String {
 }
 
 /// How the report is written on stdout.
-#[derive(Serialize)]
-#[serde(transparent)]
 struct Shown {
     report: StatusReport,
-    #[serde(skip)]
     prometheus: bool,
+}
+
+/// The report; figures that were not gathered are null, never a 0 that reads as a fact.
+impl Serialize for Shown {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut v = serde_json::to_value(&self.report).map_err(serde::ser::Error::custom)?;
+        if !self.report.figures_known {
+            let figures =
+                serde_json::to_value(Figures::default()).map_err(serde::ser::Error::custom)?;
+            if let (Some(out), Some(keys)) = (v.as_object_mut(), figures.as_object()) {
+                for k in keys.keys() {
+                    out.insert(k.clone(), serde_json::Value::Null);
+                }
+            }
+        }
+        v.serialize(s)
+    }
 }
 
 impl Report for Shown {
@@ -747,7 +1028,18 @@ pub fn run(g: &Global, a: &StatusArgs) -> i32 {
         );
     }
     let now = crate::clock::now();
-    let mut report = report(g.settings(), now);
+    let asked = g
+        .config
+        .clone()
+        .map_or(config::Asked::Nothing, config::Asked::Path);
+    let mut report = report(
+        g.settings(),
+        || {
+            config::db_path_guess(asked, &g.set)
+                .or_else(|| g.config.as_ref().map(|c| c.display().to_string()))
+        },
+        now,
+    );
     if let Some(path) = &a.prometheus_file {
         // Readable by the collector's own user: the figures are no secret (paths and numbers).
         if let Err(e) = files::write_atomic_mode(path, report.prometheus().as_bytes(), 0o644) {
@@ -859,6 +1151,48 @@ mod tests {
                 CheckState::Warning
             ]
         );
+    }
+
+    #[test]
+    fn the_perfdata_warning_is_where_the_state_turns_warning() {
+        for budget in [1000, 1001, 2_343_823, 1_073_741_824, 7, u64::MAX] {
+            let report = StatusReport {
+                state: CheckState::Ok,
+                summary: String::new(),
+                checked_at: String::new(),
+                database: None,
+                backup_dir: None,
+                max_age_hours: None,
+                findings: Vec::new(),
+                figures: Figures {
+                    budget_bytes: Some(budget),
+                    ..Figures::default()
+                },
+                figures_known: true,
+                errors: Vec::new(),
+            };
+            let data = perfdata(&report);
+            let warn: u64 = data
+                .split("backups_bytes=0B;")
+                .nth(1)
+                .and_then(|r| r.split(';').next())
+                .and_then(|w| w.parse().ok())
+                .unwrap_or_else(|| panic!("{data}"));
+            // The plugin alerts above `warn`: exactly where assess turns warning.
+            let state_at = |used| {
+                let f = Figures {
+                    newest_verified: Some(newest(1)),
+                    backups_bytes: used,
+                    budget_bytes: Some(budget),
+                    ..Figures::default()
+                };
+                verdict(&assess(&f, 26))
+            };
+            assert_eq!(state_at(warn), CheckState::Ok, "{budget}: {data}");
+            assert_eq!(state_at(warn + 1), CheckState::Warning, "{budget}: {data}");
+        }
+        // 90 % of 2,343,823 is 2,109,440.7: 2,109,441 bytes warn.
+        assert_eq!(budget_warning_bytes(2_343_823), 2_109_441);
     }
 
     #[test]

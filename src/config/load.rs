@@ -131,6 +131,40 @@ pub fn log_dir_of(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Path
     normalize(&base.join(dir))
 }
 
+/// The database of a configuration that does not load, as far as it can be told (a name for a
+/// monitoring label, never a path to act on): `DB_PATH` from `--set`/`$DUCKSAFE_DB_PATH` or the
+/// file, resolved against the configuration's base; else the configuration file's own path.
+pub fn db_path_guess(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let (base, file) = match source {
+        Source::Inline { base, object } => (
+            base.clone(),
+            Err(object
+                .get("DB_PATH")
+                .and_then(Value::as_str)
+                .map(str::to_owned)),
+        ),
+        Source::File(path) => {
+            let abs = std::env::current_dir().map_or_else(|_| path.clone(), |cwd| cwd.join(path));
+            let base = abs.parent().map_or_else(PathBuf::new, Path::to_path_buf);
+            (base, Ok(normalize(&abs)))
+        }
+    };
+    let from_file = |file: &std::result::Result<PathBuf, Option<String>>| match file {
+        Ok(path) => read_file(path)
+            .ok()
+            .and_then(|v| v.get("DB_PATH")?.as_str().map(str::to_owned)),
+        Err(inline) => inline.clone(),
+    };
+    let db = env("DUCKSAFE_DB_PATH")
+        .filter(|d| !d.is_empty())
+        .or_else(|| from_file(&file).filter(|d| !d.is_empty()));
+    match (db, file) {
+        (Some(db), _) => Some(normalize(&base.join(db)).display().to_string()),
+        (None, Ok(path)) => Some(path.display().to_string()),
+        (None, Err(_)) => None,
+    }
+}
+
 /// Says, of each problem with a key set over the file, where its value came from: the file
 /// the summary line names is not where to look.
 fn from_overrides(mut violations: Vec<Violation>, overridden: &[&str]) -> Vec<Violation> {

@@ -28,6 +28,15 @@ pub use suggest::did_you_mean;
 
 use crate::error::Result;
 
+/// The database of a configuration that does not load, as far as it can be told (see
+/// [`load::db_path_guess`]): for a monitoring label that keeps two broken configurations'
+/// series apart.
+pub fn db_path_guess(asked: Asked, set: &[(String, String)]) -> Option<String> {
+    let env = |var: &str| lookup(set, var);
+    let source = locate(asked, &env).ok()?;
+    load::db_path_guess(&source, &env)
+}
+
 /// Loads the configuration the caller asked for: decides where it comes from ([`locate`]),
 /// then reads and validates it with `set` (`--set` pairs, a request's `set`) over the
 /// `DUCKSAFE_<KEY>` variables.

@@ -199,7 +199,7 @@ impl Manifest {
 
     /// Reads a manifest, refusing symlinks and oversized files.
     pub fn read(path: &Path) -> Result<Manifest> {
-        let f = files::open_read_nofollow(path).map_err(|e| Error::io("read manifest", path, e))?;
+        let f = files::open_read_regular(path).map_err(|e| Error::io("read manifest", path, e))?;
         let mut buf = Vec::new();
         f.take(MAX_MANIFEST_BYTES + 1)
             .read_to_end(&mut buf)

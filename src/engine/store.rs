@@ -51,7 +51,7 @@ use crate::protocol::RotationReport;
 /// Name of the symlink to the newest verified backup.
 pub const LATEST: &str = "latest.duckdb";
 const BACKUP_EXT: &str = ".duckdb";
-const MANIFEST_EXT: &str = ".manifest.json";
+pub const MANIFEST_EXT: &str = ".manifest.json";
 const SIDECAR_EXT: &str = ".duckdb.sha256";
 /// Every id issued in this directory, one a line, in the order they were issued.
 const IDS: &str = ".ducksafe-ids";

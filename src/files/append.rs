@@ -45,24 +45,35 @@ fn rotation_lock(log: &Path) -> PathBuf {
 
 /// Opens `log` for appending, creating it `0600` (never following a symlink at its name), and
 /// tightens an existing one open to others.
+///
+/// `O_NONBLOCK`: a FIFO planted at the name would otherwise block the open (with no reader)
+/// or the write (with a full pipe) while the caller holds its locks; it is refused instead.
 fn open_append(log: &Path) -> io::Result<File> {
     let f = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(PRIVATE_FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(log)?;
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(log)
+        .map_err(|e| not_regular_on_enxio(e, log))?;
+    let f = super::only_regular(f, log)?;
     let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::other(format!(
-            "`{}` is not a regular file",
-            log.display()
-        )));
-    }
     if meta.mode() & 0o077 != 0 {
         f.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE_MODE))?;
     }
     Ok(f)
+}
+
+/// A FIFO without a reader answers a non-blocking open for writing with `ENXIO`: say what it is.
+fn not_regular_on_enxio(e: io::Error, path: &Path) -> io::Error {
+    if e.raw_os_error() == Some(libc::ENXIO) {
+        io::Error::other(format!(
+            "`{}` is not a regular file (a FIFO at its name?): move it away",
+            path.display()
+        ))
+    } else {
+        e
+    }
 }
 
 /// Appends `line` (which ends with a newline) to `log` in one `write`, first rotating the log
@@ -118,8 +129,10 @@ fn rotate(
         .create(true)
         .truncate(false)
         .mode(PRIVATE_FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&lock_path)?;
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(&lock_path)
+        .map_err(|e| not_regular_on_enxio(e, &lock_path))?;
+    let lock = super::only_regular(lock, &lock_path)?;
     if !try_flock_exclusive(&lock)? {
         // Another process is rotating: the line goes to the file this one has open.
         return Ok(None);
@@ -171,6 +184,23 @@ mod tests {
         assert!(!rotated_name(&log, 4).exists());
         let mode = fs::metadata(&log).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_fifo_at_the_log_name_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.jsonl");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&log)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Without O_NONBLOCK the open waits for a reader forever: the test would hang.
+        let e = append_line(&log, b"x\n", 1000, 3).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        // Nor does a reader hang on it.
+        let e = super::super::open_read_regular(&log).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 
     #[test]

@@ -57,6 +57,38 @@ pub fn open_read_nofollow(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Opens an existing regular file for reading, never following a symlink and never waiting
+/// on a FIFO (or a device) planted at its name: `O_NONBLOCK` makes the open return at once,
+/// and anything but a regular file is refused. For files others may have made, such as the
+/// audit log: a FIFO there would otherwise hang the reader while it holds its locks.
+pub fn open_read_regular(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)?;
+    only_regular(f, path)
+}
+
+/// `f`, opened with `O_NONBLOCK`, when it is a regular file (back in blocking mode); an error
+/// naming `path` otherwise.
+pub fn only_regular(f: File, path: &Path) -> io::Result<File> {
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(format!(
+            "`{}` is not a regular file (a FIFO, device or folder at its name): move it away",
+            path.display()
+        )));
+    }
+    // SAFETY: fcntl on a descriptor this `File` owns; no pointer is passed.
+    let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0
+        || unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
 /// Opens an existing file for reading, following symlinks (used for the source database, which
 /// an operator may legitimately reach through a link).
 pub fn open_read(path: &Path) -> io::Result<File> {

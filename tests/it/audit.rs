@@ -390,3 +390,57 @@ fn no_secret_reaches_the_log() {
         }
     }
 }
+
+/// `cmd`'s output, or a failure (the child killed) when it has not ended after a minute: a
+/// guard so that a hang fails the test instead of hanging the suite.
+pub fn within_a_minute(mut cmd: std::process::Command) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    panic!("still running after a minute: it waits on the FIFO");
+}
+
+pub fn mkfifo(path: &Path) {
+    assert!(std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// A FIFO planted at the log's name (or at the rotated file status reads) would block the open
+/// forever while the backup holds its locks: it is refused with a warning, and nothing waits.
+#[test]
+fn a_fifo_at_the_log_name_hangs_nothing() {
+    let p = Project::new("");
+    let logs = p.path("logs");
+    fs::create_dir_all(&logs).unwrap();
+    fs::set_permissions(&logs, fs::Permissions::from_mode(0o700)).unwrap();
+    mkfifo(&logs.join("ducksafe.jsonl"));
+    let out = within_a_minute(p.cmd(&["backup"]));
+    let err = assert_ok(&out);
+    assert!(err.contains("not a regular file"), "{err}");
+    assert_eq!(p.backup_files().len(), 1);
+    let out = within_a_minute(p.cmd(&["status"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cannot read the audit log"), "{text}");
+    // The rotated file, which status reads when the current one holds few lines.
+    fs::remove_file(logs.join("ducksafe.jsonl")).unwrap();
+    mkfifo(&logs.join("ducksafe.jsonl.1"));
+    assert_ok(&within_a_minute(p.cmd(&["backup"])));
+    let out = within_a_minute(p.cmd(&["status"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cannot read the audit log"), "{text}");
+}

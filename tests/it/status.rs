@@ -267,3 +267,267 @@ fn prometheus_file_is_written_atomically_and_readable_by_the_collector() {
     assert_eq!(out.status.code(), Some(64));
     assert!(support::stderr(&out).contains("cannot be used together"));
 }
+
+/// A backup taken at `now`; returns its id.
+fn backup_at(p: &Project, now: &str) -> String {
+    let mut c = p.cmd(&["--json", "backup"]);
+    c.env("DUCKSAFE_NOW", now);
+    let out = c.output().unwrap();
+    assert_ok(&out);
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    j["backup"]["id"].as_str().unwrap().to_owned()
+}
+
+fn cut_short(p: &Project, id: &str) {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(p.path(&format!("backups/{id}.duckdb")))
+        .unwrap();
+    f.set_len(100_000).unwrap();
+}
+
+#[test]
+fn a_backup_cut_short_or_deleted_is_not_restorable() {
+    let later = Some("2026-03-01T15:00:00Z");
+    for how in ["truncated", "deleted"] {
+        let p = Project::new("");
+        let old = backup_at(&p, "2026-03-01T12:00:00Z");
+        let new = backup_at(&p, "2026-03-01T13:00:00Z");
+        let damage = |id: &str| match how {
+            "truncated" => cut_short(&p, id),
+            _ => fs::remove_file(p.path(&format!("backups/{id}.duckdb"))).unwrap(),
+        };
+        damage(&new);
+        // The newest is damaged, an older one is intact: a warning naming both.
+        let (code, out) = status(&p, later, &[]);
+        assert_eq!(code, 1, "{how}: {out}");
+        assert!(
+            first_line(&out).starts_with(&format!(
+                "DUCKSAFE WARNING - the newest backup `{new}` cannot be restored"
+            )),
+            "{how}: {out}"
+        );
+        let (_, j) = status_json(&p, later, &[]);
+        assert_eq!(j["newest_verified"]["id"], old.as_str(), "{how}: {j}");
+        assert_eq!(j["damaged_backups"][0]["id"], new.as_str(), "{how}: {j}");
+        // None intact: critical.
+        damage(&old);
+        let (code, out) = status(&p, later, &[]);
+        assert_eq!(code, 2, "{how}: {out}");
+        assert!(
+            first_line(&out).starts_with("DUCKSAFE CRITICAL - no restorable backup: 2 damaged"),
+            "{how}: {out}"
+        );
+        let (_, prom) = status(&p, later, &["--prometheus"]);
+        assert!(prom.contains("ducksafe_backups_damaged{"), "{prom}");
+    }
+}
+
+#[test]
+fn an_unreadable_manifest_is_a_warning() {
+    let p = Project::new("");
+    let old = backup_at(&p, "2026-03-01T12:00:00Z");
+    backup_at(&p, "2026-03-01T13:00:00Z");
+    fs::write(
+        p.path(&format!("backups/{old}.manifest.json")),
+        "{garbage\n",
+    )
+    .unwrap();
+    let (code, out) = status(&p, Some("2026-03-01T15:00:00Z"), &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "warning: the manifest `{}",
+            p.path("backups").display()
+        )) && out.contains(&format!("{old}.manifest.json` cannot be read")),
+        "{out}"
+    );
+}
+
+#[test]
+fn packed_backups_need_their_packs_and_the_newest_file() {
+    let p = Project::new("BACKUP_STORAGE: incremental\n");
+    fs::remove_file(p.db()).unwrap();
+    ducksafe::demo::create_sized(&p.db(), 9_016, 42_331).unwrap();
+    let later = Some("2026-03-01T15:00:00Z");
+    let old = backup_at(&p, "2026-03-01T12:00:00Z");
+    ducksafe::workload::run(&p.db(), ducksafe::workload::Shape::Append, 1, 9_016, 42_331).unwrap();
+    let new = backup_at(&p, "2026-03-01T13:00:00Z");
+    let (code, out) = status(&p, later, &[]);
+    assert_eq!(code, 0, "{out}");
+    let (_, j) = status_json(&p, later, &[]);
+    assert!(j["damaged_backups"].as_array().unwrap().is_empty(), "{j}");
+    // The older backup is packed; its packs deleted, it cannot be rebuilt.
+    let packs: Vec<_> = fs::read_dir(p.path("backups/packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!packs.is_empty());
+    let kept: Vec<_> = packs
+        .iter()
+        .map(|f| (f.clone(), fs::read(f).unwrap()))
+        .collect();
+    for f in &packs {
+        fs::remove_file(f).unwrap();
+    }
+    let (code, out) = status(&p, later, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        first_line(&out).starts_with(&format!(
+            "DUCKSAFE WARNING - backup `{old}` cannot be restored"
+        )),
+        "{out}"
+    );
+    // Packs back, the newest file cut short: every backup is built from it.
+    for (f, bytes) in kept {
+        fs::write(f, bytes).unwrap();
+    }
+    cut_short(&p, &new);
+    let (code, out) = status(&p, later, &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        first_line(&out).starts_with("DUCKSAFE CRITICAL - no restorable backup: 2 damaged"),
+        "{out}"
+    );
+}
+
+/// A request id (or anything else the audit log says) cannot forge perfdata, a status line or
+/// a terminal control sequence: control characters are escaped, `|` is kept off line 1.
+#[test]
+fn untrusted_strings_cannot_forge_lines_perfdata_or_escapes() {
+    let p = Project::new("");
+    assert_eq!(p.pre_run().1, 0);
+    let holder = support::hold(&p.db());
+    assert_eq!(p.pre_run().1, 75);
+    drop(holder);
+    // The log's last line, its request id replaced by an attacker's.
+    let log = p.path("logs/ducksafe.jsonl");
+    let text = fs::read_to_string(&log).unwrap();
+    let mut last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    last["request_id"] = "evil | fake=1;;;0\nDUCKSAFE OK - all fine\u{1b}[2J\u{7}".into();
+    fs::write(&log, format!("{text}{last}\n")).unwrap();
+    let (code, out) = status(&p, None, &[]);
+    assert_eq!(code, 1, "{out}");
+    let first = first_line(&out);
+    assert!(
+        first.starts_with("DUCKSAFE WARNING - the last hook run"),
+        "{out}"
+    );
+    assert_eq!(first.matches('|').count(), 1, "{first}");
+    assert!(first.contains("evil ¦ fake=1;;;0\\nDUCKSAFE OK"), "{first}");
+    assert!(
+        !out.lines().skip(1).any(|l| l.starts_with("DUCKSAFE")),
+        "{out}"
+    );
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(out.contains("\\u{1b}[2J\\u{7}"), "{out}");
+    // A database path with a newline: the backups are another database's, unknown, and the
+    // one line says so with the path escaped.
+    p.write_config("DB_PATH: \"sim\\nDUCKSAFE OK - x.duckdb\"\nLOG_LEVEL: INFO\n");
+    let (code, out) = status(&p, None, &[]);
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("sim\\nDUCKSAFE OK - x.duckdb`"), "{out}");
+}
+
+/// An invalid configuration: the one series is labelled with its database (DB_PATH from the
+/// file), or the file itself when even that cannot be read, so two broken checks stay two
+/// series; `--json` has the figures it could not gather null, never 0.
+#[test]
+fn an_invalid_configuration_is_labelled_and_its_figures_are_null() {
+    let p = Project::new("");
+    assert_ok(&p.run(&["backup"]));
+    p.write_config("DB_PATH: simulation.duckdb\nLOG_LEVEL: INFO\nBOGUS: 1\n");
+    let (code, prom) = status(&p, None, &["--prometheus"]);
+    assert_eq!(code, 3, "{prom}");
+    let samples: Vec<&str> = prom.lines().filter(|l| !l.starts_with('#')).collect();
+    let db = p.db().display().to_string();
+    assert_eq!(samples, [format!("ducksafe_status{{database=\"{db}\"}} 3")]);
+    let (code, j) = status_json(&p, None, &[]);
+    assert_eq!(code, 3);
+    assert_eq!(j["database"], db.as_str());
+    for k in [
+        "backups",
+        "backups_bytes",
+        "free_bytes",
+        "newest_verified",
+        "quarantine_bytes",
+    ] {
+        assert!(j[k].is_null(), "{k}: {j:#}");
+    }
+    // Not even YAML: the file's path.
+    fs::write(p.config(), "{garbage").unwrap();
+    let (_, prom) = status(&p, None, &["--prometheus"]);
+    let config = p.config().display().to_string();
+    assert!(
+        prom.contains(&format!("ducksafe_status{{database=\"{config}\"}} 3")),
+        "{prom}"
+    );
+}
+
+/// A log others could have written is said to be untrusted: its folder open to others' writes
+/// (through a symlink too), or a log file another user owns.
+#[test]
+fn an_audit_log_others_could_write_is_a_warning() {
+    use std::os::unix::fs::MetadataExt;
+    let p = Project::new("");
+    assert_eq!(p.pre_run().1, 0);
+    let (code, out) = status(&p, None, &[]);
+    assert_exit_ok(code, &out);
+    // LOG_DIR a symlink to a world-writable folder.
+    let open = p.path("open-logs");
+    fs::rename(p.path("logs"), &open).unwrap();
+    std::os::unix::fs::symlink(&open, p.path("logs")).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, out) = status(&p, None, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("warning: the audit log folder"), "{out}");
+    assert!(out.contains("could be forged"), "{out}");
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o700)).unwrap();
+    let (code, out) = status(&p, None, &[]);
+    assert_exit_ok(code, &out);
+    // A log file another user owns (only root can make one).
+    let log = open.join("ducksafe.jsonl");
+    if fs::metadata(&open).unwrap().uid() != 0 {
+        support::skip("a log owned by another user", "chown needs root");
+        return;
+    }
+    std::os::unix::fs::chown(&log, Some(65534), None).unwrap();
+    let (code, out) = status(&p, None, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is owned by uid 65534"), "{out}");
+}
+
+/// The hook ran through a symlinked project path: its record names the database by that path,
+/// and status, given the real one, still finds its last run.
+#[test]
+fn the_last_hook_run_is_found_through_a_symlinked_project_path() {
+    let p = Project::new("");
+    let link = p.path("../").join(format!(
+        "{}-link",
+        p.dir.path().file_name().unwrap().to_string_lossy()
+    ));
+    std::os::unix::fs::symlink(p.dir.path(), &link).unwrap();
+    let holder = support::hold(&p.db());
+    let (_, code) = p.hook(&request("pre_run", &link.join("config.yaml"), ""));
+    drop(holder);
+    assert_eq!(code, 75);
+    let (code, j) = status_json(&p, None, &[]);
+    fs::remove_file(&link).unwrap();
+    assert_eq!(j["last_hook"]["errors"][0], "database_locked", "{j:#}");
+    assert_eq!(code, 2, "{j:#}");
+}
+
+/// A FIFO planted at a manifest's name is no manifest: status (and every command listing the
+/// backups) says it cannot be read instead of waiting on it forever.
+#[test]
+fn a_fifo_at_a_manifest_name_hangs_nothing() {
+    let p = Project::new("");
+    assert_ok(&p.run(&["backup"]));
+    crate::audit::mkfifo(&p.path("backups/simulation_20990101_000000.manifest.json"));
+    let out = crate::audit::within_a_minute(p.cmd(&["status"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("not a regular file"), "{text}");
+    assert_ok(&crate::audit::within_a_minute(p.cmd(&["list"])));
+}
