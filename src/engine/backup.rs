@@ -469,26 +469,7 @@ fn run_noting(
         warnings.extend(store.convert_older(&mut inv, &id, independent));
         phase("older backups converted");
     }
-    let mut rotated = Vec::new();
-    let rotation = if undo {
-        // An undo rotates nothing: the next ordinary backup applies retention.
-        RotationReport {
-            kept: inv.backups.iter().map(|b| b.id.clone()).collect(),
-            deleted: Vec::new(),
-        }
-    } else {
-        let (plan, rotation) = store.apply_retention(
-            &inv,
-            Some(&id),
-            now,
-            retention::policy(settings),
-            &mut rotated,
-        )?;
-        warnings.extend(plan.warnings);
-        rotation
-    };
-    warnings.extend(store.inventory_warnings(&inv, now));
-    warnings.extend(rotated);
+    let rotation = rotate(settings, &store, &inv, &id, now, undo, warnings)?;
     failpoint::hit("rotation.done");
     phase("rotated");
     // Nothing is left that could fail this pre_run: the record stays (until here, a panic in
@@ -520,6 +501,40 @@ fn run_noting(
     });
     phase("space reported");
     outcome
+}
+
+/// Retention after the backup `id` was published: its plan's warnings, the inventory's, then
+/// those of deletions that failed. An undo backup (`undo`) rotates nothing: the next ordinary
+/// backup applies retention.
+fn rotate(
+    settings: &Settings,
+    store: &Store,
+    inv: &Inventory,
+    id: &str,
+    now: DateTime<Utc>,
+    undo: bool,
+    warnings: &mut Vec<String>,
+) -> Result<RotationReport> {
+    let mut rotated = Vec::new();
+    let rotation = if undo {
+        RotationReport {
+            kept: inv.backups.iter().map(|b| b.id.clone()).collect(),
+            deleted: Vec::new(),
+        }
+    } else {
+        let (plan, rotation) = store.apply_retention(
+            inv,
+            Some(id),
+            now,
+            retention::policy(settings),
+            &mut rotated,
+        )?;
+        warnings.extend(plan.warnings);
+        rotation
+    };
+    warnings.extend(store.inventory_warnings(inv, now));
+    warnings.extend(rotated);
+    Ok(rotation)
 }
 
 /// A damaged database: names the newest backup to restore, and the command that does it.
