@@ -970,6 +970,34 @@ impl Db {
             .map_err(|e| classify(&e))
     }
 
+    /// The `CREATE INDEX` statements of table `t`'s indexes (those a primary key or a
+    /// `UNIQUE` constraint makes are part of its `CREATE TABLE`), each ending with `;`.
+    pub fn index_sql(&self, t: &TableName) -> Result<Vec<String>, DuckError> {
+        let mut stmt = self
+            .conn()
+            .prepare(
+                "SELECT sql FROM duckdb_indexes() \
+                 WHERE database_name = current_database() AND schema_name = ? AND table_name = ? \
+                 AND sql IS NOT NULL ORDER BY index_name",
+            )
+            .map_err(|e| classify(&e))?;
+        let rows = stmt
+            .query_map([&t.schema, &t.name], |r| r.get::<_, String>(0))
+            .map_err(|e| classify(&e))?;
+        rows.map(|r| {
+            r.map(|s| {
+                let s = s.trim_end().to_owned();
+                if s.ends_with(';') {
+                    s
+                } else {
+                    s + ";"
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| classify(&e))
+    }
+
     /// Every foreign key of this database.
     pub fn foreign_keys(&self) -> Result<Vec<ForeignKey>, DuckError> {
         let mut stmt = self

@@ -587,8 +587,19 @@ fn check(
             fingerprint_source: source.into(),
             fingerprint_matches: None,
             name: n.clone(),
+            // The backup's `CREATE TABLE`, then its indexes: a recreated table is the backup's
+            // whole definition, its unique indexes enforced again.
             create_sql: if differs {
-                pair.bak.create_table_sql(n).map_err(|e| pair.bak_err(&e))?
+                let indexes = pair.bak.index_sql(n).map_err(|e| pair.bak_err(&e))?;
+                pair.bak
+                    .create_table_sql(n)
+                    .map_err(|e| pair.bak_err(&e))?
+                    .map(|c| {
+                        std::iter::once(c)
+                            .chain(indexes)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
             } else {
                 None
             },

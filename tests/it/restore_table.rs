@@ -276,12 +276,13 @@ fn a_changed_definition_is_refused_unless_replace_schema() {
 }
 
 #[test]
-fn replace_schema_recreates_the_table_with_its_constraints_and_defaults() {
+fn replace_schema_recreates_the_table_with_its_constraints_defaults_and_indexes() {
     let p = Project::new("");
     sql(
         &p.db(),
         "CREATE TABLE grades (id INTEGER PRIMARY KEY, label VARCHAR NOT NULL DEFAULT 'junior', pay INTEGER CHECK (pay > 0));
-         INSERT INTO grades (id, pay) SELECT range, 10 + range FROM range(1, 51);",
+         INSERT INTO grades (id, pay) SELECT range, 10 + range FROM range(1, 51);
+         CREATE UNIQUE INDEX grades_pay ON grades (pay);",
     );
     let id = backup(&p);
     let expected = {
@@ -317,7 +318,15 @@ fn replace_schema_recreates_the_table_with_its_constraints_and_defaults() {
     };
     assert_eq!(d.table_schema(&t).unwrap().unwrap(), expected.0);
     assert_eq!(d.fingerprint(&t).unwrap(), expected.1);
-    // The default and the constraints work again.
+    // The default, the constraints and the backup's index work again.
+    assert_eq!(
+        d.query_u64(
+            "SELECT count(*) FROM duckdb_indexes() WHERE table_name = 'grades' AND index_name = 'grades_pay' AND is_unique"
+        )
+        .unwrap(),
+        1,
+        "the backup's unique index is recreated"
+    );
     d.execute_batch("INSERT INTO grades (id, pay) VALUES (100, 5)")
         .unwrap();
     assert_eq!(
@@ -329,6 +338,7 @@ fn replace_schema_recreates_the_table_with_its_constraints_and_defaults() {
         "INSERT INTO grades (id, pay) VALUES (1, 5)",
         "INSERT INTO grades (id, pay) VALUES (101, -1)",
         "INSERT INTO grades (id, label, pay) VALUES (102, NULL, 1)",
+        "INSERT INTO grades (id, pay) VALUES (103, 11)",
     ] {
         assert!(d.execute_batch(bad).is_err(), "{bad} was accepted");
     }
