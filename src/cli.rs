@@ -204,7 +204,7 @@ pub struct DiffArgs {
     pub rows: Option<String>,
     /// With --rows: at most this many rows of each change (removed, added, changed)
     #[arg(long, value_name = "N", default_value_t = 100, requires = "rows",
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=i64::MAX.unsigned_abs()))]
     pub limit: u64,
 }
 

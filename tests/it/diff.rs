@@ -433,6 +433,18 @@ fn exit_codes_say_same_different_not_found_and_busy() {
         let said = assert_exit(&p.run(&["diff", "--rows", bad]), 64);
         assert!(said.contains("`--rows` takes a table"), "{said}");
     }
+    // A limit DuckDB cannot take is the command line's fault, never the database's.
+    let said = assert_exit(
+        &p.run(&[
+            "diff",
+            "--rows",
+            "employees",
+            "--limit",
+            "9223372036854775808",
+        ]),
+        64,
+    );
+    assert!(!said.contains("not a usable DuckDB database"), "{said}");
     // A writer holds the database: busy, retry, and the JSON says so.
     let before = support::every_byte(&p.backups());
     let holder = support::hold(&p.db());
