@@ -802,7 +802,8 @@ impl Store {
     }
 
     /// What an operator must know about the backups before trusting their order: backups dated
-    /// in the future (a clock that was wrong), and a `latest.duckdb` that names no backup.
+    /// in the future (a clock that was wrong), a `latest.duckdb` that names no backup, and packs
+    /// whose index cannot be read.
     pub fn inventory_warnings(&self, inv: &Inventory, now: DateTime<Utc>) -> Vec<String> {
         let mut warnings: Vec<String> = inv
             .interrupted
@@ -835,6 +836,16 @@ impl Store {
                 "`{}` points to `{target}`, which is not a backup here (deleted by hand?): `restore latest` refuses until the next backup repoints it; name a backup id instead (`ducksafe list`)",
                 self.latest_path().display()
             ));
+        }
+        // A pack whose index cannot be read: nothing can use its blocks, and no collection
+        // deletes it (it may be evidence), so its bytes stay until someone removes it.
+        if let Ok(index) = self.packs().index() {
+            for d in &index.damaged {
+                warnings.push(format!(
+                    "{d}: no backup can use its blocks, and ducksafe never deletes it, so its bytes still count against BACKUP_MAX_TOTAL_BYTES. `ducksafe verify --all` names the backups that needed it; once they are dealt with, delete it by hand (`rm {}`)",
+                    crate::engine::shell::quote(&self.packs().dir().join(&d.pack))
+                ));
+            }
         }
         warnings
     }

@@ -561,3 +561,32 @@ fn a_backup_file_cut_short_stops_nothing_but_itself() {
         assert!(restorable(&p, id), "{id}");
     }
 }
+
+/// A pack cut short behind ducksafe's back can no longer be read, and no collection deletes
+/// it: `list` (and with it `status`) says so, names the file and the way out, instead of
+/// counting its bytes in silence.
+#[test]
+fn a_pack_that_cannot_be_read_is_named_in_every_listing() {
+    let p = project("");
+    for run in 1..=3 {
+        simulate(&p, run);
+        backup(&p);
+    }
+    let packs = p.backups().join("packs");
+    let name = dir_names(&packs).into_iter().next().expect("a pack");
+    let path = packs.join(&name);
+    let len = fs::metadata(&path).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let out = p.run(&["--json", "list"]);
+    assert_ok(&out);
+    let warnings = json(&out)["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!("pack `{name}`")) && warnings.contains("never deletes it"),
+        "{warnings}"
+    );
+}
