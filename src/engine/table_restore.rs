@@ -32,7 +32,7 @@
 //!
 //! A crash or a failure before the COMMIT leaves the database as it was: DuckDB writes nothing
 //! of an uncommitted transaction to its WAL. The staged copy is removed on every path (a crash
-//! leaves it to the next command's sweep, [`staging::sweep`]).
+//! leaves it to the sweep of the next backup, pre_run or restore, [`staging::sweep`]).
 //!
 //! Between the undo backup (4) and the read-write open (5) no ducksafe lock is held on the
 //! database (an OFD lock of this process would conflict with DuckDB's own): a writer that
