@@ -360,14 +360,7 @@ pub fn run(
     request_id: Option<&str>,
     guards_a_run: bool,
 ) -> Result<Outcome, Refused> {
-    let mut notes = Notes::default();
-    match run_noting(settings, now, request_id, guards_a_run, false, &mut notes) {
-        Ok(outcome) => Ok(Outcome { notes, ..outcome }),
-        Err(error) => Err(Refused {
-            error,
-            notes: Box::new(notes),
-        }),
-    }
+    with_notes(settings, now, request_id, guards_a_run, false)
 }
 
 /// The undo backup a table restore takes before it writes (`restore --table`): taken and
@@ -381,8 +374,19 @@ pub fn run_undo(
     now: DateTime<Utc>,
     request_id: &str,
 ) -> Result<Outcome, Refused> {
+    with_notes(settings, now, Some(request_id), false, true)
+}
+
+/// [`run_noting`] with its notes handed to the outcome, or to the refusal.
+fn with_notes(
+    settings: &Settings,
+    now: DateTime<Utc>,
+    request_id: Option<&str>,
+    guards_a_run: bool,
+    undo: bool,
+) -> Result<Outcome, Refused> {
     let mut notes = Notes::default();
-    match run_noting(settings, now, Some(request_id), false, true, &mut notes) {
+    match run_noting(settings, now, request_id, guards_a_run, undo, &mut notes) {
         Ok(outcome) => Ok(Outcome { notes, ..outcome }),
         Err(error) => Err(Refused {
             error,
