@@ -90,7 +90,7 @@ pub fn secure(
     }
     let mut opened = Vec::with_capacity(leaving.len());
     for p in leaving {
-        opened.push(files::open_read_nofollow(p.path).map_err(|e| io(p.path, e))?);
+        opened.push(files::open_read_nofollow(p.path).map_err(|e| Failure::io(p.path, e))?);
     }
     let mut writer = PackWriter::create(packs.dir()).map_err(|e| Failure::write(packs.dir(), e))?;
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
@@ -108,7 +108,7 @@ pub fn secure(
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     Some("was cut short after it was backed up: it ends before its bytes")
                 }
-                Err(e) => return Err(io(leaving[k].path, e)),
+                Err(e) => return Err(Failure::io(leaving[k].path, e)),
             };
             match damage {
                 None => {
@@ -146,10 +146,6 @@ pub fn secure(
     Ok(out)
 }
 
-fn io(path: &std::path::Path, e: std::io::Error) -> Failure {
-    Failure::io(path, e)
-}
-
 /// What a conversion did.
 #[derive(Debug, Clone)]
 pub struct Converted {
@@ -173,13 +169,13 @@ pub fn convert(
     staying: &[Plain<'_>],
     independent: bool,
 ) -> Result<Converted, Failure> {
-    let index = packs.index().map_err(|e| io(packs.dir(), e))?;
+    let index = packs.index().map_err(|e| Failure::io(packs.dir(), e))?;
     let staying = if independent { &[][..] } else { staying };
     let mut needed = vec![old.map];
     needed.extend_from_slice(packed);
     let secured = secure(packs, &index, &needed, staying, &[old], true)?;
     crate::failpoint::hit("convert.packed");
-    let index = packs.index().map_err(|e| io(packs.dir(), e))?;
+    let index = packs.index().map_err(|e| Failure::io(packs.dir(), e))?;
     let sources = Sources::new(&index, staying)?;
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let proof = rebuild::check(old.map, &sources, threads)?;
