@@ -674,14 +674,14 @@ fn a_packed_backup_on_a_full_disk_is_refused_and_leaves_nothing() {
     ) else {
         return;
     };
-    let dir = tempfile::tempdir_in(root.path()).unwrap();
-    ducksafe::demo::create_sized(&dir.path().join("simulation.duckdb"), 300, 1500).unwrap();
-    let p = Project { dir };
     let backups = tempfile::tempdir().unwrap();
-    p.write_config(&format!(
-        "DB_PATH: simulation.duckdb\nLOG_LEVEL: INFO\nBACKUP_MIN_FREE_BYTES: 0\nBACKUP_STORAGE: incremental\nBACKUP_DIR: {}\n",
-        backups.path().join("b").display()
-    ));
+    let p = Project::new_in(
+        root.path(),
+        &format!(
+            "BACKUP_STORAGE: incremental\nBACKUP_DIR: {}\n",
+            backups.path().join("b").display()
+        ),
+    );
     let older = backup(&p);
     sql(
         &p.db(),
