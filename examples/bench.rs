@@ -587,9 +587,22 @@ fn ducksafe_bin() -> PathBuf {
     bin
 }
 
+/// The seed's manager, `../shared/bench/seed_backup_manager.py` beside the checkout. Looked
+/// up from the working directory first: the compiled-in manifest folder is that of whichever
+/// checkout built the example (a CI clone shares the target folder), not necessarily this one.
 fn seed_manager() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/seed_backup_manager.py");
-    p.exists().then(|| fs::canonicalize(p).unwrap())
+    let rel = "../shared/bench/seed_backup_manager.py";
+    let found = [
+        std::env::current_dir().unwrap_or_default(),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+    ]
+    .into_iter()
+    .map(|d| d.join(rel))
+    .find(|p| p.exists());
+    if found.is_none() {
+        eprintln!("note: {rel} not found from the working directory: the seed manager's rows and the paired column are left out");
+    }
+    found.map(|p| fs::canonicalize(p).unwrap())
 }
 
 fn machine() -> String {
