@@ -31,6 +31,9 @@ struct DiffReport {
     unchanged_tables: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     unchanged_views: Option<u64>,
+    /// Sequences, macros and indexes unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unchanged_others: Option<u64>,
     /// Tables whose fingerprint was computed by a scan (the others' came from a manifest).
     #[serde(skip_serializing_if = "Option::is_none")]
     tables_scanned: Option<usize>,
@@ -53,20 +56,21 @@ impl Report for DiffReport {
         writeln!(out, "to    {}", self.to)?;
         if let Some(changes) = &self.changes {
             changes_text(out, changes)?;
-            let (t, v) = (
+            let (t, v, o) = (
                 self.unchanged_tables.unwrap_or(0),
                 self.unchanged_views.unwrap_or(0),
+                self.unchanged_others.unwrap_or(0),
             );
             let listed = changes.iter().any(|c| c.change == ChangeKind::Unchanged);
-            if !listed && t + v > 0 {
+            if !listed && t + v + o > 0 {
                 writeln!(
                     out,
                     "\n{} unchanged, not listed (`--all` lists them)",
-                    counted(t, v)
+                    counted(t, v, o)
                 )?;
             }
             if !self.differ {
-                writeln!(out, "\nno differences: {} the same", counted(t, v))?;
+                writeln!(out, "\nno differences: {} the same", counted(t, v, o))?;
             }
         }
         if let Some(r) = &self.rows {
@@ -81,13 +85,22 @@ impl Report for DiffReport {
     }
 }
 
-/// `3 tables and 1 view`.
-fn counted(tables: u64, views: u64) -> String {
+/// `3 tables, 1 view and 2 other objects` (sequences, macros, indexes); `0 tables` when
+/// there is nothing.
+fn counted(tables: u64, views: u64, others: u64) -> String {
     let plural = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-    match (tables, views) {
-        (t, 0) => plural(t, "table"),
-        (0, v) => plural(v, "view"),
-        (t, v) => format!("{} and {}", plural(t, "table"), plural(v, "view")),
+    let mut parts: Vec<String> = [(tables, "table"), (views, "view"), (others, "other object")]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| plural(n, what))
+        .collect();
+    match parts.len() {
+        0 => plural(0, "table"),
+        1 => parts.remove(0),
+        _ => {
+            let last = parts.pop().unwrap_or_default();
+            format!("{} and {last}", parts.join(", "))
+        }
     }
 }
 
@@ -112,9 +125,10 @@ fn changes_text(out: &mut dyn Write, changes: &[Change]) -> io::Result<()> {
     }
     writeln!(out)?;
     let name_w = changes.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let kind_w = changes.iter().map(|c| c.kind.len()).max().unwrap_or(0);
     for c in changes {
         let rows = match (c.kind, c.change) {
-            ("view", _) => String::new(),
+            (k, _) if k != "table" => String::new(),
             (_, ChangeKind::Added) => format!("rows {}", opt(c.rows_after)),
             (_, ChangeKind::Dropped) => format!("rows {}", opt(c.rows_before)),
             _ => {
@@ -132,7 +146,7 @@ fn changes_text(out: &mut dyn Write, changes: &[Change]) -> io::Result<()> {
         };
         writeln!(
             out,
-            "{:<5}  {:<name_w$}  {:<14}  {rows}",
+            "{:<kind_w$}  {:<name_w$}  {:<14}  {rows}",
             c.kind,
             c.name,
             kind_text(c.change)
@@ -262,7 +276,9 @@ pub fn run(g: &Global, a: &DiffArgs) -> i32 {
         let from = sides[0].label.clone();
         let to = sides[1].label.clone();
         if let Some(table) = &a.rows {
-            let table = diff::table_name(table)?;
+            // Case-insensitive, as DuckDB's names are, and as `restore --table` matches them.
+            let table = diff::table_name(table)?
+                .spelled_in(before.tables.keys().chain(after.tables.keys()));
             let rows = diff::rows(&sides, &at, &before, &after, &table, a.limit)?;
             return Ok::<_, Error>(DiffReport {
                 from,
@@ -271,6 +287,7 @@ pub fn run(g: &Global, a: &DiffArgs) -> i32 {
                 changes: None,
                 unchanged_tables: None,
                 unchanged_views: None,
+                unchanged_others: None,
                 tables_scanned: None,
                 rows: Some(RowsReport {
                     table: table.display(),
@@ -288,6 +305,7 @@ pub fn run(g: &Global, a: &DiffArgs) -> i32 {
                 .count() as u64
         };
         let (unchanged_tables, unchanged_views) = (unchanged("table"), unchanged("view"));
+        let unchanged_others = ["sequence", "macro", "index"].map(unchanged).iter().sum();
         let differ = all.iter().any(|c| c.change != ChangeKind::Unchanged);
         let changes: Vec<Change> = all
             .into_iter()
@@ -300,6 +318,7 @@ pub fn run(g: &Global, a: &DiffArgs) -> i32 {
             changes: Some(changes),
             unchanged_tables: Some(unchanged_tables),
             unchanged_views: Some(unchanged_views),
+            unchanged_others: Some(unchanged_others),
             tables_scanned: Some(scanned),
             rows: None,
         })

@@ -263,12 +263,15 @@ pub struct State {
     pub tables: BTreeMap<TableName, TableState>,
     /// `None` when unknown (a manifest counts views only).
     pub views: Option<BTreeMap<TableName, String>>,
+    /// Sequences, macros and indexes by kind and name, with their SQL; `None` when unknown
+    /// (a manifest only counts sequences).
+    pub others: Option<BTreeMap<(&'static str, TableName), String>>,
 }
 
 /// How one table or view differs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
-    /// `table` or `view`.
+    /// `table`, `view`, `sequence`, `macro` or `index`.
     pub kind: &'static str,
     /// `schema.name`.
     pub name: String,
@@ -365,7 +368,7 @@ pub fn compare(before: &State, after: &State) -> Vec<Change> {
                     _ => Vec::new(),
                 };
                 let content_changed = match (&b.fingerprint, &a.fingerprint) {
-                    (Some(fb), Some(fa)) => Some(fb != fa),
+                    (Some(fb), Some(fa)) if fb.comparable(fa) => Some(fb != fa),
                     // Without fingerprints, a different count still proves a change.
                     _ => match (b.rows, a.rows) {
                         (Some(rb), Some(ra)) if rb != ra => Some(true),
@@ -395,27 +398,50 @@ pub fn compare(before: &State, after: &State) -> Vec<Change> {
         };
         out.push(change);
     }
-    if let (Some(vb), Some(va)) = (&before.views, &after.views) {
-        let names: std::collections::BTreeSet<&TableName> = vb.keys().chain(va.keys()).collect();
-        for name in names {
-            let change = match (vb.get(name), va.get(name)) {
-                (None, Some(_)) => ChangeKind::Added,
-                (Some(_), None) => ChangeKind::Dropped,
+    let keyed = |m: &Option<BTreeMap<TableName, String>>| {
+        m.as_ref().map(|m| {
+            m.iter()
+                .map(|(n, sql)| (("view", n.clone()), sql.clone()))
+                .collect::<BTreeMap<_, _>>()
+        })
+    };
+    for (b, a) in [
+        (keyed(&before.views), keyed(&after.views)),
+        (before.others.clone(), after.others.clone()),
+    ] {
+        if let (Some(b), Some(a)) = (b, a) {
+            out.extend(definitions_compared(&b, &a));
+        }
+    }
+    out
+}
+
+/// Views, sequences, macros or indexes compared by their SQL, by kind and name.
+fn definitions_compared(
+    before: &BTreeMap<(&'static str, TableName), String>,
+    after: &BTreeMap<(&'static str, TableName), String>,
+) -> Vec<Change> {
+    let keys: std::collections::BTreeSet<&(&'static str, TableName)> =
+        before.keys().chain(after.keys()).collect();
+    keys.into_iter()
+        .map(|key| {
+            let change = match (before.get(key), after.get(key)) {
+                (None, _) => ChangeKind::Added,
+                (_, None) => ChangeKind::Dropped,
                 (Some(b), Some(a)) if b == a => ChangeKind::Unchanged,
                 _ => ChangeKind::Changed,
             };
-            out.push(Change {
-                kind: "view",
-                name: name.display(),
+            Change {
+                kind: key.0,
+                name: key.1.display(),
                 change,
                 columns: Vec::new(),
                 rows_before: None,
                 rows_after: None,
                 content_changed: None,
-            });
-        }
-    }
-    out
+            }
+        })
+        .collect()
 }
 
 /// The two states, attached to one DuckDB instance.
@@ -517,6 +543,13 @@ pub fn read_catalog(side: &Side<'_>, db: &Db) -> Result<State> {
     }
     let views: Vec<ViewDef> = db.views().map_err(err)?;
     state.views = Some(views.into_iter().map(|v| (v.name, v.sql)).collect());
+    let others = db.definitions().map_err(err)?;
+    state.others = Some(
+        others
+            .into_iter()
+            .map(|d| ((d.kind, d.name), d.sql))
+            .collect(),
+    );
     Ok(state)
 }
 
@@ -548,7 +581,17 @@ pub fn fingerprints(side: &Side<'_>, db: &Db, state: &mut State) -> Result<usize
         .unwrap_or_default();
     let mut scanned = 0;
     for (t, entry) in &mut state.tables {
-        let fingerprint = if let Some(f) = recorded.get(t) {
+        // A fingerprint recorded before nested columns were hashed by structure is read
+        // again when the table has one.
+        let recorded = match recorded.get(t) {
+            Some(f)
+                if !f.nested && db.has_nested_columns(t).map_err(|e| duck_error(side, e))? =>
+            {
+                None
+            }
+            other => other,
+        };
+        let fingerprint = if let Some(f) = recorded {
             f.clone()
         } else {
             scanned += 1;
@@ -569,15 +612,10 @@ pub fn fingerprints(side: &Side<'_>, db: &Db, state: &mut State) -> Result<usize
 /// `schema.name` or `name` (in `main`) as a table name; an empty schema or name is a usage
 /// error.
 pub fn table_name(arg: &str) -> Result<TableName> {
-    let (schema, name) = arg.split_once('.').unwrap_or(("main", arg));
-    if schema.trim().is_empty() || name.trim().is_empty() {
-        return Err(Error::Usage(format!(
-            "`--rows` takes a table as `TABLE` or `SCHEMA.TABLE`, got `{arg}`"
-        )));
-    }
-    Ok(TableName {
-        schema: schema.to_owned(),
-        name: name.to_owned(),
+    TableName::parse(arg).ok_or_else(|| {
+        Error::Usage(format!(
+            "`--rows` takes a table as `TABLE` or `SCHEMA.TABLE` (double-quote a part that holds a dot), got `{arg}`"
+        ))
     })
 }
 
@@ -775,6 +813,7 @@ mod tests {
             rows,
             sum_hash: Some(x.to_string()),
             xor_hash: Some(x),
+            nested: false,
         }
     }
 
@@ -872,9 +911,17 @@ mod tests {
     #[test]
     fn names_default_to_main() {
         assert_eq!(table_name("events").unwrap(), t("main.events"));
-        for bad in ["", "main.", ".x", " . "] {
+        for bad in ["", "main.", ".x", " . ", "a.b.c", "\"open"] {
             assert!(table_name(bad).is_err(), "{bad}");
         }
+        // As `restore --table` reads them: a quoted part may hold a dot.
+        assert_eq!(
+            table_name(r#""my.schema"."t 1""#).unwrap(),
+            TableName {
+                schema: "my.schema".into(),
+                name: "t 1".into()
+            }
+        );
         assert_eq!(
             table_name("hr.salaries").unwrap(),
             TableName {

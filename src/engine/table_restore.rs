@@ -167,36 +167,11 @@ fn refused(database: &Path, why: String, hint: String) -> Error {
 
 /// `schema.table` or `table` (schema `main`); either part may be double-quoted (`"my.schema"."t"`).
 pub fn parse_name(s: &str) -> Result<TableName> {
-    let bad = || {
+    TableName::parse(s).ok_or_else(|| {
         Error::Usage(format!(
             "`--table {s}`: expected a table name, `table` or `schema.table` (double-quote a part that holds a dot)"
         ))
-    };
-    let mut parts = vec![String::new()];
-    let mut quoted = false;
-    let mut chars = s.trim().chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                chars.next();
-                parts.last_mut().ok_or_else(bad)?.push('"');
-            }
-            '"' => quoted = !quoted,
-            '.' if !quoted => parts.push(String::new()),
-            c => parts.last_mut().ok_or_else(bad)?.push(c),
-        }
-    }
-    if quoted || parts.iter().any(String::is_empty) {
-        return Err(bad());
-    }
-    match <[String; 2]>::try_from(parts) {
-        Ok([schema, name]) => Ok(TableName { schema, name }),
-        Err(parts) if parts.len() == 1 => Ok(TableName {
-            schema: "main".into(),
-            name: parts.into_iter().next().unwrap_or_default(),
-        }),
-        Err(_) => Err(bad()),
-    }
+    })
 }
 
 fn duck_err(path: &Path, e: DuckError) -> Error {
@@ -562,21 +537,7 @@ fn check(
         } else {
             Method::ChangedRows
         };
-        // The fingerprint the restored table must have: the manifest's when this DuckDB
-        // computed it (`hash` may change between versions), else computed now.
-        let recorded = m
-            .tables
-            .iter()
-            .find(|t| t.schema == n.schema && t.name == n.name)
-            .and_then(|t| t.fingerprint.clone())
-            .filter(|_| m.duckdb_version == version);
-        let (fingerprint, source) = match recorded {
-            Some(f) => (f, "manifest"),
-            None => (
-                pair.bak.fingerprint(n).map_err(|e| pair.bak_err(&e))?,
-                "backup",
-            ),
-        };
+        let (fingerprint, source) = expected_fingerprint(pair, m, n, &version)?;
         plans.push(TableOutcome {
             table: n.display(),
             method,
@@ -611,21 +572,48 @@ fn check(
     Ok(insert_order(plans, &bak_fks))
 }
 
-/// The names as the catalogs spell them: DuckDB's names are case-insensitive, so `Employees`
-/// is `employees` when exactly one table of either database matches it so.
+/// The fingerprint table `n` must have once restored, and where it came from: the manifest's
+/// when this DuckDB computed it (`hash` may change between versions) the way it is computed
+/// now (a nested table's, recorded before those were hashed by structure, is not), else
+/// computed from the backup.
+fn expected_fingerprint(
+    pair: &Pair,
+    m: &crate::engine::manifest::Manifest,
+    n: &TableName,
+    version: &str,
+) -> Result<(Fingerprint, &'static str)> {
+    let recorded = m
+        .tables
+        .iter()
+        .find(|t| t.schema == n.schema && t.name == n.name)
+        .and_then(|t| t.fingerprint.clone())
+        .filter(|_| m.duckdb_version == version);
+    let recorded = match recorded {
+        Some(f)
+            if !f.nested
+                && pair
+                    .bak
+                    .has_nested_columns(n)
+                    .map_err(|e| pair.bak_err(&e))? =>
+        {
+            None
+        }
+        other => other,
+    };
+    Ok(match recorded {
+        Some(f) => (f, "manifest"),
+        None => (
+            pair.bak.fingerprint(n).map_err(|e| pair.bak_err(&e))?,
+            "backup",
+        ),
+    })
+}
+
+/// The names as the catalogs spell them ([`TableName::spelled_in`]), each once.
 fn spelled(names: &[TableName], live: &[TableName], bak: &[TableName]) -> Vec<TableName> {
     let mut out: Vec<TableName> = Vec::new();
     for n in names {
-        let same = |t: &&TableName| {
-            t.schema.eq_ignore_ascii_case(&n.schema) && t.name.eq_ignore_ascii_case(&n.name)
-        };
-        let mut matches: Vec<&TableName> = bak.iter().chain(live).filter(same).collect();
-        matches.sort();
-        matches.dedup();
-        let name = match matches[..] {
-            [only] if !live.contains(n) && !bak.contains(n) => only.clone(),
-            _ => n.clone(),
-        };
+        let name = n.spelled_in(bak.iter().chain(live));
         if !out.contains(&name) {
             out.push(name);
         }

@@ -385,6 +385,20 @@ pub fn stored(
             t.fingerprint = None;
         }
     }
+    // A fingerprint recorded before nested columns were hashed by structure cannot be
+    // compared with one computed now: that table's count is compared, not its content.
+    for t in &mut expected {
+        let now = contents
+            .tables
+            .iter()
+            .find(|a| a.schema == t.schema && a.name == t.name)
+            .and_then(|a| a.fingerprint.as_ref());
+        if let (Some(then), Some(now)) = (&t.fingerprint, now) {
+            if !then.comparable(now) {
+                t.fingerprint = None;
+            }
+        }
+    }
     compare_tables(&expected, &contents.tables).map_err(fail)?;
     // Name only what was really compared: a `quick` manifest has no counts to compare with.
     let mut checks: Vec<String> = ["size", "sha256", "open"].map(str::to_owned).to_vec();
