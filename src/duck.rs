@@ -363,41 +363,64 @@ pub fn quote_ident(s: &str) -> String {
 }
 
 /// An order-independent content fingerprint of a table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Fingerprint {
     pub rows: u64,
     /// `sum(hash(row))` as a decimal HUGEINT; null for an empty table.
     pub sum_hash: Option<String>,
     /// `bit_xor(hash(row))`; null for an empty table.
     pub xor_hash: Option<u64>,
-    /// The table has nested columns (STRUCT, LIST, ARRAY, MAP, UNION), hashed by their
-    /// structure. Absent (false) for a table without them, and in every fingerprint written
-    /// before ducksafe hashed them so: those hashed DuckDB's `hash()` of the values alone, which
-    /// cannot tell `[NULL]` from `[]`, and are compared with nothing computed now.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub nested: bool,
+    /// Whether the table has nested columns (STRUCT, LIST, ARRAY, MAP, UNION), which are hashed
+    /// by their structure. Absent from fingerprints written before ducksafe hashed them so:
+    /// those hashed DuckDB's `hash()` of the values alone, which cannot tell `[NULL]` from `[]`,
+    /// and one of a table with nested columns is compared with nothing computed now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nested: Option<bool>,
+}
+
+/// Two fingerprints are equal when their figures are: [`Fingerprint::nested`] says how they
+/// were computed, not what was read.
+impl PartialEq for Fingerprint {
+    fn eq(&self, other: &Self) -> bool {
+        (self.rows, &self.sum_hash, self.xor_hash) == (other.rows, &other.sum_hash, other.xor_hash)
+    }
 }
 
 impl Fingerprint {
-    /// Whether the two were computed the same way, so that equal means same rows.
+    /// Whether the two were computed the same way, so that equal means same rows: always, but
+    /// for one written before nested columns were hashed by structure (`nested` absent), which
+    /// is comparable only with one of a table without nested columns (hashed alike then and
+    /// now).
     pub fn comparable(&self, other: &Self) -> bool {
-        self.nested == other.nested
+        match (self.nested, other.nested) {
+            (None, Some(n)) | (Some(n), None) => !n,
+            _ => true,
+        }
     }
 }
 
 /// How a column's values are taken apart to be hashed: DuckDB's `hash()` of a nested value
 /// forgets where its null-ness and its elements' boundaries were, so a nested value is hashed
-/// as its null-ness and the list of its elements' own hashes, recursively (a struct's fields
-/// and a union's tag and members one by one). A scalar is hashed as itself.
+/// as its null-ness and the list of its elements' own hashes, recursively (a struct's field
+/// names and fields one by one, a union's tag and members). A scalar is hashed as itself.
+///
+/// Each LIST, ARRAY or MAP level is a lambda, and DuckDB's binding of nested lambdas doubles
+/// with each level; below [`MAX_LAMBDA_DEPTH`] of them a value is hashed as its text instead
+/// (`CAST(… AS VARCHAR)`, which DuckDB writes unambiguously: strings quoted when they need
+/// it, NULL apart from `'NULL'`, field names spelled out).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Shape {
     Scalar,
+    /// Fields by name; an unnamed struct's (a `ROW`) names are empty.
     Struct(Vec<(String, Shape)>),
     /// A LIST or a fixed-size ARRAY.
     List(Box<Shape>),
     Map(Box<Shape>, Box<Shape>),
     Union(Vec<(String, Shape)>),
 }
+
+/// Nested lambdas at most, in one column's hash (see [`Shape`]).
+const MAX_LAMBDA_DEPTH: usize = 3;
 
 impl Shape {
     fn of(t: &duckdb::core::LogicalTypeHandle) -> Shape {
@@ -424,15 +447,29 @@ impl Shape {
     }
 
     /// The scalar expressions whose `hash` tells the values of `e` apart, appended to `out`;
-    /// `depth` names the lambdas' parameters apart.
+    /// `depth` counts the lambdas `e` is in, and names their parameters apart.
     fn parts(&self, e: &str, depth: usize, out: &mut Vec<String>) {
         let literal = |n: &str| format!("'{}'", n.replace('\'', "''"));
         match self {
             Shape::Scalar => out.push(e.to_owned()),
+            Shape::List(_) | Shape::Map(..) if depth >= MAX_LAMBDA_DEPTH => {
+                out.push(format!("CAST({e} AS VARCHAR)"));
+            }
             Shape::Struct(fields) => {
                 out.push(format!("({e} IS NULL)"));
-                for (n, s) in fields {
-                    s.parts(&format!("struct_extract({e}, {})", literal(n)), depth, out);
+                let unnamed = fields.iter().all(|(n, _)| n.is_empty());
+                if !unnamed {
+                    // Field names, so that swapped fields are not the same rows.
+                    let names: Vec<String> = fields.iter().map(|(n, _)| quote_ident(n)).collect();
+                    out.push(literal(&names.join(",")));
+                }
+                for (i, (n, s)) in fields.iter().enumerate() {
+                    let field = if unnamed {
+                        format!("struct_extract({e}, {})", i + 1)
+                    } else {
+                        format!("struct_extract({e}, {})", literal(n))
+                    };
+                    s.parts(&field, depth, out);
                 }
             }
             Shape::Union(members) => {
@@ -1181,6 +1218,47 @@ impl Db {
             .map_err(|e| classify(&e))
     }
 
+    /// The `COMMENT ON` statements that give table `t` and its columns their comments, each
+    /// ending with `;` (none when it has none): a recreated table keeps them.
+    pub fn comment_sql(&self, t: &TableName) -> Result<Vec<String>, DuckError> {
+        let mut stmt = self
+            .conn()
+            .prepare(
+                "SELECT NULL, CAST(comment AS VARCHAR) FROM duckdb_tables() \
+                     WHERE database_name = current_database() AND schema_name = ? AND table_name = ? \
+                 UNION ALL \
+                 SELECT column_name, CAST(comment AS VARCHAR) FROM duckdb_columns() \
+                     WHERE database_name = current_database() AND schema_name = ? AND table_name = ?",
+            )
+            .map_err(|e| classify(&e))?;
+        let rows = stmt
+            .query_map([&t.schema, &t.name, &t.schema, &t.name], |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                ))
+            })
+            .map_err(|e| classify(&e))?;
+        let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let mut out = Vec::new();
+        for row in rows {
+            let (column, comment) = row.map_err(|e| classify(&e))?;
+            let Some(comment) = comment.filter(|c| !c.is_empty()) else {
+                continue;
+            };
+            out.push(match column {
+                None => format!("COMMENT ON TABLE {} IS {};", t.quoted(), literal(&comment)),
+                Some(c) => format!(
+                    "COMMENT ON COLUMN {}.{} IS {};",
+                    t.quoted(),
+                    quote_ident(&c),
+                    literal(&comment)
+                ),
+            });
+        }
+        Ok(out)
+    }
+
     /// The `CREATE INDEX` statements of table `t`'s indexes (those a primary key or a
     /// `UNIQUE` constraint makes are part of its `CREATE TABLE`), each ending with `;`.
     pub fn index_sql(&self, t: &TableName) -> Result<Vec<String>, DuckError> {
@@ -1283,7 +1361,9 @@ impl Db {
                  UNION ALL \
                  SELECT 'macro', schema_name, function_name, \
                         string_agg(CASE WHEN function_type = 'table_macro' THEN 'TABLE ' ELSE '' END \
-                                   || '(' || array_to_string(parameters, ', ') || ') AS ' \
+                                   || '(' || array_to_string(parameters, ', ') || ') (' \
+                                   || array_to_string(list_transform(parameter_types, lambda t: coalesce(t, '?')), ', ') \
+                                   || ') AS ' \
                                    || coalesce(macro_definition, ''), '; ' ORDER BY len(parameters), macro_definition) \
                      FROM duckdb_functions() \
                      WHERE database_name = current_database() AND NOT internal \
@@ -1352,7 +1432,7 @@ impl Db {
                         rows: r.get::<_, i64>(0)?.unsigned_abs(),
                         sum_hash: r.get(1)?,
                         xor_hash: r.get(2)?,
-                        nested,
+                        nested: Some(nested),
                     })
                 },
             )
@@ -1365,21 +1445,24 @@ impl Db {
         Ok(self.shapes(&t.quoted())?.iter().any(|(_, s)| s.nested()))
     }
 
-    /// The columns of table `from` (SQL, quoted) and their shapes, from the type of its row
-    /// as a struct: a statement prepared, never run, and no catalog query.
+    /// The columns of table `from` (SQL, quoted) and their shapes, from the result of
+    /// `SELECT * … LIMIT 0`: no row read, no catalog query.
     fn shapes(&self, from: &str) -> Result<Columns, DuckError> {
-        let stmt = self
+        let mut stmt = self
             .conn()
-            .prepare(&format!(
-                "SELECT __ducksafe_row FROM {from} AS __ducksafe_row"
-            ))
+            .prepare(&format!("SELECT * FROM {from} LIMIT 0"))
             .map_err(|e| classify(&e))?;
-        match Shape::of(&stmt.column_logical_type(0)) {
-            Shape::Struct(columns) => Ok(columns),
-            other => Err(DuckError::Failed(format!(
-                "the rows of {from} are not a struct ({other:?})"
-            ))),
-        }
+        // Run (no row comes back): the names are known once it has.
+        stmt.query([])
+            .map_err(|e| classify(&e))?
+            .next()
+            .map_err(|e| classify(&e))?;
+        Ok(stmt
+            .column_names()
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (n, Shape::of(&stmt.column_logical_type(i))))
+            .collect())
     }
 
     /// The columns of a table's primary key, in key order; empty when it has none.
@@ -1712,7 +1795,7 @@ mod tests {
                 db.fingerprint(&name("a")).unwrap(),
                 db.fingerprint(&name("b")).unwrap(),
             );
-            assert!(fa.nested && fa.comparable(&fb));
+            assert!(fa.nested == Some(true) && fa.comparable(&fb));
             assert_ne!(fa, fb, "{ty}: {a} and {b} share a fingerprint");
             // The same rows hash alike: a copy of a table has its fingerprint.
             db.execute_batch(&format!("CREATE TABLE c{i} AS FROM a{i}"))
@@ -1747,6 +1830,67 @@ mod tests {
                 assert_eq!(n, if key.is_empty() { 2 } else { 1 }, "{ty}, key {key:?}");
             }
         }
+    }
+
+    /// What the outside attack on the structural hash found: an unnamed struct (DuckDB's
+    /// `ROW`) is taken apart by position; swapped field names are other rows; a column named
+    /// like ducksafe's own alias is read as a column; deep nesting binds a bounded number of
+    /// lambdas and still tells deep values apart; tables that gained or lost a nested column
+    /// stay comparable.
+    #[test]
+    fn nested_odd_shapes_hash_apart_and_bounded() {
+        let duck = Instance::start(&Limits::default()).unwrap();
+        let db = Db {
+            conn: Some(duck.conn.try_clone().unwrap()),
+            attached: None,
+        };
+        let t = |n: &str| TableName {
+            schema: "main".into(),
+            name: n.into(),
+        };
+        let fp = |n: &str| db.fingerprint(&t(n)).unwrap();
+        db.execute_batch(
+            "CREATE TABLE row_a AS SELECT 1 AS k, row(1, NULL) AS v;
+             CREATE TABLE row_b AS SELECT 1 AS k, CASE WHEN false THEN row(1, NULL) END AS v;
+             CREATE TABLE ab AS SELECT {'a': 1, 'b': 2} AS s;
+             CREATE TABLE ba AS SELECT {'b': 1, 'a': 2} AS s;
+             CREATE TABLE own_a (v INTEGER[], __ducksafe_row STRUCT(k INTEGER));
+             INSERT INTO own_a VALUES ([NULL], {'k': 1});
+             CREATE TABLE own_b AS FROM own_a; UPDATE own_b SET v = [];
+             CREATE TABLE deep_a (v INTEGER[][][][][][][][][][][][][][][][][]);
+             INSERT INTO deep_a VALUES ([[[[[[[[[[[[[[[[[NULL]]]]]]]]]]]]]]]]]);
+             CREATE TABLE deep_b AS FROM deep_a;
+             UPDATE deep_b SET v = [[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]];",
+        )
+        .unwrap();
+        for (a, b) in [
+            ("row_a", "row_b"),
+            ("ab", "ba"),
+            ("own_a", "own_b"),
+            ("deep_a", "deep_b"),
+        ] {
+            let (fa, fb) = (fp(a), fp(b));
+            assert_eq!(fa.nested, Some(true), "{a}");
+            assert_ne!(fa, fb, "{a} and {b} share a fingerprint");
+        }
+        let deep = db.shapes(&t("deep_a").quoted()).unwrap();
+        let sql = row_hash_of("t", &deep);
+        assert_eq!(sql.matches("lambda").count(), MAX_LAMBDA_DEPTH, "{sql}");
+        // A table that gained a nested column: both fingerprints computed the same way.
+        let (then, now) = (fp("row_a"), {
+            let mut f = fp("row_a");
+            f.nested = Some(false);
+            f
+        });
+        assert!(
+            then.comparable(&now) && then == now,
+            "equal figures are equal"
+        );
+        let old = Fingerprint {
+            nested: None,
+            ..then.clone()
+        };
+        assert!(!old.comparable(&then) && old.comparable(&now));
     }
 
     #[test]
@@ -1786,7 +1930,7 @@ mod tests {
                             rows: r.get::<_, i64>(0)?.unsigned_abs(),
                             sum_hash: r.get(1)?,
                             xor_hash: r.get(2)?,
-                            nested: false,
+                            nested: None,
                         })
                     },
                 )
@@ -1797,7 +1941,7 @@ mod tests {
                 assert_eq!(got, reference, "{}", t.display());
             } else {
                 // A struct and a list: hashed by structure, and said to be.
-                assert!(got.nested && !got.comparable(&reference));
+                assert!(got.nested == Some(true) && !got.comparable(&reference));
                 assert_eq!(got.rows, reference.rows);
                 assert_ne!(got.sum_hash, reference.sum_hash);
             }

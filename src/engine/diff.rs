@@ -585,7 +585,8 @@ pub fn fingerprints(side: &Side<'_>, db: &Db, state: &mut State) -> Result<usize
         // again when the table has one.
         let recorded = match recorded.get(t) {
             Some(f)
-                if !f.nested && db.has_nested_columns(t).map_err(|e| duck_error(side, e))? =>
+                if f.nested.is_none()
+                    && db.has_nested_columns(t).map_err(|e| duck_error(side, e))? =>
             {
                 None
             }
@@ -813,7 +814,7 @@ mod tests {
             rows,
             sum_hash: Some(x.to_string()),
             xor_hash: Some(x),
-            nested: false,
+            nested: Some(false),
         }
     }
 

@@ -548,16 +548,18 @@ fn check(
             fingerprint_source: source.into(),
             fingerprint_matches: None,
             name: n.clone(),
-            // The backup's `CREATE TABLE`, then its indexes: a recreated table is the backup's
-            // whole definition, its unique indexes enforced again.
+            // The backup's `CREATE TABLE`, then its indexes and comments: a recreated table is
+            // the backup's whole definition, its unique indexes enforced again.
             create_sql: if differs {
                 let indexes = pair.bak.index_sql(n).map_err(|e| pair.bak_err(&e))?;
+                let comments = pair.bak.comment_sql(n).map_err(|e| pair.bak_err(&e))?;
                 pair.bak
                     .create_table_sql(n)
                     .map_err(|e| pair.bak_err(&e))?
                     .map(|c| {
                         std::iter::once(c)
                             .chain(indexes)
+                            .chain(comments)
                             .collect::<Vec<_>>()
                             .join("\n")
                     })
@@ -590,7 +592,7 @@ fn expected_fingerprint(
         .filter(|_| m.duckdb_version == version);
     let recorded = match recorded {
         Some(f)
-            if !f.nested
+            if f.nested.is_none()
                 && pair
                     .bak
                     .has_nested_columns(n)

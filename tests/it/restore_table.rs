@@ -276,13 +276,15 @@ fn a_changed_definition_is_refused_unless_replace_schema() {
 }
 
 #[test]
-fn replace_schema_recreates_the_table_with_its_constraints_defaults_and_indexes() {
+fn replace_schema_recreates_the_table_with_its_constraints_defaults_indexes_and_comments() {
     let p = Project::new("");
     sql(
         &p.db(),
         "CREATE TABLE grades (id INTEGER PRIMARY KEY, label VARCHAR NOT NULL DEFAULT 'junior', pay INTEGER CHECK (pay > 0));
          INSERT INTO grades (id, pay) SELECT range, 10 + range FROM range(1, 51);
-         CREATE UNIQUE INDEX grades_pay ON grades (pay);",
+         CREATE UNIQUE INDEX grades_pay ON grades (pay);
+         COMMENT ON TABLE grades IS 'pay grades, HR''s';
+         COMMENT ON COLUMN grades.pay IS 'monthly';",
     );
     let id = backup(&p);
     let expected = {
@@ -326,6 +328,17 @@ fn replace_schema_recreates_the_table_with_its_constraints_defaults_and_indexes(
         .unwrap(),
         1,
         "the backup's unique index is recreated"
+    );
+    // And its comments.
+    assert_eq!(
+        d.query_u64(
+            "SELECT count(*) FROM duckdb_tables() t JOIN duckdb_columns() c USING (table_name) \
+             WHERE table_name = 'grades' AND t.comment = 'pay grades, HR''s' \
+             AND c.column_name = 'pay' AND c.comment = 'monthly'"
+        )
+        .unwrap(),
+        1,
+        "the backup's table and column comments are kept"
     );
     d.execute_batch("INSERT INTO grades (id, pay) VALUES (100, 5)")
         .unwrap();
