@@ -509,6 +509,9 @@ pub fn bench(root: &Path, scales: &[Scale], reps: usize) -> serde_json::Value {
             .map(|s| {
                 let t = std::time::Instant::now();
                 let f = workload(root, *scale, s, reps);
+                // Its database, stores and restic repository go before the next workload's
+                // are made: at 1 GiB the three would need about 35 GB at once.
+                let _ = fs::remove_dir_all(root.join(scale.name).join(s.name()));
                 eprintln!(
                     "{} {}: {:.0} s",
                     scale.name,
