@@ -51,6 +51,7 @@ pub fn push_backups(
     let opened = super::open_store(settings, Access::Change { dry_run: false })?;
     let store = &opened.store;
     let mut cleaned: Vec<String> = remote.abort_interrupted()?.into_iter().collect();
+    cleaned.extend(crate::remote::packed::sweep_scratch(store.dir()));
     let inv = store.inventory()?;
     // pre_run uploads a backup just made, which no remote record can name yet.
     let before = if ids.is_none() {
@@ -207,6 +208,8 @@ struct ListedRemote {
     /// Bytes on the remote that only this backup needs: its data object, or the packs no
     /// other backup's record names.
     own_bytes: u64,
+    /// A packed backup's packs, all of them (shared with other backups or not).
+    pack_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     base: Option<String>,
     /// `present`, or `missing` when the data object is gone though its manifest is there.
@@ -228,17 +231,17 @@ impl Report for ListReport {
     fn text(&self, out: &mut dyn Write) -> io::Result<()> {
         writeln!(out, "remote backups in {}:", self.remote)?;
         for b in &self.backups {
-            let kept = match &b.base {
-                Some(base) if b.storage == "packed" => {
-                    format!(
-                        "packed {:>10} own, rest in {base}",
-                        output::size(b.own_bytes)
-                    )
-                }
-                _ if b.storage == "packed" => {
-                    format!("packed {:>10} own", output::size(b.own_bytes))
-                }
-                _ => "full".to_owned(),
+            let kept = if b.storage == "packed" {
+                format!(
+                    "packed: {} in packs ({} its own){}",
+                    output::size(b.pack_bytes),
+                    output::size(b.own_bytes),
+                    b.base
+                        .as_ref()
+                        .map_or_else(String::new, |base| format!(" + {base}"))
+                )
+            } else {
+                "full".to_owned()
             };
             writeln!(
                 out,
@@ -269,6 +272,7 @@ fn listed(inv: &Inventory, b: &RemoteBackup) -> ListedRemote {
     ListedRemote {
         storage: if b.is_packed() { "packed" } else { "full" }.into(),
         own_bytes: Remote::own_bytes(inv, b),
+        pack_bytes: b.record.packs.iter().map(|p| p.bytes).sum(),
         base: b.record.base.clone(),
         id: b.id.clone(),
         created_at: b

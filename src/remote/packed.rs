@@ -129,7 +129,22 @@ impl Remote {
                 if !rb.record.sha256.eq_ignore_ascii_case(&e.manifest.sha256) {
                     return Err(self.conflict(&rb.record_name, &rb.record));
                 }
-                if rb.record_name == name || rb.superseded.contains(&name) {
+                if rb.record_name == name {
+                    // A pack of its record lost on the server is uploaded again from here.
+                    for p in &rb.record.packs {
+                        let local = packs.dir().join(p.name.strip_prefix(PACKS).unwrap_or(""));
+                        let there =
+                            inv.packs.contains_key(&p.name) || uploaded_now.contains_key(&p.name);
+                        if !there && local.is_file() {
+                            self.upload_pack(&local, &p.name, p.bytes)?;
+                            uploaded_now.insert(p.name.clone(), p.bytes);
+                            out.packs.push((self.location().key(&p.name), p.bytes));
+                        }
+                    }
+                    out.copies.push(copy("already_there"));
+                    continue;
+                }
+                if rb.superseded.contains(&name) {
                     out.copies.push(copy("already_there"));
                     continue;
                 }
@@ -596,13 +611,43 @@ struct Scratch {
     path: PathBuf,
 }
 
+/// The scratch folders' names start with this (then `<id>-<pid>`).
+fn scratch_prefix() -> String {
+    format!("{}remote-", files::TEMP_PREFIX)
+}
+
+/// Removes the scratch folders in `dir` that a process no longer running left (a
+/// `restore --remote` or `verify --remote --read-data` killed mid-way: up to a full copy of the
+/// database each). Returns their names.
+pub fn sweep_scratch(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let prefix = scratch_prefix();
+    let mut removed = Vec::new();
+    for e in rd.filter_map(std::result::Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let alive = rest
+            .rsplit_once('-')
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive
+            && e.file_type().is_ok_and(|t| t.is_dir())
+            && std::fs::remove_dir_all(e.path()).is_ok()
+        {
+            removed.push(name);
+        }
+    }
+    removed
+}
+
 impl Scratch {
     fn new(parent: &Path, id: &str) -> Result<Scratch> {
-        let path = parent.join(format!(
-            "{}remote-{id}-{}",
-            files::TEMP_PREFIX,
-            std::process::id()
-        ));
+        sweep_scratch(parent);
+        let path = parent.join(format!("{}{id}-{}", scratch_prefix(), std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         files::create_private_dir(&path).map_err(|e| Error::io("create", &path, e))?;
         Ok(Scratch { path })

@@ -270,6 +270,23 @@ fn a_pack_changed_on_the_server_is_caught_by_verify_and_refused_by_restore() {
             .any(|k| k.contains(".ducksafe-tmp") || k.contains(&oldest)),
         "{after:?}"
     );
+    // Gone from the server: the cheap check sees it, and push uploads it again from here.
+    s3.boto(&format!("s3.delete_object(Bucket=BUCKET, Key={pack:?})"));
+    assert_exit(
+        &p.cmd(&["verify", "--remote", &oldest])
+            .envs(creds())
+            .output()
+            .unwrap(),
+        74,
+    );
+    let pushed = json(&p.cmd(&["push", "--json"]).envs(creds()).output().unwrap());
+    assert_eq!(pushed["packs"][0]["key"], pack.as_str(), "{pushed}");
+    support::assert_ok(
+        &p.cmd(&["verify", "--remote", &oldest, "--read-data"])
+            .envs(creds())
+            .output()
+            .unwrap(),
+    );
 }
 
 #[test]
@@ -320,7 +337,11 @@ fn a_crash_between_the_packed_record_and_the_full_copys_deletion_leaves_it_resto
         fingerprints(&fresh.path().join("simulation.duckdb")),
         original
     );
-    // The next push sweeps the full copy the packed record replaced.
+    // The next push sweeps the full copy the packed record replaced, and the download folder
+    // a killed `restore --remote` would leave (its process is gone).
+    let stale = p.backups().join(".ducksafe-tmp-remote-x-0");
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("x.duckdb"), b"partial download").unwrap();
     let pushed = json(&p.cmd(&["push", "--json"]).envs(creds()).output().unwrap());
     let cleaned: Vec<&str> = pushed["cleaned"]
         .as_array()
@@ -332,6 +353,8 @@ fn a_crash_between_the_packed_record_and_the_full_copys_deletion_leaves_it_resto
         cleaned.contains(&format!("cut/{first}.duckdb").as_str()),
         "{pushed}"
     );
+    assert!(cleaned.contains(&".ducksafe-tmp-remote-x-0"), "{pushed}");
+    assert!(!stale.exists());
     let keys = s3.keys("cut");
     assert!(!keys.contains(&format!("cut/{first}.duckdb")), "{keys:#?}");
     assert!(
