@@ -132,10 +132,8 @@ struct PushReport {
 
 impl Report for PushReport {
     fn text(&self, out: &mut dyn Write) -> io::Result<()> {
-        for p in &self.packs {
-            writeln!(out, "{:<13} {}  {}", "pack", p.key, output::size(p.bytes))?;
-        }
-        for u in &self.uploaded {
+        // In the order they went up: full copies, packs, then the packed records.
+        let line = |out: &mut dyn Write, u: &RemoteCopy| {
             let verb = match (u.state.as_str(), u.parts) {
                 ("uploaded", 0) => "packed",
                 ("uploaded", _) => "uploaded",
@@ -147,7 +145,16 @@ impl Report for PushReport {
                 u.key,
                 output::size(u.bytes),
                 u.seconds
-            )?;
+            )
+        };
+        for u in self.uploaded.iter().filter(|u| u.parts > 0) {
+            line(out, u)?;
+        }
+        for p in &self.packs {
+            writeln!(out, "{:<13} {}  {}", "pack", p.key, output::size(p.bytes))?;
+        }
+        for u in self.uploaded.iter().filter(|u| u.parts == 0) {
+            line(out, u)?;
         }
         for c in &self.cleaned {
             writeln!(out, "cleaned       {c}")?;
