@@ -177,6 +177,9 @@ pub struct Remote {
     keep_last: u32,
     retention_days: Option<u32>,
     record_path: PathBuf,
+    /// Records read by this process, by name: a record is never replaced, so one read once is
+    /// read for good (a run lists the prefix several times; each record is fetched once).
+    records: std::sync::Mutex<std::collections::HashMap<String, Record>>,
 }
 
 impl Remote {
@@ -217,6 +220,7 @@ impl Remote {
             keep_last: c.remote_keep_last.unwrap_or(c.backup_keep_last),
             retention_days: c.remote_retention_days.or(c.backup_retention_days),
             record_path: settings.backup_dir.join(UPLOAD_RECORD),
+            records: std::sync::Mutex::default(),
         }))
     }
 
@@ -432,10 +436,17 @@ impl Remote {
     }
 
     fn read_record(&self, name: &str) -> Result<Option<Record>> {
+        if let Some(r) = self.records.lock().ok().and_then(|m| m.get(name).cloned()) {
+            return Ok(Some(r));
+        }
         let Some(bytes) = self.client.get_small(name)? else {
             return Ok(None);
         };
-        self.parse_record(name, &bytes).map(Some)
+        let r = self.parse_record(name, &bytes)?;
+        if let Ok(mut m) = self.records.lock() {
+            m.insert(name.to_owned(), r.clone());
+        }
+        Ok(Some(r))
     }
 
     fn parse_record(&self, name: &str, bytes: &[u8]) -> Result<Record> {
