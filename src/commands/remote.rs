@@ -95,12 +95,15 @@ pub fn push_backups(
         remote_inv = remote.inventory()?;
     }
     let pruned = remote.prune(&remote_inv, crate::clock::now(), false)?;
+    let mut notes = tidied.notes;
     if pruned.iter().any(|p| p.outcome.starts_with("deleted")) {
-        // Packs only the deleted backups named.
-        let after = remote.inventory()?;
-        if after.unreadable.is_empty() {
-            cleaned.extend(remote.collect_packs(&after)?);
-        }
+        // What only the deleted backups needed: packs, and a full copy that a deleted packed
+        // backup (one local rotation removed already, so it could not move onto the newest
+        // copy) still leaned on. Left for the next run, the remote would hold two full copies
+        // until then.
+        let again = remote.tidy(&remote.inventory()?)?;
+        cleaned.extend(again.removed);
+        notes = again.notes;
     }
     Ok(PushOutcome {
         uploaded,
@@ -108,7 +111,7 @@ pub fn push_backups(
         skipped: packed.warnings,
         cleaned,
         pruned,
-        notes: tidied.notes,
+        notes,
     })
 }
 

@@ -401,3 +401,27 @@ fn retention_keeps_the_full_copy_a_packed_backup_is_rebuilt_from() {
         original
     );
 }
+
+/// Local rotation removes the oldest backup before the remote step: its remote record cannot
+/// move onto the new full copy and leans on the previous one until remote retention deletes it
+/// in the same run; the full copy it leaned on goes then, not a run later.
+#[test]
+fn with_rotation_every_run_leaves_one_full_copy() {
+    let case = "remote::packed::with_rotation_every_run_leaves_one_full_copy";
+    let Some(s3) = Server::moto(case) else { return };
+    let p = project(&s3, "rot", "BACKUP_KEEP_LAST: 2\n");
+    for run in 1..=4 {
+        let (id, _) = pre_run(&p);
+        let keys = s3.keys("rot");
+        let full: Vec<&String> = keys.iter().filter(|k| k.ends_with(".duckdb")).collect();
+        assert_eq!(full, [&format!("rot/{id}.duckdb")], "run {run}: {keys:#?}");
+        assert_eq!(
+            keys.iter()
+                .filter(|k| k.ends_with(".manifest.json"))
+                .count(),
+            run.min(2) as usize,
+            "run {run}: {keys:#?}"
+        );
+        simulate(&p, run);
+    }
+}
