@@ -156,20 +156,7 @@ impl Remote {
                 ));
                 continue;
             };
-            // Which pack holds each block the base does not.
-            let mut needed: BTreeMap<String, u64> = BTreeMap::new();
-            let mut missing = 0usize;
-            for h in &map.chunks {
-                if base_chunks.contains(h) {
-                    continue;
-                }
-                match index.get(h) {
-                    Some((p, _)) => {
-                        needed.insert(p.name.clone(), p.bytes);
-                    }
-                    None => missing += 1,
-                }
-            }
+            let (needed, missing) = packs_for(map, &base_chunks, &index);
             if missing > 0 {
                 let kept = if inv.get(&e.id).is_some() {
                     "its remote copy stays as it is"
@@ -606,6 +593,26 @@ impl Remote {
     }
 }
 
+/// The packs (name → bytes) that hold the blocks of `map` that `base` does not, and how many of
+/// those blocks no pack holds. Pure: the block store's index is read by the caller.
+fn packs_for(
+    map: &blockstore::BlockMap,
+    base: &HashSet<blockstore::Hash>,
+    index: &blockstore::Index,
+) -> (BTreeMap<String, u64>, usize) {
+    let mut needed = BTreeMap::new();
+    let mut missing = 0usize;
+    for h in map.chunks.iter().filter(|h| !base.contains(*h)) {
+        match index.get(h) {
+            Some((p, _)) => {
+                needed.insert(p.name.clone(), p.bytes);
+            }
+            None => missing += 1,
+        }
+    }
+    (needed, missing)
+}
+
 /// A private folder for downloads, removed when dropped.
 struct Scratch {
     path: PathBuf,
@@ -657,5 +664,46 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::blockstore::testdb;
+
+    /// The older of two backups, packed against the newer: its blocks the newer file lacks are
+    /// in the one pack (named with its size), the rest in the base; without the base, the
+    /// blocks only the newer file held are counted as missing, never silently dropped.
+    #[test]
+    fn a_packed_backup_needs_the_packs_holding_what_its_base_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = testdb::two_runs(dir.path());
+        let (ma, mb) = (testdb::map(&a), testdb::map(&b));
+        let packs = Packs::of(dir.path());
+        packs.ensure().unwrap();
+        blockstore::convert(
+            &packs,
+            Plain { path: &a, map: &ma },
+            &[],
+            &[Plain { path: &b, map: &mb }],
+            false,
+        )
+        .unwrap();
+        let index = packs.index().unwrap();
+        assert_eq!(index.packs.len(), 1);
+        let base: HashSet<_> = mb.chunks.iter().copied().collect();
+        let (needed, missing) = packs_for(&ma, &base, &index);
+        assert_eq!(missing, 0);
+        assert_eq!(
+            needed.into_iter().collect::<Vec<_>>(),
+            [(index.packs[0].name.clone(), index.packs[0].bytes)]
+        );
+        let (_, missing) = packs_for(&ma, &HashSet::new(), &index);
+        let shared = ma.chunks.iter().filter(|h| !index.contains(h)).count();
+        assert!(shared > 0);
+        assert_eq!(missing, shared);
+        // The newest backup itself needs nothing beyond its own full copy.
+        assert_eq!(packs_for(&mb, &base, &index), (BTreeMap::new(), 0));
     }
 }
