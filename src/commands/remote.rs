@@ -36,6 +36,8 @@ pub struct PushOutcome {
     pub pruned: Vec<Pruned>,
     /// What was kept on purpose (a full copy a packed backup is rebuilt from).
     pub notes: Vec<String>,
+    /// Remote backups that cannot be rebuilt as they stand (a pack or their full copy missing).
+    pub problems: Vec<String>,
 }
 
 /// Uploads the local backups `ids` names (all when `None`) under the directory lock: full
@@ -95,7 +97,7 @@ pub fn push_backups(
         remote_inv = remote.inventory()?;
     }
     let pruned = remote.prune(&remote_inv, crate::clock::now(), false)?;
-    let mut notes = tidied.notes;
+    let (mut notes, mut problems) = (tidied.notes, tidied.problems);
     if pruned.iter().any(|p| p.outcome.starts_with("deleted")) {
         // What only the deleted backups needed: packs, and a full copy that a deleted packed
         // backup (one local rotation removed already, so it could not move onto the newest
@@ -104,6 +106,7 @@ pub fn push_backups(
         let again = remote.tidy(&remote.inventory()?)?;
         cleaned.extend(again.removed);
         notes = again.notes;
+        problems = again.problems;
     }
     Ok(PushOutcome {
         uploaded,
@@ -112,6 +115,7 @@ pub fn push_backups(
         cleaned,
         pruned,
         notes,
+        problems,
     })
 }
 
@@ -198,6 +202,7 @@ pub fn push(g: &Global) -> i32 {
                 .iter()
                 .cloned()
                 .chain(o.skipped)
+                .chain(o.problems)
                 .chain(o.notes)
                 .collect(),
         })

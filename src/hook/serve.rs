@@ -116,6 +116,7 @@ fn copy_off_machine(response: &mut Response, settings: &Settings, id: &str) {
                 });
             }
             response.warnings.extend(o.skipped);
+            response.warnings.extend(o.problems);
         }
         Err(e) => remote_failed(response, settings, id, remote.required, &e),
     }

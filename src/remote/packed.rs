@@ -53,6 +53,8 @@ pub struct Tidied {
     pub removed: Vec<String>,
     /// What was kept on purpose, said to the operator.
     pub notes: Vec<String>,
+    /// Remote backups whose record names something missing: warnings wherever they are seen.
+    pub problems: Vec<String>,
 }
 
 impl Remote {
@@ -338,7 +340,7 @@ impl Remote {
         for b in inv.backups.iter().filter(|b| b.is_packed()) {
             if let Some(why) = self.missing_of(inv, b) {
                 unsettled |= !b.superseded.is_empty();
-                out.notes.push(format!(
+                out.problems.push(format!(
                     "remote backup `{}` is incomplete ({why}): `ducksafe verify --remote {}`",
                     b.id, b.id
                 ));

@@ -287,6 +287,22 @@ fn a_pack_changed_on_the_server_is_caught_by_verify_and_refused_by_restore() {
             .output()
             .unwrap(),
     );
+    // Gone from the server and from here: push cannot repair it, and says so.
+    s3.boto(&format!("s3.delete_object(Bucket=BUCKET, Key={pack:?})"));
+    let local = p
+        .backups()
+        .join("packs")
+        .join(pack.trim_start_matches("bad/packs/"));
+    let aside = p.path("aside.pack");
+    std::fs::rename(&local, &aside).unwrap();
+    let out = p.cmd(&["push"]).envs(creds()).output().unwrap();
+    std::fs::rename(&aside, &local).unwrap();
+    support::assert_ok(&out);
+    let said = support::stderr(&out);
+    assert!(
+        said.contains(&format!("remote backup `{oldest}` is incomplete")),
+        "{said}"
+    );
 }
 
 #[test]
