@@ -531,6 +531,20 @@ impl Remote {
                 read[i..].iter().take_while(|r| r.1.id == id).collect();
             i += group.len();
             let (name, record, manifest) = group[0].clone();
+            // Records of this id that hold another backup (two databases on one prefix) are
+            // neither read nor ever deleted as superseded.
+            let (group, other): (Vec<_>, Vec<_>) = group
+                .into_iter()
+                .partition(|r| r.1.sha256.eq_ignore_ascii_case(&record.sha256));
+            for r in other {
+                inv.unreadable.push((
+                    r.0.clone(),
+                    format!(
+                        "it holds another backup under the id `{id}` (SHA-256 {}, not {})",
+                        r.1.sha256, record.sha256
+                    ),
+                ));
+            }
             let full = group
                 .iter()
                 .find(|r| r.1.storage == Storage::Plain)

@@ -441,3 +441,44 @@ fn with_rotation_every_run_leaves_one_full_copy() {
         simulate(&p, run);
     }
 }
+
+/// Two databases on one prefix (a misconfiguration): a full record under a packed backup's id
+/// that holds another backup is not taken for a leftover of its conversion: it is reported, and
+/// push deletes nothing of it.
+#[test]
+fn a_record_of_another_backup_under_the_same_id_is_reported_not_swept() {
+    let case = "remote::packed::a_record_of_another_backup_under_the_same_id_is_reported_not_swept";
+    let Some(s3) = Server::moto(case) else { return };
+    let p = project(&s3, "two", "");
+    let (first, _) = pre_run(&p);
+    simulate(&p, 1);
+    let (second, _) = pre_run(&p);
+    // Another database's full backup, written under the first one's id.
+    let other = format!("two/{first}.manifest.json");
+    s3.boto(&format!(
+        r#"import json
+r = json.loads(s3.get_object(Bucket=BUCKET, Key="two/{first}.packed.{second}.manifest.json")['Body'].read())
+m = r['manifest']
+for k in ('digest', 'blocks', 'storage'):
+    m.pop(k, None)
+m['format'] = 1
+m['sha256'] = r['sha256'] = '0' * 64
+for k in ('packs', 'base', 'storage'):
+    r.pop(k, None)
+r['format'] = 1
+r['data'] = "{first}.duckdb"
+s3.put_object(Bucket=BUCKET, Key={other:?}, Body=json.dumps(r).encode())
+s3.put_object(Bucket=BUCKET, Key="two/{first}.duckdb", Body=b'another database')"#
+    ));
+    let out = p.cmd(&["list", "--remote"]).envs(creds()).output().unwrap();
+    let said = support::stderr(&out);
+    assert!(said.contains("holds another backup"), "{said}");
+    support::assert_ok(&p.cmd(&["push"]).envs(creds()).output().unwrap());
+    let keys = s3.keys("two");
+    assert!(keys.contains(&other), "{keys:#?}");
+    assert!(keys.contains(&format!("two/{first}.duckdb")), "{keys:#?}");
+    // The first backup is still listed as the packed one it is.
+    let remote = listed(&p);
+    let b = remote.iter().find(|b| b["id"] == first.as_str()).unwrap();
+    assert_eq!(b["storage"], "packed", "{b}");
+}
