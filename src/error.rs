@@ -559,7 +559,7 @@ fn remote_hint(failure: RemoteFailure) -> &'static str {
         RemoteFailure::NoBucket => "create the bucket, or correct the bucket in `REMOTE_URL` (and `REMOTE_ENDPOINT`, `REMOTE_REGION`); the local backups are as they were",
         RemoteFailure::NotFound => "`ducksafe list --remote` shows the remote backups",
         RemoteFailure::Conflict => "give each database its own `REMOTE_URL` prefix; nothing under that key was replaced",
-        RemoteFailure::Corrupt => "do not restore this remote copy; a manifest is never replaced: delete that id's two objects (`<id>.duckdb`, `<id>.manifest.json`) and run `ducksafe push`, which uploads the local backup again if it still exists (docs/remote.md)",
+        RemoteFailure::Corrupt => "do not restore this remote copy; a manifest is never replaced: delete that id's objects (`<id>.duckdb` and its `<id>…manifest.json` records) and run `ducksafe push`, which uploads the local backup again if it still exists; a pack missing on the server is uploaded again by `ducksafe push` alone (docs/remote.md)",
         RemoteFailure::Unavailable => "the store could not be reached after retries: check the network and `REMOTE_ENDPOINT`, then run `ducksafe push` (the next pre_run catches up too); the local backups are as they were",
         RemoteFailure::Io => "see docs/remote.md; the local backups are as they were",
     }

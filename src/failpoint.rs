@@ -60,8 +60,9 @@ pub const RESTORE_TABLE: &[&str] = &[
 
 /// The failpoints of an upload to the remote (`REMOTE_URL`), in order: after the first part
 /// (or the single PUT's read) and before the upload completes, then after the data is uploaded
-/// and checked and before its manifest is written.
-pub const REMOTE: &[&str] = &["remote.part", "remote.uploaded"];
+/// and checked and before its manifest is written, then after a packed backup's record is
+/// written and before its full copy is deleted.
+pub const REMOTE: &[&str] = &["remote.part", "remote.uploaded", "remote.packed"];
 
 /// Every failpoint: [`BACKUP`]'s, [`BLOCK_STORE`]'s, [`RESTORE`]'s, [`RESTORE_TABLE`]'s, then
 /// [`REMOTE`]'s. A unit test holds it equal to the names the source passes to [`hit`].

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::{Access, Global};
 use crate::config::Settings;
+use crate::engine::manifest::Storage;
 use crate::engine::store::Store;
 use crate::error::{Error, RemoteFailure, Result};
 use crate::output::{self, Report};
@@ -28,12 +29,22 @@ fn remote_of(settings: &Settings) -> Result<Remote> {
 /// retention. Shared by `push` and pre_run (with only the new backup).
 pub struct PushOutcome {
     pub uploaded: Vec<RemoteCopy>,
+    /// Packs uploaded: (key, bytes).
+    pub packs: Vec<(String, u64)>,
     pub skipped: Vec<String>,
     pub cleaned: Vec<String>,
     pub pruned: Vec<Pruned>,
+    /// What was kept on purpose (a full copy a packed backup is rebuilt from).
+    pub notes: Vec<String>,
+    /// Remote backups that cannot be rebuilt as they stand (a pack or their full copy missing).
+    pub problems: Vec<String>,
 }
 
-/// Uploads the local backups `ids` names (all plain ones when `None`) under the directory lock.
+/// Uploads the local backups `ids` names (all when `None`) under the directory lock: full
+/// backups as files; packed ones (the block store's) as their packs and a record leaning on
+/// the newest full copy, which also converts the remote's full copies of backups packed since
+/// (pre_run: only those the remote already holds). Then deletes what that made unneeded,
+/// cleans up after interrupted uploads and applies remote retention.
 pub fn push_backups(
     settings: &Settings,
     remote: &Remote,
@@ -42,38 +53,84 @@ pub fn push_backups(
     let opened = super::open_store(settings, Access::Change { dry_run: false })?;
     let store = &opened.store;
     let mut cleaned: Vec<String> = remote.abort_interrupted()?.into_iter().collect();
+    cleaned.extend(crate::remote::packed::sweep_scratch(store.dir()));
     let inv = store.inventory()?;
+    // pre_run uploads a backup just made, which no remote record can name yet.
+    let before = if ids.is_none() {
+        Some(remote.inventory()?)
+    } else {
+        None
+    };
     let mut uploaded = Vec::new();
-    let mut skipped = Vec::new();
     // Oldest first: an outage's backlog arrives in the order it was made.
     for entry in inv.backups.iter().rev() {
-        if ids.is_some_and(|ids| !ids.contains(&entry.id)) {
+        if ids.is_some_and(|ids| !ids.contains(&entry.id))
+            || entry.manifest.storage == Storage::Packed
+        {
             continue;
         }
-        if entry.manifest.storage == crate::engine::manifest::Storage::Packed {
-            skipped.push(format!(
-                "`{}` is packed in the block store: remote copies of packed backups are not made yet",
-                entry.id
-            ));
+        // A backup the remote holds packed (a full one rebuilt from it on this machine) is
+        // not uploaded a second time in full.
+        let held_packed = before
+            .as_ref()
+            .and_then(|i| i.get(&entry.id))
+            .filter(|b| b.is_packed());
+        if held_packed.is_some_and(|b| b.record.sha256.eq_ignore_ascii_case(&entry.manifest.sha256))
+        {
             continue;
         }
         uploaded.push(remote.upload(store, entry)?);
     }
-    let remote_inv = remote.inventory()?;
+    let mut remote_inv = match before {
+        Some(i) if uploaded.iter().all(|u| u.state != "uploaded") => i,
+        _ => remote.inventory()?,
+    };
+    let packed = remote.push_packed(store, &inv, &remote_inv, ids.is_some())?;
+    if !packed.copies.is_empty() {
+        remote_inv = remote.inventory()?;
+    }
+    uploaded.extend(packed.copies);
+    let tidied = remote.tidy(&remote_inv)?;
     cleaned.extend(remote.clean_orphans(&remote_inv)?);
+    cleaned.extend(tidied.removed);
+    if !cleaned.is_empty() {
+        remote_inv = remote.inventory()?;
+    }
     let pruned = remote.prune(&remote_inv, crate::clock::now(), false)?;
+    let (mut notes, mut problems) = (tidied.notes, tidied.problems);
+    if pruned.iter().any(|p| p.outcome.starts_with("deleted")) {
+        // What only the deleted backups needed: packs, and a full copy that a deleted packed
+        // backup (one local rotation removed already, so it could not move onto the newest
+        // copy) still leaned on. Left for the next run, the remote would hold two full copies
+        // until then.
+        let again = remote.tidy(&remote.inventory()?)?;
+        cleaned.extend(again.removed);
+        notes = again.notes;
+        problems = again.problems;
+    }
     Ok(PushOutcome {
         uploaded,
-        skipped,
+        packs: packed.packs,
+        skipped: packed.warnings,
         cleaned,
         pruned,
+        notes,
+        problems,
     })
+}
+
+#[derive(Debug, Serialize)]
+struct PushedPack {
+    key: String,
+    bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
 struct PushReport {
     remote: String,
     uploaded: Vec<RemoteCopy>,
+    /// Packs of the block store uploaded.
+    packs: Vec<PushedPack>,
     cleaned: Vec<String>,
     pruned: Vec<Pruned>,
     #[serde(skip)]
@@ -82,11 +139,12 @@ struct PushReport {
 
 impl Report for PushReport {
     fn text(&self, out: &mut dyn Write) -> io::Result<()> {
-        for u in &self.uploaded {
-            let verb = if u.state == "uploaded" {
-                "uploaded"
-            } else {
-                "already there"
+        // In the order they went up: full copies, packs, then the packed records.
+        let line = |out: &mut dyn Write, u: &RemoteCopy| {
+            let verb = match (u.state.as_str(), u.parts) {
+                ("uploaded", 0) => "packed",
+                ("uploaded", _) => "uploaded",
+                _ => "already there",
             };
             writeln!(
                 out,
@@ -94,7 +152,16 @@ impl Report for PushReport {
                 u.key,
                 output::size(u.bytes),
                 u.seconds
-            )?;
+            )
+        };
+        for u in self.uploaded.iter().filter(|u| u.parts > 0) {
+            line(out, u)?;
+        }
+        for p in &self.packs {
+            writeln!(out, "{:<13} {}  {}", "pack", p.key, output::size(p.bytes))?;
+        }
+        for u in self.uploaded.iter().filter(|u| u.parts == 0) {
+            line(out, u)?;
         }
         for c in &self.cleaned {
             writeln!(out, "cleaned       {c}")?;
@@ -123,9 +190,21 @@ pub fn push(g: &Global) -> i32 {
         Ok::<_, Error>(PushReport {
             remote: remote.url(),
             uploaded: o.uploaded,
+            packs: o
+                .packs
+                .into_iter()
+                .map(|(key, bytes)| PushedPack { key, bytes })
+                .collect(),
             cleaned: o.cleaned,
             pruned: o.pruned,
-            warnings: remote.warning.iter().cloned().chain(o.skipped).collect(),
+            warnings: remote
+                .warning
+                .iter()
+                .cloned()
+                .chain(o.skipped)
+                .chain(o.problems)
+                .chain(o.notes)
+                .collect(),
         })
     })();
     output::finish(g.json, report.map_err(Into::into))
@@ -139,6 +218,15 @@ struct ListedRemote {
     sha256: String,
     parts: u64,
     pinned: bool,
+    /// `full` (its own `.duckdb` object) or `packed` (packs plus the full copy of `base`).
+    storage: String,
+    /// Bytes on the remote that only this backup needs: its data object, or the packs no
+    /// other backup's record names.
+    own_bytes: u64,
+    /// A packed backup's packs, all of them (shared with other backups or not).
+    pack_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base: Option<String>,
     /// `present`, or `missing` when the data object is gone though its manifest is there.
     data: String,
 }
@@ -158,16 +246,28 @@ impl Report for ListReport {
     fn text(&self, out: &mut dyn Write) -> io::Result<()> {
         writeln!(out, "remote backups in {}:", self.remote)?;
         for b in &self.backups {
+            let kept = if b.storage == "packed" {
+                format!(
+                    "packed: {} in packs ({} its own){}",
+                    output::size(b.pack_bytes),
+                    output::size(b.own_bytes),
+                    b.base
+                        .as_ref()
+                        .map_or_else(String::new, |base| format!(" + {base}"))
+                )
+            } else {
+                "full".to_owned()
+            };
             writeln!(
                 out,
-                "  {:<36} {}  {:>10}  {}{}",
+                "  {:<36} {}  {:>10}  {kept}{}{}",
                 b.id,
                 b.created_at,
                 output::size(b.bytes),
                 if b.data == "present" {
                     ""
                 } else {
-                    "DATA MISSING"
+                    "  DATA MISSING"
                 },
                 if b.pinned { " pinned" } else { "" }
             )?;
@@ -183,8 +283,12 @@ impl Report for ListReport {
     }
 }
 
-fn listed(b: &RemoteBackup) -> ListedRemote {
+fn listed(inv: &Inventory, b: &RemoteBackup) -> ListedRemote {
     ListedRemote {
+        storage: if b.is_packed() { "packed" } else { "full" }.into(),
+        own_bytes: Remote::own_bytes(inv, b),
+        pack_bytes: b.record.packs.iter().map(|p| p.bytes).sum(),
+        base: b.record.base.clone(),
         id: b.id.clone(),
         created_at: b
             .manifest
@@ -195,7 +299,7 @@ fn listed(b: &RemoteBackup) -> ListedRemote {
         sha256: b.record.sha256.clone(),
         parts: b.record.parts,
         pinned: b.manifest.pinned,
-        data: if b.data_size.is_some() {
+        data: if b.data_size.is_some() || b.is_packed() {
             "present"
         } else {
             "missing"
@@ -227,7 +331,7 @@ pub fn list(g: &Global) -> i32 {
         let inv = remote.inventory()?;
         Ok::<_, Error>(ListReport {
             remote: remote.url(),
-            backups: inv.backups.iter().map(listed).collect(),
+            backups: inv.backups.iter().map(|b| listed(&inv, b)).collect(),
             orphans: inv
                 .orphans
                 .iter()
@@ -317,6 +421,16 @@ fn pick<'a>(remote: &Remote, inv: &'a Inventory, selector: &str) -> Result<&'a R
     })
 }
 
+/// Where a packed remote backup's downloads go while it is rebuilt: the backup directory when
+/// it exists, else the database's folder.
+fn scratch_dir(settings: &Settings) -> std::path::PathBuf {
+    if settings.backup_dir.is_dir() {
+        settings.backup_dir.clone()
+    } else {
+        crate::files::parent_of(&settings.db_path).to_path_buf()
+    }
+}
+
 /// `ducksafe verify --remote [ID|--all] [--read-data]`: the size (and ETag) from the store, and
 /// with `--read-data` a download and hash of each. A failure exits 74.
 pub fn verify(g: &Global, id: Option<&str>, all: bool, read_data: bool) -> i32 {
@@ -332,8 +446,9 @@ pub fn verify(g: &Global, id: Option<&str>, all: bool, read_data: bool) -> i32 {
         };
         let mut backups = Vec::new();
         let mut errors = Vec::new();
+        let scratch = scratch_dir(&settings);
         for b in chosen {
-            match remote.verify(b, read_data) {
+            match remote.verify(&inv, b, read_data, &scratch) {
                 Ok(checks) => backups.push(Checked {
                     id: b.id.clone(),
                     ok: true,
@@ -395,7 +510,10 @@ pub fn fetch_for_restore(settings: &Settings, selector: &str, dry_run: bool) -> 
             });
         }
     }
-    if store.backup_path(&b.id).exists() || dry_run {
+    // Here already: as a file, or packed in the local block store (restored from there).
+    let packed_here = crate::engine::manifest::Manifest::read(&store.manifest_path(&b.id))
+        .is_ok_and(|m| m.storage == Storage::Packed);
+    if store.backup_path(&b.id).exists() || packed_here || dry_run {
         return Ok(b.id.clone());
     }
     if !owner.recorded {
@@ -409,6 +527,10 @@ pub fn fetch_for_restore(settings: &Settings, selector: &str, dry_run: bool) -> 
             crate::engine::identity::record(store.dir(), &new_owner)?;
         }
     }
-    remote.fetch(b, &store)?;
+    if b.is_packed() {
+        remote.fetch_packed(&inv, b, &store)?;
+    } else {
+        remote.fetch(b, &store)?;
+    }
     Ok(b.id.clone())
 }

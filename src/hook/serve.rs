@@ -106,11 +106,17 @@ fn copy_off_machine(response: &mut Response, settings: &Settings, id: &str) {
         Ok(o) => {
             response.remote = o.uploaded.into_iter().next();
             for p in o.pruned.iter().filter(|p| p.outcome != "deleted") {
-                response.warnings.push(format!(
-                    "remote backup `{}` is {} (Object Lock): {}",
-                    p.id, p.outcome, p.reason
-                ));
+                response.warnings.push(if p.outcome == "kept" {
+                    format!("remote backup `{}`: {}", p.id, p.reason)
+                } else {
+                    format!(
+                        "remote backup `{}` is {} (Object Lock): {}",
+                        p.id, p.outcome, p.reason
+                    )
+                });
             }
+            response.warnings.extend(o.skipped);
+            response.warnings.extend(o.problems);
         }
         Err(e) => remote_failed(response, settings, id, remote.required, &e),
     }

@@ -3,24 +3,40 @@
 //!
 //! Layout under `s3://bucket/prefix/` (one prefix per database):
 //! ```text
-//! <id>.duckdb          the backup's bytes (multipart above 8 MiB, each part's SHA-256 checked
-//!                      by the server)
-//! <id>.manifest.json   written LAST, with If-None-Match: *: the local manifest, plus what was
-//!                      uploaded (bytes, SHA-256, parts, ETag). No manifest, no backup.
+//! <id>.duckdb          a full backup's bytes (multipart above 8 MiB, each part's SHA-256
+//!                      checked by the server)
+//! <id>.manifest.json   a full backup's record, written LAST, with If-None-Match: *: the local
+//!                      manifest, plus what was uploaded (bytes, SHA-256, parts, ETag). No
+//!                      record, no backup.
+//! packs/<sha256>.pack  the block store's packs (`BACKUP_STORAGE: incremental`), named by their
+//!                      SHA-256 as on disk: uploaded with their checksum and If-None-Match: *.
+//! <id>.packed.<base>.manifest.json
+//!                      a packed backup's record (format 2): its manifest with its block map,
+//!                      the packs its blocks are in, and the full backup `<base>` whose
+//!                      `.duckdb` holds the rest (`<id>.packed.manifest.json` when the packs
+//!                      hold every block). Written after every pack it names and its base.
 //! ```
 //! Invariants:
-//! - A remote backup exists only when its manifest does, and the manifest is written only after
-//!   the data was uploaded, its SHA-256 (computed from the bytes sent) found equal to the local
-//!   manifest's, and its size read back (HEAD). A manifest is never replaced.
-//! - A data object without a manifest is a leftover of an interrupted upload: the next upload
+//! - A remote backup exists only when a record does, and a record is written only after what it
+//!   names is uploaded and checked: the data's SHA-256 (computed from the bytes sent) equal to
+//!   the local manifest's and its size read back (HEAD); every pack's SHA-256 equal to its name
+//!   and its size read back; a packed record's base listed as a full backup. A record is never
+//!   replaced: a packed backup whose base changes gets a record under a new name.
+//! - A data object without a record is a leftover of an interrupted upload: the next upload
 //!   of this database deletes it; a multipart upload cut short by a crash is recorded in
 //!   `<BACKUP_DIR>/.ducksafe-remote-upload.json` before its first part, and aborted by the next
 //!   run (the bucket's lifecycle rule is the safety net, docs/remote.md).
-//! - Retention deletes a manifest before its data, never the newest remote backup nor a pinned
-//!   one; a delete refused with AccessDenied (Object Lock) is reported as retained.
+//! - When a backup has several records (a crash in the middle of its conversion), the packed
+//!   one is read, and the others are deleted by the next push once it is complete. A full
+//!   object goes (record first, then data) only when no packed record leans on it: there is one
+//!   full copy (the newest) plus packs, never a second full copy for longer than a crash.
+//! - Retention deletes a record before its data, never the newest remote backup nor a pinned
+//!   one, nor a full backup a kept packed one leans on; a pack goes only when no record names
+//!   it; a delete refused with AccessDenied (Object Lock) is reported as retained.
 //! - Nothing here changes a local backup. [`s3`] alone speaks HTTP; [`sigv4`] signs; [`target`]
-//!   parses the configuration's values.
+//!   parses the configuration's values; [`packed`] is the block store's side.
 
+pub mod packed;
 pub mod s3;
 pub mod sigv4;
 pub mod target;
@@ -31,6 +47,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
+use crate::engine::blockstore::pack::is_pack_name;
 use crate::engine::manifest::{Manifest, Storage};
 use crate::engine::store::{Entry, Store};
 use crate::error::{Error, RemoteFailure, Result};
@@ -44,7 +61,10 @@ const DATA_EXT: &str = ".duckdb";
 const MANIFEST_EXT: &str = ".manifest.json";
 /// The record of a multipart upload in flight, in the backup directory.
 pub const UPLOAD_RECORD: &str = ".ducksafe-remote-upload.json";
+/// A full backup's record format (older ducksafe versions read it).
 const RECORD_FORMAT: u32 = 1;
+/// A packed backup's record format: format 1's fields, plus `storage`, `packs` and `base`.
+const PACKED_FORMAT: u32 = 2;
 /// A remote manifest larger than this is refused (a real one is a few KiB).
 const MAX_RECORD_BYTES: usize = 16 << 20;
 
@@ -53,7 +73,8 @@ const MAX_RECORD_BYTES: usize = 16 << 20;
 pub struct Record {
     pub format: u32,
     pub id: String,
-    /// The data object's name under the prefix.
+    /// The data object's name under the prefix (empty in a packed record: it has none).
+    #[serde(default)]
     pub data: String,
     pub bytes: u64,
     /// SHA-256 of the bytes uploaded (equal to the local manifest's when it was written).
@@ -67,17 +88,48 @@ pub struct Record {
     pub ducksafe_version: String,
     /// The backup's own manifest, as it was written beside it (its digest checked on read).
     pub manifest: serde_json::Value,
+    /// `packed`: no data object; rebuilt from `packs` and the full backup `base`.
+    #[serde(default, skip_serializing_if = "Storage::is_plain")]
+    pub storage: Storage,
+    /// The packs (names under the prefix, and sizes) that hold the blocks `base` does not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packs: Vec<PackRef>,
+    /// The full remote backup whose data object holds the packed backup's other blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+}
+
+/// A pack a packed record names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackRef {
+    /// `packs/<sha256>.pack`.
+    pub name: String,
+    pub bytes: u64,
 }
 
 /// A remote backup: its record and manifest, and what the listing says of its data.
 #[derive(Debug, Clone)]
 pub struct RemoteBackup {
     pub id: String,
+    /// The record read: the packed one when there are several.
     pub record: Record,
+    /// The record's name under the prefix.
+    pub record_name: String,
     pub manifest: Manifest,
-    /// The data object's size, from the listing (`None`: missing).
+    /// The data object's size, from the listing (`None`: missing, or a packed backup without
+    /// its full copy).
     pub data_size: Option<u64>,
     pub data_e_tag: Option<String>,
+    /// Its full record, when it has one (the record read, or one a conversion leaves behind).
+    pub full: Option<Record>,
+    /// Its other records (names): superseded, deleted once the record read is complete.
+    pub superseded: Vec<String>,
+}
+
+impl RemoteBackup {
+    pub fn is_packed(&self) -> bool {
+        self.record.storage == Storage::Packed
+    }
 }
 
 /// Everything under the prefix.
@@ -89,6 +141,22 @@ pub struct Inventory {
     pub orphans: Vec<String>,
     /// Manifests that cannot be trusted: (name, why).
     pub unreadable: Vec<(String, String)>,
+    /// The packs under `packs/`: name (`packs/<sha256>.pack`) → size.
+    pub packs: std::collections::BTreeMap<String, u64>,
+}
+
+impl Inventory {
+    pub fn get(&self, id: &str) -> Option<&RemoteBackup> {
+        self.backups.iter().find(|b| b.id == id)
+    }
+
+    /// Whether a packed record other than those of `except` leans on `id`'s full copy.
+    pub fn leaned_on(&self, id: &str, except: &[&str]) -> Option<&RemoteBackup> {
+        self.backups
+            .iter()
+            .filter(|b| !except.contains(&b.id.as_str()))
+            .find(|b| b.record.base.as_deref() == Some(id))
+    }
 }
 
 /// One remote deletion decided by retention, and how it ended.
@@ -109,6 +177,9 @@ pub struct Remote {
     keep_last: u32,
     retention_days: Option<u32>,
     record_path: PathBuf,
+    /// Records read by this process, by name: a record is never replaced, so one read once is
+    /// read for good (a run lists the prefix several times; each record is fetched once).
+    records: std::sync::Mutex<std::collections::HashMap<String, Record>>,
 }
 
 impl Remote {
@@ -149,6 +220,7 @@ impl Remote {
             keep_last: c.remote_keep_last.unwrap_or(c.backup_keep_last),
             retention_days: c.remote_retention_days.or(c.backup_retention_days),
             record_path: settings.backup_dir.join(UPLOAD_RECORD),
+            records: std::sync::Mutex::default(),
         }))
     }
 
@@ -167,6 +239,23 @@ impl Remote {
 
     fn manifest_name(id: &str) -> String {
         format!("{id}{MANIFEST_EXT}")
+    }
+
+    /// A packed backup's record name: `<id>.packed.<base>.manifest.json`.
+    fn packed_name(id: &str, base: Option<&str>) -> String {
+        match base {
+            Some(b) => format!("{id}.packed.{b}{MANIFEST_EXT}"),
+            None => format!("{id}.packed{MANIFEST_EXT}"),
+        }
+    }
+
+    /// The name a record is kept under.
+    fn record_name_of(r: &Record) -> String {
+        if r.storage == Storage::Packed {
+            Self::packed_name(&r.id, r.base.as_deref())
+        } else {
+            Self::manifest_name(&r.id)
+        }
     }
 
     /// Aborts the multipart upload a crashed run recorded, if any. Returns what it did.
@@ -242,13 +331,10 @@ impl Remote {
             };
         }
         if m.storage == Storage::Packed {
-            return Err(Error::Remote {
-                failure: RemoteFailure::Io,
-                url: self.url(),
-                why: format!(
-                    "backup `{id}` is kept in the block store (packed): remote copies of packed backups are not made yet; only plain backups (the newest one always is) are uploaded"
-                ),
-            });
+            // Packed backups go up as packs and a packed record: [`Remote::push_packed`].
+            return Err(Error::Internal(format!(
+                "backup `{id}` is packed: it is uploaded by its packs, not as a file"
+            )));
         }
         let file = store.backup_path(id);
         let manifest_path = store.manifest_path(id);
@@ -266,6 +352,7 @@ impl Remote {
             &data,
             &file,
             m.bytes,
+            false,
             &mut |upload_id| self.note_upload(&data, upload_id),
             &|n| crate::progress::advance(n),
         )?;
@@ -311,6 +398,9 @@ impl Remote {
             uploaded_at: Utc::now(),
             ducksafe_version: env!("CARGO_PKG_VERSION").to_owned(),
             manifest: manifest_json,
+            storage: Storage::Plain,
+            packs: Vec::new(),
+            base: None,
         };
         let body = serde_json::to_vec_pretty(&record)
             .map_err(|e| Error::Internal(format!("cannot write a remote manifest: {e}")))?;
@@ -346,10 +436,17 @@ impl Remote {
     }
 
     fn read_record(&self, name: &str) -> Result<Option<Record>> {
+        if let Some(r) = self.records.lock().ok().and_then(|m| m.get(name).cloned()) {
+            return Ok(Some(r));
+        }
         let Some(bytes) = self.client.get_small(name)? else {
             return Ok(None);
         };
-        self.parse_record(name, &bytes).map(Some)
+        let r = self.parse_record(name, &bytes)?;
+        if let Ok(mut m) = self.records.lock() {
+            m.insert(name.to_owned(), r.clone());
+        }
+        Ok(Some(r))
     }
 
     fn parse_record(&self, name: &str, bytes: &[u8]) -> Result<Record> {
@@ -363,22 +460,35 @@ impl Remote {
         }
         let r: Record = serde_json::from_slice(bytes)
             .map_err(|e| corrupt(format!("is not a ducksafe remote manifest: {e}")))?;
-        if r.format != RECORD_FORMAT {
+        let expected = if r.storage == Storage::Packed {
+            PACKED_FORMAT
+        } else {
+            RECORD_FORMAT
+        };
+        if r.format != expected {
             return Err(corrupt(format!(
-                "has format {}, this ducksafe reads {RECORD_FORMAT}",
+                "has format {}, this ducksafe reads {RECORD_FORMAT} (full) and {PACKED_FORMAT} (packed)",
                 r.format
             )));
+        }
+        if r.storage == Storage::Packed
+            && r.packs
+                .iter()
+                .any(|p| !p.name.strip_prefix(packed::PACKS).is_some_and(is_pack_name))
+        {
+            return Err(corrupt("names a pack that is not a ducksafe pack".into()));
         }
         Ok(r)
     }
 
-    /// Everything under the prefix: the backups (their manifests read and checked), the
-    /// orphaned data objects and the manifests that cannot be trusted.
+    /// Everything under the prefix: the backups (their records read and checked; a packed
+    /// record preferred to a full one, the newest packed one to older ones), the orphaned data
+    /// objects, the records that cannot be trusted and the packs.
     pub fn inventory(&self) -> Result<Inventory> {
         let listed = self.client.list()?;
         let mut inv = Inventory::default();
+        let mut read: Vec<(String, Record, Manifest)> = Vec::new();
         for obj in listed.iter().filter(|o| o.name.ends_with(MANIFEST_EXT)) {
-            let id = obj.name.trim_end_matches(MANIFEST_EXT).to_owned();
             let parsed = self.read_record(&obj.name).and_then(|r| {
                 let r = r.ok_or_else(|| Error::Remote {
                     failure: RemoteFailure::NotFound,
@@ -387,36 +497,86 @@ impl Remote {
                 })?;
                 let origin = PathBuf::from(self.location().key(&obj.name));
                 let m = Manifest::from_value(r.manifest.clone(), &origin)?;
-                if m.id != id || r.id != id || m.sha256 != r.sha256 || m.bytes != r.bytes {
+                if Self::record_name_of(&r) != obj.name
+                    || m.id != r.id
+                    || m.sha256 != r.sha256
+                    || m.bytes != r.bytes
+                    || (r.storage == Storage::Packed && m.blocks.is_none())
+                {
                     return Err(Error::Remote {
                         failure: RemoteFailure::Corrupt,
                         url: self.url(),
-                        why: "its id, size or SHA-256 disagrees with the backup's own manifest"
+                        why: "its name, id, size, SHA-256 or block map disagrees with the backup's own manifest"
                             .into(),
                     });
                 }
                 Ok((r, m))
             });
             match parsed {
-                Ok((record, manifest)) => {
-                    let data = listed.iter().find(|o| o.name == record.data);
-                    inv.backups.push(RemoteBackup {
-                        id,
-                        data_size: data.map(|d| d.size),
-                        data_e_tag: data.and_then(|d| d.e_tag.clone()),
-                        record,
-                        manifest,
-                    });
-                }
+                Ok((record, manifest)) => read.push((obj.name.clone(), record, manifest)),
                 Err(e) => inv.unreadable.push((obj.name.clone(), e.to_string())),
             }
         }
+        // Per id: the packed records, newest first, then the full one.
+        read.sort_by(|a, b| {
+            a.1.id
+                .cmp(&b.1.id)
+                .then((b.1.storage == Storage::Packed).cmp(&(a.1.storage == Storage::Packed)))
+                .then(b.1.uploaded_at.cmp(&a.1.uploaded_at))
+        });
+        let mut i = 0;
+        while i < read.len() {
+            let id = read[i].1.id.clone();
+            let group: Vec<&(String, Record, Manifest)> =
+                read[i..].iter().take_while(|r| r.1.id == id).collect();
+            i += group.len();
+            let (name, record, manifest) = group[0].clone();
+            // Records of this id that hold another backup (two databases on one prefix) are
+            // neither read nor ever deleted as superseded.
+            let (group, other): (Vec<_>, Vec<_>) = group
+                .into_iter()
+                .partition(|r| r.1.sha256.eq_ignore_ascii_case(&record.sha256));
+            for r in other {
+                inv.unreadable.push((
+                    r.0.clone(),
+                    format!(
+                        "it holds another backup under the id `{id}` (SHA-256 {}, not {})",
+                        r.1.sha256, record.sha256
+                    ),
+                ));
+            }
+            let full = group
+                .iter()
+                .find(|r| r.1.storage == Storage::Plain)
+                .map(|r| r.1.clone());
+            let data = full
+                .as_ref()
+                .and_then(|f| listed.iter().find(|o| o.name == f.data));
+            inv.backups.push(RemoteBackup {
+                id,
+                data_size: data.map(|d| d.size),
+                data_e_tag: data.and_then(|d| d.e_tag.clone()),
+                superseded: group[1..].iter().map(|r| r.0.clone()).collect(),
+                full,
+                record,
+                record_name: name,
+                manifest,
+            });
+        }
         for obj in listed.iter().filter(|o| o.name.ends_with(DATA_EXT)) {
             let id = obj.name.trim_end_matches(DATA_EXT);
-            let has_manifest = listed.iter().any(|o| o.name == Self::manifest_name(id));
-            if !has_manifest {
+            let has_record = listed.iter().any(|o| o.name == Self::manifest_name(id));
+            // A base a packed record leans on is never an orphan, whatever its own record.
+            let leaned_on = inv
+                .backups
+                .iter()
+                .any(|b| b.record.base.as_deref() == Some(id));
+            if !has_record && !leaned_on {
                 inv.orphans.push(obj.name.clone());
             }
+        }
+        for p in self.client.list_in(packed::PACKS)? {
+            inv.packs.insert(p.name, p.size);
         }
         inv.backups.sort_by(|a, b| {
             b.manifest
@@ -440,7 +600,19 @@ impl Remote {
 
     /// Checks a remote backup: its data object is there with the size (and ETag) its manifest
     /// recorded; with `read_data`, downloaded and hashed too. Returns the checks that passed.
-    pub fn verify(&self, b: &RemoteBackup, read_data: bool) -> Result<Vec<String>> {
+    /// A packed backup: every pack it names and its base's data there with their sizes; with
+    /// `read_data`, downloaded and rebuilt to a hash (see [`packed`]).
+    /// `scratch` is where a packed one's downloads go (removed after).
+    pub fn verify(
+        &self,
+        inv: &Inventory,
+        b: &RemoteBackup,
+        read_data: bool,
+        scratch: &Path,
+    ) -> Result<Vec<String>> {
+        if b.is_packed() {
+            return self.verify_packed(inv, b, read_data, scratch);
+        }
         let key = self.location().key(&b.record.data);
         let corrupt = |why: String| Error::Remote {
             failure: RemoteFailure::Corrupt,
@@ -516,30 +688,61 @@ impl Remote {
 
     /// Applies remote retention: keeps the newest `REMOTE_KEEP_LAST` and, with
     /// `REMOTE_RETENTION_DAYS`, deletes older ones past that age; never the newest, never a
-    /// pinned one. The manifest goes first, then the data.
+    /// pinned one, never a full backup that a packed backup staying is rebuilt from (`kept`).
+    /// Every record of a backup goes first, then its data; packs no record names any more are
+    /// deleted after (by [`Remote::tidy`]).
     pub fn prune(&self, inv: &Inventory, now: DateTime<Utc>, dry_run: bool) -> Result<Vec<Pruned>> {
         let plan = plan(inv, self.keep_last, self.retention_days, now);
+        let leaving: Vec<&str> = plan.iter().map(|(b, _)| b.id.as_str()).collect();
         let mut out = Vec::new();
-        for (b, reason) in plan {
+        for (b, reason) in &plan {
+            if let Some(user) = inv.leaned_on(&b.id, &leaving) {
+                out.push(Pruned {
+                    id: b.id.clone(),
+                    reason: format!(
+                        "{reason}, but kept: packed backup `{}` is rebuilt from its full copy",
+                        user.id
+                    ),
+                    outcome: "kept".to_owned(),
+                });
+                continue;
+            }
             let outcome = if dry_run {
                 "would_delete".to_owned()
             } else {
-                match self.client.delete(&Self::manifest_name(&b.id))? {
-                    Deleted::Retained => "retained".to_owned(),
-                    Deleted::Deleted => match self.client.delete(&b.record.data)? {
-                        Deleted::Deleted => "deleted".to_owned(),
-                        // The manifest is gone: the data is an orphan its lock keeps.
-                        Deleted::Retained => "deleted (data retained by Object Lock)".to_owned(),
-                    },
-                }
+                self.delete_backup(b)?
             };
             out.push(Pruned {
                 id: b.id.clone(),
-                reason,
+                reason: reason.clone(),
                 outcome,
             });
         }
         Ok(out)
+    }
+
+    /// Deletes a remote backup: its records (the one read last), then its data object if it
+    /// has one. Returns `deleted`, `retained`, or `deleted (data retained by Object Lock)`.
+    fn delete_backup(&self, b: &RemoteBackup) -> Result<String> {
+        let mut records: Vec<String> = b.superseded.clone();
+        if b.full.is_some() && b.is_packed() {
+            records.retain(|n| *n != Self::manifest_name(&b.id));
+            records.push(Self::manifest_name(&b.id));
+        }
+        records.push(b.record_name.clone());
+        for name in &records {
+            if self.client.delete(name)? == Deleted::Retained {
+                return Ok("retained".to_owned());
+            }
+        }
+        match &b.full {
+            Some(f) if b.data_size.is_some() => match self.client.delete(&f.data)? {
+                Deleted::Deleted => Ok("deleted".to_owned()),
+                // The record is gone: the data is an orphan its lock keeps.
+                Deleted::Retained => Ok("deleted (data retained by Object Lock)".to_owned()),
+            },
+            _ => Ok("deleted".to_owned()),
+        }
     }
 }
 
@@ -615,10 +818,16 @@ mod tests {
                 uploaded_at: now,
                 ducksafe_version: "0".into(),
                 manifest: serde_json::Value::Null,
+                storage: Storage::Plain,
+                packs: Vec::new(),
+                base: None,
             },
+            record_name: format!("{id}.manifest.json"),
             manifest,
             data_size: Some(1),
             data_e_tag: None,
+            full: None,
+            superseded: Vec::new(),
         }
     }
 

@@ -45,6 +45,9 @@ pub struct Uploaded {
     /// SHA-256 of the bytes read and sent.
     pub sha256: String,
     pub parts: u64,
+    /// False when a single PUT sent with `If-None-Match: *` found the key taken: nothing was
+    /// written (the caller checks that what is there is what it meant to write).
+    pub created: bool,
 }
 
 /// How a conditional put ended.
@@ -328,9 +331,16 @@ impl Client {
         self.fail(failure, &format!("{what}: {detail}"))
     }
 
-    /// Lists the objects directly under the prefix (ducksafe writes no deeper keys).
+    /// Lists the objects directly under the prefix (the backups' data and records).
     pub fn list(&self) -> Result<Vec<Meta>> {
-        let prefix = self.location.key("");
+        self.list_in("")
+    }
+
+    /// Lists the objects directly under `sub` (`""`, or a folder such as `packs/`), named
+    /// relative to the prefix (`packs/<sha256>.pack`).
+    pub fn list_in(&self, sub: &str) -> Result<Vec<Meta>> {
+        let base = self.location.key("");
+        let prefix = self.location.key(sub);
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -352,7 +362,8 @@ impl Client {
                     .into_iter()
                     .next()
                     .unwrap_or_default();
-                let Some(name) = key.strip_prefix(&prefix) else {
+                let Some(name) = key.strip_prefix(&base).filter(|_| key.starts_with(&prefix))
+                else {
                     continue;
                 };
                 out.push(Meta {
@@ -478,12 +489,15 @@ impl Client {
     /// Uploads the file at `file` (`bytes` long) as `name`, hashing what it sends. A file of
     /// at most one part goes in one PUT; a larger one as a multipart upload whose id is handed
     /// to `started` before its first part (a crash then leaves a record the next run aborts),
-    /// and `started(None)` once it is complete or aborted.
+    /// and `started(None)` once it is complete or aborted. With `only_new`, a single PUT carries
+    /// `If-None-Match: *` (a content-addressed pack: a key taken holds the same bytes, which the
+    /// caller checks by size; a multipart upload of one is harmless for the same reason).
     pub fn put_file(
         &self,
         name: &str,
         file: &Path,
         bytes: u64,
+        only_new: bool,
         started: &mut dyn FnMut(Option<&str>) -> Result<()>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Uploaded> {
@@ -500,15 +514,21 @@ impl Client {
             let digest = Sha256::digest(&data);
             failpoint::hit("remote.part");
             let what = format!("upload `{key}`");
-            let extra = [("x-amz-checksum-sha256".to_owned(), b64(&digest))];
-            let a = self.send("PUT", Some(name), &[], &extra, &data, &what)?;
-            if a.status != 200 {
-                return Err(self.refusal(&a, &what));
+            let mut extra = vec![("x-amz-checksum-sha256".to_owned(), b64(&digest))];
+            if only_new {
+                extra.push(("if-none-match".to_owned(), "*".to_owned()));
             }
+            let a = self.send("PUT", Some(name), &[], &extra, &data, &what)?;
+            let created = match a.status {
+                200 => true,
+                409 | 412 if only_new => false,
+                _ => return Err(self.refusal(&a, &what)),
+            };
             progress(bytes);
             return Ok(Uploaded {
                 sha256: files::hex(&digest),
                 parts: 1,
+                created,
             });
         }
         let what = format!("start the upload of `{key}`");
@@ -633,6 +653,7 @@ impl Client {
         Ok(Uploaded {
             sha256: files::hex(&whole.finalize()),
             parts,
+            created: true,
         })
     }
 

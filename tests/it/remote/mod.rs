@@ -6,6 +6,7 @@
 
 mod drill;
 mod faults;
+mod packed;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
