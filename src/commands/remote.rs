@@ -55,12 +55,9 @@ pub fn push_backups(
     let mut cleaned: Vec<String> = remote.abort_interrupted()?.into_iter().collect();
     cleaned.extend(crate::remote::packed::sweep_scratch(store.dir()));
     let inv = store.inventory()?;
-    // pre_run uploads a backup just made, which no remote record can name yet.
-    let before = if ids.is_none() {
-        Some(remote.inventory()?)
-    } else {
-        None
-    };
+    // Read before anything goes up: a prefix that holds another database's backups is
+    // refused here, with nothing uploaded (`remote_conflict`).
+    let before = Some(remote.inventory()?);
     let mut uploaded = Vec::new();
     // Oldest first: an outage's backlog arrives in the order it was made.
     for entry in inv.backups.iter().rev() {
@@ -95,6 +92,17 @@ pub fn push_backups(
     cleaned.extend(tidied.removed);
     if !cleaned.is_empty() {
         remote_inv = remote.inventory()?;
+    }
+    // A backup pinned here after it was uploaded is pinned there too: its remote record still
+    // says what it said at upload.
+    for b in &mut remote_inv.backups {
+        if inv
+            .backups
+            .iter()
+            .any(|l| l.id == b.id && l.manifest.pinned)
+        {
+            b.manifest.pinned = true;
+        }
     }
     let pruned = remote.prune(&remote_inv, crate::clock::now(), false)?;
     let (mut notes, mut problems) = (tidied.notes, tidied.problems);
@@ -377,7 +385,7 @@ impl Report for VerifyReport {
     fn text(&self, out: &mut dyn Write) -> io::Result<()> {
         for c in &self.backups {
             if c.ok {
-                writeln!(out, "OK      {:<36} {}", c.id, c.checks.join(", "))?;
+                writeln!(out, "ok      {:<36} {}", c.id, c.checks.join(", "))?;
             } else {
                 writeln!(
                     out,
@@ -405,6 +413,17 @@ impl Report for VerifyReport {
 
 /// Picks a remote backup: `latest` (the newest) or an id.
 fn pick<'a>(remote: &Remote, inv: &'a Inventory, selector: &str) -> Result<&'a RemoteBackup> {
+    if selector == "latest" && inv.databases.len() > 1 {
+        return Err(Error::Remote {
+            failure: RemoteFailure::Conflict,
+            url: remote.url(),
+            why: format!(
+                "the prefix holds the backups of {} databases ({}), so `latest` could be another database's: name the backup by its id (`ducksafe list --remote` shows each one's database)",
+                inv.databases.len(),
+                inv.databases.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
     let found = if selector == "latest" {
         inv.backups.first()
     } else {

@@ -143,6 +143,10 @@ pub struct Inventory {
     pub unreadable: Vec<(String, String)>,
     /// The packs under `packs/`: name (`packs/<sha256>.pack`) → size.
     pub packs: std::collections::BTreeMap<String, u64>,
+    /// The databases whose backups are under the prefix (`source.database_id` of the records
+    /// that have one), when this machine's backup directory names none yet (a fresh machine):
+    /// `latest` is then ambiguous with more than one.
+    pub databases: std::collections::BTreeSet<String>,
 }
 
 impl Inventory {
@@ -324,11 +328,32 @@ impl Remote {
             seconds: started.elapsed().as_secs_f64(),
         };
         if let Some(existing) = self.read_record(&manifest_name)? {
-            return if existing.sha256.eq_ignore_ascii_case(&m.sha256) {
-                Ok(copy(existing.parts, "already_there"))
-            } else {
-                Err(self.conflict(&manifest_name, &existing))
-            };
+            if !existing.sha256.eq_ignore_ascii_case(&m.sha256) {
+                return Err(self.conflict(&manifest_name, &existing));
+            }
+            // A record whose data object is gone vouches for nothing: it goes (the backup is
+            // not restorable from the remote as it stands), and the data is uploaded again
+            // from the local copy, the record written last as always.
+            if self
+                .client
+                .head(&existing.data)?
+                .is_some_and(|d| d.size == existing.bytes)
+            {
+                return Ok(copy(existing.parts, "already_there"));
+            }
+            if self.client.delete(&manifest_name)? == Deleted::Retained {
+                return Err(Error::Remote {
+                    failure: RemoteFailure::Corrupt,
+                    url: self.url(),
+                    why: format!(
+                        "`{}` has lost its data object, and its record is kept by Object Lock: the backup cannot be uploaded again under its id",
+                        self.location().key(&manifest_name)
+                    ),
+                });
+            }
+            if let Ok(mut cache) = self.records.lock() {
+                cache.remove(&manifest_name);
+            }
         }
         if m.storage == Storage::Packed {
             // Packed backups go up as packs and a packed record: [`Remote::push_packed`].
@@ -481,6 +506,51 @@ impl Remote {
         Ok(r)
     }
 
+    /// Another database's records under this prefix: refused (`remote_conflict`) before
+    /// anything is uploaded, read further or deleted there. On a machine whose backup
+    /// directory names no database yet (a fresh one), the databases present are noted instead,
+    /// so that `latest` is refused when it is ambiguous.
+    fn refuse_other_databases(
+        &self,
+        read: &[(String, Record, Manifest)],
+        inv: &mut Inventory,
+    ) -> Result<()> {
+        let ours = self
+            .record_path
+            .parent()
+            .and_then(|dir| crate::engine::identity::read_owner(dir).ok().flatten())
+            .map(|f| f.database_id);
+        if let Some(ours) = &ours {
+            let foreign: Vec<(&String, &String)> = read
+                .iter()
+                .filter_map(|(n, _, m)| {
+                    m.source
+                        .database_id
+                        .as_ref()
+                        .filter(|d| *d != ours)
+                        .map(|d| (n, d))
+                })
+                .collect();
+            if let Some((name, other)) = foreign.first() {
+                return Err(Error::Remote {
+                    failure: RemoteFailure::Conflict,
+                    url: self.url(),
+                    why: format!(
+                        "the prefix holds backups of another database (`{}` is database {other}'s, this one is {ours}, {} such record(s)): nothing was uploaded, read or deleted there; give each database its own REMOTE_URL prefix",
+                        self.location().key(name),
+                        foreign.len()
+                    ),
+                });
+            }
+        } else {
+            inv.databases = read
+                .iter()
+                .filter_map(|(_, _, m)| m.source.database_id.clone())
+                .collect();
+        }
+        Ok(())
+    }
+
     /// Everything under the prefix: the backups (their records read and checked; a packed
     /// record preferred to a full one, the newest packed one to older ones), the orphaned data
     /// objects, the records that cannot be trusted and the packs.
@@ -517,6 +587,7 @@ impl Remote {
                 Err(e) => inv.unreadable.push((obj.name.clone(), e.to_string())),
             }
         }
+        self.refuse_other_databases(&read, &mut inv)?;
         // Per id: the packed records, newest first, then the full one.
         read.sort_by(|a, b| {
             a.1.id

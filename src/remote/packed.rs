@@ -358,6 +358,14 @@ impl Remote {
                 }
             }
         }
+        // A record that cannot be read may lean on any full copy: none goes while one is there.
+        if !inv.unreadable.is_empty() {
+            out.notes.push(format!(
+                "no older full copy was deleted: {} remote record(s) cannot be read, and may be rebuilt from one",
+                inv.unreadable.len()
+            ));
+            return Ok(out);
+        }
         // Then the full copies no record (read or left) leans on: record first, then data.
         let leans_on = |id: &str| -> Option<&str> {
             inv.backups.iter().find_map(|o| {

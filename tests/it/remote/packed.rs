@@ -185,7 +185,11 @@ fn an_incremental_history_goes_up_as_one_full_copy_and_packs_and_the_oldest_come
         .output()
         .unwrap();
     let text = stdout_ok(&verified);
-    assert_eq!(text.matches("OK ").count(), 4, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok ")).count(),
+        4,
+        "{text}"
+    );
     assert_eq!(text.matches("blocks, sha256").count(), 3, "{text}");
 
     // The machine is gone: the oldest backup, packed, restored from the remote alone.
@@ -481,4 +485,122 @@ s3.put_object(Bucket=BUCKET, Key="two/{first}.duckdb", Body=b'another database')
     let remote = listed(&p);
     let b = remote.iter().find(|b| b["id"] == first.as_str()).unwrap();
     assert_eq!(b["storage"], "packed", "{b}");
+}
+
+/// Two databases given one prefix: the second is refused before anything of it goes up
+/// (`remote_conflict`), so retention never counts, and never deletes, the first one's backups.
+#[test]
+fn a_second_database_on_the_prefix_is_refused_before_it_uploads() {
+    let case = "remote::packed::a_second_database_on_the_prefix_is_refused_before_it_uploads";
+    let Some(s3) = Server::moto(case) else { return };
+    let first = project(&s3, "shared", "");
+    let (id, _) = pre_run(&first);
+    let before = s3.keys("shared");
+    let second = project(&s3, "shared", "");
+    let (r, code) = second.pre_run_env(&creds());
+    // REMOTE_REQUIRED is false: the run goes ahead, said loudly.
+    assert_eq!(code, 0, "{r:?}");
+    assert!(
+        r.warnings.iter().any(|w| w.contains("another database")),
+        "{:?}",
+        r.warnings
+    );
+    let out = second.cmd(&["push"]).envs(creds()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another database"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        s3.keys("shared"),
+        before,
+        "the first database's {id} untouched"
+    );
+}
+
+/// A packed record that cannot be read may lean on any full copy: while there is one, no
+/// older full copy is deleted (it would lose that backup for good).
+#[test]
+fn no_full_copy_goes_while_a_record_cannot_be_read() {
+    let case = "remote::packed::no_full_copy_goes_while_a_record_cannot_be_read";
+    let Some(s3) = Server::moto(case) else { return };
+    let p = project(&s3, "unread", "BACKUP_KEEP_LAST: 2\nREMOTE_KEEP_LAST: 4\n");
+    for run in 1..=3 {
+        pre_run(&p);
+        simulate(&p, run);
+    }
+    let keys = s3.keys("unread");
+    let record = keys
+        .iter()
+        .find(|k| k.contains(".packed."))
+        .unwrap_or_else(|| panic!("{keys:#?}"));
+    flip_remote(&s3, record);
+    let (r, code) = p.pre_run_env(&creds());
+    assert_eq!(code, 0, "{r:?}");
+    let keys = s3.keys("unread");
+    for k in keys.iter().filter(|k| k.contains(".packed.")) {
+        let base = k
+            .split(".packed.")
+            .nth(1)
+            .and_then(|b| b.strip_suffix(".manifest.json"))
+            .unwrap();
+        assert!(
+            keys.contains(&format!("unread/{base}.duckdb")),
+            "{k} leans on a full copy that was deleted: {keys:#?}"
+        );
+    }
+}
+
+/// The newest full copy's data deleted on the server, its record left: push uploads it again
+/// from this machine instead of saying it is already there.
+#[test]
+fn a_full_copy_lost_on_the_server_is_uploaded_again() {
+    let case = "remote::packed::a_full_copy_lost_on_the_server_is_uploaded_again";
+    let Some(s3) = Server::moto(case) else { return };
+    let p = project(&s3, "lost", "");
+    pre_run(&p);
+    simulate(&p, 1);
+    let (newest, _) = pre_run(&p);
+    let key = format!("lost/{newest}.duckdb");
+    s3.boto(&format!("s3.delete_object(Bucket=BUCKET, Key={key:?})"));
+    let pushed = json(&p.cmd(&["push", "--json"]).envs(creds()).output().unwrap());
+    let again = pushed["uploaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["key"] == key.as_str())
+        .unwrap_or_else(|| panic!("{pushed:#}"));
+    assert_eq!(again["state"], "uploaded", "{pushed:#}");
+    assert!(s3.keys("lost").contains(&key));
+    support::assert_ok(
+        &p.cmd(&["verify", "--remote", "--all", "--read-data"])
+            .envs(creds())
+            .output()
+            .unwrap(),
+    );
+}
+
+/// A backup pinned here after it was uploaded: remote retention keeps it, though its remote
+/// record was written unpinned.
+#[test]
+fn a_backup_pinned_after_its_upload_is_kept_on_the_remote() {
+    let case = "remote::packed::a_backup_pinned_after_its_upload_is_kept_on_the_remote";
+    let Some(s3) = Server::moto(case) else { return };
+    let p = Project::new(&format!("BACKUP_KEEP_LAST: 2\n{}", s3.config("pin")));
+    let (r, code) = p.pre_run_env(&creds());
+    assert_eq!(code, 0, "{r:?}");
+    let first = r.backup.unwrap().id;
+    let (r, code) = p.pre_run_env(&creds());
+    assert_eq!(code, 0, "{r:?}");
+    support::assert_ok(&p.run(&["pin", &first]));
+    for _ in 0..2 {
+        let (r, code) = p.pre_run_env(&creds());
+        assert_eq!(code, 0, "{r:?}");
+    }
+    let keys = s3.keys("pin");
+    assert!(
+        keys.contains(&format!("pin/{first}.duckdb")),
+        "the pinned backup left the remote: {keys:#?}"
+    );
 }
