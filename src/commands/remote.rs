@@ -54,6 +54,9 @@ pub fn push_backups(
     let store = &opened.store;
     let mut cleaned: Vec<String> = remote.abort_interrupted()?.into_iter().collect();
     cleaned.extend(crate::remote::packed::sweep_scratch(store.dir()));
+    cleaned.extend(crate::remote::packed::sweep_scratch(
+        crate::files::parent_of(&settings.db_path),
+    ));
     let inv = store.inventory()?;
     // Read before anything goes up: a prefix that holds another database's backups is
     // refused here, with nothing uploaded (`remote_conflict`).
@@ -141,7 +144,7 @@ struct PushReport {
     packs: Vec<PushedPack>,
     cleaned: Vec<String>,
     pruned: Vec<Pruned>,
-    #[serde(skip)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
 }
 
@@ -246,7 +249,7 @@ struct ListReport {
     /// Data objects without a manifest (interrupted uploads): not backups.
     orphans: Vec<String>,
     unreadable: Vec<String>,
-    #[serde(skip)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
 }
 
@@ -272,10 +275,10 @@ impl Report for ListReport {
                 b.id,
                 b.created_at,
                 output::size(b.bytes),
-                if b.data == "present" {
-                    ""
-                } else {
-                    "  DATA MISSING"
+                match b.data.as_str() {
+                    "present" => "",
+                    "incomplete" => "  INCOMPLETE",
+                    _ => "  DATA MISSING",
                 },
                 if b.pinned { " pinned" } else { "" }
             )?;
@@ -291,7 +294,7 @@ impl Report for ListReport {
     }
 }
 
-fn listed(inv: &Inventory, b: &RemoteBackup) -> ListedRemote {
+fn listed(remote: &Remote, inv: &Inventory, b: &RemoteBackup) -> ListedRemote {
     ListedRemote {
         storage: if b.is_packed() { "packed" } else { "full" }.into(),
         own_bytes: Remote::own_bytes(inv, b),
@@ -307,7 +310,14 @@ fn listed(inv: &Inventory, b: &RemoteBackup) -> ListedRemote {
         sha256: b.record.sha256.clone(),
         parts: b.record.parts,
         pinned: b.manifest.pinned,
-        data: if b.data_size.is_some() || b.is_packed() {
+        // A packed backup's data is its packs and its base's full copy.
+        data: if b.is_packed() {
+            if remote.missing_of(inv, b).is_some() {
+                "incomplete"
+            } else {
+                "present"
+            }
+        } else if b.data_size.is_some() {
             "present"
         } else {
             "missing"
@@ -339,7 +349,11 @@ pub fn list(g: &Global) -> i32 {
         let inv = remote.inventory()?;
         Ok::<_, Error>(ListReport {
             remote: remote.url(),
-            backups: inv.backups.iter().map(|b| listed(&inv, b)).collect(),
+            backups: inv
+                .backups
+                .iter()
+                .map(|b| listed(&remote, &inv, b))
+                .collect(),
             orphans: inv
                 .orphans
                 .iter()
@@ -355,6 +369,14 @@ pub fn list(g: &Global) -> i32 {
                 .iter()
                 .cloned()
                 .chain(inventory_warnings(&remote, &inv))
+                .chain(inv.backups.iter().filter_map(|b| {
+                    remote.missing_of(&inv, b).map(|why| {
+                        format!(
+                            "remote backup `{}` cannot be rebuilt as it stands ({why}): `ducksafe push` uploads what this machine still has",
+                            b.id
+                        )
+                    })
+                }))
                 .collect(),
         })
     })();
@@ -375,7 +397,7 @@ struct VerifyReport {
     remote: String,
     read_data: bool,
     backups: Vec<Checked>,
-    #[serde(skip)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
     #[serde(skip)]
     errors: Vec<Error>,
@@ -443,6 +465,9 @@ fn pick<'a>(remote: &Remote, inv: &'a Inventory, selector: &str) -> Result<&'a R
 /// Where a packed remote backup's downloads go while it is rebuilt: the backup directory when
 /// it exists, else the database's folder.
 fn scratch_dir(settings: &Settings) -> std::path::PathBuf {
+    // One a killed run left beside the database (before the backup directory existed) goes
+    // now, whichever folder this run uses.
+    crate::remote::packed::sweep_scratch(crate::files::parent_of(&settings.db_path));
     if settings.backup_dir.is_dir() {
         settings.backup_dir.clone()
     } else {
@@ -547,6 +572,11 @@ pub fn fetch_for_restore(settings: &Settings, selector: &str, dry_run: bool) -> 
         }
     }
     if b.is_packed() {
+        // A killed verify on this machine before the backup directory existed left its
+        // downloads beside the database.
+        if let Some(dir) = owner.database.parent() {
+            crate::remote::packed::sweep_scratch(dir);
+        }
         remote.fetch_packed(&inv, b, &store)?;
     } else {
         remote.fetch(b, &store)?;

@@ -298,7 +298,7 @@ impl Remote {
 
     /// Whether the packed record of `b` has everything it names: each pack with its size, and
     /// its base's full copy.
-    fn missing_of(&self, inv: &Inventory, b: &RemoteBackup) -> Option<String> {
+    pub fn missing_of(&self, inv: &Inventory, b: &RemoteBackup) -> Option<String> {
         for p in &b.record.packs {
             match inv.packs.get(&p.name) {
                 Some(size) if *size == p.bytes => {}

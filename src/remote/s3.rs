@@ -192,16 +192,32 @@ impl Client {
         body: &[u8],
         what: &str,
     ) -> Result<Answer> {
+        self.send_hashed(method, name, query, extra, body, None, what)
+    }
+
+    /// [`Client::send`] with the body's SHA-256 already computed (for its checksum header):
+    /// the signature's payload hash is the same digest, not a second pass over the bytes.
+    #[allow(clippy::too_many_arguments)]
+    fn send_hashed(
+        &self,
+        method: &str,
+        name: Option<&str>,
+        query: &[(String, String)],
+        extra: &[(String, String)],
+        body: &[u8],
+        body_sha256: Option<&[u8]>,
+        what: &str,
+    ) -> Result<Answer> {
         let Some(creds) = &self.credentials else {
             return Err(self.fail(
                 RemoteFailure::Auth,
                 "no credentials: set `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` in the environment",
             ));
         };
-        let payload_sha = if body.is_empty() {
-            EMPTY_SHA256.to_owned()
-        } else {
-            files::hex(&Sha256::digest(body))
+        let payload_sha = match body_sha256 {
+            _ if body.is_empty() => EMPTY_SHA256.to_owned(),
+            Some(d) => files::hex(d),
+            None => files::hex(&Sha256::digest(body)),
         };
         let path = self.path(name);
         let mut attempt = 0;
@@ -518,7 +534,8 @@ impl Client {
             if only_new {
                 extra.push(("if-none-match".to_owned(), "*".to_owned()));
             }
-            let a = self.send("PUT", Some(name), &[], &extra, &data, &what)?;
+            let a =
+                self.send_hashed("PUT", Some(name), &[], &extra, &data, Some(&digest), &what)?;
             let created = match a.status {
                 200 => true,
                 409 | 412 if only_new => false,
@@ -598,14 +615,23 @@ impl Client {
                     .map(|(i, data)| {
                         s.spawn(move || {
                             let number = i + 1;
-                            let checksum = b64(&Sha256::digest(data));
+                            let digest = Sha256::digest(data);
+                            let checksum = b64(&digest);
                             let what = format!("upload part {number} of `{key}`");
                             let q = [
                                 ("partNumber".to_owned(), number.to_string()),
                                 ("uploadId".to_owned(), upload_id.to_owned()),
                             ];
                             let extra = [("x-amz-checksum-sha256".to_owned(), checksum.clone())];
-                            let a = self.send("PUT", Some(name), &q, &extra, data, &what)?;
+                            let a = self.send_hashed(
+                                "PUT",
+                                Some(name),
+                                &q,
+                                &extra,
+                                data,
+                                Some(&digest),
+                                &what,
+                            )?;
                             if a.status != 200 {
                                 return Err(self.refusal(&a, &what));
                             }

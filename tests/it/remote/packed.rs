@@ -604,3 +604,64 @@ fn a_backup_pinned_after_its_upload_is_kept_on_the_remote() {
         "the pinned backup left the remote: {keys:#?}"
     );
 }
+
+/// A pack gone from the server: `list --remote` says the backup needing it is incomplete, in
+/// text and in JSON (whose warnings now travel inside it), instead of listing it as healthy.
+#[test]
+fn list_says_a_packed_backup_missing_a_pack_is_incomplete() {
+    let case = "remote::packed::list_says_a_packed_backup_missing_a_pack_is_incomplete";
+    let Some(s3) = Server::moto(case) else { return };
+    let p = project(&s3, "inc", "");
+    for run in 1..=3 {
+        pre_run(&p);
+        simulate(&p, run);
+    }
+    let keys = s3.keys("inc");
+    let pack = keys
+        .iter()
+        .find(|k| k.starts_with("inc/packs/"))
+        .unwrap_or_else(|| panic!("{keys:#?}"));
+    s3.boto(&format!("s3.delete_object(Bucket=BUCKET, Key={pack:?})"));
+    let out = p
+        .cmd(&["list", "--remote", "--json"])
+        .envs(creds())
+        .output()
+        .unwrap();
+    let listed = json(&out);
+    let incomplete: Vec<&Value> = listed["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["data"] == "incomplete")
+        .collect();
+    assert!(!incomplete.is_empty(), "{listed:#}");
+    let warnings = listed["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("cannot be rebuilt")),
+        "{listed:#}"
+    );
+    let text = stdout_ok(&p.cmd(&["list", "--remote"]).envs(creds()).output().unwrap());
+    assert!(text.contains("INCOMPLETE"), "{text}");
+}
+
+/// Downloads a killed `verify --remote --read-data` left beside the database (no backup
+/// directory yet, on a fresh machine) go with the next push.
+#[test]
+fn a_scratch_folder_left_beside_the_database_is_swept() {
+    let case = "remote::packed::a_scratch_folder_left_beside_the_database_is_swept";
+    let Some(s3) = Server::moto(case) else { return };
+    let p = project(&s3, "sweep", "");
+    pre_run(&p);
+    // A pid above the kernel's maximum: no such process.
+    let left = p
+        .db()
+        .parent()
+        .unwrap()
+        .join(".ducksafe-tmp-remote-simulation_20261202_000000-4194305");
+    std::fs::create_dir(&left).unwrap();
+    std::fs::write(left.join("pack"), b"partial").unwrap();
+    support::assert_ok(&p.cmd(&["push"]).envs(creds()).output().unwrap());
+    assert!(!left.exists(), "{} was left", left.display());
+}
