@@ -594,8 +594,17 @@ impl Remote {
             .client
             .download(name, &mut f, &|n| crate::progress::advance(n))?;
         if got != bytes || !sha.eq_ignore_ascii_case(sha256) {
+            // A pack is named by its content: deleting it lets `push` put the right one back.
+            let repair = if name.starts_with(PACKS) {
+                format!(
+                    "; to repair it, delete `{}` on the server and run `ducksafe push`, which uploads it again if this machine still holds it",
+                    self.location().key(name)
+                )
+            } else {
+                String::new()
+            };
             return Err(self.corrupt(format!(
-                "`{}` downloaded as {got} bytes with SHA-256 {sha}; its record says {bytes} bytes with {sha256}: it was changed on the server, and nothing was restored from it",
+                "`{}` downloaded as {got} bytes with SHA-256 {sha}; its record says {bytes} bytes with {sha256}: it was changed on the server, and nothing was restored from it{repair}",
                 self.location().key(name)
             )));
         }

@@ -256,6 +256,14 @@ fn a_pack_changed_on_the_server_is_caught_by_verify_and_refused_by_restore() {
             .contains("packs/"),
         "{report}"
     );
+    // And says how to repair it (the generic hint's "delete that id's objects" would not).
+    assert!(
+        report["backups"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("to repair it, delete `{pack}` on the server")),
+        "{report}"
+    );
     // A restore on another machine refuses it, and the database there stays as it was.
     let fresh = fresh_machine(&std::fs::read_to_string(p.config()).unwrap());
     let db = fresh.path().join("simulation.duckdb");
