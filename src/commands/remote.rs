@@ -571,6 +571,12 @@ pub fn fetch_for_restore(settings: &Settings, selector: &str, dry_run: bool) -> 
             crate::engine::identity::record(store.dir(), &new_owner)?;
         }
     }
+    // What a killed download left here (its temporary backup file, up to the database's size)
+    // goes before another download needs the room: the directory is locked and its owner
+    // checked, as a backup's sweep requires.
+    for name in store.clean_leftovers(false)? {
+        tracing::info!("removed `{name}`, left by an interrupted run");
+    }
     if b.is_packed() {
         // A killed verify on this machine before the backup directory existed left its
         // downloads beside the database.

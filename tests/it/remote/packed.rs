@@ -673,3 +673,27 @@ fn a_scratch_folder_left_beside_the_database_is_swept() {
     support::assert_ok(&p.cmd(&["push"]).envs(creds()).output().unwrap());
     assert!(!left.exists(), "{} was left", left.display());
 }
+
+/// A killed `restore --remote` leaves its temporary backup file (up to the database's size) in
+/// the backup directory: the next `restore --remote` sweeps it before it downloads again.
+#[test]
+fn a_killed_remote_restore_leaves_nothing_for_the_next_one() {
+    let case = "remote::packed::a_killed_remote_restore_leaves_nothing_for_the_next_one";
+    let Some(s3) = Server::moto(case) else { return };
+    let p = Project::new(&s3.config("kill"));
+    let (r, code) = p.pre_run_env(&creds());
+    assert_eq!(code, 0, "{r:?}");
+    let first = r.backup.unwrap().id;
+    let (r, code) = p.pre_run_env(&creds());
+    assert_eq!(code, 0, "{r:?}");
+    let fresh = fresh_machine(&std::fs::read_to_string(p.config()).unwrap());
+    support::assert_ok(&run_in(fresh.path(), &["restore", "--remote", "latest"]));
+    // What a restore killed mid-download leaves (a pid that no process has).
+    let left = fresh
+        .path()
+        .join("backups")
+        .join(format!(".ducksafe-tmp-backup-4194305-{first}.duckdb"));
+    std::fs::write(&left, vec![0u8; 4096]).unwrap();
+    support::assert_ok(&run_in(fresh.path(), &["restore", "--remote", &first]));
+    assert!(!left.exists(), "{} was left", left.display());
+}
