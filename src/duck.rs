@@ -1090,14 +1090,18 @@ impl Db {
 
     /// The columns of a table, in order.
     pub fn columns(&self, t: &TableName) -> Result<Vec<String>, DuckError> {
-        let mut stmt = self
-            .conn()
-            .prepare(
-                "SELECT column_name FROM duckdb_columns() \
-                 WHERE database_name = current_database() AND schema_name = ? AND table_name = ? \
-                 ORDER BY column_index",
-            )
-            .map_err(|e| classify(&e))?;
+        self.table_strings(
+            "SELECT column_name FROM duckdb_columns() \
+             WHERE database_name = current_database() AND schema_name = ? AND table_name = ? \
+             ORDER BY column_index",
+            t,
+        )
+    }
+
+    /// The first column of the rows of `sql`, a catalog query about table `t` whose two
+    /// parameters are its schema and name: the shape every such listing shares.
+    fn table_strings(&self, sql: &str, t: &TableName) -> Result<Vec<String>, DuckError> {
+        let mut stmt = self.conn().prepare(sql).map_err(|e| classify(&e))?;
         let rows = stmt
             .query_map([&t.schema, &t.name], |r| r.get::<_, String>(0))
             .map_err(|e| classify(&e))?;
@@ -1180,19 +1184,12 @@ impl Db {
         if columns.is_empty() && !self.tables()?.contains(t) {
             return Ok(None);
         }
-        let mut stmt = self
-            .conn()
-            .prepare(
-                "SELECT constraint_text FROM duckdb_constraints() \
-                 WHERE database_name = current_database() AND schema_name = ? AND table_name = ? \
-                 ORDER BY constraint_index",
-            )
-            .map_err(|e| classify(&e))?;
-        let constraints = stmt
-            .query_map([&t.schema, &t.name], |r| r.get::<_, String>(0))
-            .map_err(|e| classify(&e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| classify(&e))?;
+        let constraints = self.table_strings(
+            "SELECT constraint_text FROM duckdb_constraints() \
+             WHERE database_name = current_database() AND schema_name = ? AND table_name = ? \
+             ORDER BY constraint_index",
+            t,
+        )?;
         Ok(Some(TableSchema {
             columns,
             constraints,
@@ -1262,19 +1259,15 @@ impl Db {
     /// The `CREATE INDEX` statements of table `t`'s indexes (those a primary key or a
     /// `UNIQUE` constraint makes are part of its `CREATE TABLE`), each ending with `;`.
     pub fn index_sql(&self, t: &TableName) -> Result<Vec<String>, DuckError> {
-        let mut stmt = self
-            .conn()
-            .prepare(
-                "SELECT sql FROM duckdb_indexes() \
-                 WHERE database_name = current_database() AND schema_name = ? AND table_name = ? \
-                 AND sql IS NOT NULL ORDER BY index_name",
-            )
-            .map_err(|e| classify(&e))?;
-        let rows = stmt
-            .query_map([&t.schema, &t.name], |r| r.get::<_, String>(0))
-            .map_err(|e| classify(&e))?;
-        rows.map(|r| {
-            r.map(|s| {
+        let indexes = self.table_strings(
+            "SELECT sql FROM duckdb_indexes() \
+             WHERE database_name = current_database() AND schema_name = ? AND table_name = ? \
+             AND sql IS NOT NULL ORDER BY index_name",
+            t,
+        )?;
+        Ok(indexes
+            .into_iter()
+            .map(|s| {
                 let s = s.trim_end().to_owned();
                 if s.ends_with(';') {
                     s
@@ -1282,9 +1275,7 @@ impl Db {
                     s + ";"
                 }
             })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| classify(&e))
+            .collect())
     }
 
     /// Every foreign key of this database.

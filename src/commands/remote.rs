@@ -8,6 +8,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+use super::verify::Checked;
 use super::{Access, Global};
 use crate::config::Settings;
 use crate::engine::manifest::Storage;
@@ -384,15 +385,6 @@ pub fn list(g: &Global) -> i32 {
 }
 
 #[derive(Debug, Serialize)]
-struct Checked {
-    id: String,
-    ok: bool,
-    checks: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
 struct VerifyReport {
     remote: String,
     read_data: bool,
@@ -405,19 +397,7 @@ struct VerifyReport {
 
 impl Report for VerifyReport {
     fn text(&self, out: &mut dyn Write) -> io::Result<()> {
-        for c in &self.backups {
-            if c.ok {
-                writeln!(out, "ok      {:<36} {}", c.id, c.checks.join(", "))?;
-            } else {
-                writeln!(
-                    out,
-                    "FAILED  {:<36} {}",
-                    c.id,
-                    c.error.as_deref().unwrap_or("")
-                )?;
-            }
-        }
-        Ok(())
+        super::verify::checked_lines(out, &self.backups)
     }
 
     fn warnings(&self) -> &[String] {

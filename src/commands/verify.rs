@@ -15,12 +15,30 @@ use crate::output::{self, Report};
 use crate::protocol::ErrorEntry;
 
 #[derive(Debug, Serialize)]
-struct Checked {
-    id: String,
-    ok: bool,
-    checks: Vec<String>,
+pub(crate) struct Checked {
+    pub(crate) id: String,
+    pub(crate) ok: bool,
+    pub(crate) checks: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+    pub(crate) error: Option<String>,
+}
+
+/// One line per backup checked, for people: `ok` with the checks, or `FAILED` with why. The
+/// local and the remote `verify` print the same.
+pub(crate) fn checked_lines(out: &mut dyn Write, checked: &[Checked]) -> io::Result<()> {
+    for c in checked {
+        if c.ok {
+            writeln!(out, "ok      {:<36} {}", c.id, c.checks.join(", "))?;
+        } else {
+            writeln!(
+                out,
+                "FAILED  {:<36} {}",
+                c.id,
+                c.error.as_deref().unwrap_or("")
+            )?;
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]
@@ -42,18 +60,7 @@ struct VerifyReport {
 
 impl Report for VerifyReport {
     fn text(&self, out: &mut dyn Write) -> io::Result<()> {
-        for c in &self.backups {
-            if c.ok {
-                writeln!(out, "ok      {:<36} {}", c.id, c.checks.join(", "))?;
-            } else {
-                writeln!(
-                    out,
-                    "FAILED  {:<36} {}",
-                    c.id,
-                    c.error.as_deref().unwrap_or("")
-                )?;
-            }
-        }
+        checked_lines(out, &self.backups)?;
         for p in &self.problems {
             writeln!(out, "PROBLEM {:<36} {}", p.file, p.problem)?;
         }
