@@ -697,3 +697,40 @@ fn a_killed_remote_restore_leaves_nothing_for_the_next_one() {
     support::assert_ok(&run_in(fresh.path(), &["restore", "--remote", &first]));
     assert!(!left.exists(), "{} was left", left.display());
 }
+
+/// On a fresh machine (no backup directory, so no database of its own yet) a prefix holding
+/// two databases' backups, as an older ducksafe let happen: `restore --remote latest` is
+/// refused (`latest` could be the other's), `restore --remote ID` restores that backup.
+#[test]
+fn latest_is_refused_on_a_fresh_machine_when_the_prefix_holds_two_databases() {
+    let case =
+        "remote::packed::latest_is_refused_on_a_fresh_machine_when_the_prefix_holds_two_databases";
+    let Some(s3) = Server::moto(case) else { return };
+    let at = |when: &'static str| {
+        let mut e = creds();
+        e.push(("DUCKSAFE_NOW", when));
+        e
+    };
+    let a = Project::new(&s3.config("a"));
+    let (r, code) = a.pre_run_env(&at("2026-12-01T10:00:00Z"));
+    assert_eq!(code, 0, "{r:?}");
+    let ours = r.backup.unwrap().id;
+    let b = Project::new(&s3.config("b"));
+    let (r, code) = b.pre_run_env(&at("2026-12-01T11:00:00Z"));
+    assert_eq!(code, 0, "{r:?}");
+    // The other database's backup copied under this prefix, newer than ours.
+    s3.boto(
+        "for o in s3.list_objects_v2(Bucket=BUCKET, Prefix='b/')['Contents']:\n    s3.copy_object(Bucket=BUCKET, Key='a/' + o['Key'][2:], CopySource={'Bucket': BUCKET, 'Key': o['Key']})",
+    );
+    let fresh = fresh_machine(&std::fs::read_to_string(a.config()).unwrap());
+    let out = run_in(fresh.path(), &["restore", "--remote", "latest"]);
+    assert_exit(&out, 73);
+    let said = support::stderr(&out);
+    assert!(said.contains("could be another database's"), "{said}");
+    assert!(!fresh.path().join("simulation.duckdb").exists());
+    support::assert_ok(&run_in(fresh.path(), &["restore", "--remote", &ours]));
+    assert_eq!(
+        fingerprints(&fresh.path().join("simulation.duckdb")),
+        fingerprints(&a.db())
+    );
+}
