@@ -61,7 +61,7 @@ pub fn push_backups(
     let inv = store.inventory()?;
     // Read before anything goes up: a prefix that holds another database's backups is
     // refused here, with nothing uploaded (`remote_conflict`).
-    let before = Some(remote.inventory()?);
+    let before = remote.inventory()?;
     let mut uploaded = Vec::new();
     // Oldest first: an outage's backlog arrives in the order it was made.
     for entry in inv.backups.iter().rev() {
@@ -72,19 +72,18 @@ pub fn push_backups(
         }
         // A backup the remote holds packed (a full one rebuilt from it on this machine) is
         // not uploaded a second time in full.
-        let held_packed = before
-            .as_ref()
-            .and_then(|i| i.get(&entry.id))
-            .filter(|b| b.is_packed());
+        let listed = before.get(&entry.id);
+        let held_packed = listed.filter(|b| b.is_packed());
         if held_packed.is_some_and(|b| b.record.sha256.eq_ignore_ascii_case(&entry.manifest.sha256))
         {
             continue;
         }
-        uploaded.push(remote.upload(store, entry)?);
+        uploaded.push(remote.upload(store, entry, listed)?);
     }
-    let mut remote_inv = match before {
-        Some(i) if uploaded.iter().all(|u| u.state != "uploaded") => i,
-        _ => remote.inventory()?,
+    let mut remote_inv = if uploaded.iter().all(|u| u.state != "uploaded") {
+        before
+    } else {
+        remote.inventory()?
     };
     let packed = remote.push_packed(store, &inv, &remote_inv, ids.is_some())?;
     if !packed.copies.is_empty() {

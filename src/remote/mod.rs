@@ -306,9 +306,16 @@ impl Remote {
     }
 
     /// Uploads a local verified backup unless the remote already has it. The data first, its
-    /// SHA-256 and size checked, then the manifest with `If-None-Match: *`.
+    /// SHA-256 and size checked, then the manifest with `If-None-Match: *`. `listed` is what
+    /// the listing just read says of it (its data object's size), so that a backup already
+    /// there costs no request of its own.
     #[allow(clippy::too_many_lines)]
-    pub fn upload(&self, store: &Store, entry: &Entry) -> Result<RemoteCopy> {
+    pub fn upload(
+        &self,
+        store: &Store,
+        entry: &Entry,
+        listed: Option<&RemoteBackup>,
+    ) -> Result<RemoteCopy> {
         let started = std::time::Instant::now();
         let id = &entry.id;
         let m = &entry.manifest;
@@ -334,11 +341,14 @@ impl Remote {
             // A record whose data object is gone vouches for nothing: it goes (the backup is
             // not restorable from the remote as it stands), and the data is uploaded again
             // from the local copy, the record written last as always.
-            if self
-                .client
-                .head(&existing.data)?
-                .is_some_and(|d| d.size == existing.bytes)
-            {
+            let listed_size = listed
+                .filter(|b| b.full.as_ref().is_some_and(|f| f.data == existing.data))
+                .map(|b| b.data_size);
+            let data_size = match listed_size {
+                Some(size) => size,
+                None => self.client.head(&existing.data)?.map(|d| d.size),
+            };
+            if data_size == Some(existing.bytes) {
                 return Ok(copy(existing.parts, "already_there"));
             }
             if self.client.delete(&manifest_name)? == Deleted::Retained {
